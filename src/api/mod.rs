@@ -1,0 +1,295 @@
+//! The gRPC surface: CRI v1 RuntimeService and ImageService, and concord's own Images and
+//! Introspection services. Each trait method is a one-line delegation to the handler in its own
+//! file, wrapped by [`Runtime::instrument`].
+
+mod error;
+mod instrument;
+mod introspect;
+mod not_yet;
+mod runtime_config;
+mod status;
+mod version;
+
+pub use error::ApiError;
+pub use instrument::{deadline_of, Gate, DEFAULT_DEADLINE};
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use k8s_cri::v1 as cri;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::containerd::{Containerd, Health};
+use crate::journal::JournalHandle;
+use crate::metrics::Metrics;
+use crate::network::Network;
+use crate::proto;
+use crate::reconcile::Controller;
+use not_yet::Capability::{Checkpoint, Containers, Images, Sandboxes, Streaming};
+
+/// What every handler works with.
+pub struct Runtime {
+    pub config: Config,
+    pub journal: JournalHandle,
+    pub controller: Arc<Controller>,
+    pub containerd: Containerd,
+    pub health: watch::Receiver<Health>,
+    pub network: Arc<Network>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The service object tonic serves (cheap to clone).
+#[derive(Clone)]
+pub struct Cri(pub Arc<Runtime>);
+
+type Res<T> = Result<Response<T>, Status>;
+type EventStream =
+    Pin<Box<dyn futures::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl cri::runtime_service_server::RuntimeService for Cri {
+    async fn version(&self, r: Request<cri::VersionRequest>) -> Res<cri::VersionResponse> {
+        self.0
+            .instrument("Version", Gate::None, self.0.version(r.into_inner()))
+            .await
+    }
+    async fn status(&self, r: Request<cri::StatusRequest>) -> Res<cri::StatusResponse> {
+        self.0
+            .instrument("Status", Gate::None, self.0.status(r.into_inner()))
+            .await
+    }
+    async fn runtime_config(
+        &self,
+        r: Request<cri::RuntimeConfigRequest>,
+    ) -> Res<cri::RuntimeConfigResponse> {
+        self.0
+            .instrument(
+                "RuntimeConfig",
+                Gate::None,
+                self.0.runtime_config(r.into_inner()),
+            )
+            .await
+    }
+    async fn update_runtime_config(
+        &self,
+        r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Res<cri::UpdateRuntimeConfigResponse> {
+        let deadline = deadline_of(r.metadata());
+        self.0
+            .instrument(
+                "UpdateRuntimeConfig",
+                Gate::None,
+                self.0.update_runtime_config(r.into_inner(), deadline),
+            )
+            .await
+    }
+    async fn run_pod_sandbox(
+        &self,
+        _: Request<cri::RunPodSandboxRequest>,
+    ) -> Res<cri::RunPodSandboxResponse> {
+        self.0.not_yet("RunPodSandbox", Sandboxes).await
+    }
+    async fn stop_pod_sandbox(
+        &self,
+        _: Request<cri::StopPodSandboxRequest>,
+    ) -> Res<cri::StopPodSandboxResponse> {
+        self.0.not_yet("StopPodSandbox", Sandboxes).await
+    }
+    async fn remove_pod_sandbox(
+        &self,
+        _: Request<cri::RemovePodSandboxRequest>,
+    ) -> Res<cri::RemovePodSandboxResponse> {
+        self.0.not_yet("RemovePodSandbox", Sandboxes).await
+    }
+    async fn pod_sandbox_status(
+        &self,
+        _: Request<cri::PodSandboxStatusRequest>,
+    ) -> Res<cri::PodSandboxStatusResponse> {
+        self.0.not_yet("PodSandboxStatus", Sandboxes).await
+    }
+    async fn list_pod_sandbox(
+        &self,
+        _: Request<cri::ListPodSandboxRequest>,
+    ) -> Res<cri::ListPodSandboxResponse> {
+        self.0.not_yet("ListPodSandbox", Sandboxes).await
+    }
+    async fn pod_sandbox_stats(
+        &self,
+        _: Request<cri::PodSandboxStatsRequest>,
+    ) -> Res<cri::PodSandboxStatsResponse> {
+        self.0.not_yet("PodSandboxStats", Sandboxes).await
+    }
+    async fn list_pod_sandbox_stats(
+        &self,
+        _: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Res<cri::ListPodSandboxStatsResponse> {
+        self.0.not_yet("ListPodSandboxStats", Sandboxes).await
+    }
+    async fn create_container(
+        &self,
+        _: Request<cri::CreateContainerRequest>,
+    ) -> Res<cri::CreateContainerResponse> {
+        self.0.not_yet("CreateContainer", Containers).await
+    }
+    async fn start_container(
+        &self,
+        _: Request<cri::StartContainerRequest>,
+    ) -> Res<cri::StartContainerResponse> {
+        self.0.not_yet("StartContainer", Containers).await
+    }
+    async fn stop_container(
+        &self,
+        _: Request<cri::StopContainerRequest>,
+    ) -> Res<cri::StopContainerResponse> {
+        self.0.not_yet("StopContainer", Containers).await
+    }
+    async fn remove_container(
+        &self,
+        _: Request<cri::RemoveContainerRequest>,
+    ) -> Res<cri::RemoveContainerResponse> {
+        self.0.not_yet("RemoveContainer", Containers).await
+    }
+    async fn list_containers(
+        &self,
+        _: Request<cri::ListContainersRequest>,
+    ) -> Res<cri::ListContainersResponse> {
+        self.0.not_yet("ListContainers", Containers).await
+    }
+    async fn container_status(
+        &self,
+        _: Request<cri::ContainerStatusRequest>,
+    ) -> Res<cri::ContainerStatusResponse> {
+        self.0.not_yet("ContainerStatus", Containers).await
+    }
+    async fn update_container_resources(
+        &self,
+        _: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Res<cri::UpdateContainerResourcesResponse> {
+        self.0.not_yet("UpdateContainerResources", Containers).await
+    }
+    async fn reopen_container_log(
+        &self,
+        _: Request<cri::ReopenContainerLogRequest>,
+    ) -> Res<cri::ReopenContainerLogResponse> {
+        self.0.not_yet("ReopenContainerLog", Containers).await
+    }
+    async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Res<cri::ExecSyncResponse> {
+        self.0.not_yet("ExecSync", Containers).await
+    }
+    async fn container_stats(
+        &self,
+        _: Request<cri::ContainerStatsRequest>,
+    ) -> Res<cri::ContainerStatsResponse> {
+        self.0.not_yet("ContainerStats", Containers).await
+    }
+    async fn list_container_stats(
+        &self,
+        _: Request<cri::ListContainerStatsRequest>,
+    ) -> Res<cri::ListContainerStatsResponse> {
+        self.0.not_yet("ListContainerStats", Containers).await
+    }
+    type GetContainerEventsStream = EventStream;
+    async fn get_container_events(
+        &self,
+        _: Request<cri::GetEventsRequest>,
+    ) -> Res<Self::GetContainerEventsStream> {
+        self.0.not_yet("GetContainerEvents", Containers).await
+    }
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Res<cri::ListMetricDescriptorsResponse> {
+        self.0.not_yet("ListMetricDescriptors", Containers).await
+    }
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Res<cri::ListPodSandboxMetricsResponse> {
+        self.0.not_yet("ListPodSandboxMetrics", Containers).await
+    }
+    async fn checkpoint_container(
+        &self,
+        _: Request<cri::CheckpointContainerRequest>,
+    ) -> Res<cri::CheckpointContainerResponse> {
+        self.0.not_yet("CheckpointContainer", Checkpoint).await
+    }
+    async fn exec(&self, _: Request<cri::ExecRequest>) -> Res<cri::ExecResponse> {
+        self.0.not_yet("Exec", Streaming).await
+    }
+    async fn attach(&self, _: Request<cri::AttachRequest>) -> Res<cri::AttachResponse> {
+        self.0.not_yet("Attach", Streaming).await
+    }
+    async fn port_forward(
+        &self,
+        _: Request<cri::PortForwardRequest>,
+    ) -> Res<cri::PortForwardResponse> {
+        self.0.not_yet("PortForward", Streaming).await
+    }
+}
+
+#[tonic::async_trait]
+impl cri::image_service_server::ImageService for Cri {
+    async fn list_images(
+        &self,
+        _: Request<cri::ListImagesRequest>,
+    ) -> Res<cri::ListImagesResponse> {
+        self.0.not_yet("ListImages", Images).await
+    }
+    async fn image_status(
+        &self,
+        _: Request<cri::ImageStatusRequest>,
+    ) -> Res<cri::ImageStatusResponse> {
+        self.0.not_yet("ImageStatus", Images).await
+    }
+    async fn pull_image(&self, _: Request<cri::PullImageRequest>) -> Res<cri::PullImageResponse> {
+        self.0.not_yet("PullImage", Images).await
+    }
+    async fn remove_image(
+        &self,
+        _: Request<cri::RemoveImageRequest>,
+    ) -> Res<cri::RemoveImageResponse> {
+        self.0.not_yet("RemoveImage", Images).await
+    }
+    async fn image_fs_info(
+        &self,
+        _: Request<cri::ImageFsInfoRequest>,
+    ) -> Res<cri::ImageFsInfoResponse> {
+        self.0.not_yet("ImageFsInfo", Images).await
+    }
+}
+
+#[tonic::async_trait]
+impl proto::images_server::Images for Cri {
+    async fn load_image(
+        &self,
+        _: Request<proto::LoadImageRequest>,
+    ) -> Res<proto::LoadImageResponse> {
+        self.0.not_yet("LoadImage", Images).await
+    }
+}
+
+#[tonic::async_trait]
+impl proto::introspection_server::Introspection for Cri {
+    async fn list_objects(
+        &self,
+        r: Request<proto::ListObjectsRequest>,
+    ) -> Res<proto::ListObjectsResponse> {
+        self.0
+            .instrument(
+                "ListObjects",
+                Gate::None,
+                self.0.list_objects(r.into_inner()),
+            )
+            .await
+    }
+    async fn journal_info(
+        &self,
+        _: Request<proto::JournalInfoRequest>,
+    ) -> Res<proto::JournalInfoResponse> {
+        self.0
+            .instrument("JournalInfo", Gate::None, self.0.journal_info())
+            .await
+    }
+}

@@ -1,0 +1,46 @@
+//! RPCs whose capability concord does not have yet: they answer Unimplemented naming it.
+
+use tonic::{Response, Status};
+
+use super::{ApiError, Gate, Runtime};
+
+/// The capabilities still to come, each a whole issue.
+#[derive(Debug, Clone, Copy)]
+pub enum Capability {
+    Images,
+    Sandboxes,
+    Containers,
+    Streaming,
+    Checkpoint,
+}
+
+impl Capability {
+    fn describe(self) -> &'static str {
+        match self {
+            Capability::Images => {
+                "image management (pull, list, status, remove, load, image filesystem info) is not in this build"
+            }
+            Capability::Sandboxes => "pod sandboxes with networking are not in this build",
+            Capability::Containers => "containers (create, start, stop, logs, exec-sync, stats, events) are not in this build",
+            Capability::Streaming => "the streaming server (exec, attach, port-forward) is not in this build",
+            Capability::Checkpoint => "container checkpoint/restore is not supported by concord",
+        }
+    }
+}
+
+impl Runtime {
+    /// Answers Unimplemented for `rpc`, through the same instrumentation as every RPC.
+    pub async fn not_yet<T>(
+        &self,
+        rpc: &'static str,
+        capability: Capability,
+    ) -> Result<Response<T>, Status> {
+        self.instrument(rpc, Gate::None, async move {
+            Err(ApiError::Unimplemented {
+                rpc,
+                capability: capability.describe(),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,336 @@
+//! containerd over its gRPC socket: one shared channel, the namespace header on every call,
+//! per-call metrics, and leases for work built in several steps.
+//!
+//! The channel connects lazily and reconnects by itself after transport errors, so concord starts
+//! and answers while containerd is still down; the health monitor tells the rest when it is up.
+
+mod health;
+
+pub use health::{spawn_health_monitor, Health};
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::{
+    containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
+    events_client::EventsClient, images_client::ImagesClient, leases_client::LeasesClient,
+    snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
+    version_client::VersionClient,
+};
+use containerd_client::services::v1::{
+    CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::metrics::Metrics;
+
+/// Label on every containerd object concord creates, naming the concord object that owns it.
+pub const OWNER_LABEL: &str = "io.concord.owner";
+/// containerd's GC removes a lease after this label's time (RFC 3339).
+const LEASE_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
+
+/// Errors talking to containerd.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    /// The endpoint for the socket path could not be built.
+    #[error("containerd address {path}: {source}")]
+    Endpoint {
+        path: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A call failed; `call` names the service and method.
+    #[error("containerd {call}: {status}", status = .status.message())]
+    Call {
+        call: &'static str,
+        #[source]
+        status: tonic::Status,
+    },
+}
+
+impl ContainerdError {
+    /// The gRPC code containerd answered.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            ContainerdError::Endpoint { .. } => tonic::Code::Unavailable,
+            ContainerdError::Call { status, .. } => status.code(),
+        }
+    }
+
+    /// containerd said the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == tonic::Code::NotFound
+    }
+}
+
+/// A connection to containerd in one namespace.
+#[derive(Clone)]
+pub struct Containerd {
+    channel: Channel,
+    namespace: Arc<str>,
+    address: Arc<Path>,
+    metrics: Arc<Metrics>,
+}
+
+impl Containerd {
+    /// Builds a lazily connecting channel to the socket at `address`.
+    pub fn new(
+        address: &Path,
+        namespace: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Containerd, ContainerdError> {
+        let path = address.to_path_buf();
+        let endpoint = Endpoint::try_from("http://[::]")
+            .map_err(|source| ContainerdError::Endpoint {
+                path: path.clone(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(2));
+        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }));
+        Ok(Containerd {
+            channel,
+            namespace: namespace.into(),
+            address: address.into(),
+            metrics,
+        })
+    }
+
+    /// containerd's socket path.
+    pub fn address(&self) -> &Path {
+        &self.address
+    }
+
+    /// The namespace every call is made in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Wraps a message with the namespace header.
+    pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert(
+            "containerd-namespace",
+            self.namespace
+                .parse()
+                .expect("validated namespace is ASCII"),
+        );
+        req
+    }
+
+    /// Wraps a message with the namespace and lease headers.
+    pub fn request_with_lease<T>(&self, msg: T, lease: &str) -> tonic::Result<tonic::Request<T>> {
+        let mut req = self.request(msg);
+        let value = lease
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("lease id is not ASCII"))?;
+        req.metadata_mut().insert("containerd-lease", value);
+        Ok(req)
+    }
+
+    /// Runs one containerd call, recording its latency and code under `service`/`method`.
+    pub async fn call<T, F>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        call: &'static str,
+        fut: F,
+    ) -> Result<T, ContainerdError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let start = Instant::now();
+        let result = fut.await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.metrics
+            .containerd_duration
+            .with_label_values(&[service, method])
+            .observe(start.elapsed().as_secs_f64());
+        self.metrics
+            .containerd_requests
+            .with_label_values(&[service, method, code_name(code)])
+            .inc();
+        result
+            .map(tonic::Response::into_inner)
+            .map_err(|status| ContainerdError::Call { call, status })
+    }
+
+    pub fn version_client(&self) -> VersionClient<Channel> {
+        VersionClient::new(self.channel.clone())
+    }
+    pub fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+    pub fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+    pub fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel.clone())
+    }
+    pub fn images(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone())
+    }
+    pub fn content(&self) -> ContentClient<Channel> {
+        ContentClient::new(self.channel.clone())
+    }
+    pub fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+    pub fn diff(&self) -> DiffClient<Channel> {
+        DiffClient::new(self.channel.clone())
+    }
+    pub fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel.clone())
+    }
+
+    /// containerd's version (also the health check).
+    pub async fn version(&self) -> Result<(String, String), ContainerdError> {
+        let r = self
+            .call(
+                "version",
+                "Version",
+                "Version.Version",
+                self.version_client().version(self.request(())),
+            )
+            .await?;
+        Ok((r.version, r.revision))
+    }
+
+    /// Creates a lease that containerd's GC drops by itself after `expire` (so a crash in the
+    /// middle of a multi-step build leaves nothing behind for long). Delete it when done.
+    pub async fn create_lease(
+        &self,
+        id: &str,
+        expire: Duration,
+        owner: &str,
+    ) -> Result<String, ContainerdError> {
+        let expire_at = std::time::SystemTime::now() + expire;
+        let mut labels = HashMap::new();
+        labels.insert(LEASE_EXPIRE_LABEL.to_string(), rfc3339(expire_at));
+        labels.insert(OWNER_LABEL.to_string(), owner.to_string());
+        let req = LeaseCreateRequest {
+            id: id.to_string(),
+            labels,
+        };
+        let r = self
+            .call(
+                "leases",
+                "Create",
+                "Leases.Create",
+                self.leases().create(self.request(req)),
+            )
+            .await?;
+        Ok(r.lease.map(|l| l.id).unwrap_or_else(|| id.to_string()))
+    }
+
+    /// Deletes a lease (a missing one is fine), releasing what it protected to the GC.
+    pub async fn delete_lease(&self, id: &str) -> Result<(), ContainerdError> {
+        let req = LeaseDeleteRequest {
+            id: id.to_string(),
+            sync: false,
+        };
+        match self
+            .call(
+                "leases",
+                "Delete",
+                "Leases.Delete",
+                self.leases().delete(self.request(req)),
+            )
+            .await
+        {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Ids of the leases in our namespace owned by concord.
+    pub async fn list_owned_leases(&self) -> Result<Vec<String>, ContainerdError> {
+        let req = containerd_client::services::v1::ListRequest {
+            filters: vec![format!("labels.\"{OWNER_LABEL}\"")],
+        };
+        let r = self
+            .call(
+                "leases",
+                "List",
+                "Leases.List",
+                self.leases().list(self.request(req)),
+            )
+            .await?;
+        Ok(r.leases.into_iter().map(|l| l.id).collect())
+    }
+}
+
+/// Prometheus label value for a gRPC code.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// RFC 3339 UTC time with second precision (no date crate needed).
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        let t = |s| std::time::UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(rfc3339(t(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(t(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(t(1_795_000_000)), "2026-11-18T11:06:40Z");
+    }
+}

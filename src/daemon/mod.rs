@@ -1,0 +1,269 @@
+//! The daemon: opens the journal, binds the CRI socket, starts the loop, the event stream, the
+//! health monitor, the CNI watcher and the metrics listener, serves until a signal, and shuts
+//! down in order (stop accepting → finish in-flight RPCs → stop the loop → flush the journal).
+//!
+//! A critical task (gRPC server, event stream, reconcile loop, journal writer) that ends on its
+//! own makes the daemon exit non-zero, so its supervisor restarts it.
+
+pub mod process;
+pub mod socket;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::select_all;
+use futures::FutureExt;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Cri, Runtime};
+use crate::config::Config;
+use crate::containerd::{spawn_health_monitor, Containerd, ContainerdError};
+use crate::events::{self, ContainerdEvent, EventSink};
+use crate::journal::{self, Journal, JournalError};
+use crate::metrics::{self, Metrics};
+use crate::network::Network;
+use crate::proto;
+use crate::reconcile::{Controller, RuntimeConfigReconciler};
+
+/// Why the daemon could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The CRI socket could not be served.
+    #[error(transparent)]
+    Socket(#[from] socket::SocketError),
+    /// The metrics listener could not bind.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The containerd client could not be built.
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// A task that must run for the daemon's whole life ended.
+    #[error("critical task {0} ended unexpectedly; exiting so the supervisor restarts concord")]
+    CriticalTaskEnded(&'static str),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+struct Sink(Arc<Controller>);
+
+impl EventSink for Sink {
+    fn event(&self, event: ContainerdEvent) {
+        self.0.on_containerd_event(&event);
+    }
+    fn reconnected(&self) {
+        self.0.resync("event_stream_reconnect");
+    }
+}
+
+/// Runs concord with a validated config until SIGTERM/SIGINT (Ok) or a failure (Err).
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let metrics = Arc::new(Metrics::new());
+
+    // Journal first: a journal we refuse must stop the start before anything else happens.
+    let path = config.journal_path();
+    let (journal, state, info) = tokio::task::spawn_blocking(move || Journal::open(&path))
+        .await
+        .expect("journal open task panicked")?;
+    tracing::info!(
+        path = %journal.path().display(),
+        replayed = info.replayed,
+        snapshot_seq = info.snapshot_seq,
+        last_seq = journal.last_seq(),
+        created = info.created,
+        "journal opened"
+    );
+
+    let listener = socket::bind(&config.listen).await?;
+
+    let serve_stop = CancellationToken::new(); // stop accepting CRI calls
+    let loop_stop = CancellationToken::new(); // stop the loop, events, watchers
+    let journal_stop = CancellationToken::new(); // flush and close the journal
+
+    let (journal, journal_task) = journal::spawn_writer(
+        journal,
+        state,
+        &info,
+        config.journal.compact_after,
+        metrics.clone(),
+        journal_stop.clone(),
+    );
+    let ctd = Containerd::new(
+        &config.containerd.address,
+        &config.containerd.namespace,
+        metrics.clone(),
+    )?;
+    let network = Network::new(&config.cni, metrics.clone());
+    let reconciler = Arc::new(RuntimeConfigReconciler::new(network.clone()));
+    let controller = Controller::new(
+        journal.clone(),
+        reconciler,
+        metrics.clone(),
+        config.reconcile.clone(),
+        loop_stop.clone(),
+    );
+    let controller_task = controller.spawn();
+    controller.resync("start");
+
+    let on_ready = {
+        let c = controller.clone();
+        move || c.resync("containerd_ready")
+    };
+    let (health, health_task) = spawn_health_monitor(
+        ctd.clone(),
+        Duration::from_secs(config.containerd.health_interval_seconds),
+        metrics.clone(),
+        loop_stop.clone(),
+        on_ready,
+    );
+    let events_task = events::spawn(
+        ctd.clone(),
+        metrics.clone(),
+        Arc::new(Sink(controller.clone())),
+        loop_stop.clone(),
+    );
+    let cni_task = network.spawn_watcher(
+        Duration::from_secs(config.cni.rescan_interval_seconds),
+        loop_stop.clone(),
+    );
+    let metrics_task = match config.metrics_socket_addr() {
+        Some(addr) => {
+            let (bound, task) = metrics::serve(addr, metrics.clone(), loop_stop.clone())
+                .await
+                .map_err(|source| DaemonError::Metrics {
+                    addr: config.metrics_address.clone(),
+                    source,
+                })?;
+            tracing::info!(address = %bound, "metrics listener on http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
+
+    let runtime = Arc::new(Runtime {
+        config: config.clone(),
+        journal,
+        controller: controller.clone(),
+        containerd: ctd,
+        health,
+        network,
+        metrics: metrics.clone(),
+    });
+    let cri = Cri(runtime);
+    let server = tonic::transport::Server::builder()
+        .add_service(k8s_cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone()))
+        .add_service(k8s_cri::v1::image_service_server::ImageServiceServer::new(
+            cri.clone(),
+        ))
+        .add_service(proto::images_server::ImagesServer::new(cri.clone()))
+        .add_service(proto::introspection_server::IntrospectionServer::new(cri))
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            serve_stop.clone().cancelled_owned(),
+        );
+    let mut server_task = tokio::spawn(server);
+    tracing::info!(
+        socket = %config.listen.display(),
+        containerd = %config.containerd.address.display(),
+        namespace = %config.containerd.namespace,
+        startup = ?started.elapsed(),
+        "concord is serving CRI"
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+
+    // Wait for a signal or for a critical task to end on its own.
+    let mut critical = vec![
+        named("event stream", events_task),
+        named("reconcile loop", controller_task),
+        named("journal writer", journal_task),
+    ];
+    let outcome: Result<(), DaemonError> = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
+        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
+        r = &mut server_task => Err(match r {
+            Ok(Err(e)) => DaemonError::Serve(e),
+            _ => DaemonError::CriticalTaskEnded("gRPC server"),
+        }),
+        (name, _, _) = select_all(critical.iter_mut()) => Err(DaemonError::CriticalTaskEnded(name.unwrap_or("unknown"))),
+    };
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "shutting down");
+    }
+
+    // A second signal forces the exit.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+
+    // Stop accepting, let in-flight RPCs finish (bounded), then the loop, then the journal.
+    serve_stop.cancel();
+    if !server_task.is_finished()
+        && tokio::time::timeout(config.shutdown_grace(), &mut server_task)
+            .await
+            .is_err()
+    {
+        tracing::warn!(grace = ?config.shutdown_grace(), "in-flight RPCs did not finish in time");
+        server_task.abort();
+    }
+    loop_stop.cancel();
+    let (writer, rest): (Vec<_>, Vec<_>) = critical
+        .into_iter()
+        .partition(|c| c.name == "journal writer");
+    for task in rest {
+        let _ = task.await;
+    }
+    let _ = health_task.await;
+    let _ = cni_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    // Everything that could record events has stopped: flush and close the journal.
+    journal_stop.cancel();
+    for task in writer {
+        let _ = task.await;
+    }
+    std::fs::remove_file(&config.listen).ok();
+    tracing::info!("concord stopped");
+    outcome
+}
+
+/// A task's join handle with a name, resolving to that name when the task ends.
+struct Named {
+    name: &'static str,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+fn named(name: &'static str, handle: tokio::task::JoinHandle<()>) -> Named {
+    Named { name, handle }
+}
+
+impl std::future::Future for Named {
+    type Output = Option<&'static str>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let name = self.name;
+        self.handle.poll_unpin(cx).map(|_| Some(name))
+    }
+}

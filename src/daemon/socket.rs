@@ -1,0 +1,107 @@
+//! The CRI unix socket: parent directory created, a stale socket file replaced, a live one
+//! refused, mode 0660.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tokio::net::{UnixListener, UnixStream};
+
+/// Why the CRI socket cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// The socket's directory could not be created.
+    #[error("cannot create directory {dir} for the CRI socket {path}: {source}")]
+    Dir {
+        dir: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process answers on the socket.
+    #[error("another process is already serving {path}; stop it or choose another --listen path")]
+    InUse { path: PathBuf },
+    /// Something that is not a socket is in the way.
+    #[error("{path} exists and is not a socket; refusing to remove it")]
+    NotASocket { path: PathBuf },
+    /// Binding, replacing or chmod failed.
+    #[error("cannot {action} CRI socket {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the CRI socket at `path`.
+pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| SocketError::Dir {
+            dir: dir.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(SocketError::InUse {
+                    path: path.to_owned(),
+                });
+            }
+            tracing::info!(path = %path.display(), "removing stale CRI socket");
+            std::fs::remove_file(path).map_err(|source| SocketError::Io {
+                action: "remove stale",
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        Ok(_) => {
+            return Err(SocketError::NotASocket {
+                path: path.to_owned(),
+            })
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|source| SocketError::Io {
+        action: "bind",
+        path: path.to_owned(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
+        SocketError::Io {
+            action: "chmod",
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_and_live_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/cri.sock");
+        let first = bind(&path).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let err = bind(&path).await.unwrap_err();
+        assert!(matches!(err, SocketError::InUse { .. }), "{err}");
+        drop(first);
+        bind(&path).await.expect("a stale socket is replaced");
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cri.sock");
+        std::fs::write(&path, "keep me").unwrap();
+        let err = bind(&path).await.unwrap_err();
+        assert!(matches!(err, SocketError::NotASocket { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+    }
+}

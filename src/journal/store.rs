@@ -1,0 +1,497 @@
+//! The journal file: a redb database holding a schema header, a snapshot of the folded state and
+//! the events appended after it. Every append is one durable transaction.
+//!
+//! Opening never modifies a journal it refuses: the header is checked read-only (on a scratch copy
+//! when the file needs crash recovery first), and only a journal of our own schema is opened for
+//! writing.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, DatabaseError, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
+
+use super::event::{Event, State};
+
+/// Schema version this build writes and reads.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+const KEY_SCHEMA: &str = "schema_version";
+const KEY_SNAPSHOT_SEQ: &str = "snapshot_seq";
+const KEY_STATE: &str = "state";
+
+/// The first bytes of every redb file.
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+/// Why the journal cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The file is not a readable concord journal.
+    #[error(
+        "journal {path} is corrupt ({detail}); refusing to start, the file was left untouched"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    /// The journal was written by a newer concord.
+    #[error(
+        "journal {path} has schema version {found}, newer than this concord supports ({supported}); \
+         refusing to start, the file was left untouched (run the newer concord, or move the file away)"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    /// The journal has a schema version this concord does not know.
+    #[error("journal {path} has unknown schema version {found}; refusing to start, the file was left untouched")]
+    UnknownSchema { path: PathBuf, found: u64 },
+    /// Another process holds the journal open.
+    #[error("journal {path} is in use by another process (is another concord running with this state dir?)")]
+    InUse { path: PathBuf },
+    /// The state directory or file could not be accessed.
+    #[error("journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store failed to read or commit.
+    #[error("journal {path}: store error: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    /// An event could not be encoded.
+    #[error("journal: cannot encode event: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// What opening the journal found.
+#[derive(Debug, Clone, Default)]
+pub struct OpenInfo {
+    /// Events folded on top of the snapshot.
+    pub replayed: u64,
+    /// Sequence number the snapshot covered.
+    pub snapshot_seq: u64,
+    /// The file was created by this open.
+    pub created: bool,
+}
+
+/// An open journal. Owned by the writer task; all calls block (run them off the async runtime).
+pub struct Journal {
+    path: PathBuf,
+    db: Database,
+    last_seq: u64,
+    snapshot_seq: u64,
+    events_since_snapshot: u64,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path` and folds it into a [`State`].
+    pub fn open(path: &Path) -> Result<(Journal, State, OpenInfo), JournalError> {
+        let io = |source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if !path.exists() {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            return Self::create(path);
+        }
+        // redb panics on some kinds of damage instead of answering an error: a panic while
+        // reading is a corrupt journal too.
+        let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read_only(path, |db| fold(path, db))
+        }))
+        .unwrap_or_else(|panic| {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the store could not read it".into());
+            std::fs::remove_file(path.with_extension("redb.check")).ok();
+            Err(JournalError::Corrupt {
+                path: path.to_owned(),
+                detail,
+            })
+        })?;
+        let db = Database::open(path).map_err(|e| open_error(path, e))?;
+        let journal = Journal {
+            path: path.to_owned(),
+            db,
+            last_seq: folded.last_seq,
+            snapshot_seq: folded.snapshot_seq,
+            events_since_snapshot: folded.replayed,
+        };
+        let info = OpenInfo {
+            replayed: folded.replayed,
+            snapshot_seq: folded.snapshot_seq,
+            created: false,
+        };
+        Ok((journal, folded.state, info))
+    }
+
+    fn create(path: &Path) -> Result<(Journal, State, OpenInfo), JournalError> {
+        let store = |source: redb::Error| JournalError::Store {
+            path: path.to_owned(),
+            source,
+        };
+        let db = Database::create(path).map_err(|e| open_error(path, e))?;
+        let txn = db.begin_write().map_err(|e| store(e.into()))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| store(e.into()))?;
+            meta.insert(KEY_SCHEMA, SCHEMA_VERSION)
+                .map_err(|e| store(e.into()))?;
+            meta.insert(KEY_SNAPSHOT_SEQ, 0)
+                .map_err(|e| store(e.into()))?;
+            txn.open_table(EVENTS).map_err(|e| store(e.into()))?;
+            txn.open_table(SNAPSHOT).map_err(|e| store(e.into()))?;
+        }
+        txn.commit().map_err(|e| store(e.into()))?;
+        let journal = Journal {
+            path: path.to_owned(),
+            db,
+            last_seq: 0,
+            snapshot_seq: 0,
+            events_since_snapshot: 0,
+        };
+        let info = OpenInfo {
+            created: true,
+            ..OpenInfo::default()
+        };
+        Ok((journal, State::default(), info))
+    }
+
+    /// Appends events in one durable transaction; answers the sequence number of the last one.
+    pub fn append(&mut self, events: &[Event]) -> Result<u64, JournalError> {
+        let encoded = events
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(JournalError::Encode)?;
+        let mut seq = self.last_seq;
+        self.write(|txn| {
+            let mut t = txn.open_table(EVENTS)?;
+            for bytes in &encoded {
+                seq += 1;
+                t.insert(seq, bytes.as_slice())?;
+            }
+            Ok(())
+        })?;
+        self.last_seq = seq;
+        self.events_since_snapshot += events.len() as u64;
+        Ok(seq)
+    }
+
+    /// Replaces every event up to `state.seq` with a snapshot of `state`, in one transaction.
+    pub fn compact(&mut self, state: &State) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec(state).map_err(JournalError::Encode)?;
+        let upto = state.seq;
+        let mut dropped = 0;
+        self.write(|txn| {
+            txn.open_table(SNAPSHOT)?
+                .insert(KEY_STATE, bytes.as_slice())?;
+            txn.open_table(META)?.insert(KEY_SNAPSHOT_SEQ, upto)?;
+            let mut events = txn.open_table(EVENTS)?;
+            let before = events.len()?;
+            events.retain_in(..=upto, |_, _| false)?;
+            dropped = before - events.len()?;
+            Ok(())
+        })?;
+        self.snapshot_seq = upto;
+        self.events_since_snapshot = self.events_since_snapshot.saturating_sub(dropped);
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), JournalError> {
+        let store = |source: redb::Error| JournalError::Store {
+            path: self.path.clone(),
+            source,
+        };
+        let mut txn = self.db.begin_write().map_err(|e| store(e.into()))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| {
+            store(redb::Error::from(redb::StorageError::Corrupted(
+                e.to_string(),
+            )))
+        })?;
+        if let Err(e) = f(&txn) {
+            txn.abort().ok();
+            return Err(store(e));
+        }
+        txn.commit().map_err(|e| store(e.into()))
+    }
+
+    /// Path of the journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sequence number of the last durable event.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Sequence number the snapshot covers.
+    pub fn snapshot_seq(&self) -> u64 {
+        self.snapshot_seq
+    }
+
+    /// Events stored after the snapshot.
+    pub fn events_since_snapshot(&self) -> u64 {
+        self.events_since_snapshot
+    }
+}
+
+/// What a journal folds to.
+struct Folded {
+    state: State,
+    last_seq: u64,
+    snapshot_seq: u64,
+    replayed: u64,
+}
+
+/// Runs `f` on the journal opened without modifying it: read-only when the file is clean, else on
+/// a scratch copy that redb recovers (a crash left it needing recovery). A journal concord refuses
+/// is therefore never touched.
+fn read_only<T>(
+    path: &Path,
+    f: impl Fn(&dyn ReadableDatabase) -> Result<T, JournalError>,
+) -> Result<T, JournalError> {
+    let corrupt = |detail: String| JournalError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
+    let mut magic = [0u8; REDB_MAGIC.len()];
+    let mut file = std::fs::File::open(path).map_err(|source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if file.read_exact(&mut magic).is_err() || magic != REDB_MAGIC {
+        return Err(corrupt("not a concord journal: bad file header".into()));
+    }
+    drop(file);
+    match ReadOnlyDatabase::open(path) {
+        Ok(db) => f(&db),
+        Err(DatabaseError::DatabaseAlreadyOpen) => Err(JournalError::InUse {
+            path: path.to_owned(),
+        }),
+        Err(DatabaseError::UpgradeRequired(v)) => {
+            Err(corrupt(format!("store file format {v} is not supported")))
+        }
+        Err(_) => {
+            let scratch = path.with_extension("redb.check");
+            let result = std::fs::copy(path, &scratch)
+                .map_err(|source| JournalError::Io {
+                    path: scratch.clone(),
+                    source,
+                })
+                .and_then(|_| Database::open(&scratch).map_err(|e| corrupt(e.to_string())))
+                .and_then(|db| f(&db));
+            std::fs::remove_file(&scratch).ok();
+            result
+        }
+    }
+}
+
+/// Checks the schema version and folds snapshot + events into a [`State`].
+fn fold(path: &Path, db: &dyn ReadableDatabase) -> Result<Folded, JournalError> {
+    let corrupt = |detail: String| JournalError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
+    let txn = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
+    let meta = txn
+        .open_table(META)
+        .map_err(|e| corrupt(format!("no schema header: {e}")))?;
+    let version = meta
+        .get(KEY_SCHEMA)
+        .map_err(|e| corrupt(e.to_string()))?
+        .ok_or_else(|| corrupt("no schema version recorded".into()))?
+        .value();
+    if version > SCHEMA_VERSION {
+        return Err(JournalError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version != SCHEMA_VERSION {
+        return Err(JournalError::UnknownSchema {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    let snapshot_seq = meta
+        .get(KEY_SNAPSHOT_SEQ)
+        .map_err(|e| corrupt(e.to_string()))?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    let snapshot = txn
+        .open_table(SNAPSHOT)
+        .map_err(|e| corrupt(format!("no snapshot table: {e}")))?;
+    let mut state = match snapshot
+        .get(KEY_STATE)
+        .map_err(|e| corrupt(e.to_string()))?
+    {
+        Some(bytes) => serde_json::from_slice::<State>(bytes.value())
+            .map_err(|e| corrupt(format!("snapshot does not decode: {e}")))?,
+        None => State::default(),
+    };
+    let events = txn
+        .open_table(EVENTS)
+        .map_err(|e| corrupt(format!("no events table: {e}")))?;
+    let mut last_seq = snapshot_seq.max(state.seq);
+    let mut replayed = 0;
+    for row in events.iter().map_err(|e| corrupt(e.to_string()))? {
+        let (k, v) = row.map_err(|e| corrupt(e.to_string()))?;
+        let seq = k.value();
+        let event: Event = serde_json::from_slice(v.value())
+            .map_err(|e| corrupt(format!("event {seq} does not decode: {e}")))?;
+        state.apply(seq, &event);
+        last_seq = seq;
+        replayed += 1;
+    }
+    Ok(Folded {
+        state,
+        last_seq,
+        snapshot_seq,
+        replayed,
+    })
+}
+
+fn open_error(path: &Path, e: DatabaseError) -> JournalError {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => JournalError::InUse {
+            path: path.to_owned(),
+        },
+        DatabaseError::Storage(redb::StorageError::Io(source)) => JournalError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        other => JournalError::Corrupt {
+            path: path.to_owned(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Writes a journal that claims `version`, for tests of the refusal paths.
+#[doc(hidden)]
+pub fn write_foreign_schema(path: &Path, version: u64) -> Result<(), redb::Error> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    txn.open_table(META)?.insert(KEY_SCHEMA, version)?;
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::event::ObjectKey;
+    use super::*;
+
+    fn cidr(n: u64) -> Event {
+        Event::PodCidrRequested {
+            cidr: format!("10.{}.0.0/16", n % 256),
+        }
+    }
+
+    fn sha(path: &Path) -> Vec<u8> {
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn appended_events_are_replayed_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let (mut j, _, info) = Journal::open(&path).unwrap();
+        assert!(info.created);
+        for n in 1..=5 {
+            assert_eq!(j.append(&[cidr(n)]).unwrap(), n);
+        }
+        drop(j);
+        let (j, state, info) = Journal::open(&path).unwrap();
+        assert_eq!(info.replayed, 5);
+        assert_eq!(j.last_seq(), 5);
+        assert_eq!(state.generation(&ObjectKey::RuntimeConfig), 5);
+        assert_eq!(state.runtime_config.pod_cidr, "10.5.0.0/16");
+    }
+
+    #[test]
+    fn compaction_keeps_the_state_and_drops_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let (mut j, mut state, _) = Journal::open(&path).unwrap();
+        for n in 1..=50 {
+            let ev = cidr(n);
+            let seq = j.append(std::slice::from_ref(&ev)).unwrap();
+            state.apply(seq, &ev);
+        }
+        j.compact(&state).unwrap();
+        assert_eq!(j.events_since_snapshot(), 0);
+        let ev = cidr(51);
+        let seq = j.append(std::slice::from_ref(&ev)).unwrap();
+        assert_eq!(seq, 51);
+        state.apply(seq, &ev);
+        drop(j);
+        let (j, replayed, info) = Journal::open(&path).unwrap();
+        assert_eq!(info.replayed, 1);
+        assert_eq!(info.snapshot_seq, 50);
+        assert_eq!(j.last_seq(), 51);
+        assert_eq!(replayed, state);
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        write_foreign_schema(&path, SCHEMA_VERSION + 1).unwrap();
+        let before = sha(&path);
+        let err = Journal::open(&path).err().unwrap();
+        assert!(matches!(err, JournalError::NewerSchema { .. }), "{err}");
+        assert!(err.to_string().contains("newer"));
+        assert_eq!(sha(&path), before);
+    }
+
+    #[test]
+    fn garbage_is_refused_as_corrupt_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        std::fs::write(&path, b"this is not a journal at all, just text\n").unwrap();
+        let before = sha(&path);
+        let err = Journal::open(&path).err().unwrap();
+        assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+        assert_eq!(sha(&path), before);
+    }
+
+    #[test]
+    fn a_damaged_body_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let (mut j, _, _) = Journal::open(&path).unwrap();
+        for n in 1..=20 {
+            j.append(&[cidr(n)]).unwrap();
+        }
+        drop(j);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let len = bytes.len();
+        for b in &mut bytes[4096.min(len / 2)..] {
+            *b = 0xA5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let before = sha(&path);
+        let result = Journal::open(&path);
+        assert!(result.is_err(), "a damaged journal must not open");
+        assert_eq!(sha(&path), before);
+    }
+}

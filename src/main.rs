@@ -1,0 +1,335 @@
+//! The concord command: runs the daemon (default), prints the default config, or inspects a
+//! running daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use concord::config::{Config, DEFAULT_CONFIG_PATH};
+use concord::daemon::{self, process};
+
+#[derive(Parser)]
+#[command(
+    name = "concord",
+    version,
+    about = "A Kubernetes CRI runtime on containerd, built as an event-sourced reconciliation controller",
+    long_about = "Serves the CRI v1 API on a unix socket for kubelet (--container-runtime-endpoint). \
+Settings come from the config file (default /etc/concord/config.toml; `concord config default` prints \
+every setting) and are overridden by these flags."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+    /// Show what a running concord's reconcile loop manages: desired and observed state,
+    /// pending reconciles, last errors, and the journal.
+    Inspect {
+        /// Only objects of this kind (runtime_config, sandbox, container).
+        #[arg(long, default_value = "")]
+        kind: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the default config file, every setting with a comment.
+    Default,
+    /// Print the effective config (file plus flags) as TOML.
+    Show,
+}
+
+/// Every setting as a flag; a flag wins over the config file.
+#[derive(Args)]
+struct Flags {
+    /// Config file (TOML). A missing file is fine unless this flag names it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// CRI unix socket path.
+    #[arg(long, global = true, value_name = "PATH")]
+    listen: Option<PathBuf>,
+    /// containerd's gRPC socket.
+    #[arg(long, global = true, value_name = "PATH")]
+    containerd_address: Option<PathBuf>,
+    /// containerd namespace for every object concord makes.
+    #[arg(long, global = true, value_name = "NS")]
+    containerd_namespace: Option<String>,
+    /// Seconds between containerd health checks.
+    #[arg(long, global = true, value_name = "N")]
+    containerd_health_interval_seconds: Option<u64>,
+    /// Snapshotter for images and container filesystems.
+    #[arg(long, global = true, value_name = "NAME")]
+    snapshotter: Option<String>,
+    /// Directory for the journal and other durable state.
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Prometheus listener (host:port); empty disables it.
+    #[arg(long, global = true, value_name = "ADDR")]
+    metrics_address: Option<String>,
+    /// CNI network config directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directories, colon-separated.
+    #[arg(long, global = true, value_name = "DIRS")]
+    cni_bin_dir: Option<String>,
+    /// Seconds between rescans of the CNI conf dir.
+    #[arg(long, global = true, value_name = "N")]
+    cni_rescan_interval_seconds: Option<u64>,
+    /// Registry host configs directory (containerd's hosts.toml layout).
+    #[arg(long, global = true, value_name = "DIR")]
+    registry_config_path: Option<PathBuf>,
+    /// Image every pod sandbox runs.
+    #[arg(long, global = true, value_name = "REF")]
+    sandbox_image: Option<String>,
+    /// Streaming server address (host:port; port 0 picks one).
+    #[arg(long, global = true, value_name = "ADDR")]
+    stream_address: Option<String>,
+    /// trace, debug, info, warn, error, or a tracing filter directive.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// text or json.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Cgroup driver reported to kubelet: cgroupfs or systemd.
+    #[arg(long, global = true, value_name = "DRIVER")]
+    cgroup_driver: Option<String>,
+    /// Cgroup concord moves itself into at start.
+    #[arg(long, global = true, value_name = "PATH")]
+    cgroup: Option<String>,
+    /// oom_score_adj concord sets for itself at start.
+    #[arg(long, global = true, value_name = "N", allow_hyphen_values = true)]
+    oom_score_adj: Option<i32>,
+    /// Seconds to finish in-flight RPCs after SIGTERM.
+    #[arg(long, global = true, value_name = "N")]
+    shutdown_grace_seconds: Option<u64>,
+    /// Objects reconciled at once.
+    #[arg(long, global = true, value_name = "N")]
+    reconcile_workers: Option<usize>,
+    /// Seconds between full resyncs (0 disables).
+    #[arg(long, global = true, value_name = "N")]
+    resync_interval_seconds: Option<u64>,
+    /// First retry delay after a failed reconcile (ms).
+    #[arg(long, global = true, value_name = "MS")]
+    backoff_base_ms: Option<u64>,
+    /// Longest retry delay (ms).
+    #[arg(long, global = true, value_name = "MS")]
+    backoff_max_ms: Option<u64>,
+    /// Events after which the journal is compacted.
+    #[arg(long, global = true, value_name = "N")]
+    journal_compact_after: Option<u64>,
+}
+
+impl Flags {
+    /// Loads the config file and applies the flags over it.
+    fn config(&self) -> anyhow::Result<Config> {
+        let (path, required) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let mut c = Config::load(&path, required)?;
+        fn set<T: Clone>(dst: &mut T, v: &Option<T>) {
+            if let Some(v) = v {
+                *dst = v.clone();
+            }
+        }
+        set(&mut c.listen, &self.listen);
+        set(&mut c.containerd.address, &self.containerd_address);
+        set(&mut c.containerd.namespace, &self.containerd_namespace);
+        set(
+            &mut c.containerd.health_interval_seconds,
+            &self.containerd_health_interval_seconds,
+        );
+        set(&mut c.containerd.snapshotter, &self.snapshotter);
+        set(&mut c.state_dir, &self.state_dir);
+        set(&mut c.metrics_address, &self.metrics_address);
+        set(&mut c.cni.conf_dir, &self.cni_conf_dir);
+        if let Some(dirs) = &self.cni_bin_dir {
+            c.cni.bin_dirs = dirs
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
+        set(
+            &mut c.cni.rescan_interval_seconds,
+            &self.cni_rescan_interval_seconds,
+        );
+        set(&mut c.registry_config_path, &self.registry_config_path);
+        set(&mut c.sandbox_image, &self.sandbox_image);
+        set(&mut c.stream_address, &self.stream_address);
+        set(&mut c.log_level, &self.log_level);
+        set(&mut c.log_format, &self.log_format);
+        set(&mut c.runtime.cgroup_driver, &self.cgroup_driver);
+        set(&mut c.cgroup, &self.cgroup);
+        if self.oom_score_adj.is_some() {
+            c.oom_score_adj = self.oom_score_adj;
+        }
+        set(&mut c.shutdown_grace_seconds, &self.shutdown_grace_seconds);
+        set(&mut c.reconcile.workers, &self.reconcile_workers);
+        set(
+            &mut c.reconcile.resync_interval_seconds,
+            &self.resync_interval_seconds,
+        );
+        set(&mut c.reconcile.backoff_base_ms, &self.backoff_base_ms);
+        set(&mut c.reconcile.backoff_max_ms, &self.backoff_max_ms);
+        set(&mut c.journal.compact_after, &self.journal_compact_after);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn init_logging(config: &Config) {
+    // A plain debug/trace level is for concord's own logs; its libraries stay at info.
+    let directive = match config.log_level.as_str() {
+        l @ ("debug" | "trace") => format!("info,concord={l}"),
+        other => other.to_string(),
+    };
+    let filter = tracing_subscriber::EnvFilter::new(directive);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.flags.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("concord: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Config {
+            what: ConfigCommand::Default,
+        }) => {
+            print!("{}", Config::default_toml());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Config {
+            what: ConfigCommand::Show,
+        }) => match toml::to_string(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("concord: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Inspect { kind }) => {
+            report(runtime().and_then(|rt| rt.block_on(inspect(&config, kind))))
+        }
+        None => {
+            init_logging(&config);
+            report(place_process(&config).and_then(|()| {
+                let rt = runtime()?;
+                rt.block_on(daemon::run(config))
+                    .map_err(anyhow::Error::from)
+            }))
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("concord: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+}
+
+/// Cgroup and oom_score_adj, before any thread starts.
+fn place_process(config: &Config) -> anyhow::Result<()> {
+    if !config.cgroup.is_empty() {
+        process::join_cgroup(&config.cgroup, std::path::Path::new("/sys/fs/cgroup"))?;
+        tracing::info!(cgroup = %config.cgroup, "joined cgroup");
+    }
+    if let Some(adj) = config.oom_score_adj {
+        process::set_oom_score_adj(adj)?;
+        tracing::info!(oom_score_adj = adj, "set oom_score_adj");
+    }
+    Ok(())
+}
+
+async fn inspect(config: &Config, kind: String) -> anyhow::Result<()> {
+    use concord::proto::introspection_client::IntrospectionClient;
+    use concord::proto::{JournalInfoRequest, ListObjectsRequest};
+    let path = config.listen.clone();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to concord at {}: {e}",
+                config.listen.display()
+            )
+        })?;
+    let mut client = IntrospectionClient::new(channel);
+    let j = client
+        .journal_info(JournalInfoRequest {})
+        .await?
+        .into_inner();
+    println!(
+        "{}",
+        serde_json::json!({
+            "journal": {
+                "path": j.path, "schema_version": j.schema_version, "last_seq": j.last_seq,
+                "snapshot_seq": j.snapshot_seq, "events_since_snapshot": j.events_since_snapshot,
+                "replayed_at_start": j.replayed_at_start,
+            }
+        })
+    );
+    let objects = client
+        .list_objects(ListObjectsRequest {
+            kind,
+            id_prefix: String::new(),
+        })
+        .await?
+        .into_inner()
+        .objects;
+    for o in objects {
+        println!(
+            "{}",
+            serde_json::json!({
+                "kind": o.kind, "id": o.id, "generation": o.generation,
+                "observed_generation": o.observed_generation, "pending": o.pending,
+                "retries": o.retries, "last_error": o.last_error,
+                "desired": serde_json::from_str::<serde_json::Value>(&o.desired).unwrap_or_default(),
+                "observed": serde_json::from_str::<serde_json::Value>(&o.observed).unwrap_or_default(),
+            })
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Prometheus metrics: one registry, every concord metric, and the /metrics HTTP listener.
+//!
+//! Names carry the `concord_` prefix and base units; labels are bounded (method, code, kind,
+//! step, topic), never an object id.
+
+mod server;
+
+pub use server::serve;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// RPC latency buckets: 5 ms × 2.5^n, the spacing of kubelet's runtime-operation buckets, reaching
+/// past kubelet's 4-minute RunPodSandbox deadline.
+pub fn rpc_buckets() -> Vec<f64> {
+    (0..13).map(|n| 0.005 * 2.5f64.powi(n)).collect()
+}
+
+/// containerd call buckets: 0.5 ms × 2.5^n up to about 2 minutes.
+fn containerd_buckets() -> Vec<f64> {
+    (0..14).map(|n| 0.0005 * 2.5f64.powi(n)).collect()
+}
+
+/// Every metric concord exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub grpc_requests: IntCounterVec,
+    pub grpc_duration: HistogramVec,
+    pub containerd_requests: IntCounterVec,
+    pub containerd_duration: HistogramVec,
+    pub containerd_up: IntGauge,
+    pub network_ready: IntGauge,
+    pub events: IntCounterVec,
+    pub event_reconnects: IntCounter,
+    pub event_stream_connected: IntGauge,
+    pub last_event_timestamp: prometheus::Gauge,
+    pub reconciles: IntCounterVec,
+    pub reconcile_duration: HistogramVec,
+    pub reconcile_queue_depth: IntGauge,
+    pub reconcile_retries: IntCounterVec,
+    pub drift_corrected: IntCounterVec,
+    pub resyncs: IntCounterVec,
+    pub journal_events: IntCounter,
+    pub journal_append_duration: Histogram,
+    pub journal_compactions: IntCounter,
+    pub journal_uncompacted: IntGauge,
+    pub objects: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+            r.register(Box::new(m.clone()))
+                .expect("metric registered twice");
+            m
+        }
+        let build_info = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("concord_build_info", "concord build; the value is always 1"),
+                &["version", "runtime_api_version"],
+            )
+            .unwrap(),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "v1"])
+            .set(1);
+        let r = &registry;
+        Metrics {
+            grpc_requests: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_grpc_requests_total", "CRI and concord RPCs answered, by method and gRPC code"),
+                    &["method", "code"],
+                )
+                .unwrap(),
+            ),
+            grpc_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("concord_grpc_request_duration_seconds", "Time to answer an RPC, by method")
+                        .buckets(rpc_buckets()),
+                    &["method"],
+                )
+                .unwrap(),
+            ),
+            containerd_requests: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_containerd_requests_total", "Calls to containerd, by service, method and gRPC code"),
+                    &["service", "method", "code"],
+                )
+                .unwrap(),
+            ),
+            containerd_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("concord_containerd_request_duration_seconds", "Latency of calls to containerd, by service and method")
+                        .buckets(containerd_buckets()),
+                    &["service", "method"],
+                )
+                .unwrap(),
+            ),
+            containerd_up: reg(
+                r,
+                IntGauge::new("concord_containerd_up", "1 when containerd answers its health check (Status RuntimeReady)").unwrap(),
+            ),
+            network_ready: reg(
+                r,
+                IntGauge::new("concord_network_ready", "1 when a usable CNI network config is loaded (Status NetworkReady)").unwrap(),
+            ),
+            events: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_containerd_events_total", "containerd events received in concord's namespace, by topic"),
+                    &["topic"],
+                )
+                .unwrap(),
+            ),
+            event_reconnects: reg(
+                r,
+                IntCounter::new("concord_containerd_event_stream_reconnects_total", "Times the containerd event stream was re-established after a loss").unwrap(),
+            ),
+            event_stream_connected: reg(
+                r,
+                IntGauge::new("concord_containerd_event_stream_connected", "1 while the containerd event stream is established").unwrap(),
+            ),
+            last_event_timestamp: reg(
+                r,
+                prometheus::Gauge::new(
+                    "concord_containerd_last_event_timestamp_seconds",
+                    "Unix time of the last containerd event received (age: time() minus this)",
+                )
+                .unwrap(),
+            ),
+            reconciles: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_reconciles_total", "Reconciles run, by object kind and result (ok, error)"),
+                    &["kind", "result"],
+                )
+                .unwrap(),
+            ),
+            reconcile_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("concord_reconcile_duration_seconds", "Time one reconcile of an object took, by kind")
+                        .buckets(rpc_buckets()),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            reconcile_queue_depth: reg(
+                r,
+                IntGauge::new("concord_reconcile_queue_depth", "Objects waiting to be reconciled").unwrap(),
+            ),
+            reconcile_retries: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_reconcile_retries_total", "Reconciles scheduled again after a failure, by kind"),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            drift_corrected: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_reconcile_drift_corrected_total", "Times actual state was found different from desired and fixed, by kind"),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            resyncs: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_resyncs_total", "Full resyncs, by reason (start, periodic, event_stream_reconnect, containerd_ready)"),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
+            journal_events: reg(
+                r,
+                IntCounter::new("concord_journal_events_total", "Events durably appended to the journal").unwrap(),
+            ),
+            journal_append_duration: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("concord_journal_append_duration_seconds", "Time to durably commit one batch of journal events")
+                        .buckets(containerd_buckets()),
+                )
+                .unwrap(),
+            ),
+            journal_compactions: reg(
+                r,
+                IntCounter::new("concord_journal_compactions_total", "Journal compactions (history replaced by a snapshot)").unwrap(),
+            ),
+            journal_uncompacted: reg(
+                r,
+                IntGauge::new("concord_journal_uncompacted_events", "Events in the journal after its last snapshot").unwrap(),
+            ),
+            objects: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("concord_objects", "Objects the reconcile loop manages, by kind"),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of metrics cannot fail");
+        String::from_utf8(buf).expect("metrics text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_buckets_follow_kubelet_spacing_and_pass_four_minutes() {
+        let b = rpc_buckets();
+        assert!((b[0] - 0.005).abs() < 1e-12);
+        assert!((b[1] - 0.0125).abs() < 1e-12);
+        assert!(*b.last().unwrap() > 240.0);
+    }
+
+    #[test]
+    fn every_metric_is_prefixed_and_rendered() {
+        let m = Metrics::new();
+        m.grpc_requests.with_label_values(&["Version", "OK"]).inc();
+        let text = m.render();
+        assert!(text.contains("concord_build_info{"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("concord_"), "{line}");
+        }
+    }
+}

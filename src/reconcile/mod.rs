@@ -1,0 +1,357 @@
+//! The reconcile loop: converges what containerd, the kernel and CNI hold to the journal's
+//! desired state, one object key at a time.
+//!
+//! Triggers (API intents, containerd events, resyncs) only add keys to the work queue; a worker
+//! takes a key, reads the current desired state and calls [`Reconciler::reconcile`], which never
+//! learns why it was called. The outcome is recorded per key (observed generation, last error) so
+//! that API handlers can wait for their intent to converge.
+
+mod queue;
+mod runtime_config;
+
+pub use queue::WorkQueue;
+pub use runtime_config::RuntimeConfigReconciler;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::ReconcileConfig;
+use crate::containerd::ContainerdError;
+use crate::events::ContainerdEvent;
+use crate::journal::{JournalHandle, ObjectKey, State};
+use crate::metrics::Metrics;
+
+/// Why one reconcile of an object failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A containerd call failed.
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+}
+
+/// What one successful reconcile saw and did.
+#[derive(Debug, Clone, Default)]
+pub struct Reconciled {
+    /// The actual state after the reconcile, as JSON (shown by introspection).
+    pub observed: String,
+    /// Actual state differed from desired and was fixed.
+    pub drift_corrected: bool,
+}
+
+/// Converges one object. Must be idempotent: it re-reads actual state every time.
+pub trait Reconciler: Send + Sync + 'static {
+    fn reconcile<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        desired: &'a State,
+    ) -> BoxFuture<'a, Result<Reconciled, ReconcileError>>;
+}
+
+/// The loop's record of one object.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectStatus {
+    /// Generation the last successful reconcile converged.
+    pub observed_generation: u64,
+    /// Actual state as JSON after the last success.
+    pub observed: String,
+    /// Failures since the last success.
+    pub retries: u32,
+    /// The last failure and the generation it was for.
+    pub last_error: Option<(u64, String)>,
+    /// A retry is scheduled.
+    pub retry_scheduled: bool,
+    /// When the last reconcile finished.
+    pub last_reconciled: Option<SystemTime>,
+}
+
+/// One object as introspection shows it.
+#[derive(Debug, Clone)]
+pub struct ObjectView {
+    pub key: ObjectKey,
+    pub desired: String,
+    pub generation: u64,
+    pub status: ObjectStatus,
+    pub pending: bool,
+}
+
+/// Why waiting for an intent to converge ended without success.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// The loop tried and failed; it keeps retrying.
+    #[error("{0}")]
+    Failed(String),
+    /// The deadline passed first; the loop keeps converging.
+    #[error("not converged within {0:?}")]
+    Deadline(Duration),
+}
+
+/// The loop: work queue, per-object status, workers.
+pub struct Controller {
+    queue: WorkQueue<ObjectKey>,
+    statuses: Mutex<HashMap<ObjectKey, ObjectStatus>>,
+    epoch: watch::Sender<u64>,
+    journal: JournalHandle,
+    reconciler: Arc<dyn Reconciler>,
+    metrics: Arc<Metrics>,
+    config: ReconcileConfig,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Controller {
+    pub fn new(
+        journal: JournalHandle,
+        reconciler: Arc<dyn Reconciler>,
+        metrics: Arc<Metrics>,
+        config: ReconcileConfig,
+        shutdown: CancellationToken,
+    ) -> Arc<Controller> {
+        Arc::new(Controller {
+            queue: WorkQueue::default(),
+            statuses: Mutex::new(HashMap::new()),
+            epoch: watch::channel(0).0,
+            journal,
+            reconciler,
+            metrics,
+            config,
+            shutdown,
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// Starts the workers and the periodic resync; the handle ends when shutdown fires.
+    pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        for n in 0..self.config.workers {
+            let this = self.clone();
+            self.tracker.spawn(async move { this.worker(n).await });
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let interval = Duration::from_secs(this.config.resync_interval_seconds);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = this.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval), if !interval.is_zero() => this.resync("periodic"),
+                }
+            }
+            this.queue.close();
+            this.tracker.close();
+            this.tracker.wait().await;
+        })
+    }
+
+    /// Queues `key` for a reconcile.
+    pub fn wake(&self, key: ObjectKey) {
+        self.queue.add(key);
+        self.metrics
+            .reconcile_queue_depth
+            .set(self.queue.depth() as i64);
+    }
+
+    /// Queues every object: events may have been missed (start, reconnect, periodic).
+    pub fn resync(&self, reason: &'static str) {
+        self.metrics.resyncs.with_label_values(&[reason]).inc();
+        let state = self.journal.state();
+        for (kind, n) in state.counts() {
+            self.metrics
+                .objects
+                .with_label_values(&[kind])
+                .set(n as i64);
+        }
+        let keys = state.keys();
+        tracing::debug!(reason, objects = keys.len(), "resync");
+        for key in keys {
+            self.wake(key);
+        }
+    }
+
+    /// Maps a containerd event to the object it concerns and queues that object.
+    pub fn on_containerd_event(&self, event: &ContainerdEvent) {
+        let Some(id) = event.container_id() else {
+            return;
+        };
+        match self.journal.state().key_for_containerd_id(id) {
+            Some(key) => self.wake(key),
+            None => tracing::trace!(container_id = id, ?event, "event for no concord object"),
+        }
+    }
+
+    /// Waits until `key` converged `generation`, a reconcile of it failed, or `timeout` passed.
+    pub async fn wait(
+        &self,
+        key: &ObjectKey,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let mut epoch = self.epoch.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.statuses.lock().get(key) {
+                if s.observed_generation >= generation {
+                    return Ok(());
+                }
+                if let Some((g, e)) = &s.last_error {
+                    if *g >= generation {
+                        return Err(WaitError::Failed(e.clone()));
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, epoch.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(WaitError::Deadline(timeout)),
+            }
+        }
+    }
+
+    /// Every object with its desired and observed state (introspection).
+    pub fn objects(&self) -> Vec<ObjectView> {
+        let state = self.journal.state();
+        let statuses = self.statuses.lock();
+        state
+            .objects()
+            .into_iter()
+            .map(|(key, generation)| {
+                let status = statuses.get(&key).cloned().unwrap_or_default();
+                let pending = self.queue.is_pending(&key) || status.retry_scheduled;
+                ObjectView {
+                    desired: state.desired_json(&key).unwrap_or_default(),
+                    generation,
+                    pending,
+                    status,
+                    key,
+                }
+            })
+            .collect()
+    }
+
+    async fn worker(self: Arc<Self>, n: usize) {
+        loop {
+            let key = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                k = self.queue.next() => match k { Some(k) => k, None => break },
+            };
+            self.metrics
+                .reconcile_queue_depth
+                .set(self.queue.depth() as i64);
+            self.run_one(&key).await;
+            self.queue.done(&key);
+        }
+        tracing::trace!(worker = n, "reconcile worker stopped");
+    }
+
+    async fn run_one(self: &Arc<Self>, key: &ObjectKey) {
+        let state = self.journal.state();
+        let generation = state.generation(key);
+        let span = tracing::info_span!("reconcile", kind = key.kind(), id = key.id(), generation);
+        let start = Instant::now();
+        let result = self
+            .reconciler
+            .reconcile(key, &state)
+            .instrument(span.clone())
+            .await;
+        let kind = key.kind();
+        self.metrics
+            .reconcile_duration
+            .with_label_values(&[kind])
+            .observe(start.elapsed().as_secs_f64());
+        let retry_in = {
+            let mut statuses = self.statuses.lock();
+            let s = statuses.entry(key.clone()).or_default();
+            s.last_reconciled = Some(SystemTime::now());
+            match result {
+                Ok(r) => {
+                    self.metrics
+                        .reconciles
+                        .with_label_values(&[kind, "ok"])
+                        .inc();
+                    if r.drift_corrected {
+                        self.metrics
+                            .drift_corrected
+                            .with_label_values(&[kind])
+                            .inc();
+                    }
+                    s.observed_generation = s.observed_generation.max(generation);
+                    s.observed = r.observed;
+                    s.retries = 0;
+                    s.last_error = None;
+                    None
+                }
+                Err(e) => {
+                    self.metrics
+                        .reconciles
+                        .with_label_values(&[kind, "error"])
+                        .inc();
+                    self.metrics
+                        .reconcile_retries
+                        .with_label_values(&[kind])
+                        .inc();
+                    s.retries += 1;
+                    s.retry_scheduled = true;
+                    let delay = backoff(&self.config, s.retries);
+                    span.in_scope(
+                        || tracing::warn!(error = %e, retry_in = ?delay, "reconcile failed"),
+                    );
+                    s.last_error = Some((generation, e.to_string()));
+                    Some(delay)
+                }
+            }
+        };
+        self.epoch.send_modify(|e| *e += 1);
+        if let Some(delay) = retry_in {
+            let this = self.clone();
+            let key = key.clone();
+            self.tracker.spawn(async move {
+                tokio::select! {
+                    _ = this.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {
+                        if let Some(s) = this.statuses.lock().get_mut(&key) {
+                            s.retry_scheduled = false;
+                        }
+                        this.wake(key);
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Retry delay after `retries` failures: base × 2^(retries−1), jittered ±50 %, capped.
+pub fn backoff(config: &ReconcileConfig, retries: u32) -> Duration {
+    let exp = config
+        .backoff_base_ms
+        .saturating_mul(1u64 << retries.saturating_sub(1).min(32));
+    let capped = exp.min(config.backoff_max_ms) as f64;
+    let jittered = capped * (0.5 + fastrand::f64());
+    Duration::from_millis(jittered.min(config.backoff_max_ms as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let c = ReconcileConfig {
+            backoff_base_ms: 100,
+            backoff_max_ms: 5_000,
+            ..ReconcileConfig::default()
+        };
+        for _ in 0..100 {
+            let d1 = backoff(&c, 1).as_millis();
+            assert!((50..=150).contains(&d1), "{d1}");
+            let d4 = backoff(&c, 4).as_millis();
+            assert!((400..=1200).contains(&d4), "{d4}");
+            assert!(backoff(&c, 40).as_millis() <= 5_000);
+        }
+    }
+}

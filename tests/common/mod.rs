@@ -1,0 +1,380 @@
+//! Test harness: starts the real concord binary against the real containerd of the dev
+//! environment (`hack/dev-up.sh`) and talks CRI to it over its unix socket.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// containerd socket of the dev environment (override with CONCORD_TEST_CONTAINERD).
+pub fn containerd_socket() -> PathBuf {
+    let p = PathBuf::from(
+        std::env::var("CONCORD_TEST_CONTAINERD")
+            .unwrap_or_else(|_| "/tmp/ctd/containerd.sock".into()),
+    );
+    assert!(
+        p.exists(),
+        "containerd socket {} not found: run hack/dev-up.sh first (or set CONCORD_TEST_CONTAINERD)",
+        p.display()
+    );
+    p
+}
+
+/// CNI conf dir of the dev environment.
+pub fn cni_conf_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("CONCORD_TEST_CNI_CONF_DIR").unwrap_or_else(|_| "/etc/cni/net.d".into()),
+    )
+}
+
+/// A unique name per test (namespaces, cgroups).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One concord process with its own state dir and socket.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub metrics_port: u16,
+    pub containerd: PathBuf,
+    pub namespace: String,
+    pub extra: Vec<String>,
+    pub child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// A daemon (not started) in a fresh temp dir, against the dev containerd.
+    pub fn new() -> Daemon {
+        let tmp = tempfile::Builder::new()
+            .prefix("concord-test")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_owned();
+        std::fs::write(dir.join("config.toml"), "").unwrap();
+        Daemon {
+            socket: dir.join("run/concord.sock"),
+            state_dir: dir.join("state"),
+            metrics_port: free_port(),
+            containerd: containerd_socket(),
+            namespace: unique("concord-test"),
+            extra: vec![format!("--cni-conf-dir={}", cni_conf_dir().display())],
+            dir,
+            child: None,
+            _tmp: Some(tmp),
+        }
+    }
+
+    /// The command line this daemon runs with.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_concord"));
+        c.arg(format!(
+            "--config={}",
+            self.dir.join("config.toml").display()
+        ))
+        .arg(format!("--listen={}", self.socket.display()))
+        .arg(format!("--state-dir={}", self.state_dir.display()))
+        .arg(format!(
+            "--containerd-address={}",
+            self.containerd.display()
+        ))
+        .arg(format!("--containerd-namespace={}", self.namespace))
+        .arg(format!("--metrics-address=127.0.0.1:{}", self.metrics_port))
+        .arg("--containerd-health-interval-seconds=1")
+        .arg("--cni-rescan-interval-seconds=1")
+        .arg("--log-level=debug")
+        .args(&self.extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("concord.log"))
+                .unwrap(),
+        ));
+        c
+    }
+
+    /// Starts the daemon and waits until Version answers; answers how long that took.
+    pub async fn start(&mut self) -> Duration {
+        let start = Instant::now();
+        self.child = Some(self.command().spawn().expect("spawn concord"));
+        loop {
+            if let Ok(mut c) = self.try_runtime().await {
+                if c.version(k8s_cri::v1::VersionRequest::default())
+                    .await
+                    .is_ok()
+                {
+                    return start.elapsed();
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "concord exited during start ({status}); log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "concord did not answer; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Runs concord to completion (for start failures); answers its status and stderr.
+    pub fn run_to_exit(&self, extra: &[&str]) -> (ExitStatus, String) {
+        let out = self
+            .command()
+            .args(extra)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run concord");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("concord.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("started").id()
+    }
+
+    pub async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
+        uds_channel(&self.socket).await
+    }
+
+    async fn try_runtime(&self) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
+        Ok(RuntimeServiceClient::new(self.channel().await?))
+    }
+
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        self.try_runtime().await.expect("connect to concord")
+    }
+
+    pub async fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel().await.expect("connect to concord"))
+    }
+
+    pub async fn introspection(
+        &self,
+    ) -> concord::proto::introspection_client::IntrospectionClient<Channel> {
+        concord::proto::introspection_client::IntrospectionClient::new(
+            self.channel().await.expect("connect to concord"),
+        )
+    }
+
+    /// The /metrics text.
+    pub async fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics").await
+    }
+
+    /// Sum of a metric's samples whose line contains every one of `parts`.
+    pub async fn metric(&self, name: &str, parts: &[&str]) -> f64 {
+        metric_value(&self.metrics().await, name, parts)
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    /// SIGTERM; answers the exit status.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("started");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "concord did not exit after SIGTERM; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A tonic channel over a unix socket.
+pub async fn uds_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_owned();
+    Endpoint::try_from("http://[::]")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+}
+
+/// GET on loopback with a plain HTTP/1.0 request.
+pub async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect metrics");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    buf.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// Sum of the samples of `name` whose line contains every one of `parts`.
+pub fn metric_value(text: &str, name: &str, parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let metric = l.split(['{', ' ']).next().unwrap_or("");
+            metric == name && parts.iter().all(|p| l.contains(p))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `f` until it is true or `timeout` passes; answers the time it took.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A containerd of the test's own (CRI plugin disabled), for tests that stop and restart it.
+pub struct OwnContainerd {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    _tmp: tempfile::TempDir,
+}
+
+impl OwnContainerd {
+    pub fn start() -> OwnContainerd {
+        let tmp = tempfile::Builder::new()
+            .prefix("concord-ctd")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_owned();
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n",
+                root = dir.join("root").display(),
+                state = dir.join("state").display(),
+                sock = socket.display()
+            ),
+        )
+        .unwrap();
+        let mut c = OwnContainerd {
+            dir,
+            socket,
+            child: None,
+            _tmp: tmp,
+        };
+        c.restart();
+        c
+    }
+
+    /// Starts (again) and waits for the socket.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn containerd (run hack/dev-up.sh to install it)");
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "own containerd did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .ok();
+            c.wait().ok();
+        }
+    }
+}
+
+impl Drop for OwnContainerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,379 @@
+//! The daemon against the real containerd: CRI basics, start-up refusals, shutdown, metrics.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Daemon};
+use k8s_cri::v1 as cri;
+
+#[tokio::test]
+async fn version_and_status_answer_over_the_socket() {
+    let mut d = Daemon::new();
+    d.start().await;
+    let mut rt = d.runtime().await;
+    let v = rt
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "concord");
+    assert_eq!(v.runtime_api_version, "v1");
+    assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+
+    let ready = |s: &cri::StatusResponse, t: &str| {
+        s.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.r#type == t)
+            .unwrap()
+            .status
+    };
+    eventually(Duration::from_secs(10), "RuntimeReady", || {
+        let mut rt = rt.clone();
+        async move {
+            let s = rt
+                .status(cri::StatusRequest { verbose: false })
+                .await
+                .unwrap()
+                .into_inner();
+            ready(&s, "RuntimeReady")
+        }
+    })
+    .await;
+    let s = rt
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        ready(&s, "NetworkReady"),
+        "dev CNI config should be usable: {s:?}"
+    );
+    let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
+    assert_eq!(config["containerd"]["namespace"], d.namespace.as_str());
+    assert!(
+        s.info["cniconfig"].contains("bridge"),
+        "{}",
+        s.info["cniconfig"]
+    );
+    assert!(s.runtime_handlers.iter().any(|h| h.name == "runc"));
+
+    let rc = rt
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rc.linux.unwrap().cgroup_driver,
+        cri::CgroupDriver::Cgroupfs as i32
+    );
+}
+
+#[tokio::test]
+async fn network_turns_ready_when_a_config_appears() {
+    let mut d = Daemon::new();
+    let conf = d.dir.join("net.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    d.extra = vec![
+        format!("--cni-conf-dir={}", conf.display()),
+        "--cni-bin-dir=/usr/lib/cni".into(),
+    ];
+    d.start().await;
+    let mut rt = d.runtime().await;
+    let s = rt
+        .status(cri::StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let net = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(!net.status);
+    assert_eq!(net.reason, "NetworkPluginNotReady");
+    assert!(
+        net.message.contains("no usable CNI network config"),
+        "{}",
+        net.message
+    );
+
+    std::fs::write(
+        conf.join("10-test.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"t","plugins":[{"type":"bridge","bridge":"cnitest0","ipam":{"type":"host-local","subnet":"10.99.0.0/24"}}]}"#,
+    )
+    .unwrap();
+    let took = eventually(Duration::from_secs(10), "NetworkReady", || {
+        let mut rt = rt.clone();
+        async move {
+            let s = rt
+                .status(cri::StatusRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            s.status
+                .unwrap()
+                .conditions
+                .iter()
+                .any(|c| c.r#type == "NetworkReady" && c.status)
+        }
+    })
+    .await;
+    println!("network ready {took:?} after the config appeared");
+}
+
+#[tokio::test]
+async fn update_runtime_config_records_and_applies_the_pod_cidr() {
+    let mut d = Daemon::new();
+    d.start().await;
+    let mut rt = d.runtime().await;
+    let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: cidr.into(),
+            }),
+        }),
+    };
+    rt.update_runtime_config(update("10.244.1.0/24"))
+        .await
+        .unwrap();
+    let o = &runtime_config_object(&d).await;
+    assert!(o.desired.contains("10.244.1.0/24"), "{o:?}");
+    assert!(
+        o.observed.contains("10.244.1.0/24"),
+        "the loop applied it: {o:?}"
+    );
+    assert_eq!(o.generation, 1);
+    assert_eq!(o.observed_generation, 1);
+    assert!(!o.pending);
+
+    // Bad input names the field and records nothing.
+    let err = rt
+        .update_runtime_config(update("10.244.1.0/40"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("pod_cidr"), "{}", err.message());
+    assert_eq!(runtime_config_object(&d).await.generation, 1);
+
+    // Survives a restart: replayed from the journal and applied again by the loop.
+    assert!(d.terminate().await.success());
+    d.start().await;
+    let o = eventually_observed(&d).await;
+    assert!(
+        o.desired.contains("10.244.1.0/24") && o.observed.contains("10.244.1.0/24"),
+        "{o:?}"
+    );
+    let verbose = d
+        .runtime()
+        .await
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        verbose.info["cniconfig"].contains("10.244.1.0/24"),
+        "{}",
+        verbose.info["cniconfig"]
+    );
+}
+
+async fn runtime_config_object(d: &Daemon) -> concord::proto::ObjectStatus {
+    let mut i = d.introspection().await;
+    i.list_objects(concord::proto::ListObjectsRequest {
+        kind: "runtime_config".into(),
+        id_prefix: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .objects
+    .remove(0)
+}
+
+async fn eventually_observed(d: &Daemon) -> concord::proto::ObjectStatus {
+    let start = std::time::Instant::now();
+    loop {
+        let o = runtime_config_object(d).await;
+        if o.observed_generation == o.generation && !o.observed.is_empty() {
+            return o;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "runtime config not observed: {o:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn rpcs_of_later_capabilities_answer_unimplemented_naming_them() {
+    let mut d = Daemon::new();
+    d.start().await;
+    let mut rt = d.runtime().await;
+    let err = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(
+        err.message().contains("RunPodSandbox") && err.message().contains("pod sandboxes"),
+        "{}",
+        err.message()
+    );
+    let err = d
+        .images()
+        .await
+        .pull_image(cri::PullImageRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("image"), "{}", err.message());
+    let err = rt.exec(cri::ExecRequest::default()).await.unwrap_err();
+    assert!(err.message().contains("streaming"), "{}", err.message());
+    let count = d
+        .metric(
+            "concord_grpc_requests_total",
+            &["method=\"RunPodSandbox\"", "code=\"Unimplemented\""],
+        )
+        .await;
+    assert_eq!(count, 1.0);
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_and_removes_the_socket() {
+    let mut d = Daemon::new();
+    d.start().await;
+    let status = d.terminate().await;
+    assert!(status.success(), "{status}");
+    assert!(!d.socket.exists());
+    assert!(d.log().contains("concord stopped"));
+}
+
+#[tokio::test]
+async fn a_second_concord_on_the_same_socket_is_refused() {
+    let mut a = Daemon::new();
+    a.start().await;
+    let mut b = Daemon::new();
+    b.socket = a.socket.clone();
+    let (status, stderr) = b.run_to_exit(&[]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("already serving") && stderr.contains(&a.socket.display().to_string()),
+        "{stderr}"
+    );
+    // a is unharmed
+    a.runtime()
+        .await
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_socket_file_is_replaced() {
+    let mut d = Daemon::new();
+    d.start().await;
+    d.kill9(); // leaves the socket file behind
+    assert!(d.socket.exists());
+    d.start().await;
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_and_use_kubelet_buckets() {
+    let mut d = Daemon::new();
+    d.start().await;
+    let mut rt = d.runtime().await;
+    rt.version(cri::VersionRequest::default()).await.unwrap();
+    rt.status(cri::StatusRequest::default()).await.unwrap();
+    let text = d.metrics().await;
+    assert!(text.contains("concord_build_info{"), "{text}");
+    assert!(text
+        .contains("concord_grpc_request_duration_seconds_bucket{method=\"Version\",le=\"0.005\"}"));
+    assert!(
+        text.contains("le=\"298.0232238769531\"") || text.contains("le=\"298.02322387695"),
+        "buckets pass 4 minutes"
+    );
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(!line.contains("_id=\""), "no id labels: {line}");
+    }
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; hack/dev-up.sh installs it)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .as_ref()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_real_containerd_event_reaches_the_stream() {
+    use containerd_client::services::v1::{CreateImageRequest, DeleteImageRequest, Image};
+    let mut d = Daemon::new();
+    d.start().await;
+    eventually(
+        Duration::from_secs(10),
+        "event stream connected",
+        || async {
+            d.metric("concord_containerd_event_stream_connected", &[])
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    let ctd = concord::containerd::Containerd::new(&d.containerd, &d.namespace, Default::default())
+        .unwrap();
+    let name = format!("example.test/concord/{}:latest", d.namespace);
+    let img = Image {
+        name: name.clone(),
+        target: Some(containerd_client::types::Descriptor {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+                .into(),
+            size: 1,
+            annotations: Default::default(),
+        }),
+        ..Default::default()
+    };
+    ctd.images()
+        .create(ctd.request(CreateImageRequest {
+            image: Some(img),
+            source_date_epoch: None,
+        }))
+        .await
+        .unwrap();
+    ctd.images()
+        .delete(ctd.request(DeleteImageRequest {
+            name,
+            sync: false,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "image events counted", || async {
+        let m = d.metrics().await;
+        common::metric_value(&m, "concord_containerd_events_total", &["/images/create"]) >= 1.0
+            && common::metric_value(&m, "concord_containerd_events_total", &["/images/delete"])
+                >= 1.0
+    })
+    .await;
+}
