@@ -12,6 +12,7 @@ use concord::daemon::{self, process};
 #[command(
     name = "concord",
     version,
+    args_override_self = true,
     about = "A Kubernetes CRI runtime on containerd, built as an event-sourced reconciliation controller",
     long_about = "Serves the CRI v1 API on a unix socket for kubelet (--container-runtime-endpoint). \
 Settings come from the config file (default /etc/concord/config.toml; `concord config default` prints \
@@ -196,6 +197,7 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::new(directive);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().flatten_event(true).init();
@@ -232,26 +234,34 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Inspect { kind }) => {
-            report(runtime().and_then(|rt| rt.block_on(inspect(&config, kind))))
-        }
+        Some(Command::Inspect { kind }) => report(
+            false,
+            runtime().and_then(|rt| rt.block_on(inspect(&config, kind))),
+        ),
         None => {
             init_logging(&config);
-            report(place_process(&config).and_then(|()| {
-                let rt = runtime()?;
-                rt.block_on(daemon::run(config))
-                    .map_err(anyhow::Error::from)
-            }))
+            report(
+                true,
+                place_process(&config).and_then(|()| {
+                    let rt = runtime()?;
+                    rt.block_on(daemon::run(config))
+                        .map_err(anyhow::Error::from)
+                }),
+            )
         }
     }
 }
 
-fn report(result: anyhow::Result<()>) -> ExitCode {
+/// Exit code for a result; the error goes to the log once logging is up, else to stderr.
+fn report(logging: bool, result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("concord: {e}");
+            if logging {
+                tracing::error!("{e}");
+            } else {
+                eprintln!("concord: {e}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -55,10 +55,32 @@ pub fn join_cgroup(cgroup: &str, root: &Path) -> Result<(), ProcessError> {
         });
     }
     for h in hierarchies {
-        let dir = h.join(rel);
-        std::fs::create_dir_all(&dir).map_err(|e| err(dir.clone(), e))?;
+        let mut dir = h.clone();
+        for part in Path::new(rel).components() {
+            let parent = dir.clone();
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).map_err(|e| err(dir.clone(), e))?;
+                inherit_cpuset(&parent, &dir).map_err(|e| err(dir.clone(), e))?;
+            }
+        }
         let procs = dir.join("cgroup.procs");
         std::fs::write(&procs, &pid).map_err(|e| err(procs.clone(), e))?;
+    }
+    Ok(())
+}
+
+/// A new cgroup v1 cpuset starts with no CPUs and no memory nodes and refuses tasks until given
+/// some: copy the parent's.
+fn inherit_cpuset(parent: &Path, dir: &Path) -> std::io::Result<()> {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let mine = dir.join(file);
+        if !mine.exists() {
+            continue;
+        }
+        if std::fs::read_to_string(&mine)?.trim().is_empty() {
+            std::fs::write(&mine, std::fs::read_to_string(parent.join(file))?.trim())?;
+        }
     }
     Ok(())
 }

@@ -1,0 +1,115 @@
+//! containerd restarted under a running concord: Status turns not-ready and back, the event
+//! stream reconnects (counted), and a resync runs. Uses a containerd of the test's own.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, Daemon, OwnContainerd};
+use k8s_cri::v1 as cri;
+
+async fn runtime_ready(d: &Daemon) -> bool {
+    let s = d
+        .runtime()
+        .await
+        .status(cri::StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    s.status
+        .unwrap()
+        .conditions
+        .iter()
+        .any(|c| c.r#type == "RuntimeReady" && c.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_restart_turns_status_not_ready_and_back_and_the_stream_reconnects() {
+    let mut ctd = OwnContainerd::start();
+    let mut d = Daemon::new();
+    d.containerd = ctd.socket.clone();
+    d.start().await;
+    eventually(Duration::from_secs(10), "ready and streaming", || async {
+        runtime_ready(&d).await
+            && d.metric("concord_containerd_event_stream_connected", &[])
+                .await
+                == 1.0
+    })
+    .await;
+    let reconnects = d
+        .metric("concord_containerd_event_stream_reconnects_total", &[])
+        .await;
+    let resyncs = d
+        .metric("concord_resyncs_total", &["event_stream_reconnect"])
+        .await;
+
+    ctd.stop();
+    let down = eventually(Duration::from_secs(10), "RuntimeReady false", || async {
+        !runtime_ready(&d).await
+    })
+    .await;
+    let s = d
+        .runtime()
+        .await
+        .status(cri::StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let cond = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .unwrap();
+    assert_eq!(cond.reason, "ContainerdNotReady");
+    assert!(
+        cond.message.contains(&ctd.socket.display().to_string()),
+        "{}",
+        cond.message
+    );
+    // An RPC that needs containerd would be refused meanwhile; Version still answers.
+    d.runtime()
+        .await
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap();
+
+    ctd.restart();
+    let back = Instant::now();
+    let ready = eventually(Duration::from_secs(10), "RuntimeReady again", || async {
+        runtime_ready(&d).await
+    })
+    .await;
+    let stream = eventually(
+        Duration::from_secs(10),
+        "event stream reconnected",
+        || async {
+            d.metric("concord_containerd_event_stream_reconnects_total", &[])
+                .await
+                > reconnects
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(5), "resync after reconnect", || async {
+        d.metric("concord_resyncs_total", &["event_stream_reconnect"])
+            .await
+            > resyncs
+    })
+    .await;
+    println!(
+        "not-ready seen {down:?} after containerd stopped; ready again {ready:?} and stream reconnected {stream:?} \
+         after containerd restarted (total {:?})",
+        back.elapsed()
+    );
+    assert!(
+        d.metric("concord_containerd_event_stream_connected", &[])
+            .await
+            == 1.0
+    );
+    assert!(
+        d.metric("concord_resyncs_total", &["containerd_ready"])
+            .await
+            >= 2.0
+    );
+}

@@ -1,0 +1,171 @@
+//! Start-up refusals (each a clear error, nothing modified) and process placement.
+
+mod common;
+
+use common::Daemon;
+
+fn file_bytes(p: &std::path::Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+#[tokio::test]
+async fn a_corrupt_journal_stops_the_start_and_is_left_untouched() {
+    let d = Daemon::new();
+    std::fs::create_dir_all(&d.state_dir).unwrap();
+    let journal = d.state_dir.join("journal.redb");
+    std::fs::write(&journal, b"definitely not a journal\x00\x01\x02").unwrap();
+    let before = file_bytes(&journal);
+    let (status, stderr) = d.run_to_exit(&[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("corrupt") && stderr.contains(&journal.display().to_string()),
+        "{stderr}"
+    );
+    assert_eq!(file_bytes(&journal), before);
+    assert!(!d.socket.exists(), "nothing served");
+}
+
+#[tokio::test]
+async fn a_journal_damaged_after_a_crash_is_refused_and_left_untouched() {
+    let mut d = Daemon::new();
+    d.start().await;
+    let mut rt = d.runtime().await;
+    for n in 0..20 {
+        rt.update_runtime_config(k8s_cri::v1::UpdateRuntimeConfigRequest {
+            runtime_config: Some(k8s_cri::v1::RuntimeConfig {
+                network_config: Some(k8s_cri::v1::NetworkConfig {
+                    pod_cidr: format!("10.7.{n}.0/24"),
+                }),
+            }),
+        })
+        .await
+        .unwrap();
+    }
+    d.kill9();
+    let journal = d.state_dir.join("journal.redb");
+    let mut bytes = file_bytes(&journal);
+    let len = bytes.len();
+    for b in &mut bytes[4096.min(len / 2)..] {
+        *b ^= 0x5A;
+    }
+    std::fs::write(&journal, &bytes).unwrap();
+    let (status, stderr) = d.run_to_exit(&[]);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains(&journal.display().to_string()), "{stderr}");
+    assert_eq!(file_bytes(&journal), bytes);
+}
+
+#[tokio::test]
+async fn a_journal_from_a_newer_version_stops_the_start_and_is_left_untouched() {
+    let d = Daemon::new();
+    std::fs::create_dir_all(&d.state_dir).unwrap();
+    let journal = d.state_dir.join("journal.redb");
+    concord::journal::write_foreign_schema(&journal, concord::journal::SCHEMA_VERSION + 1).unwrap();
+    let before = file_bytes(&journal);
+    let (status, stderr) = d.run_to_exit(&[]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("newer") && stderr.contains("schema version 2"),
+        "{stderr}"
+    );
+    assert_eq!(file_bytes(&journal), before);
+}
+
+#[tokio::test]
+async fn a_config_with_an_unknown_key_names_it() {
+    let d = Daemon::new();
+    std::fs::write(d.dir.join("config.toml"), "[containerd]\nadress = \"/x\"\n").unwrap();
+    let (status, stderr) = d.run_to_exit(&[]);
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        stderr.contains("adress") && stderr.contains("config.toml"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_config_with_a_bad_value_names_the_setting() {
+    let d = Daemon::new();
+    std::fs::write(d.dir.join("config.toml"), "log_format = \"xml\"\n").unwrap();
+    let (status, stderr) = d.run_to_exit(&[]);
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        stderr.contains("log_format") && stderr.contains("xml"),
+        "{stderr}"
+    );
+    std::fs::write(d.dir.join("config.toml"), "").unwrap();
+    let (status, stderr) = d.run_to_exit(&["--metrics-address=nowhere"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("metrics_address"), "{stderr}");
+}
+
+#[tokio::test]
+async fn an_explicit_config_file_that_is_missing_is_an_error() {
+    let d = Daemon::new();
+    let missing = d.dir.join("nope.toml");
+    let (status, stderr) = d.run_to_exit(&[&format!("--config={}", missing.display())]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("nope.toml"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_socket_in_a_missing_read_only_directory_is_a_clear_error() {
+    let mut d = Daemon::new();
+    let ro = d.dir.join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "mount a read-only tmpfs (tests run as root)"
+    );
+    d.socket = ro.join("missing/concord.sock");
+    let (status, stderr) = d.run_to_exit(&[]);
+    std::process::Command::new("umount")
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("cannot create directory") && stderr.contains("Read-only file system"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn oom_score_adj_is_set_or_refused_clearly() {
+    let mut d = Daemon::new();
+    d.extra.push("--oom-score-adj=500".into());
+    d.start().await;
+    let adj = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", d.pid())).unwrap();
+    assert_eq!(adj.trim(), "500");
+    d.kill9();
+
+    // Lowering needs CAP_SYS_RESOURCE: where the host lacks it, the start fails clearly.
+    let (status, stderr) = d.run_to_exit(&["--oom-score-adj=-999"]);
+    if !status.success() {
+        assert!(
+            stderr.contains("oom_score_adj") && stderr.contains("CAP_SYS_RESOURCE"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concord_places_itself_in_the_configured_cgroup() {
+    let mut d = Daemon::new();
+    let cg = common::unique("concord-test-cg");
+    d.extra.push(format!("--cgroup=/{cg}"));
+    d.start().await;
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", d.pid())).unwrap();
+    assert!(cgroups.contains(&format!("/{cg}")), "{cgroups}");
+    d.kill9();
+    // leave no cgroup behind
+    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        std::fs::remove_dir(entry.path().join(&cg)).ok();
+    }
+    std::fs::remove_dir(std::path::Path::new("/sys/fs/cgroup").join(&cg)).ok();
+}
