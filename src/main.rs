@@ -32,6 +32,8 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Ask a running concord for its Version and Status (CRI), as kubelet does.
+    Status,
     /// Show what a running concord's reconcile loop manages: desired and observed state,
     /// pending reconciles, last errors, and the journal.
     Inspect {
@@ -234,6 +236,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Status) => {
+            report(false, runtime().and_then(|rt| rt.block_on(status(&config))))
+        }
         Some(Command::Inspect { kind }) => report(
             false,
             runtime().and_then(|rt| rt.block_on(inspect(&config, kind))),
@@ -287,11 +292,10 @@ fn place_process(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn inspect(config: &Config, kind: String) -> anyhow::Result<()> {
-    use concord::proto::introspection_client::IntrospectionClient;
-    use concord::proto::{JournalInfoRequest, ListObjectsRequest};
+/// A gRPC channel to a running concord's socket.
+async fn connect(config: &Config) -> anyhow::Result<tonic::transport::Channel> {
     let path = config.listen.clone();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]")?
+    tonic::transport::Endpoint::try_from("http://[::]")?
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
@@ -305,7 +309,44 @@ async fn inspect(config: &Config, kind: String) -> anyhow::Result<()> {
                 "cannot connect to concord at {}: {e}",
                 config.listen.display()
             )
-        })?;
+        })
+}
+
+async fn status(config: &Config) -> anyhow::Result<()> {
+    use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+    use k8s_cri::v1::{StatusRequest, VersionRequest};
+    let mut client = RuntimeServiceClient::new(connect(config).await?);
+    let v = client
+        .version(VersionRequest::default())
+        .await?
+        .into_inner();
+    let s = client
+        .status(StatusRequest { verbose: false })
+        .await?
+        .into_inner();
+    let conditions: Vec<serde_json::Value> = s
+        .status
+        .map(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| serde_json::json!({"type": c.r#type, "status": c.status, "reason": c.reason, "message": c.message}))
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "runtime_name": v.runtime_name,
+            "runtime_version": v.runtime_version,
+            "runtime_api_version": v.runtime_api_version,
+            "conditions": conditions,
+        }))?
+    );
+    Ok(())
+}
+
+async fn inspect(config: &Config, kind: String) -> anyhow::Result<()> {
+    use concord::proto::introspection_client::IntrospectionClient;
+    use concord::proto::{JournalInfoRequest, ListObjectsRequest};
+    let channel = connect(config).await?;
     let mut client = IntrospectionClient::new(channel);
     let j = client
         .journal_info(JournalInfoRequest {})
