@@ -62,6 +62,29 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub reconcile: ReconcileConfig,
     pub journal: JournalConfig,
+    pub image: ImageConfig,
+}
+
+/// Image pulls and the snapshot syncer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// Seconds a pull may go without progress before it is aborted.
+    pub pull_progress_timeout_seconds: u64,
+    /// Layers downloaded at once (across all pulls).
+    pub max_concurrent_downloads: usize,
+    /// Seconds between snapshot usage measurements (ImageFsInfo).
+    pub fs_sync_interval_seconds: u64,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            pull_progress_timeout_seconds: 60,
+            max_concurrent_downloads: 3,
+            fs_sync_interval_seconds: 10,
+        }
+    }
 }
 
 /// How concord reaches containerd.
@@ -139,6 +162,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             reconcile: ReconcileConfig::default(),
             journal: JournalConfig::default(),
+            image: ImageConfig::default(),
         }
     }
 }
@@ -357,6 +381,27 @@ impl Config {
                 "must not be below reconcile.backoff_base_ms",
             ));
         }
+        if self.image.pull_progress_timeout_seconds == 0 {
+            return Err(invalid(
+                "image.pull_progress_timeout_seconds",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if self.image.max_concurrent_downloads == 0 || self.image.max_concurrent_downloads > 64 {
+            return Err(invalid(
+                "image.max_concurrent_downloads",
+                self.image.max_concurrent_downloads,
+                "must be 1 to 64",
+            ));
+        }
+        if self.image.fs_sync_interval_seconds == 0 {
+            return Err(invalid(
+                "image.fs_sync_interval_seconds",
+                0,
+                "must be at least 1",
+            ));
+        }
         if self.journal.compact_after < 10 {
             return Err(invalid(
                 "journal.compact_after",
@@ -453,6 +498,14 @@ backoff_max_ms = {bmax}
 [journal]
 # Events after which the journal is compacted to a snapshot of live objects (--journal-compact-after).
 compact_after = {compact}
+
+[image]
+# Seconds a pull may go without progress before it is aborted (--image-pull-progress-timeout-seconds).
+pull_progress_timeout_seconds = {stall}
+# Layers downloaded at once, across all pulls (--max-concurrent-downloads).
+max_concurrent_downloads = {downloads}
+# Seconds between snapshot usage measurements behind ImageFsInfo (--image-fs-sync-interval-seconds).
+fs_sync_interval_seconds = {fssync}
 "#,
             listen = d.listen.display().to_string(),
             state_dir = d.state_dir.display().to_string(),
@@ -476,6 +529,9 @@ compact_after = {compact}
             bbase = d.reconcile.backoff_base_ms,
             bmax = d.reconcile.backoff_max_ms,
             compact = d.journal.compact_after,
+            stall = d.image.pull_progress_timeout_seconds,
+            downloads = d.image.max_concurrent_downloads,
+            fssync = d.image.fs_sync_interval_seconds,
         )
     }
 }

@@ -34,6 +34,19 @@ enum Command {
     },
     /// Ask a running concord for its Version and Status (CRI), as kubelet does.
     Status,
+    /// Import an image archive (OCI layout or docker save tar, plain or gzip) into a running
+    /// concord; the path is read by the daemon.
+    Load {
+        /// The archive.
+        file: PathBuf,
+    },
+    /// Pull an image through a running concord (CRI PullImage).
+    Pull {
+        /// Image reference.
+        image: String,
+    },
+    /// List the images a running concord knows (CRI ListImages).
+    Images,
     /// Show what a running concord's reconcile loop manages: desired and observed state,
     /// pending reconciles, last errors, and the journal.
     Inspect {
@@ -126,6 +139,15 @@ struct Flags {
     /// Longest retry delay (ms).
     #[arg(long, global = true, value_name = "MS")]
     backoff_max_ms: Option<u64>,
+    /// Seconds a pull may go without progress before it is aborted.
+    #[arg(long, global = true, value_name = "N")]
+    image_pull_progress_timeout_seconds: Option<u64>,
+    /// Layers downloaded at once.
+    #[arg(long, global = true, value_name = "N")]
+    max_concurrent_downloads: Option<usize>,
+    /// Seconds between snapshot usage measurements (ImageFsInfo).
+    #[arg(long, global = true, value_name = "N")]
+    image_fs_sync_interval_seconds: Option<u64>,
     /// Events after which the journal is compacted.
     #[arg(long, global = true, value_name = "N")]
     journal_compact_after: Option<u64>,
@@ -185,6 +207,18 @@ impl Flags {
         set(&mut c.reconcile.backoff_base_ms, &self.backoff_base_ms);
         set(&mut c.reconcile.backoff_max_ms, &self.backoff_max_ms);
         set(&mut c.journal.compact_after, &self.journal_compact_after);
+        set(
+            &mut c.image.pull_progress_timeout_seconds,
+            &self.image_pull_progress_timeout_seconds,
+        );
+        set(
+            &mut c.image.max_concurrent_downloads,
+            &self.max_concurrent_downloads,
+        );
+        set(
+            &mut c.image.fs_sync_interval_seconds,
+            &self.image_fs_sync_interval_seconds,
+        );
         c.validate()?;
         Ok(c)
     }
@@ -236,6 +270,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Load { file }) => report(
+            false,
+            runtime().and_then(|rt| rt.block_on(load(&config, file))),
+        ),
+        Some(Command::Pull { image }) => report(
+            false,
+            runtime().and_then(|rt| rt.block_on(pull(&config, image))),
+        ),
+        Some(Command::Images) => report(
+            false,
+            runtime().and_then(|rt| rt.block_on(list_images(&config))),
+        ),
         Some(Command::Status) => {
             report(false, runtime().and_then(|rt| rt.block_on(status(&config))))
         }
@@ -310,6 +356,66 @@ async fn connect(config: &Config) -> anyhow::Result<tonic::transport::Channel> {
                 config.listen.display()
             )
         })
+}
+
+async fn load(config: &Config, file: PathBuf) -> anyhow::Result<()> {
+    use concord::proto::images_client::ImagesClient;
+    let file = std::path::absolute(&file)?;
+    let mut client = ImagesClient::new(connect(config).await?);
+    let r = client
+        .load_image(concord::proto::LoadImageRequest {
+            file_path: file.display().to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    for name in r.images {
+        println!("{name}");
+    }
+    Ok(())
+}
+
+async fn pull(config: &Config, image: String) -> anyhow::Result<()> {
+    use k8s_cri::v1::image_service_client::ImageServiceClient;
+    use k8s_cri::v1::{ImageSpec, PullImageRequest};
+    let mut client = ImageServiceClient::new(connect(config).await?);
+    let r = client
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!("{}", r.image_ref);
+    Ok(())
+}
+
+async fn list_images(config: &Config) -> anyhow::Result<()> {
+    use k8s_cri::v1::image_service_client::ImageServiceClient;
+    let mut client = ImageServiceClient::new(connect(config).await?);
+    let r = client
+        .list_images(k8s_cri::v1::ListImagesRequest::default())
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    for img in r.images {
+        let tags = if img.repo_tags.is_empty() {
+            "<none>".to_string()
+        } else {
+            img.repo_tags.join(",")
+        };
+        println!(
+            "{}  {:>10}  {}",
+            &img.id[..19.min(img.id.len())],
+            img.size,
+            tags
+        );
+    }
+    Ok(())
 }
 
 async fn status(config: &Config) -> anyhow::Result<()> {

@@ -1,8 +1,11 @@
 //! The API's errors and the one table that turns them into gRPC statuses.
 
+use std::sync::Arc;
+
 use tonic::{Code, Status};
 
 use crate::containerd::ContainerdError;
+use crate::image::ImageError;
 use crate::journal::AppendError;
 use crate::reconcile::WaitError;
 
@@ -37,6 +40,9 @@ pub enum ApiError {
     /// A containerd call failed.
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
+    /// An image operation failed (shared by concurrent pulls, hence the Arc).
+    #[error("{0}")]
+    Image(#[source] Arc<ImageError>),
 }
 
 impl ApiError {
@@ -57,6 +63,7 @@ impl ApiError {
                 source: WaitError::Failed(_),
                 ..
             } => Code::Internal,
+            ApiError::Image(e) => e.code(),
             ApiError::Containerd(e) => match e.code() {
                 c @ (Code::NotFound
                 | Code::AlreadyExists

@@ -3,6 +3,11 @@
 //! file, wrapped by [`Runtime::instrument`].
 
 mod error;
+mod image_fs_info;
+mod image_load;
+mod image_pull;
+mod image_remove;
+mod image_status;
 mod instrument;
 mod introspect;
 mod not_yet;
@@ -22,12 +27,13 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::containerd::{Containerd, Health};
+use crate::image::Images;
 use crate::journal::JournalHandle;
 use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::proto;
 use crate::reconcile::Controller;
-use not_yet::Capability::{Checkpoint, Containers, Images, Sandboxes, Streaming};
+use not_yet::Capability::{Checkpoint, Containers, Sandboxes, Streaming};
 
 /// What every handler works with.
 pub struct Runtime {
@@ -37,6 +43,7 @@ pub struct Runtime {
     pub containerd: Containerd,
     pub health: watch::Receiver<Health>,
     pub network: Arc<Network>,
+    pub images: Arc<Images>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -233,30 +240,56 @@ impl cri::runtime_service_server::RuntimeService for Cri {
 impl cri::image_service_server::ImageService for Cri {
     async fn list_images(
         &self,
-        _: Request<cri::ListImagesRequest>,
+        r: Request<cri::ListImagesRequest>,
     ) -> Res<cri::ListImagesResponse> {
-        self.0.not_yet("ListImages", Images).await
+        self.0
+            .instrument("ListImages", Gate::None, self.0.list_images(r.into_inner()))
+            .await
     }
     async fn image_status(
         &self,
-        _: Request<cri::ImageStatusRequest>,
+        r: Request<cri::ImageStatusRequest>,
     ) -> Res<cri::ImageStatusResponse> {
-        self.0.not_yet("ImageStatus", Images).await
+        self.0
+            .instrument(
+                "ImageStatus",
+                Gate::None,
+                self.0.image_status(r.into_inner()),
+            )
+            .await
     }
-    async fn pull_image(&self, _: Request<cri::PullImageRequest>) -> Res<cri::PullImageResponse> {
-        self.0.not_yet("PullImage", Images).await
+    async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> Res<cri::PullImageResponse> {
+        self.0
+            .instrument(
+                "PullImage",
+                Gate::Containerd,
+                self.0.pull_image(r.into_inner()),
+            )
+            .await
     }
     async fn remove_image(
         &self,
-        _: Request<cri::RemoveImageRequest>,
+        r: Request<cri::RemoveImageRequest>,
     ) -> Res<cri::RemoveImageResponse> {
-        self.0.not_yet("RemoveImage", Images).await
+        self.0
+            .instrument(
+                "RemoveImage",
+                Gate::Containerd,
+                self.0.remove_image(r.into_inner()),
+            )
+            .await
     }
     async fn image_fs_info(
         &self,
-        _: Request<cri::ImageFsInfoRequest>,
+        r: Request<cri::ImageFsInfoRequest>,
     ) -> Res<cri::ImageFsInfoResponse> {
-        self.0.not_yet("ImageFsInfo", Images).await
+        self.0
+            .instrument(
+                "ImageFsInfo",
+                Gate::None,
+                self.0.image_fs_info(r.into_inner()),
+            )
+            .await
     }
 }
 
@@ -264,9 +297,15 @@ impl cri::image_service_server::ImageService for Cri {
 impl proto::images_server::Images for Cri {
     async fn load_image(
         &self,
-        _: Request<proto::LoadImageRequest>,
+        r: Request<proto::LoadImageRequest>,
     ) -> Res<proto::LoadImageResponse> {
-        self.0.not_yet("LoadImage", Images).await
+        self.0
+            .instrument(
+                "LoadImage",
+                Gate::Containerd,
+                self.0.load_image(r.into_inner()),
+            )
+            .await
     }
 }
 

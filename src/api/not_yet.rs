@@ -7,7 +7,6 @@ use super::{ApiError, Gate, Runtime};
 /// The capabilities still to come, each a whole issue.
 #[derive(Debug, Clone, Copy)]
 pub enum Capability {
-    Images,
     Sandboxes,
     Containers,
     Streaming,
@@ -17,9 +16,6 @@ pub enum Capability {
 impl Capability {
     fn describe(self) -> &'static str {
         match self {
-            Capability::Images => {
-                "image management (pull, list, status, remove, load, image filesystem info) is not in this build"
-            }
             Capability::Sandboxes => "pod sandboxes with networking are not in this build",
             Capability::Containers => "containers (create, start, stop, logs, exec-sync, stats, events) are not in this build",
             Capability::Streaming => "the streaming server (exec, attach, port-forward) is not in this build",

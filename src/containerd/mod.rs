@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::{
     containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
-    events_client::EventsClient, images_client::ImagesClient, leases_client::LeasesClient,
+    events_client::EventsClient, images_client::ImagesClient,
+    introspection_client::IntrospectionClient, leases_client::LeasesClient,
     snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
     version_client::VersionClient,
 };
@@ -190,6 +191,9 @@ impl Containerd {
     pub fn diff(&self) -> DiffClient<Channel> {
         DiffClient::new(self.channel.clone())
     }
+    pub fn introspection(&self) -> IntrospectionClient<Channel> {
+        IntrospectionClient::new(self.channel.clone())
+    }
     pub fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())
     }
@@ -236,9 +240,14 @@ impl Containerd {
 
     /// Deletes a lease (a missing one is fine), releasing what it protected to the GC.
     pub async fn delete_lease(&self, id: &str) -> Result<(), ContainerdError> {
+        self.delete_lease_sync(id, false).await
+    }
+
+    /// Deletes a lease; with `sync` containerd collects what it protected before answering.
+    pub async fn delete_lease_sync(&self, id: &str, sync: bool) -> Result<(), ContainerdError> {
         let req = LeaseDeleteRequest {
             id: id.to_string(),
-            sync: false,
+            sync,
         };
         match self
             .call(

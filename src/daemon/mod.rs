@@ -21,6 +21,7 @@ use crate::api::{Cri, Runtime};
 use crate::config::Config;
 use crate::containerd::{spawn_health_monitor, Containerd, ContainerdError};
 use crate::events::{self, ContainerdEvent, EventSink};
+use crate::image::{ImageSettings, Images};
 use crate::journal::{self, Journal, JournalError};
 use crate::metrics::{self, Metrics};
 use crate::network::Network;
@@ -57,14 +58,26 @@ pub enum DaemonError {
     Serve(#[source] tonic::transport::Error),
 }
 
-struct Sink(Arc<Controller>);
+struct Sink {
+    controller: Arc<Controller>,
+    images: Arc<Images>,
+}
 
 impl EventSink for Sink {
     fn event(&self, event: ContainerdEvent) {
-        self.0.on_containerd_event(&event);
+        match &event {
+            ContainerdEvent::ImageCreate { name }
+            | ContainerdEvent::ImageUpdate { name }
+            | ContainerdEvent::ImageDelete { name } => {
+                let images = self.images.clone();
+                let name = name.clone();
+                tokio::spawn(async move { images.refresh_name(&name).await });
+            }
+            _ => self.controller.on_containerd_event(&event),
+        }
     }
     fn reconnected(&self) {
-        self.0.resync("event_stream_reconnect");
+        self.controller.resync("event_stream_reconnect");
     }
 }
 
@@ -115,8 +128,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.reconcile.clone(),
         loop_stop.clone(),
     );
+    let images = Images::new(
+        ctd.clone(),
+        ImageSettings::from_config(&config),
+        metrics.clone(),
+    );
+    {
+        let images = images.clone();
+        controller.on_resync(move || {
+            let images = images.clone();
+            tokio::spawn(async move { images.refresh_all().await });
+        });
+    }
     let controller_task = controller.spawn();
     controller.resync("start");
+    let syncer_task = images.spawn_syncer(loop_stop.clone());
 
     let on_ready = {
         let c = controller.clone();
@@ -132,7 +158,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let events_task = events::spawn(
         ctd.clone(),
         metrics.clone(),
-        Arc::new(Sink(controller.clone())),
+        Arc::new(Sink {
+            controller: controller.clone(),
+            images: images.clone(),
+        }),
         loop_stop.clone(),
     );
     let cni_task = network.spawn_watcher(
@@ -160,6 +189,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         containerd: ctd,
         health,
         network,
+        images,
         metrics: metrics.clone(),
     });
     let cri = Cri(runtime);
@@ -234,6 +264,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let _ = health_task.await;
     let _ = cni_task.await;
+    let _ = syncer_task.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
     }

@@ -47,6 +47,11 @@ pub struct Metrics {
     pub journal_compactions: IntCounter,
     pub journal_uncompacted: IntGauge,
     pub objects: IntGaugeVec,
+    pub pulls: IntCounterVec,
+    pub pull_duration: Histogram,
+    pub pull_bytes: IntCounter,
+    pub pulls_in_progress: IntGauge,
+    pub images: IntGauge,
 }
 
 impl Metrics {
@@ -209,6 +214,34 @@ impl Metrics {
                     &["kind"],
                 )
                 .unwrap(),
+            ),
+            pulls: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_image_pulls_total", "Image pulls, by result (ok or the gRPC code of the failure)"),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
+            pull_duration: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("concord_image_pull_duration_seconds", "Time one image pull took")
+                        .buckets(rpc_buckets()),
+                )
+                .unwrap(),
+            ),
+            pull_bytes: reg(
+                r,
+                IntCounter::new("concord_image_pull_bytes_total", "Bytes of layers downloaded from registries").unwrap(),
+            ),
+            pulls_in_progress: reg(
+                r,
+                IntGauge::new("concord_image_pulls_in_progress", "Image pulls running now").unwrap(),
+            ),
+            images: reg(
+                r,
+                IntGauge::new("concord_images", "Images known in concord's containerd namespace").unwrap(),
             ),
             registry,
         }

@@ -104,6 +104,7 @@ pub struct Controller {
     config: ReconcileConfig,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    resync_hooks: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl Controller {
@@ -124,6 +125,7 @@ impl Controller {
             config,
             shutdown,
             tracker: TaskTracker::new(),
+            resync_hooks: Mutex::new(Vec::new()),
         })
     }
 
@@ -157,9 +159,17 @@ impl Controller {
             .set(self.queue.depth() as i64);
     }
 
+    /// Runs `hook` on every resync (caches of containerd state rebuild themselves).
+    pub fn on_resync(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.resync_hooks.lock().push(Box::new(hook));
+    }
+
     /// Queues every object: events may have been missed (start, reconnect, periodic).
     pub fn resync(&self, reason: &'static str) {
         self.metrics.resyncs.with_label_values(&[reason]).inc();
+        for hook in self.resync_hooks.lock().iter() {
+            hook();
+        }
         let state = self.journal.state();
         for (kind, n) in state.counts() {
             self.metrics

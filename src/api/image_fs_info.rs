@@ -1,0 +1,34 @@
+//! ImageFsInfo: the snapshot syncer's last measurement (never computed during the call).
+
+use k8s_cri::v1 as cri;
+
+use super::{ApiError, Runtime};
+
+impl Runtime {
+    pub async fn image_fs_info(
+        &self,
+        _req: cri::ImageFsInfoRequest,
+    ) -> Result<cri::ImageFsInfoResponse, ApiError> {
+        let Some(u) = self.images.fs_usage() else {
+            return Err(ApiError::NotReady(
+                "image filesystem usage not measured yet".into(),
+            ));
+        };
+        let fs = cri::FilesystemUsage {
+            timestamp: u.timestamp_nanos,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: u.mountpoint,
+            }),
+            used_bytes: Some(cri::UInt64Value {
+                value: u.used_bytes,
+            }),
+            inodes_used: Some(cri::UInt64Value {
+                value: u.inodes_used,
+            }),
+        };
+        Ok(cri::ImageFsInfoResponse {
+            image_filesystems: vec![fs.clone()],
+            container_filesystems: vec![fs],
+        })
+    }
+}

@@ -1,0 +1,325 @@
+//! containerd's content store: streaming writes with the digest verified on the way, reads, and
+//! the GC labels that tie an image's blobs and snapshots together.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use containerd_client::services::v1::{
+    AbortRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
+    WriteContentRequest,
+};
+use futures::{Stream, StreamExt};
+use sha2::{Digest as _, Sha256};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::error::ImageError;
+use crate::containerd::{Containerd, ContainerdError};
+
+/// Largest chunk sent in one Content.Write message.
+const CHUNK: usize = 1 << 20;
+
+/// Whether `digest` is in the content store.
+pub async fn exists(ctd: &Containerd, digest: &str) -> Result<bool, ContainerdError> {
+    let req = InfoRequest {
+        digest: digest.into(),
+    };
+    match ctd
+        .call(
+            "content",
+            "Info",
+            "Content.Info",
+            ctd.content().info(ctd.request(req)),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a whole (small) blob.
+pub async fn read(
+    ctd: &Containerd,
+    digest: &str,
+    limit: usize,
+) -> Result<Vec<u8>, ContainerdError> {
+    let req = ReadContentRequest {
+        digest: digest.into(),
+        offset: 0,
+        size: 0,
+    };
+    let mut client = ctd.content();
+    let mut stream = ctd
+        .call(
+            "content",
+            "Read",
+            "Content.Read",
+            client.read(ctd.request(req)),
+        )
+        .await?;
+    let mut out = Vec::new();
+    while let Some(msg) = stream
+        .message()
+        .await
+        .map_err(|status| ContainerdError::Call {
+            call: "Content.Read",
+            status,
+        })?
+    {
+        out.extend_from_slice(&msg.data);
+        if out.len() > limit {
+            return Err(ContainerdError::Call {
+                call: "Content.Read",
+                status: tonic::Status::resource_exhausted(format!(
+                    "{digest} is larger than {limit} bytes"
+                )),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Sets labels on existing content.
+pub async fn set_labels(
+    ctd: &Containerd,
+    digest: &str,
+    labels: &HashMap<String, String>,
+) -> Result<(), ContainerdError> {
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let req = UpdateRequest {
+        info: Some(Info {
+            digest: digest.into(),
+            labels: labels.clone(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: labels.keys().map(|k| format!("labels.{k}")).collect(),
+        }),
+    };
+    ctd.call(
+        "content",
+        "Update",
+        "Content.Update",
+        ctd.content().update(ctd.request(req)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What a write reports back.
+pub struct Written {
+    /// Bytes actually transferred (0 when the blob was already there).
+    pub bytes: u64,
+}
+
+/// Writes a blob from `data` under `lease`, verifying size and digest while streaming; content that
+/// is already present is only labelled. On any failure the partial ingest is aborted.
+#[allow(clippy::too_many_arguments)]
+pub async fn write<S>(
+    ctd: &Containerd,
+    lease: &str,
+    reference: &str,
+    digest: &str,
+    size: i64,
+    labels: HashMap<String, String>,
+    data: S,
+    stall: Duration,
+) -> Result<Written, ImageError>
+where
+    S: Stream<Item = Result<Bytes, String>> + Unpin,
+{
+    let cerr = |step: &'static str| {
+        let reference = reference.to_string();
+        move |source| ImageError::Containerd {
+            reference,
+            step,
+            source,
+        }
+    };
+    if exists(ctd, digest)
+        .await
+        .map_err(cerr("checking content"))?
+    {
+        set_labels(ctd, digest, &labels)
+            .await
+            .map_err(cerr("labelling content"))?;
+        return Ok(Written { bytes: 0 });
+    }
+    let ingest = format!("concord-{digest}");
+    let result = stream_in(
+        ctd, lease, reference, &ingest, digest, size, labels, data, stall,
+    )
+    .await;
+    if result.is_err() {
+        let req = AbortRequest {
+            r#ref: ingest.clone(),
+        };
+        let _ = ctd
+            .call(
+                "content",
+                "Abort",
+                "Content.Abort",
+                ctd.content().abort(ctd.request(req)),
+            )
+            .await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_in<S>(
+    ctd: &Containerd,
+    lease: &str,
+    reference: &str,
+    ingest: &str,
+    digest: &str,
+    size: i64,
+    labels: HashMap<String, String>,
+    mut data: S,
+    stall: Duration,
+) -> Result<Written, ImageError>
+where
+    S: Stream<Item = Result<Bytes, String>> + Unpin,
+{
+    let write_err = |status: tonic::Status| ImageError::Containerd {
+        reference: reference.to_string(),
+        step: "writing content",
+        source: ContainerdError::Call {
+            call: "Content.Write",
+            status,
+        },
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
+    let req = ctd
+        .request_with_lease(ReceiverStream::new(rx), lease)
+        .map_err(write_err)?;
+    // The first message must be queued before the call: containerd answers headers only then.
+    let first = WriteContentRequest {
+        action: WriteAction::Stat as i32,
+        r#ref: ingest.to_string(),
+        total: size,
+        expected: digest.to_string(),
+        ..Default::default()
+    };
+    tx.send(first).await.expect("receiver alive");
+    let mut client = ctd.content();
+    let mut responses = client.write(req).await.map_err(write_err)?.into_inner();
+    let next_response = |r: Option<Result<_, tonic::Status>>| match r {
+        Some(Ok(resp)) => Ok(resp),
+        Some(Err(status)) => Err(write_err(status)),
+        None => Err(write_err(tonic::Status::aborted(
+            "containerd closed the write stream",
+        ))),
+    };
+    let stat: containerd_client::services::v1::WriteContentResponse =
+        next_response(responses.next().await)?;
+    let mut hasher = Sha256::new();
+    // Start over whatever a previous attempt left in this ingest.
+    let mut offset: i64 = 0;
+    let _ = stat.offset;
+    let mut transferred = 0u64;
+    loop {
+        let chunk = match tokio::time::timeout(stall, data.next()).await {
+            Err(_) => {
+                return Err(ImageError::Stalled {
+                    reference: reference.to_string(),
+                    step: format!("downloading {digest}"),
+                    after: stall,
+                })
+            }
+            Ok(None) => break,
+            Ok(Some(Err(detail))) => {
+                return Err(ImageError::Unavailable {
+                    reference: reference.to_string(),
+                    step: "downloading a blob",
+                    host: String::new(),
+                    detail: format!("{digest}: {detail}"),
+                })
+            }
+            Ok(Some(Ok(b))) => b,
+        };
+        for piece in chunk.chunks(CHUNK) {
+            hasher.update(piece);
+            let msg = WriteContentRequest {
+                action: WriteAction::Write as i32,
+                r#ref: ingest.to_string(),
+                total: size,
+                expected: digest.to_string(),
+                offset,
+                data: piece.to_vec(),
+                ..Default::default()
+            };
+            offset += piece.len() as i64;
+            transferred += piece.len() as u64;
+            if offset > size {
+                return Err(ImageError::DigestMismatch {
+                    reference: reference.to_string(),
+                    what: format!("blob {digest}"),
+                    expected: format!("{size} bytes"),
+                    got: format!("more than {size} bytes"),
+                });
+            }
+            tx.send(msg)
+                .await
+                .map_err(|_| write_err(tonic::Status::aborted("write stream closed")))?;
+            next_response(responses.next().await)?;
+        }
+    }
+    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if offset != size || got != digest {
+        return Err(ImageError::DigestMismatch {
+            reference: reference.to_string(),
+            what: format!("blob of {offset} bytes"),
+            expected: format!("{digest} ({size} bytes)"),
+            got,
+        });
+    }
+    let commit = WriteContentRequest {
+        action: WriteAction::Commit as i32,
+        r#ref: ingest.to_string(),
+        total: size,
+        expected: digest.to_string(),
+        offset: size,
+        labels,
+        ..Default::default()
+    };
+    tx.send(commit)
+        .await
+        .map_err(|_| write_err(tonic::Status::aborted("write stream closed")))?;
+    match responses.next().await {
+        Some(Err(status)) if status.code() == tonic::Code::AlreadyExists => {}
+        other => {
+            next_response(other)?;
+        }
+    }
+    drop(tx);
+    Ok(Written { bytes: transferred })
+}
+
+/// Writes bytes already in memory.
+pub async fn write_bytes(
+    ctd: &Containerd,
+    lease: &str,
+    reference: &str,
+    digest: &str,
+    bytes: Vec<u8>,
+    labels: HashMap<String, String>,
+) -> Result<Written, ImageError> {
+    let size = bytes.len() as i64;
+    let stream = futures::stream::iter(vec![Ok::<_, String>(Bytes::from(bytes))]);
+    write(
+        ctd,
+        lease,
+        reference,
+        digest,
+        size,
+        labels,
+        stream,
+        Duration::from_secs(60),
+    )
+    .await
+}

@@ -1,0 +1,298 @@
+//! Registry host configuration in containerd's `hosts.toml` layout:
+//! `<config_path>/<host>/hosts.toml` (else `<config_path>/_default/hosts.toml`), each `[host."url"]`
+//! an endpoint tried in file order, `server` the fallback. A directory containerd users already
+//! have works unchanged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use toml::Value;
+
+/// One place to fetch from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Endpoint {
+    /// Base URL up to and including the API root, e.g. `https://registry-1.docker.io/v2`.
+    pub base: String,
+    /// May answer tag → digest lookups.
+    pub resolve: bool,
+    /// May serve manifests by digest and blobs.
+    pub pull: bool,
+    /// Accept any TLS certificate.
+    pub skip_verify: bool,
+    /// Extra CA certificates (PEM files).
+    pub ca: Vec<PathBuf>,
+    /// Client certificates: (cert PEM, key PEM; the key may be in the cert file).
+    pub client: Vec<(PathBuf, Option<PathBuf>)>,
+    /// Extra headers.
+    pub headers: BTreeMap<String, String>,
+    /// A mirror (not the upstream server): requests carry `?ns=<upstream host>`.
+    pub mirror: bool,
+}
+
+/// Why a hosts.toml cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HostsError {
+    /// The file could not be read.
+    #[error("cannot read registry host config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("registry host config {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// The endpoints for registry `host`, in the order to try them.
+pub fn endpoints(config_path: &Path, host: &str) -> Result<Vec<Endpoint>, HostsError> {
+    let candidates = [
+        config_path.join(host).join("hosts.toml"),
+        config_path.join("_default").join("hosts.toml"),
+    ];
+    for file in candidates {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => return parse(&file, &text, host),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.kind() == std::io::ErrorKind::NotADirectory => {}
+            Err(source) => return Err(HostsError::Read { path: file, source }),
+        }
+    }
+    Ok(vec![default_endpoint(host)])
+}
+
+/// The upstream server of `host` when nothing is configured.
+pub fn default_endpoint(host: &str) -> Endpoint {
+    let server = if host == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        host
+    };
+    let scheme = if is_local(host) { "http" } else { "https" };
+    Endpoint {
+        base: format!("{scheme}://{server}/v2"),
+        resolve: true,
+        pull: true,
+        ..Endpoint::default()
+    }
+}
+
+fn is_local(host: &str) -> bool {
+    let h = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    h == "localhost" || h.starts_with("127.") || h == "[::1]"
+}
+
+fn parse(path: &Path, text: &str, host: &str) -> Result<Vec<Endpoint>, HostsError> {
+    let invalid = |reason: String| HostsError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let doc: toml::Table =
+        toml::from_str(text).map_err(|e| invalid(e.to_string().trim().replace('\n', " ")))?;
+    let mut out = Vec::new();
+    if let Some(hosts) = doc.get("host") {
+        let hosts = hosts
+            .as_table()
+            .ok_or_else(|| invalid("[host] must be a table of URLs".into()))?;
+        for (url, cfg) in hosts {
+            let cfg = cfg
+                .as_table()
+                .ok_or_else(|| invalid(format!("host {url:?} must be a table")))?;
+            let mut ep = endpoint_from(path, url, cfg).map_err(invalid)?;
+            ep.mirror = true;
+            out.push(ep);
+        }
+    }
+    match doc.get("server").and_then(Value::as_str) {
+        Some(server) => {
+            let mut ep = endpoint_from(path, server, &doc).map_err(invalid)?;
+            ep.mirror = false;
+            // The server's capabilities default to everything.
+            if doc.get("capabilities").is_none() {
+                ep.resolve = true;
+                ep.pull = true;
+            }
+            out.push(ep);
+        }
+        None => out.push(default_endpoint(host)),
+    }
+    Ok(out)
+}
+
+fn endpoint_from(path: &Path, url: &str, cfg: &toml::Table) -> Result<Endpoint, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("host {url:?} needs a scheme (http:// or https://)"))?;
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("host {url:?}: scheme must be http or https"));
+    }
+    let (authority, url_path) = match rest.split_once('/') {
+        Some((a, p)) => (a, format!("/{}", p.trim_end_matches('/'))),
+        None => (rest, String::new()),
+    };
+    if authority.is_empty() {
+        return Err(format!("host {url:?} has no host name"));
+    }
+    let override_path = cfg
+        .get("override_path")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let api = if override_path || url_path.ends_with("/v2") {
+        url_path
+    } else {
+        format!("{url_path}/v2")
+    };
+
+    let caps: Vec<String> = match cfg.get("capabilities") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Some(_) => return Err(format!("host {url:?}: capabilities must be a list")),
+        None => vec!["pull".into(), "resolve".into()],
+    };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let rel = |p: &str| {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            dir.join(p)
+        }
+    };
+    let ca = match cfg.get("ca") {
+        Some(Value::String(s)) => vec![rel(s)],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(rel).collect(),
+        Some(_) => {
+            return Err(format!(
+                "host {url:?}: ca must be a path or a list of paths"
+            ))
+        }
+        None => vec![],
+    };
+    let client = match cfg.get("client") {
+        Some(Value::String(s)) => vec![(rel(s), None)],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok((rel(s), None)),
+                Value::Array(pair) if pair.len() == 2 => {
+                    let c = pair[0].as_str().ok_or("client cert must be a path")?;
+                    let k = pair[1].as_str().ok_or("client key must be a path")?;
+                    Ok((rel(c), Some(rel(k))))
+                }
+                _ => Err("client must be a path, a list of paths or [cert, key] pairs".to_string()),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("host {url:?}: {e}"))?,
+        Some(_) => return Err(format!("host {url:?}: client must be a path or a list")),
+        None => vec![],
+    };
+    let headers = match cfg.get("header") {
+        Some(Value::Table(t)) => t
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Array(a) => a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+        Some(_) => return Err(format!("host {url:?}: header must be a table")),
+        None => BTreeMap::new(),
+    };
+    Ok(Endpoint {
+        base: format!("{scheme}://{authority}{api}"),
+        resolve: caps.iter().any(|c| c == "resolve"),
+        pull: caps.iter().any(|c| c == "pull"),
+        skip_verify: cfg
+            .get("skip_verify")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        ca,
+        client,
+        headers,
+        mirror: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_come_first_in_file_order_then_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = dir.path().join("docker.io");
+        std::fs::create_dir_all(&h).unwrap();
+        std::fs::write(
+            h.join("hosts.toml"),
+            r#"server = "https://registry-1.docker.io"
+
+[host."http://127.0.0.1:5000"]
+  capabilities = ["pull", "resolve"]
+
+[host."https://mirror.example/base"]
+  capabilities = ["pull"]
+  skip_verify = true
+  ca = "ca.pem"
+  [host."https://mirror.example/base".header]
+    x-token = "t"
+"#,
+        )
+        .unwrap();
+        let eps = endpoints(dir.path(), "docker.io").unwrap();
+        assert_eq!(eps.len(), 3);
+        assert_eq!(eps[0].base, "http://127.0.0.1:5000/v2");
+        assert!(eps[0].resolve && eps[0].pull && eps[0].mirror);
+        assert_eq!(eps[1].base, "https://mirror.example/base/v2");
+        assert!(!eps[1].resolve && eps[1].pull && eps[1].skip_verify);
+        assert_eq!(eps[1].ca, vec![h.join("ca.pem")]);
+        assert_eq!(eps[1].headers["x-token"], "t");
+        assert_eq!(eps[2].base, "https://registry-1.docker.io/v2");
+        assert!(!eps[2].mirror);
+    }
+
+    #[test]
+    fn no_config_means_the_upstream_server_and_plain_http_for_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            endpoints(dir.path(), "quay.io").unwrap()[0].base,
+            "https://quay.io/v2"
+        );
+        assert_eq!(
+            endpoints(dir.path(), "docker.io").unwrap()[0].base,
+            "https://registry-1.docker.io/v2"
+        );
+        assert_eq!(
+            endpoints(dir.path(), "127.0.0.1:5000").unwrap()[0].base,
+            "http://127.0.0.1:5000/v2"
+        );
+        assert_eq!(
+            endpoints(Path::new("/nonexistent/dir"), "quay.io")
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_broken_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = dir.path().join("quay.io");
+        std::fs::create_dir_all(&h).unwrap();
+        std::fs::write(h.join("hosts.toml"), "[host.\"ftp://x\"]\n").unwrap();
+        let e = endpoints(dir.path(), "quay.io").unwrap_err();
+        assert!(
+            e.to_string().contains("hosts.toml") && e.to_string().contains("scheme"),
+            "{e}"
+        );
+    }
+}

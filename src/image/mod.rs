@@ -1,0 +1,239 @@
+//! Images: pull from registries, load archives, the in-memory index, removal, and the periodic
+//! snapshot syncer behind ImageFsInfo. containerd is the source of truth; the index is a cache
+//! kept fresh by `/images/*` events and rebuilt on resync.
+
+pub mod archive;
+pub mod content;
+pub mod error;
+pub mod hosts;
+pub mod index;
+pub mod manifest;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod unpack;
+mod usage;
+
+pub use error::ImageError;
+pub use index::{ImageIndex, ImageRecord};
+pub use reference::Reference;
+pub use registry::Credentials;
+pub use usage::FsUsage;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_client::services::v1::DeleteImageRequest;
+use futures::future::{BoxFuture, Shared};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::containerd::Containerd;
+use crate::metrics::Metrics;
+
+/// Label on image records concord creates.
+pub const MANAGED_LABEL: &str = "io.concord.image";
+
+/// Settings the image code needs.
+#[derive(Debug, Clone)]
+pub struct ImageSettings {
+    pub hosts_dir: PathBuf,
+    pub snapshotter: String,
+    pub sandbox_image: String,
+    pub progress_timeout: Duration,
+    pub max_concurrent_downloads: usize,
+    pub fs_sync_interval: Duration,
+    pub scratch_dir: PathBuf,
+}
+
+impl ImageSettings {
+    pub fn from_config(c: &Config) -> ImageSettings {
+        ImageSettings {
+            hosts_dir: c.registry_config_path.clone(),
+            snapshotter: c.containerd.snapshotter.clone(),
+            sandbox_image: c.sandbox_image.clone(),
+            progress_timeout: Duration::from_secs(c.image.pull_progress_timeout_seconds),
+            max_concurrent_downloads: c.image.max_concurrent_downloads,
+            fs_sync_interval: Duration::from_secs(c.image.fs_sync_interval_seconds),
+            scratch_dir: c.state_dir.join("tmp"),
+        }
+    }
+}
+
+type PullFuture = Shared<BoxFuture<'static, Result<String, Arc<ImageError>>>>;
+
+/// The image service.
+pub struct Images {
+    ctd: Containerd,
+    settings: ImageSettings,
+    metrics: Arc<Metrics>,
+    index: RwLock<Arc<ImageIndex>>,
+    inflight: Mutex<HashMap<String, PullFuture>>,
+    downloads: Arc<Semaphore>,
+    usage: RwLock<Option<FsUsage>>,
+}
+
+impl Images {
+    pub fn new(ctd: Containerd, settings: ImageSettings, metrics: Arc<Metrics>) -> Arc<Images> {
+        Arc::new(Images {
+            downloads: Arc::new(Semaphore::new(settings.max_concurrent_downloads.max(1))),
+            ctd,
+            settings,
+            metrics,
+            index: RwLock::new(Arc::new(ImageIndex::default())),
+            inflight: Mutex::new(HashMap::new()),
+            usage: RwLock::new(None),
+        })
+    }
+
+    /// The current index (never waits).
+    pub fn index(&self) -> Arc<ImageIndex> {
+        self.index.read().clone()
+    }
+
+    /// The sandbox image reference, normalised.
+    pub fn sandbox_image(&self) -> Option<Reference> {
+        Reference::parse(&self.settings.sandbox_image).ok()
+    }
+
+    /// Whether `img` is the pinned sandbox image.
+    pub fn is_pinned(&self, img: &ImageRecord) -> bool {
+        let Some(sandbox) = self.sandbox_image() else {
+            return false;
+        };
+        let name = sandbox.to_string();
+        img.names.contains_key(&name)
+            || sandbox
+                .digest
+                .as_ref()
+                .is_some_and(|d| img.names.values().any(|t| t == d))
+    }
+
+    /// Rebuilds the index from containerd (start, resync).
+    pub async fn refresh_all(&self) {
+        match index::load_all(&self.ctd).await {
+            Ok(idx) => {
+                self.metrics.images.set(idx.len() as i64);
+                *self.index.write() = Arc::new(idx);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list images"),
+        }
+    }
+
+    /// Refreshes one name after an `/images/*` event (another client's change shows up too).
+    pub async fn refresh_name(&self, name: &str) {
+        let img = match index::get(&self.ctd, name).await {
+            Ok(img) => img,
+            Err(e) => {
+                tracing::warn!(name, error = %e, "cannot read image after event");
+                return;
+            }
+        };
+        let mut next = ImageIndex::clone(&self.index());
+        match img {
+            Some(img) => {
+                let mut resolver = index::Resolver::new(&self.ctd);
+                index::add(&mut next, &mut resolver, img).await;
+            }
+            None => next.remove_name(name),
+        }
+        self.metrics.images.set(next.len() as i64);
+        *self.index.write() = Arc::new(next);
+    }
+
+    /// Removes an image: by id every name; by name that name (and the image's digest names
+    /// when it was its last tag). Unknown images are fine.
+    pub async fn remove(&self, what: &str) -> Result<(), ImageError> {
+        let idx = self.index();
+        let Some(img) = idx.find(what) else {
+            return Ok(());
+        };
+        let by_id = img.id() == what || what.len() == 64 && img.id().ends_with(what);
+        let names: Vec<String> = if by_id {
+            img.names.keys().cloned().collect()
+        } else {
+            let name = idx
+                .find(what)
+                .and_then(|_| {
+                    let r = Reference::parse(what).ok()?;
+                    Some(match &r.digest {
+                        Some(d) => r.with_digest(d),
+                        None => r.to_string(),
+                    })
+                })
+                .filter(|n| img.names.contains_key(n))
+                .unwrap_or_else(|| what.to_string());
+            let other_tags = img.repo_tags().into_iter().filter(|t| *t != name).count();
+            if other_tags == 0 {
+                img.names.keys().cloned().collect()
+            } else {
+                vec![name]
+            }
+        };
+        for name in &names {
+            // Synchronous: containerd's GC has freed the content and snapshots when we answer.
+            let req = DeleteImageRequest {
+                name: name.clone(),
+                sync: true,
+                ..Default::default()
+            };
+            match self
+                .ctd
+                .call(
+                    "images",
+                    "Delete",
+                    "Images.Delete",
+                    self.ctd.images().delete(self.ctd.request(req)),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(source) => {
+                    return Err(ImageError::Containerd {
+                        reference: what.to_string(),
+                        step: "deleting the image record",
+                        source,
+                    })
+                }
+            }
+        }
+        let mut next = ImageIndex::clone(&idx);
+        for name in &names {
+            next.remove_name(name);
+        }
+        self.metrics.images.set(next.len() as i64);
+        *self.index.write() = Arc::new(next);
+        Ok(())
+    }
+
+    /// Filesystem usage from the last sync (None before the first).
+    pub fn fs_usage(&self) -> Option<FsUsage> {
+        self.usage.read().clone()
+    }
+
+    /// Starts the snapshot syncer: usage of the snapshotter's filesystem every interval.
+    pub fn spawn_syncer(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut cache = usage::UsageCache::default();
+            loop {
+                match usage::collect(&this.ctd, &this.settings.snapshotter, &mut cache).await {
+                    Ok(u) => *this.usage.write() = Some(u),
+                    Err(e) => tracing::debug!(error = %e, "snapshot usage not collected"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(this.settings.fs_sync_interval) => {}
+                }
+            }
+        })
+    }
+}

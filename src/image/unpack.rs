@@ -1,0 +1,182 @@
+//! Unpacking layers into snapshots: per layer `Snapshots.Prepare(parent = chain so far)`,
+//! `Diff.Apply`, `Snapshots.Commit(name = chain id)`; existing snapshots are reused and every
+//! applied diff id is checked against the image config.
+
+use std::collections::HashMap;
+
+use containerd_client::services::v1::snapshots::{
+    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+};
+use containerd_client::services::v1::ApplyRequest;
+
+use super::error::ImageError;
+use super::manifest::{chain_ids, Descriptor};
+use crate::containerd::{Containerd, ContainerdError, OWNER_LABEL};
+
+/// Unpacks `layers` (with their diff ids) for `snapshotter`; answers the top chain id.
+pub async fn unpack(
+    ctd: &Containerd,
+    lease: &str,
+    reference: &str,
+    snapshotter: &str,
+    layers: &[Descriptor],
+    diff_ids: &[String],
+) -> Result<String, ImageError> {
+    let cerr = |step: &'static str| {
+        let reference = reference.to_string();
+        move |source| ImageError::Containerd {
+            reference,
+            step,
+            source,
+        }
+    };
+    let lease_req = |status| ContainerdError::Call {
+        call: "lease header",
+        status,
+    };
+    let chains = chain_ids(diff_ids);
+    let mut parent = String::new();
+    for (i, (layer, chain)) in layers.iter().zip(&chains).enumerate() {
+        if snapshot_exists(ctd, snapshotter, chain)
+            .await
+            .map_err(cerr("checking snapshots"))?
+        {
+            parent = chain.clone();
+            continue;
+        }
+        let key = format!("concord-extract-{}-{}", fastrand::u64(..), chain);
+        let mut labels = HashMap::new();
+        labels.insert(OWNER_LABEL.to_string(), format!("image:{reference}"));
+        let prep = PrepareSnapshotRequest {
+            snapshotter: snapshotter.into(),
+            key: key.clone(),
+            parent: parent.clone(),
+            labels,
+        };
+        let req = ctd
+            .request_with_lease(prep, lease)
+            .map_err(lease_req)
+            .map_err(cerr("preparing a snapshot"))?;
+        let mounts = ctd
+            .call(
+                "snapshots",
+                "Prepare",
+                "Snapshots.Prepare",
+                ctd.snapshots().prepare(req),
+            )
+            .await
+            .map_err(cerr("preparing a snapshot"))?
+            .mounts;
+        let apply = ApplyRequest {
+            diff: Some(containerd_client::types::Descriptor {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size,
+                annotations: Default::default(),
+            }),
+            mounts,
+            payloads: Default::default(),
+            ..Default::default()
+        };
+        let applied = ctd
+            .call(
+                "diff",
+                "Apply",
+                "Diff.Apply",
+                ctd.diff().apply(ctd.request(apply)),
+            )
+            .await;
+        let applied = match applied {
+            Ok(r) => r.applied.map(|d| d.digest).unwrap_or_default(),
+            Err(e) => {
+                remove_snapshot(ctd, snapshotter, &key).await;
+                return Err(cerr("applying a layer")(e));
+            }
+        };
+        if applied != diff_ids[i] {
+            remove_snapshot(ctd, snapshotter, &key).await;
+            return Err(ImageError::DigestMismatch {
+                reference: reference.to_string(),
+                what: format!("layer {} unpacked", layer.digest),
+                expected: diff_ids[i].clone(),
+                got: applied,
+            });
+        }
+        let commit = CommitSnapshotRequest {
+            snapshotter: snapshotter.into(),
+            name: chain.clone(),
+            key: key.clone(),
+            labels: HashMap::new(),
+        };
+        let req = ctd
+            .request_with_lease(commit, lease)
+            .map_err(lease_req)
+            .map_err(cerr("committing a snapshot"))?;
+        match ctd
+            .call(
+                "snapshots",
+                "Commit",
+                "Snapshots.Commit",
+                ctd.snapshots().commit(req),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Another pull committed the same layer meanwhile.
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                remove_snapshot(ctd, snapshotter, &key).await
+            }
+            Err(e) => {
+                remove_snapshot(ctd, snapshotter, &key).await;
+                return Err(cerr("committing a snapshot")(e));
+            }
+        }
+        parent = chain.clone();
+    }
+    Ok(parent)
+}
+
+/// Whether snapshot `key` exists.
+pub async fn snapshot_exists(
+    ctd: &Containerd,
+    snapshotter: &str,
+    key: &str,
+) -> Result<bool, ContainerdError> {
+    let req = StatSnapshotRequest {
+        snapshotter: snapshotter.into(),
+        key: key.into(),
+    };
+    match ctd
+        .call(
+            "snapshots",
+            "Stat",
+            "Snapshots.Stat",
+            ctd.snapshots().stat(ctd.request(req)),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+async fn remove_snapshot(ctd: &Containerd, snapshotter: &str, key: &str) {
+    let req = RemoveSnapshotRequest {
+        snapshotter: snapshotter.into(),
+        key: key.into(),
+    };
+    if let Err(e) = ctd
+        .call(
+            "snapshots",
+            "Remove",
+            "Snapshots.Remove",
+            ctd.snapshots().remove(ctd.request(req)),
+        )
+        .await
+    {
+        if !e.is_not_found() {
+            tracing::warn!(key, error = %e, "cannot remove an unfinished snapshot");
+        }
+    }
+}
