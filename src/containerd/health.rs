@@ -12,6 +12,8 @@ use crate::metrics::Metrics;
 /// What the last health check found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Health {
+    /// At least one check has finished.
+    pub checked: bool,
     /// containerd answered the last check.
     pub ready: bool,
     /// containerd's version when ready.
@@ -31,6 +33,7 @@ pub fn spawn_health_monitor(
     on_ready: impl Fn() + Send + 'static,
 ) -> (watch::Receiver<Health>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Health {
+        checked: false,
         ready: false,
         version: String::new(),
         message: format!("containerd at {} not checked yet", ctd.address().display()),
@@ -40,11 +43,13 @@ pub fn spawn_health_monitor(
             let check = tokio::time::timeout(interval.max(Duration::from_secs(1)), ctd.version());
             let health = match check.await {
                 Ok(Ok((version, _))) => Health {
+                    checked: true,
                     ready: true,
                     version,
                     message: String::new(),
                 },
                 Ok(Err(e)) => Health {
+                    checked: true,
                     ready: false,
                     version: String::new(),
                     message: format!(
@@ -53,6 +58,7 @@ pub fn spawn_health_monitor(
                     ),
                 },
                 Err(_) => Health {
+                    checked: true,
                     ready: false,
                     version: String::new(),
                     message: format!(

@@ -60,7 +60,7 @@ pub enum DaemonError {
 
 struct Sink {
     controller: Arc<Controller>,
-    images: Arc<Images>,
+    image_events: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl EventSink for Sink {
@@ -69,9 +69,7 @@ impl EventSink for Sink {
             ContainerdEvent::ImageCreate { name }
             | ContainerdEvent::ImageUpdate { name }
             | ContainerdEvent::ImageDelete { name } => {
-                let images = self.images.clone();
-                let name = name.clone();
-                tokio::spawn(async move { images.refresh_name(&name).await });
+                let _ = self.image_events.send(name.clone());
             }
             _ => self.controller.on_containerd_event(&event),
         }
@@ -160,7 +158,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         metrics.clone(),
         Arc::new(Sink {
             controller: controller.clone(),
-            images: images.clone(),
+            image_events: images.spawn_event_applier(),
         }),
         loop_stop.clone(),
     );

@@ -75,6 +75,8 @@ pub struct Images {
     inflight: Mutex<HashMap<String, PullFuture>>,
     downloads: Arc<Semaphore>,
     usage: RwLock<Option<FsUsage>>,
+    /// Serialises index updates: each reads containerd and replaces the index.
+    update: tokio::sync::Mutex<()>,
 }
 
 impl Images {
@@ -87,6 +89,7 @@ impl Images {
             index: RwLock::new(Arc::new(ImageIndex::default())),
             inflight: Mutex::new(HashMap::new()),
             usage: RwLock::new(None),
+            update: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -115,6 +118,7 @@ impl Images {
 
     /// Rebuilds the index from containerd (start, resync).
     pub async fn refresh_all(&self) {
+        let _serial = self.update.lock().await;
         match index::load_all(&self.ctd).await {
             Ok(idx) => {
                 self.metrics.images.set(idx.len() as i64);
@@ -126,6 +130,7 @@ impl Images {
 
     /// Refreshes one name after an `/images/*` event (another client's change shows up too).
     pub async fn refresh_name(&self, name: &str) {
+        let _serial = self.update.lock().await;
         let img = match index::get(&self.ctd, name).await {
             Ok(img) => img,
             Err(e) => {
@@ -148,6 +153,7 @@ impl Images {
     /// Removes an image: by id every name; by name that name (and the image's digest names
     /// when it was its last tag). Unknown images are fine.
     pub async fn remove(&self, what: &str) -> Result<(), ImageError> {
+        let _serial = self.update.lock().await;
         let idx = self.index();
         let Some(img) = idx.find(what) else {
             return Ok(());
@@ -209,6 +215,18 @@ impl Images {
         self.metrics.images.set(next.len() as i64);
         *self.index.write() = Arc::new(next);
         Ok(())
+    }
+
+    /// Applies `/images/*` events in the order containerd sent them (each re-reads the name).
+    pub fn spawn_event_applier(self: &Arc<Self>) -> tokio::sync::mpsc::UnboundedSender<String> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(name) = rx.recv().await {
+                this.refresh_name(&name).await;
+            }
+        });
+        tx
     }
 
     /// Filesystem usage from the last sync (None before the first).

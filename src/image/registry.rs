@@ -113,7 +113,7 @@ impl Fetcher {
                 }
                 Err(e) => {
                     tracing::debug!(endpoint = %ep.base, error = %e, "endpoint failed; trying the next");
-                    last = Some(e);
+                    last = Self::keep_best(last, e);
                 }
             }
         }
@@ -124,6 +124,21 @@ impl Fetcher {
             detail: "no endpoint may resolve this reference (check capabilities in hosts.toml)"
                 .into(),
         }))
+    }
+
+    /// Of the failures of several endpoints, the one that says most: a registry's answer (not
+    /// found, refused credentials, bad data) over a failure to reach another endpoint.
+    fn keep_best(best: Option<ImageError>, next: ImageError) -> Option<ImageError> {
+        let unreachable = |e: &ImageError| {
+            matches!(
+                e,
+                ImageError::Unavailable { .. } | ImageError::Stalled { .. }
+            )
+        };
+        match best {
+            Some(b) if !unreachable(&b) && unreachable(&next) => Some(b),
+            _ => Some(next),
+        }
     }
 
     /// Fetches a manifest by digest and verifies it.
@@ -141,7 +156,7 @@ impl Fetcher {
                         got: f.digest,
                     })
                 }
-                Err(e) => last = Some(e),
+                Err(e) => last = Self::keep_best(last, e),
             }
         }
         Err(last.unwrap_or_else(|| self.no_pull_endpoint(step)))
@@ -158,7 +173,7 @@ impl Fetcher {
             let url = self.url(ep, "blobs", digest);
             match self.send(ep, &url, "*/*", step).await {
                 Ok(r) => return Ok(r),
-                Err(e) => last = Some(e),
+                Err(e) => last = Self::keep_best(last, e),
             }
         }
         Err(last.unwrap_or_else(|| self.no_pull_endpoint(step)))
