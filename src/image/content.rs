@@ -149,7 +149,8 @@ where
             .map_err(cerr("labelling content"))?;
         return Ok(Written { bytes: 0 });
     }
-    let ingest = format!("concord-{digest}");
+    // A fresh ingest per attempt: never resume what a failed attempt left half-written.
+    let ingest = format!("concord-{digest}-{}", fastrand::u32(..));
     let result = stream_in(
         ctd, lease, reference, &ingest, digest, size, labels, data, stall,
     )
@@ -236,8 +237,8 @@ where
                 return Err(ImageError::Unavailable {
                     reference: reference.to_string(),
                     step: "downloading a blob",
-                    host: String::new(),
-                    detail: format!("{digest}: {detail}"),
+                    host: digest.to_string(),
+                    detail,
                 })
             }
             Ok(Some(Ok(b))) => b,

@@ -249,7 +249,8 @@ impl Fetcher {
         }
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .read_timeout(self.timeout)
+            // Stalls are detected per chunk by the caller (a clearer error); this is the backstop.
+            .read_timeout(self.timeout * 2)
             .user_agent(concat!("concord/", env!("CARGO_PKG_VERSION")))
             .danger_accept_invalid_certs(ep.skip_verify);
         for ca in &ep.ca {

@@ -378,3 +378,89 @@ impl Drop for OwnContainerd {
         self.stop();
     }
 }
+
+/// How the fault proxy misbehaves on blob responses of more than 10 kB (layers).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    /// Answer 500 for every blob.
+    Status500,
+    /// Send the headers and half the body, then close the connection.
+    CloseMidBlob,
+    /// Flip bytes in the body (the digest no longer matches).
+    Corrupt,
+    /// Send half the body, then go silent.
+    Stall,
+}
+
+/// A loopback proxy in front of the real local registry that injects one fault into layer
+/// downloads (what a real registry cannot be made to do on demand). Manifests and configs pass
+/// through untouched. Answers the port.
+pub async fn fault_proxy(upstream: String, fault: Fault) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                break;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                let request = text.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                up.write_all(request.as_bytes()).await.unwrap();
+                let mut resp = Vec::new();
+                up.read_to_end(&mut resp).await.unwrap();
+                let split = resp
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|p| p + 4)
+                    .unwrap_or(resp.len());
+                let (h, body) = resp.split_at(split);
+                let is_layer = path.contains("/blobs/") && body.len() > 10_000;
+                if !is_layer {
+                    let _ = client.write_all(&resp).await;
+                    return;
+                }
+                match fault {
+                    Fault::Status500 => {
+                        let _ = client
+                            .write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                    }
+                    Fault::CloseMidBlob => {
+                        let _ = client.write_all(h).await;
+                        let _ = client.write_all(&body[..body.len() / 2]).await;
+                    }
+                    Fault::Corrupt => {
+                        let mut body = body.to_vec();
+                        let mid = body.len() / 2;
+                        for b in &mut body[mid..mid + 16] {
+                            *b ^= 0xff;
+                        }
+                        let _ = client.write_all(h).await;
+                        let _ = client.write_all(&body).await;
+                    }
+                    Fault::Stall => {
+                        let _ = client.write_all(h).await;
+                        let _ = client.write_all(&body[..body.len() / 2]).await;
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                }
+            });
+        }
+    });
+    port
+}

@@ -1,0 +1,230 @@
+//! Registry faults and credentials: each pull fails with a clear error naming the reference and
+//! the step, and leaves no content, snapshot or image record behind.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{fault_proxy, Daemon, Fault};
+use concord::containerd::Containerd;
+use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
+use containerd_client::services::v1::{ListContentRequest, ListImagesRequest};
+use k8s_cri::v1 as cri;
+
+fn registry() -> String {
+    std::env::var("CONCORD_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+async fn pull(
+    d: &Daemon,
+    image: &str,
+    auth: Option<cri::AuthConfig>,
+) -> Result<String, tonic::Status> {
+    cri::image_service_client::ImageServiceClient::new(d.channel().await.unwrap())
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            auth,
+            sandbox_config: None,
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+async fn leftovers(d: &Daemon) -> (usize, usize, usize) {
+    let ctd = Containerd::new(&d.containerd, &d.namespace, Default::default()).unwrap();
+    let mut content = 0;
+    let mut s = ctd
+        .content()
+        .list(ctd.request(ListContentRequest { filters: vec![] }))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(m) = s.message().await.unwrap() {
+        content += m.info.len();
+    }
+    let mut snaps = 0;
+    let req = ListSnapshotsRequest {
+        snapshotter: "overlayfs".into(),
+        ..Default::default()
+    };
+    let mut s = ctd
+        .snapshots()
+        .list(ctd.request(req))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(m) = s.message().await.unwrap() {
+        snaps += m.info.len();
+    }
+    let images = ctd
+        .images()
+        .list(ctd.request(ListImagesRequest { filters: vec![] }))
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .len();
+    (content, snaps, images)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_faults_fail_clearly_and_leave_nothing_behind() {
+    let mut d = Daemon::new();
+    d.extra
+        .push("--image-pull-progress-timeout-seconds=2".into());
+    d.start().await;
+    let cases = [
+        (Fault::Status500, tonic::Code::Unavailable, "HTTP 500"),
+        (Fault::CloseMidBlob, tonic::Code::Unavailable, "downloading"),
+        (Fault::Corrupt, tonic::Code::DataLoss, "expected sha256:"),
+        (Fault::Stall, tonic::Code::DeadlineExceeded, "no progress"),
+    ];
+    for (fault, code, needle) in cases {
+        let port = fault_proxy(registry(), fault).await;
+        let image = format!("127.0.0.1:{port}/library/busybox:latest");
+        let err = pull(&d, &image, None).await.unwrap_err();
+        println!("{fault:?}: {} {}", err.code(), err.message());
+        assert_eq!(err.code(), code, "{fault:?}: {}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{fault:?}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().contains(&image),
+            "names the reference: {}",
+            err.message()
+        );
+        assert_eq!(
+            leftovers(&d).await,
+            (0, 0, 0),
+            "{fault:?} left something behind"
+        );
+    }
+    // Through a healthy path the same image pulls.
+    let id = pull(&d, &format!("{}/library/busybox:latest", registry()), None)
+        .await
+        .unwrap();
+    assert!(id.starts_with("sha256:"));
+}
+
+/// A docker-registry of the test's own with htpasswd (Basic) auth, serving the dev
+/// environment's registry storage.
+struct AuthRegistry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl AuthRegistry {
+    fn start() -> AuthRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        let st = Command::new("htpasswd")
+            .args(["-Bbc"])
+            .arg(&htpasswd)
+            .args(["alice", "wonderland"])
+            .stderr(Stdio::null())
+            .status()
+            .expect("htpasswd (apache2-utils; hack/dev-up.sh installs it)");
+        assert!(st.success());
+        let storage = std::env::var("CONCORD_TEST_REGISTRY_STORAGE")
+            .unwrap_or_else(|_| "/tmp/rig/registry".into());
+        let addr = format!("127.0.0.1:{}", common::free_port());
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n  maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: true\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: concord-test\n    path: {}\n",
+                htpasswd.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        AuthRegistry {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for AuthRegistry {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+#[tokio::test]
+async fn credentials_from_the_request_are_used_and_wrong_ones_refused() {
+    let reg = AuthRegistry::start();
+    let mut d = Daemon::new();
+    d.start().await;
+    let image = format!("{}/library/busybox:latest", reg.addr);
+
+    let err = pull(&d, &image, None).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unauthenticated,
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("needs credentials"),
+        "{}",
+        err.message()
+    );
+
+    let wrong = cri::AuthConfig {
+        username: "alice".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    let err = pull(&d, &image, Some(wrong)).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unauthenticated,
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains(&reg.addr), "{}", err.message());
+    assert_eq!(leftovers(&d).await, (0, 0, 0));
+
+    let right = cri::AuthConfig {
+        username: "alice".into(),
+        password: "wonderland".into(),
+        ..Default::default()
+    };
+    pull(&d, &image, Some(right)).await.unwrap();
+    // The `auth` field (base64 user:password) works too.
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:wonderland");
+    let encoded = cri::AuthConfig {
+        auth,
+        ..Default::default()
+    };
+    pull(
+        &d,
+        &format!("{}/library/busybox:1.36", reg.addr),
+        Some(encoded),
+    )
+    .await
+    .unwrap();
+}
