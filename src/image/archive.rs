@@ -123,16 +123,21 @@ impl Images {
                 .iter()
                 .zip(img.layer_files.iter().zip(&config.rootfs.diff_ids))
             {
-                let f = tokio::fs::File::open(file)
-                    .await
-                    .map_err(|e| ImageError::Archive {
-                        path: shown.to_string(),
-                        reason: format!("layer {}: {e}", layer.digest),
-                    })?;
-                let stream = tokio_util::io::ReaderStream::new(f);
-                let stream = futures::StreamExt::map(stream, |r| r.map_err(|e| e.to_string()));
+                let open = || async {
+                    let f = tokio::fs::File::open(file)
+                        .await
+                        .map_err(|e| ImageError::Archive {
+                            path: shown.to_string(),
+                            reason: format!("layer {}: {e}", layer.digest),
+                        })?;
+                    let stream = tokio_util::io::ReaderStream::new(f);
+                    Ok(Box::pin(futures::StreamExt::map(stream, |r| {
+                        r.map_err(|e| e.to_string())
+                    })))
+                };
                 let mut labels = HashMap::new();
                 labels.insert("containerd.io/uncompressed".to_string(), diff_id.clone());
+                let stall = self.settings.progress_timeout;
                 content::write(
                     &self.ctd,
                     lease,
@@ -140,8 +145,8 @@ impl Images {
                     &layer.digest,
                     layer.size,
                     labels,
-                    Box::pin(stream),
-                    self.settings.progress_timeout,
+                    open,
+                    stall,
                 )
                 .await?;
             }

@@ -19,26 +19,6 @@ use crate::containerd::{Containerd, ContainerdError};
 /// Largest chunk sent in one Content.Write message.
 const CHUNK: usize = 1 << 20;
 
-/// Whether `digest` is in the content store.
-pub async fn exists(ctd: &Containerd, digest: &str) -> Result<bool, ContainerdError> {
-    let req = InfoRequest {
-        digest: digest.into(),
-    };
-    match ctd
-        .call(
-            "content",
-            "Info",
-            "Content.Info",
-            ctd.content().info(ctd.request(req)),
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.is_not_found() => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// Reads a whole (small) blob.
 pub async fn read(
     ctd: &Containerd,
@@ -116,39 +96,67 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Writes a blob from `data` under `lease`, verifying size and digest while streaming; content that
-/// is already present is only labelled. On any failure the partial ingest is aborted.
+/// Whether `digest` is present; when it is, adds whichever of `labels` it lacks.
+pub async fn ensure_labels(
+    ctd: &Containerd,
+    digest: &str,
+    labels: &HashMap<String, String>,
+) -> Result<bool, ContainerdError> {
+    let req = InfoRequest {
+        digest: digest.into(),
+    };
+    let info = match ctd
+        .call(
+            "content",
+            "Info",
+            "Content.Info",
+            ctd.content().info(ctd.request(req)),
+        )
+        .await
+    {
+        Ok(r) => r.info.unwrap_or_default(),
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let missing: HashMap<String, String> = labels
+        .iter()
+        .filter(|(k, v)| info.labels.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    set_labels(ctd, digest, &missing).await?;
+    Ok(true)
+}
+
+/// Writes a blob under `lease`, streaming what `open` answers and verifying size and digest on
+/// the way; content that is already present is only labelled (and `open` never called). On any
+/// failure the partial ingest is aborted.
 #[allow(clippy::too_many_arguments)]
-pub async fn write<S>(
+pub async fn write<S, F, Fut>(
     ctd: &Containerd,
     lease: &str,
     reference: &str,
     digest: &str,
     size: i64,
     labels: HashMap<String, String>,
-    data: S,
+    open: F,
     stall: Duration,
 ) -> Result<Written, ImageError>
 where
     S: Stream<Item = Result<Bytes, String>> + Unpin,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<S, ImageError>>,
 {
-    let cerr = |step: &'static str| {
-        let reference = reference.to_string();
-        move |source| ImageError::Containerd {
-            reference,
-            step,
-            source,
-        }
-    };
-    if exists(ctd, digest)
+    let present = ensure_labels(ctd, digest, &labels)
         .await
-        .map_err(cerr("checking content"))?
-    {
-        set_labels(ctd, digest, &labels)
-            .await
-            .map_err(cerr("labelling content"))?;
+        .map_err(|source| ImageError::Containerd {
+            reference: reference.to_string(),
+            step: "checking content",
+            source,
+        })?;
+    if present {
         return Ok(Written { bytes: 0 });
     }
+    let data = open().await?;
     // A fresh ingest per attempt: never resume what a failed attempt left half-written.
     let ingest = format!("concord-{digest}-{}", fastrand::u32(..));
     let result = stream_in(
@@ -311,7 +319,11 @@ pub async fn write_bytes(
     labels: HashMap<String, String>,
 ) -> Result<Written, ImageError> {
     let size = bytes.len() as i64;
-    let stream = futures::stream::iter(vec![Ok::<_, String>(Bytes::from(bytes))]);
+    let open = || async move {
+        Ok(futures::stream::iter(vec![Ok::<_, String>(Bytes::from(
+            bytes,
+        ))]))
+    };
     write(
         ctd,
         lease,
@@ -319,7 +331,7 @@ pub async fn write_bytes(
         digest,
         size,
         labels,
-        stream,
+        open,
         Duration::from_secs(60),
     )
     .await

@@ -121,6 +121,12 @@ impl ImageIndex {
         self.names.get(&name).and_then(|id| self.images.get(id))
     }
 
+    /// The target digest `name` points at.
+    pub fn target_of(&self, name: &str) -> Option<&str> {
+        let id = self.names.get(name)?;
+        self.images.get(id)?.names.get(name).map(String::as_str)
+    }
+
     /// Records `name` → image.
     pub fn insert(&mut self, name: &str, target: &str, resolved: Arc<Resolved>) {
         self.remove_name(name);

@@ -150,6 +150,17 @@ impl Images {
         *self.index.write() = Arc::new(next);
     }
 
+    /// Records names concord itself just wrote (no need to read them back from containerd).
+    pub async fn record(&self, names: &[String], target: &str, resolved: Arc<index::Resolved>) {
+        let _serial = self.update.lock().await;
+        let mut next = ImageIndex::clone(&self.index());
+        for n in names {
+            next.insert(n, target, resolved.clone());
+        }
+        self.metrics.images.set(next.len() as i64);
+        *self.index.write() = Arc::new(next);
+    }
+
     /// Removes an image: by id every name; by name that name (and the image's digest names
     /// when it was its last tag). Unknown images are fine.
     pub async fn remove(&self, what: &str) -> Result<(), ImageError> {

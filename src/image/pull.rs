@@ -13,6 +13,7 @@ use futures::{FutureExt, TryStreamExt};
 use super::content;
 use super::error::ImageError;
 use super::hosts;
+use super::index::Resolved;
 use super::manifest::{
     chain_ids, choose_manifest, node_platform, parse_document, Descriptor, Document, ImageConfig,
     Manifest,
@@ -87,9 +88,13 @@ impl Images {
             self.fetch_and_unpack(&reference, creds, &lease).await
         }
         .await;
-        let (result, names) = match result {
-            Ok((id, names)) => (Ok(id), names),
-            Err(e) => (Err(e), Vec::new()),
+        let result = match result {
+            Ok((resolved, target, names)) => {
+                let id = resolved.id.clone();
+                self.record(&names, &target, resolved).await;
+                Ok(id)
+            }
+            Err(e) => Err(e),
         };
         self.metrics.pulls_in_progress.dec();
         let ok = result.is_ok();
@@ -109,9 +114,6 @@ impl Images {
             Ok(id) => tracing::info!(image = %reference, %id, ?elapsed, "pulled"),
             Err(e) => tracing::warn!(image = %reference, error = %e, "pull failed"),
         }
-        for name in names {
-            self.refresh_name(&name).await;
-        }
         result
     }
 
@@ -120,7 +122,7 @@ impl Images {
         reference: &Reference,
         creds: Credentials,
         lease: &str,
-    ) -> Result<(String, Vec<String>), ImageError> {
+    ) -> Result<(Arc<Resolved>, String, Vec<String>), ImageError> {
         let name = reference.to_string();
         let endpoints = hosts::endpoints(&self.settings.hosts_dir, &reference.domain)?;
         let fetcher = Arc::new(Fetcher::new(
@@ -190,28 +192,40 @@ impl Images {
             }
         };
 
-        // Config: small, fetched whole, verified, parsed.
-        let config_bytes = {
-            let resp = fetcher
-                .blob(&manifest.config.digest, "fetching the image config")
-                .await?;
-            let bytes = resp.bytes().await.map_err(|e| ImageError::Unavailable {
-                reference: name.clone(),
-                step: "fetching the image config",
-                host: reference.domain.clone(),
-                detail: error_chain(&e),
-            })?;
-            let got = super::manifest::sha256_digest(&bytes);
-            if got != manifest.config.digest {
-                return Err(ImageError::DigestMismatch {
-                    reference: name.clone(),
-                    what: "image config".into(),
-                    expected: manifest.config.digest.clone(),
-                    got,
-                });
+        // Config: small, read from the content store when present, else fetched; verified.
+        let config_bytes = match content::read(&self.ctd, &manifest.config.digest, 16 << 20).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => {
+                let resp = fetcher
+                    .blob(&manifest.config.digest, "fetching the image config")
+                    .await?;
+                resp.bytes()
+                    .await
+                    .map_err(|e| ImageError::Unavailable {
+                        reference: name.clone(),
+                        step: "fetching the image config",
+                        host: reference.domain.clone(),
+                        detail: error_chain(&e),
+                    })?
+                    .to_vec()
             }
-            bytes.to_vec()
+            Err(source) => {
+                return Err(ImageError::Containerd {
+                    reference: name.clone(),
+                    step: "reading the image config",
+                    source,
+                })
+            }
         };
+        let got = super::manifest::sha256_digest(&config_bytes);
+        if got != manifest.config.digest {
+            return Err(ImageError::DigestMismatch {
+                reference: name.clone(),
+                what: "image config".into(),
+                expected: manifest.config.digest.clone(),
+                got,
+            });
+        }
         let config: ImageConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| bad("image config", e.to_string()))?;
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -241,25 +255,10 @@ impl Images {
                     labels.insert("containerd.io/uncompressed".to_string(), diff_id.clone());
                     async move {
                         let _permit = sem.acquire().await.expect("semaphore never closed");
-                        if content::exists(&ctd, &layer.digest)
-                            .await
-                            .map_err(|source| ImageError::Containerd {
-                                reference: name.clone(),
-                                step: "checking content",
-                                source,
-                            })?
-                        {
-                            content::set_labels(&ctd, &layer.digest, &labels)
-                                .await
-                                .map_err(|source| ImageError::Containerd {
-                                    reference: name.clone(),
-                                    step: "labelling content",
-                                    source,
-                                })?;
-                            return Ok(0);
-                        }
-                        let resp = fetcher.blob(&layer.digest, "fetching a layer").await?;
-                        let stream = resp.bytes_stream().map_err(|e| error_chain(&e));
+                        let open = || async {
+                            let resp = fetcher.blob(&layer.digest, "fetching a layer").await?;
+                            Ok(Box::pin(resp.bytes_stream().map_err(|e| error_chain(&e))))
+                        };
                         let w = content::write(
                             &ctd,
                             lease,
@@ -267,7 +266,7 @@ impl Images {
                             &layer.digest,
                             layer.size,
                             labels,
-                            Box::pin(stream),
+                            open,
                             stall,
                         )
                         .await?;
@@ -289,6 +288,32 @@ impl Images {
         if let Some(t) = reference.tagged() {
             names.insert(0, t);
         }
+        // Records that already point at this target need no write.
+        let current = self.index();
+        let stale: Vec<String> = names
+            .iter()
+            .filter(|n| current.target_of(n) != Some(top.digest.as_str()))
+            .cloned()
+            .collect();
+        let size = top.bytes.len() as u64
+            + if index.is_some() {
+                manifest_desc.size.max(0) as u64
+            } else {
+                0
+            }
+            + manifest.config.size.max(0) as u64
+            + manifest
+                .layers
+                .iter()
+                .map(|l| l.size.max(0) as u64)
+                .sum::<u64>();
+        let resolved = Arc::new(Resolved {
+            id: manifest.config.digest.clone(),
+            size,
+            config_json: String::from_utf8_lossy(&config_bytes).into_owned(),
+            config: config.clone(),
+            chain_id: chain_ids(&config.rootfs.diff_ids).pop().unwrap_or_default(),
+        });
         let parts = ImageParts {
             manifest: &manifest,
             manifest_bytes,
@@ -304,10 +329,10 @@ impl Images {
             &name,
             &self.settings.snapshotter,
             parts,
-            &names,
+            &stale,
         )
         .await?;
-        Ok((manifest.config.digest.clone(), names))
+        Ok((resolved, top.digest.clone(), names))
     }
 }
 
