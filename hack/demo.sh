@@ -24,7 +24,7 @@ if [ -f "$DEMO_DIR/concord.pid" ] && kill -0 "$(cat "$DEMO_DIR/concord.pid")" 2>
 fi
 BIN=target/release/concord
 ARGS=(--listen "$LISTEN" --containerd-address "$CTD_SOCK" --state-dir "$DEMO_DIR/state"
-      --registry-config-path /tmp/rig/containerd/certs.d)
+      --registry-config-path /tmp/rig/containerd/certs.d --containerd-namespace concord-demo)
 log "starting: $BIN ${ARGS[*]}"
 nohup "$BIN" "${ARGS[@]}" > "$DEMO_DIR/concord.log" 2>&1 &
 echo $! > "$DEMO_DIR/concord.pid"
@@ -32,6 +32,14 @@ for _ in $(seq 1 100); do "$BIN" status --listen "$LISTEN" >/dev/null 2>&1 && br
 
 log "CRI Version + Status (what kubelet asks first):"
 "$BIN" status --listen "$LISTEN"
+log "pulling docker.io/library/busybox:latest (hosts.toml maps docker.io to the local registry):"
+"$BIN" pull --listen "$LISTEN" busybox
+log "loading an image archive built locally (skopeo: OCI layout -> docker save tar):"
+rm -f "$DEMO_DIR/httpd.tar"
+skopeo copy --quiet oci:/tmp/rig/oci:httpd "docker-archive:$DEMO_DIR/httpd.tar:example.test/demo/httpd:1"
+"$BIN" load --listen "$LISTEN" "$DEMO_DIR/httpd.tar"
+log "images:"
+"$BIN" images --listen "$LISTEN"
 log "reconcile loop objects and journal:"
 "$BIN" inspect --listen "$LISTEN"
 log "metrics: curl -s http://127.0.0.1:9338/metrics | grep ^concord_"
