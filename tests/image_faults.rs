@@ -6,7 +6,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{fault_proxy, Daemon, Fault};
+use common::{bearer_front, fault_proxy, Daemon, Fault};
 use concord::containerd::Containerd;
 use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
 use containerd_client::services::v1::{ListContentRequest, ListImagesRequest};
@@ -227,4 +227,190 @@ async fn credentials_from_the_request_are_used_and_wrong_ones_refused() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn the_bearer_token_flow_gets_a_token_with_the_request_credentials() {
+    let port = bearer_front(registry()).await;
+    let mut d = Daemon::new();
+    d.start().await;
+    let image = format!("127.0.0.1:{port}/library/busybox:latest");
+    let err = pull(&d, &image, None).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unauthenticated,
+        "{}",
+        err.message()
+    );
+    let wrong = cri::AuthConfig {
+        username: "alice".into(),
+        password: "x".into(),
+        ..Default::default()
+    };
+    let err = pull(&d, &image, Some(wrong)).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unauthenticated,
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("token server answered HTTP 401"),
+        "{}",
+        err.message()
+    );
+    let right = cri::AuthConfig {
+        username: "alice".into(),
+        password: "wonderland".into(),
+        ..Default::default()
+    };
+    pull(&d, &image, Some(right)).await.unwrap();
+    // A registry token from the request is used as the bearer token directly.
+    let token = cri::AuthConfig {
+        registry_token: "tok-123".into(),
+        ..Default::default()
+    };
+    pull(
+        &d,
+        &format!("127.0.0.1:{port}/library/busybox:1.36"),
+        Some(token),
+    )
+    .await
+    .unwrap();
+}
+
+/// A docker-registry of the test's own serving HTTPS with a self-signed certificate.
+struct TlsRegistry {
+    child: Child,
+    addr: String,
+    /// The CA that signed the registry's certificate.
+    cert: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl TlsRegistry {
+    fn start() -> TlsRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        let (ca, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+        );
+        std::fs::write(
+            dir.path().join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let script = format!(
+            "set -e; openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=concord-test-ca -keyout {cakey} -out {ca}; \
+             openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {key} -out {csr}; \
+             openssl x509 -req -in {csr} -CA {ca} -CAkey {cakey} -CAcreateserial -days 2 -extfile {ext} -out {cert}",
+            cakey = p("ca.key"),
+            ca = p("ca.pem"),
+            key = p("key.pem"),
+            csr = p("leaf.csr"),
+            ext = p("ext.cnf"),
+            cert = p("cert.pem"),
+        );
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(st.success(), "making test certificates with openssl");
+        let storage = std::env::var("CONCORD_TEST_REGISTRY_STORAGE")
+            .unwrap_or_else(|_| "/tmp/rig/registry".into());
+        let addr = format!("127.0.0.1:{}", common::free_port());
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n  maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: true\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsRegistry {
+            child,
+            addr,
+            cert: ca,
+            dir,
+        }
+    }
+
+    /// A hosts dir with `hosts.toml` for this registry holding `body`.
+    fn hosts_dir(&self, name: &str, body: &str) -> std::path::PathBuf {
+        let d = self.dir.path().join(name);
+        std::fs::create_dir_all(d.join(&self.addr)).unwrap();
+        std::fs::write(d.join(&self.addr).join("hosts.toml"), body).unwrap();
+        d
+    }
+}
+
+impl Drop for TlsRegistry {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+#[tokio::test]
+async fn hosts_toml_ca_and_skip_verify_reach_a_tls_registry() {
+    let reg = TlsRegistry::start();
+    let image = format!("{}/library/busybox:latest", reg.addr);
+
+    // HTTPS without the CA: the self-signed certificate is refused.
+    let no_ca = reg.hosts_dir("no-ca", &format!("server = \"https://{}\"\n", reg.addr));
+    let mut d = Daemon::new();
+    d.extra
+        .push(format!("--registry-config-path={}", no_ca.display()));
+    d.start().await;
+    let err = pull(&d, &image, None).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{}", err.message());
+    assert!(
+        err.message().to_lowercase().contains("certificate"),
+        "{}",
+        err.message()
+    );
+    drop(d);
+
+    // ca = the registry's certificate.
+    let with_ca = reg.hosts_dir(
+        "ca",
+        &format!("server = \"https://{a}\"\n[host.\"https://{a}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{c}\"\n", a = reg.addr, c = reg.cert.display()),
+    );
+    let mut d = Daemon::new();
+    d.extra
+        .push(format!("--registry-config-path={}", with_ca.display()));
+    d.start().await;
+    pull(&d, &image, None).await.unwrap();
+    drop(d);
+
+    // skip_verify.
+    let skip = reg.hosts_dir(
+        "skip",
+        &format!("[host.\"https://{a}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n", a = reg.addr),
+    );
+    let mut d = Daemon::new();
+    d.extra
+        .push(format!("--registry-config-path={}", skip.display()));
+    d.start().await;
+    pull(&d, &image, None).await.unwrap();
 }

@@ -464,3 +464,85 @@ pub async fn fault_proxy(upstream: String, fault: Fault) -> u16 {
     });
     port
 }
+
+/// A loopback front for the real local registry that demands a Bearer token, and the token
+/// server that issues it for `alice:wonderland` (docker-registry's own token auth needs a signing
+/// PKI; this exercises the same client flow). Answers the port.
+pub async fn bearer_front(upstream: String) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                break;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                let auth = text
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                    .map(|l| l.split_once(':').unwrap().1.trim().to_string())
+                    .unwrap_or_default();
+                let reply = |status: &str, extra: String, body: String| {
+                    format!("HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                };
+                if path.starts_with("/token") {
+                    use base64::Engine;
+                    let good = format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode("alice:wonderland")
+                    );
+                    let r = if auth == good && path.contains("scope=repository") {
+                        reply(
+                            "200 OK",
+                            "Content-Type: application/json\r\n".into(),
+                            r#"{"token":"tok-123"}"#.into(),
+                        )
+                    } else {
+                        reply("401 Unauthorized", String::new(), String::new())
+                    };
+                    let _ = client.write_all(r.as_bytes()).await;
+                    return;
+                }
+                if auth != "Bearer tok-123" {
+                    let repo = path
+                        .trim_start_matches("/v2/")
+                        .split("/manifests/")
+                        .next()
+                        .unwrap_or("")
+                        .split("/blobs/")
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let challenge = format!(
+                        "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"concord-test\",scope=\"repository:{repo}:pull\"\r\n"
+                    );
+                    let _ = client
+                        .write_all(reply("401 Unauthorized", challenge, String::new()).as_bytes())
+                        .await;
+                    return;
+                }
+                let request = text.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                up.write_all(request.as_bytes()).await.unwrap();
+                let mut resp = Vec::new();
+                up.read_to_end(&mut resp).await.unwrap();
+                let _ = client.write_all(&resp).await;
+            });
+        }
+    });
+    port
+}
