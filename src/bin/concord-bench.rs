@@ -61,144 +61,139 @@ fn spec(image: &str) -> Option<cri::ImageSpec> {
     })
 }
 
-/// Runs `op` n times; answers the sorted durations.
-async fn measure<F, Fut>(n: usize, mut op: F) -> Vec<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    op().await; // warm-up
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        op().await;
-        v.push(t.elapsed());
-    }
-    v.sort();
-    v
-}
-
 fn pct(v: &[Duration], p: f64) -> f64 {
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i].as_secs_f64() * 1000.0
 }
 
-async fn run_suite(name: &str, path: &Path, a: &Args) -> Vec<(String, f64, f64)> {
-    let ch = channel(path).await;
-    let rt = RuntimeServiceClient::new(ch.clone());
-    let img = ImageServiceClient::new(ch);
-    let n = a.iterations;
-    let mut out = Vec::new();
-    let mut record = |op: &str, v: Vec<Duration>| {
-        let (p50, p99) = (pct(&v, 0.5), pct(&v, 0.99));
-        eprintln!("{name:>9} {op:<28} p50 {p50:8.3} ms  p99 {p99:8.3} ms");
-        out.push((op.to_string(), p50, p99));
-    };
-    // Make sure the image is there for the read benchmarks.
-    img.clone()
-        .pull_image(cri::PullImageRequest {
-            image: spec(&a.image),
-            ..Default::default()
-        })
-        .await
-        .expect("initial pull");
-    let v = measure(n, || {
-        let mut rt = rt.clone();
-        async move {
-            rt.version(cri::VersionRequest::default()).await.unwrap();
-        }
-    })
-    .await;
-    record("Version", v);
-    let v = measure(n, || {
-        let mut rt = rt.clone();
-        async move {
+/// One CRI endpoint's clients.
+#[derive(Clone)]
+struct Endpoint {
+    rt: RuntimeServiceClient<Channel>,
+    img: ImageServiceClient<Channel>,
+}
+
+/// The operations measured, by name.
+const OPS: &[(&str, usize)] = &[
+    ("Version", 100),
+    ("Status", 100),
+    ("ImageStatus", 100),
+    ("ListImages", 100),
+    ("ImageFsInfo", 100),
+    ("PullImage (present)", 100),
+];
+
+/// Pull/remove cycles: each half timed on its own.
+const CYCLES: usize = 50;
+
+async fn run_op(e: &Endpoint, op: &str, image: &str) {
+    let (mut rt, mut img) = (e.rt.clone(), e.img.clone());
+    match op {
+        "Version" => drop(rt.version(cri::VersionRequest::default()).await.unwrap()),
+        "Status" => drop(
             rt.status(cri::StatusRequest { verbose: false })
                 .await
-                .unwrap();
-        }
-    })
-    .await;
-    record("Status", v);
-    let v = measure(n, || {
-        let mut img = img.clone();
-        let image = a.image.clone();
-        async move {
+                .unwrap(),
+        ),
+        "ImageStatus" => drop(
             img.image_status(cri::ImageStatusRequest {
-                image: spec(&image),
+                image: spec(image),
                 verbose: false,
             })
             .await
-            .unwrap();
-        }
-    })
-    .await;
-    record("ImageStatus", v);
-    let v = measure(n, || {
-        let mut img = img.clone();
-        async move {
+            .unwrap(),
+        ),
+        "ListImages" => drop(
             img.list_images(cri::ListImagesRequest::default())
                 .await
-                .unwrap();
-        }
-    })
-    .await;
-    record("ListImages", v);
-    let v = measure(n, || {
-        let mut img = img.clone();
-        async move {
-            img.image_fs_info(cri::ImageFsInfoRequest {}).await.unwrap();
-        }
-    })
-    .await;
-    record("ImageFsInfo", v);
-    let v = measure(n, || {
-        let mut img = img.clone();
-        let image = a.image.clone();
-        async move {
+                .unwrap(),
+        ),
+        "ImageFsInfo" => drop(img.image_fs_info(cri::ImageFsInfoRequest {}).await.unwrap()),
+        "PullImage (present)" => drop(
             img.pull_image(cri::PullImageRequest {
-                image: spec(&image),
+                image: spec(image),
                 ..Default::default()
             })
             .await
-            .unwrap();
-        }
-    })
-    .await;
-    record("PullImage (present)", v);
-    let v = measure(n.min(30), || {
-        let mut img = img.clone();
-        let image = a.image.clone();
-        async move {
-            img.remove_image(cri::RemoveImageRequest {
-                image: spec(&image),
-            })
-            .await
-            .unwrap();
+            .unwrap(),
+        ),
+        "RemoveImage" => drop(
+            img.remove_image(cri::RemoveImageRequest { image: spec(image) })
+                .await
+                .unwrap(),
+        ),
+        "PullImage (absent)" => drop(
             img.pull_image(cri::PullImageRequest {
-                image: spec(&image),
+                image: spec(image),
                 ..Default::default()
             })
             .await
-            .unwrap();
-        }
-    })
-    .await;
-    record("RemoveImage + PullImage", v);
-    out
+            .unwrap(),
+        ),
+        other => panic!("unknown op {other}"),
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let a = args();
-    let reference = run_suite("reference", &a.reference, &a).await;
-    let concord = run_suite("concord", &a.concord, &a).await;
-    println!("| operation | reference p50 ms | concord p50 ms | p50 ratio (ref/concord) | reference p99 ms | concord p99 ms |");
-    println!("|---|---|---|---|---|---|");
-    for ((op, rp50, rp99), (_, cp50, cp99)) in reference.iter().zip(&concord) {
-        println!(
-            "| {op} | {rp50:.3} | {cp50:.3} | {:.2}x | {rp99:.3} | {cp99:.3} |",
-            rp50 / cp50
-        );
+    let connect = |p: PathBuf| async move {
+        let ch = channel(&p).await;
+        Endpoint {
+            rt: RuntimeServiceClient::new(ch.clone()),
+            img: ImageServiceClient::new(ch),
+        }
+    };
+    let (reference, concord) = (
+        connect(a.reference.clone()).await,
+        connect(a.concord.clone()).await,
+    );
+    for e in [&reference, &concord] {
+        run_op(e, "PullImage (present)", &a.image).await; // the image is there; warm-up
     }
+    println!("| operation | n | reference p50 / p90 / p99 ms | concord p50 / p90 / p99 ms | p50 ratio (reference / concord) |");
+    println!("|---|---|---|---|---|");
+    let row = |op: &str, r: &mut Vec<Duration>, c: &mut Vec<Duration>| {
+        r.sort();
+        c.sort();
+        println!(
+            "| {op} | {} | {:.3} / {:.3} / {:.3} | {:.3} / {:.3} / {:.3} | {:.2}x |",
+            r.len(),
+            pct(r, 0.5),
+            pct(r, 0.9),
+            pct(r, 0.99),
+            pct(c, 0.5),
+            pct(c, 0.9),
+            pct(c, 0.99),
+            pct(r, 0.5) / pct(c, 0.5)
+        );
+    };
+    // Alternate the two endpoints call by call, so both see the same machine state.
+    async fn timed(e: &Endpoint, op: &str, image: &str) -> Duration {
+        let t = Instant::now();
+        run_op(e, op, image).await;
+        t.elapsed()
+    }
+    for (op, default_n) in OPS {
+        let n = a.iterations.min(*default_n);
+        let (mut r, mut c) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            r.push(timed(&reference, op, &a.image).await);
+            c.push(timed(&concord, op, &a.image).await);
+        }
+        row(op, &mut r, &mut c);
+    }
+    let n = a.iterations.min(CYCLES);
+    let (mut rr, mut cr, mut rp, mut cp) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..n {
+        rr.push(timed(&reference, "RemoveImage", &a.image).await);
+        cr.push(timed(&concord, "RemoveImage", &a.image).await);
+        rp.push(timed(&reference, "PullImage (absent)", &a.image).await);
+        cp.push(timed(&concord, "PullImage (absent)", &a.image).await);
+    }
+    let mut rc: Vec<Duration> = rr.iter().zip(&rp).map(|(a, b)| *a + *b).collect();
+    let mut cc: Vec<Duration> = cr.iter().zip(&cp).map(|(a, b)| *a + *b).collect();
+    row("RemoveImage", &mut rr, &mut cr);
+    row("PullImage (absent)", &mut rp, &mut cp);
+    row("pull/remove cycle", &mut rc, &mut cc);
 }

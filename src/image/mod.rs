@@ -191,11 +191,12 @@ impl Images {
                 vec![name]
             }
         };
-        for name in &names {
-            // Synchronous: containerd's GC has freed the content and snapshots when we answer.
+        for (i, name) in names.iter().enumerate() {
+            // The last delete is synchronous: containerd's GC has freed the content and
+            // snapshots when we answer (one collection, not one per name).
             let req = DeleteImageRequest {
                 name: name.clone(),
-                sync: true,
+                sync: i + 1 == names.len(),
                 ..Default::default()
             };
             match self
