@@ -226,14 +226,6 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_them() {
         "{}",
         err.message()
     );
-    let err = d
-        .images()
-        .await
-        .pull_image(cri::PullImageRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("image"), "{}", err.message());
     let err = rt.exec(cri::ExecRequest::default()).await.unwrap_err();
     assert!(err.message().contains("streaming"), "{}", err.message());
     let count = d

@@ -18,8 +18,8 @@ use containerd_client::services::v1::{
     containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
     events_client::EventsClient, images_client::ImagesClient,
     introspection_client::IntrospectionClient, leases_client::LeasesClient,
-    snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
-    version_client::VersionClient,
+    namespaces_client::NamespacesClient, snapshots::snapshots_client::SnapshotsClient,
+    tasks_client::TasksClient, version_client::VersionClient,
 };
 use containerd_client::services::v1::{
     CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest,
@@ -193,6 +193,9 @@ impl Containerd {
     }
     pub fn introspection(&self) -> IntrospectionClient<Channel> {
         IntrospectionClient::new(self.channel.clone())
+    }
+    pub fn namespaces(&self) -> NamespacesClient<Channel> {
+        NamespacesClient::new(self.channel.clone())
     }
     pub fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())

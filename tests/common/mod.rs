@@ -234,7 +234,53 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        cleanup_namespace(&self.containerd, &self.namespace);
     }
+}
+
+/// Removes what a test left in its containerd namespace (images, then the namespace), so the
+/// dev containerd does not accumulate test data.
+pub fn cleanup_namespace(socket: &Path, namespace: &str) {
+    use containerd_client::services::v1::{
+        DeleteImageRequest, DeleteNamespaceRequest, ListImagesRequest,
+    };
+    let (socket, ns) = (socket.to_owned(), namespace.to_string());
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let Ok(ctd) = concord::containerd::Containerd::new(&socket, &ns, Default::default())
+            else {
+                return;
+            };
+            let Ok(list) = ctd
+                .images()
+                .list(ctd.request(ListImagesRequest { filters: vec![] }))
+                .await
+            else {
+                return;
+            };
+            let images = list.into_inner().images;
+            let n = images.len();
+            for (i, img) in images.into_iter().enumerate() {
+                let req = DeleteImageRequest {
+                    name: img.name,
+                    sync: i + 1 == n,
+                    ..Default::default()
+                };
+                let _ = ctd.images().delete(ctd.request(req)).await;
+            }
+            let _ = ctd
+                .namespaces()
+                .delete(tonic::Request::new(DeleteNamespaceRequest {
+                    name: ns.clone(),
+                }))
+                .await;
+        });
+    })
+    .join();
 }
 
 /// A tonic channel over a unix socket.
