@@ -2,9 +2,11 @@
 //! every CNI call. The conf dir is rescanned so a config that appears later makes the network
 //! ready (Status' NetworkReady).
 
+pub mod cni;
 mod cni_config;
+pub mod netns;
 
-pub use cni_config::{load_network, CniNetwork, LoadError};
+pub use cni_config::{find_plugin, load_network, CniNetwork, LoadError};
 
 use std::path::PathBuf;
 use std::sync::Arc;

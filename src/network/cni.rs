@@ -1,0 +1,344 @@
+//! CNI, the runtime side: executes the plugins of a network config list with the `CNI_*`
+//! environment (the CNI contract; the only programs concord runs), chains `prevResult`, passes
+//! runtime config for the capabilities each plugin declares, bounds every call with a timeout,
+//! runs DEL in reverse order, and caches the ADD result on disk so a DEL works after a restart, a
+//! reboot or a config change.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tokio::io::AsyncWriteExt;
+
+use super::cni_config::{find_plugin, CniNetwork};
+
+/// One attachment of a sandbox to a network.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// CNI_CONTAINERID: the sandbox id.
+    pub container_id: String,
+    /// CNI_NETNS: the namespace path.
+    pub netns: PathBuf,
+    /// CNI_IFNAME.
+    pub ifname: String,
+    /// CNI_ARGS pairs (K8S_POD_NAMESPACE, K8S_POD_NAME, ...).
+    pub args: Vec<(String, String)>,
+    /// Runtime config by capability (`portMappings`, `bandwidth`, `dns`, `ips`, ...).
+    pub capabilities: Map<String, Value>,
+}
+
+/// Why a CNI call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    /// The plugin binary is not in any bin dir.
+    #[error("CNI {command} on network {network}: plugin {plugin} not found in {dirs}")]
+    NoPlugin {
+        command: &'static str,
+        network: String,
+        plugin: String,
+        dirs: String,
+    },
+    /// The plugin failed (its error message and code).
+    #[error("CNI {command} on network {network}: plugin {plugin} failed: {message}")]
+    Plugin {
+        command: &'static str,
+        network: String,
+        plugin: String,
+        message: String,
+    },
+    /// The plugin did not answer in time (it was killed).
+    #[error("CNI {command} on network {network}: plugin {plugin} did not finish within {after:?}; killed")]
+    Timeout {
+        command: &'static str,
+        network: String,
+        plugin: String,
+        after: Duration,
+    },
+    /// The result cache could not be written or read.
+    #[error("CNI result cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs plugins for one node.
+pub struct Cni {
+    bin_dirs: Vec<PathBuf>,
+    cache_dir: PathBuf,
+    timeout: Duration,
+}
+
+impl Cni {
+    pub fn new(bin_dirs: Vec<PathBuf>, cache_dir: PathBuf, timeout: Duration) -> Cni {
+        Cni {
+            bin_dirs,
+            cache_dir,
+            timeout,
+        }
+    }
+
+    fn cache_path(&self, network: &str, a: &Attachment) -> PathBuf {
+        self.cache_dir
+            .join(format!("{network}-{}-{}.json", a.container_id, a.ifname))
+    }
+
+    /// ADD through the chain; answers the final result (also cached).
+    pub async fn add(&self, net: &CniNetwork, a: &Attachment) -> Result<Value, CniError> {
+        let mut prev: Option<Value> = None;
+        for plugin in &net.plugins {
+            let conf = self.plugin_config(net, plugin, prev.as_ref(), a);
+            let out = self.exec("ADD", net, plugin, &conf, a).await?;
+            prev = Some(out);
+        }
+        let result = prev.unwrap_or(Value::Null);
+        let path = self.cache_path(&net.name, a);
+        let cached = json!({
+            "kind": "cniCacheV1",
+            "containerId": a.container_id,
+            "ifName": a.ifname,
+            "networkName": net.name,
+            "config": {"name": net.name, "cniVersion": net.cni_version, "plugins": net.plugins},
+            "capabilities": a.capabilities,
+            "result": result,
+        });
+        write_atomic(&path, cached.to_string().as_bytes()).map_err(|source| CniError::Cache {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(result)
+    }
+
+    /// DEL in reverse order, with the cached config and result when there is one (so it works
+    /// after a restart or a config change), else with `net`. Missing pieces are not errors.
+    pub async fn del(
+        &self,
+        net: Option<&CniNetwork>,
+        network_name: &str,
+        a: &Attachment,
+    ) -> Result<(), CniError> {
+        let path = self.cache_path(network_name, a);
+        let cached: Option<Value> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let from_cache = cached.as_ref().and_then(|c| {
+            let conf = c.get("config")?;
+            Some(CniNetwork {
+                file: path.clone(),
+                name: conf.get("name")?.as_str()?.to_string(),
+                cni_version: conf.get("cniVersion")?.as_str()?.to_string(),
+                plugins: conf.get("plugins")?.as_array()?.clone(),
+            })
+        });
+        let Some(net) = from_cache.as_ref().or(net) else {
+            return Ok(()); // never attached, nothing known: nothing to undo
+        };
+        let prev = cached
+            .as_ref()
+            .and_then(|c| c.get("result").cloned())
+            .filter(|r| !r.is_null());
+        let mut a = a.clone();
+        if let Some(caps) = cached
+            .as_ref()
+            .and_then(|c| c.get("capabilities"))
+            .and_then(Value::as_object)
+        {
+            a.capabilities = caps.clone();
+        }
+        for plugin in net.plugins.iter().rev() {
+            let conf = self.plugin_config(net, plugin, prev.as_ref(), &a);
+            self.exec("DEL", net, plugin, &conf, &a).await?;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CniError::Cache { path, source }),
+        }
+    }
+
+    /// Whether an ADD result is cached for this attachment.
+    pub fn cached(&self, network_name: &str, a: &Attachment) -> bool {
+        self.cache_path(network_name, a).exists()
+    }
+
+    /// One plugin's stdin: its config, the list's name and version, prevResult, runtimeConfig.
+    fn plugin_config(
+        &self,
+        net: &CniNetwork,
+        plugin: &Value,
+        prev: Option<&Value>,
+        a: &Attachment,
+    ) -> Value {
+        let mut conf = plugin.as_object().cloned().unwrap_or_default();
+        conf.insert("name".into(), json!(net.name));
+        conf.insert("cniVersion".into(), json!(net.cni_version));
+        if let Some(p) = prev {
+            conf.insert("prevResult".into(), p.clone());
+        }
+        let declared = plugin.get("capabilities").and_then(Value::as_object);
+        let mut rc = Map::new();
+        for (cap, value) in &a.capabilities {
+            if declared.is_some_and(|d| d.get(cap).and_then(Value::as_bool) == Some(true)) {
+                rc.insert(cap.clone(), value.clone());
+            }
+        }
+        if !rc.is_empty() {
+            conf.insert("runtimeConfig".into(), Value::Object(rc));
+        }
+        Value::Object(conf)
+    }
+
+    async fn exec(
+        &self,
+        command: &'static str,
+        net: &CniNetwork,
+        plugin: &Value,
+        conf: &Value,
+        a: &Attachment,
+    ) -> Result<Value, CniError> {
+        let kind = plugin
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let dirs = self
+            .bin_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let bin = find_plugin(&kind, &self.bin_dirs).ok_or_else(|| CniError::NoPlugin {
+            command,
+            network: net.name.clone(),
+            plugin: kind.clone(),
+            dirs: dirs.clone(),
+        })?;
+        let args = a
+            .args
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";");
+        let failed = |message: String| CniError::Plugin {
+            command,
+            network: net.name.clone(),
+            plugin: kind.clone(),
+            message,
+        };
+        let mut child = tokio::process::Command::new(&bin)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &a.container_id)
+            .env("CNI_NETNS", &a.netns)
+            .env("CNI_IFNAME", &a.ifname)
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", &dirs)
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(format!("cannot run {}: {e}", bin.display())))?;
+        let mut stdin = child.stdin.take().expect("stdin piped");
+        let input = conf.to_string();
+        let run = async move {
+            stdin.write_all(input.as_bytes()).await?;
+            drop(stdin);
+            child.wait_with_output().await
+        };
+        let out = tokio::time::timeout(self.timeout, run)
+            .await
+            .map_err(|_| CniError::Timeout {
+                command,
+                network: net.name.clone(),
+                plugin: kind.clone(),
+                after: self.timeout,
+            })?
+            .map_err(|e| failed(e.to_string()))?;
+        let stdout: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if !out.status.success() {
+            let msg = stdout
+                .get("msg")
+                .and_then(Value::as_str)
+                .map(|m| {
+                    let details = stdout.get("details").and_then(Value::as_str).unwrap_or("");
+                    let code = stdout.get("code").and_then(Value::as_u64).unwrap_or(0);
+                    format!(
+                        "{m}{}{} (code {code})",
+                        if details.is_empty() { "" } else { ": " },
+                        details
+                    )
+                })
+                .unwrap_or_else(|| {
+                    format!(
+                        "{}; {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
+                });
+            return Err(failed(msg));
+        }
+        Ok(stdout)
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_config_goes_only_to_plugins_that_declare_the_capability() {
+        let cni = Cni::new(vec![], PathBuf::from("/tmp"), Duration::from_secs(1));
+        let net = CniNetwork {
+            file: PathBuf::new(),
+            name: "n".into(),
+            cni_version: "1.0.0".into(),
+            plugins: vec![
+                json!({"type": "bridge"}),
+                json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+            ],
+        };
+        let mut caps = Map::new();
+        caps.insert(
+            "portMappings".into(),
+            json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+        );
+        let a = Attachment {
+            container_id: "c".into(),
+            netns: "/x".into(),
+            ifname: "eth0".into(),
+            args: vec![],
+            capabilities: caps,
+        };
+        let bridge = cni.plugin_config(&net, &net.plugins[0], None, &a);
+        assert!(bridge.get("runtimeConfig").is_none());
+        assert_eq!(bridge["name"], "n");
+        let prev = json!({"cniVersion": "1.0.0", "ips": []});
+        let portmap = cni.plugin_config(&net, &net.plugins[1], Some(&prev), &a);
+        assert_eq!(
+            portmap["runtimeConfig"]["portMappings"][0]["hostPort"],
+            8080
+        );
+        assert_eq!(portmap["prevResult"], prev);
+    }
+}
