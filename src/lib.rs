@@ -12,6 +12,7 @@ pub mod image;
 pub mod journal;
 pub mod metrics;
 pub mod network;
+pub mod oci;
 pub mod reconcile;
 
 /// concord's own gRPC API (proto/concord/v1).

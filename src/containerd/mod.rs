@@ -5,6 +5,7 @@
 //! and answers while containerd is still down; the health monitor tells the rest when it is up.
 
 mod health;
+mod objects;
 
 pub use health::{spawn_health_monitor, Health};
 

@@ -1,0 +1,218 @@
+//! containerd containers, tasks and snapshots: the calls the sandbox and container reconcilers
+//! make. Every delete treats NotFound as success (teardown is unconditional and idempotent), and
+//! everything created carries concord's owner label.
+
+use std::collections::HashMap;
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
+};
+use containerd_client::types::Mount;
+
+use super::{Containerd, ContainerdError, OWNER_LABEL};
+
+/// Type URL containerd expects for a JSON runtime spec.
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// Ok for NotFound: the object is already gone.
+fn gone_ok<T>(r: Result<T, ContainerdError>) -> Result<(), ContainerdError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Containerd {
+    /// Prepares the writable snapshot `key` on `parent` (an image's chain id); answers its mounts.
+    pub async fn prepare_snapshot(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+        owner: &str,
+    ) -> Result<Vec<Mount>, ContainerdError> {
+        let req = PrepareSnapshotRequest {
+            snapshotter: snapshotter.into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: HashMap::from([(OWNER_LABEL.to_string(), owner.to_string())]),
+        };
+        let r = self
+            .call(
+                "snapshots",
+                "Prepare",
+                "Snapshots.Prepare",
+                self.snapshots().prepare(self.request(req)),
+            )
+            .await?;
+        Ok(r.mounts)
+    }
+
+    /// Removes snapshot `key`; a missing one is fine.
+    pub async fn remove_snapshot(
+        &self,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<(), ContainerdError> {
+        let req = RemoveSnapshotRequest {
+            snapshotter: snapshotter.into(),
+            key: key.into(),
+        };
+        gone_ok(
+            self.call(
+                "snapshots",
+                "Remove",
+                "Snapshots.Remove",
+                self.snapshots().remove(self.request(req)),
+            )
+            .await,
+        )
+    }
+
+    /// Creates container `id` running `spec` (JSON) with runtime `runtime` on snapshot `snapshot_key`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_container(
+        &self,
+        id: &str,
+        image: &str,
+        runtime: &str,
+        spec: &serde_json::Value,
+        snapshotter: &str,
+        snapshot_key: &str,
+        owner: &str,
+        mut labels: HashMap<String, String>,
+    ) -> Result<(), ContainerdError> {
+        labels.insert(OWNER_LABEL.to_string(), owner.to_string());
+        let container = Container {
+            id: id.into(),
+            labels,
+            image: image.into(),
+            runtime: Some(Runtime {
+                name: runtime.into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.into(),
+                value: serde_json::to_vec(spec).expect("a JSON value serializes"),
+            }),
+            snapshotter: snapshotter.into(),
+            snapshot_key: snapshot_key.into(),
+            ..Default::default()
+        };
+        let req = CreateContainerRequest {
+            container: Some(container),
+        };
+        self.call(
+            "containers",
+            "Create",
+            "Containers.Create",
+            self.containers().create(self.request(req)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes container `id`; a missing one is fine.
+    pub async fn delete_container(&self, id: &str) -> Result<(), ContainerdError> {
+        let req = DeleteContainerRequest { id: id.into() };
+        gone_ok(
+            self.call(
+                "containers",
+                "Delete",
+                "Containers.Delete",
+                self.containers().delete(self.request(req)),
+            )
+            .await,
+        )
+    }
+
+    /// Creates the task of container `id` on `rootfs` with no stdio; answers its pid.
+    pub async fn create_task(&self, id: &str, rootfs: Vec<Mount>) -> Result<u32, ContainerdError> {
+        let req = CreateTaskRequest {
+            container_id: id.into(),
+            rootfs,
+            ..Default::default()
+        };
+        let r = self
+            .call(
+                "tasks",
+                "Create",
+                "Tasks.Create",
+                self.tasks().create(self.request(req)),
+            )
+            .await?;
+        Ok(r.pid)
+    }
+
+    /// Starts the task of container `id`.
+    pub async fn start_task(&self, id: &str) -> Result<(), ContainerdError> {
+        let req = StartRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        };
+        self.call(
+            "tasks",
+            "Start",
+            "Tasks.Start",
+            self.tasks().start(self.request(req)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sends `signal` to the task of container `id` (all its processes); a missing task is fine.
+    pub async fn kill_task(&self, id: &str, signal: u32) -> Result<(), ContainerdError> {
+        let req = KillRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+            signal,
+            all: true,
+        };
+        gone_ok(
+            self.call(
+                "tasks",
+                "Kill",
+                "Tasks.Kill",
+                self.tasks().kill(self.request(req)),
+            )
+            .await,
+        )
+    }
+
+    /// Waits for the task of container `id` to exit; answers its exit status.
+    pub async fn wait_task(&self, id: &str) -> Result<u32, ContainerdError> {
+        let req = WaitRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        };
+        let r = self
+            .call(
+                "tasks",
+                "Wait",
+                "Tasks.Wait",
+                self.tasks().wait(self.request(req)),
+            )
+            .await?;
+        Ok(r.exit_status)
+    }
+
+    /// Deletes the (exited) task of container `id`, which ends its shim; a missing one is fine.
+    pub async fn delete_task(&self, id: &str) -> Result<(), ContainerdError> {
+        let req = DeleteTaskRequest {
+            container_id: id.into(),
+        };
+        gone_ok(
+            self.call(
+                "tasks",
+                "Delete",
+                "Tasks.Delete",
+                self.tasks().delete(self.request(req)),
+            )
+            .await,
+        )
+    }
+}
