@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod network;
 pub mod oci;
 pub mod reconcile;
+pub mod uds;
 
 /// concord's own gRPC API (proto/concord/v1).
 pub mod proto {

@@ -340,22 +340,12 @@ fn place_process(config: &Config) -> anyhow::Result<()> {
 
 /// A gRPC channel to a running concord's socket.
 async fn connect(config: &Config) -> anyhow::Result<tonic::transport::Channel> {
-    let path = config.listen.clone();
-    tonic::transport::Endpoint::try_from("http://[::]")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to concord at {}: {e}",
-                config.listen.display()
-            )
-        })
+    concord::uds::connect(&config.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to concord at {}: {e}",
+            config.listen.display()
+        )
+    })
 }
 
 async fn load(config: &Config, file: PathBuf) -> anyhow::Result<()> {

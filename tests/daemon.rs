@@ -332,8 +332,7 @@ async fn a_real_containerd_event_reaches_the_stream() {
         },
     )
     .await;
-    let ctd = concord::containerd::Containerd::new(&d.containerd, &d.namespace, Default::default())
-        .unwrap();
+    let ctd = concord::containerd::Containerd::new(&d.containerd, &d.namespace, Default::default());
     let name = format!("example.test/concord/{}:latest", d.namespace);
     let img = Image {
         name: name.clone(),

@@ -4,12 +4,8 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::{bearer_front, fault_proxy, Daemon, Fault};
-use concord::containerd::Containerd;
-use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
-use containerd_client::services::v1::{ListContentRequest, ListImagesRequest};
 use k8s_cri::v1 as cri;
 
 fn registry() -> String {
@@ -35,40 +31,7 @@ async fn pull(
 }
 
 async fn leftovers(d: &Daemon) -> (usize, usize, usize) {
-    let ctd = Containerd::new(&d.containerd, &d.namespace, Default::default()).unwrap();
-    let mut content = 0;
-    let mut s = ctd
-        .content()
-        .list(ctd.request(ListContentRequest { filters: vec![] }))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(m) = s.message().await.unwrap() {
-        content += m.info.len();
-    }
-    let mut snaps = 0;
-    let req = ListSnapshotsRequest {
-        snapshotter: "overlayfs".into(),
-        ..Default::default()
-    };
-    let mut s = ctd
-        .snapshots()
-        .list(ctd.request(req))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(m) = s.message().await.unwrap() {
-        snaps += m.info.len();
-    }
-    let images = ctd
-        .images()
-        .list(ctd.request(ListImagesRequest { filters: vec![] }))
-        .await
-        .unwrap()
-        .into_inner()
-        .images
-        .len();
-    (content, snaps, images)
+    common::namespace_counts(d).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,31 +95,11 @@ impl AuthRegistry {
             .status()
             .expect("htpasswd (apache2-utils; hack/dev-up.sh installs it)");
         assert!(st.success());
-        let storage = std::env::var("CONCORD_TEST_REGISTRY_STORAGE")
-            .unwrap_or_else(|_| "/tmp/rig/registry".into());
-        let addr = format!("127.0.0.1:{}", common::free_port());
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n  maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: true\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: concord-test\n    path: {}\n",
-                htpasswd.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let auth = format!(
+            "auth:\n  htpasswd:\n    realm: concord-test\n    path: {}\n",
+            htpasswd.display()
+        );
+        let (child, addr) = common::spawn_registry(dir.path(), "", &auth);
         AuthRegistry {
             child,
             addr,
@@ -321,32 +264,12 @@ impl TlsRegistry {
             .status()
             .expect("openssl");
         assert!(st.success(), "making test certificates with openssl");
-        let storage = std::env::var("CONCORD_TEST_REGISTRY_STORAGE")
-            .unwrap_or_else(|_| "/tmp/rig/registry".into());
-        let addr = format!("127.0.0.1:{}", common::free_port());
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n  maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: true\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
-                cert.display(),
-                key.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        );
+        let (child, addr) = common::spawn_registry(dir.path(), &tls, "");
         TlsRegistry {
             child,
             addr,

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use common::{eventually, Daemon};
 use concord::containerd::Containerd;
-use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
-use containerd_client::services::v1::{ListContentRequest, ListImagesRequest};
 use k8s_cri::v1 as cri;
 
 fn hosts_dir() -> String {
@@ -69,39 +67,7 @@ async fn remove(d: &Daemon, image: &str) {
 
 /// (content blobs, snapshots, image records) in the daemon's namespace.
 async fn counts(d: &Daemon) -> (usize, usize, usize) {
-    let ctd = Containerd::new(&d.containerd, &d.namespace, Default::default()).unwrap();
-    let mut content = 0;
-    let mut s = ctd
-        .content()
-        .list(ctd.request(ListContentRequest { filters: vec![] }))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(m) = s.message().await.unwrap() {
-        content += m.info.len();
-    }
-    let mut snaps = 0;
-    let mut s = ctd
-        .snapshots()
-        .list(ctd.request(ListSnapshotsRequest {
-            snapshotter: "overlayfs".into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(m) = s.message().await.unwrap() {
-        snaps += m.info.len();
-    }
-    let images = ctd
-        .images()
-        .list(ctd.request(ListImagesRequest { filters: vec![] }))
-        .await
-        .unwrap()
-        .into_inner()
-        .images
-        .len();
-    (content, snaps, images)
+    common::namespace_counts(d).await
 }
 
 #[tokio::test]
@@ -345,7 +311,7 @@ async fn an_image_added_by_another_client_shows_up_without_a_restart() {
     use containerd_client::services::v1::{CreateImageRequest, DeleteImageRequest, Image};
     let d = daemon().await;
     let id = pull(&d, "busybox").await.unwrap();
-    let ctd = Containerd::new(&d.containerd, &d.namespace, Default::default()).unwrap();
+    let ctd = Containerd::new(&d.containerd, &d.namespace, Default::default());
     let existing = ctd
         .images()
         .get(

@@ -20,7 +20,7 @@ use serde_json::{json, Map};
 async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let ns_name = common::unique("concord-test-pause");
-    let ctd = Containerd::new(&common::containerd_socket(), &ns_name, Default::default()).unwrap();
+    let ctd = Containerd::new(&common::containerd_socket(), &ns_name, Default::default());
     let settings = ImageSettings {
         hosts_dir: PathBuf::from(
             std::env::var("CONCORD_TEST_HOSTS_DIR")

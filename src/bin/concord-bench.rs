@@ -40,18 +40,9 @@ fn args() -> Args {
 }
 
 async fn channel(path: &Path) -> Channel {
-    let path = path.to_owned();
-    tonic::transport::Endpoint::try_from("http://[::]")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
+    concord::uds::connect(path)
         .await
-        .unwrap_or_else(|e| panic!("connect: {e}"))
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()))
 }
 
 fn spec(image: &str) -> Option<cri::ImageSpec> {

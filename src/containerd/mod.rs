@@ -11,7 +11,7 @@ pub use health::{spawn_health_monitor, Health};
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use containerd_client::services::v1::{
 use containerd_client::services::v1::{
     CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::metrics::Metrics;
 
@@ -37,13 +37,6 @@ const LEASE_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
 /// Errors talking to containerd.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdError {
-    /// The endpoint for the socket path could not be built.
-    #[error("containerd address {path}: {source}")]
-    Endpoint {
-        path: PathBuf,
-        #[source]
-        source: tonic::transport::Error,
-    },
     /// A call failed; `call` names the service and method.
     #[error("containerd {call}: {status}", status = .status.message())]
     Call {
@@ -57,7 +50,6 @@ impl ContainerdError {
     /// The gRPC code containerd answered.
     pub fn code(&self) -> tonic::Code {
         match self {
-            ContainerdError::Endpoint { .. } => tonic::Code::Unavailable,
             ContainerdError::Call { status, .. } => status.code(),
         }
     }
@@ -79,31 +71,13 @@ pub struct Containerd {
 
 impl Containerd {
     /// Builds a lazily connecting channel to the socket at `address`.
-    pub fn new(
-        address: &Path,
-        namespace: &str,
-        metrics: Arc<Metrics>,
-    ) -> Result<Containerd, ContainerdError> {
-        let path = address.to_path_buf();
-        let endpoint = Endpoint::try_from("http://[::]")
-            .map_err(|source| ContainerdError::Endpoint {
-                path: path.clone(),
-                source,
-            })?
-            .connect_timeout(Duration::from_secs(2));
-        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }));
-        Ok(Containerd {
-            channel,
+    pub fn new(address: &Path, namespace: &str, metrics: Arc<Metrics>) -> Containerd {
+        Containerd {
+            channel: crate::uds::lazy_channel(address),
             namespace: namespace.into(),
             address: address.into(),
             metrics,
-        })
+        }
     }
 
     /// containerd's socket path.

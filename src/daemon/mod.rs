@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{Cri, Runtime};
 use crate::config::Config;
-use crate::containerd::{spawn_health_monitor, Containerd, ContainerdError};
+use crate::containerd::{spawn_health_monitor, Containerd};
 use crate::events::{self, ContainerdEvent, EventSink};
 use crate::image::{ImageSettings, Images};
 use crate::journal::{self, Journal, JournalError};
@@ -44,9 +44,6 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    /// The containerd client could not be built.
-    #[error(transparent)]
-    Containerd(#[from] ContainerdError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -116,7 +113,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &config.containerd.address,
         &config.containerd.namespace,
         metrics.clone(),
-    )?;
+    );
     let network = Network::new(&config.cni, metrics.clone());
     let reconciler = Arc::new(RuntimeConfigReconciler::new(network.clone()));
     let controller = Controller::new(

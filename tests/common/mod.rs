@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// containerd socket of the dev environment (override with CONCORD_TEST_CONTAINERD).
 pub fn containerd_socket() -> PathBuf {
@@ -251,10 +251,7 @@ pub fn cleanup_namespace(socket: &Path, namespace: &str) {
             .build()
             .unwrap();
         rt.block_on(async {
-            let Ok(ctd) = concord::containerd::Containerd::new(&socket, &ns, Default::default())
-            else {
-                return;
-            };
+            let ctd = concord::containerd::Containerd::new(&socket, &ns, Default::default());
             let Ok(list) = ctd
                 .images()
                 .list(ctd.request(ListImagesRequest { filters: vec![] }))
@@ -285,16 +282,7 @@ pub fn cleanup_namespace(socket: &Path, namespace: &str) {
 
 /// A tonic channel over a unix socket.
 pub async fn uds_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = path.to_owned();
-    Endpoint::try_from("http://[::]")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
+    concord::uds::connect(path).await
 }
 
 /// GET on loopback with a plain HTTP/1.0 request.
@@ -442,7 +430,7 @@ pub enum Fault {
 /// downloads (what a real registry cannot be made to do on demand). Manifests and configs pass
 /// through untouched. Answers the port.
 pub async fn fault_proxy(upstream: String, fault: Fault) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -452,23 +440,13 @@ pub async fn fault_proxy(upstream: String, fault: Fault) -> u16 {
             };
             let upstream = upstream.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match client.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).to_string();
-                let path = text.split(' ').nth(1).unwrap_or("").to_string();
-                let request = text.replacen("\r\n", "\r\nConnection: close\r\n", 1);
-                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                let Some(text) = read_head(&mut client).await else {
                     return;
                 };
-                up.write_all(request.as_bytes()).await.unwrap();
-                let mut resp = Vec::new();
-                up.read_to_end(&mut resp).await.unwrap();
+                let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                let Some(resp) = forward(&upstream, &text).await else {
+                    return;
+                };
                 let split = resp
                     .windows(4)
                     .position(|w| w == b"\r\n\r\n")
@@ -515,7 +493,7 @@ pub async fn fault_proxy(upstream: String, fault: Fault) -> u16 {
 /// server that issues it for `alice:wonderland` (docker-registry's own token auth needs a signing
 /// PKI; this exercises the same client flow). Answers the port.
 pub async fn bearer_front(upstream: String) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -525,15 +503,9 @@ pub async fn bearer_front(upstream: String) -> u16 {
             };
             let upstream = upstream.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match client.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).to_string();
+                let Some(text) = read_head(&mut client).await else {
+                    return;
+                };
                 let path = text.split(' ').nth(1).unwrap_or("").to_string();
                 let auth = text
                     .lines()
@@ -579,16 +551,107 @@ pub async fn bearer_front(upstream: String) -> u16 {
                         .await;
                     return;
                 }
-                let request = text.replacen("\r\n", "\r\nConnection: close\r\n", 1);
-                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                let Some(resp) = forward(&upstream, &text).await else {
                     return;
                 };
-                up.write_all(request.as_bytes()).await.unwrap();
-                let mut resp = Vec::new();
-                up.read_to_end(&mut resp).await.unwrap();
                 let _ = client.write_all(&resp).await;
             });
         }
     });
     port
+}
+
+/// (content blobs, snapshots, image records) in a daemon's containerd namespace.
+pub async fn namespace_counts(d: &Daemon) -> (usize, usize, usize) {
+    use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
+    use containerd_client::services::v1::{ListContentRequest, ListImagesRequest};
+    let ctd = concord::containerd::Containerd::new(&d.containerd, &d.namespace, Default::default());
+    let mut content = 0;
+    let mut s = ctd
+        .content()
+        .list(ctd.request(ListContentRequest { filters: vec![] }))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(m) = s.message().await.unwrap() {
+        content += m.info.len();
+    }
+    let mut snaps = 0;
+    let req = ListSnapshotsRequest {
+        snapshotter: "overlayfs".into(),
+        ..Default::default()
+    };
+    let mut s = ctd
+        .snapshots()
+        .list(ctd.request(req))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(m) = s.message().await.unwrap() {
+        snaps += m.info.len();
+    }
+    let images = ctd
+        .images()
+        .list(ctd.request(ListImagesRequest { filters: vec![] }))
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .len();
+    (content, snaps, images)
+}
+
+/// A docker-registry of the test's own serving the dev environment's registry storage read-only,
+/// with `http_extra` (indented YAML under `http:`) and `top_extra` (top-level YAML) added.
+pub fn spawn_registry(dir: &Path, http_extra: &str, top_extra: &str) -> (Child, String) {
+    let storage = std::env::var("CONCORD_TEST_REGISTRY_STORAGE")
+        .unwrap_or_else(|_| "/tmp/rig/registry".into());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n  maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: true\nhttp:\n  addr: {addr}\n{http_extra}{top_extra}"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry (hack/dev-up.sh installs it)");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, addr)
+}
+
+/// Reads an HTTP request head; answers it as text (None when the client went away).
+async fn read_head(client: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match client.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Sends a request head to `upstream` with `Connection: close`; answers the whole response.
+async fn forward(upstream: &str, head: &str) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = head.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+    let mut up = tokio::net::TcpStream::connect(upstream).await.ok()?;
+    up.write_all(request.as_bytes()).await.ok()?;
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp).await.ok()?;
+    Some(resp)
 }
