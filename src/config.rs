@@ -57,6 +57,8 @@ pub struct Config {
     pub oom_score_adj: Option<i32>,
     /// Seconds to finish in-flight RPCs after SIGTERM before exiting anyway.
     pub shutdown_grace_seconds: u64,
+    /// Directory where pod network namespaces are pinned (one file per sandbox).
+    pub netns_dir: PathBuf,
     pub containerd: ContainerdConfig,
     pub cni: CniConfig,
     pub runtime: RuntimeConfig,
@@ -157,6 +159,7 @@ impl Default for Config {
             cgroup: String::new(),
             oom_score_adj: None,
             shutdown_grace_seconds: 30,
+            netns_dir: PathBuf::from("/run/concord/netns"),
             containerd: ContainerdConfig::default(),
             cni: CniConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -251,6 +254,13 @@ impl Config {
             return Err(invalid(
                 "listen",
                 self.listen.display(),
+                "must be an absolute path",
+            ));
+        }
+        if !self.netns_dir.is_absolute() {
+            return Err(invalid(
+                "netns_dir",
+                self.netns_dir.display(),
                 "must be an absolute path",
             ));
         }
@@ -462,6 +472,8 @@ cgroup = ""
 # oom_score_adj = -999
 # Seconds to finish in-flight RPCs after SIGTERM before exiting anyway (--shutdown-grace-seconds).
 shutdown_grace_seconds = {grace}
+# Where pod network namespaces are pinned, one file per sandbox (--netns-dir).
+netns_dir = {netns_dir:?}
 
 [containerd]
 # containerd's gRPC socket (--containerd-address).
@@ -516,6 +528,7 @@ fs_sync_interval_seconds = {fssync}
             sandbox_image = d.sandbox_image,
             registry_config_path = d.registry_config_path.display().to_string(),
             grace = d.shutdown_grace_seconds,
+            netns_dir = d.netns_dir.display().to_string(),
             ctd_address = d.containerd.address.display().to_string(),
             ctd_ns = d.containerd.namespace,
             snapshotter = d.containerd.snapshotter,

@@ -124,6 +124,9 @@ struct Flags {
     /// oom_score_adj concord sets for itself at start.
     #[arg(long, global = true, value_name = "N", allow_hyphen_values = true)]
     oom_score_adj: Option<i32>,
+    /// Directory where pod network namespaces are pinned.
+    #[arg(long, global = true, value_name = "DIR")]
+    netns_dir: Option<PathBuf>,
     /// Seconds to finish in-flight RPCs after SIGTERM.
     #[arg(long, global = true, value_name = "N")]
     shutdown_grace_seconds: Option<u64>,
@@ -199,6 +202,7 @@ impl Flags {
             c.oom_score_adj = self.oom_score_adj;
         }
         set(&mut c.shutdown_grace_seconds, &self.shutdown_grace_seconds);
+        set(&mut c.netns_dir, &self.netns_dir);
         set(&mut c.reconcile.workers, &self.reconcile_workers);
         set(
             &mut c.reconcile.resync_interval_seconds,

@@ -217,12 +217,12 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_them() {
     d.start().await;
     let mut rt = d.runtime().await;
     let err = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .create_container(cri::CreateContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("RunPodSandbox") && err.message().contains("pod sandboxes"),
+        err.message().contains("CreateContainer") && err.message().contains("containers"),
         "{}",
         err.message()
     );
@@ -231,7 +231,7 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_them() {
     let count = d
         .metric(
             "concord_grpc_requests_total",
-            &["method=\"RunPodSandbox\"", "code=\"Unimplemented\""],
+            &["method=\"CreateContainer\"", "code=\"Unimplemented\""],
         )
         .await;
     assert_eq!(count, 1.0);

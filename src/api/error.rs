@@ -18,6 +18,9 @@ pub enum ApiError {
     /// The object asked for does not exist.
     #[error("{kind} {id:?} not found")]
     NotFound { kind: &'static str, id: String },
+    /// The call conflicts with the object's state.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// concord cannot serve this call now (containerd down, shutting down).
     #[error("{0}")]
     NotReady(String),
@@ -52,6 +55,7 @@ impl ApiError {
             ApiError::InvalidArgument { .. } => Code::InvalidArgument,
             ApiError::NotFound { .. } => Code::NotFound,
             ApiError::NotReady(_) => Code::Unavailable,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Unimplemented { .. } => Code::Unimplemented,
             ApiError::Journal(AppendError::Closed) => Code::Unavailable,
             ApiError::Journal(AppendError::Store(_)) => Code::Internal,

@@ -12,6 +12,9 @@ mod instrument;
 mod introspect;
 mod not_yet;
 mod runtime_config;
+mod sandbox_run;
+mod sandbox_status;
+mod sandbox_stop;
 mod status;
 mod version;
 
@@ -33,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::proto;
 use crate::reconcile::Controller;
-use not_yet::Capability::{Checkpoint, Containers, Sandboxes, Streaming};
+use not_yet::Capability::{Checkpoint, Containers, Streaming};
 
 /// What every handler works with.
 pub struct Runtime {
@@ -94,45 +97,78 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     }
     async fn run_pod_sandbox(
         &self,
-        _: Request<cri::RunPodSandboxRequest>,
+        r: Request<cri::RunPodSandboxRequest>,
     ) -> Res<cri::RunPodSandboxResponse> {
-        self.0.not_yet("RunPodSandbox", Sandboxes).await
+        let deadline = deadline_of(r.metadata());
+        self.0
+            .instrument(
+                "RunPodSandbox",
+                Gate::Containerd,
+                self.0.run_pod_sandbox(r.into_inner(), deadline),
+            )
+            .await
     }
     async fn stop_pod_sandbox(
         &self,
-        _: Request<cri::StopPodSandboxRequest>,
+        r: Request<cri::StopPodSandboxRequest>,
     ) -> Res<cri::StopPodSandboxResponse> {
-        self.0.not_yet("StopPodSandbox", Sandboxes).await
+        let deadline = deadline_of(r.metadata());
+        self.0
+            .instrument(
+                "StopPodSandbox",
+                Gate::Containerd,
+                self.0.stop_pod_sandbox(r.into_inner(), deadline),
+            )
+            .await
     }
     async fn remove_pod_sandbox(
         &self,
-        _: Request<cri::RemovePodSandboxRequest>,
+        r: Request<cri::RemovePodSandboxRequest>,
     ) -> Res<cri::RemovePodSandboxResponse> {
-        self.0.not_yet("RemovePodSandbox", Sandboxes).await
+        let deadline = deadline_of(r.metadata());
+        self.0
+            .instrument(
+                "RemovePodSandbox",
+                Gate::Containerd,
+                self.0.remove_pod_sandbox(r.into_inner(), deadline),
+            )
+            .await
     }
     async fn pod_sandbox_status(
         &self,
-        _: Request<cri::PodSandboxStatusRequest>,
+        r: Request<cri::PodSandboxStatusRequest>,
     ) -> Res<cri::PodSandboxStatusResponse> {
-        self.0.not_yet("PodSandboxStatus", Sandboxes).await
+        self.0
+            .instrument(
+                "PodSandboxStatus",
+                Gate::None,
+                self.0.pod_sandbox_status(r.into_inner()),
+            )
+            .await
     }
     async fn list_pod_sandbox(
         &self,
-        _: Request<cri::ListPodSandboxRequest>,
+        r: Request<cri::ListPodSandboxRequest>,
     ) -> Res<cri::ListPodSandboxResponse> {
-        self.0.not_yet("ListPodSandbox", Sandboxes).await
+        self.0
+            .instrument(
+                "ListPodSandbox",
+                Gate::None,
+                self.0.list_pod_sandbox(r.into_inner()),
+            )
+            .await
     }
     async fn pod_sandbox_stats(
         &self,
         _: Request<cri::PodSandboxStatsRequest>,
     ) -> Res<cri::PodSandboxStatsResponse> {
-        self.0.not_yet("PodSandboxStats", Sandboxes).await
+        self.0.not_yet("PodSandboxStats", Containers).await
     }
     async fn list_pod_sandbox_stats(
         &self,
         _: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Res<cri::ListPodSandboxStatsResponse> {
-        self.0.not_yet("ListPodSandboxStats", Sandboxes).await
+        self.0.not_yet("ListPodSandboxStats", Containers).await
     }
     async fn create_container(
         &self,

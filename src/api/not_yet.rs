@@ -7,7 +7,6 @@ use super::{ApiError, Gate, Runtime};
 /// The capabilities still to come, each a whole issue.
 #[derive(Debug, Clone, Copy)]
 pub enum Capability {
-    Sandboxes,
     Containers,
     Streaming,
     Checkpoint,
@@ -16,7 +15,6 @@ pub enum Capability {
 impl Capability {
     fn describe(self) -> &'static str {
         match self {
-            Capability::Sandboxes => "pod sandboxes with networking are not in this build",
             Capability::Containers => "containers (create, start, stop, logs, exec-sync, stats, events) are not in this build",
             Capability::Streaming => "the streaming server (exec, attach, port-forward) is not in this build",
             Capability::Checkpoint => "container checkpoint/restore is not supported by concord",

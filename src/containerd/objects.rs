@@ -52,6 +52,73 @@ impl Containerd {
         Ok(r.mounts)
     }
 
+    /// Mounts of snapshot `key`, or None when it does not exist.
+    pub async fn snapshot_mounts(
+        &self,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<Option<Vec<Mount>>, ContainerdError> {
+        let req = containerd_client::services::v1::snapshots::MountsRequest {
+            snapshotter: snapshotter.into(),
+            key: key.into(),
+        };
+        match self
+            .call(
+                "snapshots",
+                "Mounts",
+                "Snapshots.Mounts",
+                self.snapshots().mounts(self.request(req)),
+            )
+            .await
+        {
+            Ok(r) => Ok(Some(r.mounts)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether container `id` exists.
+    pub async fn container_exists(&self, id: &str) -> Result<bool, ContainerdError> {
+        let req = containerd_client::services::v1::GetContainerRequest { id: id.into() };
+        match self
+            .call(
+                "containers",
+                "Get",
+                "Containers.Get",
+                self.containers().get(self.request(req)),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The task of container `id`: (pid, running), or None when there is no task.
+    pub async fn task_state(&self, id: &str) -> Result<Option<(u32, bool)>, ContainerdError> {
+        let req = containerd_client::services::v1::GetRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        };
+        match self
+            .call(
+                "tasks",
+                "Get",
+                "Tasks.Get",
+                self.tasks().get(self.request(req)),
+            )
+            .await
+        {
+            Ok(r) => Ok(r.process.map(|p| {
+                let running = p.status == containerd_client::types::v1::Status::Running as i32;
+                (p.pid, running)
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes snapshot `key`; a missing one is fine.
     pub async fn remove_snapshot(
         &self,

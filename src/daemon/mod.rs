@@ -24,9 +24,12 @@ use crate::events::{self, ContainerdEvent, EventSink};
 use crate::image::{ImageSettings, Images};
 use crate::journal::{self, Journal, JournalError};
 use crate::metrics::{self, Metrics};
+use crate::network::cni::Cni;
 use crate::network::Network;
 use crate::proto;
-use crate::reconcile::{Controller, RuntimeConfigReconciler};
+use crate::reconcile::{
+    Controller, Dispatch, RuntimeConfigReconciler, SandboxReconciler, SandboxSettings,
+};
 
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +118,32 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         metrics.clone(),
     );
     let network = Network::new(&config.cni, metrics.clone());
-    let reconciler = Arc::new(RuntimeConfigReconciler::new(network.clone()));
+    let images = Images::new(
+        ctd.clone(),
+        ImageSettings::from_config(&config),
+        metrics.clone(),
+    );
+    let cni = Cni::new(
+        config.cni.bin_dirs.clone(),
+        config.state_dir.join("cni-cache"),
+        Duration::from_secs(60),
+    );
+    let reconciler = Arc::new(Dispatch {
+        runtime_config: RuntimeConfigReconciler::new(network.clone()),
+        sandbox: SandboxReconciler::new(
+            ctd.clone(),
+            images.clone(),
+            network.clone(),
+            cni,
+            journal.clone(),
+            SandboxSettings {
+                snapshotter: config.containerd.snapshotter.clone(),
+                sandbox_image: config.sandbox_image.clone(),
+                runtime: "io.containerd.runc.v2".into(),
+                state_dir: config.state_dir.join("sandboxes"),
+            },
+        ),
+    });
     let controller = Controller::new(
         journal.clone(),
         reconciler,

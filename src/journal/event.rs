@@ -14,6 +14,74 @@ use serde::{Deserialize, Serialize};
 pub enum Event {
     /// UpdateRuntimeConfig asked for this pod CIDR (applied to later CNI calls).
     PodCidrRequested { cidr: String },
+    /// RunPodSandbox: everything the sandbox will create is named here first (persist before
+    /// create): the id (containerd container, snapshot key and CNI container id), the netns path.
+    SandboxRequested {
+        id: String,
+        config: Box<k8s_cri::v1::PodSandboxConfig>,
+        runtime_handler: String,
+        netns_path: Option<String>,
+        created_at: i64,
+    },
+    /// Fact: CNI attached the sandbox with these addresses (first is the primary).
+    SandboxNetworkReady { id: String, ips: Vec<String> },
+    /// Fact: the pause task runs.
+    SandboxStarted { id: String, pid: u32 },
+    /// Fact: the pause task is gone (exit, kill or stop); the sandbox is NotReady.
+    SandboxExited { id: String },
+    /// Fact: RunPodSandbox failed and everything it created was torn down.
+    SandboxFailed { id: String, error: String },
+    /// StopPodSandbox.
+    SandboxStopRequested { id: String },
+    /// Fact: task, network and netns are gone.
+    SandboxStopped { id: String },
+    /// RemovePodSandbox.
+    SandboxRemoveRequested { id: String },
+    /// Fact: container, snapshot and state are gone; the record ends.
+    SandboxRemoved { id: String },
+}
+
+/// What a sandbox should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxDesired {
+    Ready,
+    Stopped,
+    Removed,
+}
+
+/// One pod sandbox: desired state and the facts recorded about it.
+///
+/// ```text
+///  Requested ──▶ Ready (started) ──▶ NotReady (exited / stopped) ──▶ removed
+///      └── failed: torn down, record dropped
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub config: Box<k8s_cri::v1::PodSandboxConfig>,
+    pub runtime_handler: String,
+    pub netns_path: Option<String>,
+    pub created_at: i64,
+    pub desired: SandboxDesired,
+    pub generation: u64,
+    pub ips: Vec<String>,
+    pub pid: Option<u32>,
+    /// The pause task ran and is gone.
+    pub exited: bool,
+    /// Stop converged (task, network, netns gone).
+    pub stopped: bool,
+}
+
+impl SandboxRecord {
+    /// Ready: started, not exited, not stopping.
+    pub fn ready(&self) -> bool {
+        self.pid.is_some() && !self.exited && !self.stopped && self.desired == SandboxDesired::Ready
+    }
+}
+
+/// The name kubelet reserves a sandbox under: one per metadata.
+pub fn sandbox_name(m: &k8s_cri::v1::PodSandboxMetadata) -> String {
+    format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
 }
 
 /// Identifies one object the reconcile loop manages.
@@ -21,6 +89,8 @@ pub enum Event {
 pub enum ObjectKey {
     /// The node-wide runtime configuration (one object).
     RuntimeConfig,
+    /// A pod sandbox by id.
+    Sandbox(String),
 }
 
 impl ObjectKey {
@@ -28,6 +98,7 @@ impl ObjectKey {
     pub fn kind(&self) -> &'static str {
         match self {
             ObjectKey::RuntimeConfig => "runtime_config",
+            ObjectKey::Sandbox(_) => "sandbox",
         }
     }
 
@@ -35,6 +106,7 @@ impl ObjectKey {
     pub fn id(&self) -> &str {
         match self {
             ObjectKey::RuntimeConfig => "",
+            ObjectKey::Sandbox(id) => id,
         }
     }
 }
@@ -63,6 +135,12 @@ pub struct State {
     /// Sequence number of the last event folded in.
     pub seq: u64,
     pub runtime_config: RuntimeConfigSpec,
+    /// Sandboxes by id.
+    #[serde(default)]
+    pub sandboxes: BTreeMap<String, SandboxRecord>,
+    /// Sandbox ids by reserved name.
+    #[serde(default)]
+    pub sandbox_names: BTreeMap<String, String>,
 }
 
 impl State {
@@ -74,32 +152,121 @@ impl State {
                 self.runtime_config.pod_cidr = cidr.clone();
                 self.runtime_config.generation += 1;
             }
+            Event::SandboxRequested {
+                id,
+                config,
+                runtime_handler,
+                netns_path,
+                created_at,
+            } => {
+                if let Some(m) = &config.metadata {
+                    self.sandbox_names.insert(sandbox_name(m), id.clone());
+                }
+                self.sandboxes.insert(
+                    id.clone(),
+                    SandboxRecord {
+                        id: id.clone(),
+                        config: config.clone(),
+                        runtime_handler: runtime_handler.clone(),
+                        netns_path: netns_path.clone(),
+                        created_at: *created_at,
+                        desired: SandboxDesired::Ready,
+                        generation: 1,
+                        ips: vec![],
+                        pid: None,
+                        exited: false,
+                        stopped: false,
+                    },
+                );
+            }
+            Event::SandboxNetworkReady { id, ips } => {
+                if let Some(s) = self.sandboxes.get_mut(id) {
+                    s.ips = ips.clone();
+                }
+            }
+            Event::SandboxStarted { id, pid } => {
+                if let Some(s) = self.sandboxes.get_mut(id) {
+                    s.pid = Some(*pid);
+                }
+            }
+            Event::SandboxExited { id } => {
+                if let Some(s) = self.sandboxes.get_mut(id) {
+                    s.exited = true;
+                }
+            }
+            Event::SandboxStopRequested { id } => {
+                if let Some(s) = self.sandboxes.get_mut(id) {
+                    if s.desired == SandboxDesired::Ready {
+                        s.desired = SandboxDesired::Stopped;
+                        s.generation += 1;
+                    }
+                }
+            }
+            Event::SandboxStopped { id } => {
+                if let Some(s) = self.sandboxes.get_mut(id) {
+                    s.stopped = true;
+                    s.exited = true;
+                }
+            }
+            Event::SandboxRemoveRequested { id } => {
+                if let Some(s) = self.sandboxes.get_mut(id) {
+                    if s.desired != SandboxDesired::Removed {
+                        s.desired = SandboxDesired::Removed;
+                        s.generation += 1;
+                    }
+                }
+            }
+            Event::SandboxFailed { id, .. } | Event::SandboxRemoved { id } => {
+                if let Some(s) = self.sandboxes.remove(id) {
+                    if let Some(m) = &s.config.metadata {
+                        let name = sandbox_name(m);
+                        if self.sandbox_names.get(&name) == Some(id) {
+                            self.sandbox_names.remove(&name);
+                        }
+                    }
+                }
+            }
         }
     }
 
     /// Every object key the state holds (what a full resync enqueues).
     pub fn keys(&self) -> Vec<ObjectKey> {
-        vec![ObjectKey::RuntimeConfig]
+        let mut keys = vec![ObjectKey::RuntimeConfig];
+        keys.extend(
+            self.sandboxes
+                .keys()
+                .map(|id| ObjectKey::Sandbox(id.clone())),
+        );
+        keys
     }
 
     /// Generation of an object's desired state (0 when the object is unknown).
     pub fn generation(&self, key: &ObjectKey) -> u64 {
         match key {
             ObjectKey::RuntimeConfig => self.runtime_config.generation,
+            ObjectKey::Sandbox(id) => self.sandboxes.get(id).map(|s| s.generation).unwrap_or(0),
         }
     }
 
-    /// The object a containerd container or task id belongs to. No object kind is backed by a
-    /// containerd container yet (sandboxes and containers bring theirs), so events about
-    /// containers concord does not own map to nothing.
-    pub fn key_for_containerd_id(&self, _id: &str) -> Option<ObjectKey> {
-        None
+    /// The object a containerd container or task id belongs to (a sandbox's pause container has
+    /// the sandbox's id); events about containers concord does not own map to nothing.
+    pub fn key_for_containerd_id(&self, id: &str) -> Option<ObjectKey> {
+        self.sandboxes
+            .contains_key(id)
+            .then(|| ObjectKey::Sandbox(id.to_string()))
     }
 
     /// An object's desired state as JSON, for introspection.
     pub fn desired_json(&self, key: &ObjectKey) -> Option<String> {
         match key {
             ObjectKey::RuntimeConfig => serde_json::to_string(&self.runtime_config).ok(),
+            ObjectKey::Sandbox(id) => self.sandboxes.get(id).and_then(|s| {
+                serde_json::to_string(&serde_json::json!({
+                    "desired": s.desired, "generation": s.generation, "netns": s.netns_path,
+                    "ips": s.ips, "pid": s.pid, "exited": s.exited, "stopped": s.stopped,
+                }))
+                .ok()
+            }),
         }
     }
 

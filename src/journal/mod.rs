@@ -14,7 +14,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use event::{Event, ObjectKey, RuntimeConfigSpec, State};
+pub use event::{
+    sandbox_name, Event, ObjectKey, RuntimeConfigSpec, SandboxDesired, SandboxRecord, State,
+};
 pub use store::{write_foreign_schema, Journal, JournalError, OpenInfo, SCHEMA_VERSION};
 
 use crate::metrics::Metrics;

@@ -182,7 +182,7 @@ pub fn sandbox_spec(s: &SandboxSpec, image: &ImageConfig) -> Value {
     let mut annotations = s.annotations.clone();
     annotations.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
     annotations.insert("io.kubernetes.cri.sandbox-id".into(), s.id.clone());
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -199,7 +199,12 @@ pub fn sandbox_spec(s: &SandboxSpec, image: &ImageConfig) -> Value {
         "mounts": mounts,
         "annotations": annotations,
         "linux": linux,
-    })
+    });
+    // The host's UTS namespace (host network) keeps the host's name: runc refuses to set one.
+    if s.network == Ns::Node {
+        spec.as_object_mut().expect("object").remove("hostname");
+    }
+    spec
 }
 
 #[cfg(test)]

@@ -8,9 +8,11 @@
 
 mod queue;
 mod runtime_config;
+mod sandbox;
 
 pub use queue::WorkQueue;
 pub use runtime_config::RuntimeConfigReconciler;
+pub use sandbox::{SandboxReconciler, SandboxSettings};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +37,35 @@ pub enum ReconcileError {
     /// A containerd call failed.
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
+    /// A step of converging a sandbox failed.
+    #[error("sandbox {id}: {step}: {message}")]
+    Sandbox {
+        id: String,
+        step: &'static str,
+        message: String,
+    },
+    /// A fact could not be recorded.
+    #[error("recording a fact failed: {0}")]
+    Journal(#[from] crate::journal::AppendError),
+}
+
+/// Routes each key to the reconciler of its kind.
+pub struct Dispatch {
+    pub runtime_config: RuntimeConfigReconciler,
+    pub sandbox: SandboxReconciler,
+}
+
+impl Reconciler for Dispatch {
+    fn reconcile<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        desired: &'a State,
+    ) -> BoxFuture<'a, Result<Reconciled, ReconcileError>> {
+        match key {
+            ObjectKey::RuntimeConfig => Box::pin(self.runtime_config.reconcile(desired)),
+            ObjectKey::Sandbox(id) => Box::pin(self.sandbox.reconcile(id, desired)),
+        }
+    }
 }
 
 /// What one successful reconcile saw and did.

@@ -1,0 +1,149 @@
+//! RunPodSandbox: validate, reserve the name, record the intent (naming everything it will
+//! create), wait for the loop. A retry with the same metadata answers the same id.
+
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+
+use super::{ApiError, Runtime};
+use crate::journal::{sandbox_name, Event, ObjectKey, SandboxDesired};
+
+/// Runtime handlers concord knows: the default ("") and runc.
+const HANDLERS: &[&str] = &["", "runc"];
+
+impl Runtime {
+    pub async fn run_pod_sandbox(
+        &self,
+        req: cri::RunPodSandboxRequest,
+        deadline: Duration,
+    ) -> Result<cri::RunPodSandboxResponse, ApiError> {
+        let config = req
+            .config
+            .ok_or_else(|| ApiError::invalid("config", "required"))?;
+        validate(&config)?;
+        if !HANDLERS.contains(&req.runtime_handler.as_str()) {
+            return Err(ApiError::invalid(
+                "runtime_handler",
+                format!("unknown handler {:?} (known: runc)", req.runtime_handler),
+            ));
+        }
+        let name = sandbox_name(config.metadata.as_ref().expect("validated"));
+        let state = self.journal.state();
+        let (id, generation) = match state.sandbox_names.get(&name).and_then(|id| state.sandboxes.get(id)) {
+            // A retry (kubelet gave up waiting, or asks again): the same sandbox.
+            Some(rec) if rec.desired == SandboxDesired::Ready => (rec.id.clone(), rec.generation),
+            Some(rec) => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "pod sandbox name {name:?} is reserved by sandbox {} which is being stopped or removed",
+                    rec.id
+                )))
+            }
+            None => {
+                let id = new_id();
+                let host_network = config
+                    .linux
+                    .as_ref()
+                    .and_then(|l| l.security_context.as_ref())
+                    .and_then(|s| s.namespace_options.as_ref())
+                    .is_some_and(|o| o.network == cri::NamespaceMode::Node as i32);
+                let netns_path = (!host_network).then(|| self.config.netns_dir.join(&id).display().to_string());
+                let created_at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as i64)
+                    .unwrap_or(0);
+                let state = self
+                    .journal
+                    .append(vec![Event::SandboxRequested {
+                        id: id.clone(),
+                        config: Box::new(config.clone()),
+                        runtime_handler: req.runtime_handler.clone(),
+                        netns_path,
+                        created_at,
+                    }])
+                    .await?;
+                let g = state.generation(&ObjectKey::Sandbox(id.clone()));
+                (id, g)
+            }
+        };
+        let key = ObjectKey::Sandbox(id.clone());
+        self.controller.wake(key.clone());
+        self.controller
+            .wait(&key, generation, deadline)
+            .await
+            .map_err(|source| ApiError::Converge {
+                what: format!("running pod sandbox {name}"),
+                source,
+            })?;
+        Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+    }
+}
+
+/// 64 hex characters, like containerd's ids.
+fn new_id() -> String {
+    (0..4)
+        .map(|_| format!("{:016x}", fastrand::u64(..)))
+        .collect()
+}
+
+fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
+    let m = c
+        .metadata
+        .as_ref()
+        .ok_or_else(|| ApiError::invalid("config.metadata", "required"))?;
+    for (field, v) in [
+        ("config.metadata.name", &m.name),
+        ("config.metadata.namespace", &m.namespace),
+        ("config.metadata.uid", &m.uid),
+    ] {
+        if v.is_empty() {
+            return Err(ApiError::invalid(field, "required"));
+        }
+        if v.contains('/') || v.contains("..") || v.len() > 253 {
+            return Err(ApiError::invalid(
+                field,
+                format!("{v:?} must not contain '/' or '..' and be at most 253 characters"),
+            ));
+        }
+    }
+    for p in &c.port_mappings {
+        if cri::Protocol::try_from(p.protocol).is_err() {
+            return Err(ApiError::invalid(
+                "config.port_mappings.protocol",
+                format!("unknown protocol {}", p.protocol),
+            ));
+        }
+        if !(1..=65535).contains(&p.container_port) {
+            return Err(ApiError::invalid(
+                "config.port_mappings.container_port",
+                format!("{} is not a port (1 to 65535)", p.container_port),
+            ));
+        }
+        if !(0..=65535).contains(&p.host_port) {
+            return Err(ApiError::invalid(
+                "config.port_mappings.host_port",
+                format!("{} is not a port (0 to 65535)", p.host_port),
+            ));
+        }
+    }
+    if let Some(d) = &c.dns_config {
+        if d.servers.len() > 3 {
+            return Err(ApiError::invalid(
+                "config.dns_config.servers",
+                format!("{} servers; at most 3", d.servers.len()),
+            ));
+        }
+    }
+    let size = |m: &std::collections::HashMap<String, String>| {
+        m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    };
+    if size(&c.labels) > 256 << 10 {
+        return Err(ApiError::invalid("config.labels", "larger than 256 KiB"));
+    }
+    if size(&c.annotations) > 256 << 10 {
+        return Err(ApiError::invalid(
+            "config.annotations",
+            "larger than 256 KiB",
+        ));
+    }
+    Ok(())
+}

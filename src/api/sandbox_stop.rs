@@ -1,0 +1,92 @@
+//! StopPodSandbox and RemovePodSandbox: record the intent, wait for the loop; unknown ids are fine.
+
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+
+use super::{ApiError, Runtime};
+use crate::journal::{Event, ObjectKey};
+
+impl Runtime {
+    pub async fn stop_pod_sandbox(
+        &self,
+        req: cri::StopPodSandboxRequest,
+        deadline: Duration,
+    ) -> Result<cri::StopPodSandboxResponse, ApiError> {
+        let id = self.resolve_sandbox(&req.pod_sandbox_id)?;
+        if let Some(id) = id {
+            self.converge_sandbox(
+                &id,
+                Event::SandboxStopRequested { id: id.clone() },
+                "stopping",
+                deadline,
+            )
+            .await?;
+        }
+        Ok(cri::StopPodSandboxResponse {})
+    }
+
+    pub async fn remove_pod_sandbox(
+        &self,
+        req: cri::RemovePodSandboxRequest,
+        deadline: Duration,
+    ) -> Result<cri::RemovePodSandboxResponse, ApiError> {
+        let id = self.resolve_sandbox(&req.pod_sandbox_id)?;
+        if let Some(id) = id {
+            self.converge_sandbox(
+                &id,
+                Event::SandboxRemoveRequested { id: id.clone() },
+                "removing",
+                deadline,
+            )
+            .await?;
+        }
+        Ok(cri::RemovePodSandboxResponse {})
+    }
+
+    /// The full id of a sandbox from an id or a unique prefix; None when unknown.
+    pub fn resolve_sandbox(&self, id: &str) -> Result<Option<String>, ApiError> {
+        if id.is_empty() {
+            return Err(ApiError::invalid("pod_sandbox_id", "required"));
+        }
+        let state = self.journal.state();
+        if state.sandboxes.contains_key(id) {
+            return Ok(Some(id.to_string()));
+        }
+        let mut matches = state.sandboxes.keys().filter(|k| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some(one), None) => Ok(Some(one.clone())),
+            (Some(_), Some(_)) => Err(ApiError::invalid(
+                "pod_sandbox_id",
+                format!("{id:?} matches more than one sandbox"),
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    async fn converge_sandbox(
+        &self,
+        id: &str,
+        intent: Event,
+        what: &str,
+        deadline: Duration,
+    ) -> Result<(), ApiError> {
+        let key = ObjectKey::Sandbox(id.to_string());
+        let state = self.journal.append(vec![intent]).await?;
+        // Removed from the state already means converged; else wait for the generation.
+        let generation = state.generation(&key);
+        if generation == 0 {
+            return Ok(());
+        }
+        self.controller.wake(key.clone());
+        match self.controller.wait(&key, generation, deadline).await {
+            Ok(()) => Ok(()),
+            // The record was dropped (removed) before its status caught up: done.
+            Err(_) if !self.journal.state().sandboxes.contains_key(id) => Ok(()),
+            Err(source) => Err(ApiError::Converge {
+                what: format!("{what} pod sandbox {id}"),
+                source,
+            }),
+        }
+    }
+}

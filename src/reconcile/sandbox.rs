@@ -1,0 +1,439 @@
+//! Reconciles a pod sandbox: netns + CNI + pause container and task towards Ready; task, network
+//! and netns away for Stopped; container, snapshot and state away for Removed. Every step checks
+//! what exists first, so a reconcile interrupted anywhere (a crash, a kill -9) converges when it
+//! runs again; teardown is unconditional and NotFound is success.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::{ReconcileError, Reconciled};
+use crate::containerd::Containerd;
+use crate::image::Images;
+use crate::journal::{Event, JournalHandle, SandboxDesired, SandboxRecord, State};
+use crate::network::cni::{Attachment, Cni};
+use crate::network::{netns, Network, NetworkStatus};
+use crate::oci::{sandbox_spec, Ns, SandboxSpec, SANDBOX_OOM_SCORE_ADJ};
+
+/// Settings sandboxes are made with.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    pub snapshotter: String,
+    pub sandbox_image: String,
+    /// containerd runtime of the default handler.
+    pub runtime: String,
+    /// Directory for per-sandbox files.
+    pub state_dir: PathBuf,
+}
+
+/// The sandbox reconciler.
+pub struct SandboxReconciler {
+    ctd: Containerd,
+    images: Arc<Images>,
+    network: Arc<Network>,
+    cni: Cni,
+    journal: JournalHandle,
+    settings: SandboxSettings,
+}
+
+const IFNAME: &str = "eth0";
+
+impl SandboxReconciler {
+    pub fn new(
+        ctd: Containerd,
+        images: Arc<Images>,
+        network: Arc<Network>,
+        cni: Cni,
+        journal: JournalHandle,
+        settings: SandboxSettings,
+    ) -> SandboxReconciler {
+        SandboxReconciler {
+            ctd,
+            images,
+            network,
+            cni,
+            journal,
+            settings,
+        }
+    }
+
+    /// One reconcile of sandbox `id` against `state`.
+    pub async fn reconcile(&self, id: &str, state: &State) -> Result<Reconciled, ReconcileError> {
+        let Some(rec) = state.sandboxes.get(id) else {
+            // No record: whatever carries this id is an orphan (a crash between teardown and the
+            // record's removal, or before the record was written).
+            self.teardown(id, None).await;
+            return Ok(Reconciled::default());
+        };
+        match rec.desired {
+            SandboxDesired::Ready if rec.pid.is_none() => match self.start(rec).await {
+                Ok((ips, pid)) => {
+                    self.journal
+                        .append(vec![
+                            Event::SandboxNetworkReady {
+                                id: id.into(),
+                                ips: ips.clone(),
+                            },
+                            Event::SandboxStarted { id: id.into(), pid },
+                        ])
+                        .await?;
+                    Ok(observed(json!({"state": "ready", "pid": pid, "ips": ips})))
+                }
+                Err(e) => {
+                    // RunPodSandbox failed: remove everything it created, then drop the record.
+                    self.teardown(id, Some(rec)).await;
+                    self.journal
+                        .append(vec![Event::SandboxFailed {
+                            id: id.into(),
+                            error: e.to_string(),
+                        }])
+                        .await?;
+                    Err(e)
+                }
+            },
+            SandboxDesired::Ready => {
+                let running = matches!(self.ctd.task_state(id).await?, Some((_, true)));
+                if !running && !rec.exited {
+                    self.journal
+                        .append(vec![Event::SandboxExited { id: id.into() }])
+                        .await?;
+                }
+                Ok(observed(
+                    json!({"state": if running { "ready" } else { "notready" }}),
+                ))
+            }
+            SandboxDesired::Stopped => {
+                if !rec.stopped {
+                    self.stop(rec).await?;
+                    self.journal
+                        .append(vec![Event::SandboxStopped { id: id.into() }])
+                        .await?;
+                }
+                Ok(observed(json!({"state": "stopped"})))
+            }
+            SandboxDesired::Removed => {
+                self.stop(rec).await?;
+                self.remove(id).await?;
+                self.journal
+                    .append(vec![Event::SandboxRemoved { id: id.into() }])
+                    .await?;
+                Ok(observed(json!({"state": "removed"})))
+            }
+        }
+    }
+
+    fn err(id: &str, step: &'static str, message: impl ToString) -> ReconcileError {
+        ReconcileError::Sandbox {
+            id: id.to_string(),
+            step,
+            message: message.to_string(),
+        }
+    }
+
+    fn attachment(&self, rec: &SandboxRecord) -> Attachment {
+        let m = rec.config.metadata.clone().unwrap_or_default();
+        let mut caps = Map::new();
+        let ports: Vec<Value> = rec
+            .config
+            .port_mappings
+            .iter()
+            .filter(|p| p.host_port > 0)
+            .map(|p| {
+                let proto = match p.protocol {
+                    1 => "udp",
+                    2 => "sctp",
+                    _ => "tcp",
+                };
+                json!({"hostPort": p.host_port, "containerPort": p.container_port, "protocol": proto, "hostIP": p.host_ip})
+            })
+            .collect();
+        if !ports.is_empty() {
+            caps.insert("portMappings".into(), Value::Array(ports));
+        }
+        if let Some(dns) = &rec.config.dns_config {
+            caps.insert(
+                "dns".into(),
+                json!({"servers": dns.servers, "searches": dns.searches, "options": dns.options}),
+            );
+        }
+        let cidr = self.network.pod_cidr();
+        if !cidr.is_empty() {
+            let ranges: Vec<Value> = cidr
+                .split(',')
+                .map(|c| json!([{"subnet": c.trim()}]))
+                .collect();
+            caps.insert("ipRanges".into(), Value::Array(ranges));
+        }
+        Attachment {
+            container_id: rec.id.clone(),
+            netns: rec
+                .netns_path
+                .clone()
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+            ifname: IFNAME.into(),
+            args: vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_NAMESPACE".into(), m.namespace),
+                ("K8S_POD_NAME".into(), m.name),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), rec.id.clone()),
+                ("K8S_POD_UID".into(), m.uid),
+            ],
+            capabilities: caps,
+        }
+    }
+
+    /// netns → CNI ADD → image → snapshot → container → task. Answers (ips, pid).
+    async fn start(&self, rec: &SandboxRecord) -> Result<(Vec<String>, u32), ReconcileError> {
+        let id = rec.id.as_str();
+        let netns_path = rec.netns_path.clone();
+        // The network and the pause container's filesystem do not depend on each other.
+        let network = async {
+            let Some(path) = &netns_path else {
+                return Ok::<_, ReconcileError>(Vec::new());
+            };
+            let path = PathBuf::from(path);
+            if !netns::exists(&path) {
+                netns::remove(&path)
+                    .map_err(|e| Self::err(id, "creating the network namespace", e))?;
+                let p = path.clone();
+                tokio::task::spawn_blocking(move || netns::create(&p))
+                    .await
+                    .map_err(|e| Self::err(id, "creating the network namespace", e))?
+                    .map_err(|e| Self::err(id, "creating the network namespace", e))?;
+            }
+            let net = match self.network.status() {
+                NetworkStatus::Ready(n) => n,
+                NetworkStatus::NotReady(why) => {
+                    return Err(Self::err(
+                        id,
+                        "CNI ADD",
+                        format!("network not ready: {why}"),
+                    ))
+                }
+            };
+            let result = self
+                .cni
+                .add(&net, &self.attachment(rec))
+                .await
+                .map_err(|e| Self::err(id, "CNI ADD", e))?;
+            Ok(ips_of(&result))
+        };
+        let filesystem = async {
+            self.images
+                .ensure(&self.settings.sandbox_image)
+                .await
+                .map_err(|e| Self::err(id, "pulling the sandbox image", e))?;
+            let img = self
+                .images
+                .index()
+                .find(&self.settings.sandbox_image)
+                .cloned()
+                .ok_or_else(|| {
+                    Self::err(
+                        id,
+                        "pulling the sandbox image",
+                        "image not in the index after the pull",
+                    )
+                })?;
+            let mounts = match self
+                .ctd
+                .snapshot_mounts(&self.settings.snapshotter, id)
+                .await?
+            {
+                Some(m) => m,
+                None => {
+                    self.ctd
+                        .prepare_snapshot(
+                            &self.settings.snapshotter,
+                            id,
+                            &img.resolved.chain_id,
+                            &format!("sandbox:{id}"),
+                        )
+                        .await?
+                }
+            };
+            if !self.ctd.container_exists(id).await? {
+                let spec = sandbox_spec(&self.spec_input(rec), &img.resolved.config);
+                let labels = [("io.cri-containerd.kind".to_string(), "sandbox".to_string())].into();
+                self.ctd
+                    .create_container(
+                        id,
+                        &self.settings.sandbox_image,
+                        &self.settings.runtime,
+                        &spec,
+                        &self.settings.snapshotter,
+                        id,
+                        &format!("sandbox:{id}"),
+                        labels,
+                    )
+                    .await?;
+            }
+            Ok::<_, ReconcileError>(mounts)
+        };
+        let (ips, mounts) = futures::future::try_join(network, filesystem).await?;
+        // A task left by an interrupted start is replaced.
+        if self.ctd.task_state(id).await?.is_some() {
+            self.ctd.kill_task(id, 9).await?;
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.ctd.wait_task(id)).await;
+            self.ctd.delete_task(id).await?;
+        }
+        let pid = self.ctd.create_task(id, mounts).await?;
+        self.ctd.start_task(id).await?;
+        Ok((ips, pid))
+    }
+
+    fn spec_input(&self, rec: &SandboxRecord) -> SandboxSpec {
+        let linux = rec.config.linux.clone().unwrap_or_default();
+        let sc = linux.security_context.clone().unwrap_or_default();
+        let opts = sc.namespace_options.clone().unwrap_or_default();
+        let mode = |m: i32| if m == 2 { Ns::Node } else { Ns::Pod };
+        let network = match (&rec.netns_path, opts.network) {
+            (Some(p), _) => Ns::Path(p.clone()),
+            (None, _) => Ns::Node,
+        };
+        let mut sysctls: BTreeMap<String, String> = linux.sysctls.clone().into_iter().collect();
+        if network != Ns::Node {
+            sysctls
+                .entry("net.ipv4.ip_unprivileged_port_start".into())
+                .or_insert_with(|| "0".into());
+            sysctls
+                .entry("net.ipv4.ping_group_range".into())
+                .or_insert_with(|| "0 2147483647".into());
+        }
+        let parent = if linux.cgroup_parent.is_empty() {
+            "/k8s.io".to_string()
+        } else {
+            linux.cgroup_parent.clone()
+        };
+        let mut annotations: BTreeMap<String, String> =
+            rec.config.annotations.clone().into_iter().collect();
+        if let Some(m) = &rec.config.metadata {
+            annotations.insert("io.kubernetes.cri.sandbox-name".into(), m.name.clone());
+            annotations.insert(
+                "io.kubernetes.cri.sandbox-namespace".into(),
+                m.namespace.clone(),
+            );
+            annotations.insert("io.kubernetes.cri.sandbox-uid".into(), m.uid.clone());
+        }
+        SandboxSpec {
+            id: rec.id.clone(),
+            hostname: if rec.config.hostname.is_empty() || network == Ns::Node {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_default()
+            } else {
+                rec.config.hostname.clone()
+            },
+            network,
+            pid: mode(opts.pid),
+            ipc: mode(opts.ipc),
+            cgroups_path: format!("{}/{}", parent.trim_end_matches('/'), rec.id),
+            sysctls,
+            oom_score_adj: SANDBOX_OOM_SCORE_ADJ,
+            run_as_user: sc.run_as_user.map(|v| v.value),
+            run_as_group: sc.run_as_group.map(|v| v.value),
+            supplemental_groups: sc.supplemental_groups.clone(),
+            readonly_rootfs: sc.readonly_rootfs,
+            privileged: sc.privileged,
+            shm_size: 64 << 20,
+            annotations,
+        }
+    }
+
+    /// Task, then CNI DEL (always, also when the netns is gone), then the netns.
+    async fn stop(&self, rec: &SandboxRecord) -> Result<(), ReconcileError> {
+        let id = rec.id.as_str();
+        if self.ctd.task_state(id).await?.is_some() {
+            self.ctd.kill_task(id, 9).await?;
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.ctd.wait_task(id)).await;
+            self.ctd.delete_task(id).await?;
+        }
+        if rec.netns_path.is_some() {
+            let net = match self.network.status() {
+                NetworkStatus::Ready(n) => Some(n),
+                NetworkStatus::NotReady(_) => None,
+            };
+            let name = net.as_ref().map(|n| n.name.clone()).unwrap_or_default();
+            self.cni
+                .del(net.as_ref(), &name, &self.attachment(rec))
+                .await
+                .map_err(|e| Self::err(id, "CNI DEL", e))?;
+        }
+        if let Some(p) = &rec.netns_path {
+            netns::remove(&PathBuf::from(p))
+                .map_err(|e| Self::err(id, "removing the network namespace", e))?;
+        }
+        Ok(())
+    }
+
+    /// Container, snapshot, per-sandbox state.
+    async fn remove(&self, id: &str) -> Result<(), ReconcileError> {
+        self.ctd.delete_container(id).await?;
+        self.ctd
+            .remove_snapshot(&self.settings.snapshotter, id)
+            .await?;
+        let dir = self.settings.state_dir.join(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(Self::err(id, "removing sandbox state", e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Best-effort full teardown (failures are logged; the next resync tries again).
+    async fn teardown(&self, id: &str, rec: Option<&SandboxRecord>) {
+        if let Some(rec) = rec {
+            if let Err(e) = self.stop(rec).await {
+                tracing::warn!(sandbox_id = id, error = %e, "teardown: stop failed");
+            }
+        } else if self.ctd.task_state(id).await.ok().flatten().is_some() {
+            let _ = self.ctd.kill_task(id, 9).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.ctd.wait_task(id)).await;
+            let _ = self.ctd.delete_task(id).await;
+        }
+        if let Err(e) = self.remove(id).await {
+            tracing::warn!(sandbox_id = id, error = %e, "teardown: remove failed");
+        }
+    }
+}
+
+fn observed(v: Value) -> Reconciled {
+    Reconciled {
+        observed: v.to_string(),
+        drift_corrected: false,
+    }
+}
+
+/// Addresses (without prefix length) from a CNI result, IPv4 first.
+fn ips_of(result: &Value) -> Vec<String> {
+    let mut ips: Vec<String> = result
+        .get("ips")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|ip| ip.get("address").and_then(Value::as_str))
+                .map(|a| a.split('/').next().unwrap_or(a).to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    ips.sort_by_key(|ip| ip.contains(':'));
+    ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ips_of;
+
+    #[test]
+    fn ips_come_without_prefix_and_ipv4_first() {
+        let r =
+            serde_json::json!({"ips": [{"address": "fd00::5/64"}, {"address": "10.88.0.5/16"}]});
+        assert_eq!(ips_of(&r), vec!["10.88.0.5", "fd00::5"]);
+    }
+}
