@@ -169,7 +169,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let on_ready = {
         let c = controller.clone();
-        move || c.resync("containerd_ready")
+        let ctd = ctd.clone();
+        let first = std::sync::atomic::AtomicBool::new(true);
+        move || {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                // Leases of a previous concord process (killed mid-pull or mid-load) protect
+                // half-written content and snapshots: release them now, not at their expiry.
+                let ctd = ctd.clone();
+                tokio::spawn(async move { release_stale_leases(&ctd).await });
+            }
+            c.resync("containerd_ready")
+        }
     };
     let (health, health_task) = spawn_health_monitor(
         ctd.clone(),
@@ -299,6 +309,25 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     std::fs::remove_file(&config.listen).ok();
     tracing::info!("concord stopped");
     outcome
+}
+
+/// Deletes every concord-owned lease (none is in use before this process starts one).
+async fn release_stale_leases(ctd: &Containerd) {
+    match ctd.list_owned_leases().await {
+        Ok(ids) => {
+            for id in ids {
+                match ctd.delete_lease_sync(&id, true).await {
+                    Ok(()) => {
+                        tracing::info!(lease = %id, "released a lease left by a previous concord")
+                    }
+                    Err(e) => {
+                        tracing::warn!(lease = %id, error = %e, "cannot release a stale lease")
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list leases"),
+    }
 }
 
 /// A task's join handle with a name, resolving to that name when the task ends.

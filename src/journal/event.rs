@@ -29,7 +29,8 @@ pub enum Event {
     SandboxStarted { id: String, pid: u32 },
     /// Fact: the pause task is gone (exit, kill or stop); the sandbox is NotReady.
     SandboxExited { id: String },
-    /// Fact: RunPodSandbox failed and everything it created was torn down.
+    /// Fact: RunPodSandbox failed; the sandbox is to be removed (SandboxRemoved follows once
+    /// everything it created is torn down).
     SandboxFailed { id: String, error: String },
     /// StopPodSandbox.
     SandboxStopRequested { id: String },
@@ -216,7 +217,14 @@ impl State {
                     }
                 }
             }
-            Event::SandboxFailed { id, .. } | Event::SandboxRemoved { id } => {
+            Event::SandboxFailed { id, .. } => {
+                // Its start failed: it is to be removed (the record goes with SandboxRemoved).
+                if let Some(s) = self.sandboxes.get_mut(id) {
+                    s.desired = SandboxDesired::Removed;
+                    s.generation += 1;
+                }
+            }
+            Event::SandboxRemoved { id } => {
                 if let Some(s) = self.sandboxes.remove(id) {
                     if let Some(m) = &s.config.metadata {
                         let name = sandbox_name(m);

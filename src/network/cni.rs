@@ -227,8 +227,8 @@ impl Cni {
             plugin: kind.clone(),
             message,
         };
-        let mut child = tokio::process::Command::new(&bin)
-            .env_clear()
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.env_clear()
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &a.container_id)
             .env("CNI_NETNS", &a.netns)
@@ -242,7 +242,18 @@ impl Cni {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // SAFETY: between fork and exec the child only calls prctl(2), which is
+        // async-signal-safe; it allocates nothing and touches no lock.
+        // A plugin must not outlive a concord that is killed: a restarted concord redoes the call,
+        // and two runs of one plugin for one sandbox race on the node's state (iptables chains).
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd
             .spawn()
             .map_err(|e| failed(format!("cannot run {}: {e}", bin.display())))?;
         let mut stdin = child.stdin.take().expect("stdin piped");

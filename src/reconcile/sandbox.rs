@@ -83,14 +83,17 @@ impl SandboxReconciler {
                     Ok(observed(json!({"state": "ready", "pid": pid, "ips": ips})))
                 }
                 Err(e) => {
-                    // RunPodSandbox failed: remove everything it created, then drop the record.
-                    self.teardown(id, Some(rec)).await;
-                    self.journal
-                        .append(vec![Event::SandboxFailed {
-                            id: id.into(),
-                            error: e.to_string(),
-                        }])
-                        .await?;
+                    // RunPodSandbox failed: remove everything it created before answering. The
+                    // record goes only once that worked; else it stays, to be removed, and the
+                    // loop keeps tearing down (nothing may leak).
+                    let mut facts = vec![Event::SandboxFailed {
+                        id: id.into(),
+                        error: e.to_string(),
+                    }];
+                    if self.teardown(id, Some(rec)).await {
+                        facts.push(Event::SandboxRemoved { id: id.into() });
+                    }
+                    self.journal.append(facts).await?;
                     Err(e)
                 }
             },
@@ -215,9 +218,16 @@ impl SandboxReconciler {
                     ))
                 }
             };
+            let attachment = self.attachment(rec);
+            if !self.cni.cached(&net.name, &attachment) {
+                // An ADD a crash interrupted may have half-configured the namespace: undo it first.
+                if let Err(e) = self.cni.del(Some(&net), &net.name, &attachment).await {
+                    tracing::debug!(sandbox_id = id, error = %e, "CNI DEL before ADD failed");
+                }
+            }
             let result = self
                 .cni
-                .add(&net, &self.attachment(rec))
+                .add(&net, &attachment)
                 .await
                 .map_err(|e| Self::err(id, "CNI ADD", e))?;
             Ok(ips_of(&result))
@@ -386,20 +396,26 @@ impl SandboxReconciler {
         Ok(())
     }
 
-    /// Best-effort full teardown (failures are logged; the next resync tries again).
-    async fn teardown(&self, id: &str, rec: Option<&SandboxRecord>) {
+    /// Full teardown; answers whether every step succeeded (failures are logged).
+    async fn teardown(&self, id: &str, rec: Option<&SandboxRecord>) -> bool {
+        let mut ok = true;
         if let Some(rec) = rec {
             if let Err(e) = self.stop(rec).await {
                 tracing::warn!(sandbox_id = id, error = %e, "teardown: stop failed");
+                ok = false;
             }
         } else if self.ctd.task_state(id).await.ok().flatten().is_some() {
             let _ = self.ctd.kill_task(id, 9).await;
             let _ = tokio::time::timeout(Duration::from_secs(10), self.ctd.wait_task(id)).await;
-            let _ = self.ctd.delete_task(id).await;
+            ok &= self.ctd.delete_task(id).await.is_ok();
         }
-        if let Err(e) = self.remove(id).await {
-            tracing::warn!(sandbox_id = id, error = %e, "teardown: remove failed");
+        if ok {
+            if let Err(e) = self.remove(id).await {
+                tracing::warn!(sandbox_id = id, error = %e, "teardown: remove failed");
+                ok = false;
+            }
         }
+        ok
     }
 }
 
