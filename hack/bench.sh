@@ -41,6 +41,7 @@ for _ in $(seq 1 100); do [ -S "$REF_DIR/containerd.sock" ] && [ -S "$OWN_DIR/co
 target/release/concord --listen "$BENCH_DIR/concord.sock" --state-dir "$BENCH_DIR/state" \
   --containerd-address "$OWN_DIR/containerd.sock" \
   --registry-config-path /tmp/rig/containerd/certs.d --metrics-address 127.0.0.1:9399 \
+  --netns-dir "$BENCH_DIR/netns" \
   > "$BENCH_DIR/concord.log" 2>&1 &
 CONCORD_PID=$!
 for _ in $(seq 1 100); do target/release/concord status --listen "$BENCH_DIR/concord.sock" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -89,12 +89,17 @@ async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves
         },
         &pause.resolved.config,
     );
+    let lease = ctd
+        .create_lease(&format!("{id}-lease"), Duration::from_secs(600), "test")
+        .await
+        .unwrap();
     let mounts = ctd
         .prepare_snapshot(
             "overlayfs",
             &id,
             &pause.resolved.chain_id,
             &format!("sandbox:{id}"),
+            &lease,
         )
         .await
         .unwrap();
@@ -110,6 +115,7 @@ async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves
     )
     .await
     .unwrap();
+    ctd.delete_lease(&lease).await.unwrap();
     let pid = ctd.create_task(&id, mounts).await.unwrap();
     ctd.start_task(&id).await.unwrap();
 

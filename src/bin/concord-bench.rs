@@ -125,6 +125,88 @@ async fn run_op(e: &Endpoint, op: &str, image: &str) {
     }
 }
 
+fn pod(name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        ..Default::default()
+    }
+}
+
+/// Run, status, stop, remove of one sandbox; the four durations and their sum.
+async fn sandbox_cycle(e: &Endpoint, name: &str) -> Vec<Duration> {
+    let mut rt = e.rt.clone();
+    let t = Instant::now();
+    let id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod(name)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let run = t.elapsed();
+    let t = Instant::now();
+    rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: id.clone(),
+        verbose: false,
+    })
+    .await
+    .unwrap();
+    let status = t.elapsed();
+    let t = Instant::now();
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let stop = t.elapsed();
+    let t = Instant::now();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    let remove = t.elapsed();
+    vec![run, status, stop, remove, run + status + stop + remove]
+}
+
+/// Starts `n` sandboxes concurrently; answers the time until all are Ready, then removes them.
+async fn many_pods(e: &Endpoint, n: usize, round: usize) -> Duration {
+    let t = Instant::now();
+    let runs = (0..n).map(|i| {
+        let mut rt = e.rt.clone();
+        async move {
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod(&format!("many-{round}-{i}"))),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id
+        }
+    });
+    let ids = futures::future::join_all(runs).await;
+    let took = t.elapsed();
+    for id in ids {
+        let mut rt = e.rt.clone();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap();
+    }
+    took
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let a = args();
@@ -187,4 +269,40 @@ async fn main() {
     row("RemoveImage", &mut rr, &mut cr);
     row("PullImage (absent)", &mut rp, &mut cp);
     row("pull/remove cycle", &mut rc, &mut cc);
+
+    // Pod sandboxes: run, status, stop, remove, each timed, endpoints alternated per cycle.
+    let n = a.iterations.min(100);
+    let mut t: Vec<(Vec<Duration>, Vec<Duration>)> = vec![(vec![], vec![]); 5];
+    for i in 0..n {
+        for (side, e) in [(0, &reference), (1, &concord)] {
+            let times = sandbox_cycle(e, &format!("bench-{i}")).await;
+            for (k, d) in times.into_iter().enumerate() {
+                let slot = &mut t[k];
+                if side == 0 {
+                    slot.0.push(d)
+                } else {
+                    slot.1.push(d)
+                }
+            }
+        }
+    }
+    for (name, (r, c)) in [
+        "RunPodSandbox",
+        "PodSandboxStatus",
+        "StopPodSandbox",
+        "RemovePodSandbox",
+        "pod lifecycle",
+    ]
+    .iter()
+    .zip(t.iter_mut())
+    {
+        row(name, r, c);
+    }
+    // 20 pods started at once.
+    let (mut r, mut c) = (vec![], vec![]);
+    for round in 0..3 {
+        r.push(many_pods(&reference, 20, round).await);
+        c.push(many_pods(&concord, 20, round).await);
+    }
+    row("20 pods at once (run all)", &mut r, &mut c);
 }

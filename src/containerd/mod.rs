@@ -241,8 +241,11 @@ impl Containerd {
         }
     }
 
-    /// Ids of the leases in our namespace owned by concord.
-    pub async fn list_owned_leases(&self) -> Result<Vec<String>, ContainerdError> {
+    /// Ids of the leases in our namespace owned by concord and created before `before`.
+    pub async fn list_owned_leases(
+        &self,
+        before: std::time::SystemTime,
+    ) -> Result<Vec<String>, ContainerdError> {
         let req = containerd_client::services::v1::ListRequest {
             filters: vec![format!("labels.\"{OWNER_LABEL}\"")],
         };
@@ -254,7 +257,19 @@ impl Containerd {
                 self.leases().list(self.request(req)),
             )
             .await?;
-        Ok(r.leases.into_iter().map(|l| l.id).collect())
+        let before = before
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| (d.as_secs() as i64, d.subsec_nanos() as i32))
+            .unwrap_or((0, 0));
+        Ok(r.leases
+            .into_iter()
+            .filter(|l| {
+                l.created_at
+                    .as_ref()
+                    .is_none_or(|t| (t.seconds, t.nanos) < before)
+            })
+            .map(|l| l.id)
+            .collect())
     }
 }
 

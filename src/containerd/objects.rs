@@ -27,13 +27,16 @@ fn gone_ok<T>(r: Result<T, ContainerdError>) -> Result<(), ContainerdError> {
 }
 
 impl Containerd {
-    /// Prepares the writable snapshot `key` on `parent` (an image's chain id); answers its mounts.
+    /// Prepares the writable snapshot `key` on `parent` (an image's chain id) under `lease` (an
+    /// unreferenced active snapshot is fair game for containerd's GC until a container holds it);
+    /// answers its mounts.
     pub async fn prepare_snapshot(
         &self,
         snapshotter: &str,
         key: &str,
         parent: &str,
         owner: &str,
+        lease: &str,
     ) -> Result<Vec<Mount>, ContainerdError> {
         let req = PrepareSnapshotRequest {
             snapshotter: snapshotter.into(),
@@ -41,12 +44,18 @@ impl Containerd {
             parent: parent.into(),
             labels: HashMap::from([(OWNER_LABEL.to_string(), owner.to_string())]),
         };
+        let req = self
+            .request_with_lease(req, lease)
+            .map_err(|status| ContainerdError::Call {
+                call: "Snapshots.Prepare",
+                status,
+            })?;
         let r = self
             .call(
                 "snapshots",
                 "Prepare",
                 "Snapshots.Prepare",
-                self.snapshots().prepare(self.request(req)),
+                self.snapshots().prepare(req),
             )
             .await?;
         Ok(r.mounts)

@@ -167,6 +167,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     controller.resync("start");
     let syncer_task = images.spawn_syncer(loop_stop.clone());
 
+    let process_start = std::time::SystemTime::now();
     let on_ready = {
         let c = controller.clone();
         let ctd = ctd.clone();
@@ -176,7 +177,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 // Leases of a previous concord process (killed mid-pull or mid-load) protect
                 // half-written content and snapshots: release them now, not at their expiry.
                 let ctd = ctd.clone();
-                tokio::spawn(async move { release_stale_leases(&ctd).await });
+                tokio::spawn(async move { release_stale_leases(&ctd, process_start).await });
             }
             c.resync("containerd_ready")
         }
@@ -311,9 +312,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     outcome
 }
 
-/// Deletes every concord-owned lease (none is in use before this process starts one).
-async fn release_stale_leases(ctd: &Containerd) {
-    match ctd.list_owned_leases().await {
+/// Deletes the concord-owned leases made before this process started (by a concord that died).
+async fn release_stale_leases(ctd: &Containerd, process_start: std::time::SystemTime) {
+    match ctd.list_owned_leases(process_start).await {
         Ok(ids) => {
             for id in ids {
                 match ctd.delete_lease_sync(&id, true).await {

@@ -151,6 +151,8 @@ impl Cni {
             let conf = self.plugin_config(net, plugin, prev.as_ref(), &a);
             self.exec("DEL", net, plugin, &conf, &a).await?;
         }
+        // A cache write a crash interrupted leaves its temporary file.
+        let _ = std::fs::remove_file(path.with_extension("tmp"));
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -161,6 +163,13 @@ impl Cni {
     /// Whether an ADD result is cached for this attachment.
     pub fn cached(&self, network_name: &str, a: &Attachment) -> bool {
         self.cache_path(network_name, a).exists()
+    }
+
+    /// The cached ADD result for this attachment.
+    pub fn cached_result(&self, network_name: &str, a: &Attachment) -> Option<Value> {
+        let bytes = std::fs::read(self.cache_path(network_name, a)).ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        v.get("result").cloned().filter(|r| !r.is_null())
     }
 
     /// One plugin's stdin: its config, the list's name and version, prevResult, runtimeConfig.

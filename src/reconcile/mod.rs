@@ -209,6 +209,13 @@ impl Controller {
                 .set(n as i64);
         }
         let keys = state.keys();
+        // Forget the loop's records of objects that no longer exist.
+        {
+            let live: std::collections::HashSet<&ObjectKey> = keys.iter().collect();
+            self.statuses
+                .lock()
+                .retain(|k, s| live.contains(k) || s.retry_scheduled);
+        }
         tracing::debug!(reason, objects = keys.len(), "resync");
         for key in keys {
             self.wake(key);

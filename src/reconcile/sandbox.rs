@@ -98,11 +98,18 @@ impl SandboxReconciler {
                 }
             },
             SandboxDesired::Ready => {
-                let running = matches!(self.ctd.task_state(id).await?, Some((_, true)));
-                if !running && !rec.exited {
-                    self.journal
-                        .append(vec![Event::SandboxExited { id: id.into() }])
-                        .await?;
+                let task = self.ctd.task_state(id).await?;
+                let running = matches!(task, Some((_, true)));
+                if !running {
+                    // The pause exited: release its shim now, not at StopPodSandbox.
+                    if task.is_some() {
+                        self.ctd.delete_task(id).await?;
+                    }
+                    if !rec.exited {
+                        self.journal
+                            .append(vec![Event::SandboxExited { id: id.into() }])
+                            .await?;
+                    }
                 }
                 Ok(observed(
                     json!({"state": if running { "ready" } else { "notready" }}),
@@ -199,7 +206,8 @@ impl SandboxReconciler {
                 return Ok::<_, ReconcileError>(Vec::new());
             };
             let path = PathBuf::from(path);
-            if !netns::exists(&path) {
+            let fresh = !netns::exists(&path);
+            if fresh {
                 netns::remove(&path)
                     .map_err(|e| Self::err(id, "creating the network namespace", e))?;
                 let p = path.clone();
@@ -219,11 +227,15 @@ impl SandboxReconciler {
                 }
             };
             let attachment = self.attachment(rec);
-            if !self.cni.cached(&net.name, &attachment) {
-                // An ADD a crash interrupted may have half-configured the namespace: undo it first.
-                if let Err(e) = self.cni.del(Some(&net), &net.name, &attachment).await {
-                    tracing::debug!(sandbox_id = id, error = %e, "CNI DEL before ADD failed");
+            // An ADD that finished before a crash is kept (its namespace still exists).
+            if !fresh {
+                if let Some(result) = self.cni.cached_result(&net.name, &attachment) {
+                    return Ok(ips_of(&result));
                 }
+            }
+            // A stale result (new namespace) or an ADD a crash interrupted: undo it first.
+            if let Err(e) = self.cni.del(Some(&net), &net.name, &attachment).await {
+                tracing::debug!(sandbox_id = id, error = %e, "CNI DEL before ADD failed");
             }
             let result = self
                 .cni
@@ -249,39 +261,54 @@ impl SandboxReconciler {
                         "image not in the index after the pull",
                     )
                 })?;
-            let mounts = match self
-                .ctd
-                .snapshot_mounts(&self.settings.snapshotter, id)
-                .await?
-            {
-                Some(m) => m,
-                None => {
+            // The snapshot is held by a lease until the container references it.
+            let lease = format!("concord-sandbox-{}", fastrand::u64(..));
+            self.ctd
+                .create_lease(&lease, Duration::from_secs(600), &format!("sandbox:{id}"))
+                .await?;
+            let made = async {
+                let mounts = match self
+                    .ctd
+                    .snapshot_mounts(&self.settings.snapshotter, id)
+                    .await?
+                {
+                    Some(m) => m,
+                    None => {
+                        self.ctd
+                            .prepare_snapshot(
+                                &self.settings.snapshotter,
+                                id,
+                                &img.resolved.chain_id,
+                                &format!("sandbox:{id}"),
+                                &lease,
+                            )
+                            .await?
+                    }
+                };
+                if !self.ctd.container_exists(id).await? {
+                    let spec = sandbox_spec(&self.spec_input(rec), &img.resolved.config);
+                    let labels =
+                        [("io.cri-containerd.kind".to_string(), "sandbox".to_string())].into();
                     self.ctd
-                        .prepare_snapshot(
+                        .create_container(
+                            id,
+                            &self.settings.sandbox_image,
+                            &self.settings.runtime,
+                            &spec,
                             &self.settings.snapshotter,
                             id,
-                            &img.resolved.chain_id,
                             &format!("sandbox:{id}"),
+                            labels,
                         )
-                        .await?
+                        .await?;
                 }
-            };
-            if !self.ctd.container_exists(id).await? {
-                let spec = sandbox_spec(&self.spec_input(rec), &img.resolved.config);
-                let labels = [("io.cri-containerd.kind".to_string(), "sandbox".to_string())].into();
-                self.ctd
-                    .create_container(
-                        id,
-                        &self.settings.sandbox_image,
-                        &self.settings.runtime,
-                        &spec,
-                        &self.settings.snapshotter,
-                        id,
-                        &format!("sandbox:{id}"),
-                        labels,
-                    )
-                    .await?;
+                Ok::<_, ReconcileError>(mounts)
             }
+            .await;
+            if let Err(e) = self.ctd.delete_lease(&lease).await {
+                tracing::warn!(sandbox_id = id, lease, error = %e, "cannot delete a sandbox lease; it expires");
+            }
+            let mounts = made?;
             Ok::<_, ReconcileError>(mounts)
         };
         let (ips, mounts) = futures::future::try_join(network, filesystem).await?;

@@ -61,6 +61,7 @@ pub struct Daemon {
     pub namespace: String,
     pub extra: Vec<String>,
     pub child: Option<Child>,
+    metrics_retries: u32,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -82,6 +83,7 @@ impl Daemon {
             extra: vec![format!("--cni-conf-dir={}", cni_conf_dir().display())],
             dir,
             child: None,
+            metrics_retries: 0,
             _tmp: Some(tmp),
         }
     }
@@ -130,6 +132,13 @@ impl Daemon {
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                // Another test may have taken the metrics port since it was picked: pick again.
+                if self.log().contains("cannot listen for metrics") && self.metrics_retries < 3 {
+                    self.metrics_retries += 1;
+                    self.metrics_port = free_port();
+                    self.child = Some(self.command().spawn().expect("spawn concord"));
+                    continue;
+                }
                 panic!(
                     "concord exited during start ({status}); log:\n{}",
                     self.log()
