@@ -104,6 +104,27 @@ async fn a_pod_runs_with_an_ip_is_listed_retried_stopped_and_removed_leaving_not
     assert_eq!(run(&d, config("web", false)).await.unwrap(), id);
     assert_eq!(list(&d).await.len(), 1);
 
+    // The sandbox image was pulled on demand and is pinned while the pod uses it.
+    let pause = cri::ImageSpec {
+        image: "registry.k8s.io/pause:3.9".into(),
+        ..Default::default()
+    };
+    let err = d
+        .images()
+        .await
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(pause.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains(&id), "{}", err.message());
+
     let mut rt = d.runtime().await;
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
         pod_sandbox_id: id.clone(),
@@ -155,6 +176,12 @@ async fn a_pod_runs_with_an_ip_is_listed_retried_stopped_and_removed_leaving_not
         })
         .unwrap_or(false);
     assert!(!allocated, "host-local released the address");
+    // With no sandbox left the pinned image can go.
+    d.images()
+        .await
+        .remove_image(cri::RemoveImageRequest { image: Some(pause) })
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -1,8 +1,12 @@
-//! RemoveImage: by id every name, by name that name; an unknown image is fine.
+//! RemoveImage: by id every name, by name that name; an unknown image is fine. The pinned sandbox
+//! image is refused while a pod sandbox uses it.
+
+use std::sync::Arc;
 
 use k8s_cri::v1 as cri;
 
 use super::{ApiError, Runtime};
+use crate::image::ImageError;
 
 impl Runtime {
     pub async fn remove_image(
@@ -15,6 +19,19 @@ impl Runtime {
                 "image.image",
                 "an image id or reference is required",
             ));
+        }
+        if let Some(img) = self.images.index().find(&what) {
+            let state = self.journal.state();
+            if self.images.is_pinned(img) {
+                if let Some(user) = state.sandboxes.values().find(|s| {
+                    s.pid.is_some() || s.desired != crate::journal::SandboxDesired::Removed
+                }) {
+                    return Err(ApiError::Image(Arc::new(ImageError::InUse {
+                        image: what.clone(),
+                        user: format!("pod sandbox {}", user.id),
+                    })));
+                }
+            }
         }
         self.images
             .remove(&what)
