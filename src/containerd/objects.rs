@@ -276,6 +276,21 @@ impl Containerd {
         Ok(r.exit_status)
     }
 
+    /// Ends the task of container `id` if there is one: SIGKILL, wait for the exit (at most
+    /// `wait`), delete (which ends the shim). No task is fine.
+    pub async fn end_task(
+        &self,
+        id: &str,
+        wait: std::time::Duration,
+    ) -> Result<(), ContainerdError> {
+        if self.task_state(id).await?.is_none() {
+            return Ok(());
+        }
+        self.kill_task(id, 9).await?;
+        let _ = tokio::time::timeout(wait, self.wait_task(id)).await;
+        self.delete_task(id).await
+    }
+
     /// Deletes the (exited) task of container `id`, which ends its shim; a missing one is fine.
     pub async fn delete_task(&self, id: &str) -> Result<(), ContainerdError> {
         let req = DeleteTaskRequest {

@@ -313,11 +313,7 @@ impl SandboxReconciler {
         };
         let (ips, mounts) = futures::future::try_join(network, filesystem).await?;
         // A task left by an interrupted start is replaced.
-        if self.ctd.task_state(id).await?.is_some() {
-            self.ctd.kill_task(id, 9).await?;
-            let _ = tokio::time::timeout(Duration::from_secs(10), self.ctd.wait_task(id)).await;
-            self.ctd.delete_task(id).await?;
-        }
+        self.ctd.end_task(id, Duration::from_secs(10)).await?;
         let pid = self.ctd.create_task(id, mounts).await?;
         self.ctd.start_task(id).await?;
         Ok((ips, pid))
@@ -385,11 +381,7 @@ impl SandboxReconciler {
     /// Task, then CNI DEL (always, also when the netns is gone), then the netns.
     async fn stop(&self, rec: &SandboxRecord) -> Result<(), ReconcileError> {
         let id = rec.id.as_str();
-        if self.ctd.task_state(id).await?.is_some() {
-            self.ctd.kill_task(id, 9).await?;
-            let _ = tokio::time::timeout(Duration::from_secs(10), self.ctd.wait_task(id)).await;
-            self.ctd.delete_task(id).await?;
-        }
+        self.ctd.end_task(id, Duration::from_secs(10)).await?;
         if rec.netns_path.is_some() {
             let net = match self.network.status() {
                 NetworkStatus::Ready(n) => Some(n),
@@ -431,10 +423,8 @@ impl SandboxReconciler {
                 tracing::warn!(sandbox_id = id, error = %e, "teardown: stop failed");
                 ok = false;
             }
-        } else if self.ctd.task_state(id).await.ok().flatten().is_some() {
-            let _ = self.ctd.kill_task(id, 9).await;
-            let _ = tokio::time::timeout(Duration::from_secs(10), self.ctd.wait_task(id)).await;
-            ok &= self.ctd.delete_task(id).await.is_ok();
+        } else {
+            ok &= self.ctd.end_task(id, Duration::from_secs(10)).await.is_ok();
         }
         if ok {
             if let Err(e) = self.remove(id).await {
