@@ -142,7 +142,7 @@ async fn update_runtime_config_records_and_applies_the_pod_cidr() {
     rt.update_runtime_config(update("10.244.1.0/24"))
         .await
         .unwrap();
-    let o = &runtime_config_object(&d).await;
+    let o = &common::runtime_config_object(&d).await;
     assert!(o.desired.contains("10.244.1.0/24"), "{o:?}");
     assert!(
         o.observed.contains("10.244.1.0/24"),
@@ -159,7 +159,7 @@ async fn update_runtime_config_records_and_applies_the_pod_cidr() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("pod_cidr"), "{}", err.message());
-    assert_eq!(runtime_config_object(&d).await.generation, 1);
+    assert_eq!(common::runtime_config_object(&d).await.generation, 1);
 
     // Survives a restart: replayed from the journal and applied again by the loop.
     assert!(d.terminate().await.success());
@@ -183,23 +183,10 @@ async fn update_runtime_config_records_and_applies_the_pod_cidr() {
     );
 }
 
-async fn runtime_config_object(d: &Daemon) -> concord::proto::ObjectStatus {
-    let mut i = d.introspection().await;
-    i.list_objects(concord::proto::ListObjectsRequest {
-        kind: "runtime_config".into(),
-        id_prefix: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .objects
-    .remove(0)
-}
-
 async fn eventually_observed(d: &Daemon) -> concord::proto::ObjectStatus {
     let start = std::time::Instant::now();
     loop {
-        let o = runtime_config_object(d).await;
+        let o = common::runtime_config_object(d).await;
         if o.observed_generation == o.generation && !o.observed.is_empty() {
             return o;
         }

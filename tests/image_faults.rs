@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::{bearer_front, fault_proxy, Daemon, Fault};
 use k8s_cri::v1 as cri;
@@ -78,8 +78,7 @@ async fn registry_faults_fail_clearly_and_leave_nothing_behind() {
 /// A docker-registry of the test's own with htpasswd (Basic) auth, serving the dev
 /// environment's registry storage.
 struct AuthRegistry {
-    child: Child,
-    addr: String,
+    registry: common::RegistryProcess,
     _dir: tempfile::TempDir,
 }
 
@@ -99,19 +98,11 @@ impl AuthRegistry {
             "auth:\n  htpasswd:\n    realm: concord-test\n    path: {}\n",
             htpasswd.display()
         );
-        let (child, addr) = common::spawn_registry(dir.path(), "", &auth);
+        let registry = common::spawn_registry(dir.path(), "", &auth);
         AuthRegistry {
-            child,
-            addr,
+            registry,
             _dir: dir,
         }
-    }
-}
-
-impl Drop for AuthRegistry {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
     }
 }
 
@@ -120,7 +111,7 @@ async fn credentials_from_the_request_are_used_and_wrong_ones_refused() {
     let reg = AuthRegistry::start();
     let mut d = Daemon::new();
     d.start().await;
-    let image = format!("{}/library/busybox:latest", reg.addr);
+    let image = format!("{}/library/busybox:latest", reg.registry.addr);
 
     let err = pull(&d, &image, None).await.unwrap_err();
     assert_eq!(
@@ -147,7 +138,11 @@ async fn credentials_from_the_request_are_used_and_wrong_ones_refused() {
         "{}",
         err.message()
     );
-    assert!(err.message().contains(&reg.addr), "{}", err.message());
+    assert!(
+        err.message().contains(&reg.registry.addr),
+        "{}",
+        err.message()
+    );
     assert_eq!(leftovers(&d).await, (0, 0, 0));
 
     let right = cri::AuthConfig {
@@ -165,7 +160,7 @@ async fn credentials_from_the_request_are_used_and_wrong_ones_refused() {
     };
     pull(
         &d,
-        &format!("{}/library/busybox:1.36", reg.addr),
+        &format!("{}/library/busybox:1.36", reg.registry.addr),
         Some(encoded),
     )
     .await
@@ -224,8 +219,7 @@ async fn the_bearer_token_flow_gets_a_token_with_the_request_credentials() {
 
 /// A docker-registry of the test's own serving HTTPS with a self-signed certificate.
 struct TlsRegistry {
-    child: Child,
-    addr: String,
+    registry: common::RegistryProcess,
     /// The CA that signed the registry's certificate.
     cert: std::path::PathBuf,
     dir: tempfile::TempDir,
@@ -269,10 +263,9 @@ impl TlsRegistry {
             cert.display(),
             key.display()
         );
-        let (child, addr) = common::spawn_registry(dir.path(), &tls, "");
+        let registry = common::spawn_registry(dir.path(), &tls, "");
         TlsRegistry {
-            child,
-            addr,
+            registry,
             cert: ca,
             dir,
         }
@@ -281,26 +274,22 @@ impl TlsRegistry {
     /// A hosts dir with `hosts.toml` for this registry holding `body`.
     fn hosts_dir(&self, name: &str, body: &str) -> std::path::PathBuf {
         let d = self.dir.path().join(name);
-        std::fs::create_dir_all(d.join(&self.addr)).unwrap();
-        std::fs::write(d.join(&self.addr).join("hosts.toml"), body).unwrap();
+        std::fs::create_dir_all(d.join(&self.registry.addr)).unwrap();
+        std::fs::write(d.join(&self.registry.addr).join("hosts.toml"), body).unwrap();
         d
-    }
-}
-
-impl Drop for TlsRegistry {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
     }
 }
 
 #[tokio::test]
 async fn hosts_toml_ca_and_skip_verify_reach_a_tls_registry() {
     let reg = TlsRegistry::start();
-    let image = format!("{}/library/busybox:latest", reg.addr);
+    let image = format!("{}/library/busybox:latest", reg.registry.addr);
 
     // HTTPS without the CA: the self-signed certificate is refused.
-    let no_ca = reg.hosts_dir("no-ca", &format!("server = \"https://{}\"\n", reg.addr));
+    let no_ca = reg.hosts_dir(
+        "no-ca",
+        &format!("server = \"https://{}\"\n", reg.registry.addr),
+    );
     let mut d = Daemon::new();
     d.extra
         .push(format!("--registry-config-path={}", no_ca.display()));
@@ -317,7 +306,7 @@ async fn hosts_toml_ca_and_skip_verify_reach_a_tls_registry() {
     // ca = the registry's certificate.
     let with_ca = reg.hosts_dir(
         "ca",
-        &format!("server = \"https://{a}\"\n[host.\"https://{a}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{c}\"\n", a = reg.addr, c = reg.cert.display()),
+        &format!("server = \"https://{a}\"\n[host.\"https://{a}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{c}\"\n", a = reg.registry.addr, c = reg.cert.display()),
     );
     let mut d = Daemon::new();
     d.extra
@@ -329,7 +318,7 @@ async fn hosts_toml_ca_and_skip_verify_reach_a_tls_registry() {
     // skip_verify.
     let skip = reg.hosts_dir(
         "skip",
-        &format!("[host.\"https://{a}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n", a = reg.addr),
+        &format!("[host.\"https://{a}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n", a = reg.registry.addr),
     );
     let mut d = Daemon::new();
     d.extra

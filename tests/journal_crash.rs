@@ -22,19 +22,6 @@ fn cidr(n: u64) -> String {
     format!("10.{}.{}.0/24", (n / 256) % 256, n % 256)
 }
 
-async fn runtime_config(d: &Daemon) -> concord::proto::ObjectStatus {
-    let mut i = d.introspection().await;
-    i.list_objects(concord::proto::ListObjectsRequest {
-        kind: "runtime_config".into(),
-        id_prefix: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .objects
-    .remove(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_intents_survive_kill_9_during_concurrent_writes() {
     let mut d = Daemon::new();
@@ -80,7 +67,7 @@ async fn acknowledged_intents_survive_kill_9_during_concurrent_writes() {
         ready_in < Duration::from_secs(1),
         "answered only after {ready_in:?}"
     );
-    let o = runtime_config(&d).await;
+    let o = common::runtime_config_object(&d).await;
     assert!(
         o.generation >= acked,
         "journal holds {} intents, {acked} were acknowledged",
@@ -114,7 +101,7 @@ async fn the_last_acknowledged_intent_is_the_state_after_kill_9() {
     }
     d.kill9();
     d.start().await;
-    let o = runtime_config(&d).await;
+    let o = common::runtime_config_object(&d).await;
     assert_eq!(o.generation, 30);
     assert!(o.desired.contains(&last), "{o:?} should hold {last}");
 }

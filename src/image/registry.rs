@@ -87,6 +87,14 @@ impl Fetcher {
         self.reference.to_string()
     }
 
+    fn stalled(&self, step: &str) -> ImageError {
+        ImageError::Stalled {
+            reference: self.name(),
+            step: step.into(),
+            after: self.timeout,
+        }
+    }
+
     /// Resolves the reference (tag or digest) to its top manifest or index.
     pub async fn resolve(&self) -> Result<Fetched, ImageError> {
         let object = self.reference.object().to_string();
@@ -209,11 +217,7 @@ impl Fetcher {
         let host = host_of(&ep.base);
         let bytes = tokio::time::timeout(self.timeout, resp.bytes())
             .await
-            .map_err(|_| ImageError::Stalled {
-                reference: self.name(),
-                step: step.into(),
-                after: self.timeout,
-            })?
+            .map_err(|_| self.stalled(step))?
             .map_err(|e| ImageError::Unavailable {
                 reference: self.name(),
                 step,
@@ -312,11 +316,7 @@ impl Fetcher {
             }
             let resp = tokio::time::timeout(self.timeout, req.send())
                 .await
-                .map_err(|_| ImageError::Stalled {
-                    reference: self.name(),
-                    step: step.into(),
-                    after: self.timeout,
-                })?
+                .map_err(|_| self.stalled(step))?
                 .map_err(|e| unavailable(error_chain(&e)))?;
             match resp.status() {
                 s if s.is_success() => return Ok(resp),

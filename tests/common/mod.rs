@@ -610,9 +610,23 @@ pub async fn namespace_counts(d: &Daemon) -> (usize, usize, usize) {
     (content, snaps, images)
 }
 
+/// A docker-registry process of a test's own, killed when dropped.
+pub struct RegistryProcess {
+    child: Child,
+    /// host:port it serves.
+    pub addr: String,
+}
+
+impl Drop for RegistryProcess {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
 /// A docker-registry of the test's own serving the dev environment's registry storage read-only,
 /// with `http_extra` (indented YAML under `http:`) and `top_extra` (top-level YAML) added.
-pub fn spawn_registry(dir: &Path, http_extra: &str, top_extra: &str) -> (Child, String) {
+pub fn spawn_registry(dir: &Path, http_extra: &str, top_extra: &str) -> RegistryProcess {
     let storage = std::env::var("CONCORD_TEST_REGISTRY_STORAGE")
         .unwrap_or_else(|_| "/tmp/rig/registry".into());
     let addr = format!("127.0.0.1:{}", free_port());
@@ -637,7 +651,7 @@ pub fn spawn_registry(dir: &Path, http_extra: &str, top_extra: &str) -> (Child, 
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, addr)
+    RegistryProcess { child, addr }
 }
 
 /// Reads an HTTP request head; answers it as text (None when the client went away).
@@ -663,4 +677,18 @@ async fn forward(upstream: &str, head: &str) -> Option<Vec<u8>> {
     let mut resp = Vec::new();
     up.read_to_end(&mut resp).await.ok()?;
     Some(resp)
+}
+
+/// The daemon's runtime-config object as introspection shows it.
+pub async fn runtime_config_object(d: &Daemon) -> concord::proto::ObjectStatus {
+    let mut i = d.introspection().await;
+    i.list_objects(concord::proto::ListObjectsRequest {
+        kind: "runtime_config".into(),
+        id_prefix: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .objects
+    .remove(0)
 }
