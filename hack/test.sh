@@ -10,6 +10,8 @@ bash hack/dev-up.sh --no-cri
 
 export CONCORD_TEST_CONTAINERD=$CTD_SOCK
 export CARGO_TERM_COLOR=never
+# A failing test's message, not a backtrace, is what the end of the output should show.
+export RUST_BACKTRACE=0
 echo "[test] cargo fmt --check"
 cargo fmt --check
 echo "[test] cargo clippy --all-targets -- -D warnings"

@@ -1,5 +1,6 @@
 //! concord's configuration: a TOML file (absent is fine) overridden by flags, validated once.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -113,6 +114,8 @@ pub struct CniConfig {
     pub bin_dirs: Vec<PathBuf>,
     /// Seconds between rescans of conf_dir (a config that appears later makes the network ready).
     pub rescan_interval_seconds: u64,
+    /// Seconds one plugin execution (ADD or DEL) may take before it is killed.
+    pub plugin_timeout_seconds: u64,
 }
 
 /// How containers are run.
@@ -121,6 +124,44 @@ pub struct CniConfig {
 pub struct RuntimeConfig {
     /// Cgroup driver kubelet must use: cgroupfs or systemd.
     pub cgroup_driver: String,
+    /// Handler used when RunPodSandbox names none.
+    pub default_handler: String,
+    /// RuntimeClass handler name → containerd runtime.
+    pub handlers: BTreeMap<String, RuntimeHandler>,
+}
+
+/// One runtime handler (a RuntimeClass' `handler`): which containerd shim runs its pods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeHandler {
+    /// containerd runtime (shim) name.
+    pub runtime_type: String,
+    /// runc binary the runc shim runs ("": runc on the shim's PATH).
+    pub binary_name: String,
+    /// runc state root ("": runc's default).
+    pub root: String,
+}
+
+impl Default for RuntimeHandler {
+    fn default() -> Self {
+        RuntimeHandler {
+            runtime_type: "io.containerd.runc.v2".into(),
+            binary_name: String::new(),
+            root: String::new(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The handler a request names ("" is the default one).
+    pub fn handler(&self, name: &str) -> Option<&RuntimeHandler> {
+        let name = if name.is_empty() {
+            self.default_handler.as_str()
+        } else {
+            name
+        };
+        self.handlers.get(name)
+    }
 }
 
 /// The reconcile loop.
@@ -135,6 +176,8 @@ pub struct ReconcileConfig {
     pub backoff_base_ms: u64,
     /// Longest retry delay, in milliseconds.
     pub backoff_max_ms: u64,
+    /// Seconds one reconcile may take before it is abandoned and retried.
+    pub timeout_seconds: u64,
 }
 
 /// The journal of intents and facts.
@@ -187,6 +230,7 @@ impl Default for CniConfig {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
             rescan_interval_seconds: 2,
+            plugin_timeout_seconds: 60,
         }
     }
 }
@@ -195,6 +239,8 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             cgroup_driver: "cgroupfs".into(),
+            default_handler: "runc".into(),
+            handlers: BTreeMap::from([("runc".to_string(), RuntimeHandler::default())]),
         }
     }
 }
@@ -206,6 +252,7 @@ impl Default for ReconcileConfig {
             resync_interval_seconds: 60,
             backoff_base_ms: 100,
             backoff_max_ms: 30_000,
+            timeout_seconds: 300,
         }
     }
 }
@@ -356,6 +403,13 @@ impl Config {
                 "needs at least one directory",
             ));
         }
+        if self.cni.plugin_timeout_seconds == 0 {
+            return Err(invalid(
+                "cni.plugin_timeout_seconds",
+                0,
+                "must be at least 1",
+            ));
+        }
         if self.cni.rescan_interval_seconds == 0 {
             return Err(invalid(
                 "cni.rescan_interval_seconds",
@@ -368,6 +422,40 @@ impl Config {
                 "runtime.cgroup_driver",
                 &self.runtime.cgroup_driver,
                 "expected cgroupfs or systemd",
+            ));
+        }
+        if !self
+            .runtime
+            .handlers
+            .contains_key(&self.runtime.default_handler)
+        {
+            return Err(invalid(
+                "runtime.default_handler",
+                &self.runtime.default_handler,
+                "names no handler in [runtime.handlers]",
+            ));
+        }
+        for (name, h) in &self.runtime.handlers {
+            if name.is_empty() || name.contains(['/', ' ']) {
+                return Err(invalid(
+                    "runtime.handlers",
+                    name,
+                    "a handler name must be non-empty without '/' or spaces",
+                ));
+            }
+            if h.runtime_type.is_empty() {
+                return Err(invalid(
+                    "runtime.handlers.<name>.runtime_type",
+                    name,
+                    "the handler needs a runtime_type (e.g. io.containerd.runc.v2)",
+                ));
+            }
+        }
+        if self.reconcile.timeout_seconds == 0 {
+            return Err(invalid(
+                "reconcile.timeout_seconds",
+                0,
+                "must be at least 1",
             ));
         }
         if self.reconcile.workers == 0 || self.reconcile.workers > 1024 {
@@ -492,10 +580,21 @@ conf_dir = {conf_dir:?}
 bin_dirs = [{bins}]
 # Seconds between rescans of conf_dir (--cni-rescan-interval-seconds).
 rescan_interval_seconds = {rescan}
+# Seconds one plugin execution (ADD or DEL) may take before it is killed (--cni-plugin-timeout-seconds).
+plugin_timeout_seconds = {cni_timeout}
 
 [runtime]
 # Cgroup driver reported to kubelet: cgroupfs or systemd (--cgroup-driver).
 cgroup_driver = {driver:?}
+# Handler used when RunPodSandbox names none (--default-runtime-handler).
+default_handler = {default_handler:?}
+
+# One table per RuntimeClass handler: the containerd runtime (shim) that runs its pods, and for
+# runc-based shims the runc binary and root. An unknown handler is refused (InvalidArgument).
+[runtime.handlers.runc]
+runtime_type = {runc_type:?}
+binary_name = ""
+root = ""
 
 [reconcile]
 # Objects reconciled at once (--reconcile-workers).
@@ -506,6 +605,8 @@ resync_interval_seconds = {resync}
 backoff_base_ms = {bbase}
 # Longest retry delay (--backoff-max-ms).
 backoff_max_ms = {bmax}
+# Seconds one reconcile may take before it is abandoned and retried (--reconcile-timeout-seconds).
+timeout_seconds = {rtimeout}
 
 [journal]
 # Events after which the journal is compacted to a snapshot of live objects (--journal-compact-after).
@@ -536,11 +637,15 @@ fs_sync_interval_seconds = {fssync}
             conf_dir = d.cni.conf_dir.display().to_string(),
             bins = bins.join(", "),
             rescan = d.cni.rescan_interval_seconds,
+            cni_timeout = d.cni.plugin_timeout_seconds,
             driver = d.runtime.cgroup_driver,
+            default_handler = d.runtime.default_handler,
+            runc_type = d.runtime.handlers["runc"].runtime_type,
             workers = d.reconcile.workers,
             resync = d.reconcile.resync_interval_seconds,
             bbase = d.reconcile.backoff_base_ms,
             bmax = d.reconcile.backoff_max_ms,
+            rtimeout = d.reconcile.timeout_seconds,
             compact = d.journal.compact_after,
             stall = d.image.pull_progress_timeout_seconds,
             downloads = d.image.max_concurrent_downloads,

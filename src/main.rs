@@ -100,6 +100,12 @@ struct Flags {
     /// Seconds between rescans of the CNI conf dir.
     #[arg(long, global = true, value_name = "N")]
     cni_rescan_interval_seconds: Option<u64>,
+    /// Seconds one CNI plugin execution may take before it is killed.
+    #[arg(long, global = true, value_name = "N")]
+    cni_plugin_timeout_seconds: Option<u64>,
+    /// Seconds one reconcile may take before it is abandoned and retried.
+    #[arg(long, global = true, value_name = "N")]
+    reconcile_timeout_seconds: Option<u64>,
     /// Registry host configs directory (containerd's hosts.toml layout).
     #[arg(long, global = true, value_name = "DIR")]
     registry_config_path: Option<PathBuf>,
@@ -118,6 +124,9 @@ struct Flags {
     /// Cgroup driver reported to kubelet: cgroupfs or systemd.
     #[arg(long, global = true, value_name = "DRIVER")]
     cgroup_driver: Option<String>,
+    /// Runtime handler used when RunPodSandbox names none (one of [runtime.handlers]).
+    #[arg(long, global = true, value_name = "NAME")]
+    default_runtime_handler: Option<String>,
     /// Cgroup concord moves itself into at start.
     #[arg(long, global = true, value_name = "PATH")]
     cgroup: Option<String>,
@@ -191,12 +200,24 @@ impl Flags {
             &mut c.cni.rescan_interval_seconds,
             &self.cni_rescan_interval_seconds,
         );
+        set(
+            &mut c.cni.plugin_timeout_seconds,
+            &self.cni_plugin_timeout_seconds,
+        );
+        set(
+            &mut c.reconcile.timeout_seconds,
+            &self.reconcile_timeout_seconds,
+        );
         set(&mut c.registry_config_path, &self.registry_config_path);
         set(&mut c.sandbox_image, &self.sandbox_image);
         set(&mut c.stream_address, &self.stream_address);
         set(&mut c.log_level, &self.log_level);
         set(&mut c.log_format, &self.log_format);
         set(&mut c.runtime.cgroup_driver, &self.cgroup_driver);
+        set(
+            &mut c.runtime.default_handler,
+            &self.default_runtime_handler,
+        );
         set(&mut c.cgroup, &self.cgroup);
         if self.oom_score_adj.is_some() {
             c.oom_score_adj = self.oom_score_adj;

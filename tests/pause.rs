@@ -34,6 +34,7 @@ async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves
         scratch_dir: tmp.path().join("scratch"),
     };
     let images = Images::new(ctd.clone(), settings, Arc::new(Default::default()));
+    images.refresh_all().await;
     images.ensure("registry.k8s.io/pause:3.9").await.unwrap();
     let pause = images
         .index()
@@ -106,7 +107,7 @@ async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves
     ctd.create_container(
         &id,
         "registry.k8s.io/pause:3.9",
-        "io.containerd.runc.v2",
+        &concord::containerd::ContainerRuntime::of(&Default::default(), false),
         &spec,
         "overlayfs",
         &id,

@@ -24,6 +24,26 @@ fn config(n: u32) -> cri::PodSandboxConfig {
     }
 }
 
+/// host-local's allocations on the test network: "address → container id" (every sandbox this
+/// test made, kept or not, must have given its address back).
+fn allocations() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/var/lib/cni/networks/rig-bridge")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+                .map(|e| {
+                    let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    format!(
+                        "{} {}",
+                        e.file_name().to_string_lossy(),
+                        owner.lines().next().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runs, stops and removes pods as fast as it can until told to stop; errors (concord dying
 /// under it) are expected.
 async fn churn(socket: std::path::PathBuf, next: Arc<AtomicU32>, stop: Arc<AtomicBool>) {
@@ -79,6 +99,7 @@ async fn kill_9_at_random_moments_converges_and_leaks_nothing() {
     d.extra
         .push(format!("--netns-dir={}", d.dir.join("netns").display()));
     d.extra.push("--log-level=info".into());
+    let allocated_before = allocations();
     d.start().await;
     let next = Arc::new(AtomicU32::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -125,10 +146,32 @@ async fn kill_9_at_random_moments_converges_and_leaks_nothing() {
                 .into_inner()
                 .items;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "not converged: {objects:?}"
-        );
+        if start.elapsed() > Duration::from_secs(60) {
+            // Say which objects are stuck and why, in a few lines (CI shows little of the
+            // output), and keep the daemon's log.
+            let log = d.log();
+            let kept = std::env::temp_dir().join(format!("{}-concord.log", d.namespace));
+            std::fs::write(&kept, &log).ok();
+            for o in objects
+                .iter()
+                .filter(|o| o.pending || o.observed_generation < o.generation)
+            {
+                println!(
+                    "stuck {} desired={} observed={} gen={}/{} retries={} error={}",
+                    o.id,
+                    o.desired,
+                    o.observed,
+                    o.observed_generation,
+                    o.generation,
+                    o.retries,
+                    o.last_error
+                );
+                for line in log.lines().filter(|l| l.contains(&o.id)).rev().take(4) {
+                    println!("  {line}");
+                }
+            }
+            panic!("not converged after 60 s; log kept at {}", kept.display());
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut ready = 0;
@@ -246,18 +289,10 @@ async fn kill_9_at_random_moments_converges_and_leaks_nothing() {
         "shims leaked: {}",
         String::from_utf8_lossy(&shims.stdout)
     );
-    let leaked_ips: Vec<String> = std::fs::read_dir("/var/lib/cni/networks/rig-bridge")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| {
-                    std::fs::read_to_string(e.path())
-                        .map(|c| items.iter().any(|s| c.contains(&s.id)))
-                        .unwrap_or(false)
-                })
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let leaked_ips: Vec<String> = allocations()
+        .into_iter()
+        .filter(|a| !allocated_before.contains(a))
+        .collect();
     assert!(
         leaked_ips.is_empty(),
         "IP allocations leaked: {leaked_ips:?}"

@@ -8,9 +8,6 @@ use k8s_cri::v1 as cri;
 use super::{ApiError, Runtime};
 use crate::journal::{sandbox_name, Event, ObjectKey, SandboxDesired};
 
-/// Runtime handlers concord knows: the default ("") and runc.
-const HANDLERS: &[&str] = &["", "runc"];
-
 impl Runtime {
     pub async fn run_pod_sandbox(
         &self,
@@ -21,10 +18,21 @@ impl Runtime {
             .config
             .ok_or_else(|| ApiError::invalid("config", "required"))?;
         validate(&config)?;
-        if !HANDLERS.contains(&req.runtime_handler.as_str()) {
+        if self.config.runtime.handler(&req.runtime_handler).is_none() {
+            let known: Vec<&str> = self
+                .config
+                .runtime
+                .handlers
+                .keys()
+                .map(String::as_str)
+                .collect();
             return Err(ApiError::invalid(
                 "runtime_handler",
-                format!("unknown handler {:?} (known: runc)", req.runtime_handler),
+                format!(
+                    "unknown handler {:?} (configured: {})",
+                    req.runtime_handler,
+                    known.join(", ")
+                ),
             ));
         }
         let name = sandbox_name(config.metadata.as_ref().expect("validated"));

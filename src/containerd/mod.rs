@@ -8,6 +8,7 @@ mod health;
 mod objects;
 
 pub use health::{spawn_health_monitor, Health};
+pub use objects::ContainerRuntime;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +32,9 @@ use crate::metrics::Metrics;
 
 /// Label on every containerd object concord creates, naming the concord object that owns it.
 pub const OWNER_LABEL: &str = "io.concord.owner";
+
+/// Longest wait for a unary containerd call.
+pub const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// containerd's GC removes a lease after this label's time (RFC 3339).
 const LEASE_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
 
@@ -124,7 +128,22 @@ impl Containerd {
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let start = Instant::now();
-        let result = fut.await;
+        // A call containerd never answers (a wedged shim) must not hold a reconcile forever:
+        // unary calls get a deadline; the long ones (waiting for an exit, applying a layer,
+        // measuring a snapshot, reading a blob) are bounded by their callers.
+        let result = if matches!(
+            call,
+            "Tasks.Wait" | "Diff.Apply" | "Snapshots.Usage" | "Content.Read"
+        ) {
+            fut.await
+        } else {
+            match tokio::time::timeout(CALL_DEADLINE, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "containerd did not answer within {CALL_DEADLINE:?}"
+                ))),
+            }
+        };
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),

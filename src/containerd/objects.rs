@@ -14,6 +14,44 @@ use containerd_client::types::Mount;
 
 use super::{Containerd, ContainerdError, OWNER_LABEL};
 
+/// The containerd runtime (shim) a container runs with, and its options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerRuntime {
+    pub name: String,
+    pub options: Option<prost_types::Any>,
+}
+
+/// The runc shim's options (`containerd.runc.v1.Options`; only the fields concord sets).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RuncOptions {
+    #[prost(string, tag = "6")]
+    binary_name: String,
+    #[prost(string, tag = "7")]
+    root: String,
+    #[prost(bool, tag = "9")]
+    systemd_cgroup: bool,
+}
+
+impl ContainerRuntime {
+    /// The runtime of a configured handler; runc shims get their options (binary, root, systemd
+    /// cgroups), other shims none.
+    pub fn of(handler: &crate::config::RuntimeHandler, systemd_cgroup: bool) -> ContainerRuntime {
+        let runc = handler.runtime_type.starts_with("io.containerd.runc.");
+        let options = RuncOptions {
+            binary_name: handler.binary_name.clone(),
+            root: handler.root.clone(),
+            systemd_cgroup,
+        };
+        ContainerRuntime {
+            name: handler.runtime_type.clone(),
+            options: (runc && options != RuncOptions::default()).then(|| prost_types::Any {
+                type_url: "containerd.runc.v1.Options".into(),
+                value: prost::Message::encode_to_vec(&options),
+            }),
+        }
+    }
+}
+
 /// Type URL containerd expects for a JSON runtime spec.
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
@@ -86,6 +124,62 @@ impl Containerd {
         }
     }
 
+    /// Containers and snapshots (of `snapshotter`) whose owner label starts with `prefix`:
+    /// (object id or snapshot key, owner). For the resync's orphan scan.
+    pub async fn list_owned(
+        &self,
+        snapshotter: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, ContainerdError> {
+        let filter = format!("labels.\"{OWNER_LABEL}\"");
+        let req = containerd_client::services::v1::ListContainersRequest {
+            filters: vec![filter.clone()],
+        };
+        let r = self
+            .call(
+                "containers",
+                "List",
+                "Containers.List",
+                self.containers().list(self.request(req)),
+            )
+            .await?;
+        let mut owned: Vec<(String, String)> = r
+            .containers
+            .into_iter()
+            .filter_map(|c| Some((c.id, c.labels.get(OWNER_LABEL)?.clone())))
+            .collect();
+        let req = containerd_client::services::v1::snapshots::ListSnapshotsRequest {
+            snapshotter: snapshotter.into(),
+            filters: vec![filter],
+        };
+        let mut stream = self
+            .call(
+                "snapshots",
+                "List",
+                "Snapshots.List",
+                self.snapshots().list(self.request(req)),
+            )
+            .await?;
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) => owned.extend(
+                    m.info
+                        .into_iter()
+                        .filter_map(|i| Some((i.name, i.labels.get(OWNER_LABEL)?.clone()))),
+                ),
+                Ok(None) => break,
+                Err(status) => {
+                    return Err(ContainerdError::Call {
+                        call: "Snapshots.List",
+                        status,
+                    })
+                }
+            }
+        }
+        owned.retain(|(_, owner)| owner.starts_with(prefix));
+        Ok(owned)
+    }
+
     /// Whether container `id` exists.
     pub async fn container_exists(&self, id: &str) -> Result<bool, ContainerdError> {
         let req = containerd_client::services::v1::GetContainerRequest { id: id.into() };
@@ -149,13 +243,13 @@ impl Containerd {
         )
     }
 
-    /// Creates container `id` running `spec` (JSON) with runtime `runtime` on snapshot `snapshot_key`.
+    /// Creates container `id` running `spec` (JSON) with `runtime` on snapshot `snapshot_key`.
     #[allow(clippy::too_many_arguments)]
     pub async fn create_container(
         &self,
         id: &str,
         image: &str,
-        runtime: &str,
+        runtime: &ContainerRuntime,
         spec: &serde_json::Value,
         snapshotter: &str,
         snapshot_key: &str,
@@ -168,8 +262,8 @@ impl Containerd {
             labels,
             image: image.into(),
             runtime: Some(Runtime {
-                name: runtime.into(),
-                options: None,
+                name: runtime.name.clone(),
+                options: runtime.options.clone(),
             }),
             spec: Some(prost_types::Any {
                 type_url: SPEC_TYPE_URL.into(),

@@ -126,11 +126,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let cni = Cni::new(
         config.cni.bin_dirs.clone(),
         config.state_dir.join("cni-cache"),
-        Duration::from_secs(60),
-    );
+        Duration::from_secs(config.cni.plugin_timeout_seconds),
+    )
+    .with_metrics(metrics.clone());
     let reconciler = Arc::new(Dispatch {
         runtime_config: RuntimeConfigReconciler::new(network.clone()),
-        sandbox: SandboxReconciler::new(
+        sandbox: Arc::new(SandboxReconciler::new(
             ctd.clone(),
             images.clone(),
             network.clone(),
@@ -139,14 +140,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             SandboxSettings {
                 snapshotter: config.containerd.snapshotter.clone(),
                 sandbox_image: config.sandbox_image.clone(),
-                runtime: "io.containerd.runc.v2".into(),
+                runtime: config.runtime.clone(),
                 state_dir: config.state_dir.join("sandboxes"),
+                netns_dir: config.netns_dir.clone(),
             },
-        ),
+            metrics.clone(),
+        )),
     });
     let controller = Controller::new(
         journal.clone(),
-        reconciler,
+        reconciler.clone(),
         metrics.clone(),
         config.reconcile.clone(),
         loop_stop.clone(),
@@ -161,6 +164,27 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         controller.on_resync(move || {
             let images = images.clone();
             tokio::spawn(async move { images.refresh_all().await });
+        });
+    }
+    {
+        // Every resync also looks for what belongs to no sandbox record and queues its removal.
+        let sandboxes = reconciler.sandbox.clone();
+        let weak = Arc::downgrade(&controller);
+        let journal = journal.clone();
+        controller.on_resync(move || {
+            let (sandboxes, weak, journal) = (sandboxes.clone(), weak.clone(), journal.clone());
+            tokio::spawn(async move {
+                match sandboxes.orphans(&journal).await {
+                    Ok(ids) => {
+                        for id in ids {
+                            let Some(c) = weak.upgrade() else { return };
+                            tracing::warn!(sandbox_id = %id, "orphaned sandbox resources found; removing them");
+                            c.wake(crate::journal::ObjectKey::Sandbox(id));
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "orphan scan skipped"),
+                }
+            });
         });
     }
     let controller_task = controller.spawn();

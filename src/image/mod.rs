@@ -77,6 +77,9 @@ pub struct Images {
     usage: RwLock<Option<FsUsage>>,
     /// Serialises index updates: each reads containerd and replaces the index.
     update: tokio::sync::Mutex<()>,
+    /// True once the index was loaded from containerd (before that, "not in the index" means
+    /// nothing).
+    loaded: tokio::sync::watch::Sender<bool>,
 }
 
 impl Images {
@@ -90,7 +93,14 @@ impl Images {
             inflight: Mutex::new(HashMap::new()),
             usage: RwLock::new(None),
             update: tokio::sync::Mutex::new(()),
+            loaded: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Waits (at most `timeout`) until the index was loaded from containerd once.
+    pub async fn wait_loaded(&self, timeout: std::time::Duration) {
+        let mut rx = self.loaded.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|l| *l)).await;
     }
 
     /// The current index (never waits).
@@ -123,6 +133,7 @@ impl Images {
             Ok(idx) => {
                 self.metrics.images.set(idx.len() as i64);
                 *self.index.write() = Arc::new(idx);
+                self.loaded.send_replace(true);
             }
             Err(e) => tracing::warn!(error = %e, "cannot list images"),
         }

@@ -57,6 +57,9 @@ impl Images {
 
     /// Pulls `image` unless an image by that name is already present (the sandbox image).
     pub async fn ensure(self: &Arc<Self>, image: &str) -> Result<String, Arc<ImageError>> {
+        // Right after a start the index may not be loaded yet: a present image is not pulled
+        // again just because the loop got there first.
+        self.wait_loaded(std::time::Duration::from_secs(10)).await;
         if let Some(img) = self.index().find(image) {
             return Ok(img.id().to_string());
         }

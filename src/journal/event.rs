@@ -287,6 +287,26 @@ impl State {
         counts.into_iter().collect()
     }
 
+    /// Sandboxes by lifecycle state (creating, ready, notready, removing), every state present.
+    pub fn sandbox_states(&self) -> [(&'static str, usize); 4] {
+        let mut n = [
+            ("creating", 0),
+            ("ready", 0),
+            ("notready", 0),
+            ("removing", 0),
+        ];
+        for s in self.sandboxes.values() {
+            let i = match s.desired {
+                SandboxDesired::Removed => 3,
+                _ if s.ready() => 1,
+                SandboxDesired::Ready if s.pid.is_none() => 0,
+                _ => 2,
+            };
+            n[i].1 += 1;
+        }
+        n
+    }
+
     /// Objects by key, sorted (for introspection listings).
     pub fn objects(&self) -> BTreeMap<ObjectKey, u64> {
         self.keys()

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub pull_bytes: IntCounter,
     pub pulls_in_progress: IntGauge,
     pub images: IntGauge,
+    pub cni_calls: IntCounterVec,
+    pub cni_duration: HistogramVec,
+    pub sandbox_step_duration: HistogramVec,
+    pub sandboxes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -242,6 +246,40 @@ impl Metrics {
             images: reg(
                 r,
                 IntGauge::new("concord_images", "Images known in concord's containerd namespace").unwrap(),
+            ),
+            cni_calls: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_cni_plugin_calls_total", "CNI plugin executions, by plugin type, command (ADD, DEL) and result (ok, error, timeout)"),
+                    &["plugin", "command", "result"],
+                )
+                .unwrap(),
+            ),
+            cni_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("concord_cni_plugin_duration_seconds", "Time a CNI plugin execution took, by plugin type and command")
+                        .buckets(containerd_buckets()),
+                    &["plugin", "command"],
+                )
+                .unwrap(),
+            ),
+            sandbox_step_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("concord_sandbox_step_duration_seconds", "Time of one step of running, stopping or removing a pod sandbox (netns, cni_add, cni_del, snapshot, container_create, task_start, task_stop, netns_remove, container_remove)")
+                        .buckets(containerd_buckets()),
+                    &["step"],
+                )
+                .unwrap(),
+            ),
+            sandboxes: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("concord_sandboxes", "Pod sandboxes by state: creating, ready, notready (exited or stopped), removing"),
+                    &["state"],
+                )
+                .unwrap(),
             ),
             registry,
         }

@@ -6,12 +6,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::cni_config::{find_plugin, CniNetwork};
+use crate::metrics::Metrics;
 
 /// One attachment of a sandbox to a network.
 #[derive(Debug, Clone)]
@@ -69,6 +71,7 @@ pub struct Cni {
     bin_dirs: Vec<PathBuf>,
     cache_dir: PathBuf,
     timeout: Duration,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Cni {
@@ -77,7 +80,50 @@ impl Cni {
             bin_dirs,
             cache_dir,
             timeout,
+            metrics: None,
         }
+    }
+
+    /// Counts and times every plugin call in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Cni {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Container ids with a cached ADD result on interface `ifname`.
+    pub fn cached_ids(&self, ifname: &str) -> Vec<String> {
+        let suffix = format!("-{ifname}.json");
+        std::fs::read_dir(&self.cache_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let name = e.file_name().into_string().ok()?;
+                        let stem = name.strip_suffix(&suffix)?;
+                        Some(stem.rsplit('-').next()?.to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The cached ADD of `a`: under `network`, else under whatever network it was made with
+    /// (the config changed or is gone since; the DEL must still undo it).
+    fn find_cache(&self, network: &str, a: &Attachment) -> PathBuf {
+        let path = self.cache_path(network, a);
+        if path.exists() {
+            return path;
+        }
+        let suffix = format!("-{}-{}.json", a.container_id, a.ifname);
+        std::fs::read_dir(&self.cache_dir)
+            .ok()
+            .and_then(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.ends_with(&suffix))
+                })
+            })
+            .unwrap_or(path)
     }
 
     fn cache_path(&self, network: &str, a: &Attachment) -> PathBuf {
@@ -119,7 +165,7 @@ impl Cni {
         network_name: &str,
         a: &Attachment,
     ) -> Result<(), CniError> {
-        let path = self.cache_path(network_name, a);
+        let path = self.find_cache(network_name, a);
         let cached: Option<Value> = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
@@ -200,6 +246,33 @@ impl Cni {
     }
 
     async fn exec(
+        &self,
+        command: &'static str,
+        net: &CniNetwork,
+        plugin: &Value,
+        conf: &Value,
+        a: &Attachment,
+    ) -> Result<Value, CniError> {
+        let start = std::time::Instant::now();
+        let out = self.run_plugin(command, net, plugin, conf, a).await;
+        if let Some(m) = &self.metrics {
+            let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
+            let result = match &out {
+                Ok(_) => "ok",
+                Err(CniError::Timeout { .. }) => "timeout",
+                Err(_) => "error",
+            };
+            m.cni_calls
+                .with_label_values(&[kind, command, result])
+                .inc();
+            m.cni_duration
+                .with_label_values(&[kind, command])
+                .observe(start.elapsed().as_secs_f64());
+        }
+        out
+    }
+
+    async fn run_plugin(
         &self,
         command: &'static str,
         net: &CniNetwork,

@@ -47,12 +47,15 @@ pub enum ReconcileError {
     /// A fact could not be recorded.
     #[error("recording a fact failed: {0}")]
     Journal(#[from] crate::journal::AppendError),
+    /// The reconcile did not finish in time (it is abandoned and retried).
+    #[error("reconcile did not finish within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Routes each key to the reconciler of its kind.
 pub struct Dispatch {
     pub runtime_config: RuntimeConfigReconciler,
-    pub sandbox: SandboxReconciler,
+    pub sandbox: Arc<SandboxReconciler>,
 }
 
 impl Reconciler for Dispatch {
@@ -208,6 +211,7 @@ impl Controller {
                 .with_label_values(&[kind])
                 .set(n as i64);
         }
+        self.count_sandboxes(&state);
         let keys = state.keys();
         // Forget the loop's records of objects that no longer exist.
         {
@@ -219,6 +223,12 @@ impl Controller {
         tracing::debug!(reason, objects = keys.len(), "resync");
         for key in keys {
             self.wake(key);
+        }
+    }
+
+    fn count_sandboxes(&self, state: &State) {
+        for (s, n) in state.sandbox_states() {
+            self.metrics.sandboxes.with_label_values(&[s]).set(n as i64);
         }
     }
 
@@ -302,11 +312,15 @@ impl Controller {
         let generation = state.generation(key);
         let span = tracing::info_span!("reconcile", kind = key.kind(), id = key.id(), generation);
         let start = Instant::now();
-        let result = self
-            .reconciler
-            .reconcile(key, &state)
-            .instrument(span.clone())
-            .await;
+        let limit = Duration::from_secs(self.config.timeout_seconds);
+        let result = tokio::time::timeout(
+            limit,
+            self.reconciler
+                .reconcile(key, &state)
+                .instrument(span.clone()),
+        )
+        .await
+        .unwrap_or(Err(ReconcileError::Timeout(limit)));
         let kind = key.kind();
         self.metrics
             .reconcile_duration
@@ -355,6 +369,9 @@ impl Controller {
             }
         };
         self.epoch.send_modify(|e| *e += 1);
+        if kind == "sandbox" {
+            self.count_sandboxes(&self.journal.state());
+        }
         if let Some(delay) = retry_in {
             let this = self.clone();
             let key = key.clone();

@@ -11,9 +11,10 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::{ReconcileError, Reconciled};
-use crate::containerd::Containerd;
+use crate::containerd::{ContainerRuntime, Containerd};
 use crate::image::Images;
 use crate::journal::{Event, JournalHandle, SandboxDesired, SandboxRecord, State};
+use crate::metrics::Metrics;
 use crate::network::cni::{Attachment, Cni};
 use crate::network::{netns, Network, NetworkStatus};
 use crate::oci::{sandbox_spec, Ns, SandboxSpec, SANDBOX_OOM_SCORE_ADJ};
@@ -23,10 +24,12 @@ use crate::oci::{sandbox_spec, Ns, SandboxSpec, SANDBOX_OOM_SCORE_ADJ};
 pub struct SandboxSettings {
     pub snapshotter: String,
     pub sandbox_image: String,
-    /// containerd runtime of the default handler.
-    pub runtime: String,
+    /// Runtime handlers and the cgroup driver.
+    pub runtime: crate::config::RuntimeConfig,
     /// Directory for per-sandbox files.
     pub state_dir: PathBuf,
+    /// Where network namespaces are pinned (named by sandbox id).
+    pub netns_dir: PathBuf,
 }
 
 /// The sandbox reconciler.
@@ -37,6 +40,7 @@ pub struct SandboxReconciler {
     cni: Cni,
     journal: JournalHandle,
     settings: SandboxSettings,
+    metrics: Arc<Metrics>,
 }
 
 const IFNAME: &str = "eth0";
@@ -49,6 +53,7 @@ impl SandboxReconciler {
         cni: Cni,
         journal: JournalHandle,
         settings: SandboxSettings,
+        metrics: Arc<Metrics>,
     ) -> SandboxReconciler {
         SandboxReconciler {
             ctd,
@@ -57,15 +62,26 @@ impl SandboxReconciler {
             cni,
             journal,
             settings,
+            metrics,
         }
+    }
+
+    /// Runs one step, timing it into concord_sandbox_step_duration_seconds{step}.
+    async fn timed<T>(&self, step: &'static str, f: impl std::future::Future<Output = T>) -> T {
+        let start = std::time::Instant::now();
+        let out = f.await;
+        self.metrics
+            .sandbox_step_duration
+            .with_label_values(&[step])
+            .observe(start.elapsed().as_secs_f64());
+        out
     }
 
     /// One reconcile of sandbox `id` against `state`.
     pub async fn reconcile(&self, id: &str, state: &State) -> Result<Reconciled, ReconcileError> {
         let Some(rec) = state.sandboxes.get(id) else {
-            // No record: whatever carries this id is an orphan (a crash between teardown and the
-            // record's removal, or before the record was written).
-            self.teardown(id, None).await;
+            // No record: whatever carries this id is an orphan (found by the resync's scan).
+            self.remove_orphan(id).await?;
             return Ok(Reconciled::default());
         };
         match rec.desired {
@@ -90,7 +106,7 @@ impl SandboxReconciler {
                         id: id.into(),
                         error: e.to_string(),
                     }];
-                    if self.teardown(id, Some(rec)).await {
+                    if self.teardown(id, rec).await {
                         facts.push(Event::SandboxRemoved { id: id.into() });
                     }
                     self.journal.append(facts).await?;
@@ -211,10 +227,13 @@ impl SandboxReconciler {
                 netns::remove(&path)
                     .map_err(|e| Self::err(id, "creating the network namespace", e))?;
                 let p = path.clone();
-                tokio::task::spawn_blocking(move || netns::create(&p))
-                    .await
-                    .map_err(|e| Self::err(id, "creating the network namespace", e))?
-                    .map_err(|e| Self::err(id, "creating the network namespace", e))?;
+                self.timed(
+                    "netns",
+                    tokio::task::spawn_blocking(move || netns::create(&p)),
+                )
+                .await
+                .map_err(|e| Self::err(id, "creating the network namespace", e))?
+                .map_err(|e| Self::err(id, "creating the network namespace", e))?;
             }
             let net = match self.network.status() {
                 NetworkStatus::Ready(n) => n,
@@ -238,8 +257,7 @@ impl SandboxReconciler {
                 tracing::debug!(sandbox_id = id, error = %e, "CNI DEL before ADD failed");
             }
             let result = self
-                .cni
-                .add(&net, &attachment)
+                .timed("cni_add", self.cni.add(&net, &attachment))
                 .await
                 .map_err(|e| Self::err(id, "CNI ADD", e))?;
             Ok(ips_of(&result))
@@ -274,33 +292,55 @@ impl SandboxReconciler {
                 {
                     Some(m) => m,
                     None => {
-                        self.ctd
-                            .prepare_snapshot(
+                        self.timed(
+                            "snapshot",
+                            self.ctd.prepare_snapshot(
                                 &self.settings.snapshotter,
                                 id,
                                 &img.resolved.chain_id,
                                 &format!("sandbox:{id}"),
                                 &lease,
-                            )
-                            .await?
+                            ),
+                        )
+                        .await?
                     }
                 };
                 if !self.ctd.container_exists(id).await? {
+                    let handler = self
+                        .settings
+                        .runtime
+                        .handler(&rec.runtime_handler)
+                        .ok_or_else(|| {
+                            Self::err(
+                                id,
+                                "creating the sandbox container",
+                                format!(
+                                    "runtime handler {:?} is no longer configured",
+                                    rec.runtime_handler
+                                ),
+                            )
+                        })?;
+                    let runtime = ContainerRuntime::of(
+                        handler,
+                        self.settings.runtime.cgroup_driver == "systemd",
+                    );
                     let spec = sandbox_spec(&self.spec_input(rec), &img.resolved.config);
                     let labels =
                         [("io.cri-containerd.kind".to_string(), "sandbox".to_string())].into();
-                    self.ctd
-                        .create_container(
+                    self.timed(
+                        "container_create",
+                        self.ctd.create_container(
                             id,
                             &self.settings.sandbox_image,
-                            &self.settings.runtime,
+                            &runtime,
                             &spec,
                             &self.settings.snapshotter,
                             id,
                             &format!("sandbox:{id}"),
                             labels,
-                        )
-                        .await?;
+                        ),
+                    )
+                    .await?;
                 }
                 Ok::<_, ReconcileError>(mounts)
             }
@@ -314,8 +354,13 @@ impl SandboxReconciler {
         let (ips, mounts) = futures::future::try_join(network, filesystem).await?;
         // A task left by an interrupted start is replaced.
         self.ctd.end_task(id, Duration::from_secs(10)).await?;
-        let pid = self.ctd.create_task(id, mounts).await?;
-        self.ctd.start_task(id).await?;
+        let pid = self
+            .timed("task_start", async {
+                let pid = self.ctd.create_task(id, mounts).await?;
+                self.ctd.start_task(id).await?;
+                Ok::<_, ReconcileError>(pid)
+            })
+            .await?;
         Ok((ips, pid))
     }
 
@@ -381,20 +426,24 @@ impl SandboxReconciler {
     /// Task, then CNI DEL (always, also when the netns is gone), then the netns.
     async fn stop(&self, rec: &SandboxRecord) -> Result<(), ReconcileError> {
         let id = rec.id.as_str();
-        self.ctd.end_task(id, Duration::from_secs(10)).await?;
+        self.timed("task_stop", self.ctd.end_task(id, Duration::from_secs(10)))
+            .await?;
         if rec.netns_path.is_some() {
             let net = match self.network.status() {
                 NetworkStatus::Ready(n) => Some(n),
                 NetworkStatus::NotReady(_) => None,
             };
             let name = net.as_ref().map(|n| n.name.clone()).unwrap_or_default();
-            self.cni
-                .del(net.as_ref(), &name, &self.attachment(rec))
-                .await
-                .map_err(|e| Self::err(id, "CNI DEL", e))?;
+            self.timed(
+                "cni_del",
+                self.cni.del(net.as_ref(), &name, &self.attachment(rec)),
+            )
+            .await
+            .map_err(|e| Self::err(id, "CNI DEL", e))?;
         }
         if let Some(p) = &rec.netns_path {
-            netns::remove(&PathBuf::from(p))
+            self.timed("netns_remove", async { netns::remove(&PathBuf::from(p)) })
+                .await
                 .map_err(|e| Self::err(id, "removing the network namespace", e))?;
         }
         Ok(())
@@ -402,10 +451,13 @@ impl SandboxReconciler {
 
     /// Container, snapshot, per-sandbox state.
     async fn remove(&self, id: &str) -> Result<(), ReconcileError> {
-        self.ctd.delete_container(id).await?;
-        self.ctd
-            .remove_snapshot(&self.settings.snapshotter, id)
-            .await?;
+        self.timed("container_remove", async {
+            self.ctd.delete_container(id).await?;
+            self.ctd
+                .remove_snapshot(&self.settings.snapshotter, id)
+                .await
+        })
+        .await?;
         let dir = self.settings.state_dir.join(id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -415,16 +467,60 @@ impl SandboxReconciler {
         Ok(())
     }
 
+    /// Sandbox ids something of ours exists for (containerd container or snapshot, pinned
+    /// netns, cached CNI result) that the journal has no record of: orphans of a crash that lost
+    /// the journal, of an older concord, or of a bug. Lists first, then reads the journal: a
+    /// record is written before anything is created, so nothing being created is listed.
+    pub async fn orphans(&self, journal: &JournalHandle) -> Result<Vec<String>, ReconcileError> {
+        let mut ids: std::collections::BTreeSet<String> = self
+            .ctd
+            .list_owned(&self.settings.snapshotter, "sandbox:")
+            .await?
+            .into_iter()
+            .map(|(_, owner)| owner.trim_start_matches("sandbox:").to_string())
+            .collect();
+        for p in netns::list(&self.settings.netns_dir) {
+            ids.extend(p.file_name().and_then(|n| n.to_str()).map(String::from));
+        }
+        ids.extend(self.cni.cached_ids(IFNAME));
+        ids.retain(|id| is_sandbox_id(id));
+        let state = journal.state();
+        ids.retain(|id| !state.sandboxes.contains_key(id));
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Removes what an orphan left (no record: what it would have named is found by id).
+    async fn remove_orphan(&self, id: &str) -> Result<(), ReconcileError> {
+        self.ctd.end_task(id, Duration::from_secs(10)).await?;
+        let netns = self.settings.netns_dir.join(id);
+        let attachment = Attachment {
+            container_id: id.to_string(),
+            netns: if netns::exists(&netns) {
+                netns.clone()
+            } else {
+                PathBuf::new()
+            },
+            ifname: IFNAME.into(),
+            args: vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), id.to_string()),
+            ],
+            capabilities: Map::new(),
+        };
+        self.cni
+            .del(None, "", &attachment)
+            .await
+            .map_err(|e| Self::err(id, "CNI DEL", e))?;
+        netns::remove(&netns).map_err(|e| Self::err(id, "removing the network namespace", e))?;
+        self.remove(id).await
+    }
+
     /// Full teardown; answers whether every step succeeded (failures are logged).
-    async fn teardown(&self, id: &str, rec: Option<&SandboxRecord>) -> bool {
+    async fn teardown(&self, id: &str, rec: &SandboxRecord) -> bool {
         let mut ok = true;
-        if let Some(rec) = rec {
-            if let Err(e) = self.stop(rec).await {
-                tracing::warn!(sandbox_id = id, error = %e, "teardown: stop failed");
-                ok = false;
-            }
-        } else {
-            ok &= self.ctd.end_task(id, Duration::from_secs(10)).await.is_ok();
+        if let Err(e) = self.stop(rec).await {
+            tracing::warn!(sandbox_id = id, error = %e, "teardown: stop failed");
+            ok = false;
         }
         if ok {
             if let Err(e) = self.remove(id).await {
@@ -434,6 +530,14 @@ impl SandboxReconciler {
         }
         ok
     }
+}
+
+/// Whether `s` has the shape of a sandbox id (64 lowercase hex characters): only such names in
+/// shared directories are taken for concord's.
+fn is_sandbox_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn observed(v: Value) -> Reconciled {
