@@ -106,18 +106,25 @@ async fn kill_9_at_random_moments_converges_and_leaks_nothing() {
     let workers: Vec<_> = (0..2)
         .map(|_| tokio::spawn(churn(d.socket.clone(), next.clone(), stop.clone())))
         .collect();
+    let mut restarts = Duration::ZERO;
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(20..400))).await;
         d.kill9();
-        d.start().await;
+        restarts += d.start().await;
     }
+    let kills_done = std::time::Instant::now();
     stop.store(true, Ordering::SeqCst);
     for w in workers {
         let _ = w.await;
     }
     println!(
-        "{kills} kills during {} sandbox runs",
-        next.load(Ordering::SeqCst)
+        "workers stopped in {:.1} s",
+        kills_done.elapsed().as_secs_f64()
+    );
+    println!(
+        "{kills} kills during {} sandbox runs; restarts took {:.1} s in all",
+        next.load(Ordering::SeqCst),
+        restarts.as_secs_f64()
     );
 
     // Converged: every sandbox is Ready with an address and a running pause, or NotReady after a
@@ -174,6 +181,9 @@ async fn kill_9_at_random_moments_converges_and_leaks_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    if std::env::var_os("CONCORD_KEEP_LOG").is_some() {
+        std::fs::write("/tmp/crash-concord.log", d.log()).ok();
+    }
     let mut ready = 0;
     for s in &items {
         let st = rt
@@ -194,7 +204,12 @@ async fn kill_9_at_random_moments_converges_and_leaks_nothing() {
             );
         }
     }
-    println!("{} sandboxes after the kills, {ready} Ready", items.len());
+    println!(
+        "{} sandboxes after the kills, {ready} Ready, converged in {:.1} s",
+        items.len(),
+        start.elapsed().as_secs_f64()
+    );
+    let removing = std::time::Instant::now();
 
     // Remove them all; then nothing may be left anywhere.
     // As kubelet does, a failed remove is retried (the loop retries the teardown meanwhile).
@@ -217,7 +232,10 @@ async fn kill_9_at_random_moments_converges_and_leaks_nothing() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    println!("{retried} removes needed a retry");
+    println!(
+        "removed in {:.1} s; {retried} removes needed a retry",
+        removing.elapsed().as_secs_f64()
+    );
 
     assert!(rt
         .list_pod_sandbox(cri::ListPodSandboxRequest::default())

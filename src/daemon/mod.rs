@@ -154,11 +154,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.reconcile.clone(),
         loop_stop.clone(),
     );
-    let images = Images::new(
-        ctd.clone(),
-        ImageSettings::from_config(&config),
-        metrics.clone(),
-    );
     {
         let images = images.clone();
         controller.on_resync(move || {
