@@ -304,3 +304,240 @@ async fn bad_sandbox_requests_name_the_field_and_create_nothing() {
     assert!(list(&d).await.is_empty());
     assert_eq!(netns_files(&d), 0);
 }
+
+/// The pause process's pid, from the verbose status.
+async fn pause_pid(d: &Daemon, id: &str) -> u32 {
+    let mut rt = d.runtime().await;
+    let s = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&s.info["info"]).unwrap();
+    info["pid"].as_u64().expect("a running sandbox has a pid") as u32
+}
+
+/// The inode of a namespace file (two processes share a namespace iff these agree).
+fn ns_inode(path: impl AsRef<std::path::Path>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path.as_ref())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
+        .ino()
+}
+
+/// Runs `f` on a thread that joined the namespaces `nss` (path, kind) first: sockets it opens
+/// live in that network namespace, /proc/sys/net and gethostname answer for it.
+fn inside<T: Send + 'static>(
+    nss: Vec<(String, nix::sched::CloneFlags)>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        for (path, kind) in nss {
+            let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            nix::sched::setns(fd, kind).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        }
+        f()
+    })
+}
+
+fn net_of(d: &Daemon, id: &str) -> Vec<(String, nix::sched::CloneFlags)> {
+    vec![(
+        d.dir.join("netns").join(id).display().to_string(),
+        nix::sched::CloneFlags::CLONE_NEWNET,
+    )]
+}
+
+/// A TCP server on `port` in the pod's network namespace: answers "pong <what it read>" once.
+fn serve_once(d: &Daemon, id: &str, port: u16) -> std::thread::JoinHandle<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = inside(net_of(d, id), move || {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).unwrap();
+        s.write_all(format!("pong {}", String::from_utf8_lossy(&buf[..n])).as_bytes())
+            .unwrap();
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server listening");
+    h
+}
+
+fn ping(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+async fn remove_all(d: &Daemon) {
+    let mut rt = d.runtime().await;
+    for s in list(d).await {
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: s.id,
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn two_pods_reach_each_other_and_a_host_port_reaches_a_pod_from_the_host() {
+    let d = daemon().await;
+    let a = run(&d, config("net-a", false)).await.unwrap();
+    let host_port = 30000 + fastrand::u16(..20000);
+    let mut cb = config("net-b", false);
+    cb.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: host_port as i32,
+        host_ip: String::new(),
+    }];
+    let b = run(&d, cb).await.unwrap();
+    let ip_b: std::net::IpAddr = status(&d, &b)
+        .await
+        .unwrap()
+        .network
+        .unwrap()
+        .ip
+        .parse()
+        .unwrap();
+
+    // Pod a → pod b over the bridge.
+    let server = serve_once(&d, &b, 8080);
+    let target = std::net::SocketAddr::new(ip_b, 8080);
+    let answer = inside(net_of(&d, &a), move || ping(target)).join().unwrap();
+    assert_eq!(answer, "pong ping");
+    server.join().unwrap();
+
+    // The host → hostPort on a host address (the bridge's gateway) → pod b's 8080 (portmap DNAT).
+    let gateway: std::net::IpAddr = "10.88.0.1".parse().unwrap();
+    let server = serve_once(&d, &b, 8080);
+    let answer =
+        tokio::task::spawn_blocking(move || ping(std::net::SocketAddr::new(gateway, host_port)))
+            .await
+            .unwrap();
+    assert_eq!(answer, "pong ping");
+    server.join().unwrap();
+    remove_all(&d).await;
+}
+
+#[tokio::test]
+async fn namespace_options_hostname_sysctls_and_dns_are_applied() {
+    use nix::sched::CloneFlags;
+    let d = daemon().await;
+    let own = |kind: &str| ns_inode(format!("/proc/self/ns/{kind}"));
+
+    // A pod of its own: own net, pid, ipc and uts; hostname, sysctls and DNS as asked.
+    let mut c = config("own-ns", false);
+    c.hostname = "own-host".into();
+    let linux = c.linux.as_mut().unwrap();
+    linux.sysctls = [
+        ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+        (
+            "net.ipv4.ip_local_port_range".to_string(),
+            "20000 21000".to_string(),
+        ),
+    ]
+    .into();
+    c.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["default.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let id = run(&d, c).await.unwrap();
+    let pid = pause_pid(&d, &id).await;
+    let proc_ns = |kind: &str| format!("/proc/{pid}/ns/{kind}");
+    for kind in ["net", "pid", "ipc", "uts"] {
+        assert_ne!(
+            ns_inode(proc_ns(kind)),
+            own(kind),
+            "{kind} namespace is the pod's"
+        );
+    }
+    assert_eq!(
+        ns_inode(proc_ns("net")),
+        ns_inode(d.dir.join("netns").join(&id)),
+        "the pause joined the pinned netns"
+    );
+    let read = |p: &'static str| move || std::fs::read_to_string(p).unwrap().trim().to_string();
+    let (hostname, shm, range, unpriv) = inside(
+        vec![
+            (proc_ns("uts"), CloneFlags::CLONE_NEWUTS),
+            (proc_ns("ipc"), CloneFlags::CLONE_NEWIPC),
+            (proc_ns("net"), CloneFlags::CLONE_NEWNET),
+        ],
+        move || {
+            (
+                nix::unistd::gethostname().unwrap().into_string().unwrap(),
+                read("/proc/sys/kernel/shm_rmid_forced")(),
+                read("/proc/sys/net/ipv4/ip_local_port_range")(),
+                read("/proc/sys/net/ipv4/ip_unprivileged_port_start")(),
+            )
+        },
+    )
+    .join()
+    .unwrap();
+    assert_eq!(hostname, "own-host");
+    assert_eq!(shm, "1");
+    assert_eq!(
+        range.split_whitespace().collect::<Vec<_>>(),
+        ["20000", "21000"]
+    );
+    assert_eq!(unpriv, "0", "containerd's default for pod-network pods");
+    let files = d.state_dir.join("sandboxes").join(&id);
+    assert_eq!(
+        std::fs::read_to_string(files.join("resolv.conf")).unwrap(),
+        "search default.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(files.join("hostname")).unwrap(),
+        "own-host\n"
+    );
+    assert_eq!(
+        std::fs::read(files.join("hosts")).unwrap(),
+        std::fs::read("/etc/hosts").unwrap()
+    );
+
+    // Host network, PID and IPC: the host's namespaces (UTS too, with the network), the host's
+    // resolv.conf without a DNS config.
+    let mut c = config("host-ns", true);
+    let opts = c
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap();
+    opts.pid = cri::NamespaceMode::Node as i32;
+    opts.ipc = cri::NamespaceMode::Node as i32;
+    let host = run(&d, c).await.unwrap();
+    let pid = pause_pid(&d, &host).await;
+    for kind in ["net", "pid", "ipc", "uts"] {
+        assert_eq!(
+            ns_inode(format!("/proc/{pid}/ns/{kind}")),
+            own(kind),
+            "{kind} namespace is the host's"
+        );
+    }
+    let files = d.state_dir.join("sandboxes").join(&host);
+    assert_eq!(
+        std::fs::read(files.join("resolv.conf")).unwrap(),
+        std::fs::read("/etc/resolv.conf").unwrap_or_default()
+    );
+    remove_all(&d).await;
+    assert!(!files.exists(), "the sandbox's files go with it");
+}

@@ -140,6 +140,33 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
                 format!("{} servers; at most 3", d.servers.len()),
             ));
         }
+        if let Some(bad) = d
+            .servers
+            .iter()
+            .find(|s| s.parse::<std::net::IpAddr>().is_err())
+        {
+            return Err(ApiError::invalid(
+                "config.dns_config.servers",
+                format!("{bad:?} is not an IP address"),
+            ));
+        }
+        if d.searches.len() > 32 {
+            return Err(ApiError::invalid(
+                "config.dns_config.searches",
+                format!("{} search domains; at most 32", d.searches.len()),
+            ));
+        }
+        if let Some(bad) = d
+            .searches
+            .iter()
+            .chain(&d.options)
+            .find(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            return Err(ApiError::invalid(
+                "config.dns_config",
+                format!("{bad:?}: search domains and options are single words"),
+            ));
+        }
     }
     let size = |m: &std::collections::HashMap<String, String>| {
         m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()

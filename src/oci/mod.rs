@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 
 use crate::image::manifest::ImageConfig;
 
+pub mod files;
+
 /// Capabilities a container gets by default (containerd's and docker's default set).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_CHOWN",

@@ -263,6 +263,20 @@ impl SandboxReconciler {
             Ok(ips_of(&result))
         };
         let filesystem = async {
+            // The files the pod's containers will mount (hostname, hosts, resolv.conf).
+            crate::oci::files::write_sandbox_files(
+                &self.settings.state_dir.join(id),
+                &self.spec_input(rec).hostname,
+                rec.config.dns_config.as_ref(),
+                &crate::oci::files::HostFiles::default(),
+            )
+            .map_err(|e| {
+                Self::err(
+                    id,
+                    "writing the sandbox's hosts, hostname and resolv.conf",
+                    e,
+                )
+            })?;
             self.images
                 .ensure(&self.settings.sandbox_image)
                 .await

@@ -1,0 +1,142 @@
+//! Files a pod's containers share, kept in the sandbox's state directory as containerd's CRI
+//! keeps them: `hostname`, `hosts` (the host's /etc/hosts; kubelet mounts its own for pod-network
+//! pods) and `resolv.conf` (from the pod's DNSConfig, or the host's when it has none).
+
+use std::io::Write;
+use std::path::Path;
+
+use k8s_cri::v1 as cri;
+
+/// resolv.conf for a DNSConfig, as containerd writes it; `None` when the config asks for nothing
+/// (then the host's is used).
+pub fn resolv_conf(dns: &cri::DnsConfig) -> Option<String> {
+    let mut out = String::new();
+    if !dns.searches.is_empty() {
+        out.push_str(&format!("search {}\n", dns.searches.join(" ")));
+    }
+    for s in &dns.servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !dns.options.is_empty() {
+        out.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The host's files these are copied from.
+#[derive(Debug, Clone)]
+pub struct HostFiles {
+    pub hosts: std::path::PathBuf,
+    pub resolv_conf: std::path::PathBuf,
+}
+
+impl Default for HostFiles {
+    fn default() -> Self {
+        HostFiles {
+            hosts: "/etc/hosts".into(),
+            resolv_conf: "/etc/resolv.conf".into(),
+        }
+    }
+}
+
+/// Writes `hostname`, `hosts` and `resolv.conf` into `dir` (created), each replaced atomically.
+pub fn write_sandbox_files(
+    dir: &Path,
+    hostname: &str,
+    dns: Option<&cri::DnsConfig>,
+    host: &HostFiles,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_atomic(&dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
+    let hosts = read_or_empty(&host.hosts)?;
+    write_atomic(&dir.join("hosts"), &hosts)?;
+    let resolv = match dns.and_then(resolv_conf) {
+        Some(r) => r.into_bytes(),
+        None => read_or_empty(&host.resolv_conf)?,
+    };
+    write_atomic(&dir.join("resolv.conf"), &resolv)
+}
+
+/// A host file's bytes; a host without it gives an empty file.
+fn read_or_empty(p: &Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(p) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("reading {}: {e}", p.display()),
+        )),
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_has_search_nameservers_and_options_in_containerds_order() {
+        let dns = cri::DnsConfig {
+            servers: vec!["10.96.0.10".into(), "8.8.8.8".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+            ],
+            options: vec!["ndots:5".into(), "edns0".into()],
+        };
+        assert_eq!(
+            resolv_conf(&dns).unwrap(),
+            "search default.svc.cluster.local svc.cluster.local\n\
+             nameserver 10.96.0.10\nnameserver 8.8.8.8\noptions ndots:5 edns0\n"
+        );
+        assert_eq!(resolv_conf(&cri::DnsConfig::default()), None);
+    }
+
+    #[test]
+    fn files_come_from_the_dns_config_or_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostFiles {
+            hosts: dir.path().join("host-hosts"),
+            resolv_conf: dir.path().join("host-resolv"),
+        };
+        std::fs::write(&host.hosts, "127.0.0.1 localhost\n").unwrap();
+        std::fs::write(&host.resolv_conf, "nameserver 192.0.2.1\n").unwrap();
+        let sb = dir.path().join("sb");
+        write_sandbox_files(&sb, "web-0", None, &host).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(sb.join("hostname")).unwrap(),
+            "web-0\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(sb.join("hosts")).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(sb.join("resolv.conf")).unwrap(),
+            "nameserver 192.0.2.1\n"
+        );
+        let dns = cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            ..Default::default()
+        };
+        write_sandbox_files(&sb, "web-0", Some(&dns), &host).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(sb.join("resolv.conf")).unwrap(),
+            "nameserver 10.96.0.10\n"
+        );
+        assert!(!sb.join("resolv.tmp").exists());
+    }
+}
