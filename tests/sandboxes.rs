@@ -9,7 +9,10 @@ use common::{eventually, Daemon};
 use k8s_cri::v1 as cri;
 
 async fn daemon() -> Daemon {
-    let mut d = Daemon::new();
+    daemon_with(Daemon::new()).await
+}
+
+async fn daemon_with(mut d: Daemon) -> Daemon {
     d.extra.push(format!(
         "--registry-config-path={}",
         std::env::var("CONCORD_TEST_HOSTS_DIR")
@@ -540,4 +543,131 @@ async fn namespace_options_hostname_sysctls_and_dns_are_applied() {
     );
     remove_all(&d).await;
     assert!(!files.exists(), "the sandbox's files go with it");
+}
+
+fn allocated_to(id: &str) -> bool {
+    std::fs::read_dir("/var/lib/cni/networks/rig-bridge")
+        .map(|rd| {
+            rd.filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+                .any(|c| c.contains(id))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_configured_runtime_handler_runs_the_pod_with_its_runc_binary_and_root() {
+    let mut d = Daemon::new();
+    // A runc wrapper that notes each call, and a runc root of the handler's own.
+    let calls = d.dir.join("runc-calls");
+    let wrapper = d.dir.join("runc-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nexec /usr/sbin/runc \"$@\"\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let root = d.dir.join("runc-root");
+    let toml = d.dir.join("concord.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[runtime.handlers.runc]\nruntime_type = \"io.containerd.runc.v2\"\n\n\
+             [runtime.handlers.traced]\nruntime_type = \"io.containerd.runc.v2\"\n\
+             binary_name = {:?}\nroot = {:?}\n",
+            wrapper.display().to_string(),
+            root.display().to_string()
+        ),
+    )
+    .unwrap();
+    d.extra.push(format!("--config={}", toml.display()));
+    let d = daemon_with(d).await;
+    let id = d
+        .runtime()
+        .await
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config("traced", false)),
+            runtime_handler: "traced".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let s = status(&d, &id).await.unwrap();
+    assert_eq!(s.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(s.runtime_handler, "traced");
+    assert!(
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .contains(&id),
+        "the handler's runc binary ran the pause container"
+    );
+    assert!(
+        root.join(&d.namespace).join(&id).exists(),
+        "runc state under the handler's root"
+    );
+    // The default handler still answers; an unknown one names the configured ones.
+    let plain = run(&d, config("plain", false)).await.unwrap();
+    assert_eq!(status(&d, &plain).await.unwrap().runtime_handler, "");
+    let err = d
+        .runtime()
+        .await
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config("x", false)),
+            runtime_handler: "kata".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("runc, traced"), "{}", err.message());
+    remove_all(&d).await;
+    assert!(!root.join(&d.namespace).join(&id).exists());
+}
+
+#[tokio::test]
+async fn what_a_lost_journal_left_behind_is_found_and_removed() {
+    let mut d = daemon().await;
+    let id = run(&d, config("orphan", false)).await.unwrap();
+    assert!(allocated_to(&id));
+    // A crash that lost the journal: the pod's task, container, snapshot, netns, CNI result and
+    // IP exist, and no record names them.
+    d.kill9();
+    for f in std::fs::read_dir(&d.state_dir).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("journal")
+        {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    d.start().await;
+    assert!(list(&d).await.is_empty());
+    eventually(
+        Duration::from_secs(30),
+        "the orphan's netns, CNI result, IP, container and snapshot removed",
+        || async {
+            let (_, snaps, _) = common::namespace_counts(&d).await;
+            netns_files(&d) == 0
+                && std::fs::read_dir(d.state_dir.join("cni-cache"))
+                    .map(|r| r.count() == 0)
+                    .unwrap_or(true)
+                && !allocated_to(&id)
+                && snaps == 1
+        },
+    )
+    .await;
+    let shims = std::process::Command::new("pgrep")
+        .args(["-f", &format!("-namespace {} ", d.namespace)])
+        .output()
+        .unwrap();
+    assert!(shims.stdout.is_empty(), "the orphan's shim is gone");
+    assert!(d.log().contains("orphaned sandbox resources found"));
 }
