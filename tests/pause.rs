@@ -87,6 +87,9 @@ async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves
             privileged: false,
             shm_size: 64 << 20,
             annotations: BTreeMap::new(),
+            seccomp: Some(concord::oci::seccomp::default_profile(
+                concord::oci::DEFAULT_CAPABILITIES,
+            )),
         },
         &pause.resolved.config,
     );

@@ -671,3 +671,89 @@ async fn what_a_lost_journal_left_behind_is_found_and_removed() {
     assert!(shims.stdout.is_empty(), "the orphan's shim is gone");
     assert!(d.log().contains("orphaned sandbox resources found"));
 }
+
+/// The `Seccomp:` mode of a process (0 none, 2 filter).
+fn seccomp_mode(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn seccomp_follows_the_security_context_and_a_bad_profile_is_refused() {
+    use cri::security_profile::ProfileType;
+    let d = daemon().await;
+    let with = |name: &str, profile: Option<(ProfileType, String)>, privileged: bool| {
+        let mut c = config(name, false);
+        let sc = c.linux.as_mut().unwrap().security_context.as_mut().unwrap();
+        sc.seccomp = profile.map(|(t, r)| cri::SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r,
+        });
+        sc.privileged = privileged;
+        c
+    };
+    let custom = d.dir.join("profile.json");
+    std::fs::write(
+        &custom,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["reboot"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let custom = custom.display().to_string();
+    for (name, profile, privileged, mode) in [
+        (
+            "sc-default",
+            Some((ProfileType::RuntimeDefault, String::new())),
+            false,
+            "2",
+        ),
+        ("sc-unset", None, false, "0"),
+        (
+            "sc-unconfined",
+            Some((ProfileType::Unconfined, String::new())),
+            false,
+            "0",
+        ),
+        (
+            "sc-localhost",
+            Some((ProfileType::Localhost, custom.clone())),
+            false,
+            "2",
+        ),
+        (
+            "sc-privileged",
+            Some((ProfileType::RuntimeDefault, String::new())),
+            true,
+            "0",
+        ),
+    ] {
+        let id = run(&d, with(name, profile, privileged)).await.unwrap();
+        assert_eq!(seccomp_mode(pause_pid(&d, &id).await), mode, "{name}");
+    }
+    for bad in ["relative.json", "/nonexistent/profile.json"] {
+        let err = run(
+            &d,
+            with("sc-bad", Some((ProfileType::Localhost, bad.into())), false),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{}",
+            err.message()
+        );
+        assert!(
+            err.message()
+                .contains("config.linux.security_context.seccomp"),
+            "{}",
+            err.message()
+        );
+    }
+    assert_eq!(list(&d).await.len(), 5, "nothing made for the refused ones");
+    remove_all(&d).await;
+}

@@ -168,6 +168,11 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
             ));
         }
     }
+    if let Err(e) = crate::oci::seccomp::for_sandbox(c) {
+        const FIELD: &str = "config.linux.security_context.seccomp";
+        let why = e.strip_prefix(FIELD).unwrap_or(&e).trim_start_matches(": ");
+        return Err(ApiError::invalid(FIELD, why.to_string()));
+    }
     let size = |m: &std::collections::HashMap<String, String>| {
         m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
     };

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::image::manifest::ImageConfig;
 
 pub mod files;
+pub mod seccomp;
 
 /// Capabilities a container gets by default (containerd's and docker's default set).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -85,6 +86,8 @@ pub struct SandboxSpec {
     /// Size of the /dev/shm tmpfs when the pod has its own IPC namespace.
     pub shm_size: u64,
     pub annotations: BTreeMap<String, String>,
+    /// `linux.seccomp` (None: unconfined).
+    pub seccomp: Option<Value>,
 }
 
 /// The lowest oom_score_adj this host lets concord's children ask for: without
@@ -180,6 +183,9 @@ pub fn sandbox_spec(s: &SandboxSpec, image: &ImageConfig) -> Value {
     if !s.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
+        if let Some(profile) = &s.seccomp {
+            linux["seccomp"] = profile.clone();
+        }
     }
     let mut annotations = s.annotations.clone();
     annotations.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
@@ -242,6 +248,7 @@ mod tests {
             privileged: false,
             shm_size: 64 << 20,
             annotations: BTreeMap::new(),
+            seccomp: Some(seccomp::default_profile(DEFAULT_CAPABILITIES)),
         }
     }
 
@@ -270,6 +277,14 @@ mod tests {
             "0"
         );
         assert!(v["process"]["oomScoreAdj"].as_i64().unwrap() >= -998);
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        let mut privileged = spec(Ns::Pod);
+        privileged.privileged = true;
+        let v = sandbox_spec(&privileged, &pause_config());
+        assert!(
+            v["linux"].get("seccomp").is_none(),
+            "privileged: unconfined"
+        );
     }
 
     #[test]

@@ -338,7 +338,10 @@ impl SandboxReconciler {
                         handler,
                         self.settings.runtime.cgroup_driver == "systemd",
                     );
-                    let spec = sandbox_spec(&self.spec_input(rec), &img.resolved.config);
+                    let mut input = self.spec_input(rec);
+                    input.seccomp = crate::oci::seccomp::for_sandbox(&rec.config)
+                        .map_err(|e| Self::err(id, "building the sandbox spec", e))?;
+                    let spec = sandbox_spec(&input, &img.resolved.config);
                     let labels =
                         [("io.cri-containerd.kind".to_string(), "sandbox".to_string())].into();
                     self.timed(
@@ -434,6 +437,7 @@ impl SandboxReconciler {
             privileged: sc.privileged,
             shm_size: 64 << 20,
             annotations,
+            seccomp: None,
         }
     }
 
