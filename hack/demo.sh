@@ -40,9 +40,13 @@ skopeo copy --quiet oci:/tmp/rig/oci:httpd "docker-archive:$DEMO_DIR/httpd.tar:e
 "$BIN" load --listen "$LISTEN" "$DEMO_DIR/httpd.tar"
 log "images:"
 "$BIN" images --listen "$LISTEN"
+log "running a pod (network namespace + CNI bridge address + the locally built pause image), port 18080 published:"
+POD=$("$BIN" run-pod --listen "$LISTEN" --publish 18080:8080 demo)
+"$BIN" pods --listen "$LISTEN"
 log "reconcile loop objects and journal:"
 "$BIN" inspect --listen "$LISTEN"
 log "metrics: curl -s http://127.0.0.1:9338/metrics | grep ^concord_"
-curl -s http://127.0.0.1:9338/metrics | grep -E '^concord_(build_info|containerd_up|network_ready|containerd_event_stream_connected)'
+curl -s http://127.0.0.1:9338/metrics | grep -E '^concord_(build_info|containerd_up|network_ready|containerd_event_stream_connected|sandboxes)'
+log "pod $POD stays running; remove it with: $BIN remove-pod --listen $LISTEN $POD"
 log "concord is running (pid $(cat "$DEMO_DIR/concord.pid"), log $DEMO_DIR/concord.log)."
 log "kubelet: --container-runtime-endpoint=unix://$LISTEN"

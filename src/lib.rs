@@ -8,6 +8,7 @@ pub mod config;
 pub mod containerd;
 pub mod daemon;
 pub mod events;
+pub mod fsutil;
 pub mod image;
 pub mod journal;
 pub mod metrics;

@@ -47,6 +47,23 @@ enum Command {
     },
     /// List the images a running concord knows (CRI ListImages).
     Images,
+    /// Run a pod sandbox through a running concord (CRI RunPodSandbox); prints its id.
+    RunPod {
+        /// Pod name (namespace "default", uid "<name>-uid").
+        name: String,
+        /// Publish a port: HOST:CONTAINER (TCP), repeatable.
+        #[arg(long = "publish", value_name = "HOST:CONTAINER")]
+        publish: Vec<String>,
+        /// RuntimeClass handler ("" is the default).
+        #[arg(long, default_value = "")]
+        handler: String,
+    },
+    /// List pod sandboxes (CRI ListPodSandbox) with state and address.
+    Pods,
+    /// Stop a pod sandbox (CRI StopPodSandbox).
+    StopPod { id: String },
+    /// Remove a pod sandbox (CRI RemovePodSandbox).
+    RemovePod { id: String },
     /// Show what a running concord's reconcile loop manages: desired and observed state,
     /// pending reconciles, last errors, and the journal.
     Inspect {
@@ -310,6 +327,23 @@ fn main() -> ExitCode {
         Some(Command::Status) => {
             report(false, runtime().and_then(|rt| rt.block_on(status(&config))))
         }
+        Some(Command::RunPod {
+            name,
+            publish,
+            handler,
+        }) => report(
+            false,
+            runtime().and_then(|rt| rt.block_on(run_pod(&config, name, publish, handler))),
+        ),
+        Some(Command::Pods) => report(false, runtime().and_then(|rt| rt.block_on(pods(&config)))),
+        Some(Command::StopPod { id }) => report(
+            false,
+            runtime().and_then(|rt| rt.block_on(pod_op(&config, id, false))),
+        ),
+        Some(Command::RemovePod { id }) => report(
+            false,
+            runtime().and_then(|rt| rt.block_on(pod_op(&config, id, true))),
+        ),
         Some(Command::Inspect { kind }) => report(
             false,
             runtime().and_then(|rt| rt.block_on(inspect(&config, kind))),
@@ -431,6 +465,103 @@ async fn list_images(config: &Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+async fn run_pod(
+    config: &Config,
+    name: String,
+    publish: Vec<String>,
+    handler: String,
+) -> anyhow::Result<()> {
+    use k8s_cri::v1 as cri;
+    let mut port_mappings = Vec::new();
+    for p in &publish {
+        let (host, container) = p
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--publish {p:?}: expected HOST:CONTAINER"))?;
+        port_mappings.push(cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            host_port: host.parse()?,
+            container_port: container.parse()?,
+            host_ip: String::new(),
+        });
+    }
+    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(connect(config).await?);
+    let r = client
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: name.clone(),
+                    uid: format!("{name}-uid"),
+                    namespace: "default".into(),
+                    attempt: 0,
+                }),
+                hostname: name,
+                port_mappings,
+                ..Default::default()
+            }),
+            runtime_handler: handler,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!("{}", r.pod_sandbox_id);
+    Ok(())
+}
+
+async fn pods(config: &Config) -> anyhow::Result<()> {
+    use k8s_cri::v1 as cri;
+    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(connect(config).await?);
+    let items = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .items;
+    for p in items {
+        let ip = client
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: p.id.clone(),
+                verbose: false,
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().status)
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        let state = if p.state == cri::PodSandboxState::SandboxReady as i32 {
+            "Ready"
+        } else {
+            "NotReady"
+        };
+        let name = p.metadata.map(|m| m.name).unwrap_or_default();
+        println!(
+            "{}  {:<8}  {:<15}  {}",
+            &p.id[..13.min(p.id.len())],
+            state,
+            if ip.is_empty() { "-" } else { &ip },
+            name
+        );
+    }
+    Ok(())
+}
+
+async fn pod_op(config: &Config, id: String, remove: bool) -> anyhow::Result<()> {
+    use k8s_cri::v1 as cri;
+    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(connect(config).await?);
+    let r = if remove {
+        client
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .map(|_| ())
+    } else {
+        client
+            .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .map(|_| ())
+    };
+    r.map_err(|s| anyhow::anyhow!("{}", s.message()))
 }
 
 async fn status(config: &Config) -> anyhow::Result<()> {

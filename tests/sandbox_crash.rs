@@ -156,6 +156,22 @@ async fn churn_under(d: &mut Daemon, faults: u32, mut fault: Fault<'_>) -> u32 {
     runs
 }
 
+/// containerd's tasks in the test's namespace.
+async fn tasks(
+    ctd: &concord::containerd::Containerd,
+) -> Vec<containerd_client::types::v1::Process> {
+    ctd.tasks()
+        .list(
+            ctd.request(containerd_client::services::v1::ListTasksRequest {
+                filter: String::new(),
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+}
+
 /// Waits until nothing is pending, checks every sandbox (Ready ⇒ an address and a running
 /// pause; the journal's Ready set is containerd's running set), removes them all (retrying, as
 /// kubelet does) and then checks that nothing is left anywhere.
@@ -217,17 +233,8 @@ async fn converges_and_leaves_nothing(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let running: std::collections::BTreeSet<String> = ctd
-        .tasks()
-        .list(
-            ctd.request(containerd_client::services::v1::ListTasksRequest {
-                filter: String::new(),
-            }),
-        )
+    let running: std::collections::BTreeSet<String> = tasks(&ctd)
         .await
-        .unwrap()
-        .into_inner()
-        .tasks
         .into_iter()
         .filter(|t| t.status == containerd_client::types::v1::Status::Running as i32)
         .map(|t| t.id)
@@ -317,18 +324,7 @@ async fn converges_and_leaves_nothing(
         "containers leaked: {:?}",
         containers.iter().map(|c| &c.id).collect::<Vec<_>>()
     );
-    let tasks = ctd
-        .tasks()
-        .list(
-            ctd.request(containerd_client::services::v1::ListTasksRequest {
-                filter: String::new(),
-            }),
-        )
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks;
-    assert!(tasks.is_empty(), "tasks leaked");
+    assert!(tasks(&ctd).await.is_empty(), "tasks leaked");
     let mut keys = Vec::new();
     let req = containerd_client::services::v1::snapshots::ListSnapshotsRequest {
         snapshotter: "overlayfs".into(),

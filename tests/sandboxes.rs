@@ -197,19 +197,7 @@ async fn a_host_network_pod_has_no_netns_and_the_pause_exit_turns_it_not_ready()
     assert_eq!(netns_files(&d), 0);
 
     // Kill the pause process behind concord's back: the exit event turns the sandbox NotReady.
-    let pid = {
-        let mut rt = d.runtime().await;
-        let r = rt
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
-        info["pid"].as_i64().unwrap() as i32
-    };
+    let pid = pause_pid(&d, &id).await as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,

@@ -4,7 +4,7 @@
 //! runs DEL in reverse order, and caches the ADD result on disk so a DEL works after a restart, a
 //! reboot or a config change.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,9 +150,11 @@ impl Cni {
             "capabilities": a.capabilities,
             "result": result,
         });
-        write_atomic(&path, cached.to_string().as_bytes()).map_err(|source| CniError::Cache {
-            path: path.clone(),
-            source,
+        crate::fsutil::write_atomic(&path, cached.to_string().as_bytes()).map_err(|source| {
+            CniError::Cache {
+                path: path.clone(),
+                source,
+            }
         })?;
         Ok(result)
     }
@@ -379,20 +381,6 @@ impl Cni {
         }
         Ok(stdout)
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! keeps them: `hostname`, `hosts` (the host's /etc/hosts; kubelet mounts its own for pod-network
 //! pods) and `resolv.conf` (from the pod's DNSConfig, or the host's when it has none).
 
-use std::io::Write;
 use std::path::Path;
 
 use k8s_cri::v1 as cri;
@@ -47,14 +46,14 @@ pub fn write_sandbox_files(
     host: &HostFiles,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    write_atomic(&dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
+    crate::fsutil::write_atomic(&dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
     let hosts = read_or_empty(&host.hosts)?;
-    write_atomic(&dir.join("hosts"), &hosts)?;
+    crate::fsutil::write_atomic(&dir.join("hosts"), &hosts)?;
     let resolv = match dns.and_then(resolv_conf) {
         Some(r) => r.into_bytes(),
         None => read_or_empty(&host.resolv_conf)?,
     };
-    write_atomic(&dir.join("resolv.conf"), &resolv)
+    crate::fsutil::write_atomic(&dir.join("resolv.conf"), &resolv)
 }
 
 /// A host file's bytes; a host without it gives an empty file.
@@ -67,20 +66,6 @@ fn read_or_empty(p: &Path) -> std::io::Result<Vec<u8>> {
             format!("reading {}: {e}", p.display()),
         )),
     }
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -1,0 +1,23 @@
+//! Small file-system helpers.
+
+use std::path::Path;
+
+/// Writes `bytes` to `path` so that readers see the old or the new content, never a part: a
+/// synced temporary file beside it (`<name>.tmp`, mode 0644), then a rename. Creates the parent.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
