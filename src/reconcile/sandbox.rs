@@ -263,20 +263,25 @@ impl SandboxReconciler {
             Ok(ips_of(&result))
         };
         let filesystem = async {
-            // The files the pod's containers will mount (hostname, hosts, resolv.conf).
-            crate::oci::files::write_sandbox_files(
-                &self.settings.state_dir.join(id),
-                &self.spec_input(rec).hostname,
-                rec.config.dns_config.as_ref(),
-                &crate::oci::files::HostFiles::default(),
-            )
-            .map_err(|e| {
-                Self::err(
-                    id,
-                    "writing the sandbox's hosts, hostname and resolv.conf",
-                    e,
+            // The files the pod's containers will mount (hostname, hosts, resolv.conf); synced
+            // writes, off the async threads (the network half runs meanwhile).
+            const FILES: &str = "writing the sandbox's hosts, hostname and resolv.conf";
+            let (dir, hostname, dns) = (
+                self.settings.state_dir.join(id),
+                self.spec_input(rec).hostname,
+                rec.config.dns_config.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                crate::oci::files::write_sandbox_files(
+                    &dir,
+                    &hostname,
+                    dns.as_ref(),
+                    &crate::oci::files::HostFiles::default(),
                 )
-            })?;
+            })
+            .await
+            .map_err(|e| Self::err(id, FILES, e))?
+            .map_err(|e| Self::err(id, FILES, e))?;
             self.images
                 .ensure(&self.settings.sandbox_image)
                 .await
