@@ -11,6 +11,7 @@ pub mod events;
 pub mod fsutil;
 pub mod image;
 pub mod journal;
+pub mod logwriter;
 pub mod metrics;
 pub mod network;
 pub mod oci;

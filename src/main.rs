@@ -285,6 +285,11 @@ fn init_logging(config: &Config) {
 }
 
 fn main() -> ExitCode {
+    // containerd's shim runs concord as a container's log writer with key-value arguments.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if concord::logwriter::is_invocation(&args) {
+        return ExitCode::from(concord::logwriter::run(&args) as u8);
+    }
     let cli = Cli::parse();
     let config = match cli.flags.config() {
         Ok(c) => c,

@@ -204,12 +204,12 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_them() {
     d.start().await;
     let mut rt = d.runtime().await;
     let err = rt
-        .create_container(cri::CreateContainerRequest::default())
+        .exec_sync(cri::ExecSyncRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("CreateContainer") && err.message().contains("containers"),
+        err.message().contains("ExecSync") && err.message().contains("exec-sync"),
         "{}",
         err.message()
     );
@@ -218,7 +218,7 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_them() {
     let count = d
         .metric(
             "concord_grpc_requests_total",
-            &["method=\"CreateContainer\"", "code=\"Unimplemented\""],
+            &["method=\"ExecSync\"", "code=\"Unimplemented\""],
         )
         .await;
     assert_eq!(count, 1.0);

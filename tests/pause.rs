@@ -86,6 +86,7 @@ async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves
             readonly_rootfs: false,
             privileged: false,
             shm_size: 64 << 20,
+            shm_path: None,
             annotations: BTreeMap::new(),
             seccomp: Some(concord::oci::seccomp::default_profile(
                 concord::oci::DEFAULT_CAPABILITIES,

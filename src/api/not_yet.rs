@@ -15,8 +15,12 @@ pub enum Capability {
 impl Capability {
     fn describe(self) -> &'static str {
         match self {
-            Capability::Containers => "containers (create, start, stop, logs, exec-sync, stats, events) are not in this build",
-            Capability::Streaming => "the streaming server (exec, attach, port-forward) is not in this build",
+            Capability::Containers => {
+                "container exec-sync, stats, resource updates and events are not in this build yet"
+            }
+            Capability::Streaming => {
+                "the streaming server (exec, attach, port-forward) is not in this build"
+            }
             Capability::Checkpoint => "container checkpoint/restore is not supported by concord",
         }
     }

@@ -47,7 +47,7 @@ impl Runtime {
                 )))
             }
             None => {
-                let id = new_id();
+                let id = super::new_id();
                 let host_network = config
                     .linux
                     .as_ref()
@@ -84,13 +84,6 @@ impl Runtime {
             })?;
         Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
     }
-}
-
-/// 64 hex characters, like containerd's ids.
-fn new_id() -> String {
-    (0..4)
-        .map(|_| format!("{:016x}", fastrand::u64(..)))
-        .collect()
 }
 
 fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {

@@ -15,13 +15,19 @@ impl Runtime {
     ) -> Result<cri::StopPodSandboxResponse, ApiError> {
         let id = self.resolve_sandbox(&req.pod_sandbox_id)?;
         if let Some(id) = id {
-            self.converge_sandbox(
-                &id,
-                Event::SandboxStopRequested { id: id.clone() },
-                "stopping",
-                deadline,
-            )
-            .await?;
+            // The pod's containers stop with it (kubelet stopped them gracefully already).
+            let mut intents: Vec<Event> = self
+                .journal
+                .state()
+                .containers_of(&id)
+                .map(|c| Event::ContainerStopRequested {
+                    id: c.id.clone(),
+                    timeout_seconds: 0,
+                })
+                .collect();
+            intents.push(Event::SandboxStopRequested { id: id.clone() });
+            self.converge_sandbox(&id, intents, "stopping", deadline)
+                .await?;
         }
         Ok(cri::StopPodSandboxResponse {})
     }
@@ -33,13 +39,16 @@ impl Runtime {
     ) -> Result<cri::RemovePodSandboxResponse, ApiError> {
         let id = self.resolve_sandbox(&req.pod_sandbox_id)?;
         if let Some(id) = id {
-            self.converge_sandbox(
-                &id,
-                Event::SandboxRemoveRequested { id: id.clone() },
-                "removing",
-                deadline,
-            )
-            .await?;
+            // The pod's containers go with it.
+            let mut intents: Vec<Event> = self
+                .journal
+                .state()
+                .containers_of(&id)
+                .map(|c| Event::ContainerRemoveRequested { id: c.id.clone() })
+                .collect();
+            intents.push(Event::SandboxRemoveRequested { id: id.clone() });
+            self.converge_sandbox(&id, intents, "removing", deadline)
+                .await?;
         }
         Ok(cri::RemovePodSandboxResponse {})
     }
@@ -64,15 +73,32 @@ impl Runtime {
         }
     }
 
+    /// Appends `intents` (the sandbox's last), then waits for the pod's containers and the
+    /// sandbox to converge them.
     async fn converge_sandbox(
         &self,
         id: &str,
-        intent: Event,
+        intents: Vec<Event>,
         what: &str,
         deadline: Duration,
     ) -> Result<(), ApiError> {
         let key = ObjectKey::Sandbox(id.to_string());
-        let state = self.journal.append(vec![intent]).await?;
+        let state = self.journal.append(intents).await?;
+        let started = std::time::Instant::now();
+        for c in state.containers_of(id) {
+            let ckey = ObjectKey::Container(c.id.clone());
+            self.controller.wake(ckey.clone());
+            let left = deadline.saturating_sub(started.elapsed());
+            if let Err(source) = self.controller.wait(&ckey, c.generation, left).await {
+                if self.journal.state().containers.contains_key(&c.id) {
+                    return Err(ApiError::Converge {
+                        what: format!("{what} container {} of pod sandbox {id}", c.id),
+                        source,
+                    });
+                }
+            }
+        }
+        let deadline = deadline.saturating_sub(started.elapsed());
         // Removed from the state already means converged; else wait for the generation.
         let generation = state.generation(&key);
         if generation == 0 {

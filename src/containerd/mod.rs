@@ -8,7 +8,7 @@ mod health;
 mod objects;
 
 pub use health::{spawn_health_monitor, Health};
-pub use objects::ContainerRuntime;
+pub use objects::{ContainerRuntime, TaskIo};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -318,6 +318,21 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 
 /// RFC 3339 UTC time with second precision (no date crate needed).
 pub fn rfc3339(t: std::time::SystemTime) -> String {
+    format!("{}Z", rfc3339_seconds(t))
+}
+
+/// `t` as RFC 3339 in UTC with nanoseconds (Go's RFC3339Nano with all nine digits, as the CRI
+/// log format writes it).
+pub fn rfc3339_nano(t: std::time::SystemTime) -> String {
+    let nanos = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}.{nanos:09}Z", rfc3339_seconds(t))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `t` in UTC.
+fn rfc3339_seconds(t: std::time::SystemTime) -> String {
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -336,7 +351,7 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60

@@ -14,6 +14,16 @@ use containerd_client::types::Mount;
 
 use super::{Containerd, ContainerdError, OWNER_LABEL};
 
+/// Where a task's stdio goes: URIs the shim understands (`binary://`, `file://`, FIFO paths);
+/// empty is /dev/null.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskIo {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
 /// The containerd runtime (shim) a container runs with, and its options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerRuntime {
@@ -302,9 +312,23 @@ impl Containerd {
 
     /// Creates the task of container `id` on `rootfs` with no stdio; answers its pid.
     pub async fn create_task(&self, id: &str, rootfs: Vec<Mount>) -> Result<u32, ContainerdError> {
+        self.create_task_io(id, rootfs, &TaskIo::default()).await
+    }
+
+    /// Creates the task of container `id` with its stdio going where `io` says.
+    pub async fn create_task_io(
+        &self,
+        id: &str,
+        rootfs: Vec<Mount>,
+        io: &TaskIo,
+    ) -> Result<u32, ContainerdError> {
         let req = CreateTaskRequest {
             container_id: id.into(),
             rootfs,
+            stdin: io.stdin.clone(),
+            stdout: io.stdout.clone(),
+            stderr: io.stderr.clone(),
+            terminal: io.terminal,
             ..Default::default()
         };
         let r = self
@@ -387,17 +411,33 @@ impl Containerd {
 
     /// Deletes the (exited) task of container `id`, which ends its shim; a missing one is fine.
     pub async fn delete_task(&self, id: &str) -> Result<(), ContainerdError> {
+        self.delete_task_exit(id).await.map(|_| ())
+    }
+
+    /// Deletes the (exited) task of container `id`; answers its exit status and the exit time
+    /// (Unix nanoseconds), or None when there was no task.
+    pub async fn delete_task_exit(&self, id: &str) -> Result<Option<(u32, i64)>, ContainerdError> {
         let req = DeleteTaskRequest {
             container_id: id.into(),
         };
-        gone_ok(
-            self.call(
+        match self
+            .call(
                 "tasks",
                 "Delete",
                 "Tasks.Delete",
                 self.tasks().delete(self.request(req)),
             )
-            .await,
-        )
+            .await
+        {
+            Ok(r) => {
+                let at = r
+                    .exited_at
+                    .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                    .unwrap_or(0);
+                Ok(Some((r.exit_status, at)))
+            }
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

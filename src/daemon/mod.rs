@@ -27,6 +27,7 @@ use crate::metrics::{self, Metrics};
 use crate::network::cni::Cni;
 use crate::network::Network;
 use crate::proto;
+use crate::reconcile::container::{ContainerReconciler, ContainerSettings};
 use crate::reconcile::{
     Controller, Dispatch, RuntimeConfigReconciler, SandboxReconciler, SandboxSettings,
 };
@@ -145,6 +146,20 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 netns_dir: config.netns_dir.clone(),
             },
             metrics.clone(),
+        )),
+        container: Arc::new(ContainerReconciler::new(
+            ctd.clone(),
+            images.clone(),
+            journal.clone(),
+            ContainerSettings {
+                snapshotter: config.containerd.snapshotter.clone(),
+                runtime: config.runtime.clone(),
+                state_dir: config.state_dir.join("containers"),
+                sandbox_state_dir: config.state_dir.join("sandboxes"),
+                log_writer: std::env::current_exe()
+                    .unwrap_or_else(|_| std::path::PathBuf::from("/usr/local/bin/concord")),
+                max_log_line: 16 * 1024,
+            },
         )),
     });
     let controller = Controller::new(

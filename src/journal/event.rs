@@ -40,6 +40,100 @@ pub enum Event {
     SandboxRemoveRequested { id: String },
     /// Fact: container, snapshot and state are gone; the record ends.
     SandboxRemoved { id: String },
+    /// CreateContainer: the id (containerd container, task and snapshot key), the pod, the
+    /// config, the resolved image and the log path are named before anything is created.
+    ContainerRequested {
+        id: String,
+        sandbox_id: String,
+        config: Box<k8s_cri::v1::ContainerConfig>,
+        /// Image id (sha256:...) and the name asked for.
+        image_id: String,
+        image_name: String,
+        log_path: String,
+        created_at: i64,
+    },
+    /// Fact: the containerd container (and its snapshot) exist.
+    ContainerCreated { id: String },
+    /// StartContainer.
+    ContainerStartRequested { id: String },
+    /// Fact: the task runs.
+    ContainerStarted {
+        id: String,
+        pid: u32,
+        started_at: i64,
+    },
+    /// Fact: the process is gone (exit, kill, stop, or a start that failed).
+    ContainerExited {
+        id: String,
+        exit_code: i32,
+        finished_at: i64,
+        reason: String,
+        message: String,
+    },
+    /// StopContainer with this grace period.
+    ContainerStopRequested { id: String, timeout_seconds: i64 },
+    /// RemoveContainer (or the pod's removal).
+    ContainerRemoveRequested { id: String },
+    /// Fact: task, container, snapshot and state are gone; the record ends.
+    ContainerRemoved { id: String },
+}
+
+/// What a container should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerDesired {
+    Created,
+    Running,
+    Exited,
+    Removed,
+}
+
+/// One container: desired state and the facts recorded about it.
+///
+/// ```text
+///  Requested ──▶ Created ──▶ Running (started) ──▶ Exited (exit / stop / failed start) ──▶ removed
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub sandbox_id: String,
+    pub config: Box<k8s_cri::v1::ContainerConfig>,
+    pub image_id: String,
+    pub image_name: String,
+    pub log_path: String,
+    pub created_at: i64,
+    pub desired: ContainerDesired,
+    pub generation: u64,
+    /// The containerd container exists.
+    pub created: bool,
+    pub pid: Option<u32>,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    /// Grace period of the last StopContainer.
+    pub stop_timeout: i64,
+}
+
+impl ContainerRecord {
+    /// CRI state: created, running or exited.
+    pub fn cri_state(&self) -> k8s_cri::v1::ContainerState {
+        use k8s_cri::v1::ContainerState;
+        if self.finished_at != 0 {
+            ContainerState::ContainerExited
+        } else if self.started_at != 0 {
+            ContainerState::ContainerRunning
+        } else if self.created {
+            ContainerState::ContainerCreated
+        } else {
+            ContainerState::ContainerUnknown
+        }
+    }
+}
+
+/// The name kubelet reserves a container under within its pod.
+pub fn container_name(sandbox_id: &str, m: &k8s_cri::v1::ContainerMetadata) -> String {
+    format!("{}_{}_{}", m.name, sandbox_id, m.attempt)
 }
 
 /// What a sandbox should be.
@@ -92,6 +186,8 @@ pub enum ObjectKey {
     RuntimeConfig,
     /// A pod sandbox by id.
     Sandbox(String),
+    /// A container by id.
+    Container(String),
 }
 
 impl ObjectKey {
@@ -100,6 +196,7 @@ impl ObjectKey {
         match self {
             ObjectKey::RuntimeConfig => "runtime_config",
             ObjectKey::Sandbox(_) => "sandbox",
+            ObjectKey::Container(_) => "container",
         }
     }
 
@@ -107,7 +204,7 @@ impl ObjectKey {
     pub fn id(&self) -> &str {
         match self {
             ObjectKey::RuntimeConfig => "",
-            ObjectKey::Sandbox(id) => id,
+            ObjectKey::Sandbox(id) | ObjectKey::Container(id) => id,
         }
     }
 }
@@ -142,6 +239,12 @@ pub struct State {
     /// Sandbox ids by reserved name.
     #[serde(default)]
     pub sandbox_names: BTreeMap<String, String>,
+    /// Containers by id.
+    #[serde(default)]
+    pub containers: BTreeMap<String, ContainerRecord>,
+    /// Container ids by reserved name.
+    #[serde(default)]
+    pub container_names: BTreeMap<String, String>,
 }
 
 impl State {
@@ -234,7 +337,120 @@ impl State {
                     }
                 }
             }
+            Event::ContainerRequested {
+                id,
+                sandbox_id,
+                config,
+                image_id,
+                image_name,
+                log_path,
+                created_at,
+            } => {
+                if let Some(m) = &config.metadata {
+                    self.container_names
+                        .insert(container_name(sandbox_id, m), id.clone());
+                }
+                self.containers.insert(
+                    id.clone(),
+                    ContainerRecord {
+                        id: id.clone(),
+                        sandbox_id: sandbox_id.clone(),
+                        config: config.clone(),
+                        image_id: image_id.clone(),
+                        image_name: image_name.clone(),
+                        log_path: log_path.clone(),
+                        created_at: *created_at,
+                        desired: ContainerDesired::Created,
+                        generation: 1,
+                        created: false,
+                        pid: None,
+                        started_at: 0,
+                        finished_at: 0,
+                        exit_code: 0,
+                        reason: String::new(),
+                        message: String::new(),
+                        stop_timeout: 0,
+                    },
+                );
+            }
+            Event::ContainerCreated { id } => {
+                if let Some(c) = self.containers.get_mut(id) {
+                    c.created = true;
+                }
+            }
+            Event::ContainerStartRequested { id } => {
+                if let Some(c) = self.containers.get_mut(id) {
+                    if c.desired == ContainerDesired::Created {
+                        c.desired = ContainerDesired::Running;
+                        c.generation += 1;
+                    }
+                }
+            }
+            Event::ContainerStarted {
+                id,
+                pid,
+                started_at,
+            } => {
+                if let Some(c) = self.containers.get_mut(id) {
+                    c.pid = Some(*pid);
+                    c.started_at = *started_at;
+                }
+            }
+            Event::ContainerExited {
+                id,
+                exit_code,
+                finished_at,
+                reason,
+                message,
+            } => {
+                if let Some(c) = self.containers.get_mut(id) {
+                    if c.finished_at == 0 {
+                        c.exit_code = *exit_code;
+                        c.finished_at = *finished_at;
+                        c.reason = reason.clone();
+                        c.message = message.clone();
+                    }
+                }
+            }
+            Event::ContainerStopRequested {
+                id,
+                timeout_seconds,
+            } => {
+                if let Some(c) = self.containers.get_mut(id) {
+                    if matches!(
+                        c.desired,
+                        ContainerDesired::Created | ContainerDesired::Running
+                    ) {
+                        c.desired = ContainerDesired::Exited;
+                        c.stop_timeout = *timeout_seconds;
+                        c.generation += 1;
+                    }
+                }
+            }
+            Event::ContainerRemoveRequested { id } => {
+                if let Some(c) = self.containers.get_mut(id) {
+                    if c.desired != ContainerDesired::Removed {
+                        c.desired = ContainerDesired::Removed;
+                        c.generation += 1;
+                    }
+                }
+            }
+            Event::ContainerRemoved { id } => {
+                if let Some(c) = self.containers.remove(id) {
+                    if let Some(m) = &c.config.metadata {
+                        let name = container_name(&c.sandbox_id, m);
+                        if self.container_names.get(&name) == Some(id) {
+                            self.container_names.remove(&name);
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// The containers of sandbox `id`.
+    pub fn containers_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a ContainerRecord> {
+        self.containers.values().filter(move |c| c.sandbox_id == id)
     }
 
     /// Every object key the state holds (what a full resync enqueues).
@@ -245,6 +461,11 @@ impl State {
                 .keys()
                 .map(|id| ObjectKey::Sandbox(id.clone())),
         );
+        keys.extend(
+            self.containers
+                .keys()
+                .map(|id| ObjectKey::Container(id.clone())),
+        );
         keys
     }
 
@@ -253,15 +474,20 @@ impl State {
         match key {
             ObjectKey::RuntimeConfig => self.runtime_config.generation,
             ObjectKey::Sandbox(id) => self.sandboxes.get(id).map(|s| s.generation).unwrap_or(0),
+            ObjectKey::Container(id) => self.containers.get(id).map(|c| c.generation).unwrap_or(0),
         }
     }
 
     /// The object a containerd container or task id belongs to (a sandbox's pause container has
     /// the sandbox's id); events about containers concord does not own map to nothing.
     pub fn key_for_containerd_id(&self, id: &str) -> Option<ObjectKey> {
-        self.sandboxes
-            .contains_key(id)
-            .then(|| ObjectKey::Sandbox(id.to_string()))
+        if self.sandboxes.contains_key(id) {
+            Some(ObjectKey::Sandbox(id.to_string()))
+        } else {
+            self.containers
+                .contains_key(id)
+                .then(|| ObjectKey::Container(id.to_string()))
+        }
     }
 
     /// An object's desired state as JSON, for introspection.
@@ -272,6 +498,14 @@ impl State {
                 serde_json::to_string(&serde_json::json!({
                     "desired": s.desired, "generation": s.generation, "netns": s.netns_path,
                     "ips": s.ips, "pid": s.pid, "exited": s.exited, "stopped": s.stopped,
+                }))
+                .ok()
+            }),
+            ObjectKey::Container(id) => self.containers.get(id).and_then(|c| {
+                serde_json::to_string(&serde_json::json!({
+                    "desired": c.desired, "generation": c.generation, "sandbox": c.sandbox_id,
+                    "created": c.created, "pid": c.pid, "started_at": c.started_at,
+                    "finished_at": c.finished_at, "exit_code": c.exit_code, "reason": c.reason,
                 }))
                 .ok()
             }),

@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use event::{
-    sandbox_name, Event, ObjectKey, RuntimeConfigSpec, SandboxDesired, SandboxRecord, State,
+    container_name, sandbox_name, ContainerDesired, ContainerRecord, Event, ObjectKey,
+    RuntimeConfigSpec, SandboxDesired, SandboxRecord, State,
 };
 pub use store::{write_foreign_schema, Journal, JournalError, OpenInfo, SCHEMA_VERSION};
 

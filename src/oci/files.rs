@@ -56,6 +56,51 @@ pub fn write_sandbox_files(
     crate::fsutil::write_atomic(&dir.join("resolv.conf"), &resolv)
 }
 
+/// Mounts the pod's shared /dev/shm: a tmpfs of `size` bytes at `dir/shm` (the pause container
+/// and every container of the pod bind it). Already mounted is fine; answers the path.
+pub fn mount_shm(dir: &Path, size: u64) -> std::io::Result<std::path::PathBuf> {
+    use nix::mount::{mount, MsFlags};
+    let shm = dir.join("shm");
+    std::fs::create_dir_all(&shm)?;
+    if is_mount_point(&shm)? {
+        return Ok(shm);
+    }
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(format!("mode=1777,size={size}").as_str()),
+    )
+    .map_err(|e| {
+        std::io::Error::other(format!(
+            "mounting the pod's /dev/shm at {}: {e}",
+            shm.display()
+        ))
+    })?;
+    Ok(shm)
+}
+
+/// Unmounts the pod's /dev/shm (lazily: a dying container may still hold it); absent is fine.
+pub fn unmount_shm(dir: &Path) -> std::io::Result<()> {
+    let shm = dir.join("shm");
+    match is_mount_point(&shm) {
+        Ok(true) => nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| std::io::Error::other(format!("unmounting {}: {e}", shm.display()))),
+        Ok(false) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `p` is a mount point (its device differs from its parent's).
+fn is_mount_point(p: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let here = std::fs::metadata(p)?.dev();
+    let parent = std::fs::metadata(p.parent().unwrap_or(Path::new("/")))?.dev();
+    Ok(here != parent)
+}
+
 /// A host file's bytes; a host without it gives an empty file.
 fn read_or_empty(p: &Path) -> std::io::Result<Vec<u8>> {
     match std::fs::read(p) {

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::image::manifest::ImageConfig;
 
+pub mod container;
 pub mod files;
 pub mod seccomp;
 
@@ -85,6 +86,8 @@ pub struct SandboxSpec {
     pub privileged: bool,
     /// Size of the /dev/shm tmpfs when the pod has its own IPC namespace.
     pub shm_size: u64,
+    /// The pod's shared /dev/shm (a tmpfs concord mounted) to bind; None: a tmpfs of its own.
+    pub shm_path: Option<String>,
     pub annotations: BTreeMap<String, String>,
     /// `linux.seccomp` (None: unconfined).
     pub seccomp: Option<Value>,
@@ -168,6 +171,8 @@ pub fn sandbox_spec(s: &SandboxSpec, image: &ImageConfig) -> Value {
     ];
     if s.ipc == Ns::Node {
         mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "ro"]}));
+    } else if let Some(shm) = &s.shm_path {
+        mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind", "rprivate", "rw"]}));
     } else {
         mounts.push(
             json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
@@ -247,6 +252,7 @@ mod tests {
             readonly_rootfs: false,
             privileged: false,
             shm_size: 64 << 20,
+            shm_path: None,
             annotations: BTreeMap::new(),
             seccomp: Some(seccomp::default_profile(DEFAULT_CAPABILITIES)),
         }

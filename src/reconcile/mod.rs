@@ -6,6 +6,7 @@
 //! learns why it was called. The outcome is recorded per key (observed generation, last error) so
 //! that API handlers can wait for their intent to converge.
 
+pub mod container;
 mod queue;
 mod runtime_config;
 mod sandbox;
@@ -44,6 +45,13 @@ pub enum ReconcileError {
         step: &'static str,
         message: String,
     },
+    /// A step of converging a container failed.
+    #[error("container {id}: {step}: {message}")]
+    Container {
+        id: String,
+        step: &'static str,
+        message: String,
+    },
     /// A fact could not be recorded.
     #[error("recording a fact failed: {0}")]
     Journal(#[from] crate::journal::AppendError),
@@ -56,6 +64,7 @@ pub enum ReconcileError {
 pub struct Dispatch {
     pub runtime_config: RuntimeConfigReconciler,
     pub sandbox: Arc<SandboxReconciler>,
+    pub container: Arc<container::ContainerReconciler>,
 }
 
 impl Reconciler for Dispatch {
@@ -67,6 +76,7 @@ impl Reconciler for Dispatch {
         match key {
             ObjectKey::RuntimeConfig => Box::pin(self.runtime_config.reconcile(desired)),
             ObjectKey::Sandbox(id) => Box::pin(self.sandbox.reconcile(id, desired)),
+            ObjectKey::Container(id) => Box::pin(self.container.reconcile(id, desired)),
         }
     }
 }

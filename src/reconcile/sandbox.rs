@@ -271,13 +271,18 @@ impl SandboxReconciler {
                 self.spec_input(rec).hostname,
                 rec.config.dns_config.clone(),
             );
+            let own_ipc = !host_ipc(rec);
             tokio::task::spawn_blocking(move || {
                 crate::oci::files::write_sandbox_files(
                     &dir,
                     &hostname,
                     dns.as_ref(),
                     &crate::oci::files::HostFiles::default(),
-                )
+                )?;
+                if own_ipc {
+                    crate::oci::files::mount_shm(&dir, SHM_SIZE)?;
+                }
+                Ok::<_, std::io::Error>(())
             })
             .await
             .map_err(|e| Self::err(id, FILES, e))?
@@ -440,7 +445,15 @@ impl SandboxReconciler {
             supplemental_groups: sc.supplemental_groups.clone(),
             readonly_rootfs: sc.readonly_rootfs,
             privileged: sc.privileged,
-            shm_size: 64 << 20,
+            shm_size: SHM_SIZE,
+            shm_path: (!host_ipc(rec)).then(|| {
+                self.settings
+                    .state_dir
+                    .join(&rec.id)
+                    .join("shm")
+                    .display()
+                    .to_string()
+            }),
             annotations,
             seccomp: None,
         }
@@ -469,6 +482,8 @@ impl SandboxReconciler {
                 .await
                 .map_err(|e| Self::err(id, "removing the network namespace", e))?;
         }
+        crate::oci::files::unmount_shm(&self.settings.state_dir.join(id))
+            .map_err(|e| Self::err(id, "unmounting the pod's /dev/shm", e))?;
         Ok(())
     }
 
@@ -482,6 +497,8 @@ impl SandboxReconciler {
         })
         .await?;
         let dir = self.settings.state_dir.join(id);
+        crate::oci::files::unmount_shm(&dir)
+            .map_err(|e| Self::err(id, "unmounting the pod's /dev/shm", e))?;
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 return Err(Self::err(id, "removing sandbox state", e));
@@ -553,6 +570,19 @@ impl SandboxReconciler {
         }
         ok
     }
+}
+
+/// Size of a pod's /dev/shm (as containerd's CRI).
+const SHM_SIZE: u64 = 64 << 20;
+
+/// Whether the pod uses the host's IPC namespace (and so the host's /dev/shm).
+fn host_ipc(rec: &SandboxRecord) -> bool {
+    rec.config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|o| o.ipc == k8s_cri::v1::NamespaceMode::Node as i32)
 }
 
 /// Whether `s` has the shape of a sandbox id (64 lowercase hex characters): only such names in

@@ -1,0 +1,161 @@
+//! CreateContainer: validate against the pod and the image, record the intent (naming the id,
+//! the image and the log path), wait for the loop to make the snapshot and the containerd
+//! container. A retry with the same name and config answers the same id.
+
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+
+use super::{ApiError, Runtime};
+use crate::journal::{container_name, ContainerDesired, Event, ObjectKey};
+use crate::oci::container::{check_container_path, container_spec, ContainerContext};
+
+impl Runtime {
+    pub async fn create_container(
+        &self,
+        req: cri::CreateContainerRequest,
+        deadline: Duration,
+    ) -> Result<cri::CreateContainerResponse, ApiError> {
+        let sandbox_id =
+            self.resolve_sandbox(&req.pod_sandbox_id)?
+                .ok_or_else(|| ApiError::NotFound {
+                    kind: "pod sandbox",
+                    id: req.pod_sandbox_id.clone(),
+                })?;
+        let config = req
+            .config
+            .ok_or_else(|| ApiError::invalid("config", "required"))?;
+        let meta = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| ApiError::invalid("config.metadata", "required"))?;
+        if meta.name.is_empty() || meta.name.contains('/') || meta.name.contains("..") {
+            return Err(ApiError::invalid(
+                "config.metadata.name",
+                format!("{:?} must be non-empty without '/' or '..'", meta.name),
+            ));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| ApiError::invalid("config.image.image", "required"))?;
+        if std::path::Path::new(&config.log_path).is_absolute()
+            || config.log_path.split('/').any(|p| p == "..")
+        {
+            return Err(ApiError::invalid(
+                "config.log_path",
+                format!(
+                    "{:?} must be relative to the pod's log directory, without '..'",
+                    config.log_path
+                ),
+            ));
+        }
+        if !config.working_dir.is_empty() {
+            check_container_path("config.working_dir", &config.working_dir)
+                .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+        }
+        let state = self.journal.state();
+        let sandbox = state
+            .sandboxes
+            .get(&sandbox_id)
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "pod sandbox",
+                id: sandbox_id.clone(),
+            })?;
+        if !sandbox.ready() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "pod sandbox {sandbox_id} is not ready"
+            )));
+        }
+        let image = self
+            .images
+            .index()
+            .find(&image_name)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "image",
+                id: image_name.clone(),
+            })?;
+        let name = container_name(&sandbox_id, meta);
+        if let Some(existing) = state
+            .container_names
+            .get(&name)
+            .and_then(|id| state.containers.get(id))
+        {
+            if existing.desired != ContainerDesired::Removed && *existing.config == config {
+                // kubelet's retry of a create that timed out: the same container.
+                return Ok(cri::CreateContainerResponse {
+                    container_id: existing.id.clone(),
+                });
+            }
+            return Err(ApiError::FailedPrecondition(format!(
+                "container name {name:?} is reserved by container {}",
+                existing.id
+            )));
+        }
+        // Everything a spec can refuse is refused now, with the field, before anything exists.
+        let id = super::new_id();
+        let ctx = ContainerContext {
+            id: &id,
+            sandbox_id: &sandbox_id,
+            sandbox: &sandbox.config,
+            sandbox_pid: sandbox.pid.unwrap_or(0),
+            sandbox_files: self.config.state_dir.join("sandboxes").join(&sandbox_id),
+            image_name: &image_name,
+            target_pid: target_pid(&config, &state),
+        };
+        container_spec(&config, &image.resolved.config, &ctx)
+            .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+        let log_path = if sandbox.config.log_directory.is_empty() || config.log_path.is_empty() {
+            String::new()
+        } else {
+            std::path::Path::new(&sandbox.config.log_directory)
+                .join(&config.log_path)
+                .display()
+                .to_string()
+        };
+        let created_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let state = self
+            .journal
+            .append(vec![Event::ContainerRequested {
+                id: id.clone(),
+                sandbox_id,
+                config: Box::new(config),
+                image_id: image.id().to_string(),
+                image_name,
+                log_path,
+                created_at,
+            }])
+            .await?;
+        let key = ObjectKey::Container(id.clone());
+        let generation = state.generation(&key);
+        self.controller.wake(key.clone());
+        self.controller
+            .wait(&key, generation, deadline)
+            .await
+            .map_err(|source| ApiError::Converge {
+                what: format!("creating container {name}"),
+                source,
+            })?;
+        Ok(cri::CreateContainerResponse { container_id: id })
+    }
+}
+
+/// The pid of the container a TARGET pid namespace names, if it runs.
+fn target_pid(config: &cri::ContainerConfig, state: &crate::journal::State) -> Option<u32> {
+    let target = config
+        .linux
+        .as_ref()?
+        .security_context
+        .as_ref()?
+        .namespace_options
+        .as_ref()?
+        .target_id
+        .clone();
+    state.containers.get(&target).and_then(|c| c.pid)
+}

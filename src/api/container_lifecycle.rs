@@ -1,0 +1,188 @@
+//! StartContainer, StopContainer, RemoveContainer, ReopenContainerLog: record the intent, wait
+//! for the loop. Stop and Remove are idempotent; Remove of an unknown id is fine.
+
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+
+use super::{ApiError, Runtime};
+use crate::journal::{ContainerDesired, Event, ObjectKey};
+use crate::reconcile::WaitError;
+
+impl Runtime {
+    /// The full id of a container from an id or a unique prefix; None when unknown.
+    pub fn resolve_container(&self, id: &str) -> Result<Option<String>, ApiError> {
+        if id.is_empty() {
+            return Err(ApiError::invalid("container_id", "required"));
+        }
+        let state = self.journal.state();
+        if state.containers.contains_key(id) {
+            return Ok(Some(id.to_string()));
+        }
+        let mut matches = state.containers.keys().filter(|k| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some(one), None) => Ok(Some(one.clone())),
+            (Some(_), Some(_)) => Err(ApiError::invalid(
+                "container_id",
+                format!("{id:?} matches more than one container"),
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    fn known_container(&self, id: &str) -> Result<String, ApiError> {
+        self.resolve_container(id)?
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "container",
+                id: id.to_string(),
+            })
+    }
+
+    /// Appends `intent` for container `id` and waits for the loop to converge it.
+    async fn converge_container(
+        &self,
+        id: &str,
+        intent: Event,
+        what: &str,
+        deadline: Duration,
+    ) -> Result<(), ApiError> {
+        let key = ObjectKey::Container(id.to_string());
+        let state = self.journal.append(vec![intent]).await?;
+        let generation = state.generation(&key);
+        if generation == 0 {
+            return Ok(());
+        }
+        self.controller.wake(key.clone());
+        match self.controller.wait(&key, generation, deadline).await {
+            Ok(()) => Ok(()),
+            Err(_) if !self.journal.state().containers.contains_key(id) => Ok(()),
+            Err(source) => Err(ApiError::Converge {
+                what: format!("{what} container {id}"),
+                source,
+            }),
+        }
+    }
+
+    pub async fn start_container(
+        &self,
+        req: cri::StartContainerRequest,
+        deadline: Duration,
+    ) -> Result<cri::StartContainerResponse, ApiError> {
+        let id = self.known_container(&req.container_id)?;
+        let desired = self.journal.state().containers.get(&id).map(|c| c.desired);
+        if desired != Some(ContainerDesired::Created) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "container {id} is not in the created state ({desired:?})"
+            )));
+        }
+        self.converge_container(
+            &id,
+            Event::ContainerStartRequested { id: id.clone() },
+            "starting",
+            deadline,
+        )
+        .await?;
+        let state = self.journal.state();
+        match state.containers.get(&id) {
+            Some(c) if c.reason == "StartError" => Err(ApiError::Converge {
+                what: format!("starting container {id}"),
+                source: WaitError::Failed(c.message.clone()),
+            }),
+            _ => Ok(cri::StartContainerResponse {}),
+        }
+    }
+
+    pub async fn stop_container(
+        &self,
+        req: cri::StopContainerRequest,
+        deadline: Duration,
+    ) -> Result<cri::StopContainerResponse, ApiError> {
+        let id = self.known_container(&req.container_id)?;
+        if req.timeout < 0 {
+            return Err(ApiError::invalid("timeout", "must not be negative"));
+        }
+        // The grace period is the caller's: the RPC may wait that long plus the kill.
+        let deadline = deadline.max(Duration::from_secs(req.timeout as u64 + 15));
+        self.converge_container(
+            &id,
+            Event::ContainerStopRequested {
+                id: id.clone(),
+                timeout_seconds: req.timeout,
+            },
+            "stopping",
+            deadline,
+        )
+        .await?;
+        Ok(cri::StopContainerResponse {})
+    }
+
+    pub async fn remove_container(
+        &self,
+        req: cri::RemoveContainerRequest,
+        deadline: Duration,
+    ) -> Result<cri::RemoveContainerResponse, ApiError> {
+        if let Some(id) = self.resolve_container(&req.container_id)? {
+            self.converge_container(
+                &id,
+                Event::ContainerRemoveRequested { id: id.clone() },
+                "removing",
+                deadline,
+            )
+            .await?;
+        }
+        Ok(cri::RemoveContainerResponse {})
+    }
+
+    pub async fn reopen_container_log(
+        &self,
+        req: cri::ReopenContainerLogRequest,
+    ) -> Result<cri::ReopenContainerLogResponse, ApiError> {
+        let id = self.known_container(&req.container_id)?;
+        let state = self.journal.state();
+        let c = state
+            .containers
+            .get(&id)
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "container",
+                id: id.clone(),
+            })?;
+        if c.cri_state() != cri::ContainerState::ContainerRunning {
+            return Err(ApiError::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        if c.log_path.is_empty() {
+            return Ok(cri::ReopenContainerLogResponse {});
+        }
+        let pidfile = self
+            .config
+            .state_dir
+            .join("containers")
+            .join(&id)
+            .join("log-writer.pid");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                ApiError::FailedPrecondition(format!("container {id} has no log writer"))
+            })?;
+        // The new file exists when this answers; the writer appends to it from its next line.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(&c.log_path)
+                .map_err(|e| {
+                    ApiError::FailedPrecondition(format!("creating {}: {e}", c.log_path))
+                })?;
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .map_err(|e| ApiError::FailedPrecondition(format!("signalling the log writer: {e}")))?;
+        Ok(cri::ReopenContainerLogResponse {})
+    }
+}

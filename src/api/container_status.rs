@@ -1,0 +1,118 @@
+//! ContainerStatus and ListContainers, answered from the journal's state.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1 as cri;
+
+use super::{ApiError, Runtime};
+use crate::journal::ContainerRecord;
+
+impl Runtime {
+    pub async fn container_status(
+        &self,
+        req: cri::ContainerStatusRequest,
+    ) -> Result<cri::ContainerStatusResponse, ApiError> {
+        let id = self
+            .resolve_container(&req.container_id)?
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "container",
+                id: req.container_id.clone(),
+            })?;
+        let state = self.journal.state();
+        let c = state
+            .containers
+            .get(&id)
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "container",
+                id: id.clone(),
+            })?;
+        let mut info = HashMap::new();
+        if req.verbose {
+            info.insert(
+                "info".to_string(),
+                serde_json::json!({
+                    "pid": c.pid, "sandboxID": c.sandbox_id, "desired": c.desired,
+                    "config": c.config, "logPath": c.log_path,
+                })
+                .to_string(),
+            );
+        }
+        Ok(cri::ContainerStatusResponse {
+            status: Some(status_of(c)),
+            info,
+        })
+    }
+
+    pub async fn list_containers(
+        &self,
+        req: cri::ListContainersRequest,
+    ) -> Result<cri::ListContainersResponse, ApiError> {
+        let state = self.journal.state();
+        let f = req.filter.unwrap_or_default();
+        let containers = state
+            .containers
+            .values()
+            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
+            .filter(|c| f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id))
+            .filter(|c| {
+                f.state
+                    .as_ref()
+                    .is_none_or(|s| s.state == c.cri_state() as i32)
+            })
+            .filter(|c| {
+                f.label_selector
+                    .iter()
+                    .all(|(k, v)| c.config.labels.get(k) == Some(v))
+            })
+            .filter(|c| c.cri_state() != cri::ContainerState::ContainerUnknown)
+            .map(|c| cri::Container {
+                id: c.id.clone(),
+                pod_sandbox_id: c.sandbox_id.clone(),
+                metadata: c.config.metadata.clone(),
+                image: Some(image_spec(c)),
+                image_ref: c.image_id.clone(),
+                state: c.cri_state() as i32,
+                created_at: c.created_at,
+                labels: c.config.labels.clone(),
+                annotations: c.config.annotations.clone(),
+                image_id: c.image_id.clone(),
+            })
+            .collect();
+        Ok(cri::ListContainersResponse { containers })
+    }
+}
+
+fn image_spec(c: &ContainerRecord) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: c.image_name.clone(),
+        ..Default::default()
+    }
+}
+
+fn status_of(c: &ContainerRecord) -> cri::ContainerStatus {
+    cri::ContainerStatus {
+        id: c.id.clone(),
+        metadata: c.config.metadata.clone(),
+        state: c.cri_state() as i32,
+        created_at: c.created_at,
+        started_at: c.started_at,
+        finished_at: c.finished_at,
+        exit_code: c.exit_code,
+        image: Some(image_spec(c)),
+        image_ref: c.image_id.clone(),
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        mounts: c.config.mounts.clone(),
+        log_path: c.log_path.clone(),
+        resources: c.config.linux.as_ref().and_then(|l| {
+            l.resources.clone().map(|r| cri::ContainerResources {
+                linux: Some(r),
+                ..Default::default()
+            })
+        }),
+        image_id: c.image_id.clone(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,256 @@
+//! The container log writer: the program containerd's shim runs for a task's stdio
+//! (`binary://<concord>?concord-log-writer=1&path=..&pidfile=..&max=..`). The shim hands it the
+//! container's stdout and stderr as fds 3 and 4 and waits for fd 5 to close; it then writes
+//! every line in the CRI log format (`<RFC3339Nano> <stdout|stderr> <F|P> <content>`) until both
+//! streams end. It is a child of the shim, not of concord, so logs keep flowing while concord is
+//! down or restarting. SIGUSR1 reopens the file (ReopenContainerLog after kubelet rotated it).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::FromRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The query key that marks a log-writer invocation.
+pub const MARKER: &str = "concord-log-writer";
+
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_usr1(_: libc_int) {
+    REOPEN.store(true, Ordering::SeqCst);
+}
+
+#[allow(non_camel_case_types)]
+type libc_int = std::os::raw::c_int;
+
+/// Whether `args` (without the program name) are a log-writer invocation.
+pub fn is_invocation(args: &[String]) -> bool {
+    args.chunks(2).any(|kv| kv[0] == MARKER)
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The log file, reopened on request.
+struct Sink {
+    path: PathBuf,
+    file: File,
+}
+
+impl Sink {
+    fn open(path: &Path) -> std::io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(path)
+    }
+
+    fn write(&mut self, line: &[u8]) {
+        if REOPEN.swap(false, Ordering::SeqCst) {
+            match Sink::open(&self.path) {
+                Ok(f) => self.file = f,
+                Err(e) => eprintln!("concord log writer: reopening {}: {e}", self.path.display()),
+            }
+        }
+        if let Err(e) = self.file.write_all(line) {
+            eprintln!("concord log writer: writing {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// One CRI log entry.
+pub fn entry(stream: &str, partial: bool, content: &[u8]) -> Vec<u8> {
+    let ts = crate::containerd::rfc3339_nano(std::time::SystemTime::now());
+    let mut line = Vec::with_capacity(content.len() + 48);
+    line.extend_from_slice(ts.as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(stream.as_bytes());
+    line.extend_from_slice(if partial { b" P " } else { b" F " });
+    line.extend_from_slice(content);
+    line.push(b'\n');
+    line
+}
+
+/// Copies one stream into the sink as CRI entries: a line per newline, longer than `max`
+/// split into partial entries; the last bytes before EOF are a full entry.
+fn pump(input: File, stream: &'static str, max: usize, sink: Arc<Mutex<Sink>>) {
+    let mut r = BufReader::with_capacity(64 * 1024, input);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        // Read up to a newline, but never more than `max` bytes into one entry.
+        let n = match std::io::Read::take(&mut r, max as u64).read_until(b'\n', &mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let full = buf.last() == Some(&b'\n');
+        let content = if full { &buf[..n - 1] } else { &buf[..n] };
+        // Without a newline: partial when the line goes on (max reached), full at EOF.
+        let partial = !full && n >= max;
+        let line = entry(stream, partial, content);
+        sink.lock().expect("log sink").write(&line);
+    }
+}
+
+/// Runs the log writer with the shim's arguments (key value pairs); answers the exit code.
+pub fn run(args: &[String]) -> i32 {
+    let mut path = None;
+    let mut pidfile = None;
+    let mut max = 16 * 1024;
+    for kv in args.chunks(2) {
+        let v = kv.get(1).map(|v| decode(v)).unwrap_or_default();
+        match kv[0].as_str() {
+            "path" => path = Some(PathBuf::from(v)),
+            "pidfile" => pidfile = Some(PathBuf::from(v)),
+            "max" => max = v.parse().unwrap_or(max),
+            _ => {}
+        }
+    }
+    let Some(path) = path else {
+        eprintln!("concord log writer: no path");
+        return 2;
+    };
+    let max = max.max(64);
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_usr1),
+            nix::sys::signal::SaFlags::SA_RESTART,
+            nix::sys::signal::SigSet::empty(),
+        );
+        let _ = nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGUSR1, &action);
+        // The shim sends SIGTERM once the streams are closed: drain to EOF instead of dying.
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
+    let file = match Sink::open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("concord log writer: opening {}: {e}", path.display());
+            return 1;
+        }
+    };
+    if let Some(p) = &pidfile {
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(p, std::process::id().to_string());
+    }
+    let sink = Arc::new(Mutex::new(Sink { path, file }));
+    // SAFETY: the shim passes these descriptors (stdout, stderr, ready) and nothing else owns them.
+    let (out, err, ready) = unsafe {
+        (
+            File::from_raw_fd(3),
+            File::from_raw_fd(4),
+            File::from_raw_fd(5),
+        )
+    };
+    drop(ready); // tells the shim we are ready
+    let threads: Vec<_> = [(out, "stdout"), (err, "stderr")]
+        .into_iter()
+        .map(|(f, stream)| {
+            let sink = sink.clone();
+            std::thread::spawn(move || pump(f, stream, max, sink))
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    if let Some(p) = &pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_in_the_cri_log_format() {
+        let e = String::from_utf8(entry("stdout", false, b"hello")).unwrap();
+        let parts: Vec<&str> = e.splitn(4, ' ').collect();
+        assert!(parts[0].ends_with('Z') && parts[0].contains('.'), "{e}");
+        assert_eq!(&parts[1..], ["stdout", "F", "hello\n"]);
+    }
+
+    #[test]
+    fn long_lines_split_into_partial_entries_and_eof_ends_a_full_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let src = dir.path().join("in");
+        std::fs::write(&src, b"0123456789abcdefghij-tail\nshort\nno-newline").unwrap();
+        let sink = Arc::new(Mutex::new(Sink {
+            path: path.clone(),
+            file: Sink::open(&path).unwrap(),
+        }));
+        pump(File::open(&src).unwrap(), "stderr", 64, sink);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<(&str, &str)> = text
+            .lines()
+            .map(|l| {
+                let p: Vec<&str> = l.splitn(4, ' ').collect();
+                (p[2], p[3])
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("F", "0123456789abcdefghij-tail"),
+                ("F", "short"),
+                ("F", "no-newline")
+            ]
+        );
+        let long = dir.path().join("long");
+        std::fs::write(&long, [b'x'; 150]).unwrap();
+        let path2 = dir.path().join("d.log");
+        let sink = Arc::new(Mutex::new(Sink {
+            path: path2.clone(),
+            file: Sink::open(&path2).unwrap(),
+        }));
+        pump(File::open(&long).unwrap(), "stdout", 64, sink);
+        let tags: Vec<String> = std::fs::read_to_string(&path2)
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').nth(2).unwrap().to_string())
+            .collect();
+        assert_eq!(tags, ["P", "P", "F"]);
+    }
+
+    #[test]
+    fn arguments_are_decoded_pairs() {
+        assert!(is_invocation(&[
+            "path".into(),
+            "/x".into(),
+            MARKER.into(),
+            "1".into()
+        ]));
+        assert!(!is_invocation(&["pull".into(), "busybox".into()]));
+        assert_eq!(decode("/a%20b%26c"), "/a b&c");
+    }
+}

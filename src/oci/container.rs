@@ -1,0 +1,578 @@
+//! A container's OCI spec: the CRI ContainerConfig merged with the image config, joined to its
+//! pod's namespaces and files.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use k8s_cri::v1 as cri;
+use serde_json::{json, Value};
+
+use super::{clamp_oom_score_adj, DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS};
+use crate::image::manifest::ImageConfig;
+
+/// Every capability (what a privileged container gets; `ALL` in add/drop).
+pub const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// What the container's spec is built from besides its config and image.
+#[derive(Debug, Clone)]
+pub struct ContainerContext<'a> {
+    pub id: &'a str,
+    pub sandbox_id: &'a str,
+    pub sandbox: &'a cri::PodSandboxConfig,
+    /// The pause process (whose namespaces the container joins).
+    pub sandbox_pid: u32,
+    /// The sandbox's hostname/hosts/resolv.conf directory.
+    pub sandbox_files: PathBuf,
+    pub image_name: &'a str,
+    /// The pid of the TARGET container (pid namespace TARGET).
+    pub target_pid: Option<u32>,
+}
+
+/// A request field that cannot be honoured, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> SpecError {
+    SpecError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The process arguments by the CRI rules: `command` replaces the image's Entrypoint (and its
+/// Cmd), `args` replaces the Cmd.
+pub fn process_args(
+    c: &cri::ContainerConfig,
+    image: &ImageConfig,
+) -> Result<Vec<String>, SpecError> {
+    let ic = image.config.clone().unwrap_or_default();
+    let mut args = if !c.command.is_empty() {
+        c.command.clone()
+    } else {
+        ic.entrypoint.clone().unwrap_or_default()
+    };
+    if !c.args.is_empty() {
+        args.extend(c.args.iter().cloned());
+    } else if c.command.is_empty() {
+        args.extend(ic.cmd.clone().unwrap_or_default());
+    }
+    if args.is_empty() {
+        return Err(bad(
+            "config.command",
+            "no command: neither the config nor the image names one",
+        ));
+    }
+    Ok(args)
+}
+
+/// Image env first, then the config's (a later key replaces an earlier one in place).
+fn environment(c: &cri::ContainerConfig, image: &ImageConfig) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: String, v: String| match env.iter_mut().find(|(ek, _)| *ek == k) {
+        Some(e) => e.1 = v,
+        None => env.push((k, v)),
+    };
+    let image_env = image
+        .config
+        .as_ref()
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default();
+    for e in image_env {
+        let (k, v) = e.split_once('=').unwrap_or((&e, ""));
+        set(k.to_string(), v.to_string());
+    }
+    for kv in &c.envs {
+        set(kv.key.clone(), kv.value.clone());
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// A container path: absolute, no `..`.
+pub fn check_container_path(field: &'static str, p: &str) -> Result<(), SpecError> {
+    let path = Path::new(p);
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(bad(
+            field,
+            format!("{p:?} must be an absolute path without '..'"),
+        ));
+    }
+    Ok(())
+}
+
+/// The capability set: the default (or all, privileged), plus `add`, minus `drop`.
+fn capabilities(sc: &cri::LinuxContainerSecurityContext) -> Vec<String> {
+    if sc.privileged {
+        return ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    }
+    let norm = |c: &String| {
+        let c = c.to_uppercase();
+        if c.starts_with("CAP_") || c == "ALL" {
+            c
+        } else {
+            format!("CAP_{c}")
+        }
+    };
+    let caps = sc.capabilities.clone().unwrap_or_default();
+    let add: Vec<String> = caps.add_capabilities.iter().map(norm).collect();
+    let drop: Vec<String> = caps.drop_capabilities.iter().map(norm).collect();
+    let mut set: Vec<String> = if drop.iter().any(|d| d == "ALL") {
+        vec![]
+    } else {
+        DEFAULT_CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| !drop.contains(c))
+            .collect()
+    };
+    if add.iter().any(|a| a == "ALL") {
+        set = ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    } else {
+        for a in add {
+            if !set.contains(&a) {
+                set.push(a);
+            }
+        }
+    }
+    set
+}
+
+/// The container's user (uid, gid): the security context, else the image's numeric `User`.
+fn user(
+    sc: &cri::LinuxContainerSecurityContext,
+    image: &ImageConfig,
+) -> Result<(i64, i64), SpecError> {
+    let image_user = image
+        .config
+        .as_ref()
+        .and_then(|c| c.user.clone())
+        .unwrap_or_default();
+    let (img_uid, img_gid) = if image_user.is_empty() {
+        (Some(0), None)
+    } else {
+        let mut parts = image_user.split(':');
+        let u = parts.next().unwrap_or("");
+        (
+            u.parse::<i64>().ok(),
+            parts.next().and_then(|g| g.parse::<i64>().ok()),
+        )
+    };
+    if !sc.run_as_username.is_empty() {
+        return Err(bad(
+            "config.linux.security_context.run_as_username",
+            "user names are not resolved yet; give run_as_user",
+        ));
+    }
+    let uid = match (sc.run_as_user.as_ref(), img_uid) {
+        (Some(u), _) => u.value,
+        (None, Some(u)) => u,
+        (None, None) => {
+            return Err(bad(
+                "image",
+                format!("the image's user {image_user:?} is a name; names are not resolved yet, give run_as_user"),
+            ))
+        }
+    };
+    let gid = sc
+        .run_as_group
+        .as_ref()
+        .map(|g| g.value)
+        .or(if sc.run_as_user.is_some() {
+            None
+        } else {
+            img_gid
+        })
+        .unwrap_or(0);
+    Ok((uid, gid))
+}
+
+/// The container's OCI spec.
+pub fn container_spec(
+    c: &cri::ContainerConfig,
+    image: &ImageConfig,
+    ctx: &ContainerContext,
+) -> Result<Value, SpecError> {
+    let linux = c.linux.clone().unwrap_or_default();
+    let sc = linux.security_context.clone().unwrap_or_default();
+    let pod_sc = ctx
+        .sandbox
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    let pod_ns = pod_sc.namespace_options.clone().unwrap_or_default();
+    let ns = sc.namespace_options.clone().unwrap_or_default();
+    let node = cri::NamespaceMode::Node as i32;
+    let args = process_args(c, image)?;
+    let (uid, gid) = user(&sc, image)?;
+    let caps = capabilities(&sc);
+    let cwd = if !c.working_dir.is_empty() {
+        c.working_dir.clone()
+    } else {
+        image
+            .config
+            .as_ref()
+            .and_then(|c| c.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    };
+
+    // Namespaces: the pod's (through the pause process), the host's, or the container's own.
+    let proc_ns = |kind: &str| format!("/proc/{}/ns/{kind}", ctx.sandbox_pid);
+    let mut namespaces = vec![json!({"type": "mount"})];
+    if pod_ns.network != node {
+        namespaces.push(json!({"type": "network", "path": proc_ns("net")}));
+        namespaces.push(json!({"type": "uts", "path": proc_ns("uts")}));
+    }
+    if pod_ns.ipc != node {
+        namespaces.push(json!({"type": "ipc", "path": proc_ns("ipc")}));
+    }
+    match cri::NamespaceMode::try_from(ns.pid).unwrap_or(cri::NamespaceMode::Pod) {
+        cri::NamespaceMode::Node => {}
+        cri::NamespaceMode::Container => namespaces.push(json!({"type": "pid"})),
+        cri::NamespaceMode::Target => {
+            let pid = ctx.target_pid.ok_or_else(|| {
+                bad(
+                    "config.linux.security_context.namespace_options.target_id",
+                    format!("target container {:?} is not running", ns.target_id),
+                )
+            })?;
+            namespaces.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
+        }
+        cri::NamespaceMode::Pod => {
+            if pod_ns.pid != node {
+                namespaces.push(json!({"type": "pid", "path": proc_ns("pid")}));
+            }
+        }
+    }
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if sc.privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if sc.privileged { "rw" } else { "ro" }]}),
+    ];
+    let user_paths: Vec<&str> = c.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    for (file, dest) in [
+        ("hostname", "/etc/hostname"),
+        ("hosts", "/etc/hosts"),
+        ("resolv.conf", "/etc/resolv.conf"),
+    ] {
+        if !user_paths.contains(&dest) {
+            let src = ctx.sandbox_files.join(file);
+            let ro = if sc.readonly_rootfs { "ro" } else { "rw" };
+            mounts.push(json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate", ro]}));
+        }
+    }
+    if !user_paths.contains(&"/dev/shm") {
+        let src = if pod_ns.ipc == node {
+            "/dev/shm".to_string()
+        } else {
+            ctx.sandbox_files.join("shm").display().to_string()
+        };
+        mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": src, "options": ["rbind", "rprivate", "rw"]}));
+    }
+    for (i, m) in c.mounts.iter().enumerate() {
+        check_container_path("config.mounts.container_path", &m.container_path)?;
+        if !Path::new(&m.host_path).is_absolute() {
+            return Err(bad(
+                "config.mounts.host_path",
+                format!("mount {i}: {:?} must be an absolute path", m.host_path),
+            ));
+        }
+        let propagation = match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationPrivate) => "rprivate",
+            Ok(cri::MountPropagation::PropagationHostToContainer) => "rslave",
+            Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
+            Err(_) => {
+                return Err(bad(
+                    "config.mounts.propagation",
+                    format!("mount {i}: unknown propagation {}", m.propagation),
+                ))
+            }
+        };
+        mounts.push(
+            json!({"destination": m.container_path, "type": "bind", "source": m.host_path,
+            "options": ["rbind", propagation, if m.readonly { "ro" } else { "rw" }]}),
+        );
+    }
+
+    let res = linux.resources.clone().unwrap_or_default();
+    let mut resources = json!({"devices": [{"allow": sc.privileged, "access": "rwm"}]});
+    let mut cpu = serde_json::Map::new();
+    if res.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(res.cpu_shares));
+    }
+    if res.cpu_quota > 0 {
+        cpu.insert("quota".into(), json!(res.cpu_quota));
+    }
+    if res.cpu_period > 0 {
+        cpu.insert("period".into(), json!(res.cpu_period));
+    }
+    if !res.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(res.cpuset_cpus));
+    }
+    if !res.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(res.cpuset_mems));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+    if res.memory_limit_in_bytes > 0 {
+        resources["memory"] = json!({"limit": res.memory_limit_in_bytes});
+    }
+    if !res.hugepage_limits.is_empty() {
+        resources["hugepageLimits"] = res
+            .hugepage_limits
+            .iter()
+            .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
+            .collect();
+    }
+    if !res.unified.is_empty() {
+        resources["unified"] = json!(res.unified);
+    }
+
+    let parent = ctx
+        .sandbox
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/k8s.io".into());
+    let mut linux_spec = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": format!("{}/{}", parent.trim_end_matches('/'), ctx.id),
+        "resources": resources,
+    });
+    if !sc.privileged {
+        linux_spec["maskedPaths"] = if sc.masked_paths.is_empty() {
+            json!(MASKED_PATHS)
+        } else {
+            json!(sc.masked_paths)
+        };
+        linux_spec["readonlyPaths"] = if sc.readonly_paths.is_empty() {
+            json!(READONLY_PATHS)
+        } else {
+            json!(sc.readonly_paths)
+        };
+        let cap_refs: Vec<&str> = caps.iter().map(String::as_str).collect();
+        #[allow(deprecated)]
+        let path = sc.seccomp_profile_path.clone();
+        let seccomp = super::seccomp::Seccomp::requested(
+            sc.seccomp.as_ref(),
+            &path,
+            "config.linux.security_context.seccomp",
+        )
+        .and_then(|s| s.profile(&cap_refs))
+        .map_err(|e| bad("config.linux.security_context.seccomp", e))?;
+        if let Some(p) = seccomp {
+            linux_spec["seccomp"] = p;
+        }
+    }
+
+    let mut annotations: BTreeMap<String, String> = c.annotations.clone().into_iter().collect();
+    annotations.insert(
+        "io.kubernetes.cri.container-type".into(),
+        "container".into(),
+    );
+    annotations.insert("io.kubernetes.cri.sandbox-id".into(), ctx.sandbox_id.into());
+    annotations.insert("io.kubernetes.cri.image-name".into(), ctx.image_name.into());
+    if let Some(m) = &c.metadata {
+        annotations.insert("io.kubernetes.cri.container-name".into(), m.name.clone());
+    }
+    if let Some(m) = &ctx.sandbox.metadata {
+        annotations.insert("io.kubernetes.cri.sandbox-name".into(), m.name.clone());
+        annotations.insert(
+            "io.kubernetes.cri.sandbox-namespace".into(),
+            m.namespace.clone(),
+        );
+        annotations.insert("io.kubernetes.cri.sandbox-uid".into(), m.uid.clone());
+    }
+    let mut groups: Vec<i64> = sc.supplemental_groups.clone();
+    groups.extend(
+        pod_sc
+            .supplemental_groups
+            .iter()
+            .filter(|g| !sc.supplemental_groups.contains(g)),
+    );
+    let oom = clamp_oom_score_adj(res.oom_score_adj as i32);
+    let mut spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": c.tty,
+            "user": {"uid": uid, "gid": gid, "additionalGids": groups},
+            "args": args,
+            "env": environment(c, image),
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": sc.no_new_privs,
+            "oomScoreAdj": oom,
+        },
+        "root": {"path": "rootfs", "readonly": sc.readonly_rootfs},
+        "mounts": mounts,
+        "annotations": annotations,
+        "linux": linux_spec,
+    });
+    if pod_ns.network != node && !ctx.sandbox.hostname.is_empty() {
+        spec["hostname"] = json!(ctx.sandbox.hostname);
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageConfig {
+        serde_json::from_value(json!({
+            "config": {"Entrypoint": entrypoint, "Cmd": cmd, "Env": ["PATH=/bin", "A=image"], "User": "1000:2000"},
+            "rootfs": {"type": "layers", "diff_ids": []}
+        }))
+        .unwrap()
+    }
+
+    fn config(command: &[&str], args: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            envs: vec![cri::KeyValue {
+                key: "A".into(),
+                value: "config".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn command_and_args_follow_the_cri_rules() {
+        let img = image(&["/ep"], &["cmd1"]);
+        assert_eq!(
+            process_args(&config(&[], &[]), &img).unwrap(),
+            ["/ep", "cmd1"]
+        );
+        assert_eq!(
+            process_args(&config(&[], &["a"]), &img).unwrap(),
+            ["/ep", "a"]
+        );
+        assert_eq!(process_args(&config(&["/c"], &[]), &img).unwrap(), ["/c"]);
+        assert_eq!(
+            process_args(&config(&["/c"], &["a"]), &img).unwrap(),
+            ["/c", "a"]
+        );
+        assert!(process_args(&config(&[], &[]), &image(&[], &[])).is_err());
+    }
+
+    #[test]
+    fn spec_joins_the_pod_and_merges_env_and_user() {
+        let sandbox = cri::PodSandboxConfig {
+            hostname: "web".into(),
+            ..Default::default()
+        };
+        let ctx = ContainerContext {
+            id: "c1",
+            sandbox_id: "sb",
+            sandbox: &sandbox,
+            sandbox_pid: 42,
+            sandbox_files: "/state/sb".into(),
+            image_name: "busybox",
+            target_pid: None,
+        };
+        let v = container_spec(&config(&[], &[]), &image(&["/ep"], &[]), &ctx).unwrap();
+        assert_eq!(v["process"]["env"], json!(["PATH=/bin", "A=config"]));
+        assert_eq!(v["process"]["user"]["uid"], 1000);
+        assert_eq!(v["process"]["user"]["gid"], 2000);
+        let nss = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss.contains(&json!({"type": "network", "path": "/proc/42/ns/net"})));
+        assert!(nss.contains(&json!({"type": "pid", "path": "/proc/42/ns/pid"})));
+        let dests: Vec<&str> = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        for d in [
+            "/etc/hosts",
+            "/etc/resolv.conf",
+            "/etc/hostname",
+            "/dev/shm",
+        ] {
+            assert!(dests.contains(&d), "{d}");
+        }
+        assert_eq!(v["hostname"], "web");
+
+        let mut bad_mount = config(&[], &[]);
+        bad_mount.mounts = vec![cri::Mount {
+            container_path: "../etc".into(),
+            host_path: "/tmp".into(),
+            ..Default::default()
+        }];
+        let err = container_spec(&bad_mount, &image(&["/ep"], &[]), &ctx).unwrap_err();
+        assert_eq!(err.field, "config.mounts.container_path");
+    }
+
+    #[test]
+    fn capabilities_add_and_drop_with_all() {
+        let mut sc = cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                drop_capabilities: vec!["CAP_CHOWN".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let caps = capabilities(&sc);
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!caps.contains(&"CAP_CHOWN".to_string()));
+        sc.capabilities = Some(cri::Capability {
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        });
+        assert!(capabilities(&sc).is_empty());
+    }
+}

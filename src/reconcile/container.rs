@@ -1,0 +1,454 @@
+//! Reconciles a container: snapshot + containerd container towards Created; a task whose stdio
+//! goes to concord's log writer towards Running; stop signal, grace period and SIGKILL towards
+//! Exited; task, container, snapshot and state away for Removed. As for sandboxes, every step
+//! checks what exists first and teardown is unconditional.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{ReconcileError, Reconciled};
+use crate::containerd::{ContainerRuntime, Containerd, TaskIo};
+use crate::image::Images;
+use crate::journal::{ContainerDesired, ContainerRecord, Event, JournalHandle, State};
+use crate::oci::container::{container_spec, ContainerContext};
+
+/// Settings containers are made with.
+#[derive(Debug, Clone)]
+pub struct ContainerSettings {
+    pub snapshotter: String,
+    pub runtime: crate::config::RuntimeConfig,
+    /// Per-container state (the log writer's pid file).
+    pub state_dir: PathBuf,
+    /// Per-sandbox files (hostname, hosts, resolv.conf).
+    pub sandbox_state_dir: PathBuf,
+    /// The program the shim runs as the log writer (concord itself).
+    pub log_writer: PathBuf,
+    /// Longest log line written as one entry; longer ones are split into partial entries.
+    pub max_log_line: usize,
+}
+
+/// The container reconciler.
+pub struct ContainerReconciler {
+    ctd: Containerd,
+    images: Arc<Images>,
+    journal: JournalHandle,
+    settings: ContainerSettings,
+}
+
+/// Exit code of a container whose start failed (as containerd's CRI answers).
+const START_FAILED_EXIT: i32 = 128;
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Query-string encoding for the log writer's arguments.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl ContainerReconciler {
+    pub fn new(
+        ctd: Containerd,
+        images: Arc<Images>,
+        journal: JournalHandle,
+        settings: ContainerSettings,
+    ) -> ContainerReconciler {
+        ContainerReconciler {
+            ctd,
+            images,
+            journal,
+            settings,
+        }
+    }
+
+    fn err(id: &str, step: &'static str, message: impl ToString) -> ReconcileError {
+        ReconcileError::Container {
+            id: id.to_string(),
+            step,
+            message: message.to_string(),
+        }
+    }
+
+    /// The log writer's pid file for container `id`.
+    pub fn log_writer_pidfile(&self, id: &str) -> PathBuf {
+        self.settings.state_dir.join(id).join("log-writer.pid")
+    }
+
+    /// One reconcile of container `id` against `state`.
+    pub async fn reconcile(&self, id: &str, state: &State) -> Result<Reconciled, ReconcileError> {
+        let Some(rec) = state.containers.get(id) else {
+            self.remove(id).await?;
+            return Ok(Reconciled::default());
+        };
+        if rec.desired != ContainerDesired::Removed && !rec.created {
+            if let Err(e) = self.create(rec, state).await {
+                // CreateContainer failed: nothing it made may stay; the record goes too.
+                self.remove(id).await?;
+                self.journal
+                    .append(vec![Event::ContainerRemoved { id: id.into() }])
+                    .await?;
+                return Err(e);
+            }
+            self.journal
+                .append(vec![Event::ContainerCreated { id: id.into() }])
+                .await?;
+        }
+        match rec.desired {
+            ContainerDesired::Created => {}
+            ContainerDesired::Running if rec.finished_at != 0 => {}
+            ContainerDesired::Running if rec.started_at == 0 => self.start(rec, state).await?,
+            ContainerDesired::Running => {
+                if !matches!(self.ctd.task_state(id).await?, Some((_, true))) {
+                    self.record_exit(rec).await?;
+                }
+            }
+            ContainerDesired::Exited => {
+                if rec.started_at != 0 && rec.finished_at == 0 {
+                    self.stop(rec).await?;
+                    self.record_exit(rec).await?;
+                } else {
+                    self.ctd.delete_task(id).await?;
+                }
+            }
+            ContainerDesired::Removed => {
+                if rec.started_at != 0 && rec.finished_at == 0 {
+                    self.ctd.end_task(id, Duration::from_secs(10)).await?;
+                }
+                self.remove(id).await?;
+                self.journal
+                    .append(vec![Event::ContainerRemoved { id: id.into() }])
+                    .await?;
+                return Ok(observed(json!({"state": "removed"})));
+            }
+        }
+        let state = self.journal.state();
+        let now = state.containers.get(id).map(|c| c.cri_state());
+        Ok(observed(json!({ "state": format!("{now:?}") })))
+    }
+
+    /// Snapshot on the image's chain id, then the containerd container with its spec.
+    async fn create(&self, rec: &ContainerRecord, state: &State) -> Result<(), ReconcileError> {
+        let id = rec.id.as_str();
+        let sandbox = state
+            .sandboxes
+            .get(&rec.sandbox_id)
+            .filter(|s| s.ready())
+            .ok_or_else(|| {
+                Self::err(
+                    id,
+                    "creating the container",
+                    format!("pod sandbox {} is not ready", rec.sandbox_id),
+                )
+            })?;
+        let img = self
+            .images
+            .index()
+            .find(&rec.image_id)
+            .cloned()
+            .ok_or_else(|| {
+                Self::err(
+                    id,
+                    "creating the container",
+                    format!("image {} is not present", rec.image_id),
+                )
+            })?;
+        let target_pid = rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .map(|o| o.target_id.clone())
+            .filter(|t| !t.is_empty())
+            .and_then(|t| state.containers.get(&t))
+            .and_then(|c| c.pid);
+        let ctx = ContainerContext {
+            id,
+            sandbox_id: &rec.sandbox_id,
+            sandbox: &sandbox.config,
+            sandbox_pid: sandbox.pid.unwrap_or(0),
+            sandbox_files: self.settings.sandbox_state_dir.join(&rec.sandbox_id),
+            image_name: &rec.image_name,
+            target_pid,
+        };
+        let spec = container_spec(&rec.config, &img.resolved.config, &ctx).map_err(|e| {
+            Self::err(
+                id,
+                "building the container spec",
+                format!("{}: {}", e.field, e.reason),
+            )
+        })?;
+        let handler = self
+            .settings
+            .runtime
+            .handler(&sandbox.runtime_handler)
+            .ok_or_else(|| {
+                Self::err(
+                    id,
+                    "creating the container",
+                    "the pod's runtime handler is no longer configured",
+                )
+            })?;
+        let runtime =
+            ContainerRuntime::of(handler, self.settings.runtime.cgroup_driver == "systemd");
+        let owner = format!("container:{id}");
+        let lease = format!("concord-container-{}", fastrand::u64(..));
+        self.ctd
+            .create_lease(&lease, Duration::from_secs(600), &owner)
+            .await?;
+        let made = async {
+            if self
+                .ctd
+                .snapshot_mounts(&self.settings.snapshotter, id)
+                .await?
+                .is_none()
+            {
+                self.ctd
+                    .prepare_snapshot(
+                        &self.settings.snapshotter,
+                        id,
+                        &img.resolved.chain_id,
+                        &owner,
+                        &lease,
+                    )
+                    .await?;
+            }
+            if !self.ctd.container_exists(id).await? {
+                let labels = [
+                    (
+                        "io.cri-containerd.kind".to_string(),
+                        "container".to_string(),
+                    ),
+                    (
+                        "io.kubernetes.pod-sandbox-id".to_string(),
+                        rec.sandbox_id.clone(),
+                    ),
+                ]
+                .into();
+                self.ctd
+                    .create_container(
+                        id,
+                        &rec.image_name,
+                        &runtime,
+                        &spec,
+                        &self.settings.snapshotter,
+                        id,
+                        &owner,
+                        labels,
+                    )
+                    .await?;
+            }
+            Ok::<_, ReconcileError>(())
+        }
+        .await;
+        if let Err(e) = self.ctd.delete_lease(&lease).await {
+            tracing::warn!(container_id = id, lease, error = %e, "cannot delete a container lease; it expires");
+        }
+        made
+    }
+
+    /// The task, its stdio to the log writer, started. A start that fails is an exit (code 128,
+    /// reason StartError, the runtime's message), not a reconcile error.
+    async fn start(&self, rec: &ContainerRecord, state: &State) -> Result<(), ReconcileError> {
+        let id = rec.id.as_str();
+        if !state
+            .sandboxes
+            .get(&rec.sandbox_id)
+            .is_some_and(|s| s.ready())
+        {
+            return self
+                .fail_start(id, format!("pod sandbox {} is not ready", rec.sandbox_id))
+                .await;
+        }
+        // A task an interrupted start left is replaced.
+        self.ctd.end_task(id, Duration::from_secs(10)).await?;
+        let mounts = self
+            .ctd
+            .snapshot_mounts(&self.settings.snapshotter, id)
+            .await?
+            .ok_or_else(|| Self::err(id, "starting the container", "its snapshot is gone"))?;
+        let dir = self.settings.state_dir.join(id);
+        std::fs::create_dir_all(&dir).map_err(|e| Self::err(id, "starting the container", e))?;
+        let io = self.task_io(rec);
+        let started = async {
+            let pid = self.ctd.create_task_io(id, mounts, &io).await?;
+            self.ctd.start_task(id).await?;
+            Ok::<_, crate::containerd::ContainerdError>(pid)
+        }
+        .await;
+        match started {
+            Ok(pid) => {
+                self.journal
+                    .append(vec![Event::ContainerStarted {
+                        id: id.into(),
+                        pid,
+                        started_at: now_nanos(),
+                    }])
+                    .await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.ctd.delete_task(id).await;
+                self.fail_start(id, e.to_string()).await
+            }
+        }
+    }
+
+    async fn fail_start(&self, id: &str, message: String) -> Result<(), ReconcileError> {
+        self.journal
+            .append(vec![Event::ContainerExited {
+                id: id.into(),
+                exit_code: START_FAILED_EXIT,
+                finished_at: now_nanos(),
+                reason: "StartError".into(),
+                message,
+            }])
+            .await?;
+        Ok(())
+    }
+
+    /// stdout and stderr to concord's log writer, run by the shim (so it outlives concord).
+    fn task_io(&self, rec: &ContainerRecord) -> TaskIo {
+        if rec.log_path.is_empty() {
+            return TaskIo::default();
+        }
+        let uri = format!(
+            "binary://{}?concord-log-writer=1&path={}&pidfile={}&max={}",
+            encode(&self.settings.log_writer.display().to_string()),
+            encode(&rec.log_path),
+            encode(&self.log_writer_pidfile(&rec.id).display().to_string()),
+            self.settings.max_log_line
+        );
+        TaskIo {
+            stdin: String::new(),
+            stdout: uri.clone(),
+            stderr: if rec.config.tty { String::new() } else { uri },
+            terminal: rec.config.tty,
+        }
+    }
+
+    /// The image's stop signal (default SIGTERM), the grace period, then SIGKILL.
+    async fn stop(&self, rec: &ContainerRecord) -> Result<(), ReconcileError> {
+        let id = rec.id.as_str();
+        let signal = self
+            .images
+            .index()
+            .find(&rec.image_id)
+            .and_then(|i| {
+                i.resolved
+                    .config
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.stop_signal.clone())
+            })
+            .and_then(|s| parse_signal(&s))
+            .unwrap_or(15);
+        if rec.stop_timeout > 0 {
+            self.ctd.kill_task(id, signal).await?;
+            let grace = Duration::from_secs(rec.stop_timeout as u64);
+            if tokio::time::timeout(grace, self.ctd.wait_task(id))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        self.ctd.kill_task(id, 9).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.ctd.wait_task(id)).await;
+        Ok(())
+    }
+
+    /// Deletes the exited task and records its exit.
+    async fn record_exit(&self, rec: &ContainerRecord) -> Result<(), ReconcileError> {
+        let (code, at) = self
+            .ctd
+            .delete_task_exit(&rec.id)
+            .await?
+            .unwrap_or((255, 0));
+        let code = code as i32;
+        self.journal
+            .append(vec![Event::ContainerExited {
+                id: rec.id.clone(),
+                exit_code: code,
+                finished_at: if at > 0 { at } else { now_nanos() },
+                reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                message: String::new(),
+            }])
+            .await?;
+        Ok(())
+    }
+
+    /// Task, container, snapshot, state: whatever of them exists.
+    async fn remove(&self, id: &str) -> Result<(), ReconcileError> {
+        self.ctd.end_task(id, Duration::from_secs(10)).await?;
+        self.ctd.delete_container(id).await?;
+        self.ctd
+            .remove_snapshot(&self.settings.snapshotter, id)
+            .await?;
+        match std::fs::remove_dir_all(self.settings.state_dir.join(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Self::err(id, "removing container state", e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A signal by name (`SIGTERM`, `TERM`) or number.
+pub fn parse_signal(s: &str) -> Option<u32> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Some(n);
+    }
+    let name = s.to_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32 as u32)
+}
+
+fn observed(v: serde_json::Value) -> Reconciled {
+    Reconciled {
+        observed: v.to_string(),
+        drift_corrected: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_by_name_or_number() {
+        assert_eq!(parse_signal("SIGTERM"), Some(15));
+        assert_eq!(parse_signal("quit"), Some(3));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGBOGUS"), None);
+    }
+
+    #[test]
+    fn log_writer_arguments_are_query_encoded() {
+        assert_eq!(
+            encode("/var/log/pods/a b/c.log"),
+            "/var/log/pods/a%20b/c.log"
+        );
+        assert_eq!(encode("x&y=z"), "x%26y%3Dz");
+    }
+}

@@ -1,0 +1,416 @@
+//! Containers with the real containerd, runc and the locally built busybox image: create,
+//! start, logs in the CRI format (kept flowing across a concord kill), exit codes, stop with a
+//! grace period, a failed start, log reopen, remove, bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Daemon};
+use k8s_cri::v1 as cri;
+
+async fn daemon() -> Daemon {
+    let mut d = Daemon::new();
+    d.extra.push(format!(
+        "--registry-config-path={}",
+        std::env::var("CONCORD_TEST_HOSTS_DIR")
+            .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
+    ));
+    d.extra
+        .push(format!("--netns-dir={}", d.dir.join("netns").display()));
+    d.start().await;
+    d
+}
+
+fn pod_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: d.dir.join("logs").join(name).display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        labels: [("app".to_string(), name.to_string())].into(),
+        ..Default::default()
+    }
+}
+
+struct Pod {
+    id: String,
+    config: cri::PodSandboxConfig,
+}
+
+async fn pod(d: &Daemon, name: &str) -> Pod {
+    d.images()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let config = pod_config(d, name);
+    let id = d
+        .runtime()
+        .await
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    Pod { id, config }
+}
+
+async fn create(d: &Daemon, p: &Pod, c: cri::ContainerConfig) -> Result<String, tonic::Status> {
+    d.runtime()
+        .await
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: p.id.clone(),
+            config: Some(c),
+            sandbox_config: Some(p.config.clone()),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+async fn start(d: &Daemon, id: &str) -> Result<(), tonic::Status> {
+    d.runtime()
+        .await
+        .start_container(cri::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn status(d: &Daemon, id: &str) -> cri::ContainerStatus {
+    d.runtime()
+        .await
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+/// The (stream, tag, content) of every entry in a CRI log file.
+fn entries(path: &std::path::Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let p: Vec<&str> = l.splitn(4, ' ').collect();
+            assert!(p[0].ends_with('Z'), "timestamp: {l}");
+            (
+                p[1].to_string(),
+                p[2].to_string(),
+                p.get(3).unwrap_or(&"").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
+    let mut d = daemon().await;
+    let p = pod(&d, "web").await;
+    let id = create(
+        &d,
+        &p,
+        container_config(
+            "counter",
+            "trap '' TERM; echo started; echo to-stderr >&2; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done",
+        ),
+    )
+    .await
+    .unwrap();
+    let s = status(&d, &id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32);
+    assert_eq!(s.image.unwrap().image, "busybox");
+    assert!(s.image_ref.starts_with("sha256:"));
+    start(&d, &id).await.unwrap();
+    let s = status(&d, &id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+    assert!(s.started_at > 0);
+    let log = std::path::PathBuf::from(&s.log_path);
+    assert_eq!(log, d.dir.join("logs/web/counter.log"));
+    eventually(
+        Duration::from_secs(10),
+        "the first lines logged",
+        || async { entries(&log).len() >= 5 },
+    )
+    .await;
+    let e = entries(&log);
+    assert!(
+        e.contains(&("stdout".into(), "F".into(), "started".into())),
+        "{e:?}"
+    );
+    assert!(
+        e.contains(&("stderr".into(), "F".into(), "to-stderr".into())),
+        "{e:?}"
+    );
+
+    // concord killed for a while: the container keeps running and nothing it logs is lost.
+    d.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    d.start().await;
+    assert_eq!(
+        status(&d, &id).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let numbers: Vec<u64> = entries(&log)
+        .iter()
+        .filter_map(|(_, _, c)| c.strip_prefix("line ").and_then(|n| n.parse().ok()))
+        .collect();
+    assert!(numbers.len() > 20, "{} lines", numbers.len());
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "no line lost or repeated across the kill"
+    );
+
+    // kubelet rotates the log: rename, ReopenContainerLog, new lines go to the new file.
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    d.runtime()
+        .await
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "lines in the reopened file",
+        || async { entries(&log).len() >= 2 },
+    )
+    .await;
+
+    // Stop: the script ignores SIGTERM, so the grace period ends in SIGKILL.
+    d.runtime()
+        .await
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    let s = status(&d, &id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137);
+    assert_eq!(s.reason, "Error");
+    assert!(s.finished_at >= s.started_at);
+    // Idempotent.
+    d.runtime()
+        .await
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+
+    let list = d
+        .runtime()
+        .await
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                label_selector: [("app".to_string(), "counter".to_string())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].pod_sandbox_id, p.id);
+    for _ in 0..2 {
+        d.runtime()
+            .await
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let err = d
+        .runtime()
+        .await
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let (containers, snaps, _) = common::namespace_counts(&d).await;
+    let _ = containers;
+    assert!(snaps >= 1);
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_are_recorded_and_a_failed_start_says_why() {
+    let d = daemon().await;
+    let p = pod(&d, "jobs").await;
+    let id = create(&d, &p, container_config("exit3", "echo bye; exit 3"))
+        .await
+        .unwrap();
+    start(&d, &id).await.unwrap();
+    eventually(Duration::from_secs(10), "exited", || async {
+        status(&d, &id).await.state == cri::ContainerState::ContainerExited as i32
+    })
+    .await;
+    let s = status(&d, &id).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
+
+    let ok = create(&d, &p, container_config("ok", "true"))
+        .await
+        .unwrap();
+    start(&d, &ok).await.unwrap();
+    eventually(Duration::from_secs(10), "completed", || async {
+        status(&d, &ok).await.state == cri::ContainerState::ContainerExited as i32
+    })
+    .await;
+    let s = status(&d, &ok).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+
+    let mut missing = container_config("missing", "");
+    missing.command = vec!["/no/such/binary".into()];
+    let bad = create(&d, &p, missing).await.unwrap();
+    let err = start(&d, &bad).await.unwrap_err();
+    assert!(
+        err.message().contains("no/such/binary"),
+        "{}",
+        err.message()
+    );
+    let s = status(&d, &bad).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!((s.exit_code, s.reason.as_str()), (128, "StartError"));
+    assert!(s.message.contains("no/such/binary"), "{}", s.message);
+
+    // Removing the pod removes its containers.
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id,
+        })
+        .await
+        .unwrap();
+    let left = d
+        .runtime()
+        .await
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(left.is_empty());
+    let shims = std::process::Command::new("pgrep")
+        .args(["-f", &format!("-namespace {} ", d.namespace)])
+        .output()
+        .unwrap();
+    assert!(shims.stdout.is_empty(), "no shim left");
+}
+
+#[tokio::test]
+async fn bad_container_requests_name_the_field_and_create_nothing() {
+    let d = daemon().await;
+    let p = pod(&d, "bad").await;
+    let mut rt = d.runtime().await;
+    let err = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: "f".repeat(64),
+            config: Some(container_config("x", "true")),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let mut absent = container_config("x", "true");
+    absent.image = Some(cri::ImageSpec {
+        image: "example.test/not/pulled:1".into(),
+        ..Default::default()
+    });
+    let err = create(&d, &p, absent).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{}", err.message());
+    let mut cases: Vec<(cri::ContainerConfig, &str)> = Vec::new();
+    let mut c = container_config("x", "true");
+    c.metadata = None;
+    cases.push((c, "config.metadata"));
+    let mut c = container_config("x", "true");
+    c.mounts = vec![cri::Mount {
+        container_path: "relative".into(),
+        host_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    cases.push((c, "config.mounts.container_path"));
+    let mut c = container_config("x", "true");
+    c.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: "/tmp/../etc".into(),
+        propagation: 9,
+        ..Default::default()
+    }];
+    cases.push((c, "config.mounts.propagation"));
+    let mut c = container_config("x", "true");
+    c.log_path = "../../escape.log".into();
+    cases.push((c, "config.log_path"));
+    for (c, field) in cases {
+        let err = create(&d, &p, c).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {}",
+            err.message()
+        );
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let left = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(left.is_empty());
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: p.id,
+    })
+    .await
+    .unwrap();
+}
