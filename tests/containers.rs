@@ -178,6 +178,45 @@ async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
         "{e:?}"
     );
 
+    // ExecSync: output, exit code; a command past its timeout is killed: DeadlineExceeded.
+    let r = d
+        .runtime()
+        .await
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 7".into(),
+            ],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 7)
+    );
+    let started = std::time::Instant::now();
+    let err = d
+        .runtime()
+        .await
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::DeadlineExceeded,
+        "{}",
+        err.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
     // concord killed for a while: the container keeps running and nothing it logs is lost.
     d.kill9();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -298,6 +337,22 @@ async fn exits_are_recorded_and_a_failed_start_says_why() {
     .await;
     let s = status(&d, &id).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
+    let err = d
+        .runtime()
+        .await
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            timeout: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
 
     let ok = create(&d, &p, container_config("ok", "true"))
         .await

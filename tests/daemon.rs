@@ -204,12 +204,12 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_them() {
     d.start().await;
     let mut rt = d.runtime().await;
     let err = rt
-        .exec_sync(cri::ExecSyncRequest::default())
+        .container_stats(cri::ContainerStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("ExecSync") && err.message().contains("exec-sync"),
+        err.message().contains("ContainerStats") && err.message().contains("stats"),
         "{}",
         err.message()
     );
@@ -218,7 +218,7 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_them() {
     let count = d
         .metric(
             "concord_grpc_requests_total",
-            &["method=\"ExecSync\"", "code=\"Unimplemented\""],
+            &["method=\"ContainerStats\"", "code=\"Unimplemented\""],
         )
         .await;
     assert_eq!(count, 1.0);

@@ -21,6 +21,9 @@ pub enum ApiError {
     /// The call conflicts with the object's state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The call's own time limit passed (ExecSync's timeout).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// concord cannot serve this call now (containerd down, shutting down).
     #[error("{0}")]
     NotReady(String),
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::NotFound { .. } => Code::NotFound,
             ApiError::NotReady(_) => Code::Unavailable,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ApiError::Unimplemented { .. } => Code::Unimplemented,
             ApiError::Journal(AppendError::Closed) => Code::Unavailable,
             ApiError::Journal(AppendError::Store(_)) => Code::Internal,

@@ -3,6 +3,7 @@
 //! file, wrapped by [`Runtime::instrument`].
 
 mod container_create;
+mod container_exec;
 mod container_lifecycle;
 mod container_status;
 mod error;
@@ -274,8 +275,14 @@ impl cri::runtime_service_server::RuntimeService for Cri {
             )
             .await
     }
-    async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Res<cri::ExecSyncResponse> {
-        self.0.not_yet("ExecSync", Containers).await
+    async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Res<cri::ExecSyncResponse> {
+        self.0
+            .instrument(
+                "ExecSync",
+                Gate::Containerd,
+                self.0.exec_sync(r.into_inner()),
+            )
+            .await
     }
     async fn container_stats(
         &self,

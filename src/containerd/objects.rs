@@ -64,6 +64,7 @@ impl ContainerRuntime {
 
 /// Type URL containerd expects for a JSON runtime spec.
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
 /// Ok for NotFound: the object is already gone.
 fn gone_ok<T>(r: Result<T, ContainerdError>) -> Result<(), ContainerdError> {
@@ -392,6 +393,120 @@ impl Containerd {
             )
             .await?;
         Ok(r.exit_status)
+    }
+
+    /// The OCI spec container `id` was created with.
+    pub async fn container_spec(&self, id: &str) -> Result<serde_json::Value, ContainerdError> {
+        let req = containerd_client::services::v1::GetContainerRequest { id: id.into() };
+        let r = self
+            .call(
+                "containers",
+                "Get",
+                "Containers.Get",
+                self.containers().get(self.request(req)),
+            )
+            .await?;
+        let spec = r
+            .container
+            .and_then(|c| c.spec)
+            .map(|s| s.value)
+            .unwrap_or_default();
+        Ok(serde_json::from_slice(&spec).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Adds process `exec_id` (an OCI `process`) to the task of container `id` and starts it.
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &serde_json::Value,
+        io: &TaskIo,
+    ) -> Result<(), ContainerdError> {
+        let req = containerd_client::services::v1::ExecProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            stdin: io.stdin.clone(),
+            stdout: io.stdout.clone(),
+            stderr: io.stderr.clone(),
+            terminal: io.terminal,
+            spec: Some(prost_types::Any {
+                type_url: PROCESS_TYPE_URL.into(),
+                value: serde_json::to_vec(process).expect("a JSON value serializes"),
+            }),
+        };
+        self.call(
+            "tasks",
+            "Exec",
+            "Tasks.Exec",
+            self.tasks().exec(self.request(req)),
+        )
+        .await?;
+        let req = StartRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+        };
+        self.call(
+            "tasks",
+            "Start",
+            "Tasks.Start",
+            self.tasks().start(self.request(req)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Waits for process `exec_id` of container `id`; answers its exit status.
+    pub async fn wait_process(&self, id: &str, exec_id: &str) -> Result<u32, ContainerdError> {
+        let req = WaitRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+        };
+        let r = self
+            .call(
+                "tasks",
+                "Wait",
+                "Tasks.Wait",
+                self.tasks().wait(self.request(req)),
+            )
+            .await?;
+        Ok(r.exit_status)
+    }
+
+    /// SIGKILLs process `exec_id` of container `id`; a missing one is fine.
+    pub async fn kill_process(&self, id: &str, exec_id: &str) -> Result<(), ContainerdError> {
+        let req = KillRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            signal: 9,
+            all: false,
+        };
+        gone_ok(
+            self.call(
+                "tasks",
+                "Kill",
+                "Tasks.Kill",
+                self.tasks().kill(self.request(req)),
+            )
+            .await,
+        )
+    }
+
+    /// Deletes process `exec_id` of container `id`; a missing one is fine.
+    pub async fn delete_process(&self, id: &str, exec_id: &str) -> Result<(), ContainerdError> {
+        let req = containerd_client::services::v1::DeleteProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+        };
+        gone_ok(
+            self.call(
+                "tasks",
+                "DeleteProcess",
+                "Tasks.DeleteProcess",
+                self.tasks().delete_process(self.request(req)),
+            )
+            .await
+            .map(|_| ()),
+        )
     }
 
     /// Ends the task of container `id` if there is one: SIGKILL, wait for the exit (at most
