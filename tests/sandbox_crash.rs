@@ -1,5 +1,6 @@
 //! Crash safety: pods are run, stopped and removed while concord is SIGKILLed at random moments,
-//! while containerd is restarted, and while a CNI plugin fails or hangs; afterwards the node
+//! while containerd is restarted, and while a CNI plugin fails or hangs; containers are created,
+//! started, stopped and removed while concord is SIGKILLed; afterwards the node
 //! converges (every sandbox Ready with an address and a running pause, or stopped; the journal
 //! agrees with containerd's tasks), and once everything is removed nothing is leaked: no netns,
 //! IP allocation, CNI cache entry, containerd container, task, shim or sandbox snapshot.
@@ -233,10 +234,13 @@ async fn converges_and_leaves_nothing(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Pause tasks (containers' tasks are checked by the containers' test); leftovers of
+    // removed sandboxes are caught after the removal below.
     let running: std::collections::BTreeSet<String> = tasks(&ctd)
         .await
         .into_iter()
         .filter(|t| t.status == containerd_client::types::v1::Status::Running as i32)
+        .filter(|t| items.iter().any(|s| s.id == t.id))
         .map(|t| t.id)
         .collect();
     let mut ready = std::collections::BTreeSet::new();
@@ -337,12 +341,17 @@ async fn converges_and_leaves_nothing(
         .unwrap()
         .into_inner();
     while let Some(m) = stream.message().await.unwrap() {
-        keys.extend(m.info.into_iter().map(|i| i.name));
+        // Image layers are committed snapshots; a sandbox's or container's is active.
+        keys.extend(
+            m.info
+                .into_iter()
+                .filter(|i| {
+                    i.kind == containerd_client::services::v1::snapshots::Kind::Active as i32
+                })
+                .map(|i| i.name),
+        );
     }
-    assert!(
-        keys.len() <= 1,
-        "only the pause image's layer snapshot remains: {keys:?}"
-    );
+    assert!(keys.is_empty(), "active snapshots leaked: {keys:?}");
     let shims = std::process::Command::new("pgrep")
         .args(["-f", &format!("-namespace {} ", d.namespace)])
         .output()
@@ -535,4 +544,196 @@ async fn a_cni_plugin_that_fails_or_hangs_on_add_and_del_leaks_nothing() {
     set("ok");
     d.start().await;
     converges_and_leaves_nothing(&d, "flaky", &allocated_before).await;
+}
+
+/// Creates, starts, stops and removes containers in pod `pod` until told to stop.
+async fn churn_containers(
+    socket: std::path::PathBuf,
+    pod: String,
+    next: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let Ok(ch) = common::uds_channel(&socket).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let mut rt = cri::runtime_service_client::RuntimeServiceClient::new(ch);
+        let n = next.fetch_add(1, Ordering::SeqCst);
+        let Ok(r) = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: format!("c{n}"),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: "busybox".into(),
+                        ..Default::default()
+                    }),
+                    command: vec!["sleep".into(), "1000".into()],
+                    log_path: format!("c{n}.log"),
+                    ..Default::default()
+                }),
+                sandbox_config: None,
+            })
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let id = r.into_inner().container_id;
+        if rt
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .is_err()
+            || n % 3 == 0
+        {
+            continue;
+        }
+        if rt
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        if n % 3 == 1 {
+            let _ = rt
+                .remove_container(cri::RemoveContainerRequest { container_id: id })
+                .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_under_kill_9_converge_and_leak_nothing() {
+    let mut d = daemon(None);
+    // A network of its own (the plugin passes through): the other tests run beside it.
+    flaky_network(&mut d, "ctrs", "10.97.0.0/24");
+    let allocated_before = allocations("ctrs");
+    d.start().await;
+    d.images()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut pod_config = config(1000);
+    pod_config.log_directory = d.dir.join("logs").display().to_string();
+    let pod = d
+        .runtime()
+        .await
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let next = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(churn_containers(
+                d.socket.clone(),
+                pod.clone(),
+                next.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let kills: u32 = std::env::var("CONCORD_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(20..400))).await;
+        d.kill9();
+        d.start().await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        let _ = w.await;
+    }
+    println!(
+        "{kills} kills during {} container runs",
+        next.load(Ordering::SeqCst)
+    );
+
+    // Converged: every container is where its record says: running ones have a running task,
+    // nothing else has one.
+    let start = std::time::Instant::now();
+    loop {
+        let objects = d
+            .introspection()
+            .await
+            .list_objects(concord::proto::ListObjectsRequest {
+                kind: "container".into(),
+                id_prefix: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .objects;
+        if objects
+            .iter()
+            .all(|o| !o.pending && o.observed_generation >= o.generation)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "containers not converged: {:?}",
+            objects
+                .iter()
+                .filter(|o| o.pending || o.observed_generation < o.generation)
+                .map(|o| format!("{} {} {}", o.id, o.observed, o.last_error))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = d
+        .runtime()
+        .await
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    let mut running: std::collections::BTreeSet<String> = listed
+        .iter()
+        .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+        .map(|c| c.id.clone())
+        .collect();
+    running.insert(pod.clone());
+    let ctd = concord::containerd::Containerd::new(&d.containerd, &d.namespace, Default::default());
+    let tasks: std::collections::BTreeSet<String> = tasks(&ctd)
+        .await
+        .into_iter()
+        .filter(|t| t.status == containerd_client::types::v1::Status::Running as i32)
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(
+        tasks, running,
+        "containerd's running tasks are the Running containers and the pause"
+    );
+    println!(
+        "{} containers after the kills, {} running",
+        listed.len(),
+        running.len() - 1
+    );
+    converges_and_leaves_nothing(&d, "ctrs", &allocated_before).await;
 }
