@@ -379,6 +379,41 @@ async fn exits_are_recorded_and_a_failed_start_says_why() {
     assert_eq!((s.exit_code, s.reason.as_str()), (128, "StartError"));
     assert!(s.message.contains("no/such/binary"), "{}", s.message);
 
+    // An exit while concord is down is found when it is back.
+    let mut d = d;
+    let lost = create(&d, &p, container_config("lost", "sleep 1000"))
+        .await
+        .unwrap();
+    start(&d, &lost).await.unwrap();
+    let pid = {
+        let r = d
+            .runtime()
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: lost.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
+        info["pid"].as_i64().unwrap() as i32
+    };
+    d.kill9();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.start().await;
+    eventually(
+        Duration::from_secs(10),
+        "the exit found after the restart",
+        || async { status(&d, &lost).await.state == cri::ContainerState::ContainerExited as i32 },
+    )
+    .await;
+    assert_eq!(status(&d, &lost).await.exit_code, 137);
+
     // Removing the pod removes its containers.
     d.runtime()
         .await
