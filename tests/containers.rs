@@ -121,6 +121,36 @@ async fn status(d: &Daemon, id: &str) -> cri::ContainerStatus {
         .unwrap()
 }
 
+/// A cgroup file of process `pid`: `v1_file` under the v1 `controller` hierarchy, or `v2_file`
+/// under the unified one.
+fn cgroup_value(pid: i64, controller: &str, v1_file: &str, v2_file: &str) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        let path = path.trim_start_matches('/');
+        let file = if ctrls.split(',').any(|c| c == controller) {
+            std::path::Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(path)
+                .join(v1_file)
+        } else if ctrls.is_empty()
+            && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        {
+            std::path::Path::new("/sys/fs/cgroup")
+                .join(path)
+                .join(v2_file)
+        } else {
+            continue;
+        };
+        return std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .to_string();
+    }
+    panic!("no {controller} cgroup for {pid}: {cgroups}");
+}
+
 /// The (stream, tag, content) of every entry in a CRI log file.
 fn entries(path: &std::path::Path) -> Vec<(String, String, String)> {
     std::fs::read_to_string(path)
@@ -216,6 +246,64 @@ async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
         err.message()
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+
+    // UpdateContainerResources reaches the running task's cgroup and the status.
+    let pid = {
+        let r = d
+            .runtime()
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
+        info["pid"].as_i64().unwrap()
+    };
+    let limits = cri::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        ..Default::default()
+    };
+    d.runtime()
+        .await
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(limits.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        cgroup_value(pid, "memory", "memory.limit_in_bytes", "memory.max"),
+        (64u64 << 20).to_string()
+    );
+    let quota = cgroup_value(pid, "cpu", "cpu.cfs_quota_us", "cpu.max");
+    assert!(quota == "50000" || quota == "50000 100000", "{quota}");
+    let s = status(&d, &id).await;
+    assert_eq!(s.resources.unwrap().linux.unwrap(), limits);
+    let err = d
+        .runtime()
+        .await
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: -5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
 
     // concord killed for a while: the container keeps running and nothing it logs is lost.
     d.kill9();

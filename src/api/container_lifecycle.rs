@@ -133,6 +133,41 @@ impl Runtime {
         Ok(cri::RemoveContainerResponse {})
     }
 
+    pub async fn update_container_resources(
+        &self,
+        req: cri::UpdateContainerResourcesRequest,
+        deadline: Duration,
+    ) -> Result<cri::UpdateContainerResourcesResponse, ApiError> {
+        let id = self.known_container(&req.container_id)?;
+        let Some(resources) = req.linux else {
+            return Ok(cri::UpdateContainerResourcesResponse {});
+        };
+        crate::oci::container::check_resources("linux", &resources)
+            .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+        let exited = self
+            .journal
+            .state()
+            .containers
+            .get(&id)
+            .is_some_and(|c| c.cri_state() == cri::ContainerState::ContainerExited);
+        if exited {
+            return Err(ApiError::FailedPrecondition(format!(
+                "container {id} has exited; its resources cannot change"
+            )));
+        }
+        self.converge_container(
+            &id,
+            Event::ContainerResourcesUpdated {
+                id: id.clone(),
+                resources: Box::new(resources),
+            },
+            "updating the resources of",
+            deadline,
+        )
+        .await?;
+        Ok(cri::UpdateContainerResourcesResponse {})
+    }
+
     pub async fn reopen_container_log(
         &self,
         req: cri::ReopenContainerLogRequest,

@@ -259,9 +259,16 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     }
     async fn update_container_resources(
         &self,
-        _: Request<cri::UpdateContainerResourcesRequest>,
+        r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Res<cri::UpdateContainerResourcesResponse> {
-        self.0.not_yet("UpdateContainerResources", Containers).await
+        let deadline = deadline_of(r.metadata());
+        self.0
+            .instrument(
+                "UpdateContainerResources",
+                Gate::Containerd,
+                self.0.update_container_resources(r.into_inner(), deadline),
+            )
+            .await
     }
     async fn reopen_container_log(
         &self,

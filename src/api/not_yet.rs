@@ -16,7 +16,7 @@ impl Capability {
     fn describe(self) -> &'static str {
         match self {
             Capability::Containers => {
-                "container stats, resource updates and events are not in this build yet"
+                "container stats and container events are not in this build yet"
             }
             Capability::Streaming => {
                 "the streaming server (exec, attach, port-forward) is not in this build"

@@ -65,6 +65,7 @@ impl ContainerRuntime {
 /// Type URL containerd expects for a JSON runtime spec.
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 
 /// Ok for NotFound: the object is already gone.
 fn gone_ok<T>(r: Result<T, ContainerdError>) -> Result<(), ContainerdError> {
@@ -470,6 +471,30 @@ impl Containerd {
             )
             .await?;
         Ok(r.exit_status)
+    }
+
+    /// Applies OCI `linux.resources` to the running task of container `id`.
+    pub async fn update_task(
+        &self,
+        id: &str,
+        resources: &serde_json::Value,
+    ) -> Result<(), ContainerdError> {
+        let req = containerd_client::services::v1::UpdateTaskRequest {
+            container_id: id.into(),
+            resources: Some(prost_types::Any {
+                type_url: RESOURCES_TYPE_URL.into(),
+                value: serde_json::to_vec(resources).expect("a JSON value serializes"),
+            }),
+            annotations: Default::default(),
+        };
+        self.call(
+            "tasks",
+            "Update",
+            "Tasks.Update",
+            self.tasks().update(self.request(req)),
+        )
+        .await?;
+        Ok(())
     }
 
     /// SIGKILLs process `exec_id` of container `id`; a missing one is fine.

@@ -70,6 +70,11 @@ pub enum Event {
         reason: String,
         message: String,
     },
+    /// UpdateContainerResources: the new limits (applied to a running task by the loop).
+    ContainerResourcesUpdated {
+        id: String,
+        resources: Box<k8s_cri::v1::LinuxContainerResources>,
+    },
     /// StopContainer with this grace period.
     ContainerStopRequested { id: String, timeout_seconds: i64 },
     /// RemoveContainer (or the pod's removal).
@@ -113,6 +118,9 @@ pub struct ContainerRecord {
     pub message: String,
     /// Grace period of the last StopContainer.
     pub stop_timeout: i64,
+    /// UpdateContainerResources changed the limits since the create.
+    #[serde(default)]
+    pub resources_updated: bool,
 }
 
 impl ContainerRecord {
@@ -370,6 +378,7 @@ impl State {
                         reason: String::new(),
                         message: String::new(),
                         stop_timeout: 0,
+                        resources_updated: false,
                     },
                 );
             }
@@ -410,6 +419,16 @@ impl State {
                         c.reason = reason.clone();
                         c.message = message.clone();
                     }
+                }
+            }
+            Event::ContainerResourcesUpdated { id, resources } => {
+                if let Some(c) = self.containers.get_mut(id) {
+                    c.config
+                        .linux
+                        .get_or_insert_with(Default::default)
+                        .resources = Some((**resources).clone());
+                    c.resources_updated = true;
+                    c.generation += 1;
                 }
             }
             Event::ContainerStopRequested {

@@ -230,6 +230,82 @@ fn user(
     Ok((uid, gid))
 }
 
+/// The OCI `linux.resources` for CRI resources (unset values left out).
+pub fn linux_resources(res: &cri::LinuxContainerResources) -> Value {
+    let mut resources = json!({});
+    let mut cpu = serde_json::Map::new();
+    if res.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(res.cpu_shares));
+    }
+    if res.cpu_quota > 0 {
+        cpu.insert("quota".into(), json!(res.cpu_quota));
+    }
+    if res.cpu_period > 0 {
+        cpu.insert("period".into(), json!(res.cpu_period));
+    }
+    if !res.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(res.cpuset_cpus));
+    }
+    if !res.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(res.cpuset_mems));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+    if res.memory_limit_in_bytes > 0 {
+        resources["memory"] = json!({"limit": res.memory_limit_in_bytes});
+    }
+    if !res.hugepage_limits.is_empty() {
+        resources["hugepageLimits"] = res
+            .hugepage_limits
+            .iter()
+            .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
+            .collect();
+    }
+    if !res.unified.is_empty() {
+        resources["unified"] = json!(res.unified);
+    }
+    resources
+}
+
+/// Refuses resource values no kernel would take, naming the field.
+pub fn check_resources(
+    field: &'static str,
+    r: &cri::LinuxContainerResources,
+) -> Result<(), SpecError> {
+    let negative = [
+        ("cpu_period", r.cpu_period),
+        ("cpu_shares", r.cpu_shares),
+        ("memory_limit_in_bytes", r.memory_limit_in_bytes),
+        ("memory_swap_limit_in_bytes", r.memory_swap_limit_in_bytes),
+    ];
+    if let Some((name, v)) = negative.iter().find(|(_, v)| *v < 0) {
+        return Err(bad(field, format!("{name} {v} is negative")));
+    }
+    if r.cpu_quota != 0 && r.cpu_quota != -1 && r.cpu_quota < 1000 {
+        return Err(bad(
+            field,
+            format!("cpu_quota {} is below 1000 microseconds", r.cpu_quota),
+        ));
+    }
+    if r.cpu_period != 0 && !(1000..=1_000_000).contains(&r.cpu_period) {
+        return Err(bad(
+            field,
+            format!(
+                "cpu_period {} is not 1000 to 1000000 microseconds",
+                r.cpu_period
+            ),
+        ));
+    }
+    if !(-1000..=1000).contains(&r.oom_score_adj) {
+        return Err(bad(
+            field,
+            format!("oom_score_adj {} is not -1000 to 1000", r.oom_score_adj),
+        ));
+    }
+    Ok(())
+}
+
 /// The container's OCI spec.
 pub fn container_spec(
     c: &cri::ContainerConfig,
@@ -344,39 +420,9 @@ pub fn container_spec(
     }
 
     let res = linux.resources.clone().unwrap_or_default();
-    let mut resources = json!({"devices": [{"allow": sc.privileged, "access": "rwm"}]});
-    let mut cpu = serde_json::Map::new();
-    if res.cpu_shares > 0 {
-        cpu.insert("shares".into(), json!(res.cpu_shares));
-    }
-    if res.cpu_quota > 0 {
-        cpu.insert("quota".into(), json!(res.cpu_quota));
-    }
-    if res.cpu_period > 0 {
-        cpu.insert("period".into(), json!(res.cpu_period));
-    }
-    if !res.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(res.cpuset_cpus));
-    }
-    if !res.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(res.cpuset_mems));
-    }
-    if !cpu.is_empty() {
-        resources["cpu"] = Value::Object(cpu);
-    }
-    if res.memory_limit_in_bytes > 0 {
-        resources["memory"] = json!({"limit": res.memory_limit_in_bytes});
-    }
-    if !res.hugepage_limits.is_empty() {
-        resources["hugepageLimits"] = res
-            .hugepage_limits
-            .iter()
-            .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
-            .collect();
-    }
-    if !res.unified.is_empty() {
-        resources["unified"] = json!(res.unified);
-    }
+    check_resources("config.linux.resources", &res)?;
+    let mut resources = linux_resources(&res);
+    resources["devices"] = json!([{"allow": sc.privileged, "access": "rwm"}]);
 
     let parent = ctx
         .sandbox

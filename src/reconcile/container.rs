@@ -114,6 +114,17 @@ impl ContainerReconciler {
             ContainerDesired::Running => {
                 if !matches!(self.ctd.task_state(id).await?, Some((_, true))) {
                     self.record_exit(rec).await?;
+                } else if rec.resources_updated {
+                    // UpdateContainerResources: the limits the record holds, on the live task.
+                    let res = rec
+                        .config
+                        .linux
+                        .as_ref()
+                        .and_then(|l| l.resources.clone())
+                        .unwrap_or_default();
+                    self.ctd
+                        .update_task(id, &crate::oci::container::linux_resources(&res))
+                        .await?;
                 }
             }
             ContainerDesired::Exited => {
