@@ -40,9 +40,21 @@ skopeo copy --quiet oci:/tmp/rig/oci:httpd "docker-archive:$DEMO_DIR/httpd.tar:e
 "$BIN" load --listen "$LISTEN" "$DEMO_DIR/httpd.tar"
 log "images:"
 "$BIN" images --listen "$LISTEN"
-log "running a pod (network namespace + CNI bridge address + the locally built pause image), port 18080 published:"
-POD=$("$BIN" run-pod --listen "$LISTEN" --publish 18080:8080 demo)
+log "running a pod (network namespace + CNI bridge address + the locally built pause image), host port 18080 -> 80:"
+POD=$("$BIN" run-pod --listen "$LISTEN" --publish 18080:80 demo)
 "$BIN" pods --listen "$LISTEN"
+log "running the locally built httpd image (loaded above) in the pod:"
+"$BIN" containers --listen "$LISTEN" | awk '$5=="web"' | grep -q running \
+  || "$BIN" run-container --listen "$LISTEN" "$POD" web example.test/demo/httpd:1
+"$BIN" containers --listen "$LISTEN"
+POD_IP=$("$BIN" pods --listen "$LISTEN" | awk '$4=="demo"{print $3}')
+HOST_IP=$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1)
+for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://$POD_IP:80/" 2>/dev/null && break; sleep 0.1; done
+log "GET http://$POD_IP:80/ (the pod's address) and http://$HOST_IP:18080/ (hostPort):"
+curl -sS -o /dev/null -w '  pod address: HTTP %{http_code}\n' "http://$POD_IP:80/"
+curl -sS -o /dev/null -w '  hostPort:    HTTP %{http_code}\n' "http://$HOST_IP:18080/"
+log "its log (CRI format, written by concord's log writer under the shim):"
+head -3 /var/log/pods/default_demo_demo-uid/web.log"
 log "reconcile loop objects and journal:"
 "$BIN" inspect --listen "$LISTEN"
 log "metrics: curl -s http://127.0.0.1:9338/metrics | grep ^concord_"

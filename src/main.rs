@@ -60,6 +60,21 @@ enum Command {
     },
     /// List pod sandboxes (CRI ListPodSandbox) with state and address.
     Pods,
+    /// Create and start a container in a pod (CRI CreateContainer + StartContainer); prints its
+    /// id. Its log goes to <pod log directory>/<name>.log.
+    RunContainer {
+        /// Pod sandbox id (or a unique prefix).
+        pod: String,
+        /// Container name.
+        name: String,
+        /// Image (present on the node).
+        image: String,
+        /// Command and arguments (default: the image's).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// List containers (CRI ListContainers) with state.
+    Containers,
     /// Stop a pod sandbox (CRI StopPodSandbox).
     StopPod { id: String },
     /// Remove a pod sandbox (CRI RemovePodSandbox).
@@ -341,6 +356,19 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(run_pod(&config, name, publish, handler))),
         ),
         Some(Command::Pods) => report(false, runtime().and_then(|rt| rt.block_on(pods(&config)))),
+        Some(Command::RunContainer {
+            pod,
+            name,
+            image,
+            command,
+        }) => report(
+            false,
+            runtime().and_then(|rt| rt.block_on(run_container(&config, pod, name, image, command))),
+        ),
+        Some(Command::Containers) => report(
+            false,
+            runtime().and_then(|rt| rt.block_on(containers(&config))),
+        ),
         Some(Command::StopPod { id }) => report(
             false,
             runtime().and_then(|rt| rt.block_on(pod_op(&config, id, false))),
@@ -501,6 +529,7 @@ async fn run_pod(
                     namespace: "default".into(),
                     attempt: 0,
                 }),
+                log_directory: format!("/var/log/pods/default_{name}_{name}-uid"),
                 hostname: name,
                 port_mappings,
                 ..Default::default()
@@ -547,6 +576,76 @@ async fn pods(config: &Config) -> anyhow::Result<()> {
             state,
             if ip.is_empty() { "-" } else { &ip },
             name
+        );
+    }
+    Ok(())
+}
+
+async fn run_container(
+    config: &Config,
+    pod: String,
+    name: String,
+    image: String,
+    command: Vec<String>,
+) -> anyhow::Result<()> {
+    use k8s_cri::v1 as cri;
+    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(connect(config).await?);
+    let id = client
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod,
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: name.clone(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image,
+                    ..Default::default()
+                }),
+                command,
+                log_path: format!("{name}.log"),
+                ..Default::default()
+            }),
+            sandbox_config: None,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .container_id;
+    client
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    println!("{id}");
+    Ok(())
+}
+
+async fn containers(config: &Config) -> anyhow::Result<()> {
+    use k8s_cri::v1 as cri;
+    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(connect(config).await?);
+    let list = client
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .containers;
+    for c in list {
+        let state = cri::ContainerState::try_from(c.state)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("CONTAINER_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        println!(
+            "{}  {:<8}  pod {}  {}  {}",
+            &c.id[..13.min(c.id.len())],
+            state,
+            &c.pod_sandbox_id[..13.min(c.pod_sandbox_id.len())],
+            c.metadata.map(|m| m.name).unwrap_or_default(),
+            c.image.map(|i| i.image).unwrap_or_default()
         );
     }
     Ok(())
