@@ -745,3 +745,54 @@ async fn seccomp_follows_the_security_context_and_a_bad_profile_is_refused() {
     assert_eq!(list(&d).await.len(), 5, "nothing made for the refused ones");
     remove_all(&d).await;
 }
+
+#[tokio::test]
+async fn no_or_a_broken_cni_config_fails_the_run_clearly_and_creates_nothing() {
+    let mut d = Daemon::new();
+    let conf = d.dir.join("cni-conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    d.extra.retain(|e| !e.starts_with("--cni-conf-dir"));
+    d.extra.push(format!("--cni-conf-dir={}", conf.display()));
+    let d = daemon_with(d).await;
+    // No config at all.
+    let err = run(&d, config("nonet", false)).await.unwrap_err();
+    assert!(
+        err.message().contains("CNI ADD") && err.message().contains("network not ready"),
+        "{}",
+        err.message()
+    );
+    assert!(list(&d).await.is_empty());
+    assert_eq!(netns_files(&d), 0);
+    // A broken one is not usable either, and says why in Status.
+    std::fs::write(conf.join("10-broken.conflist"), "{ not json").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let err = run(&d, config("nonet", false)).await.unwrap_err();
+    assert!(
+        err.message().contains("network not ready"),
+        "{}",
+        err.message()
+    );
+    let s = d
+        .runtime()
+        .await
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let net = s
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(!net.status && !net.message.is_empty(), "{net:?}");
+    assert!(list(&d).await.is_empty());
+    assert_eq!(netns_files(&d), 0);
+    // Oversized labels are refused by name.
+    let mut c = config("big", false);
+    c.labels = [("big".to_string(), "x".repeat(300 << 10))].into();
+    let err = run(&d, c).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("config.labels"), "{}", err.message());
+}
