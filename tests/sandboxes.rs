@@ -796,3 +796,57 @@ async fn no_or_a_broken_cni_config_fails_the_run_clearly_and_creates_nothing() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("config.labels"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn bandwidth_annotations_reach_the_bandwidth_plugin() {
+    let mut d = Daemon::new();
+    let conf = d.dir.join("cni-conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("10-bw.conflist"),
+        r#"{"cniVersion": "0.4.0", "name": "bw-test", "plugins": [
+            {"type": "bridge", "bridge": "cni-bw", "isGateway": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.95.0.0/24"}]]}},
+            {"type": "bandwidth", "capabilities": {"bandwidth": true}}]}"#,
+    )
+    .unwrap();
+    d.extra.retain(|e| !e.starts_with("--cni-conf-dir"));
+    d.extra.push(format!("--cni-conf-dir={}", conf.display()));
+    let d = daemon_with(d).await;
+    let mut c = config("shaped", false);
+    c.annotations = [(
+        "kubernetes.io/egress-bandwidth".to_string(),
+        "10M".to_string(),
+    )]
+    .into();
+    let id = run(&d, c).await.unwrap();
+    // The plugin shapes the pod's egress on the host end of its veth: a tbf qdisc at 10 Mbit.
+    let qdiscs = std::process::Command::new("tc")
+        .args(["qdisc", "show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&qdiscs.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("tbf") && l.contains("rate 10Mbit")),
+        "{text}"
+    );
+    let mut bad = config("badbw", false);
+    bad.annotations = [(
+        "kubernetes.io/ingress-bandwidth".to_string(),
+        "fast".to_string(),
+    )]
+    .into();
+    let err = run(&d, bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("ingress-bandwidth"),
+        "{}",
+        err.message()
+    );
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+}

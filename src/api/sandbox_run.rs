@@ -166,6 +166,9 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
         let why = e.strip_prefix(FIELD).unwrap_or(&e).trim_start_matches(": ");
         return Err(ApiError::invalid(FIELD, why.to_string()));
     }
+    if let Err(e) = crate::network::bandwidth::capability(&c.annotations) {
+        return Err(ApiError::invalid("config.annotations", e));
+    }
     let size = |m: &std::collections::HashMap<String, String>| {
         m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
     };

@@ -2,6 +2,7 @@
 //! every CNI call. The conf dir is rescanned so a config that appears later makes the network
 //! ready (Status' NetworkReady).
 
+pub mod bandwidth;
 pub mod cni;
 mod cni_config;
 pub mod netns;

@@ -179,6 +179,9 @@ impl SandboxReconciler {
         if !ports.is_empty() {
             caps.insert("portMappings".into(), Value::Array(ports));
         }
+        if let Ok(Some(bw)) = crate::network::bandwidth::capability(&rec.config.annotations) {
+            caps.insert("bandwidth".into(), bw);
+        }
         if let Some(dns) = &rec.config.dns_config {
             caps.insert(
                 "dns".into(),
