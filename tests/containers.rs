@@ -442,6 +442,24 @@ async fn exits_are_recorded_and_a_failed_start_says_why() {
         err.message()
     );
 
+    // Over its memory limit: the kernel kills it, the reason says so.
+    let mut hog = container_config("hog", "dd if=/dev/zero of=/dev/null bs=256M count=1");
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = create(&d, &p, hog).await.unwrap();
+    start(&d, &hog).await.unwrap();
+    eventually(Duration::from_secs(10), "OOM-killed", || async {
+        status(&d, &hog).await.state == cri::ContainerState::ContainerExited as i32
+    })
+    .await;
+    let s = status(&d, &hog).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
+
     let ok = create(&d, &p, container_config("ok", "true"))
         .await
         .unwrap();

@@ -113,7 +113,7 @@ impl ContainerReconciler {
             ContainerDesired::Running if rec.started_at == 0 => self.start(rec, state).await?,
             ContainerDesired::Running => {
                 if !matches!(self.ctd.task_state(id).await?, Some((_, true))) {
-                    self.record_exit(rec).await?;
+                    self.record_exit(rec, state).await?;
                 } else if rec.resources_updated {
                     // UpdateContainerResources: the limits the record holds, on the live task.
                     let res = rec
@@ -130,7 +130,7 @@ impl ContainerReconciler {
             ContainerDesired::Exited => {
                 if rec.started_at != 0 && rec.finished_at == 0 {
                     self.stop(rec).await?;
-                    self.record_exit(rec).await?;
+                    self.record_exit(rec, state).await?;
                 } else {
                     self.ctd.delete_task(id).await?;
                 }
@@ -384,7 +384,14 @@ impl ContainerReconciler {
     }
 
     /// Deletes the exited task and records its exit.
-    async fn record_exit(&self, rec: &ContainerRecord) -> Result<(), ReconcileError> {
+    async fn record_exit(
+        &self,
+        rec: &ContainerRecord,
+        state: &State,
+    ) -> Result<(), ReconcileError> {
+        // The kernel's OOM kill count, read while the (empty) cgroup still exists.
+        let oom = self.settings.runtime.cgroup_driver != "systemd"
+            && oom_killed(&cgroups_path(rec, state));
         let (code, at) = self
             .ctd
             .delete_task_exit(&rec.id)
@@ -396,7 +403,14 @@ impl ContainerReconciler {
                 id: rec.id.clone(),
                 exit_code: code,
                 finished_at: if at > 0 { at } else { now_nanos() },
-                reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                reason: if oom {
+                    "OOMKilled"
+                } else if code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                }
+                .into(),
                 message: String::new(),
             }])
             .await?;
@@ -417,6 +431,38 @@ impl ContainerReconciler {
             _ => Ok(()),
         }
     }
+}
+
+/// The container's cgroup path (cgroupfs driver), as its spec names it.
+fn cgroups_path(rec: &ContainerRecord, state: &State) -> String {
+    let parent = state
+        .sandboxes
+        .get(&rec.sandbox_id)
+        .and_then(|s| s.config.linux.as_ref())
+        .map(|l| l.cgroup_parent.clone())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/k8s.io".into());
+    format!("{}/{}", parent.trim_end_matches('/'), rec.id)
+}
+
+/// Whether the kernel OOM-killed a process of cgroup `path` (v2 `memory.events`, v1
+/// `memory.oom_control`).
+fn oom_killed(path: &str) -> bool {
+    let path = path.trim_start_matches('/');
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    [
+        root.join(path).join("memory.events"),
+        root.join("memory").join(path).join("memory.oom_control"),
+    ]
+    .iter()
+    .filter_map(|f| std::fs::read_to_string(f).ok())
+    .any(|text| {
+        text.lines().any(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    })
 }
 
 /// A signal by name (`SIGTERM`, `TERM`) or number.
