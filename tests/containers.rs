@@ -610,3 +610,104 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
     .await
     .unwrap();
 }
+
+async fn pull(d: &Daemon, image: &str) {
+    d.images()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+async fn exec_out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
+    let r = d
+        .runtime()
+        .await
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    String::from_utf8_lossy(&r.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn users_and_groups_resolve_against_the_images_etc_files() {
+    let d = daemon().await;
+    let p = pod(&d, "users").await;
+    let named = "gcr.io/k8s-staging-cri-tools/test-image-user-username:latest";
+    let grouped = "gcr.io/k8s-staging-cri-tools/test-image-predefined-group:latest";
+    pull(&d, named).await;
+    pull(&d, grouped).await;
+    let sleeper = |name: &str, image: &str| {
+        let mut c = container_config(name, "");
+        c.command = vec!["sleep".into(), "1000".into()];
+        c.image = Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        });
+        c
+    };
+    // The image's USER www-data: uid and gid 33 from its /etc/passwd.
+    let id = create(&d, &p, sleeper("named", named)).await.unwrap();
+    start(&d, &id).await.unwrap();
+    assert_eq!(exec_out(&d, &id, &["id", "-u"]).await, "33");
+    assert_eq!(exec_out(&d, &id, &["id", "-g"]).await, "33");
+    // USER 1000: its primary group, and the image's group that lists it.
+    let id = create(&d, &p, sleeper("grouped", grouped)).await.unwrap();
+    start(&d, &id).await.unwrap();
+    assert_eq!(exec_out(&d, &id, &["id", "-g"]).await, "1000");
+    let groups = exec_out(&d, &id, &["id", "-G"]).await;
+    assert!(groups.split(' ').any(|g| g == "50000"), "{groups}");
+    // run_as_username from the security context.
+    let mut c = sleeper("byname", "busybox");
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_username: "www-data".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&d, &p, c).await.unwrap();
+    start(&d, &id).await.unwrap();
+    assert_eq!(exec_out(&d, &id, &["id", "-u"]).await, "33");
+    // A name the image does not know: the create fails saying so, and leaves nothing.
+    let mut c = sleeper("nobody-here", "busybox");
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_username: "no-such-user".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = create(&d, &p, c).await.unwrap_err();
+    assert!(err.message().contains("no-such-user"), "{}", err.message());
+    let names: Vec<String> = d
+        .runtime()
+        .await
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .into_iter()
+        .filter_map(|c| c.metadata.map(|m| m.name))
+        .collect();
+    assert!(!names.contains(&"nobody-here".to_string()), "{names:?}");
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id,
+        })
+        .await
+        .unwrap();
+}

@@ -106,7 +106,7 @@ impl Runtime {
             image_name: &image_name,
             target_pid: target_pid(&config, &state),
         };
-        container_spec(&config, &image.resolved.config, &ctx)
+        container_spec(&config, &image.resolved.config, &ctx, None)
             .map_err(|e| ApiError::invalid(e.field, e.reason))?;
         let log_path = if sandbox.config.log_directory.is_empty() || config.log_path.is_empty() {
             String::new()

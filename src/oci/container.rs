@@ -181,53 +181,153 @@ fn capabilities(sc: &cri::LinuxContainerSecurityContext) -> Vec<String> {
     set
 }
 
-/// The container's user (uid, gid): the security context, else the image's numeric `User`.
+/// The image's `/etc/passwd` and `/etc/group`, for user and group names.
+#[derive(Debug, Clone, Default)]
+pub struct UserDb {
+    /// name → (uid, primary gid)
+    pub users: Vec<(String, i64, i64)>,
+    /// (name, gid, members)
+    pub groups: Vec<(String, i64, Vec<String>)>,
+}
+
+impl UserDb {
+    /// Parses the two files' contents (either may be empty).
+    pub fn parse(passwd: &str, group: &str) -> UserDb {
+        let users = passwd
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                Some((
+                    f.first()?.to_string(),
+                    f.get(2)?.parse().ok()?,
+                    f.get(3)?.parse().ok()?,
+                ))
+            })
+            .collect();
+        let groups = group
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                let members = f
+                    .get(3)
+                    .map(|m| {
+                        m.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some((f.first()?.to_string(), f.get(2)?.parse().ok()?, members))
+            })
+            .collect();
+        UserDb { users, groups }
+    }
+
+    fn user(&self, name: &str) -> Option<(i64, i64)> {
+        self.users.iter().find(|u| u.0 == name).map(|u| (u.1, u.2))
+    }
+
+    fn group(&self, name: &str) -> Option<i64> {
+        self.groups.iter().find(|g| g.0 == name).map(|g| g.1)
+    }
+
+    /// The groups listing `user` as a member.
+    fn groups_of(&self, user: &str) -> Vec<i64> {
+        self.groups
+            .iter()
+            .filter(|g| g.2.iter().any(|m| m == user))
+            .map(|g| g.1)
+            .collect()
+    }
+}
+
+/// The container's user: (uid, gid, the user's extra groups from the image's /etc/group). The
+/// security context wins (run_as_user, run_as_username, run_as_group), else the image's `User`
+/// (`uid`, `name`, `uid:gid`, `name:group`). Names need the image's files (`db`); without them
+/// (the API's early check) a name is taken on trust and checked when the container is made.
 fn user(
     sc: &cri::LinuxContainerSecurityContext,
     image: &ImageConfig,
-) -> Result<(i64, i64), SpecError> {
-    let image_user = image
-        .config
-        .as_ref()
-        .and_then(|c| c.user.clone())
-        .unwrap_or_default();
-    let (img_uid, img_gid) = if image_user.is_empty() {
-        (Some(0), None)
-    } else {
-        let mut parts = image_user.split(':');
-        let u = parts.next().unwrap_or("");
-        (
-            u.parse::<i64>().ok(),
-            parts.next().and_then(|g| g.parse::<i64>().ok()),
-        )
-    };
-    if !sc.run_as_username.is_empty() {
-        return Err(bad(
-            "config.linux.security_context.run_as_username",
-            "user names are not resolved yet; give run_as_user",
-        ));
-    }
-    let uid = match (sc.run_as_user.as_ref(), img_uid) {
-        (Some(u), _) => u.value,
-        (None, Some(u)) => u,
-        (None, None) => {
-            return Err(bad(
-                "image",
-                format!("the image's user {image_user:?} is a name; names are not resolved yet, give run_as_user"),
-            ))
+    db: Option<&UserDb>,
+) -> Result<(i64, i64, Vec<i64>), SpecError> {
+    const FIELD: &str = "config.linux.security_context.run_as_username";
+    let lookup_user = |name: &str, field: &'static str| -> Result<(i64, i64), SpecError> {
+        match db {
+            None => Ok((0, 0)),
+            Some(db) => db.user(name).ok_or_else(|| {
+                bad(
+                    field,
+                    format!("user {name:?} is not in the image's /etc/passwd"),
+                )
+            }),
         }
     };
-    let gid = sc
-        .run_as_group
-        .as_ref()
-        .map(|g| g.value)
-        .or(if sc.run_as_user.is_some() {
-            None
+    let lookup_group = |name: &str| -> Result<i64, SpecError> {
+        if let Ok(n) = name.parse() {
+            return Ok(n);
+        }
+        match db {
+            None => Ok(0),
+            Some(db) => db.group(name).ok_or_else(|| {
+                bad(
+                    "image",
+                    format!("group {name:?} is not in the image's /etc/group"),
+                )
+            }),
+        }
+    };
+    let (uid, mut gid, name) = if let Some(u) = &sc.run_as_user {
+        // Numeric user: its primary group is the image's for it, else 0.
+        let primary = db
+            .and_then(|db| db.users.iter().find(|x| x.1 == u.value))
+            .map(|x| x.2)
+            .unwrap_or(0);
+        let name = db.and_then(|db| {
+            db.users
+                .iter()
+                .find(|x| x.1 == u.value)
+                .map(|x| x.0.clone())
+        });
+        (u.value, primary, name)
+    } else if !sc.run_as_username.is_empty() {
+        let (uid, gid) = lookup_user(&sc.run_as_username, FIELD)?;
+        (uid, gid, Some(sc.run_as_username.clone()))
+    } else {
+        let image_user = image
+            .config
+            .as_ref()
+            .and_then(|c| c.user.clone())
+            .unwrap_or_default();
+        let mut parts = image_user.splitn(2, ':');
+        let u = parts.next().unwrap_or("");
+        let g = parts.next();
+        let (uid, primary, name) = if u.is_empty() {
+            (0, 0, Some("root".to_string()))
+        } else if let Ok(n) = u.parse::<i64>() {
+            let known = db.and_then(|db| db.users.iter().find(|x| x.1 == n));
+            (
+                n,
+                known.map(|x| x.2).unwrap_or(0),
+                known.map(|x| x.0.clone()),
+            )
         } else {
-            img_gid
-        })
-        .unwrap_or(0);
-    Ok((uid, gid))
+            let (uid, gid) = lookup_user(u, "image")?;
+            (uid, gid, Some(u.to_string()))
+        };
+        let gid = match g {
+            Some(g) => lookup_group(g)?,
+            None => primary,
+        };
+        (uid, gid, name)
+    };
+    if let Some(g) = &sc.run_as_group {
+        gid = g.value;
+    }
+    let extra = match (db, &name) {
+        (Some(db), Some(n)) => db.groups_of(n),
+        _ => Vec::new(),
+    };
+    Ok((uid, gid, extra))
 }
 
 /// The OCI `linux.resources` for CRI resources (unset values left out).
@@ -311,6 +411,7 @@ pub fn container_spec(
     c: &cri::ContainerConfig,
     image: &ImageConfig,
     ctx: &ContainerContext,
+    users: Option<&UserDb>,
 ) -> Result<Value, SpecError> {
     let linux = c.linux.clone().unwrap_or_default();
     let sc = linux.security_context.clone().unwrap_or_default();
@@ -324,7 +425,7 @@ pub fn container_spec(
     let ns = sc.namespace_options.clone().unwrap_or_default();
     let node = cri::NamespaceMode::Node as i32;
     let args = process_args(c, image)?;
-    let (uid, gid) = user(&sc, image)?;
+    let (uid, gid, user_groups) = user(&sc, image, users)?;
     let caps = capabilities(&sc);
     let cwd = if !c.working_dir.is_empty() {
         c.working_dir.clone()
@@ -480,13 +581,16 @@ pub fn container_spec(
         );
         annotations.insert("io.kubernetes.cri.sandbox-uid".into(), m.uid.clone());
     }
-    let mut groups: Vec<i64> = sc.supplemental_groups.clone();
-    groups.extend(
-        pod_sc
-            .supplemental_groups
-            .iter()
-            .filter(|g| !sc.supplemental_groups.contains(g)),
-    );
+    let mut groups: Vec<i64> = Vec::new();
+    for g in user_groups
+        .iter()
+        .chain(&sc.supplemental_groups)
+        .chain(&pod_sc.supplemental_groups)
+    {
+        if !groups.contains(g) {
+            groups.push(*g);
+        }
+    }
     let oom = clamp_oom_score_adj(res.oom_score_adj as i32);
     let mut spec = json!({
         "ociVersion": "1.0.2",
@@ -569,7 +673,7 @@ mod tests {
             image_name: "busybox",
             target_pid: None,
         };
-        let v = container_spec(&config(&[], &[]), &image(&["/ep"], &[]), &ctx).unwrap();
+        let v = container_spec(&config(&[], &[]), &image(&["/ep"], &[]), &ctx, None).unwrap();
         assert_eq!(v["process"]["env"], json!(["PATH=/bin", "A=config"]));
         assert_eq!(v["process"]["user"]["uid"], 1000);
         assert_eq!(v["process"]["user"]["gid"], 2000);
@@ -598,7 +702,7 @@ mod tests {
             host_path: "/tmp".into(),
             ..Default::default()
         }];
-        let err = container_spec(&bad_mount, &image(&["/ep"], &[]), &ctx).unwrap_err();
+        let err = container_spec(&bad_mount, &image(&["/ep"], &[]), &ctx, None).unwrap_err();
         assert_eq!(err.field, "config.mounts.container_path");
     }
 

@@ -196,13 +196,6 @@ impl ContainerReconciler {
             image_name: &rec.image_name,
             target_pid,
         };
-        let spec = container_spec(&rec.config, &img.resolved.config, &ctx).map_err(|e| {
-            Self::err(
-                id,
-                "building the container spec",
-                format!("{}: {}", e.field, e.reason),
-            )
-        })?;
         let handler = self
             .settings
             .runtime
@@ -222,22 +215,34 @@ impl ContainerReconciler {
             .create_lease(&lease, Duration::from_secs(600), &owner)
             .await?;
         let made = async {
-            if self
+            let mounts = match self
                 .ctd
                 .snapshot_mounts(&self.settings.snapshotter, id)
                 .await?
-                .is_none()
             {
-                self.ctd
-                    .prepare_snapshot(
-                        &self.settings.snapshotter,
+                Some(m) => m,
+                None => {
+                    self.ctd
+                        .prepare_snapshot(
+                            &self.settings.snapshotter,
+                            id,
+                            &img.resolved.chain_id,
+                            &owner,
+                            &lease,
+                        )
+                        .await?
+                }
+            };
+            // User and group names resolve against the image's own /etc files.
+            let users = image_users(&mounts);
+            let spec = container_spec(&rec.config, &img.resolved.config, &ctx, Some(&users))
+                .map_err(|e| {
+                    Self::err(
                         id,
-                        &img.resolved.chain_id,
-                        &owner,
-                        &lease,
+                        "building the container spec",
+                        format!("{}: {}", e.field, e.reason),
                     )
-                    .await?;
-            }
+                })?;
             if !self.ctd.container_exists(id).await? {
                 let labels = [
                     (
@@ -431,6 +436,30 @@ impl ContainerReconciler {
             _ => Ok(()),
         }
     }
+}
+
+/// The image's /etc/passwd and /etc/group, read from the snapshot's layer directories (the
+/// overlay's upper then lower dirs, or a bind mount's source), without mounting anything.
+fn image_users(mounts: &[containerd_client::types::Mount]) -> crate::oci::container::UserDb {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for m in mounts {
+        if m.r#type == "bind" {
+            dirs.push(PathBuf::from(&m.source));
+        }
+        for o in &m.options {
+            if let Some(d) = o.strip_prefix("upperdir=") {
+                dirs.insert(0, PathBuf::from(d));
+            } else if let Some(l) = o.strip_prefix("lowerdir=") {
+                dirs.extend(l.split(':').map(PathBuf::from));
+            }
+        }
+    }
+    let read = |file: &str| {
+        dirs.iter()
+            .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+            .unwrap_or_default()
+    };
+    crate::oci::container::UserDb::parse(&read("etc/passwd"), &read("etc/group"))
 }
 
 /// The container's cgroup path (cgroupfs driver), as its spec names it.
