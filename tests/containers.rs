@@ -711,3 +711,54 @@ async fn users_and_groups_resolve_against_the_images_etc_files() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn devices_and_bind_mounts_reach_the_container() {
+    let d = daemon().await;
+    let p = pod(&d, "devs").await;
+    let host_dir = d.dir.join("not-yet").join("data");
+    let mut c = container_config("devs", "");
+    c.command = vec!["sleep".into(), "1000".into()];
+    c.devices = vec![cri::Device {
+        container_path: "/dev/mynull".into(),
+        host_path: "/dev/null".into(),
+        permissions: "rwm".into(),
+    }];
+    c.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: host_dir.display().to_string(),
+        ..Default::default()
+    }];
+    let id = create(&d, &p, c).await.unwrap();
+    start(&d, &id).await.unwrap();
+    assert!(host_dir.is_dir(), "a missing host path becomes a directory");
+    assert_eq!(
+        exec_out(&d, &id, &["sh", "-c", "echo hi > /dev/mynull && echo ok"]).await,
+        "ok"
+    );
+    exec_out(&d, &id, &["sh", "-c", "echo from-the-pod > /data/f"]).await;
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("f")).unwrap(),
+        "from-the-pod\n"
+    );
+    let mut bad = container_config("baddev", "true");
+    bad.devices = vec![cri::Device {
+        container_path: "/dev/x".into(),
+        host_path: "/etc/hostname".into(),
+        permissions: String::new(),
+    }];
+    let err = create(&d, &p, bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("config.devices.host_path"),
+        "{}",
+        err.message()
+    );
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id,
+        })
+        .await
+        .unwrap();
+}

@@ -105,6 +105,12 @@ impl Runtime {
             sandbox_files: self.config.state_dir.join("sandboxes").join(&sandbox_id),
             image_name: &image_name,
             target_pid: target_pid(&config, &state),
+            volumes_dir: self
+                .config
+                .state_dir
+                .join("containers")
+                .join(&id)
+                .join("volumes"),
         };
         container_spec(&config, &image.resolved.config, &ctx, None)
             .map_err(|e| ApiError::invalid(e.field, e.reason))?;

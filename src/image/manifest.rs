@@ -97,6 +97,9 @@ pub struct ContainerConfig {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub stop_signal: Option<String>,
+    /// Paths the image declares as volumes (the values are empty objects).
+    #[serde(default)]
+    pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 /// The layers' uncompressed digests.

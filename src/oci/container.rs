@@ -68,6 +68,8 @@ pub struct ContainerContext<'a> {
     pub image_name: &'a str,
     /// The pid of the TARGET container (pid namespace TARGET).
     pub target_pid: Option<u32>,
+    /// Where the image's declared volumes get their (empty) directories.
+    pub volumes_dir: PathBuf,
 }
 
 /// A request field that cannot be honoured, with why.
@@ -142,6 +144,25 @@ pub fn check_container_path(field: &'static str, p: &str) -> Result<(), SpecErro
         ));
     }
     Ok(())
+}
+
+/// A device node's type (`c` or `b`), major and minor numbers.
+fn device_numbers(host_path: &str) -> Result<(&'static str, u64, u64), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(host_path).map_err(|e| format!("{host_path}: {e}"))?;
+    let kind = if m.file_type().is_char_device() {
+        "c"
+    } else if m.file_type().is_block_device() {
+        "b"
+    } else {
+        return Err(format!("{host_path} is not a device"));
+    };
+    let rdev = m.rdev();
+    Ok((
+        kind,
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev),
+    ))
 }
 
 /// The capability set: the default (or all, privileged), plus `add`, minus `drop`.
@@ -520,10 +541,57 @@ pub fn container_spec(
         );
     }
 
+    // The image's declared volumes that no mount covers: an empty directory of the container's.
+    let declared = image
+        .config
+        .as_ref()
+        .and_then(|c| c.volumes.clone())
+        .unwrap_or_default();
+    for path in declared.keys() {
+        if user_paths.contains(&path.as_str()) || check_container_path("image", path).is_err() {
+            continue;
+        }
+        let source = ctx
+            .volumes_dir
+            .join(path.trim_matches('/').replace('/', "_"));
+        mounts.push(
+            json!({"destination": path, "type": "bind", "source": source,
+            "options": ["rbind", "rprivate", "rw"]}),
+        );
+    }
+
     let res = linux.resources.clone().unwrap_or_default();
     check_resources("config.linux.resources", &res)?;
     let mut resources = linux_resources(&res);
-    resources["devices"] = json!([{"allow": sc.privileged, "access": "rwm"}]);
+    let mut device_rules = vec![json!({"allow": sc.privileged, "access": "rwm"})];
+    let mut devices = Vec::new();
+    for (i, dev) in c.devices.iter().enumerate() {
+        check_container_path("config.devices.container_path", &dev.container_path)?;
+        let (kind, major, minor) = device_numbers(&dev.host_path)
+            .map_err(|e| bad("config.devices.host_path", format!("device {i}: {e}")))?;
+        let access = if dev.permissions.is_empty() {
+            "rwm".to_string()
+        } else if dev.permissions.chars().all(|c| "rwm".contains(c)) {
+            dev.permissions.clone()
+        } else {
+            return Err(bad(
+                "config.devices.permissions",
+                format!(
+                    "device {i}: {:?} is not made of r, w and m",
+                    dev.permissions
+                ),
+            ));
+        };
+        devices.push(
+            json!({"path": dev.container_path, "type": kind, "major": major,
+            "minor": minor, "fileMode": 0o666, "uid": 0, "gid": 0}),
+        );
+        device_rules.push(
+            json!({"allow": true, "type": kind, "major": major, "minor": minor,
+            "access": access}),
+        );
+    }
+    resources["devices"] = json!(device_rules);
 
     let parent = ctx
         .sandbox
@@ -536,6 +604,7 @@ pub fn container_spec(
         "namespaces": namespaces,
         "cgroupsPath": format!("{}/{}", parent.trim_end_matches('/'), ctx.id),
         "resources": resources,
+        "devices": devices,
     });
     if !sc.privileged {
         linux_spec["maskedPaths"] = if sc.masked_paths.is_empty() {
@@ -672,6 +741,7 @@ mod tests {
             sandbox_files: "/state/sb".into(),
             image_name: "busybox",
             target_pid: None,
+            volumes_dir: "/state/c1/volumes".into(),
         };
         let v = container_spec(&config(&[], &[]), &image(&["/ep"], &[]), &ctx, None).unwrap();
         assert_eq!(v["process"]["env"], json!(["PATH=/bin", "A=config"]));
@@ -704,6 +774,47 @@ mod tests {
         }];
         let err = container_spec(&bad_mount, &image(&["/ep"], &[]), &ctx, None).unwrap_err();
         assert_eq!(err.field, "config.mounts.container_path");
+    }
+
+    #[test]
+    fn the_images_volumes_get_directories_of_the_containers_own() {
+        let sandbox = cri::PodSandboxConfig::default();
+        let ctx = ContainerContext {
+            id: "c1",
+            sandbox_id: "sb",
+            sandbox: &sandbox,
+            sandbox_pid: 42,
+            sandbox_files: "/state/sb".into(),
+            image_name: "img",
+            target_pid: None,
+            volumes_dir: "/state/c1/volumes".into(),
+        };
+        let img: ImageConfig = serde_json::from_value(json!({
+            "config": {"Cmd": ["/x"], "Volumes": {"/var/cache/app": {}, "/data": {}}},
+            "rootfs": {"type": "layers", "diff_ids": []}
+        }))
+        .unwrap();
+        let mut c = config(&[], &[]);
+        c.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv/data".into(),
+            ..Default::default()
+        }];
+        let v = container_spec(&c, &img, &ctx, None).unwrap();
+        let mounts = v["mounts"].as_array().unwrap();
+        let find = |d: &str| {
+            mounts
+                .iter()
+                .filter(|m| m["destination"] == d)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            find("/var/cache/app")[0]["source"],
+            "/state/c1/volumes/var_cache_app"
+        );
+        let data = find("/data");
+        assert_eq!(data.len(), 1, "a CRI mount covers the declared volume");
+        assert_eq!(data[0]["source"], "/srv/data");
     }
 
     #[test]

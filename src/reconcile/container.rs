@@ -195,6 +195,7 @@ impl ContainerReconciler {
             sandbox_files: self.settings.sandbox_state_dir.join(&rec.sandbox_id),
             image_name: &rec.image_name,
             target_pid,
+            volumes_dir: self.settings.state_dir.join(id).join("volumes"),
         };
         let handler = self
             .settings
@@ -243,6 +244,31 @@ impl ContainerReconciler {
                         format!("{}: {}", e.field, e.reason),
                     )
                 })?;
+            // Missing host paths of bind mounts become directories (as kubelet expects), and
+            // the image's volumes get theirs.
+            let volumes_dir = self.settings.state_dir.join(id).join("volumes");
+            let binds = spec["mounts"].as_array().cloned().unwrap_or_default();
+            for m in binds.iter().filter(|m| m["type"] == "bind") {
+                let Some(src) = m["source"].as_str() else {
+                    continue;
+                };
+                let src = std::path::Path::new(src);
+                let ours = src.starts_with(&volumes_dir);
+                let user = rec
+                    .config
+                    .mounts
+                    .iter()
+                    .any(|cm| std::path::Path::new(&cm.host_path) == src);
+                if (ours || user) && !src.exists() {
+                    std::fs::create_dir_all(src).map_err(|e| {
+                        Self::err(
+                            id,
+                            "creating a mount's host directory",
+                            format!("{}: {e}", src.display()),
+                        )
+                    })?;
+                }
+            }
             if !self.ctd.container_exists(id).await? {
                 let labels = [
                     (
