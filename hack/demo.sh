@@ -54,7 +54,7 @@ log "GET http://$POD_IP:80/ (the pod's address) and http://$HOST_IP:18080/ (host
 curl -sS -o /dev/null -w '  pod address: HTTP %{http_code}\n' "http://$POD_IP:80/"
 curl -sS -o /dev/null -w '  hostPort:    HTTP %{http_code}\n' "http://$HOST_IP:18080/"
 log "its log (CRI format, written by concord's log writer under the shim):"
-head -3 /var/log/pods/default_demo_demo-uid/web.log"
+head -3 /var/log/pods/default_demo_demo-uid/web.log
 log "reconcile loop objects and journal:"
 "$BIN" inspect --listen "$LISTEN"
 log "metrics: curl -s http://127.0.0.1:9338/metrics | grep ^concord_"

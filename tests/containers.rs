@@ -59,17 +59,7 @@ struct Pod {
 }
 
 async fn pod(d: &Daemon, name: &str) -> Pod {
-    d.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: "busybox".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    pull(d, "busybox").await;
     let config = pod_config(d, name);
     let id = d
         .runtime()
@@ -149,6 +139,22 @@ fn cgroup_value(pid: i64, controller: &str, v1_file: &str, v2_file: &str) -> Str
             .to_string();
     }
     panic!("no {controller} cgroup for {pid}: {cgroups}");
+}
+
+/// The container's process id, from the verbose status.
+async fn container_pid(d: &Daemon, id: &str) -> i64 {
+    let r = d
+        .runtime()
+        .await
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
+    info["pid"].as_i64().unwrap()
 }
 
 /// The (stream, tag, content) of every entry in a CRI log file.
@@ -248,20 +254,7 @@ async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // UpdateContainerResources reaches the running task's cgroup and the status.
-    let pid = {
-        let r = d
-            .runtime()
-            .await
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
-        info["pid"].as_i64().unwrap()
-    };
+    let pid = container_pid(&d, &id).await;
     let limits = cri::LinuxContainerResources {
         memory_limit_in_bytes: 64 << 20,
         cpu_quota: 50_000,
@@ -491,20 +484,7 @@ async fn exits_are_recorded_and_a_failed_start_says_why() {
         .await
         .unwrap();
     start(&d, &lost).await.unwrap();
-    let pid = {
-        let r = d
-            .runtime()
-            .await
-            .container_status(cri::ContainerStatusRequest {
-                container_id: lost.clone(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
-        info["pid"].as_i64().unwrap() as i32
-    };
+    let pid = container_pid(&d, &lost).await as i32;
     d.kill9();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),

@@ -122,10 +122,7 @@ impl Runtime {
                 .display()
                 .to_string()
         };
-        let created_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        let created_at = super::now_nanos();
         let state = self
             .journal
             .append(vec![Event::ContainerRequested {

@@ -18,12 +18,7 @@ impl Runtime {
         &self,
         req: cri::ExecSyncRequest,
     ) -> Result<cri::ExecSyncResponse, ApiError> {
-        let id = self
-            .resolve_container(&req.container_id)?
-            .ok_or_else(|| ApiError::NotFound {
-                kind: "container",
-                id: req.container_id.clone(),
-            })?;
+        let id = self.known_container(&req.container_id)?;
         if req.cmd.is_empty() {
             return Err(ApiError::invalid("cmd", "required"));
         }

@@ -12,25 +12,12 @@ use crate::reconcile::WaitError;
 impl Runtime {
     /// The full id of a container from an id or a unique prefix; None when unknown.
     pub fn resolve_container(&self, id: &str) -> Result<Option<String>, ApiError> {
-        if id.is_empty() {
-            return Err(ApiError::invalid("container_id", "required"));
-        }
         let state = self.journal.state();
-        if state.containers.contains_key(id) {
-            return Ok(Some(id.to_string()));
-        }
-        let mut matches = state.containers.keys().filter(|k| k.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some(one), None) => Ok(Some(one.clone())),
-            (Some(_), Some(_)) => Err(ApiError::invalid(
-                "container_id",
-                format!("{id:?} matches more than one container"),
-            )),
-            _ => Ok(None),
-        }
+        super::resolve_id(&state.containers, id, "container_id", "container")
     }
 
-    fn known_container(&self, id: &str) -> Result<String, ApiError> {
+    /// The full id of a known container; NotFound otherwise.
+    pub(super) fn known_container(&self, id: &str) -> Result<String, ApiError> {
         self.resolve_container(id)?
             .ok_or_else(|| ApiError::NotFound {
                 kind: "container",

@@ -12,12 +12,7 @@ impl Runtime {
         &self,
         req: cri::ContainerStatusRequest,
     ) -> Result<cri::ContainerStatusResponse, ApiError> {
-        let id = self
-            .resolve_container(&req.container_id)?
-            .ok_or_else(|| ApiError::NotFound {
-                kind: "container",
-                id: req.container_id.clone(),
-            })?;
+        let id = self.known_container(&req.container_id)?;
         let state = self.journal.state();
         let c = state
             .containers

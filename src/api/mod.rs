@@ -42,6 +42,43 @@ use crate::proto;
 use crate::reconcile::Controller;
 use not_yet::Capability::{Checkpoint, Containers, Streaming};
 
+/// The full id from an id or a unique prefix of a key of `map`; None when none matches.
+/// `field` and `kind` name the request field and the object in errors.
+fn resolve_id<V>(
+    map: &std::collections::BTreeMap<String, V>,
+    id: &str,
+    field: &'static str,
+    kind: &str,
+) -> Result<Option<String>, ApiError> {
+    if id.is_empty() {
+        return Err(ApiError::invalid(field, "required"));
+    }
+    if map.contains_key(id) {
+        return Ok(Some(id.to_string()));
+    }
+    // Keys with this prefix are adjacent in the map's order.
+    let mut matches = map
+        .range(id.to_string()..)
+        .map(|(k, _)| k)
+        .take_while(|k| k.starts_with(id));
+    match (matches.next(), matches.next()) {
+        (Some(one), None) => Ok(Some(one.clone())),
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            field,
+            format!("{id:?} matches more than one {kind}"),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Nanoseconds since the Unix epoch (the CRI's timestamps).
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
 /// 64 hex characters, like containerd's ids (sandboxes and containers).
 fn new_id() -> String {
     (0..4)

@@ -55,10 +55,7 @@ impl Runtime {
                     .and_then(|s| s.namespace_options.as_ref())
                     .is_some_and(|o| o.network == cri::NamespaceMode::Node as i32);
                 let netns_path = (!host_network).then(|| self.config.netns_dir.join(&id).display().to_string());
-                let created_at = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as i64)
-                    .unwrap_or(0);
+                let created_at = super::now_nanos();
                 let state = self
                     .journal
                     .append(vec![Event::SandboxRequested {

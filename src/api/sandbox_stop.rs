@@ -55,22 +55,8 @@ impl Runtime {
 
     /// The full id of a sandbox from an id or a unique prefix; None when unknown.
     pub fn resolve_sandbox(&self, id: &str) -> Result<Option<String>, ApiError> {
-        if id.is_empty() {
-            return Err(ApiError::invalid("pod_sandbox_id", "required"));
-        }
         let state = self.journal.state();
-        if state.sandboxes.contains_key(id) {
-            return Ok(Some(id.to_string()));
-        }
-        let mut matches = state.sandboxes.keys().filter(|k| k.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some(one), None) => Ok(Some(one.clone())),
-            (Some(_), Some(_)) => Err(ApiError::invalid(
-                "pod_sandbox_id",
-                format!("{id:?} matches more than one sandbox"),
-            )),
-            _ => Ok(None),
-        }
+        super::resolve_id(&state.sandboxes, id, "pod_sandbox_id", "sandbox")
     }
 
     /// Appends `intents` (the sandbox's last), then waits for the pod's containers and the

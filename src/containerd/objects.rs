@@ -346,9 +346,14 @@ impl Containerd {
 
     /// Starts the task of container `id`.
     pub async fn start_task(&self, id: &str) -> Result<(), ContainerdError> {
+        self.start_process(id, "").await
+    }
+
+    /// Starts process `exec_id` of container `id` ("" is the task's init process).
+    async fn start_process(&self, id: &str, exec_id: &str) -> Result<(), ContainerdError> {
         let req = StartRequest {
             container_id: id.into(),
-            exec_id: String::new(),
+            exec_id: exec_id.into(),
         };
         self.call(
             "tasks",
@@ -381,19 +386,7 @@ impl Containerd {
 
     /// Waits for the task of container `id` to exit; answers its exit status.
     pub async fn wait_task(&self, id: &str) -> Result<u32, ContainerdError> {
-        let req = WaitRequest {
-            container_id: id.into(),
-            exec_id: String::new(),
-        };
-        let r = self
-            .call(
-                "tasks",
-                "Wait",
-                "Tasks.Wait",
-                self.tasks().wait(self.request(req)),
-            )
-            .await?;
-        Ok(r.exit_status)
+        self.wait_process(id, "").await
     }
 
     /// The OCI spec container `id` was created with.
@@ -442,18 +435,7 @@ impl Containerd {
             self.tasks().exec(self.request(req)),
         )
         .await?;
-        let req = StartRequest {
-            container_id: id.into(),
-            exec_id: exec_id.into(),
-        };
-        self.call(
-            "tasks",
-            "Start",
-            "Tasks.Start",
-            self.tasks().start(self.request(req)),
-        )
-        .await?;
-        Ok(())
+        self.start_process(id, exec_id).await
     }
 
     /// Waits for process `exec_id` of container `id`; answers its exit status.

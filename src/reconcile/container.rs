@@ -41,12 +41,7 @@ pub struct ContainerReconciler {
 /// Exit code of a container whose start failed (as containerd's CRI answers).
 const START_FAILED_EXIT: i32 = 128;
 
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+use crate::api::now_nanos;
 
 /// Query-string encoding for the log writer's arguments.
 fn encode(s: &str) -> String {
