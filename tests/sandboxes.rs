@@ -761,7 +761,13 @@ async fn no_or_a_broken_cni_config_fails_the_run_clearly_and_creates_nothing() {
         "{}",
         err.message()
     );
-    assert!(list(&d).await.is_empty());
+    // The pause container the concurrent half was making may still be going away.
+    eventually(
+        Duration::from_secs(10),
+        "the failed sandbox gone",
+        || async { list(&d).await.is_empty() },
+    )
+    .await;
     assert_eq!(netns_files(&d), 0);
     // A broken one is not usable either, and says why in Status.
     std::fs::write(conf.join("10-broken.conflist"), "{ not json").unwrap();
@@ -787,7 +793,12 @@ async fn no_or_a_broken_cni_config_fails_the_run_clearly_and_creates_nothing() {
         .find(|c| c.r#type == "NetworkReady")
         .unwrap();
     assert!(!net.status && !net.message.is_empty(), "{net:?}");
-    assert!(list(&d).await.is_empty());
+    eventually(
+        Duration::from_secs(10),
+        "the failed sandbox gone",
+        || async { list(&d).await.is_empty() },
+    )
+    .await;
     assert_eq!(netns_files(&d), 0);
     // Oversized labels are refused by name.
     let mut c = config("big", false);
