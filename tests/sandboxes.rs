@@ -621,8 +621,47 @@ async fn a_configured_runtime_handler_runs_the_pod_with_its_runc_binary_and_root
 #[tokio::test]
 async fn what_a_lost_journal_left_behind_is_found_and_removed() {
     let mut d = daemon().await;
-    let id = run(&d, config("orphan", false)).await.unwrap();
+    let mut pod = config("orphan", false);
+    pod.log_directory = d.dir.join("logs").display().to_string();
+    let id = run(&d, pod).await.unwrap();
     assert!(allocated_to(&id));
+    // A running container in the pod too.
+    d.images()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut rt = d.runtime().await;
+    let cid = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: id.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: "busybox".into(),
+                    ..Default::default()
+                }),
+                command: vec!["sleep".into(), "1000".into()],
+                ..Default::default()
+            }),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: cid })
+        .await
+        .unwrap();
     // A crash that lost the journal: the pod's task, container, snapshot, netns, CNI result and
     // IP exist, and no record names them.
     d.kill9();
@@ -640,15 +679,20 @@ async fn what_a_lost_journal_left_behind_is_found_and_removed() {
     assert!(list(&d).await.is_empty());
     eventually(
         Duration::from_secs(30),
-        "the orphan's netns, CNI result, IP, container and snapshot removed",
+        "the orphans' netns, CNI result, IP, containers and snapshots removed",
         || async {
-            let (_, snaps, _) = common::namespace_counts(&d).await;
+            let ctd = concord::containerd::Containerd::new(
+                &d.containerd,
+                &d.namespace,
+                Default::default(),
+            );
+            let owned = ctd.list_owned("overlayfs", "").await.unwrap();
             netns_files(&d) == 0
                 && std::fs::read_dir(d.state_dir.join("cni-cache"))
                     .map(|r| r.count() == 0)
                     .unwrap_or(true)
                 && !allocated_to(&id)
-                && snaps == 1
+                && owned.is_empty()
         },
     )
     .await;
@@ -657,7 +701,7 @@ async fn what_a_lost_journal_left_behind_is_found_and_removed() {
         .output()
         .unwrap();
     assert!(shims.stdout.is_empty(), "the orphan's shim is gone");
-    assert!(d.log().contains("orphaned sandbox resources found"));
+    assert!(d.log().contains("orphaned resources found"));
 }
 
 /// The `Seccomp:` mode of a process (0 none, 2 filter).

@@ -177,19 +177,41 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         });
     }
     {
-        // Every resync also looks for what belongs to no sandbox record and queues its removal.
-        let sandboxes = reconciler.sandbox.clone();
+        // Every resync also looks for what belongs to no record and queues its removal.
+        let (sandboxes, containers) = (reconciler.sandbox.clone(), reconciler.container.clone());
         let weak = Arc::downgrade(&controller);
         let journal = journal.clone();
         controller.on_resync(move || {
-            let (sandboxes, weak, journal) = (sandboxes.clone(), weak.clone(), journal.clone());
+            let (sandboxes, containers, weak, journal) = (
+                sandboxes.clone(),
+                containers.clone(),
+                weak.clone(),
+                journal.clone(),
+            );
             tokio::spawn(async move {
-                match sandboxes.orphans(&journal).await {
-                    Ok(ids) => {
-                        for id in ids {
+                use crate::journal::ObjectKey;
+                let found = async {
+                    let mut keys: Vec<ObjectKey> = containers
+                        .orphans(&journal)
+                        .await?
+                        .into_iter()
+                        .map(ObjectKey::Container)
+                        .collect();
+                    keys.extend(
+                        sandboxes
+                            .orphans(&journal)
+                            .await?
+                            .into_iter()
+                            .map(ObjectKey::Sandbox),
+                    );
+                    Ok::<_, crate::reconcile::ReconcileError>(keys)
+                };
+                match found.await {
+                    Ok(keys) => {
+                        for key in keys {
                             let Some(c) = weak.upgrade() else { return };
-                            tracing::warn!(sandbox_id = %id, "orphaned sandbox resources found; removing them");
-                            c.wake(crate::journal::ObjectKey::Sandbox(id));
+                            tracing::warn!(object = %key, "orphaned resources found; removing them");
+                            c.wake(key);
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "orphan scan skipped"),

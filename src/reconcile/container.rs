@@ -83,6 +83,25 @@ impl ContainerReconciler {
         self.settings.state_dir.join(id).join("log-writer.pid")
     }
 
+    /// Container ids that carry concord's owner label in containerd (container or snapshot)
+    /// but have no record: orphans of a lost journal or an older concord. Lists first, then
+    /// reads the journal (a record is written before anything it names exists).
+    pub async fn orphans(&self, journal: &JournalHandle) -> Result<Vec<String>, ReconcileError> {
+        let mut ids: Vec<String> = self
+            .ctd
+            .list_owned(&self.settings.snapshotter, "container:")
+            .await?
+            .into_iter()
+            .map(|(_, owner)| owner.trim_start_matches("container:").to_string())
+            .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let state = journal.state();
+        ids.retain(|id| !state.containers.contains_key(id));
+        Ok(ids)
+    }
+
     /// One reconcile of container `id` against `state`.
     pub async fn reconcile(&self, id: &str, state: &State) -> Result<Reconciled, ReconcileError> {
         let Some(rec) = state.containers.get(id) else {
