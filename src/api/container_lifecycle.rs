@@ -35,19 +35,10 @@ impl Runtime {
     ) -> Result<(), ApiError> {
         let key = ObjectKey::Container(id.to_string());
         let state = self.journal.append(vec![intent]).await?;
-        let generation = state.generation(&key);
-        if generation == 0 {
-            return Ok(());
-        }
-        self.controller.wake(key.clone());
-        match self.controller.wait(&key, generation, deadline).await {
-            Ok(()) => Ok(()),
-            Err(_) if !self.journal.state().containers.contains_key(id) => Ok(()),
-            Err(source) => Err(ApiError::Converge {
-                what: format!("{what} container {id}"),
-                source,
-            }),
-        }
+        self.await_converged(&key, state.generation(&key), deadline, || {
+            format!("{what} container {id}")
+        })
+        .await
     }
 
     pub async fn start_container(

@@ -35,7 +35,7 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 use crate::containerd::{Containerd, Health};
 use crate::image::Images;
-use crate::journal::JournalHandle;
+use crate::journal::{JournalHandle, ObjectKey};
 use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::proto;
@@ -68,6 +68,33 @@ fn resolve_id<V>(
             format!("{id:?} matches more than one {kind}"),
         )),
         _ => Ok(None),
+    }
+}
+
+impl Runtime {
+    /// Wakes `key` and waits until the loop converged `generation` of it. Generation 0 (no
+    /// record) and a record dropped meanwhile (removed) count as converged — right for stop,
+    /// start and remove intents, wrong for creations (a failed one drops its record), which
+    /// wait themselves.
+    async fn await_converged(
+        &self,
+        key: &ObjectKey,
+        generation: u64,
+        deadline: std::time::Duration,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), ApiError> {
+        if generation == 0 {
+            return Ok(());
+        }
+        self.controller.wake(key.clone());
+        match self.controller.wait(key, generation, deadline).await {
+            Ok(()) => Ok(()),
+            Err(_) if self.journal.state().generation(key) == 0 => Ok(()),
+            Err(source) => Err(ApiError::Converge {
+                what: what(),
+                source,
+            }),
+        }
     }
 }
 

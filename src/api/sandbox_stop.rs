@@ -73,32 +73,16 @@ impl Runtime {
         let started = std::time::Instant::now();
         for c in state.containers_of(id) {
             let ckey = ObjectKey::Container(c.id.clone());
-            self.controller.wake(ckey.clone());
             let left = deadline.saturating_sub(started.elapsed());
-            if let Err(source) = self.controller.wait(&ckey, c.generation, left).await {
-                if self.journal.state().containers.contains_key(&c.id) {
-                    return Err(ApiError::Converge {
-                        what: format!("{what} container {} of pod sandbox {id}", c.id),
-                        source,
-                    });
-                }
-            }
+            self.await_converged(&ckey, c.generation, left, || {
+                format!("{what} container {} of pod sandbox {id}", c.id)
+            })
+            .await?;
         }
-        let deadline = deadline.saturating_sub(started.elapsed());
-        // Removed from the state already means converged; else wait for the generation.
-        let generation = state.generation(&key);
-        if generation == 0 {
-            return Ok(());
-        }
-        self.controller.wake(key.clone());
-        match self.controller.wait(&key, generation, deadline).await {
-            Ok(()) => Ok(()),
-            // The record was dropped (removed) before its status caught up: done.
-            Err(_) if !self.journal.state().sandboxes.contains_key(id) => Ok(()),
-            Err(source) => Err(ApiError::Converge {
-                what: format!("{what} pod sandbox {id}"),
-                source,
-            }),
-        }
+        let left = deadline.saturating_sub(started.elapsed());
+        self.await_converged(&key, state.generation(&key), left, || {
+            format!("{what} pod sandbox {id}")
+        })
+        .await
     }
 }
