@@ -162,7 +162,9 @@ impl ContainerReconciler {
         }
         let state = self.journal.state();
         let now = state.containers.get(id).map(|c| c.cri_state());
-        Ok(observed(json!({ "state": format!("{now:?}") })))
+        Ok(observed(
+            json!({ "state": now.map(|s| s.as_str_name()).unwrap_or("GONE") }),
+        ))
     }
 
     /// Snapshot on the image's chain id, then the containerd container with its spec.
