@@ -18,20 +18,14 @@ impl Runtime {
         &self,
         req: cri::ExecSyncRequest,
     ) -> Result<cri::ExecSyncResponse, ApiError> {
-        let id = self.known_container(&req.container_id)?;
+        let (state, id) = self.known_container(&req.container_id)?;
         if req.cmd.is_empty() {
             return Err(ApiError::invalid("cmd", "required"));
         }
         if req.timeout < 0 {
             return Err(ApiError::invalid("timeout", "must not be negative"));
         }
-        let running = self
-            .journal
-            .state()
-            .containers
-            .get(&id)
-            .is_some_and(|c| c.cri_state() == cri::ContainerState::ContainerRunning);
-        if !running {
+        if state.containers[&id].cri_state() != cri::ContainerState::ContainerRunning {
             return Err(ApiError::FailedPrecondition(format!(
                 "container {id} is not running"
             )));

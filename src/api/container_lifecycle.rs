@@ -16,9 +16,15 @@ impl Runtime {
         super::resolve_id(&state.containers, id, "container_id", "container")
     }
 
-    /// The full id of a known container; NotFound otherwise.
-    pub(super) fn known_container(&self, id: &str) -> Result<String, ApiError> {
-        self.resolve_container(id)?
+    /// A known container: the state it was found in and its full id (the record is in that
+    /// state); NotFound otherwise.
+    pub(super) fn known_container(
+        &self,
+        id: &str,
+    ) -> Result<(std::sync::Arc<crate::journal::State>, String), ApiError> {
+        let state = self.journal.state();
+        super::resolve_id(&state.containers, id, "container_id", "container")?
+            .map(|full| (state.clone(), full))
             .ok_or_else(|| ApiError::NotFound {
                 kind: "container",
                 id: id.to_string(),
@@ -46,9 +52,9 @@ impl Runtime {
         req: cri::StartContainerRequest,
         deadline: Duration,
     ) -> Result<cri::StartContainerResponse, ApiError> {
-        let id = self.known_container(&req.container_id)?;
-        let desired = self.journal.state().containers.get(&id).map(|c| c.desired);
-        if desired != Some(ContainerDesired::Created) {
+        let (state, id) = self.known_container(&req.container_id)?;
+        let desired = state.containers[&id].desired;
+        if desired != ContainerDesired::Created {
             return Err(ApiError::FailedPrecondition(format!(
                 "container {id} is not in the created state ({desired:?})"
             )));
@@ -75,7 +81,7 @@ impl Runtime {
         req: cri::StopContainerRequest,
         deadline: Duration,
     ) -> Result<cri::StopContainerResponse, ApiError> {
-        let id = self.known_container(&req.container_id)?;
+        let (_, id) = self.known_container(&req.container_id)?;
         if req.timeout < 0 {
             return Err(ApiError::invalid("timeout", "must not be negative"));
         }
@@ -116,19 +122,13 @@ impl Runtime {
         req: cri::UpdateContainerResourcesRequest,
         deadline: Duration,
     ) -> Result<cri::UpdateContainerResourcesResponse, ApiError> {
-        let id = self.known_container(&req.container_id)?;
+        let (state, id) = self.known_container(&req.container_id)?;
         let Some(resources) = req.linux else {
             return Ok(cri::UpdateContainerResourcesResponse {});
         };
         crate::oci::container::check_resources("linux", &resources)
             .map_err(|e| ApiError::invalid(e.field, e.reason))?;
-        let exited = self
-            .journal
-            .state()
-            .containers
-            .get(&id)
-            .is_some_and(|c| c.cri_state() == cri::ContainerState::ContainerExited);
-        if exited {
+        if state.containers[&id].cri_state() == cri::ContainerState::ContainerExited {
             return Err(ApiError::FailedPrecondition(format!(
                 "container {id} has exited; its resources cannot change"
             )));
@@ -150,15 +150,8 @@ impl Runtime {
         &self,
         req: cri::ReopenContainerLogRequest,
     ) -> Result<cri::ReopenContainerLogResponse, ApiError> {
-        let id = self.known_container(&req.container_id)?;
-        let state = self.journal.state();
-        let c = state
-            .containers
-            .get(&id)
-            .ok_or_else(|| ApiError::NotFound {
-                kind: "container",
-                id: id.clone(),
-            })?;
+        let (state, id) = self.known_container(&req.container_id)?;
+        let c = &state.containers[&id];
         if c.cri_state() != cri::ContainerState::ContainerRunning {
             return Err(ApiError::FailedPrecondition(format!(
                 "container {id} is not running"

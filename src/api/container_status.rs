@@ -12,15 +12,8 @@ impl Runtime {
         &self,
         req: cri::ContainerStatusRequest,
     ) -> Result<cri::ContainerStatusResponse, ApiError> {
-        let id = self.known_container(&req.container_id)?;
-        let state = self.journal.state();
-        let c = state
-            .containers
-            .get(&id)
-            .ok_or_else(|| ApiError::NotFound {
-                kind: "container",
-                id: id.clone(),
-            })?;
+        let (state, id) = self.known_container(&req.container_id)?;
+        let c = &state.containers[&id];
         let mut info = HashMap::new();
         if req.verbose {
             info.insert(
