@@ -93,8 +93,22 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal at `path` and folds it into a [`State`].
+    /// Opens (or creates) the journal at `path` and folds it into a [`State`]. A journal in use
+    /// is waited for a moment: the lock of a predecessor that was just killed can outlive it
+    /// briefly (a child it was forking holds the descriptor until its exec).
     pub fn open(path: &Path) -> Result<(Journal, State, OpenInfo), JournalError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            match Self::open_once(path) {
+                Err(JournalError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<(Journal, State, OpenInfo), JournalError> {
         let io = |source| JournalError::Io {
             path: path.to_owned(),
             source,
