@@ -66,6 +66,23 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     pub journal: JournalConfig,
     pub image: ImageConfig,
+    pub stats: StatsConfig,
+}
+
+/// The stats collector behind ContainerStats, PodSandboxStats and ListPodSandboxMetrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// Seconds between collections (cgroups, pod network, writable layers).
+    pub interval_seconds: u64,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            interval_seconds: 10,
+        }
+    }
 }
 
 /// Image pulls and the snapshot syncer.
@@ -128,6 +145,9 @@ pub struct RuntimeConfig {
     pub default_handler: String,
     /// RuntimeClass handler name → containerd runtime.
     pub handlers: BTreeMap<String, RuntimeHandler>,
+    /// Container events a GetContainerEvents subscriber may fall behind by before it loses the
+    /// oldest.
+    pub container_events_buffer: usize,
 }
 
 /// One runtime handler (a RuntimeClass' `handler`): which containerd shim runs its pods.
@@ -209,6 +229,7 @@ impl Default for Config {
             reconcile: ReconcileConfig::default(),
             journal: JournalConfig::default(),
             image: ImageConfig::default(),
+            stats: StatsConfig::default(),
         }
     }
 }
@@ -241,6 +262,7 @@ impl Default for RuntimeConfig {
             cgroup_driver: "cgroupfs".into(),
             default_handler: "runc".into(),
             handlers: BTreeMap::from([("runc".to_string(), RuntimeHandler::default())]),
+            container_events_buffer: 1000,
         }
     }
 }
@@ -500,6 +522,20 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if !(1..=3600).contains(&self.stats.interval_seconds) {
+            return Err(invalid(
+                "stats.interval_seconds",
+                self.stats.interval_seconds,
+                "must be 1 to 3600",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.runtime.container_events_buffer) {
+            return Err(invalid(
+                "runtime.container_events_buffer",
+                self.runtime.container_events_buffer,
+                "must be 1 to 1000000",
+            ));
+        }
         if self.journal.compact_after < 10 {
             return Err(invalid(
                 "journal.compact_after",
@@ -588,6 +624,9 @@ plugin_timeout_seconds = {cni_timeout}
 cgroup_driver = {driver:?}
 # Handler used when RunPodSandbox names none (--default-runtime-handler).
 default_handler = {default_handler:?}
+# Container events a GetContainerEvents subscriber may fall behind by before it loses the oldest
+# (counted in concord_container_events_dropped_total) (--container-events-buffer).
+container_events_buffer = {events_buffer}
 
 # One table per RuntimeClass handler: the containerd runtime (shim) that runs its pods, and for
 # runc-based shims the runc binary and root. An unknown handler is refused (InvalidArgument).
@@ -619,6 +658,11 @@ pull_progress_timeout_seconds = {stall}
 max_concurrent_downloads = {downloads}
 # Seconds between snapshot usage measurements behind ImageFsInfo (--image-fs-sync-interval-seconds).
 fs_sync_interval_seconds = {fssync}
+
+[stats]
+# Seconds between stats collections (cgroups, pod network, writable layers) behind ContainerStats,
+# PodSandboxStats and ListPodSandboxMetrics, which answer from the last one (--stats-interval-seconds).
+interval_seconds = {stats_interval}
 "#,
             listen = d.listen.display().to_string(),
             state_dir = d.state_dir.display().to_string(),
@@ -650,6 +694,8 @@ fs_sync_interval_seconds = {fssync}
             stall = d.image.pull_progress_timeout_seconds,
             downloads = d.image.max_concurrent_downloads,
             fssync = d.image.fs_sync_interval_seconds,
+            events_buffer = d.runtime.container_events_buffer,
+            stats_interval = d.stats.interval_seconds,
         )
     }
 }

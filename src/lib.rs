@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod network;
 pub mod oci;
 pub mod reconcile;
+pub mod stats;
 pub mod uds;
 
 /// concord's own gRPC API (proto/concord/v1).

@@ -195,6 +195,12 @@ struct Flags {
     /// Events after which the journal is compacted.
     #[arg(long, global = true, value_name = "N")]
     journal_compact_after: Option<u64>,
+    /// Seconds between stats collections (ContainerStats, PodSandboxStats).
+    #[arg(long, global = true, value_name = "N")]
+    stats_interval_seconds: Option<u64>,
+    /// Container events a GetContainerEvents subscriber may fall behind by.
+    #[arg(long, global = true, value_name = "N")]
+    container_events_buffer: Option<usize>,
 }
 
 impl Flags {
@@ -264,6 +270,11 @@ impl Flags {
         set(&mut c.reconcile.backoff_base_ms, &self.backoff_base_ms);
         set(&mut c.reconcile.backoff_max_ms, &self.backoff_max_ms);
         set(&mut c.journal.compact_after, &self.journal_compact_after);
+        set(&mut c.stats.interval_seconds, &self.stats_interval_seconds);
+        set(
+            &mut c.runtime.container_events_buffer,
+            &self.container_events_buffer,
+        );
         set(
             &mut c.image.pull_progress_timeout_seconds,
             &self.image_pull_progress_timeout_seconds,

@@ -42,3 +42,16 @@ pub fn lazy_channel(path: &Path) -> Channel {
 pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
     endpoint().connect_with_connector(connector(path)).await
 }
+
+/// Like [`connect`], with HTTP/2 flow-control windows of `window` bytes: a peer that reads
+/// slowly holds the sender back after that much (tests of slow stream consumers).
+pub async fn connect_windowed(
+    path: &Path,
+    window: u32,
+) -> Result<Channel, tonic::transport::Error> {
+    endpoint()
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
+        .connect_with_connector(connector(path))
+        .await
+}

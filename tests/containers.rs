@@ -10,7 +10,12 @@ use common::{eventually, Daemon};
 use k8s_cri::v1 as cri;
 
 async fn daemon() -> Daemon {
+    daemon_with(&[]).await
+}
+
+async fn daemon_with(extra: &[&str]) -> Daemon {
     let mut d = Daemon::new();
+    d.extra.extend(extra.iter().map(|s| s.to_string()));
     d.extra.push(format!(
         "--registry-config-path={}",
         std::env::var("CONCORD_TEST_HOSTS_DIR")
@@ -642,6 +647,9 @@ async fn users_and_groups_resolve_against_the_images_etc_files() {
     start(&d, &id).await.unwrap();
     assert_eq!(exec_out(&d, &id, &["id", "-u"]).await, "33");
     assert_eq!(exec_out(&d, &id, &["id", "-g"]).await, "33");
+    // ContainerStatus names the identity it runs as.
+    let user = status(&d, &id).await.user.and_then(|u| u.linux).unwrap();
+    assert_eq!((user.uid, user.gid), (33, 33));
     // USER 1000: its primary group, and the image's group that lists it.
     let id = create(&d, &p, sleeper("grouped", grouped)).await.unwrap();
     start(&d, &id).await.unwrap();
@@ -741,4 +749,380 @@ async fn devices_and_bind_mounts_reach_the_container() {
         })
         .await
         .unwrap();
+}
+
+fn used(v: &Option<cri::UInt64Value>) -> u64 {
+    v.as_ref().map(|v| v.value).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_come_from_the_collector_for_containers_and_pods() {
+    let d = daemon_with(&[
+        "--stats-interval-seconds=1",
+        "--image-fs-sync-interval-seconds=1",
+    ])
+    .await;
+    let p = pod(&d, "stats").await;
+    // Writes 6 MiB to its writable layer, then burns CPU.
+    let busy = create(
+        &d,
+        &p,
+        container_config(
+            "busy",
+            "dd if=/dev/zero of=/ballast bs=1M count=6 2>/dev/null; while :; do :; done",
+        ),
+    )
+    .await
+    .unwrap();
+    start(&d, &busy).await.unwrap();
+    let idle = create(&d, &p, container_config("idle", "sleep 1000"))
+        .await
+        .unwrap();
+    let client = d.runtime().await;
+    let mut rt = client.clone();
+    let stats_of = |id: String| {
+        let mut rt = client.clone();
+        async move {
+            rt.container_stats(cri::ContainerStatsRequest { container_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .unwrap()
+        }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "cpu rate, memory and the writable layer of the busy container",
+        || async {
+            let s = stats_of(busy.clone()).await;
+            let cpu = s.cpu.unwrap_or_default();
+            let mem = s.memory.unwrap_or_default();
+            let fs = s.writable_layer.unwrap_or_default();
+            used(&cpu.usage_nano_cores) > 300_000_000
+                && used(&cpu.usage_core_nano_seconds) > 0
+                && used(&mem.working_set_bytes) > 0
+                && used(&fs.used_bytes) >= 6 << 20
+        },
+    )
+    .await;
+    let s = stats_of(busy.clone()).await;
+    let attrs = s.attributes.unwrap();
+    assert_eq!(attrs.metadata.unwrap().name, "busy");
+    assert_eq!(attrs.labels["app"], "busy");
+    assert!(!s
+        .writable_layer
+        .unwrap()
+        .fs_id
+        .unwrap()
+        .mountpoint
+        .is_empty());
+    // A created (not running) container: attributes, no CPU or memory.
+    let s = stats_of(idle.clone()).await;
+    assert!(s.cpu.is_none() && s.memory.is_none(), "{s:?}");
+    // Unknown id: NotFound.
+    let err = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: "no-such-container".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // The list with each filter.
+    let list = |f: cri::ContainerStatsFilter| {
+        let mut rt = client.clone();
+        async move {
+            let mut ids: Vec<String> = rt
+                .list_container_stats(cri::ListContainerStatsRequest { filter: Some(f) })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .into_iter()
+                .map(|s| s.attributes.unwrap().id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut both = vec![busy.clone(), idle.clone()];
+    both.sort();
+    assert_eq!(
+        list(cri::ContainerStatsFilter {
+            pod_sandbox_id: p.id.clone(),
+            ..Default::default()
+        })
+        .await,
+        both
+    );
+    assert_eq!(
+        list(cri::ContainerStatsFilter {
+            label_selector: [("app".to_string(), "idle".to_string())].into(),
+            ..Default::default()
+        })
+        .await,
+        vec![idle.clone()]
+    );
+    assert_eq!(
+        list(cri::ContainerStatsFilter {
+            id: busy[..12].to_string(),
+            ..Default::default()
+        })
+        .await,
+        vec![busy.clone()]
+    );
+
+    // The pod: its cgroups summed, its network namespace's interfaces, its processes.
+    eventually(
+        Duration::from_secs(20),
+        "pod cpu, memory, network and processes",
+        || async {
+            let s = client
+                .clone()
+                .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+                    pod_sandbox_id: p.id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .unwrap()
+                .linux
+                .unwrap();
+            let net = s.network.clone().unwrap_or_default();
+            used(&s.cpu.unwrap_or_default().usage_nano_cores) > 300_000_000
+                && used(&s.memory.unwrap_or_default().working_set_bytes) > 0
+                && net.default_interface.map(|i| i.name) == Some("eth0".into())
+                && used(&s.process.unwrap_or_default().process_count) >= 2
+                && s.containers.len() == 2
+        },
+    )
+    .await;
+    let pods = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+            filter: Some(cri::PodSandboxStatsFilter {
+                label_selector: p.config.labels.clone(),
+                id: p.id.clone(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(pods.len(), 1);
+
+    // Metrics in cAdvisor's names, labelled as their descriptors say.
+    let descriptors = rt
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors;
+    let cpu_desc = descriptors
+        .iter()
+        .find(|m| m.name == "container_cpu_usage_seconds_total")
+        .unwrap();
+    let metrics = rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let pm = metrics.iter().find(|m| m.pod_sandbox_id == p.id).unwrap();
+    assert!(pm
+        .metrics
+        .iter()
+        .any(|m| m.name == "container_network_receive_bytes_total"));
+    let cm = pm
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == busy)
+        .unwrap();
+    let cpu = cm
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_cpu_usage_seconds_total")
+        .unwrap();
+    assert_eq!(cpu.label_values.len(), cpu_desc.label_keys.len());
+    assert_eq!(cpu.label_values[0], "busy");
+
+    // A stopped pod has no stats.
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: p.id.clone(),
+    })
+    .await
+    .unwrap();
+    let err = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let s = stats_of(busy.clone()).await;
+    assert!(s.cpu.is_none(), "an exited container has no cpu stats");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: p.id,
+    })
+    .await
+    .unwrap();
+    assert!(d.metric("concord_stats_collections_total", &["ok"]).await > 0.0);
+}
+
+/// Reads `stream` until `n` events for `ids` arrived (others are skipped), within 30 s.
+async fn next_events(
+    stream: &mut tonic::Streaming<cri::ContainerEventResponse>,
+    ids: &[String],
+    n: usize,
+) -> Vec<cri::ContainerEventResponse> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let e = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("no container event within 30 s")
+            .unwrap()
+            .expect("the event stream ended");
+        if ids.contains(&e.container_id) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_events_stream_each_step_and_a_slow_reader_only_loses_its_own() {
+    let d = daemon_with(&["--container-events-buffer=64"]).await;
+    let p = pod(&d, "events").await;
+    let mut rt = d.runtime().await;
+    let mut events = rt
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // A subscriber that never reads (until the end), on a connection whose flow-control window
+    // lets little more than one event through.
+    let mut slow = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(
+        concord::uds::connect_windowed(&d.socket, 16 * 1024)
+            .await
+            .unwrap(),
+    )
+    .get_container_events(cri::GetEventsRequest {})
+    .await
+    .unwrap()
+    .into_inner();
+
+    let id = create(&d, &p, container_config("ev", "sleep 1000"))
+        .await
+        .unwrap();
+    start(&d, &id).await.unwrap();
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let got = next_events(&mut events, std::slice::from_ref(&id), 4).await;
+    let types: Vec<i32> = got.iter().map(|e| e.container_event_type).collect();
+    assert_eq!(
+        types,
+        vec![
+            cri::ContainerEventType::ContainerCreatedEvent as i32,
+            cri::ContainerEventType::ContainerStartedEvent as i32,
+            cri::ContainerEventType::ContainerStoppedEvent as i32,
+            cri::ContainerEventType::ContainerDeletedEvent as i32,
+        ]
+    );
+    for e in &got {
+        let pod = e.pod_sandbox_status.as_ref().unwrap();
+        assert_eq!(pod.id, p.id);
+        assert_eq!(pod.state, cri::PodSandboxState::SandboxReady as i32);
+        assert!(e.created_at > 0);
+    }
+    // The statuses are the pod's containers at that step: running after start, exited after
+    // stop, gone after delete.
+    let state_in = |e: &cri::ContainerEventResponse| {
+        e.containers_statuses
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.state)
+    };
+    assert_eq!(
+        state_in(&got[1]),
+        Some(cri::ContainerState::ContainerRunning as i32)
+    );
+    let exited = got[2]
+        .containers_statuses
+        .iter()
+        .find(|s| s.id == id)
+        .unwrap();
+    assert_eq!(exited.state, cri::ContainerState::ContainerExited as i32);
+    assert!(exited.finished_at > 0);
+    assert_eq!(state_in(&got[3]), None);
+
+    // Many containers come and go (each event carries the whole pod, so the slow reader's
+    // transport window fills after a few): the fast reader sees every event, the slow one
+    // loses the oldest, counted; nothing waits for it.
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let c = create(&d, &p, container_config(&format!("many-{i}"), "sleep 1000"))
+            .await
+            .unwrap();
+        ids.push(c);
+    }
+    for c in &ids {
+        rt.remove_container(cri::RemoveContainerRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    let all = next_events(&mut events, &ids, 120).await;
+    let deleted = all
+        .iter()
+        .filter(|e| e.container_event_type == cri::ContainerEventType::ContainerDeletedEvent as i32)
+        .count();
+    assert_eq!(deleted, 60);
+    // The slow reader now reads: it gets to the last event, having lost some on the way.
+    let last = ids.last().unwrap().clone();
+    let mut seen = 0;
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), slow.message())
+            .await
+            .expect("the slow reader's stream stalled")
+            .unwrap()
+            .unwrap();
+        seen += 1;
+        if e.container_id == last
+            && e.container_event_type == cri::ContainerEventType::ContainerDeletedEvent as i32
+        {
+            break;
+        }
+    }
+    assert!(
+        seen < 124,
+        "the slow reader saw {seen} events: none dropped"
+    );
+    assert!(
+        d.metric("concord_container_events_dropped_total", &[])
+            .await
+            > 0.0
+    );
+    assert!(
+        d.metric("concord_container_events_total", &["type=\"deleted\""])
+            .await
+            >= 61.0
+    );
+    drop(slow);
+    drop(events);
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: p.id,
+    })
+    .await
+    .unwrap();
 }

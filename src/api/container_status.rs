@@ -77,7 +77,7 @@ fn image_spec(c: &ContainerRecord) -> cri::ImageSpec {
     }
 }
 
-fn status_of(c: &ContainerRecord) -> cri::ContainerStatus {
+pub(super) fn status_of(c: &ContainerRecord) -> cri::ContainerStatus {
     cri::ContainerStatus {
         id: c.id.clone(),
         metadata: c.config.metadata.clone(),
@@ -101,6 +101,12 @@ fn status_of(c: &ContainerRecord) -> cri::ContainerStatus {
             })
         }),
         image_id: c.image_id.clone(),
-        ..Default::default()
+        user: c.user.as_ref().map(|u| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: u.uid,
+                gid: u.gid,
+                supplemental_groups: u.groups.clone(),
+            }),
+        }),
     }
 }

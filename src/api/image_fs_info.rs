@@ -17,7 +17,7 @@ impl Runtime {
         let fs = cri::FilesystemUsage {
             timestamp: u.timestamp_nanos,
             fs_id: Some(cri::FilesystemIdentifier {
-                mountpoint: u.mountpoint,
+                mountpoint: u.mountpoint.clone(),
             }),
             used_bytes: Some(cri::UInt64Value {
                 value: u.used_bytes,

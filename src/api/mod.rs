@@ -3,6 +3,7 @@
 //! file, wrapped by [`Runtime::instrument`].
 
 mod container_create;
+mod container_events;
 mod container_exec;
 mod container_lifecycle;
 mod container_status;
@@ -19,6 +20,7 @@ mod runtime_config;
 mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
+mod stats;
 mod status;
 mod version;
 
@@ -40,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::proto;
 use crate::reconcile::Controller;
-use not_yet::Capability::{Checkpoint, Containers, Streaming};
+use not_yet::Capability::{Checkpoint, Streaming};
 
 /// The full id from an id or a unique prefix of a key of `map`; None when none matches.
 /// `field` and `kind` name the request field and the object in errors.
@@ -123,6 +125,9 @@ pub struct Runtime {
     pub network: Arc<Network>,
     pub images: Arc<Images>,
     pub metrics: Arc<Metrics>,
+    pub stats: Arc<crate::stats::Collector>,
+    /// Fires when concord stops serving: long-lived streams end.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// The service object tonic serves (cheap to clone).
@@ -235,15 +240,27 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     }
     async fn pod_sandbox_stats(
         &self,
-        _: Request<cri::PodSandboxStatsRequest>,
+        r: Request<cri::PodSandboxStatsRequest>,
     ) -> Res<cri::PodSandboxStatsResponse> {
-        self.0.not_yet("PodSandboxStats", Containers).await
+        self.0
+            .instrument(
+                "PodSandboxStats",
+                Gate::None,
+                self.0.pod_sandbox_stats(r.into_inner()),
+            )
+            .await
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Res<cri::ListPodSandboxStatsResponse> {
-        self.0.not_yet("ListPodSandboxStats", Containers).await
+        self.0
+            .instrument(
+                "ListPodSandboxStats",
+                Gate::None,
+                self.0.list_pod_sandbox_stats(r.into_inner()),
+            )
+            .await
     }
     async fn create_container(
         &self,
@@ -357,34 +374,62 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     }
     async fn container_stats(
         &self,
-        _: Request<cri::ContainerStatsRequest>,
+        r: Request<cri::ContainerStatsRequest>,
     ) -> Res<cri::ContainerStatsResponse> {
-        self.0.not_yet("ContainerStats", Containers).await
+        self.0
+            .instrument(
+                "ContainerStats",
+                Gate::None,
+                self.0.container_stats(r.into_inner()),
+            )
+            .await
     }
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        r: Request<cri::ListContainerStatsRequest>,
     ) -> Res<cri::ListContainerStatsResponse> {
-        self.0.not_yet("ListContainerStats", Containers).await
+        self.0
+            .instrument(
+                "ListContainerStats",
+                Gate::None,
+                self.0.list_container_stats(r.into_inner()),
+            )
+            .await
     }
     type GetContainerEventsStream = EventStream;
     async fn get_container_events(
         &self,
         _: Request<cri::GetEventsRequest>,
     ) -> Res<Self::GetContainerEventsStream> {
-        self.0.not_yet("GetContainerEvents", Containers).await
+        self.0
+            .instrument("GetContainerEvents", Gate::None, async {
+                Ok(self.0.container_events())
+            })
+            .await
     }
     async fn list_metric_descriptors(
         &self,
-        _: Request<cri::ListMetricDescriptorsRequest>,
+        r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Res<cri::ListMetricDescriptorsResponse> {
-        self.0.not_yet("ListMetricDescriptors", Containers).await
+        self.0
+            .instrument(
+                "ListMetricDescriptors",
+                Gate::None,
+                self.0.list_metric_descriptors(r.into_inner()),
+            )
+            .await
     }
     async fn list_pod_sandbox_metrics(
         &self,
-        _: Request<cri::ListPodSandboxMetricsRequest>,
+        r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Res<cri::ListPodSandboxMetricsResponse> {
-        self.0.not_yet("ListPodSandboxMetrics", Containers).await
+        self.0
+            .instrument(
+                "ListPodSandboxMetrics",
+                Gate::None,
+                self.0.list_pod_sandbox_metrics(r.into_inner()),
+            )
+            .await
     }
     async fn checkpoint_container(
         &self,

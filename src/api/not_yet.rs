@@ -7,7 +7,6 @@ use super::{ApiError, Gate, Runtime};
 /// The capabilities still to come, each a whole issue.
 #[derive(Debug, Clone, Copy)]
 pub enum Capability {
-    Containers,
     Streaming,
     Checkpoint,
 }
@@ -15,9 +14,6 @@ pub enum Capability {
 impl Capability {
     fn describe(self) -> &'static str {
         match self {
-            Capability::Containers => {
-                "container stats and container events are not in this build yet"
-            }
             Capability::Streaming => {
                 "the streaming server (exec, attach, port-forward) is not in this build"
             }

@@ -84,7 +84,7 @@ fn state_of(s: &SandboxRecord) -> cri::PodSandboxState {
     }
 }
 
-fn status_of(s: &SandboxRecord) -> cri::PodSandboxStatus {
+pub(super) fn status_of(s: &SandboxRecord) -> cri::PodSandboxStatus {
     let options = s
         .config
         .linux

@@ -110,6 +110,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         state,
         &info,
         config.journal.compact_after,
+        config.runtime.container_events_buffer,
         metrics.clone(),
         journal_stop.clone(),
     );
@@ -222,6 +223,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let controller_task = controller.spawn();
     controller.resync("start");
     let syncer_task = images.spawn_syncer(loop_stop.clone());
+    let stats = crate::stats::Collector::new(
+        journal.clone(),
+        images.clone(),
+        Duration::from_secs(config.stats.interval_seconds),
+        metrics.clone(),
+    );
+    let stats_task = stats.spawn(loop_stop.clone());
 
     let process_start = std::time::SystemTime::now();
     let on_ready = {
@@ -281,6 +289,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         network,
         images,
         metrics: metrics.clone(),
+        stats,
+        stopping: serve_stop.clone(),
     });
     let cri = Cri(runtime);
     let server = tonic::transport::Server::builder()
@@ -355,6 +365,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _ = health_task.await;
     let _ = cni_task.await;
     let _ = syncer_task.await;
+    let _ = stats_task.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
     }

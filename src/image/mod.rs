@@ -74,7 +74,7 @@ pub struct Images {
     index: RwLock<Arc<ImageIndex>>,
     inflight: Mutex<HashMap<String, PullFuture>>,
     downloads: Arc<Semaphore>,
-    usage: RwLock<Option<FsUsage>>,
+    usage: RwLock<Option<Arc<FsUsage>>>,
     /// Serialises index updates: each reads containerd and replaces the index.
     update: tokio::sync::Mutex<()>,
     /// True once the index was loaded from containerd (before that, "not in the index" means
@@ -253,7 +253,7 @@ impl Images {
     }
 
     /// Filesystem usage from the last sync (None before the first).
-    pub fn fs_usage(&self) -> Option<FsUsage> {
+    pub fn fs_usage(&self) -> Option<Arc<FsUsage>> {
         self.usage.read().clone()
     }
 
@@ -267,7 +267,7 @@ impl Images {
             let mut cache = usage::UsageCache::default();
             loop {
                 match usage::collect(&this.ctd, &this.settings.snapshotter, &mut cache).await {
-                    Ok(u) => *this.usage.write() = Some(u),
+                    Ok(u) => *this.usage.write() = Some(Arc::new(u)),
                     Err(e) => tracing::debug!(error = %e, "snapshot usage not collected"),
                 }
                 tokio::select! {

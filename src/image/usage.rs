@@ -18,6 +18,9 @@ pub struct FsUsage {
     pub mountpoint: String,
     pub used_bytes: u64,
     pub inodes_used: u64,
+    /// Bytes and inodes of each active snapshot by key (a container's writable layer is the
+    /// active snapshot keyed by its id).
+    pub active: HashMap<String, (u64, u64)>,
 }
 
 /// Usage of committed snapshots by name.
@@ -79,6 +82,7 @@ pub async fn collect(
     let mut used = 0u64;
     let mut inodes = 0u64;
     let mut seen = HashMap::new();
+    let mut active = HashMap::new();
     for info in infos {
         // Kind 3 is committed (immutable); active and view snapshots change.
         let committed = info.kind == 3;
@@ -111,6 +115,8 @@ pub async fn collect(
         };
         if committed {
             seen.insert(info.name.clone(), (b, i));
+        } else if info.kind == 2 {
+            active.insert(info.name.clone(), (b, i));
         }
         used += b;
         inodes += i;
@@ -124,5 +130,6 @@ pub async fn collect(
         mountpoint: cache.root.clone().unwrap_or_default(),
         used_bytes: used,
         inodes_used: inodes,
+        active,
     })
 }

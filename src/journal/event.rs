@@ -52,8 +52,12 @@ pub enum Event {
         log_path: String,
         created_at: i64,
     },
-    /// Fact: the containerd container (and its snapshot) exist.
-    ContainerCreated { id: String },
+    /// Fact: the containerd container (and its snapshot) exist; its process runs as `user`.
+    ContainerCreated {
+        id: String,
+        #[serde(default)]
+        user: Option<ContainerUser>,
+    },
     /// StartContainer.
     ContainerStartRequested { id: String },
     /// Fact: the task runs.
@@ -121,6 +125,17 @@ pub struct ContainerRecord {
     /// UpdateContainerResources changed the limits since the create.
     #[serde(default)]
     pub resources_updated: bool,
+    /// The identity the process runs as (resolved at create from the config and the image).
+    #[serde(default)]
+    pub user: Option<ContainerUser>,
+}
+
+/// A container process' uid, gid and supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUser {
+    pub uid: i64,
+    pub gid: i64,
+    pub groups: Vec<i64>,
 }
 
 impl ContainerRecord {
@@ -175,7 +190,29 @@ pub struct SandboxRecord {
     pub stopped: bool,
 }
 
+/// Where a pod's cgroups go when its config names no cgroup parent.
+pub const DEFAULT_CGROUP_PARENT: &str = "/k8s.io";
+
 impl SandboxRecord {
+    /// The pod's cgroup parent as its config names it ("" when none was given).
+    pub fn configured_cgroup_parent(&self) -> &str {
+        self.config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.as_str())
+            .unwrap_or("")
+    }
+
+    /// The cgroup path (cgroupfs form) of the pod's object `id`: its pause container's or one of
+    /// its containers'.
+    pub fn cgroups_path_of(&self, id: &str) -> String {
+        let parent = match self.configured_cgroup_parent() {
+            "" => DEFAULT_CGROUP_PARENT,
+            p => p,
+        };
+        format!("{}/{}", parent.trim_end_matches('/'), id)
+    }
+
     /// Ready: started, not exited, not stopping.
     pub fn ready(&self) -> bool {
         self.pid.is_some() && !self.exited && !self.stopped && self.desired == SandboxDesired::Ready
@@ -379,12 +416,14 @@ impl State {
                         message: String::new(),
                         stop_timeout: 0,
                         resources_updated: false,
+                        user: None,
                     },
                 );
             }
-            Event::ContainerCreated { id } => {
+            Event::ContainerCreated { id, user } => {
                 if let Some(c) = self.containers.get_mut(id) {
                     c.created = true;
+                    c.user = user.clone();
                 }
             }
             Event::ContainerStartRequested { id } => {

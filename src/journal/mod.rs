@@ -11,12 +11,12 @@ mod store;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use event::{
-    container_name, sandbox_name, ContainerDesired, ContainerRecord, Event, ObjectKey,
-    RuntimeConfigSpec, SandboxDesired, SandboxRecord, State,
+    container_name, sandbox_name, ContainerDesired, ContainerRecord, ContainerUser, Event,
+    ObjectKey, RuntimeConfigSpec, SandboxDesired, SandboxRecord, State, DEFAULT_CGROUP_PARENT,
 };
 pub use store::{write_foreign_schema, Journal, JournalError, OpenInfo, SCHEMA_VERSION};
 
@@ -40,12 +40,63 @@ pub struct JournalStats {
     pub replayed_at_start: u64,
 }
 
+/// A container lifecycle step, published once it is committed (GetContainerEvents' source).
+#[derive(Debug, Clone)]
+pub struct ContainerChange {
+    pub id: String,
+    pub sandbox_id: String,
+    pub kind: ContainerChangeKind,
+    /// When it was committed (ns since the epoch).
+    pub at: i64,
+    /// The state right after the commit that held it.
+    pub state: Arc<State>,
+}
+
+/// The CRI's four container event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerChangeKind {
+    Created,
+    Started,
+    Stopped,
+    Deleted,
+}
+
+impl ContainerChangeKind {
+    /// The change `event` makes to a container of `state` (read before it is applied).
+    fn of(event: &Event, state: &State) -> Option<(String, String, ContainerChangeKind)> {
+        let (id, kind) = match event {
+            Event::ContainerCreated { id, .. } => (id, ContainerChangeKind::Created),
+            Event::ContainerStarted { id, .. } => (id, ContainerChangeKind::Started),
+            Event::ContainerExited { id, .. } => (id, ContainerChangeKind::Stopped),
+            Event::ContainerRemoved { id } => (id, ContainerChangeKind::Deleted),
+            _ => return None,
+        };
+        // A failed create drops a record the CRI never showed: no deleted event for it.
+        let rec = state
+            .containers
+            .get(id)
+            .filter(|c| c.created || kind == ContainerChangeKind::Created)?;
+        Some((id.clone(), rec.sandbox_id.clone(), kind))
+    }
+
+    /// Its name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ContainerChangeKind::Created => "created",
+            ContainerChangeKind::Started => "started",
+            ContainerChangeKind::Stopped => "stopped",
+            ContainerChangeKind::Deleted => "deleted",
+        }
+    }
+}
+
 /// Cheap handle for appending events and reading the folded state.
 #[derive(Clone)]
 pub struct JournalHandle {
     tx: mpsc::Sender<Append>,
     state: watch::Receiver<Arc<State>>,
     stats: watch::Receiver<JournalStats>,
+    changes: broadcast::Sender<ContainerChange>,
 }
 
 /// Why an append was not acknowledged.
@@ -89,6 +140,12 @@ impl JournalHandle {
         self.state.clone()
     }
 
+    /// Container changes committed from now on. The buffer is bounded: a receiver that falls
+    /// behind loses the oldest (`RecvError::Lagged`); the writer never waits for it.
+    pub fn container_changes(&self) -> broadcast::Receiver<ContainerChange> {
+        self.changes.subscribe()
+    }
+
     /// Journal counters.
     pub fn stats(&self) -> JournalStats {
         self.stats.borrow().clone()
@@ -96,16 +153,19 @@ impl JournalHandle {
 }
 
 /// Starts the writer task over an opened journal. The task ends when every handle is dropped or
-/// `shutdown` fires, after committing what was already queued.
+/// `shutdown` fires, after committing what was already queued. `change_buffer` bounds each
+/// container-change subscriber's backlog.
 pub fn spawn_writer(
     journal: Journal,
     state: State,
     info: &OpenInfo,
     compact_after: u64,
+    change_buffer: usize,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> (JournalHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(1024);
+    let (changes, _) = broadcast::channel(change_buffer.max(1));
     let (state_tx, state_rx) = watch::channel(Arc::new(state));
     let stats = JournalStats {
         path: journal.path().to_owned(),
@@ -115,32 +175,41 @@ pub fn spawn_writer(
         replayed_at_start: info.replayed,
     };
     let (stats_tx, stats_rx) = watch::channel(stats);
-    let task = tokio::spawn(writer(
-        journal,
-        rx,
-        state_tx,
-        stats_tx,
-        compact_after,
-        metrics,
-        shutdown,
-    ));
+    let out = Published {
+        state: state_tx,
+        stats: stats_tx,
+        changes: changes.clone(),
+    };
+    let task = tokio::spawn(writer(journal, rx, out, compact_after, metrics, shutdown));
     let handle = JournalHandle {
         tx,
         state: state_rx,
         stats: stats_rx,
+        changes,
     };
     (handle, task)
+}
+
+/// What the writer publishes after each commit.
+struct Published {
+    state: watch::Sender<Arc<State>>,
+    stats: watch::Sender<JournalStats>,
+    changes: broadcast::Sender<ContainerChange>,
 }
 
 async fn writer(
     mut journal: Journal,
     mut rx: mpsc::Receiver<Append>,
-    state_tx: watch::Sender<Arc<State>>,
-    stats_tx: watch::Sender<JournalStats>,
+    out: Published,
     compact_after: u64,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let Published {
+        state: state_tx,
+        stats: stats_tx,
+        changes,
+    } = out;
     loop {
         let first = tokio::select! {
             biased;
@@ -173,12 +242,26 @@ async fn writer(
                 metrics.journal_events.inc_by(events.len() as u64);
                 let mut state = State::clone(&state_tx.borrow());
                 let first_seq = last + 1 - events.len() as u64;
+                let mut changed = Vec::new();
                 for (i, ev) in events.iter().enumerate() {
+                    if changes.receiver_count() > 0 {
+                        changed.extend(ContainerChangeKind::of(ev, &state));
+                    }
                     state.apply(first_seq + i as u64, ev);
                 }
                 let mut offset = first_seq;
                 let state = Arc::new(state);
                 state_tx.send_replace(state.clone());
+                let at = crate::api::now_nanos();
+                for (id, sandbox_id, kind) in changed {
+                    let _ = changes.send(ContainerChange {
+                        id,
+                        sandbox_id,
+                        kind,
+                        at,
+                        state: state.clone(),
+                    });
+                }
                 for a in batch {
                     offset += a.events.len() as u64;
                     let _ = a.reply.send(Ok(offset - 1));

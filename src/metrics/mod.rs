@@ -56,6 +56,12 @@ pub struct Metrics {
     pub cni_duration: HistogramVec,
     pub sandbox_step_duration: HistogramVec,
     pub sandboxes: IntGaugeVec,
+    pub container_events: IntCounterVec,
+    pub container_events_dropped: IntCounter,
+    pub container_event_streams: IntGauge,
+    pub stats_collections: IntCounterVec,
+    pub stats_collect_duration: Histogram,
+    pub stats_objects: IntGaugeVec,
 }
 
 impl Metrics {
@@ -278,6 +284,46 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new("concord_sandboxes", "Pod sandboxes by state: creating, ready, notready (exited or stopped), removing"),
                     &["state"],
+                )
+                .unwrap(),
+            ),
+            container_events: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_container_events_total", "Container lifecycle events sent to GetContainerEvents subscribers, by type (created, started, stopped, deleted)"),
+                    &["type"],
+                )
+                .unwrap(),
+            ),
+            container_events_dropped: reg(
+                r,
+                IntCounter::new("concord_container_events_dropped_total", "Container events a GetContainerEvents subscriber lost because it read slower than its buffer filled").unwrap(),
+            ),
+            container_event_streams: reg(
+                r,
+                IntGauge::new("concord_container_event_streams", "Open GetContainerEvents streams").unwrap(),
+            ),
+            stats_collections: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_stats_collections_total", "Runs of the stats collector, by result (ok, partial: some objects could not be read)"),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
+            stats_collect_duration: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("concord_stats_collect_duration_seconds", "Time one stats collection (cgroups, network, writable layers of every container and sandbox) took")
+                        .buckets(containerd_buckets()),
+                )
+                .unwrap(),
+            ),
+            stats_objects: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("concord_stats_objects", "Objects in the last stats collection, by kind (container, sandbox)"),
+                    &["kind"],
                 )
                 .unwrap(),
             ),

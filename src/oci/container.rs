@@ -599,7 +599,7 @@ pub fn container_spec(
         .as_ref()
         .map(|l| l.cgroup_parent.clone())
         .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "/k8s.io".into());
+        .unwrap_or_else(|| crate::journal::DEFAULT_CGROUP_PARENT.into());
     let mut linux_spec = json!({
         "namespaces": namespaces,
         "cgroupsPath": format!("{}/{}", parent.trim_end_matches('/'), ctx.id),

@@ -12,7 +12,9 @@ use serde_json::json;
 use super::{ReconcileError, Reconciled};
 use crate::containerd::{ContainerRuntime, Containerd, TaskIo};
 use crate::image::Images;
-use crate::journal::{ContainerDesired, ContainerRecord, Event, JournalHandle, State};
+use crate::journal::{
+    ContainerDesired, ContainerRecord, ContainerUser, Event, JournalHandle, State,
+};
 use crate::oci::container::{container_spec, ContainerContext};
 
 /// Settings containers are made with.
@@ -109,16 +111,22 @@ impl ContainerReconciler {
             return Ok(Reconciled::default());
         };
         if rec.desired != ContainerDesired::Removed && !rec.created {
-            if let Err(e) = self.create(rec, state).await {
-                // CreateContainer failed: nothing it made may stay; the record goes too.
-                self.remove(id).await?;
-                self.journal
-                    .append(vec![Event::ContainerRemoved { id: id.into() }])
-                    .await?;
-                return Err(e);
-            }
+            let user = match self.create(rec, state).await {
+                Ok(user) => user,
+                Err(e) => {
+                    // CreateContainer failed: nothing it made may stay; the record goes too.
+                    self.remove(id).await?;
+                    self.journal
+                        .append(vec![Event::ContainerRemoved { id: id.into() }])
+                        .await?;
+                    return Err(e);
+                }
+            };
             self.journal
-                .append(vec![Event::ContainerCreated { id: id.into() }])
+                .append(vec![Event::ContainerCreated {
+                    id: id.into(),
+                    user,
+                }])
                 .await?;
         }
         match rec.desired {
@@ -167,8 +175,13 @@ impl ContainerReconciler {
         ))
     }
 
-    /// Snapshot on the image's chain id, then the containerd container with its spec.
-    async fn create(&self, rec: &ContainerRecord, state: &State) -> Result<(), ReconcileError> {
+    /// Snapshot on the image's chain id, then the containerd container with its spec; answers
+    /// the identity its process will run as.
+    async fn create(
+        &self,
+        rec: &ContainerRecord,
+        state: &State,
+    ) -> Result<Option<ContainerUser>, ReconcileError> {
         let id = rec.id.as_str();
         let sandbox = state
             .sandboxes
@@ -310,7 +323,16 @@ impl ContainerReconciler {
                     )
                     .await?;
             }
-            Ok::<_, ReconcileError>(())
+            let user = &spec["process"]["user"];
+            let id_of = |v: &serde_json::Value| v.as_i64().unwrap_or(0);
+            Ok::<_, ReconcileError>(Some(ContainerUser {
+                uid: id_of(&user["uid"]),
+                gid: id_of(&user["gid"]),
+                groups: user["additionalGids"]
+                    .as_array()
+                    .map(|g| g.iter().map(id_of).collect())
+                    .unwrap_or_default(),
+            }))
         }
         .await;
         if let Err(e) = self.ctd.delete_lease(&lease).await {
@@ -506,14 +528,10 @@ fn image_users(mounts: &[containerd_client::types::Mount]) -> crate::oci::contai
 
 /// The container's cgroup path (cgroupfs driver), as its spec names it.
 fn cgroups_path(rec: &ContainerRecord, state: &State) -> String {
-    let parent = state
-        .sandboxes
-        .get(&rec.sandbox_id)
-        .and_then(|s| s.config.linux.as_ref())
-        .map(|l| l.cgroup_parent.clone())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "/k8s.io".into());
-    format!("{}/{}", parent.trim_end_matches('/'), rec.id)
+    match state.sandboxes.get(&rec.sandbox_id) {
+        Some(s) => s.cgroups_path_of(&rec.id),
+        None => format!("{}/{}", crate::journal::DEFAULT_CGROUP_PARENT, rec.id),
+    }
 }
 
 /// Whether the kernel OOM-killed a process of cgroup `path` (v2 `memory.events`, v1

@@ -412,11 +412,6 @@ impl SandboxReconciler {
                 .entry("net.ipv4.ping_group_range".into())
                 .or_insert_with(|| "0 2147483647".into());
         }
-        let parent = if linux.cgroup_parent.is_empty() {
-            "/k8s.io".to_string()
-        } else {
-            linux.cgroup_parent.clone()
-        };
         let mut annotations: BTreeMap<String, String> =
             rec.config.annotations.clone().into_iter().collect();
         if let Some(m) = &rec.config.metadata {
@@ -440,7 +435,7 @@ impl SandboxReconciler {
             network,
             pid: mode(opts.pid),
             ipc: mode(opts.ipc),
-            cgroups_path: format!("{}/{}", parent.trim_end_matches('/'), rec.id),
+            cgroups_path: rec.cgroups_path_of(&rec.id),
             sysctls,
             oom_score_adj: SANDBOX_OOM_SCORE_ADJ,
             run_as_user: sc.run_as_user.map(|v| v.value),
