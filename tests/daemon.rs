@@ -203,22 +203,23 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_them() {
     let mut d = Daemon::new();
     d.start().await;
     let mut rt = d.runtime().await;
-    let err = rt
-        .container_stats(cri::ContainerStatsRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    let err = rt.exec(cri::ExecRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{}", err.message());
     assert!(
-        err.message().contains("ContainerStats") && err.message().contains("stats"),
+        err.message().contains("Exec") && err.message().contains("streaming"),
         "{}",
         err.message()
     );
-    let err = rt.exec(cri::ExecRequest::default()).await.unwrap_err();
-    assert!(err.message().contains("streaming"), "{}", err.message());
+    let err = rt
+        .checkpoint_container(cri::CheckpointContainerRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("checkpoint"), "{}", err.message());
     let count = d
         .metric(
             "concord_grpc_requests_total",
-            &["method=\"ContainerStats\"", "code=\"Unimplemented\""],
+            &["method=\"Exec\"", "code=\"Unimplemented\""],
         )
         .await;
     assert_eq!(count, 1.0);
