@@ -6,10 +6,11 @@
 #   * concord (release build) on the second
 #   * concord-bench: the same CRI calls against both; p50/p99 and ratios
 #   * idle RSS: concord's process vs what the CRI plugin adds to containerd
-# Usage: hack/bench.sh [ITERATIONS]
+# Usage: hack/bench.sh [ITERATIONS] [images|sandboxes|containers]   (one section; all by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100}
+ONLY=${2:-}
 BENCH_DIR=${BENCH_DIR:-/tmp/concord-bench}
 REF_DIR=$BENCH_DIR/ctd-ref
 OWN_DIR=$BENCH_DIR/ctd-concord
@@ -50,5 +51,7 @@ sleep 2
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 log "idle RSS (kB): concord $(rss "$CONCORD_PID"); containerd with CRI $(rss "$REF_PID"); containerd without CRI $(rss "$OWN_PID")"
 
-target/release/concord-bench --concord "$BENCH_DIR/concord.sock" --reference "$REF_DIR/containerd.sock" --iterations "$N"
+target/release/concord-bench --concord "$BENCH_DIR/concord.sock" --reference "$REF_DIR/containerd.sock" --iterations "$N" \
+  --concord-pid "$CONCORD_PID" --reference-pid "$REF_PID" --own-containerd-pid "$OWN_PID" --log-dir "$BENCH_DIR/logs" \
+  ${ONLY:+--only "$ONLY"}
 log "RSS after the run (kB): concord $(rss "$CONCORD_PID") + its containerd $(rss "$OWN_PID"); containerd with CRI $(rss "$REF_PID")"

@@ -572,6 +572,21 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
     let mut c = container_config("x", "true");
     c.log_path = "../../escape.log".into();
     cases.push((c, "config.log_path"));
+    // An AppArmor profile on a host without AppArmor (this one) cannot be honoured.
+    if !std::path::Path::new("/sys/module/apparmor/parameters/enabled").exists() {
+        let mut c = container_config("x", "true");
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                apparmor: Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                    localhost_ref: "my-profile".into(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        cases.push((c, "config.linux.security_context.apparmor"));
+    }
     for (c, field) in cases {
         let err = create(&d, &p, c).await.unwrap_err();
         assert_eq!(

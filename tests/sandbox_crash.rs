@@ -314,6 +314,17 @@ async fn converges_and_leaves_nothing(
         .map(|r| r.count())
         .unwrap_or(0);
     assert_eq!(cache, 0, "CNI results left in the cache");
+    // No per-object state (sandbox files, container dirs with exec FIFOs) outlives its object.
+    for dir in ["sandboxes", "containers"] {
+        let left: Vec<String> = std::fs::read_dir(d.state_dir.join(dir))
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "state left in {dir}: {left:?}");
+    }
     let containers = ctd
         .containers()
         .list(
@@ -643,6 +654,43 @@ async fn containers_under_kill_9_converge_and_leak_nothing() {
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
+    // A container that counts on its stdout through every kill: it must keep running and not
+    // one line may be lost.
+    let logger = {
+        let mut rt = d.runtime().await;
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "logger".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: "busybox".into(),
+                        ..Default::default()
+                    }),
+                    command: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "i=0; while :; do echo n $i; i=$((i+1)); sleep 0.02; done".into(),
+                    ],
+                    log_path: "logger.log".into(),
+                    ..Default::default()
+                }),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        id
+    };
     let next = Arc::new(AtomicU32::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..2)
@@ -734,6 +782,32 @@ async fn containers_under_kill_9_converge_and_leak_nothing() {
         "{} containers after the kills, {} running",
         listed.len(),
         running.len() - 1
+    );
+    assert!(
+        running.contains(&logger),
+        "the logging container still runs"
+    );
+    // Its log: every number from 0 on, once, in order, across all the kills.
+    let text = std::fs::read_to_string(d.dir.join("logs").join("logger.log")).unwrap();
+    let numbers: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.rsplit_once(" n ").and_then(|(_, n)| n.parse().ok()))
+        .collect();
+    assert!(numbers.len() > 50, "{} lines logged", numbers.len());
+    let gaps: Vec<(u64, u64)> = numbers
+        .windows(2)
+        .filter(|w| w[1] != w[0] + 1)
+        .map(|w| (w[0], w[1]))
+        .take(5)
+        .collect();
+    assert!(
+        numbers[0] == 0 && gaps.is_empty(),
+        "log lines lost or repeated across the kills: first {}, gaps {gaps:?}",
+        numbers[0]
+    );
+    println!(
+        "the logger wrote {} lines through the kills, none lost",
+        numbers.len()
     );
     converges_and_leaves_nothing(&d, "ctrs", &allocated_before).await;
 }

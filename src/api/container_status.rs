@@ -40,19 +40,12 @@ impl Runtime {
         let containers = state
             .containers
             .values()
-            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
-            .filter(|c| f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id))
+            .filter(|c| selected(c, &f.id, &f.pod_sandbox_id, &f.label_selector))
             .filter(|c| {
                 f.state
                     .as_ref()
                     .is_none_or(|s| s.state == c.cri_state() as i32)
             })
-            .filter(|c| {
-                f.label_selector
-                    .iter()
-                    .all(|(k, v)| c.config.labels.get(k) == Some(v))
-            })
-            .filter(|c| c.cri_state() != cri::ContainerState::ContainerUnknown)
             .map(|c| cri::Container {
                 id: c.id.clone(),
                 pod_sandbox_id: c.sandbox_id.clone(),
@@ -68,6 +61,22 @@ impl Runtime {
             .collect();
         Ok(cri::ListContainersResponse { containers })
     }
+}
+
+/// Whether a list call with these filter fields (each empty: any; ids by prefix) shows `c`.
+/// A container whose create has not finished is never shown.
+pub(super) fn selected(
+    c: &ContainerRecord,
+    id: &str,
+    pod_sandbox_id: &str,
+    labels: &HashMap<String, String>,
+) -> bool {
+    c.id.starts_with(id)
+        && c.sandbox_id.starts_with(pod_sandbox_id)
+        && labels
+            .iter()
+            .all(|(k, v)| c.config.labels.get(k) == Some(v))
+        && c.cri_state() != cri::ContainerState::ContainerUnknown
 }
 
 fn image_spec(c: &ContainerRecord) -> cri::ImageSpec {

@@ -4,6 +4,7 @@
 
 use k8s_cri::v1 as cri;
 
+use super::container_status::selected;
 use super::{ApiError, Runtime};
 use crate::journal::{ContainerRecord, SandboxRecord, State};
 use crate::stats::{Collected, Usage};
@@ -34,14 +35,7 @@ impl Runtime {
         let stats = state
             .containers
             .values()
-            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
-            .filter(|c| f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id))
-            .filter(|c| {
-                f.label_selector
-                    .iter()
-                    .all(|(k, v)| c.config.labels.get(k) == Some(v))
-            })
-            .filter(|c| c.cri_state() != cri::ContainerState::ContainerUnknown)
+            .filter(|c| selected(c, &f.id, &f.pod_sandbox_id, &f.label_selector))
             .map(|c| container_stats(c, &last))
             .collect();
         Ok(cri::ListContainerStatsResponse { stats })

@@ -2,6 +2,10 @@
 //! own plugin) on the same machine in the same run; p50/p99 per operation and their ratio.
 //!
 //! Usage: concord-bench --concord unix-socket --reference unix-socket [--iterations N] [--image REF]
+//!        [--concord-pid PID --reference-pid PID --own-containerd-pid PID] [--log-dir DIR]
+//!        [--only images|sandboxes|containers]
+//!
+//! With the pids it also reports resident memory with 100 running containers on each side.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,6 +20,12 @@ struct Args {
     reference: PathBuf,
     iterations: usize,
     image: String,
+    concord_pid: Option<u32>,
+    reference_pid: Option<u32>,
+    own_containerd_pid: Option<u32>,
+    log_dir: PathBuf,
+    /// Only this section: images, sandboxes or containers (all when None).
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -24,6 +34,11 @@ fn args() -> Args {
         reference: "/tmp/ctd-ref/containerd.sock".into(),
         iterations: 100,
         image: "docker.io/library/busybox:latest".into(),
+        concord_pid: None,
+        reference_pid: None,
+        own_containerd_pid: None,
+        log_dir: "/tmp/concord-bench/logs".into(),
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -33,6 +48,13 @@ fn args() -> Args {
             "--reference" => a.reference = v.into(),
             "--iterations" => a.iterations = v.parse().expect("--iterations N"),
             "--image" => a.image = v,
+            "--concord-pid" => a.concord_pid = Some(v.parse().expect("--concord-pid PID")),
+            "--reference-pid" => a.reference_pid = Some(v.parse().expect("--reference-pid PID")),
+            "--own-containerd-pid" => {
+                a.own_containerd_pid = Some(v.parse().expect("--own-containerd-pid PID"))
+            }
+            "--log-dir" => a.log_dir = v.into(),
+            "--only" => a.only = Some(v),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -242,11 +264,29 @@ async fn main() {
         );
     };
     // Alternate the two endpoints call by call, so both see the same machine state.
-    async fn timed(e: &Endpoint, op: &str, image: &str) -> Duration {
-        let t = Instant::now();
-        run_op(e, op, image).await;
-        t.elapsed()
+    let section = |name: &str| a.only.as_deref().is_none_or(|o| o == name);
+    if section("images") {
+        images_section(&a, &reference, &concord, &row).await;
     }
+    if section("sandboxes") {
+        sandboxes_section(&a, &reference, &concord, &row).await;
+    }
+    if section("containers") {
+        containers_section(&a, &reference, &concord, &row).await;
+    }
+}
+
+/// Prints one table row from the two sides' samples.
+type Row<'a> = dyn Fn(&str, &mut Vec<Duration>, &mut Vec<Duration>) + 'a;
+
+async fn timed(e: &Endpoint, op: &str, image: &str) -> Duration {
+    let t = Instant::now();
+    run_op(e, op, image).await;
+    t.elapsed()
+}
+
+async fn images_section(a: &Args, reference: &Endpoint, concord: &Endpoint, row: &Row<'_>) {
+    let (reference, concord) = (reference.clone(), concord.clone());
     for (op, default_n) in OPS {
         let n = a.iterations.min(*default_n);
         let (mut r, mut c) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -269,35 +309,26 @@ async fn main() {
     row("RemoveImage", &mut rr, &mut cr);
     row("PullImage (absent)", &mut rp, &mut cp);
     row("pull/remove cycle", &mut rc, &mut cc);
+}
 
+async fn sandboxes_section(a: &Args, reference: &Endpoint, concord: &Endpoint, row: &Row<'_>) {
+    let (reference, concord) = (reference.clone(), concord.clone());
     // Pod sandboxes: run, status, stop, remove, each timed, endpoints alternated per cycle.
-    let n = a.iterations.min(100);
-    let mut t: Vec<(Vec<Duration>, Vec<Duration>)> = vec![(vec![], vec![]); 5];
-    for i in 0..n {
-        for (side, e) in [(0, &reference), (1, &concord)] {
-            let times = sandbox_cycle(e, &format!("bench-{i}")).await;
-            for (k, d) in times.into_iter().enumerate() {
-                let slot = &mut t[k];
-                if side == 0 {
-                    slot.0.push(d)
-                } else {
-                    slot.1.push(d)
-                }
-            }
-        }
-    }
-    for (name, (r, c)) in [
+    let names = [
         "RunPodSandbox",
         "PodSandboxStatus",
         "StopPodSandbox",
         "RemovePodSandbox",
         "pod lifecycle",
-    ]
-    .iter()
-    .zip(t.iter_mut())
-    {
-        row(name, r, c);
-    }
+    ];
+    cycles(
+        a.iterations.min(100),
+        &names,
+        [&reference, &concord],
+        row,
+        |_, e, i| async move { sandbox_cycle(&e, &format!("bench-{i}")).await },
+    )
+    .await;
     // 20 pods started at once.
     let (mut r, mut c) = (vec![], vec![]);
     for round in 0..3 {
@@ -305,4 +336,254 @@ async fn main() {
         c.push(many_pods(&concord, 20, round).await);
     }
     row("20 pods at once (run all)", &mut r, &mut c);
+}
+
+async fn containers_section(a: &Args, reference: &Endpoint, concord: &Endpoint, row: &Row<'_>) {
+    let (reference, concord) = (reference.clone(), concord.clone());
+    // Containers: create, start, stop, remove in one pod per side, alternated per cycle.
+    let n = a.iterations.min(100);
+    let pods = [
+        run_pod(&reference, "ctr-bench", &a.log_dir.join("reference")).await,
+        run_pod(&concord, "ctr-bench", &a.log_dir.join("concord")).await,
+    ];
+    let names = [
+        "CreateContainer",
+        "StartContainer",
+        "ContainerStatus",
+        "StopContainer",
+        "RemoveContainer",
+        "container lifecycle",
+    ];
+    cycles(n, &names, [&reference, &concord], row, |side, e, i| {
+        let (pod, image) = (pods[side].clone(), a.image.clone());
+        async move { container_cycle(&e, &pod, &image, &format!("c-{i}")).await }
+    })
+    .await;
+
+    // 100 running containers (10 pods of 10) on each side: the list calls, then memory.
+    let mut running = [vec![], vec![]];
+    for (side, e) in [(0, &reference), (1, &concord)] {
+        let dir = a
+            .log_dir
+            .join(if side == 0 { "reference" } else { "concord" });
+        for p in 0..10 {
+            let pod = run_pod(e, &format!("many-ctr-{p}"), &dir).await;
+            for c in 0..10 {
+                let id = create_container(e, &pod, &a.image, &format!("c-{c}")).await;
+                start_container(e, &id).await;
+            }
+            running[side].push(pod);
+        }
+    }
+    // Let both stats paths see every container once before timing.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    for op in [
+        "ListContainers",
+        "ListContainerStats",
+        "ListPodSandboxStats",
+    ] {
+        let (mut r, mut c) = (vec![], vec![]);
+        for _ in 0..n {
+            r.push(list_call(&reference, op).await);
+            c.push(list_call(&concord, op).await);
+        }
+        row(&format!("{op} (100 running)"), &mut r, &mut c);
+    }
+    if let (Some(cp), Some(rp)) = (a.concord_pid, a.reference_pid) {
+        let own = a.own_containerd_pid.map(rss_kb).unwrap_or(0);
+        println!();
+        println!(
+            "RSS with 100 running containers (kB): concord {} (+ its containerd {own}); containerd with CRI {}",
+            rss_kb(cp),
+            rss_kb(rp)
+        );
+    }
+    for (side, e) in [(0, &reference), (1, &concord)] {
+        for pod in running[side].drain(..) {
+            let mut rt = e.rt.clone();
+            rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.0.clone(),
+            })
+            .await
+            .unwrap();
+            rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.0,
+            })
+            .await
+            .unwrap();
+        }
+    }
+    for (e, pod) in [&reference, &concord].into_iter().zip(pods) {
+        let mut rt = e.rt.clone();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.0,
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// VmRSS of process `pid` in kB (0 when unreadable).
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A running pod sandbox: its id and config.
+#[derive(Clone)]
+struct Pod(String, cri::PodSandboxConfig);
+
+/// Runs `cycle` `n` times on each side (reference, concord), alternated; each run answers one
+/// duration per step of `names`; prints a row per step.
+async fn cycles<F, Fut>(
+    n: usize,
+    names: &[&str],
+    sides: [&Endpoint; 2],
+    row: &Row<'_>,
+    mut cycle: F,
+) where
+    F: FnMut(usize, Endpoint, usize) -> Fut,
+    Fut: std::future::Future<Output = Vec<Duration>>,
+{
+    let mut t: Vec<[Vec<Duration>; 2]> = vec![[vec![], vec![]]; names.len()];
+    for i in 0..n {
+        for (side, e) in sides.iter().enumerate() {
+            for (k, d) in cycle(side, (*e).clone(), i).await.into_iter().enumerate() {
+                t[k][side].push(d);
+            }
+        }
+    }
+    for (name, [r, c]) in names.iter().zip(t.iter_mut()) {
+        row(name, r, c);
+    }
+}
+
+async fn run_pod(e: &Endpoint, name: &str, log_dir: &Path) -> Pod {
+    let mut config = pod(name);
+    config.log_directory = log_dir.join(name).display().to_string();
+    // A cgroup of the pod's own, as kubelet gives every pod (containerd's CRI has no pod stats
+    // without one).
+    let side = log_dir.file_name().and_then(|n| n.to_str()).unwrap_or("x");
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        cgroup_parent: format!("/concord-bench/{side}/{name}"),
+        ..Default::default()
+    });
+    let id =
+        e.rt.clone()
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+    Pod(id, config)
+}
+
+async fn create_container(e: &Endpoint, pod: &Pod, image: &str, name: &str) -> String {
+    e.rt.clone()
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.0.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: name.into(),
+                    attempt: 0,
+                }),
+                image: spec(image),
+                command: vec!["sleep".into(), "3600".into()],
+                log_path: format!("{name}.log"),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod.1.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id
+}
+
+async fn start_container(e: &Endpoint, id: &str) {
+    e.rt.clone()
+        .start_container(cri::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap();
+}
+
+/// Create, start, status, stop (SIGKILL: timeout 0), remove of one container; each timed, and
+/// their sum.
+async fn container_cycle(e: &Endpoint, pod: &Pod, image: &str, name: &str) -> Vec<Duration> {
+    let mut rt = e.rt.clone();
+    let t = Instant::now();
+    let id = create_container(e, pod, image, name).await;
+    let create = t.elapsed();
+    let t = Instant::now();
+    start_container(e, &id).await;
+    let start = t.elapsed();
+    let t = Instant::now();
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.clone(),
+        verbose: false,
+    })
+    .await
+    .unwrap();
+    let status = t.elapsed();
+    let t = Instant::now();
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let stop = t.elapsed();
+    let t = Instant::now();
+    rt.remove_container(cri::RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
+    let remove = t.elapsed();
+    vec![
+        create,
+        start,
+        status,
+        stop,
+        remove,
+        create + start + status + stop + remove,
+    ]
+}
+
+async fn list_call(e: &Endpoint, op: &str) -> Duration {
+    let mut rt = e.rt.clone();
+    let t = Instant::now();
+    match op {
+        "ListContainers" => drop(
+            rt.list_containers(cri::ListContainersRequest::default())
+                .await
+                .unwrap(),
+        ),
+        "ListContainerStats" => drop(
+            rt.list_container_stats(cri::ListContainerStatsRequest::default())
+                .await
+                .unwrap(),
+        ),
+        "ListPodSandboxStats" => drop(
+            rt.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default())
+                .await
+                .unwrap(),
+        ),
+        other => panic!("unknown op {other}"),
+    }
+    t.elapsed()
 }

@@ -632,6 +632,15 @@ pub fn container_spec(
         }
     }
 
+    #[allow(deprecated)]
+    let apparmor = super::apparmor::profile(
+        sc.apparmor.as_ref(),
+        &sc.apparmor_profile,
+        sc.privileged,
+        super::apparmor::Host::current(),
+    )
+    .map_err(|e| bad("config.linux.security_context.apparmor", e))?;
+
     let mut annotations: BTreeMap<String, String> = c.annotations.clone().into_iter().collect();
     annotations.insert(
         "io.kubernetes.cri.container-type".into(),
@@ -678,6 +687,9 @@ pub fn container_spec(
         "annotations": annotations,
         "linux": linux_spec,
     });
+    if let Some(profile) = apparmor {
+        spec["process"]["apparmorProfile"] = json!(profile);
+    }
     if pod_ns.network != node && !ctx.sandbox.hostname.is_empty() {
         spec["hostname"] = json!(ctx.sandbox.hostname);
     }
