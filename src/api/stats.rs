@@ -146,7 +146,11 @@ fn memory(u: &Usage) -> cri::MemoryUsage {
 /// A container's stats: attributes always, CPU and memory while it runs, its writable layer
 /// once the snapshot syncer measured it.
 fn container_stats(c: &ContainerRecord, last: &Collected) -> cri::ContainerStats {
-    let usage = last.containers.get(&c.id);
+    // A sample taken before the container exited is not its usage any more.
+    let usage = last
+        .containers
+        .get(&c.id)
+        .filter(|_| c.cri_state() == cri::ContainerState::ContainerRunning);
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
             id: c.id.clone(),
@@ -385,6 +389,7 @@ fn sandbox_metrics(s: &SandboxRecord, state: &State, last: &Collected) -> cri::P
             let metrics = last
                 .containers
                 .get(&c.id)
+                .filter(|_| c.cri_state() == cri::ContainerState::ContainerRunning)
                 .map(|u| {
                     METRICS
                         .iter()
