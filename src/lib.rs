@@ -4,6 +4,7 @@
 //! and CNI to them.
 
 pub mod api;
+pub mod attach;
 pub mod config;
 pub mod containerd;
 pub mod daemon;

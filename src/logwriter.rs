@@ -4,6 +4,8 @@
 //! every line in the CRI log format (`<RFC3339Nano> <stdout|stderr> <F|P> <content>`) until both
 //! streams end. It is a child of the shim, not of concord, so logs keep flowing while concord is
 //! down or restarting. SIGUSR1 reopens the file (ReopenContainerLog after kubelet rotated it).
+//! With `stdin=<fifo>` (a TTY container with stdin) it also holds that FIFO open for writing
+//! as long as it runs, so the container's stdin stays open whether concord runs or not.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -119,12 +121,14 @@ fn pump(input: File, stream: &'static str, max: usize, sink: Arc<Mutex<Sink>>) {
 pub fn run(args: &[String]) -> i32 {
     let mut path = None;
     let mut pidfile = None;
+    let mut stdin = None;
     let mut max = 16 * 1024;
     for kv in args.chunks(2) {
         let v = kv.get(1).map(|v| decode(v)).unwrap_or_default();
         match kv[0].as_str() {
             "path" => path = Some(PathBuf::from(v)),
             "pidfile" => pidfile = Some(PathBuf::from(v)),
+            "stdin" => stdin = Some(PathBuf::from(v)),
             "max" => max = v.parse().unwrap_or(max),
             _ => {}
         }
@@ -161,6 +165,14 @@ pub fn run(args: &[String]) -> i32 {
         }
         let _ = std::fs::write(p, std::process::id().to_string());
     }
+    // Read-write: the open never blocks, and the FIFO keeps a writer while we run.
+    let _stdin = match stdin.map(|p| OpenOptions::new().read(true).write(true).open(&p)) {
+        Some(Err(e)) => {
+            eprintln!("concord log writer: opening the stdin fifo: {e}");
+            return 1;
+        }
+        held => held,
+    };
     let sink = Arc::new(Mutex::new(Sink { path, file }));
     // SAFETY: the shim passes these descriptors (stdout, stderr, ready) and nothing else owns them.
     let (out, err, ready) = unsafe {

@@ -1141,3 +1141,136 @@ async fn container_events_stream_each_step_and_a_slow_reader_only_loses_its_own(
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_stays_open_with_and_without_a_tty_and_output_survives_a_concord_kill() {
+    let mut d = daemon().await;
+    let p = pod(&d, "stdin").await;
+    let with_stdin = |name: &str, script: &str, tty: bool| {
+        let mut c = container_config(name, script);
+        c.stdin = true;
+        c.tty = tty;
+        c
+    };
+    // Without stdin, cat reads EOF at once and the container completes.
+    let closed = create(&d, &p, container_config("closed", "cat; echo cat-ended"))
+        .await
+        .unwrap();
+    start(&d, &closed).await.unwrap();
+    // With stdin (no TTY): cat waits; the output goes through concord's own copy.
+    let open = create(
+        &d,
+        &p,
+        with_stdin("open", "echo hello; cat; echo cat-ended", false),
+    )
+    .await
+    .unwrap();
+    start(&d, &open).await.unwrap();
+    // With a TTY and stdin: a terminal on fd 0, and cat waits too.
+    let tty = create(
+        &d,
+        &p,
+        with_stdin("tty", "tty; test -t 0 && echo is-a-tty; cat", true),
+    )
+    .await
+    .unwrap();
+    start(&d, &tty).await.unwrap();
+    // A counter with stdin: its output must survive a concord kill, line for line.
+    let counter = create(
+        &d,
+        &p,
+        with_stdin(
+            "counter",
+            "i=0; while :; do echo n $i; i=$((i+1)); sleep 0.02; done",
+            false,
+        ),
+    )
+    .await
+    .unwrap();
+    start(&d, &counter).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the closed-stdin container exits",
+        || async { status(&d, &closed).await.state == cri::ContainerState::ContainerExited as i32 },
+    )
+    .await;
+    let s = status(&d, &closed).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in [&open, &tty, &counter] {
+        assert_eq!(
+            status(&d, id).await.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "a container with stdin still runs"
+        );
+    }
+    let logs = d.dir.join("logs/stdin");
+    let e = entries(&logs.join("open.log"));
+    assert_eq!(e, vec![("stdout".into(), "F".into(), "hello".into())]);
+    let e = entries(&logs.join("tty.log"));
+    assert!(
+        e.iter().any(|(_, _, c)| c.starts_with("/dev/pts/"))
+            && e.iter().any(|(_, _, c)| c.starts_with("is-a-tty")),
+        "{e:?}"
+    );
+
+    // kill -9, a pause, a restart: the counter's lines waited in the pipe.
+    d.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    d.start().await;
+    let log = logs.join("counter.log");
+    let numbers = |path: &std::path::Path| -> Vec<u64> {
+        entries(path)
+            .iter()
+            .filter_map(|(_, _, c)| c.strip_prefix("n ").and_then(|n| n.parse().ok()))
+            .collect()
+    };
+    let before = numbers(&log).len();
+    eventually(
+        Duration::from_secs(10),
+        "the counter logs again",
+        || async { numbers(&log).len() > before + 20 },
+    )
+    .await;
+    // ReopenContainerLog after a rotation: the new file gets what follows.
+    std::fs::rename(&log, logs.join("counter.log.1")).unwrap();
+    d.runtime()
+        .await
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: counter.clone(),
+        })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "lines in the reopened log",
+        || async { numbers(&log).len() > 10 },
+    )
+    .await;
+    let all: Vec<u64> = numbers(&logs.join("counter.log.1"))
+        .into_iter()
+        .chain(numbers(&log))
+        .collect();
+    let gaps: Vec<(u64, u64)> = all
+        .windows(2)
+        .filter(|w| w[1] != w[0] + 1)
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(
+        all[0] == 0 && gaps.is_empty(),
+        "lines lost or repeated: first {}, gaps {gaps:?}",
+        all[0]
+    );
+    assert_eq!(
+        status(&d, &tty).await.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "the TTY container's stdin is held by its log writer, not by concord"
+    );
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id,
+        })
+        .await
+        .unwrap();
+}

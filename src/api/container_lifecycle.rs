@@ -160,18 +160,6 @@ impl Runtime {
         if c.log_path.is_empty() {
             return Ok(cri::ReopenContainerLogResponse {});
         }
-        let pidfile = self
-            .config
-            .state_dir
-            .join("containers")
-            .join(&id)
-            .join("log-writer.pid");
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| {
-                ApiError::FailedPrecondition(format!("container {id} has no log writer"))
-            })?;
         // The new file exists when this answers; the writer appends to it from its next line.
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -184,6 +172,22 @@ impl Runtime {
                     ApiError::FailedPrecondition(format!("creating {}: {e}", c.log_path))
                 })?;
         }
+        // concord copies this one's output itself.
+        if self.attachments.reopen(&id) {
+            return Ok(cri::ReopenContainerLogResponse {});
+        }
+        let pidfile = self
+            .config
+            .state_dir
+            .join("containers")
+            .join(&id)
+            .join("log-writer.pid");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                ApiError::FailedPrecondition(format!("container {id} has no log writer"))
+            })?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGUSR1,

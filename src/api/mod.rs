@@ -126,6 +126,8 @@ pub struct Runtime {
     pub images: Arc<Images>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<crate::stats::Collector>,
+    /// Containers whose stdio concord holds (stdin without a TTY).
+    pub attachments: Arc<crate::attach::Attachments>,
     /// Fires when concord stops serving: long-lived streams end.
     pub stopping: tokio_util::sync::CancellationToken,
 }

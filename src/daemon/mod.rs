@@ -131,6 +131,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Duration::from_secs(config.cni.plugin_timeout_seconds),
     )
     .with_metrics(metrics.clone());
+    let attachments = crate::attach::Attachments::new(16 * 1024);
     let reconciler = Arc::new(Dispatch {
         runtime_config: RuntimeConfigReconciler::new(network.clone()),
         sandbox: Arc::new(SandboxReconciler::new(
@@ -161,6 +162,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     .unwrap_or_else(|_| std::path::PathBuf::from("/usr/local/bin/concord")),
                 max_log_line: 16 * 1024,
             },
+            attachments.clone(),
         )),
     });
     let controller = Controller::new(
@@ -290,6 +292,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         images,
         metrics: metrics.clone(),
         stats,
+        attachments,
         stopping: serve_stop.clone(),
     });
     let cri = Cri(runtime);

@@ -38,6 +38,7 @@ pub struct ContainerReconciler {
     images: Arc<Images>,
     journal: JournalHandle,
     settings: ContainerSettings,
+    attachments: Arc<crate::attach::Attachments>,
 }
 
 /// Exit code of a container whose start failed (as containerd's CRI answers).
@@ -63,13 +64,20 @@ impl ContainerReconciler {
         images: Arc<Images>,
         journal: JournalHandle,
         settings: ContainerSettings,
+        attachments: Arc<crate::attach::Attachments>,
     ) -> ContainerReconciler {
         ContainerReconciler {
             ctd,
             images,
             journal,
             settings,
+            attachments,
         }
+    }
+
+    /// A container whose stdin concord keeps open itself (stdin without a TTY).
+    fn attached_stdio(rec: &ContainerRecord) -> bool {
+        rec.config.stdin && !rec.config.tty
     }
 
     fn err(id: &str, step: &'static str, message: impl ToString) -> ReconcileError {
@@ -136,17 +144,25 @@ impl ContainerReconciler {
             ContainerDesired::Running => {
                 if !matches!(self.ctd.task_state(id).await?, Some((_, true))) {
                     self.record_exit(rec, state).await?;
-                } else if rec.resources_updated {
-                    // UpdateContainerResources: the limits the record holds, on the live task.
-                    let res = rec
-                        .config
-                        .linux
-                        .as_ref()
-                        .and_then(|l| l.resources.clone())
-                        .unwrap_or_default();
-                    self.ctd
-                        .update_task(id, &crate::oci::container::linux_resources(&res))
-                        .await?;
+                } else {
+                    if Self::attached_stdio(rec) && !self.attachments.is_attached(id) {
+                        // concord restarted under a running container: take its stdio back.
+                        self.attachments
+                            .attach(id, &self.settings.state_dir.join(id), &rec.log_path)
+                            .map_err(|e| Self::err(id, "attaching to the container's stdio", e))?;
+                    }
+                    if rec.resources_updated {
+                        // UpdateContainerResources: the limits the record holds, on the live task.
+                        let res = rec
+                            .config
+                            .linux
+                            .as_ref()
+                            .and_then(|l| l.resources.clone())
+                            .unwrap_or_default();
+                        self.ctd
+                            .update_task(id, &crate::oci::container::linux_resources(&res))
+                            .await?;
+                    }
                 }
             }
             ContainerDesired::Exited => {
@@ -363,7 +379,15 @@ impl ContainerReconciler {
             .ok_or_else(|| Self::err(id, "starting the container", "its snapshot is gone"))?;
         let dir = self.settings.state_dir.join(id);
         std::fs::create_dir_all(&dir).map_err(|e| Self::err(id, "starting the container", e))?;
-        let io = self.task_io(rec);
+        let io = if Self::attached_stdio(rec) {
+            self.attachments.detach(id);
+            self.attachments
+                .attach(id, &dir, &rec.log_path)
+                .map_err(|e| Self::err(id, "creating the container's stdio", e))?;
+            crate::attach::task_io(&dir)
+        } else {
+            self.task_io(rec, &dir)?
+        };
         let started = async {
             let pid = self.ctd.create_task_io(id, mounts, &io).await?;
             self.ctd.start_task(id).await?;
@@ -383,6 +407,7 @@ impl ContainerReconciler {
             }
             Err(e) => {
                 let _ = self.ctd.delete_task(id).await;
+                self.attachments.detach(id);
                 self.fail_start(id, e.to_string()).await
             }
         }
@@ -401,24 +426,46 @@ impl ContainerReconciler {
         Ok(())
     }
 
-    /// stdout and stderr to concord's log writer, run by the shim (so it outlives concord).
-    fn task_io(&self, rec: &ContainerRecord) -> TaskIo {
-        if rec.log_path.is_empty() {
-            return TaskIo::default();
+    /// stdout and stderr to concord's log writer, run by the shim (so it outlives concord). A
+    /// TTY container with stdin gets a stdin FIFO (the shim copies it to the console) that the
+    /// log writer holds open.
+    fn task_io(
+        &self,
+        rec: &ContainerRecord,
+        dir: &std::path::Path,
+    ) -> Result<TaskIo, ReconcileError> {
+        let stdin = rec.config.stdin && rec.config.tty;
+        if rec.log_path.is_empty() && !stdin {
+            return Ok(TaskIo::default());
         }
-        let uri = format!(
+        let mut uri = format!(
             "binary://{}?concord-log-writer=1&path={}&pidfile={}&max={}",
             encode(&self.settings.log_writer.display().to_string()),
-            encode(&rec.log_path),
+            // No log path: the writer only holds stdin open.
+            encode(if rec.log_path.is_empty() {
+                "/dev/null"
+            } else {
+                &rec.log_path
+            }),
             encode(&self.log_writer_pidfile(&rec.id).display().to_string()),
             self.settings.max_log_line
         );
-        TaskIo {
-            stdin: String::new(),
+        let mut stdin_path = String::new();
+        if stdin {
+            let fifo = dir.join("stdin");
+            match nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(Self::err(&rec.id, "creating the container's stdin", e)),
+            }
+            stdin_path = fifo.display().to_string();
+            uri.push_str(&format!("&stdin={}", encode(&stdin_path)));
+        }
+        Ok(TaskIo {
+            stdin: stdin_path,
             stdout: uri.clone(),
             stderr: if rec.config.tty { String::new() } else { uri },
             terminal: rec.config.tty,
-        }
+        })
     }
 
     /// The image's stop signal (default SIGTERM), the grace period, then SIGKILL.
@@ -489,6 +536,7 @@ impl ContainerReconciler {
     /// Task, container, snapshot, state: whatever of them exists.
     async fn remove(&self, id: &str) -> Result<(), ReconcileError> {
         self.ctd.end_task(id, Duration::from_secs(10)).await?;
+        self.attachments.detach(id);
         self.ctd.delete_container(id).await?;
         self.ctd
             .remove_snapshot(&self.settings.snapshotter, id)

@@ -1,0 +1,212 @@
+//! The stdio of containers whose stdin concord keeps open without a TTY.
+//!
+//! containerd's shim feeds a process' stdin only from a FIFO, and only in its FIFO mode (its
+//! `binary://` log mode gives the process /dev/null). Such a container therefore gets three
+//! FIFOs in its state directory: concord holds the stdin FIFO open for writing (the process never
+//! sees EOF while concord runs) and copies stdout and stderr into the CRI log itself. After a
+//! concord restart the loop attaches again: the shim holds the pipes, so output written while
+//! concord was down waits in them and nothing is lost (the process blocks once a pipe is full).
+//! stdin is closed by a concord restart, as containerd's own CRI closes it when containerd
+//! restarts.
+//!
+//! TTY containers keep concord's log writer (the shim's console copy supports it) with a stdin
+//! FIFO the log writer holds open; see `logwriter`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::unix::pipe;
+
+use crate::containerd::TaskIo;
+
+/// One attached container.
+struct Attached {
+    /// The held write end of its stdin FIFO.
+    _stdin: pipe::Sender,
+    /// Set by ReopenContainerLog; the pumps reopen the log before their next line.
+    reopen: Arc<AtomicBool>,
+}
+
+/// The attached containers by id.
+#[derive(Default)]
+pub struct Attachments {
+    live: Mutex<HashMap<String, Attached>>,
+    max_line: usize,
+}
+
+/// The FIFOs of container `dir`: stdin, stdout, stderr.
+fn fifos(dir: &Path) -> [PathBuf; 3] {
+    ["stdin", "stdout", "stderr"].map(|n| dir.join(n))
+}
+
+/// The task IO naming the FIFOs of `dir`.
+pub fn task_io(dir: &Path) -> TaskIo {
+    let [stdin, stdout, stderr] = fifos(dir).map(|p| p.display().to_string());
+    TaskIo {
+        stdin,
+        stdout,
+        stderr,
+        terminal: false,
+    }
+}
+
+impl Attachments {
+    pub fn new(max_line: usize) -> Arc<Attachments> {
+        Arc::new(Attachments {
+            live: Mutex::new(HashMap::new()),
+            max_line: max_line.max(64),
+        })
+    }
+
+    /// Whether container `id` is attached now.
+    pub fn is_attached(&self, id: &str) -> bool {
+        self.live.lock().contains_key(id)
+    }
+
+    /// Creates the FIFOs in `dir` when missing, opens their ends (before the shim opens
+    /// its own: nothing blocks) and starts copying output to `log_path` ("" discards it).
+    /// Attaching an attached container does nothing.
+    pub fn attach(self: &Arc<Self>, id: &str, dir: &Path, log_path: &str) -> std::io::Result<()> {
+        if self.is_attached(id) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir)?;
+        for f in fifos(dir) {
+            match nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(std::io::Error::from(e)),
+            }
+        }
+        let [stdin, stdout, stderr] = fifos(dir);
+        // Read-write: it opens without a reader, and the process never sees EOF.
+        let stdin = pipe::OpenOptions::new()
+            .read_write(true)
+            .open_sender(&stdin)?;
+        let out = pipe::OpenOptions::new().open_receiver(&stdout)?;
+        let err = pipe::OpenOptions::new().open_receiver(&stderr)?;
+        let reopen = Arc::new(AtomicBool::new(false));
+        let sink = Arc::new(Mutex::new(LogSink::open(log_path)));
+        let pumps = [(out, "stdout"), (err, "stderr")].map(|(rx, stream)| {
+            tokio::spawn(pump(
+                rx,
+                stream,
+                self.max_line,
+                sink.clone(),
+                reopen.clone(),
+            ))
+        });
+        self.live.lock().insert(
+            id.to_string(),
+            Attached {
+                _stdin: stdin,
+                reopen,
+            },
+        );
+        // Both streams ended (the process exited and the shim closed them): detach.
+        let this = Arc::downgrade(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            for p in pumps {
+                let _ = p.await;
+            }
+            if let Some(this) = this.upgrade() {
+                this.live.lock().remove(&id);
+            }
+        });
+        Ok(())
+    }
+
+    /// Reopens container `id`'s log file before its next line (after kubelet rotated it);
+    /// false when it is not attached.
+    pub fn reopen(&self, id: &str) -> bool {
+        match self.live.lock().get(id) {
+            Some(a) => {
+                a.reopen.store(true, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Lets container `id` go: its stdin is closed, its pumps end with the pipes.
+    pub fn detach(&self, id: &str) {
+        self.live.lock().remove(id);
+    }
+}
+
+/// The CRI log file of one container (None: discard).
+struct LogSink {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl LogSink {
+    fn open(path: &str) -> LogSink {
+        let path = PathBuf::from(path);
+        let file = (!path.as_os_str().is_empty())
+            .then(|| {
+                open_log(&path)
+                    .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot open a container log"))
+                    .ok()
+            })
+            .flatten();
+        LogSink { path, file }
+    }
+
+    fn write(&mut self, line: &[u8], reopen: &AtomicBool) {
+        use std::io::Write;
+        if reopen.swap(false, Ordering::SeqCst) {
+            match open_log(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot reopen a container log")
+                }
+            }
+        }
+        if let Some(f) = &mut self.file {
+            if let Err(e) = f.write_all(line) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot write a container log");
+            }
+        }
+    }
+}
+
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// Copies one stream into the log as CRI entries, as the log writer does: a line per newline,
+/// longer ones split into partial entries of `max` bytes.
+async fn pump(
+    rx: pipe::Receiver,
+    stream: &'static str,
+    max: usize,
+    sink: Arc<Mutex<LogSink>>,
+    reopen: Arc<AtomicBool>,
+) {
+    let mut r = BufReader::with_capacity(64 * 1024, rx);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = match (&mut r).take(max as u64).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let full = buf.last() == Some(&b'\n');
+        let content = if full { &buf[..n - 1] } else { &buf[..n] };
+        let line = crate::logwriter::entry(stream, !full && n >= max, content);
+        sink.lock().write(&line, &reopen);
+    }
+}
