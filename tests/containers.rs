@@ -1274,3 +1274,217 @@ async fn stdin_stays_open_with_and_without_a_tty_and_output_survives_a_concord_k
         .await
         .unwrap();
 }
+
+/// Runs a container of `config` to completion; answers its log's contents.
+async fn run_to_exit(d: &Daemon, p: &Pod, config: cri::ContainerConfig) -> String {
+    let name = config.metadata.as_ref().unwrap().name.clone();
+    let id = create(d, p, config).await.unwrap();
+    start(d, &id).await.unwrap();
+    eventually(Duration::from_secs(20), "the container exits", || async {
+        status(d, &id).await.state == cri::ContainerState::ContainerExited as i32
+    })
+    .await;
+    let dir = d
+        .dir
+        .join("logs")
+        .join(&p.config.metadata.as_ref().unwrap().name);
+    let out: String = entries(&dir.join(format!("{name}.log")))
+        .into_iter()
+        .map(|(_, _, c)| c + "\n")
+        .collect();
+    let s = status(d, &id).await;
+    assert!(
+        !out.is_empty() || s.exit_code == 0,
+        "{name}: exit {} {} {}",
+        s.exit_code,
+        s.reason,
+        s.message
+    );
+    out
+}
+
+fn security(c: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
+    c.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_namespaces_and_resources_reach_the_process() {
+    let d = daemon().await;
+    let p = pod(&d, "secure").await;
+    pull(&d, "registry.k8s.io/e2e-test-images/nonewprivs:1.3").await;
+
+    // no_new_privs: a setuid-root binary run as uid 1000 gains root only without it.
+    let nnp = |name: &str, no_new_privs: bool| {
+        let mut c = container_config(name, "");
+        c.command = vec![];
+        c.image = Some(cri::ImageSpec {
+            image: "registry.k8s.io/e2e-test-images/nonewprivs:1.3".into(),
+            ..Default::default()
+        });
+        let sc = security(&mut c);
+        sc.run_as_user = Some(cri::Int64Value { value: 1000 });
+        sc.no_new_privs = no_new_privs;
+        c
+    };
+    assert_eq!(
+        run_to_exit(&d, &p, nnp("setuid", false)).await,
+        "Effective uid: 0\n"
+    );
+    assert_eq!(
+        run_to_exit(&d, &p, nnp("nnp", true)).await,
+        "Effective uid: 1000\n"
+    );
+
+    // Capabilities, seccomp, masked paths, readonly rootfs: read by the process itself.
+    let probe = "grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status; \
+                 echo timer_list=$(cat /proc/timer_list 2>/dev/null | wc -c); \
+                 touch /written 2>/dev/null && echo rootfs=rw || echo rootfs=ro";
+    let mut c = container_config("default", probe);
+    let out = run_to_exit(&d, &p, c.clone()).await;
+    assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
+    assert!(
+        out.contains("Seccomp:\t0"),
+        "no profile unless asked: {out}"
+    );
+    assert!(out.contains("timer_list=0"), "masked by default: {out}");
+    assert!(out.contains("rootfs=rw"), "{out}");
+
+    c.metadata.as_mut().unwrap().name = "hardened".into();
+    c.log_path = "hardened.log".into();
+    let sc = security(&mut c);
+    sc.capabilities = Some(cri::Capability {
+        drop_capabilities: vec!["ALL".into()],
+        add_capabilities: vec!["NET_ADMIN".into()],
+        ..Default::default()
+    });
+    sc.seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    });
+    sc.readonly_rootfs = true;
+    let out = run_to_exit(&d, &p, c.clone()).await;
+    assert!(
+        out.contains("CapEff:\t0000000000001000"),
+        "only NET_ADMIN: {out}"
+    );
+    assert!(out.contains("Seccomp:\t2"), "filtered: {out}");
+    assert!(out.contains("rootfs=ro"), "{out}");
+
+    let mut c = container_config("privileged", probe);
+    security(&mut c).privileged = true;
+    let out = run_to_exit(&d, &p, c).await;
+    // All that concord has (this machine withholds some from it, CAP_SYS_RESOURCE here).
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = ours
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap();
+    assert!(
+        out.contains(&format!("CapEff:{bounding}")),
+        "all capabilities ({bounding}): {out}"
+    );
+    assert!(!out.contains("timer_list=0"), "nothing masked: {out}");
+
+    // PID namespace: the pod's (pause is pid 1) or the container's own.
+    let mut c = container_config("pid-pod", "cat /proc/1/cmdline | tr '\\0' ' '; echo");
+    security(&mut c).namespace_options = Some(cri::NamespaceOption {
+        pid: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    assert_eq!(run_to_exit(&d, &p, c).await, "/pause \n");
+    let mut c = container_config("pid-own", "cat /proc/1/cmdline | tr '\\0' ' '; echo");
+    security(&mut c).namespace_options = Some(cri::NamespaceOption {
+        pid: cri::NamespaceMode::Container as i32,
+        ..Default::default()
+    });
+    assert!(run_to_exit(&d, &p, c).await.starts_with("sh -c"));
+
+    // Resources: CPU shares and quota, cpuset, memory limit, in the container's cgroups.
+    let mut c = container_config("limited", "sleep 1000");
+    c.linux.get_or_insert_with(Default::default).resources = Some(cri::LinuxContainerResources {
+        cpu_shares: 512,
+        cpu_period: 100_000,
+        cpu_quota: 25_000,
+        cpuset_cpus: "0".into(),
+        memory_limit_in_bytes: 48 << 20,
+        ..Default::default()
+    });
+    let id = create(&d, &p, c).await.unwrap();
+    start(&d, &id).await.unwrap();
+    let pid = container_pid(&d, &id).await;
+    let shares = cgroup_value(pid, "cpu", "cpu.shares", "cpu.weight");
+    let v1 = !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    assert!(
+        if v1 {
+            shares == "512"
+        } else {
+            shares.parse::<u64>().is_ok()
+        },
+        "{shares}"
+    );
+    assert_eq!(
+        cgroup_value(pid, "cpu", "cpu.cfs_quota_us", "cpu.max")
+            .split_whitespace()
+            .next(),
+        Some("25000")
+    );
+    assert_eq!(
+        cgroup_value(pid, "cpuset", "cpuset.cpus", "cpuset.cpus").trim(),
+        "0"
+    );
+    assert_eq!(
+        cgroup_value(pid, "memory", "memory.limit_in_bytes", "memory.max").trim(),
+        (48u64 << 20).to_string()
+    );
+
+    // A web server in the pod answers on the pod's address.
+    pull(&d, "registry.k8s.io/e2e-test-images/httpd:2.4.39-4").await;
+    let mut c = container_config("web", "");
+    c.command = vec![];
+    c.image = Some(cri::ImageSpec {
+        image: "registry.k8s.io/e2e-test-images/httpd:2.4.39-4".into(),
+        ..Default::default()
+    });
+    let web = create(&d, &p, c).await.unwrap();
+    start(&d, &web).await.unwrap();
+    let ip = d
+        .runtime()
+        .await
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: p.id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    eventually(
+        Duration::from_secs(20),
+        "the web server answers",
+        || async {
+            let Ok(mut s) = tokio::net::TcpStream::connect((ip.as_str(), 80)).await else {
+                return false;
+            };
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf).await;
+            buf.starts_with("HTTP/1.") && buf.contains(" 200 ")
+        },
+    )
+    .await;
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id,
+        })
+        .await
+        .unwrap();
+}

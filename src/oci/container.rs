@@ -165,10 +165,33 @@ fn device_numbers(host_path: &str) -> Result<(&'static str, u64, u64), String> {
     ))
 }
 
+/// Every capability concord itself may pass on: those of [`ALL_CAPABILITIES`] (indexed by
+/// number) in its own bounding set, as containerd gives privileged containers its current ones.
+/// A capability the host withholds from concord would make runc fail with EPERM.
+fn all_capabilities() -> Vec<String> {
+    static BOUNDING: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let bounding = *BOUNDING.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .unwrap_or(u64::MAX)
+    });
+    ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| bounding & (1u64 << n) != 0)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
 /// The capability set: the default (or all, privileged), plus `add`, minus `drop`.
 fn capabilities(sc: &cri::LinuxContainerSecurityContext) -> Vec<String> {
     if sc.privileged {
-        return ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        return all_capabilities();
     }
     let norm = |c: &String| {
         let c = c.to_uppercase();
@@ -191,7 +214,7 @@ fn capabilities(sc: &cri::LinuxContainerSecurityContext) -> Vec<String> {
             .collect()
     };
     if add.iter().any(|a| a == "ALL") {
-        set = ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        set = all_capabilities();
     } else {
         for a in add {
             if !set.contains(&a) {
