@@ -48,6 +48,11 @@ pub struct Config {
     pub metrics_address: String,
     /// Address of the streaming server (exec, attach, port-forward); port 0 picks a free port.
     pub stream_address: String,
+    /// Seconds a streaming URL stays valid before it is used.
+    pub stream_token_ttl_seconds: u64,
+    /// Seconds a streaming session may pass without a message from its client before it is
+    /// closed.
+    pub stream_idle_timeout_seconds: u64,
     /// Image every pod sandbox runs.
     pub sandbox_image: String,
     /// Directory of registry host configs in containerd's hosts.toml layout.
@@ -217,6 +222,8 @@ impl Default for Config {
             log_format: "text".into(),
             metrics_address: "127.0.0.1:9338".into(),
             stream_address: "127.0.0.1:0".into(),
+            stream_token_ttl_seconds: 60,
+            stream_idle_timeout_seconds: 4 * 3600,
             sandbox_image: "registry.k8s.io/pause:3.9".into(),
             registry_config_path: PathBuf::from("/etc/containerd/certs.d"),
             cgroup: String::new(),
@@ -522,6 +529,16 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.stream_token_ttl_seconds == 0 {
+            return Err(invalid("stream_token_ttl_seconds", 0, "must be at least 1"));
+        }
+        if self.stream_idle_timeout_seconds == 0 {
+            return Err(invalid(
+                "stream_idle_timeout_seconds",
+                0,
+                "must be at least 1",
+            ));
+        }
         if !(1..=3600).contains(&self.stats.interval_seconds) {
             return Err(invalid(
                 "stats.interval_seconds",
@@ -586,6 +603,10 @@ log_format = {log_format:?}
 metrics_address = {metrics_address:?}
 # Streaming server for exec, attach and port-forward; port 0 picks a free port (--stream-address).
 stream_address = {stream_address:?}
+# Seconds a streaming URL stays valid before it is used (--stream-token-ttl-seconds).
+stream_token_ttl_seconds = {token_ttl}
+# Seconds a streaming session may go without a client message before it is closed (--stream-idle-timeout-seconds).
+stream_idle_timeout_seconds = {idle}
 # Image every pod sandbox runs (--sandbox-image).
 sandbox_image = {sandbox_image:?}
 # Registry host configs in containerd's hosts.toml layout: <dir>/<host>/hosts.toml (--registry-config-path).
@@ -670,6 +691,8 @@ interval_seconds = {stats_interval}
             log_format = d.log_format,
             metrics_address = d.metrics_address,
             stream_address = d.stream_address,
+            token_ttl = d.stream_token_ttl_seconds,
+            idle = d.stream_idle_timeout_seconds,
             sandbox_image = d.sandbox_image,
             registry_config_path = d.registry_config_path.display().to_string(),
             grace = d.shutdown_grace_seconds,

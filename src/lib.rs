@@ -18,6 +18,7 @@ pub mod network;
 pub mod oci;
 pub mod reconcile;
 pub mod stats;
+pub mod stream;
 pub mod uds;
 
 /// concord's own gRPC API (proto/concord/v1).

@@ -195,6 +195,12 @@ struct Flags {
     /// Events after which the journal is compacted.
     #[arg(long, global = true, value_name = "N")]
     journal_compact_after: Option<u64>,
+    /// Seconds a streaming URL stays valid before it is used.
+    #[arg(long, global = true, value_name = "N")]
+    stream_token_ttl_seconds: Option<u64>,
+    /// Seconds a streaming session may go without a client message.
+    #[arg(long, global = true, value_name = "N")]
+    stream_idle_timeout_seconds: Option<u64>,
     /// Seconds between stats collections (ContainerStats, PodSandboxStats).
     #[arg(long, global = true, value_name = "N")]
     stats_interval_seconds: Option<u64>,
@@ -271,6 +277,14 @@ impl Flags {
         set(&mut c.reconcile.backoff_max_ms, &self.backoff_max_ms);
         set(&mut c.journal.compact_after, &self.journal_compact_after);
         set(&mut c.stats.interval_seconds, &self.stats_interval_seconds);
+        set(
+            &mut c.stream_token_ttl_seconds,
+            &self.stream_token_ttl_seconds,
+        );
+        set(
+            &mut c.stream_idle_timeout_seconds,
+            &self.stream_idle_timeout_seconds,
+        );
         set(
             &mut c.runtime.container_events_buffer,
             &self.container_events_buffer,

@@ -203,10 +203,10 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_them() {
     let mut d = Daemon::new();
     d.start().await;
     let mut rt = d.runtime().await;
-    let err = rt.exec(cri::ExecRequest::default()).await.unwrap_err();
+    let err = rt.attach(cri::AttachRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented, "{}", err.message());
     assert!(
-        err.message().contains("Exec") && err.message().contains("streaming"),
+        err.message().contains("Attach") && err.message().contains("attach"),
         "{}",
         err.message()
     );
@@ -219,7 +219,7 @@ async fn rpcs_of_later_capabilities_answer_unimplemented_naming_them() {
     let count = d
         .metric(
             "concord_grpc_requests_total",
-            &["method=\"Exec\"", "code=\"Unimplemented\""],
+            &["method=\"Attach\"", "code=\"Unimplemented\""],
         )
         .await;
     assert_eq!(count, 1.0);

@@ -22,6 +22,7 @@ mod sandbox_status;
 mod sandbox_stop;
 mod stats;
 mod status;
+mod streaming;
 mod version;
 
 pub use error::ApiError;
@@ -126,6 +127,8 @@ pub struct Runtime {
     pub images: Arc<Images>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<crate::stats::Collector>,
+    /// The streaming server Exec and PortForward hand out URLs of.
+    pub stream: Arc<crate::stream::StreamServer>,
     /// Containers whose stdio concord holds (stdin without a TTY).
     pub attachments: Arc<crate::attach::Attachments>,
     /// Fires when concord stops serving: long-lived streams end.
@@ -439,17 +442,25 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     ) -> Res<cri::CheckpointContainerResponse> {
         self.0.not_yet("CheckpointContainer", Checkpoint).await
     }
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> Res<cri::ExecResponse> {
-        self.0.not_yet("Exec", Streaming).await
+    async fn exec(&self, r: Request<cri::ExecRequest>) -> Res<cri::ExecResponse> {
+        self.0
+            .instrument("Exec", Gate::None, self.0.exec(r.into_inner()))
+            .await
     }
     async fn attach(&self, _: Request<cri::AttachRequest>) -> Res<cri::AttachResponse> {
         self.0.not_yet("Attach", Streaming).await
     }
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        r: Request<cri::PortForwardRequest>,
     ) -> Res<cri::PortForwardResponse> {
-        self.0.not_yet("PortForward", Streaming).await
+        self.0
+            .instrument(
+                "PortForward",
+                Gate::None,
+                self.0.port_forward(r.into_inner()),
+            )
+            .await
     }
 }
 

@@ -15,7 +15,7 @@ impl Capability {
     fn describe(self) -> &'static str {
         match self {
             Capability::Streaming => {
-                "the streaming server (exec, attach, port-forward) is not in this build"
+                "attach (streaming a running container's stdio) is not in this build yet"
             }
             Capability::Checkpoint => "container checkpoint/restore is not supported by concord",
         }

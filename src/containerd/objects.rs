@@ -498,6 +498,50 @@ impl Containerd {
         )
     }
 
+    /// Closes the stdin of process `exec_id` ("" for the task's own) of container `id`: the
+    /// shim holds the stdin FIFO open itself until told.
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ContainerdError> {
+        let req = containerd_client::services::v1::CloseIoRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            stdin: true,
+        };
+        gone_ok(
+            self.call(
+                "tasks",
+                "CloseIO",
+                "Tasks.CloseIO",
+                self.tasks().close_io(self.request(req)),
+            )
+            .await,
+        )
+    }
+
+    /// Resizes the terminal of process `exec_id` ("" for the task's own) of container `id`.
+    pub async fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), ContainerdError> {
+        let req = containerd_client::services::v1::ResizePtyRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            width,
+            height,
+        };
+        gone_ok(
+            self.call(
+                "tasks",
+                "ResizePty",
+                "Tasks.ResizePty",
+                self.tasks().resize_pty(self.request(req)),
+            )
+            .await,
+        )
+    }
+
     /// Deletes process `exec_id` of container `id`; a missing one is fine.
     pub async fn delete_process(&self, id: &str, exec_id: &str) -> Result<(), ContainerdError> {
         let req = containerd_client::services::v1::DeleteProcessRequest {

@@ -48,6 +48,13 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The streaming server could not bind.
+    #[error("cannot listen for streaming on {addr}: {source}")]
+    Stream {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -282,6 +289,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         None => None,
     };
 
+    let stream_addr: std::net::SocketAddr =
+        config
+            .stream_address
+            .parse()
+            .map_err(|e: std::net::AddrParseError| DaemonError::Stream {
+                addr: config.stream_address.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })?;
+    let (stream, stream_task) = crate::stream::StreamServer::bind(
+        stream_addr,
+        Duration::from_secs(config.stream_token_ttl_seconds),
+        crate::stream::Context {
+            containerd: ctd.clone(),
+            journal: journal.clone(),
+            containers_dir: config.state_dir.join("containers"),
+            metrics: metrics.clone(),
+            idle_timeout: Duration::from_secs(config.stream_idle_timeout_seconds),
+        },
+        serve_stop.clone(),
+    )
+    .await
+    .map_err(|source| DaemonError::Stream {
+        addr: config.stream_address.clone(),
+        source,
+    })?;
+    tracing::info!(url = stream.base_url(), "streaming server listening");
+
     let runtime = Arc::new(Runtime {
         config: config.clone(),
         journal,
@@ -292,6 +326,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         images,
         metrics: metrics.clone(),
         stats,
+        stream,
         attachments,
         stopping: serve_stop.clone(),
     });
@@ -369,6 +404,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _ = cni_task.await;
     let _ = syncer_task.await;
     let _ = stats_task.await;
+    let _ = stream_task.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
     }

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub stats_collections: IntCounterVec,
     pub stats_collect_duration: Histogram,
     pub stats_objects: IntGaugeVec,
+    pub stream_sessions: IntCounterVec,
+    pub streams_open: IntGaugeVec,
+    pub stream_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -324,6 +327,30 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new("concord_stats_objects", "Objects in the last stats collection, by kind (container, sandbox)"),
                     &["kind"],
+                )
+                .unwrap(),
+            ),
+            stream_sessions: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_stream_sessions_total", "Streaming sessions started (a token redeemed and the connection upgraded), by kind: exec, attach, portforward"),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            streams_open: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("concord_streams_open", "Streaming sessions open now, by kind"),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            stream_bytes: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("concord_stream_bytes_total", "Payload bytes through streaming sessions, by kind and direction (in: from the client, out: to it)"),
+                    &["kind", "direction"],
                 )
                 .unwrap(),
             ),

@@ -30,6 +30,28 @@ fn io<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(nix::Error) -> Netn
     }
 }
 
+/// Sets `lo` up in the calling thread's network namespace.
+fn loopback_up() -> std::io::Result<()> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    // SAFETY: an ifreq zeroed then named "lo"; the ioctls read and write only that struct.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Creates a new network namespace pinned at `path` (its directory is created).
 pub fn create(path: &Path) -> Result<(), NetnsError> {
     let err = |step, source| NetnsError::Io {
@@ -48,6 +70,13 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
     let target = path.to_owned();
     let made = std::thread::spawn(move || -> Result<(), NetnsError> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(io(&target, "unshare"))?;
+        // The pod's loopback is up, as containerd's CRI has its loopback plugin make it:
+        // 127.0.0.1 inside the pod (port-forward, probes) needs it.
+        loopback_up().map_err(|source| NetnsError::Io {
+            path: target.clone(),
+            step: "bringing lo up",
+            source,
+        })?;
         mount(
             Some("/proc/thread-self/ns/net"),
             &target,

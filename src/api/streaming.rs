@@ -1,0 +1,65 @@
+//! Exec, Attach and PortForward: the request is checked, parked under a single-use token on the
+//! streaming server, and its URL answered (kubelet proxies the client there).
+
+use k8s_cri::v1 as cri;
+
+use super::{ApiError, Runtime};
+use crate::stream::Session;
+
+impl Runtime {
+    pub async fn exec(&self, req: cri::ExecRequest) -> Result<cri::ExecResponse, ApiError> {
+        let (state, id) = self.known_container(&req.container_id)?;
+        if state.containers[&id].cri_state() != cri::ContainerState::ContainerRunning {
+            return Err(ApiError::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        if req.cmd.is_empty() {
+            return Err(ApiError::invalid("cmd", "required"));
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(ApiError::invalid(
+                "stdin",
+                "one of stdin, stdout and stderr must be true",
+            ));
+        }
+        if req.tty && req.stderr {
+            return Err(ApiError::invalid(
+                "stderr",
+                "tty and stderr cannot both be true (a terminal merges stderr into stdout)",
+            ));
+        }
+        let url = self.stream.register(Session::Exec(cri::ExecRequest {
+            container_id: id,
+            ..req
+        }));
+        Ok(cri::ExecResponse { url })
+    }
+
+    pub async fn port_forward(
+        &self,
+        req: cri::PortForwardRequest,
+    ) -> Result<cri::PortForwardResponse, ApiError> {
+        let id = self
+            .resolve_sandbox(&req.pod_sandbox_id)?
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "sandbox",
+                id: req.pod_sandbox_id.clone(),
+            })?;
+        if !self.journal.state().sandboxes[&id].ready() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "pod sandbox {id} is not ready"
+            )));
+        }
+        if let Some(p) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(ApiError::invalid("port", format!("{p} is not a port")));
+        }
+        let url = self
+            .stream
+            .register(Session::PortForward(cri::PortForwardRequest {
+                pod_sandbox_id: id,
+                ..req
+            }));
+        Ok(cri::PortForwardResponse { url })
+    }
+}

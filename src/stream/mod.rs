@@ -1,0 +1,273 @@
+//! The streaming server kubelet proxies `kubectl exec`, `attach` and `port-forward` to.
+//!
+//! Exec, Attach and PortForward validate their request, park it under a random single-use
+//! token that expires (`stream_token_ttl_seconds`) and answer `http://<stream_address>/<kind>/
+//! <token>`. A client then upgrades that URL to a WebSocket speaking a Kubernetes channel
+//! protocol (see [`ws`]); the session runs until the process exits or the client goes away (the
+//! exec process is then killed), or it is idle for `stream_idle_timeout_seconds`.
+//!
+//! A malformed upgrade, an unknown, used or expired token get an HTTP 4xx and start nothing.
+
+pub mod client;
+pub mod exec;
+pub mod portforward;
+pub mod ws;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use k8s_cri::v1 as cri;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::containerd::Containerd;
+use crate::journal::JournalHandle;
+use crate::metrics::Metrics;
+
+/// A parked request.
+#[derive(Debug, Clone)]
+pub enum Session {
+    Exec(cri::ExecRequest),
+    Attach(cri::AttachRequest),
+    PortForward(cri::PortForwardRequest),
+}
+
+impl Session {
+    fn kind(&self) -> &'static str {
+        match self {
+            Session::Exec(_) => "exec",
+            Session::Attach(_) => "attach",
+            Session::PortForward(_) => "portforward",
+        }
+    }
+}
+
+/// What sessions work with.
+pub struct Context {
+    pub containerd: Containerd,
+    pub journal: JournalHandle,
+    /// Where exec FIFOs go (`<state>/containers`).
+    pub containers_dir: std::path::PathBuf,
+    pub metrics: Arc<Metrics>,
+    pub idle_timeout: Duration,
+}
+
+/// The server: its address and the parked requests.
+pub struct StreamServer {
+    base: String,
+    ttl: Duration,
+    tokens: Mutex<HashMap<String, (Session, Instant)>>,
+    ctx: Arc<Context>,
+}
+
+impl StreamServer {
+    /// Binds `addr` (port 0: a free one); answers the server and its task, which ends at `stop`.
+    pub async fn bind(
+        addr: SocketAddr,
+        ttl: Duration,
+        ctx: Context,
+        stop: CancellationToken,
+    ) -> std::io::Result<(Arc<StreamServer>, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let server = Arc::new(StreamServer {
+            base: format!("http://{bound}"),
+            ttl,
+            tokens: Mutex::new(HashMap::new()),
+            ctx: Arc::new(ctx),
+        });
+        let this = server.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (conn, _) = tokio::select! {
+                    c = listener.accept() => match c {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "streaming server accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    _ = stop.cancelled() => return,
+                };
+                let this = this.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let this = this.clone();
+                        async move { Ok::<_, std::convert::Infallible>(this.handle(req)) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(conn);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Ok((server, task))
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Parks `session` under a new token; answers its URL.
+    pub fn register(&self, session: Session) -> String {
+        let token: String = (0..2)
+            .map(|_| format!("{:016x}", fastrand::u64(..)))
+            .collect();
+        let url = format!("{}/{}/{}", self.base, session.kind(), token);
+        let mut tokens = self.tokens.lock();
+        let now = Instant::now();
+        tokens.retain(|_, (_, expires)| *expires > now);
+        tokens.insert(token, (session, now + self.ttl));
+        url
+    }
+
+    /// The session parked under `token` for `kind`, once: None when unknown, used or expired.
+    fn take(&self, kind: &str, token: &str) -> Option<Session> {
+        let mut tokens = self.tokens.lock();
+        let (session, expires) = tokens.remove(token)?;
+        if expires <= Instant::now() || session.kind() != kind {
+            return None;
+        }
+        Some(session)
+    }
+
+    fn handle(self: &Arc<Self>, mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let reply = |code: StatusCode, text: &str| {
+            let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+            *r.status_mut() = code;
+            r
+        };
+        let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
+        let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if !matches!(kind, "exec" | "attach" | "portforward") || token.is_empty() {
+            return reply(StatusCode::NOT_FOUND, "no such stream");
+        }
+        let header = |name: &str| {
+            req.headers()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let upgrade = header("upgrade").join(",").to_ascii_lowercase();
+        let key = header("sec-websocket-key").into_iter().next();
+        if req.method() != hyper::Method::GET || !upgrade.contains("websocket") || key.is_none() {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "a streaming request must be a GET upgrading to websocket (Upgrade: websocket, Sec-WebSocket-Key)",
+            );
+        }
+        if header("sec-websocket-version").first().map(String::as_str) != Some("13") {
+            return reply(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
+        }
+        let offered = header("sec-websocket-protocol");
+        let Some((name, protocol)) = ws::Protocol::negotiate(offered.iter().map(String::as_str))
+        else {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "none of the offered subprotocols {offered:?} is spoken here: {}",
+                    ws::CHANNEL_PROTOCOLS.join(", ")
+                ),
+            );
+        };
+        let Some(session) = self.take(kind, token) else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "unknown, used or expired stream token",
+            );
+        };
+        let query = req.uri().query().unwrap_or("").to_string();
+        let ctx = self.ctx.clone();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => hyper_util::rt::TokioIo::new(u),
+                Err(e) => {
+                    tracing::debug!(error = %e, "stream upgrade failed");
+                    return;
+                }
+            };
+            let kind = session.kind();
+            ctx.metrics.stream_sessions.with_label_values(&[kind]).inc();
+            ctx.metrics.streams_open.with_label_values(&[kind]).inc();
+            let result = match session {
+                Session::Exec(r) => exec::run(&ctx, r, protocol, upgraded).await,
+                Session::Attach(_) => Err("attach over websocket is not in this build".into()),
+                Session::PortForward(r) => {
+                    portforward::run(&ctx, r, protocol, &query, upgraded).await
+                }
+            };
+            ctx.metrics.streams_open.with_label_values(&[kind]).dec();
+            if let Err(e) = result {
+                tracing::debug!(kind, error = %e, "stream session ended with an error");
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert("upgrade", "websocket".parse().expect("static header"));
+        h.insert("connection", "Upgrade".parse().expect("static header"));
+        if let Ok(v) = ws::accept_key(&key.unwrap_or_default()).parse() {
+            h.insert("sec-websocket-accept", v);
+        }
+        if !name.is_empty() {
+            if let Ok(v) = name.parse() {
+                h.insert("sec-websocket-protocol", v);
+            }
+        }
+        r
+    }
+}
+
+/// One WebSocket session's sending side, shared by its pumps.
+pub struct Sender<W> {
+    w: tokio::sync::Mutex<W>,
+    protocol: ws::Protocol,
+    metrics: Arc<Metrics>,
+    kind: &'static str,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> Sender<W> {
+    pub fn new(w: W, protocol: ws::Protocol, metrics: Arc<Metrics>, kind: &'static str) -> Self {
+        Sender {
+            w: tokio::sync::Mutex::new(w),
+            protocol,
+            metrics,
+            kind,
+        }
+    }
+
+    /// `data` on `channel`.
+    pub async fn send(&self, channel: u8, data: &[u8]) -> std::io::Result<()> {
+        let (op, frame) = self.protocol.encode(channel, data);
+        self.metrics
+            .stream_bytes
+            .with_label_values(&[self.kind, "out"])
+            .inc_by(data.len() as u64);
+        ws::write_frame(&mut *self.w.lock().await, op, &frame, None).await
+    }
+
+    /// A control frame (close, pong).
+    pub async fn control(&self, op: ws::Opcode, data: &[u8]) -> std::io::Result<()> {
+        ws::write_frame(&mut *self.w.lock().await, op, data, None).await
+    }
+
+    /// A normal close.
+    pub async fn close(&self) {
+        let _ = self
+            .control(ws::Opcode::Close, &1000u16.to_be_bytes())
+            .await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut *self.w.lock().await).await;
+    }
+}
