@@ -6,7 +6,7 @@
 #   * concord (release build) on the second
 #   * concord-bench: the same CRI calls against both; p50/p99 and ratios
 #   * idle RSS: concord's process vs what the CRI plugin adds to containerd
-# Usage: hack/bench.sh [ITERATIONS] [images|sandboxes|containers]   (one section; all by default)
+# Usage: hack/bench.sh [ITERATIONS] [images|sandboxes|containers|streaming]   (one section; all by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100}

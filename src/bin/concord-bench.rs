@@ -3,7 +3,7 @@
 //!
 //! Usage: concord-bench --concord unix-socket --reference unix-socket [--iterations N] [--image REF]
 //!        [--concord-pid PID --reference-pid PID --own-containerd-pid PID] [--log-dir DIR]
-//!        [--only images|sandboxes|containers]
+//!        [--only images|sandboxes|containers|streaming]
 //!
 //! With the pids it also reports resident memory with 100 running containers on each side.
 
@@ -24,7 +24,7 @@ struct Args {
     reference_pid: Option<u32>,
     own_containerd_pid: Option<u32>,
     log_dir: PathBuf,
-    /// Only this section: images, sandboxes or containers (all when None).
+    /// Only this section: images, sandboxes, containers or streaming (all when None).
     only: Option<String>,
 }
 
@@ -273,6 +273,153 @@ async fn main() {
     }
     if section("containers") {
         containers_section(&a, &reference, &concord, &row).await;
+    }
+    if section("streaming") {
+        streaming_section(&a, &reference, &concord, &row).await;
+    }
+}
+
+/// Exec round trips (ExecSync, and Exec over a WebSocket with the project's client) and
+/// port-forward throughput, against both sides' streaming servers.
+async fn streaming_section(a: &Args, reference: &Endpoint, concord: &Endpoint, row: &Row<'_>) {
+    use concord::stream::client::Client;
+    let sides = [reference, concord];
+    let mut pods = Vec::new();
+    let mut ids = Vec::new();
+    for (side, e) in sides.iter().enumerate() {
+        let dir = a
+            .log_dir
+            .join(if side == 0 { "reference" } else { "concord" });
+        let pod = run_pod(e, "stream-bench", &dir).await;
+        // A 64 MiB file served over HTTP on port 8080 inside the pod.
+        let id =
+            e.rt.clone()
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod.0.clone(),
+                    config: Some(cri::ContainerConfig {
+                        metadata: Some(cri::ContainerMetadata {
+                            name: "srv".into(),
+                            attempt: 0,
+                        }),
+                        image: spec(&a.image),
+                        command: vec![
+                            "sh".into(),
+                            "-c".into(),
+                            "mkdir /w; dd if=/dev/zero of=/w/big bs=1M count=64 2>/dev/null; \
+                         exec httpd -f -p 8080 -h /w"
+                                .into(),
+                        ],
+                        ..Default::default()
+                    }),
+                    sandbox_config: Some(pod.1.clone()),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .container_id;
+        start_container(e, &id).await;
+        pods.push(pod);
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = a.iterations.min(100);
+    let (mut r, mut c) = (vec![], vec![]);
+    for _ in 0..n {
+        for (side, e) in sides.iter().enumerate() {
+            let t = Instant::now();
+            e.rt.clone()
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: ids[side].clone(),
+                    cmd: vec!["echo".into(), "hi".into()],
+                    timeout: 10,
+                })
+                .await
+                .unwrap();
+            if side == 0 { &mut r } else { &mut c }.push(t.elapsed());
+        }
+    }
+    row("ExecSync echo hi", &mut r, &mut c);
+    let (mut r, mut c) = (vec![], vec![]);
+    for _ in 0..n {
+        for (side, e) in sides.iter().enumerate() {
+            let t = Instant::now();
+            let url =
+                e.rt.clone()
+                    .exec(cri::ExecRequest {
+                        container_id: ids[side].clone(),
+                        cmd: vec!["echo".into(), "hi".into()],
+                        stdout: true,
+                        stderr: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .url;
+            let mut client = Client::connect(&url, &["v4.channel.k8s.io"])
+                .await
+                .unwrap()
+                .unwrap_or_else(|refused| panic!("exec upgrade refused: {refused:?}"));
+            let out = client.collect().await.unwrap();
+            assert_eq!(out.get(&1).map(Vec::as_slice), Some(&b"hi\n"[..]));
+            if side == 0 { &mut r } else { &mut c }.push(t.elapsed());
+        }
+    }
+    row("Exec echo hi (WebSocket v4)", &mut r, &mut c);
+    // Port-forward: 64 MiB through one connection, three times each.
+    let mut mbps = [vec![], vec![]];
+    for _ in 0..3 {
+        for (side, e) in sides.iter().enumerate() {
+            let url =
+                e.rt.clone()
+                    .port_forward(cri::PortForwardRequest {
+                        pod_sandbox_id: pods[side].0.clone(),
+                        port: vec![8080],
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .url;
+            let mut client = Client::connect(&url, &["v4.channel.k8s.io"])
+                .await
+                .unwrap()
+                .unwrap_or_else(|refused| panic!("port-forward upgrade refused: {refused:?}"));
+            let t = Instant::now();
+            client.send(0, b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
+            let mut bytes = 0usize;
+            while let Ok(Some((channel, data))) = client.recv().await {
+                if channel == 0 {
+                    bytes += data.len();
+                }
+                if bytes >= 64 << 20 {
+                    break;
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            mbps[side].push(bytes as f64 / secs / 1e6);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (rm, cm) = (med(&mut mbps[0]), med(&mut mbps[1]));
+    println!(
+        "| port-forward 64 MiB, one connection (MB/s, median of 3) | 3 | {rm:.1} | {cm:.1} | {:.2}x |",
+        cm / rm
+    );
+    for (e, pod) in sides.iter().zip(pods) {
+        let mut rt = e.rt.clone();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.0,
+        })
+        .await
+        .unwrap();
     }
 }
 
