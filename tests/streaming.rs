@@ -11,7 +11,12 @@ use concord::stream::client::Client;
 use k8s_cri::v1 as cri;
 
 async fn daemon() -> Daemon {
+    daemon_with(&[]).await
+}
+
+async fn daemon_with(extra: &[&str]) -> Daemon {
     let mut d = Daemon::new();
+    d.extra.extend(extra.iter().map(|s| s.to_string()));
     d.extra.push(format!(
         "--registry-config-path={}",
         std::env::var("CONCORD_TEST_HOSTS_DIR")
@@ -393,4 +398,39 @@ async fn port_forward_reaches_a_server_inside_the_pod() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_is_closed_and_its_process_killed() {
+    let d = daemon_with(&["--stream-idle-timeout-seconds=2"]).await;
+    let (pod, id) = pod_with(&d, "idle", "busybox", &["sleep", "1000"]).await;
+    let url = exec_url(&d, exec_req(&id, &["sleep", "888"], true, false)).await;
+    let mut c = connect(&url, "v5.channel.k8s.io").await;
+    let started = std::time::Instant::now();
+    // The client says nothing: the server closes within the idle timeout (and a margin).
+    let closed = tokio::time::timeout(Duration::from_secs(10), c.collect()).await;
+    assert!(closed.is_ok(), "the idle session was not closed");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let r = d
+        .runtime()
+        .await
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["ps".into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !String::from_utf8_lossy(&r.stdout).contains("sleep 888"),
+        "the idle session's process still runs"
+    );
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
 }
