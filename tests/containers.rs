@@ -14,17 +14,7 @@ async fn daemon() -> Daemon {
 }
 
 async fn daemon_with(extra: &[&str]) -> Daemon {
-    let mut d = Daemon::new();
-    d.extra.extend(extra.iter().map(|s| s.to_string()));
-    d.extra.push(format!(
-        "--registry-config-path={}",
-        std::env::var("CONCORD_TEST_HOSTS_DIR")
-            .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
-    ));
-    d.extra
-        .push(format!("--netns-dir={}", d.dir.join("netns").display()));
-    d.start().await;
-    d
+    common::pod_daemon(extra).await
 }
 
 fn pod_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
@@ -612,17 +602,7 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
 }
 
 async fn pull(d: &Daemon, image: &str) {
-    d.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    common::pull_ok(d, image).await
 }
 
 async fn exec_out(d: &Daemon, id: &str, cmd: &[&str]) -> String {

@@ -15,32 +15,13 @@ async fn daemon() -> Daemon {
 }
 
 async fn daemon_with(extra: &[&str]) -> Daemon {
-    let mut d = Daemon::new();
-    d.extra.extend(extra.iter().map(|s| s.to_string()));
-    d.extra.push(format!(
-        "--registry-config-path={}",
-        std::env::var("CONCORD_TEST_HOSTS_DIR")
-            .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
-    ));
-    d.extra
-        .push(format!("--netns-dir={}", d.dir.join("netns").display()));
-    d.extra.push("--stream-token-ttl-seconds=2".into());
-    d.start().await;
-    d
+    let mut flags = vec!["--stream-token-ttl-seconds=2"];
+    flags.extend_from_slice(extra);
+    common::pod_daemon(&flags).await
 }
 
 async fn pull(d: &Daemon, image: &str) {
-    d.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    common::pull_ok(d, image).await
 }
 
 /// A pod with one running container of `image` running `cmd` (empty: the image's).

@@ -409,17 +409,7 @@ async fn streaming_section(a: &Args, reference: &Endpoint, concord: &Endpoint, r
         cm / rm
     );
     for (e, pod) in sides.iter().zip(pods) {
-        let mut rt = e.rt.clone();
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.0.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.0,
-        })
-        .await
-        .unwrap();
+        remove_pod(e, pod.0).await;
     }
 }
 
@@ -547,32 +537,25 @@ async fn containers_section(a: &Args, reference: &Endpoint, concord: &Endpoint, 
     }
     for (side, e) in [(0, &reference), (1, &concord)] {
         for pod in running[side].drain(..) {
-            let mut rt = e.rt.clone();
-            rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: pod.0.clone(),
-            })
-            .await
-            .unwrap();
-            rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: pod.0,
-            })
-            .await
-            .unwrap();
+            remove_pod(e, pod.0).await;
         }
     }
     for (e, pod) in [&reference, &concord].into_iter().zip(pods) {
-        let mut rt = e.rt.clone();
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.0.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.0,
-        })
-        .await
-        .unwrap();
+        remove_pod(e, pod.0).await;
     }
+}
+
+/// Stops and removes pod sandbox `id`.
+async fn remove_pod(e: &Endpoint, id: String) {
+    let mut rt = e.rt.clone();
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
 }
 
 /// VmRSS of process `pid` in kB (0 when unreadable).

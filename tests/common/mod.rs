@@ -692,3 +692,36 @@ pub async fn runtime_config_object(d: &Daemon) -> concord::proto::ObjectStatus {
     .objects
     .remove(0)
 }
+
+/// A daemon started with the rig's registry hosts, a netns dir of its own and `extra` flags
+/// (the container and streaming suites).
+#[allow(dead_code)]
+pub async fn pod_daemon(extra: &[&str]) -> Daemon {
+    let mut d = Daemon::new();
+    d.extra.extend(extra.iter().map(|s| s.to_string()));
+    d.extra.push(format!(
+        "--registry-config-path={}",
+        std::env::var("CONCORD_TEST_HOSTS_DIR")
+            .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
+    ));
+    d.extra
+        .push(format!("--netns-dir={}", d.dir.join("netns").display()));
+    d.start().await;
+    d
+}
+
+/// Pulls `image` through the daemon's CRI (it must succeed).
+#[allow(dead_code)]
+pub async fn pull_ok(d: &Daemon, image: &str) {
+    d.images()
+        .await
+        .pull_image(k8s_cri::v1::PullImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
