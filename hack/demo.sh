@@ -41,6 +41,10 @@ skopeo copy --quiet oci:/tmp/rig/oci:httpd "docker-archive:$DEMO_DIR/httpd.tar:e
 log "images:"
 "$BIN" images --listen "$LISTEN"
 log "running a pod (network namespace + CNI bridge address + the locally built pause image), host port 18080 -> 80:"
+# A demo pod left NotReady by an earlier run (its pause died, say a reboot) is replaced.
+for stale in $("$BIN" pods --listen "$LISTEN" | awk '$4=="demo" && $2!="Ready"{print $1}'); do
+  "$BIN" remove-pod --listen "$LISTEN" "$stale"
+done
 POD=$("$BIN" run-pod --listen "$LISTEN" --publish 18080:80 demo)
 "$BIN" pods --listen "$LISTEN"
 log "running the locally built httpd image (loaded above) in the pod:"
