@@ -153,9 +153,11 @@ async fn container_pid(d: &Daemon, id: &str) -> i64 {
 }
 
 /// The (stream, tag, content) of every entry in a CRI log file.
+/// A line still being written (no newline yet) is not read, as kubelet's reader waits for it.
 fn entries(path: &std::path::Path) -> Vec<(String, String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    complete
         .lines()
         .map(|l| {
             let p: Vec<&str> = l.splitn(4, ' ').collect();
