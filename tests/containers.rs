@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Daemon};
+use common::{eventually, exec_out, Daemon};
 use k8s_cri::v1 as cri;
 
 async fn daemon() -> Daemon {
@@ -605,21 +605,6 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
 
 async fn pull(d: &Daemon, image: &str) {
     common::pull_ok(d, image).await
-}
-
-async fn exec_out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
-    let r = d
-        .runtime()
-        .await
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 10,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    String::from_utf8_lossy(&r.stdout).trim().to_string()
 }
 
 #[tokio::test]

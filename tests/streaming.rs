@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Daemon};
+use common::{eventually, exec_out, Daemon};
 use concord::stream::client::Client;
 use k8s_cri::v1 as cri;
 
@@ -181,20 +181,7 @@ async fn exec_over_every_websocket_protocol() {
     // A client that goes away: its process is killed.
     let url = exec_url(&d, exec_req(&id, &["sleep", "777"], false, false)).await;
     let c = connect(&url, "v5.channel.k8s.io").await;
-    let sleeping = || async {
-        let r = d
-            .runtime()
-            .await
-            .exec_sync(cri::ExecSyncRequest {
-                container_id: id.clone(),
-                cmd: vec!["ps".into()],
-                timeout: 10,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        String::from_utf8_lossy(&r.stdout).contains("sleep 777")
-    };
+    let sleeping = || async { exec_out(&d, &id, &["ps"]).await.contains("sleep 777") };
     eventually(Duration::from_secs(10), "the exec runs", sleeping).await;
     c.abandon().await;
     eventually(
@@ -392,19 +379,8 @@ async fn an_idle_session_is_closed_and_its_process_killed() {
     let closed = tokio::time::timeout(Duration::from_secs(10), c.collect()).await;
     assert!(closed.is_ok(), "the idle session was not closed");
     assert!(started.elapsed() >= Duration::from_secs(2));
-    let r = d
-        .runtime()
-        .await
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.clone(),
-            cmd: vec!["ps".into()],
-            timeout: 10,
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert!(
-        !String::from_utf8_lossy(&r.stdout).contains("sleep 888"),
+        !exec_out(&d, &id, &["ps"]).await.contains("sleep 888"),
         "the idle session's process still runs"
     );
     d.runtime()

@@ -725,3 +725,20 @@ pub async fn pull_ok(d: &Daemon, image: &str) {
         .await
         .unwrap();
 }
+
+/// The trimmed stdout of `cmd` run with ExecSync in container `id` (it must succeed).
+#[allow(dead_code)]
+pub async fn exec_out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
+    let r = d
+        .runtime()
+        .await
+        .exec_sync(k8s_cri::v1::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    String::from_utf8_lossy(&r.stdout).trim().to_string()
+}
