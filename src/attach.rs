@@ -25,8 +25,8 @@ use crate::containerd::TaskIo;
 
 /// One attached container.
 struct Attached {
-    /// The held write end of its stdin FIFO.
-    _stdin: pipe::Sender,
+    /// The held write end of its stdin FIFO (None once closed).
+    stdin: Option<Arc<pipe::Sender>>,
     /// Set by ReopenContainerLog; the pumps reopen the log before their next line.
     reopen: Arc<AtomicBool>,
 }
@@ -102,7 +102,7 @@ impl Attachments {
         self.live.lock().insert(
             id.to_string(),
             Attached {
-                _stdin: stdin,
+                stdin: Some(Arc::new(stdin)),
                 reopen,
             },
         );
@@ -129,6 +129,18 @@ impl Attachments {
                 true
             }
             None => false,
+        }
+    }
+
+    /// The held stdin of container `id`, to write to (None: not attached, or closed).
+    pub fn stdin(&self, id: &str) -> Option<Arc<pipe::Sender>> {
+        self.live.lock().get(id).and_then(|a| a.stdin.clone())
+    }
+
+    /// Closes container `id`'s stdin: the process reads EOF once no attach session writes.
+    pub fn close_stdin(&self, id: &str) {
+        if let Some(a) = self.live.lock().get_mut(id) {
+            a.stdin = None;
         }
     }
 

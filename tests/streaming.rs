@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, exec_out, Daemon};
-use concord::stream::client::Client;
+use concord::stream::client::{Client, SpdyClient, SpdyCommand};
 use k8s_cri::v1 as cri;
 
 async fn daemon() -> Daemon {
@@ -26,6 +26,17 @@ async fn pull(d: &Daemon, image: &str) {
 
 /// A pod with one running container of `image` running `cmd` (empty: the image's).
 async fn pod_with(d: &Daemon, name: &str, image: &str, cmd: &[&str]) -> (String, String) {
+    pod_with_config(d, name, image, cmd, |_| {}).await
+}
+
+/// The same, its container config changed by `tune` (stdin, tty...).
+async fn pod_with_config(
+    d: &Daemon,
+    name: &str,
+    image: &str,
+    cmd: &[&str],
+    tune: impl FnOnce(&mut cri::ContainerConfig),
+) -> (String, String) {
     pull(d, image).await;
     let config = cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -35,6 +46,7 @@ async fn pod_with(d: &Daemon, name: &str, image: &str, cmd: &[&str]) -> (String,
             attempt: 0,
         }),
         hostname: name.into(),
+        log_directory: d.dir.join("logs").join(name).display().to_string(),
         ..Default::default()
     };
     let mut rt = d.runtime().await;
@@ -47,21 +59,24 @@ async fn pod_with(d: &Daemon, name: &str, image: &str, cmd: &[&str]) -> (String,
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
+    let mut container = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "main".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: "main.log".into(),
+        ..Default::default()
+    };
+    tune(&mut container);
     let id = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "main".into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                command: cmd.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            }),
+            config: Some(container),
             sandbox_config: Some(config),
         })
         .await
@@ -383,6 +398,419 @@ async fn an_idle_session_is_closed_and_its_process_killed() {
         !exec_out(&d, &id, &["ps"]).await.contains("sleep 888"),
         "the idle session's process still runs"
     );
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+async fn spdy(url: &str, protocol: &str, stdin: bool, tty: bool) -> SpdyCommand {
+    let offered: Vec<&str> = if protocol.is_empty() {
+        vec![]
+    } else {
+        vec![protocol]
+    };
+    SpdyCommand::start(url, &offered, stdin, true, !tty, tty)
+        .await
+        .unwrap()
+        .unwrap_or_else(|r| panic!("upgrade refused: {} {}", r.status, r.body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_every_spdy_protocol() {
+    let d = daemon().await;
+    let (pod, id) = pod_with(&d, "exec-spdy", "busybox", &["sleep", "1000"]).await;
+    for protocol in [
+        "v4.channel.k8s.io",
+        "v3.channel.k8s.io",
+        "v2.channel.k8s.io",
+        "channel.k8s.io",
+        "",
+    ] {
+        for (cmd, code) in [
+            ("echo hi; echo err >&2", 0),
+            ("echo hi; echo err >&2; exit 7", 7),
+        ] {
+            let url = exec_url(&d, exec_req(&id, &["sh", "-c", cmd], false, false)).await;
+            let c = spdy(&url, protocol, false, false).await;
+            assert_eq!(c.client.negotiated, protocol);
+            let out = c.finish().await;
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n", "{protocol}");
+            assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n", "{protocol}");
+            match (protocol.starts_with("v4"), code) {
+                (true, _) => {
+                    let v: serde_json::Value = serde_json::from_str(&out.error).unwrap();
+                    if code == 0 {
+                        assert_eq!(v["status"], "Success");
+                    } else {
+                        assert_eq!(v["reason"], "NonZeroExitCode");
+                        assert_eq!(v["details"]["causes"][0]["reason"], "ExitCode");
+                        assert_eq!(v["details"]["causes"][0]["message"], "7");
+                    }
+                }
+                (false, 0) => assert_eq!(out.error, "", "{protocol}"),
+                (false, _) => assert!(
+                    out.error.contains("exit code 7"),
+                    "{protocol}: {}",
+                    out.error
+                ),
+            }
+        }
+    }
+
+    // stdin piped to cat, ended by the stream's FIN; a PING answered on the way.
+    let url = exec_url(&d, exec_req(&id, &["cat"], true, false)).await;
+    let c = spdy(&url, "v4.channel.k8s.io", true, false).await;
+    c.client.conn.ping().await.unwrap();
+    c.write_stdin(b"hello ").await.unwrap();
+    c.write_stdin(b"spdy\n").await.unwrap();
+    c.close_stdin().await.unwrap();
+    let out = c.finish().await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello spdy\n");
+
+    // A TTY, resized on the resize stream.
+    let url = exec_url(
+        &d,
+        exec_req(
+            &id,
+            &["sh", "-c", "sleep 1; stty size; test -t 0 && echo tty"],
+            true,
+            true,
+        ),
+    )
+    .await;
+    let c = spdy(&url, "v4.channel.k8s.io", true, true).await;
+    c.resize(132, 43).await.unwrap();
+    let out = c.finish().await;
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert!(got.contains("43 132") && got.contains("tty"), "{got:?}");
+
+    // Flow control: a client that keeps windows (SETTINGS, WINDOW_UPDATE) gets 4 MiB through
+    // 64 KiB windows, all of it.
+    let url = exec_url(
+        &d,
+        exec_req(&id, &["head", "-c", "4194304", "/dev/zero"], false, false),
+    )
+    .await;
+    let c = spdy(&url, "v4.channel.k8s.io", false, false).await;
+    c.client.conn.settings_initial_window(65536).await.unwrap();
+    let out = c.finish().await;
+    assert_eq!(out.stdout.len(), 4 << 20);
+    assert!(out.stdout.iter().all(|b| *b == 0));
+
+    // A client that goes away: its process is killed.
+    let url = exec_url(&d, exec_req(&id, &["sleep", "778"], false, false)).await;
+    let c = spdy(&url, "v4.channel.k8s.io", false, false).await;
+    let sleeping = || async { exec_out(&d, &id, &["ps"]).await.contains("sleep 778") };
+    eventually(Duration::from_secs(10), "the exec runs", sleeping).await;
+    c.abandon().await;
+    eventually(
+        Duration::from_secs(10),
+        "the abandoned exec is killed",
+        || async { !sleeping().await },
+    )
+    .await;
+
+    // Refusals: no protocol in common (403, as kubelet), unknown and used tokens (404).
+    let url = exec_url(&d, exec_req(&id, &["true"], false, false)).await;
+    let refused = SpdyClient::connect(&url, &["v9.channel.k8s.io"])
+        .await
+        .unwrap()
+        .err()
+        .unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("v4.channel.k8s.io"),
+        "{}",
+        refused.body
+    );
+    let _ = spdy(&url, "v4.channel.k8s.io", false, false)
+        .await
+        .finish()
+        .await;
+    let refused = SpdyClient::connect(&url, &["v4.channel.k8s.io"])
+        .await
+        .unwrap()
+        .err()
+        .unwrap();
+    assert_eq!(refused.status, 404, "a token used twice");
+    let bogus = format!(
+        "{}/exec/0123456789abcdef",
+        url.rsplitn(3, '/').nth(2).unwrap()
+    );
+    let refused = SpdyClient::connect(&bogus, &["v4.channel.k8s.io"])
+        .await
+        .unwrap()
+        .err()
+        .unwrap();
+    assert_eq!(refused.status, 404, "unknown token");
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+fn attach_req(id: &str, stdin: bool, tty: bool) -> cri::AttachRequest {
+    cri::AttachRequest {
+        container_id: id.into(),
+        stdin,
+        tty,
+        stdout: true,
+        stderr: !tty,
+    }
+}
+
+async fn attach_url(d: &Daemon, req: cri::AttachRequest) -> String {
+    d.runtime()
+        .await
+        .attach(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .url
+}
+
+/// Reads a WebSocket session until `want` shows up on stdout.
+async fn ws_until(c: &mut Client, want: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(want) {
+        match tokio::time::timeout(Duration::from_secs(10), c.recv()).await {
+            Ok(Ok(Some((1, d)))) => seen.push_str(&String::from_utf8_lossy(&d)),
+            Ok(Ok(Some(_))) => {}
+            other => panic!("waiting for {want:?}, saw {seen:?}, then {other:?}"),
+        }
+    }
+    seen
+}
+
+/// Reads a SPDY stream until `want` shows up.
+async fn spdy_until(s: &mut concord::stream::spdy::Stream, want: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(want) {
+        match tokio::time::timeout(Duration::from_secs(10), s.read()).await {
+            Ok(Some(d)) => seen.push_str(&String::from_utf8_lossy(&d)),
+            other => panic!("waiting for {want:?}, saw {seen:?}, then {other:?}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_follows_output_and_feeds_stdin() {
+    let d = daemon().await;
+    // A container printing in a loop: two attached clients (WebSocket and SPDY) see its lines,
+    // which still go to its log.
+    let (pod, id) = pod_with(
+        &d,
+        "attach",
+        "busybox",
+        &[
+            "sh",
+            "-c",
+            "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done",
+        ],
+    )
+    .await;
+    let mut ws = connect(
+        &attach_url(&d, attach_req(&id, false, false)).await,
+        "v5.channel.k8s.io",
+    )
+    .await;
+    let mut sp = spdy(
+        &attach_url(&d, attach_req(&id, false, false)).await,
+        "v4.channel.k8s.io",
+        false,
+        false,
+    )
+    .await;
+    let seen = ws_until(&mut ws, "\nline").await;
+    let n: u32 = seen
+        .split("line ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    ws_until(&mut ws, &format!("line {}\n", n + 5)).await;
+    spdy_until(sp.stdout.as_mut().unwrap(), &format!("line {}\n", n + 5)).await;
+    ws.abandon().await;
+    sp.abandon().await;
+    let status = d
+        .runtime()
+        .await
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let log = std::fs::read_to_string(&status.log_path).unwrap();
+    assert!(log.contains(&format!("stdout F line {}\n", n + 5)), "{log}");
+
+    // stdin without a TTY, stdin_once: what the client types reaches the process; when the
+    // client's stdin ends the container's stdin closes, and the session ends with the container.
+    let (pod2, id2) = pod_with_config(
+        &d,
+        "attach-stdin",
+        "busybox",
+        &[
+            "sh",
+            "-c",
+            "while read l; do echo got $l; done; echo stdin closed",
+        ],
+        |c| {
+            c.stdin = true;
+            c.stdin_once = true;
+        },
+    )
+    .await;
+    let c = spdy(
+        &attach_url(&d, attach_req(&id2, true, false)).await,
+        "v4.channel.k8s.io",
+        true,
+        false,
+    )
+    .await;
+    c.write_stdin(b"hello\n").await.unwrap();
+    c.close_stdin().await.unwrap();
+    let Ok(out) = tokio::time::timeout(Duration::from_secs(20), c.finish()).await else {
+        let log = std::fs::read_to_string(d.dir.join("logs/attach-stdin/main.log"));
+        panic!("the stdin_once session did not end; the container logged {log:?}");
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("got hello\n") && text.contains("stdin closed"),
+        "{text:?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.error).unwrap();
+    assert_eq!(v["status"], "Success");
+
+    // A TTY with stdin: a shell reads the typed command and prints through the terminal.
+    let (pod3, id3) = pod_with_config(&d, "attach-tty", "busybox", &["sh"], |c| {
+        c.stdin = true;
+        c.tty = true;
+    })
+    .await;
+    let mut c = connect(
+        &attach_url(&d, attach_req(&id3, true, true)).await,
+        "v5.channel.k8s.io",
+    )
+    .await;
+    c.send(0, b"echo tty-$((6*7))\n").await.unwrap();
+    ws_until(&mut c, "tty-42").await;
+    c.abandon().await;
+
+    // Refusals: nothing to attach, a stopped container.
+    let mut rt = d.runtime().await;
+    let mut none = attach_req(&id, false, false);
+    none.stdout = false;
+    none.stderr = false;
+    assert_eq!(
+        rt.attach(none).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let err = rt.attach(attach_req(&id, false, false)).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+    for p in [pod, pod2, pod3] {
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_over_spdy() {
+    let d = daemon().await;
+    let image = "registry.k8s.io/e2e-test-images/httpd:2.4.39-4";
+    let (pod, _) = pod_with(&d, "pf-spdy", image, &[]).await;
+    let url = pf_url(&d, pod.clone()).await;
+    let c = SpdyClient::connect(&url, &["portforward.k8s.io"])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.negotiated, "portforward.k8s.io");
+    let get = |request_id: u32| {
+        let c = &c;
+        async move {
+            let rid = request_id.to_string();
+            let err = c
+                .open(&[("streamType", "error"), ("port", "80"), ("requestID", &rid)])
+                .await
+                .unwrap();
+            let mut data = c
+                .open(&[("streamType", "data"), ("port", "80"), ("requestID", &rid)])
+                .await
+                .unwrap();
+            data.writer()
+                .write(b"GET / HTTP/1.0\r\n\r\n")
+                .await
+                .unwrap();
+            let body = String::from_utf8_lossy(&data.read_to_end().await).into_owned();
+            (body, err)
+        }
+    };
+    // httpd needs a moment to listen.
+    let mut answered = false;
+    for i in 0..50 {
+        let Ok((body, _)) = tokio::time::timeout(Duration::from_secs(10), get(100 + i)).await
+        else {
+            for l in d
+                .log()
+                .lines()
+                .filter(|l| l.contains("stream") || l.contains("spdy"))
+            {
+                println!("{l}");
+            }
+            panic!("a forward hung");
+        };
+        if body.contains(" 200 ") {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(answered, "httpd never answered through the forward");
+    // Two connections at once through the one SPDY connection.
+    let ((a, mut ea), (b, mut eb)) = tokio::join!(get(1), get(2));
+    for body in [a, b] {
+        assert!(
+            body.starts_with("HTTP/1.") && body.contains(" 200 "),
+            "{body}"
+        );
+    }
+    assert_eq!(ea.read_to_end().await, b"");
+    assert_eq!(eb.read_to_end().await, b"");
+    // A port nothing listens on: the error stream says so.
+    let mut err = c
+        .open(&[("streamType", "error"), ("port", "81"), ("requestID", "9")])
+        .await
+        .unwrap();
+    let _data = c
+        .open(&[("streamType", "data"), ("port", "81"), ("requestID", "9")])
+        .await
+        .unwrap();
+    let msg = String::from_utf8_lossy(&err.read_to_end().await).into_owned();
+    assert!(msg.contains("port 81") && msg.contains(&pod), "{msg}");
+    c.conn.close().await;
     d.runtime()
         .await
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {

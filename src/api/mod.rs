@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::proto;
 use crate::reconcile::Controller;
-use not_yet::Capability::{Checkpoint, Streaming};
+use not_yet::Capability::Checkpoint;
 
 /// The full id from an id or a unique prefix of a key of `map`; None when none matches.
 /// `field` and `kind` name the request field and the object in errors.
@@ -447,8 +447,10 @@ impl cri::runtime_service_server::RuntimeService for Cri {
             .instrument("Exec", Gate::None, self.0.exec(r.into_inner()))
             .await
     }
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> Res<cri::AttachResponse> {
-        self.0.not_yet("Attach", Streaming).await
+    async fn attach(&self, r: Request<cri::AttachRequest>) -> Res<cri::AttachResponse> {
+        self.0
+            .instrument("Attach", Gate::None, self.0.attach(r.into_inner()))
+            .await
     }
     async fn port_forward(
         &self,

@@ -7,16 +7,12 @@ use super::{ApiError, Gate, Runtime};
 /// The capabilities still to come, each a whole issue.
 #[derive(Debug, Clone, Copy)]
 pub enum Capability {
-    Streaming,
     Checkpoint,
 }
 
 impl Capability {
     fn describe(self) -> &'static str {
         match self {
-            Capability::Streaming => {
-                "attach (streaming a running container's stdio) is not in this build yet"
-            }
             Capability::Checkpoint => "container checkpoint/restore is not supported by concord",
         }
     }

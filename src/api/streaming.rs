@@ -7,33 +7,64 @@ use super::{ApiError, Runtime};
 use crate::stream::Session;
 
 impl Runtime {
-    pub async fn exec(&self, req: cri::ExecRequest) -> Result<cri::ExecResponse, ApiError> {
-        let (state, id) = self.known_container(&req.container_id)?;
+    /// The running container `id` resolves to, after the checks Exec and Attach share.
+    fn streamable(
+        &self,
+        id: &str,
+        stdio: (bool, bool, bool),
+        tty: bool,
+    ) -> Result<String, ApiError> {
+        let (state, id) = self.known_container(id)?;
         if state.containers[&id].cri_state() != cri::ContainerState::ContainerRunning {
             return Err(ApiError::FailedPrecondition(format!(
                 "container {id} is not running"
             )));
         }
-        if req.cmd.is_empty() {
-            return Err(ApiError::invalid("cmd", "required"));
-        }
-        if !(req.stdin || req.stdout || req.stderr) {
+        let (stdin, stdout, stderr) = stdio;
+        if !(stdin || stdout || stderr) {
             return Err(ApiError::invalid(
                 "stdin",
                 "one of stdin, stdout and stderr must be true",
             ));
         }
-        if req.tty && req.stderr {
+        if tty && stderr {
             return Err(ApiError::invalid(
                 "stderr",
                 "tty and stderr cannot both be true (a terminal merges stderr into stdout)",
             ));
         }
+        Ok(id)
+    }
+
+    pub async fn exec(&self, req: cri::ExecRequest) -> Result<cri::ExecResponse, ApiError> {
+        if req.cmd.is_empty() {
+            return Err(ApiError::invalid("cmd", "required"));
+        }
+        let id = self.streamable(
+            &req.container_id,
+            (req.stdin, req.stdout, req.stderr),
+            req.tty,
+        )?;
         let url = self.stream.register(Session::Exec(cri::ExecRequest {
             container_id: id,
             ..req
         }));
         Ok(cri::ExecResponse { url })
+    }
+
+    /// Attach: stdin is attached only when the container was created with stdin (otherwise
+    /// the session carries its output alone).
+    pub async fn attach(&self, req: cri::AttachRequest) -> Result<cri::AttachResponse, ApiError> {
+        let id = self.streamable(
+            &req.container_id,
+            (req.stdin, req.stdout, req.stderr),
+            req.tty,
+        )?;
+        let url = self.stream.register(Session::Attach(cri::AttachRequest {
+            container_id: id,
+            ..req
+        }));
+        Ok(cri::AttachResponse { url })
     }
 
     pub async fn port_forward(

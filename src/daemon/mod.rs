@@ -306,6 +306,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             containers_dir: config.state_dir.join("containers"),
             metrics: metrics.clone(),
             idle_timeout: Duration::from_secs(config.stream_idle_timeout_seconds),
+            attachments: attachments.clone(),
         },
         serve_stop.clone(),
     )

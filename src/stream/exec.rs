@@ -9,15 +9,11 @@ use k8s_cri::v1 as cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-use super::ws::{self, Opcode, Protocol, CLOSE_SIGNAL};
-use super::{Context, Sender};
+use super::link::{Input, Link, Out};
+pub use super::link::{ERROR, RESIZE, STDERR, STDIN, STDOUT};
+use super::ws::Protocol;
+use super::Context;
 use crate::containerd::TaskIo;
-
-pub const STDIN: u8 = 0;
-pub const STDOUT: u8 = 1;
-pub const STDERR: u8 = 2;
-pub const ERROR: u8 = 3;
-pub const RESIZE: u8 = 4;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -45,7 +41,7 @@ pub fn exit_status(protocol: Protocol, cmd: &[String], code: u32) -> Option<Stri
 }
 
 /// The error channel's message for a failure before the process ran.
-fn failure(protocol: Protocol, message: &str) -> String {
+pub fn failure(protocol: Protocol, message: &str) -> String {
     if protocol.version >= 4 {
         serde_json::json!({"metadata": {}, "status": "Failure", "message": message,
             "reason": "InternalError"})
@@ -60,49 +56,54 @@ fn fifo(path: &std::path::Path) -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
-/// Runs `req` over the upgraded connection `io`.
-pub async fn run<IO>(
-    ctx: &Arc<Context>,
-    req: cri::ExecRequest,
-    protocol: Protocol,
-    io: IO,
-) -> Result<(), Error>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (r, w) = tokio::io::split(io);
-    let tx = Arc::new(Sender::new(w, protocol, ctx.metrics.clone(), "exec"));
-    let mut rx = ws::Reader::new(r);
+/// Runs `req` over `link`.
+pub async fn run(ctx: &Arc<Context>, req: cri::ExecRequest, link: Link) -> Result<(), Error> {
+    let Link { out, mut input } = link;
     let id = req.container_id.clone();
     let exec_id = format!("stream-{:016x}", fastrand::u64(..));
     let dir = ctx.containers_dir.join(&id).join(&exec_id);
-    let result = session(ctx, &req, protocol, &tx, &mut rx, &id, &exec_id, &dir).await;
+    let result = session(ctx, &req, &out, &mut input, &id, &exec_id, &dir).await;
     let _ = ctx.containerd.delete_process(&id, &exec_id).await;
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = &result {
-        let _ = tx
-            .send(ERROR, failure(protocol, &e.to_string()).as_bytes())
+        let _ = out
+            .send(ERROR, failure(out.protocol, &e.to_string()).as_bytes())
             .await;
     }
-    tx.close().await;
+    out.close().await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn session<R, W>(
+/// Copies `receiver` to `channel` until it ends.
+pub fn pump(
+    mut receiver: pipe::Receiver,
+    channel: u8,
+    out: Arc<Out>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match receiver.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if out.send(channel, &buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn session(
     ctx: &Arc<Context>,
     req: &cri::ExecRequest,
-    protocol: Protocol,
-    tx: &Arc<Sender<W>>,
-    rx: &mut ws::Reader<R>,
+    out: &Arc<Out>,
+    input: &mut super::link::In,
     id: &str,
     exec_id: &str,
     dir: &std::path::Path,
-) -> Result<(), Error>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<(), Error> {
     let mut process = ctx
         .containerd
         .container_spec(id)
@@ -147,72 +148,31 @@ where
     ctx.containerd.exec(id, exec_id, &process, &io).await?;
     let pumps: Vec<_> = outputs
         .into_iter()
-        .map(|(mut receiver, channel)| {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match receiver.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if tx.send(channel, &buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            })
-        })
+        .map(|(receiver, channel)| pump(receiver, channel, out.clone()))
         .collect();
 
     let wait = ctx.containerd.wait_process(id, exec_id);
     tokio::pin!(wait);
     let client = async {
         loop {
-            let msg = match tokio::time::timeout(ctx.idle_timeout, rx.next()).await {
-                Err(_) => return "idle timeout",
-                Ok(Err(_)) | Ok(Ok(None)) => return "client went away",
-                Ok(Ok(Some(m))) => m,
-            };
-            match msg.op {
-                Opcode::Close => return "client closed the stream",
-                Opcode::Ping => {
-                    let _ = tx.control(Opcode::Pong, &msg.data).await;
-                }
-                Opcode::Text | Opcode::Binary => {
-                    let Some((channel, data)) = protocol.decode(&msg.data) else {
-                        continue;
-                    };
-                    ctx.metrics
-                        .stream_bytes
-                        .with_label_values(&["exec", "in"])
-                        .inc_by(data.len() as u64);
-                    match channel {
-                        STDIN => {
-                            if let Some(s) = &mut stdin {
-                                if s.write_all(&data).await.is_err() {
-                                    stdin = None;
-                                }
-                            }
-                        }
-                        // The client's stdin ended: the process reads EOF.
-                        CLOSE_SIGNAL if data.first() == Some(&STDIN) && stdin.is_some() => {
+            match input.next(ctx.idle_timeout).await {
+                Input::Gone(why) => return why,
+                Input::Stdin(data) => {
+                    if let Some(s) = &mut stdin {
+                        if s.write_all(&data).await.is_err() {
                             stdin = None;
-                            let _ = ctx.containerd.close_stdin(id, exec_id).await;
                         }
-                        RESIZE => {
-                            if let Ok(size) = serde_json::from_slice::<serde_json::Value>(&data) {
-                                let dim = |k: &str| size[k].as_u64().unwrap_or(0) as u32;
-                                let _ = ctx
-                                    .containerd
-                                    .resize_pty(id, exec_id, dim("Width"), dim("Height"))
-                                    .await;
-                            }
-                        }
-                        _ => {}
                     }
                 }
-                _ => {}
+                // The client's stdin ended: the process reads EOF.
+                Input::StdinEnd => {
+                    if stdin.take().is_some() {
+                        let _ = ctx.containerd.close_stdin(id, exec_id).await;
+                    }
+                }
+                Input::Resize { width, height } => {
+                    let _ = ctx.containerd.resize_pty(id, exec_id, width, height).await;
+                }
             }
         }
     };
@@ -223,8 +183,8 @@ where
             for p in pumps {
                 let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
             }
-            if let Some(status) = exit_status(protocol, &req.cmd, code) {
-                tx.send(ERROR, status.as_bytes()).await?;
+            if let Some(status) = exit_status(out.protocol, &req.cmd, code) {
+                out.send(ERROR, status.as_bytes()).await?;
             }
             Ok(())
         }

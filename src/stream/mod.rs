@@ -8,9 +8,12 @@
 //!
 //! A malformed upgrade, an unknown, used or expired token get an HTTP 4xx and start nothing.
 
+pub mod attach;
 pub mod client;
 pub mod exec;
+pub mod link;
 pub mod portforward;
+pub mod spdy;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -55,7 +58,22 @@ pub struct Context {
     pub containers_dir: std::path::PathBuf,
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
+    /// The stdin FIFOs concord holds (containers with stdin, no TTY).
+    pub attachments: Arc<crate::attach::Attachments>,
 }
+
+/// A boxed writing half of a connection.
+pub type BoxWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// The remote-command subprotocols spoken over SPDY, in kubelet's order.
+pub const SPDY_COMMAND_PROTOCOLS: &[&str] = &[
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+/// The port-forward subprotocol spoken over SPDY.
+pub const SPDY_PORTFORWARD_PROTOCOL: &str = "portforward.k8s.io";
 
 /// The server: its address and the parked requests.
 pub struct StreamServer {
@@ -146,7 +164,8 @@ impl StreamServer {
             *r.status_mut() = code;
             r
         };
-        let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
+        let path = req.uri().path().to_string();
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
         let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         if !matches!(kind, "exec" | "attach" | "portforward") || token.is_empty() {
             return reply(StatusCode::NOT_FOUND, "no such stream");
@@ -160,11 +179,21 @@ impl StreamServer {
                 .collect::<Vec<_>>()
         };
         let upgrade = header("upgrade").join(",").to_ascii_lowercase();
+        if req.method() != hyper::Method::GET && req.method() != hyper::Method::POST {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "a streaming request must be a GET or POST upgrading to websocket or SPDY/3.1",
+            );
+        }
+        if upgrade.contains("spdy/3.1") {
+            let offered = header("x-stream-protocol-version");
+            return self.upgrade_spdy(req, kind, token, offered);
+        }
         let key = header("sec-websocket-key").into_iter().next();
         if req.method() != hyper::Method::GET || !upgrade.contains("websocket") || key.is_none() {
             return reply(
                 StatusCode::BAD_REQUEST,
-                "a streaming request must be a GET upgrading to websocket (Upgrade: websocket, Sec-WebSocket-Key)",
+                "a streaming request must upgrade to websocket (Upgrade: websocket, Sec-WebSocket-Key) or SPDY/3.1 (Upgrade: SPDY/3.1)",
             );
         }
         if header("sec-websocket-version").first().map(String::as_str) != Some("13") {
@@ -199,16 +228,20 @@ impl StreamServer {
                 }
             };
             let kind = session.kind();
-            ctx.metrics.stream_sessions.with_label_values(&[kind]).inc();
-            ctx.metrics.streams_open.with_label_values(&[kind]).inc();
+            let _open = OpenSession::new(&ctx.metrics, kind);
             let result = match session {
-                Session::Exec(r) => exec::run(&ctx, r, protocol, upgraded).await,
-                Session::Attach(_) => Err("attach over websocket is not in this build".into()),
+                Session::Exec(r) => {
+                    let link = link::ws(upgraded, protocol, ctx.metrics.clone(), kind);
+                    exec::run(&ctx, r, link).await
+                }
+                Session::Attach(r) => {
+                    let link = link::ws(upgraded, protocol, ctx.metrics.clone(), kind);
+                    attach::run(&ctx, r, link).await
+                }
                 Session::PortForward(r) => {
                     portforward::run(&ctx, r, protocol, &query, upgraded).await
                 }
             };
-            ctx.metrics.streams_open.with_label_values(&[kind]).dec();
             if let Err(e) = result {
                 tracing::debug!(kind, error = %e, "stream session ended with an error");
             }
@@ -227,6 +260,137 @@ impl StreamServer {
             }
         }
         r
+    }
+
+    /// A SPDY/3.1 upgrade offering the subprotocols `offered` (`X-Stream-Protocol-Version`).
+    fn upgrade_spdy(
+        self: &Arc<Self>,
+        mut req: Request<hyper::body::Incoming>,
+        kind: &str,
+        token: &str,
+        offered: Vec<String>,
+    ) -> Response<Full<Bytes>> {
+        let supported: &[&str] = if kind == "portforward" {
+            &[SPDY_PORTFORWARD_PROTOCOL]
+        } else {
+            SPDY_COMMAND_PROTOCOLS
+        };
+        let offered: Vec<String> = offered
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        // The client's first choice the server speaks; none offered: the oldest protocol.
+        let chosen = if offered.is_empty() {
+            String::new()
+        } else {
+            match offered.iter().find(|p| supported.contains(&p.as_str())) {
+                Some(p) => p.clone(),
+                None => {
+                    let mut r = Response::new(Full::new(Bytes::from(format!(
+                        "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {supported:?}\n"
+                    ))));
+                    *r.status_mut() = StatusCode::FORBIDDEN;
+                    return r;
+                }
+            }
+        };
+        let Some(session) = self.take(kind, token) else {
+            let mut r = Response::new(Full::new(Bytes::from(
+                "unknown, used or expired stream token\n",
+            )));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            return r;
+        };
+        let protocol = ws::Protocol::parse(if chosen.is_empty() || kind == "portforward" {
+            "channel.k8s.io"
+        } else {
+            &chosen
+        })
+        .expect("the SPDY command protocols are channel protocols");
+        let ctx = self.ctx.clone();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => hyper_util::rt::TokioIo::new(u),
+                Err(e) => {
+                    tracing::debug!(error = %e, "stream upgrade failed");
+                    return;
+                }
+            };
+            let kind = session.kind();
+            let _open = OpenSession::new(&ctx.metrics, kind);
+            let (conn, incoming) = spdy::Conn::server(upgraded);
+            let m = ctx.metrics.clone();
+            let result = match session {
+                Session::Exec(r) => {
+                    let wanted = link::Wanted {
+                        stdin: r.stdin,
+                        stdout: r.stdout,
+                        stderr: r.stderr,
+                        tty: r.tty,
+                    };
+                    match link::spdy(conn, incoming, protocol, wanted, m, kind).await {
+                        Ok(link) => exec::run(&ctx, r, link).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                Session::Attach(r) => {
+                    let wanted = link::Wanted {
+                        stdin: r.stdin,
+                        stdout: r.stdout,
+                        stderr: r.stderr,
+                        tty: r.tty,
+                    };
+                    match link::spdy(conn, incoming, protocol, wanted, m, kind).await {
+                        Ok(link) => attach::run(&ctx, r, link).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                Session::PortForward(r) => portforward::run_spdy(&ctx, r, conn, incoming).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(kind, error = %e, "stream session ended with an error");
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert("upgrade", "SPDY/3.1".parse().expect("static header"));
+        h.insert("connection", "Upgrade".parse().expect("static header"));
+        if let Ok(v) = chosen.parse() {
+            if !chosen.is_empty() {
+                h.insert("x-stream-protocol-version", v);
+            }
+        }
+        r
+    }
+}
+
+/// Counts a session as open while it lives.
+struct OpenSession {
+    metrics: Arc<Metrics>,
+    kind: &'static str,
+}
+
+impl OpenSession {
+    fn new(metrics: &Arc<Metrics>, kind: &'static str) -> OpenSession {
+        metrics.stream_sessions.with_label_values(&[kind]).inc();
+        metrics.streams_open.with_label_values(&[kind]).inc();
+        OpenSession {
+            metrics: metrics.clone(),
+            kind,
+        }
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.metrics
+            .streams_open
+            .with_label_values(&[self.kind])
+            .dec();
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use k8s_cri::v1 as cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::spdy;
 use super::ws::{self, Opcode, Protocol};
 use super::{Context, Sender};
 
@@ -55,7 +56,7 @@ fn netns_of(ctx: &Context, sandbox_id: &str) -> Result<std::path::PathBuf, Error
     }
 }
 
-/// Runs `req` over the upgraded connection `io`; `query` may name the ports (`port=N`) when the
+/// Runs `req` over the upgraded WebSocket connection `io`; `query` may name the ports (`port=N`) when the
 /// request does not.
 pub async fn run<IO>(
     ctx: &Arc<Context>,
@@ -68,7 +69,12 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (r, w) = tokio::io::split(io);
-    let tx = Arc::new(Sender::new(w, protocol, ctx.metrics.clone(), "portforward"));
+    let tx = Arc::new(Sender::new(
+        Box::new(w) as super::BoxWrite,
+        protocol,
+        ctx.metrics.clone(),
+        "portforward",
+    ));
     let mut rx = ws::Reader::new(r);
     let mut ports: Vec<u16> = req
         .port
@@ -154,4 +160,144 @@ where
     }
     tx.close().await;
     Ok(())
+}
+
+/// Runs `req` over a SPDY connection (`portforward.k8s.io`): for each forwarded connection the
+/// client opens an error and a data stream with the same `requestID` and the `port` header.
+pub async fn run_spdy(
+    ctx: &Arc<Context>,
+    req: cri::PortForwardRequest,
+    conn: spdy::Conn,
+    mut incoming: tokio::sync::mpsc::Receiver<spdy::Stream>,
+) -> Result<(), Error> {
+    let netns = match netns_of(ctx, &req.pod_sandbox_id) {
+        Ok(n) => n,
+        Err(e) => {
+            conn.close().await;
+            return Err(e);
+        }
+    };
+    let mut pairs: std::collections::HashMap<String, (Option<spdy::Stream>, Option<spdy::Stream>)> =
+        std::collections::HashMap::new();
+    loop {
+        let deadline = conn.last_activity() + ctx.idle_timeout;
+        let stream = tokio::select! {
+            s = incoming.recv() => s,
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if conn.last_activity() + ctx.idle_timeout <= std::time::Instant::now() {
+                    tracing::debug!(sandbox_id = req.pod_sandbox_id, "port-forward idle timeout");
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(stream) = stream else { break };
+        let kind = stream.header("streamtype").unwrap_or("").to_string();
+        // Clients from before requestID pair an error stream with the data stream opened next.
+        let request_id = match stream.header("requestid") {
+            Some(r) => r.to_string(),
+            None if kind == "data" => stream.id.saturating_sub(2).to_string(),
+            None => stream.id.to_string(),
+        };
+        let entry = pairs.entry(request_id.clone()).or_default();
+        match kind.as_str() {
+            "error" => entry.0 = Some(stream),
+            "data" => entry.1 = Some(stream),
+            other => {
+                tracing::debug!(
+                    stream_type = other,
+                    "unexpected port-forward stream refused"
+                );
+                let _ = stream.writer().reset(spdy::REFUSED_STREAM).await;
+                continue;
+            }
+        }
+        if !matches!(pairs.get(&request_id), Some((Some(_), Some(_)))) {
+            continue;
+        }
+        if let Some((Some(err), Some(data))) = pairs.remove(&request_id) {
+            tokio::spawn(forward(
+                ctx.clone(),
+                netns.clone(),
+                req.pod_sandbox_id.clone(),
+                err,
+                data,
+            ));
+        }
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// One forwarded connection: the data stream to and from `127.0.0.1:<port>` in the pod, a
+/// failure on the error stream.
+async fn forward(
+    ctx: Arc<Context>,
+    netns: std::path::PathBuf,
+    sandbox_id: String,
+    err: spdy::Stream,
+    mut data: spdy::Stream,
+) {
+    let (err_w, data_w) = (err.writer(), data.writer());
+    let port = match data.header("port").map(str::parse::<u16>) {
+        Some(Ok(p)) if p > 0 => p,
+        other => {
+            let msg = format!("invalid port header {other:?}: a port-forward data stream needs a port between 1 and 65535");
+            let _ = err_w.write(msg.as_bytes()).await;
+            let _ = err_w.finish().await;
+            let _ = data_w.finish().await;
+            return;
+        }
+    };
+    let conn = match connect_in(netns, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("error forwarding port {port} to pod {sandbox_id}: {e}");
+            let _ = err_w.write(msg.as_bytes()).await;
+            let _ = err_w.finish().await;
+            let _ = data_w.finish().await;
+            return;
+        }
+    };
+    let (mut cr, mut cw) = conn.into_split();
+    let bytes = |dir: &str| {
+        ctx.metrics
+            .stream_bytes
+            .with_label_values(&["portforward", dir])
+    };
+    let (bytes_in, bytes_out) = (bytes("in"), bytes("out"));
+    let up = async {
+        while let Some(d) = data.read().await {
+            bytes_in.inc_by(d.len() as u64);
+            if cw.write_all(&d).await.is_err() {
+                break;
+            }
+        }
+        let _ = cw.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    bytes_out.inc_by(n as u64);
+                    if data_w.write(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = data_w.finish().await;
+    };
+    // The pod closing its side ends the forward (as kubelet and containerd do); the client
+    // ending its side only half-closes the connection to the pod.
+    tokio::pin!(up);
+    tokio::pin!(down);
+    tokio::select! {
+        _ = &mut down => {}
+        _ = &mut up => down.await,
+    }
+    let _ = err_w.finish().await;
+    drop(err);
 }
