@@ -819,3 +819,328 @@ async fn port_forward_over_spdy() {
         .await
         .unwrap();
 }
+
+/// kubectl's side of the streaming protocols, when kubectl is installed: a stand-in for the
+/// API server and kubelet answers kubectl's pod lookup and forwards its exec, attach and
+/// port-forward upgrades to the URL concord's RPC returns (as kubelet proxies them).
+mod kubectl {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub fn installed() -> bool {
+        std::process::Command::new("kubectl")
+            .args(["version", "--client"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    async fn head(s: &mut tokio::net::TcpStream) -> Option<String> {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.ok()? == 0 {
+                return None;
+            }
+            head.push(b[0]);
+        }
+        Some(String::from_utf8_lossy(&head).into_owned())
+    }
+
+    fn query(path: &str) -> Vec<(String, String)> {
+        path.split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| {
+                let v = v.replace('+', " ");
+                let mut out = Vec::new();
+                let b = v.as_bytes();
+                let mut i = 0;
+                while i < b.len() {
+                    if b[i] == b'%' && i + 2 < b.len() {
+                        if let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16) {
+                            out.push(x);
+                            i += 3;
+                            continue;
+                        }
+                    }
+                    out.push(b[i]);
+                    i += 1;
+                }
+                (k.to_string(), String::from_utf8_lossy(&out).into_owned())
+            })
+            .collect()
+    }
+
+    /// Serves pod `pod_name` (sandbox `pod`, container `id` named "main") on a free port.
+    pub async fn apiserver(d: &Daemon, pod_name: &str, pod: &str, id: &str) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let rt = d.runtime().await;
+        let (pod_name, pod, id) = (pod_name.to_string(), pod.to_string(), id.to_string());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let (mut rt, pod_name, pod, id) =
+                    (rt.clone(), pod_name.clone(), pod.clone(), id.clone());
+                tokio::spawn(async move {
+                    let Some(head) = head(&mut s).await else {
+                        return;
+                    };
+                    let mut lines = head.lines();
+                    let first = lines.next().unwrap_or_default().to_string();
+                    let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let q = query(&path);
+                    let flag = |k: &str| q.iter().any(|(n, v)| n == k && v == "true");
+                    let base = format!("/api/v1/namespaces/default/pods/{pod_name}");
+                    let route = path.split('?').next().unwrap_or("").to_string();
+                    let url = if route == format!("{base}/exec") {
+                        let cmd = q
+                            .iter()
+                            .filter(|(k, _)| k == "command")
+                            .map(|(_, v)| v.clone())
+                            .collect();
+                        rt.exec(cri::ExecRequest {
+                            container_id: id,
+                            cmd,
+                            tty: flag("tty"),
+                            stdin: flag("stdin"),
+                            stdout: flag("stdout"),
+                            stderr: flag("stderr"),
+                        })
+                        .await
+                        .map(|r| r.into_inner().url)
+                    } else if route == format!("{base}/attach") {
+                        rt.attach(cri::AttachRequest {
+                            container_id: id,
+                            tty: flag("tty"),
+                            stdin: flag("stdin"),
+                            stdout: flag("stdout"),
+                            stderr: flag("stderr"),
+                        })
+                        .await
+                        .map(|r| r.into_inner().url)
+                    } else if route == format!("{base}/portforward") {
+                        rt.port_forward(cri::PortForwardRequest {
+                            pod_sandbox_id: pod,
+                            port: vec![],
+                        })
+                        .await
+                        .map(|r| r.into_inner().url)
+                    } else {
+                        let sub = |n: &str, kind: &str| {
+                            serde_json::json!({"name": n, "singularName": "", "namespaced": true,
+                                "kind": kind, "verbs": ["create", "get"]})
+                        };
+                        let found =
+                            [base.as_str(), "/api", "/apis", "/api/v1"].contains(&route.as_str());
+                        let body = if route == "/api" {
+                            serde_json::json!({"kind": "APIVersions", "versions": ["v1"],
+                                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
+                                "serverAddress": "127.0.0.1"}]})
+                        } else if route == "/apis" {
+                            serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+                        } else if route == "/api/v1" {
+                            serde_json::json!({"kind": "APIResourceList", "groupVersion": "v1",
+                            "resources": [
+                                {"name": "pods", "singularName": "pod", "namespaced": true,
+                                 "kind": "Pod", "verbs": ["get", "list"], "shortNames": ["po"]},
+                                sub("pods/exec", "PodExecOptions"),
+                                sub("pods/attach", "PodAttachOptions"),
+                                sub("pods/portforward", "PodPortForwardOptions"),
+                            ]})
+                        } else if route == base {
+                            serde_json::json!({
+                                "kind": "Pod", "apiVersion": "v1",
+                                "metadata": {"name": pod_name, "namespace": "default"},
+                                "spec": {"containers": [{"name": "main", "image": "busybox",
+                                    "stdin": true, "tty": false}]},
+                                "status": {"phase": "Running"},
+                            })
+                        } else {
+                            serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                                "status": "Failure", "reason": "NotFound", "code": 404})
+                        };
+                        let code = if found { "200 OK" } else { "404 Not Found" };
+                        let body = body.to_string();
+                        let _ = s
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                                    body.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .await;
+                        return;
+                    };
+                    let url = url.expect("concord refused the streaming request");
+                    let rest = url.trim_start_matches("http://");
+                    let (host, target) = rest.split_at(rest.find('/').unwrap());
+                    let mut up = tokio::net::TcpStream::connect(host).await.unwrap();
+                    let method = first.split_whitespace().next().unwrap_or("POST");
+                    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n");
+                    for l in lines.filter(|l| !l.is_empty()) {
+                        let name = l.split(':').next().unwrap_or("").to_ascii_lowercase();
+                        if name != "host" && name != "content-length" {
+                            req.push_str(l);
+                            req.push_str("\r\n");
+                        }
+                    }
+                    req.push_str("\r\n");
+                    up.write_all(req.as_bytes()).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                });
+            }
+        });
+        port
+    }
+
+    /// Runs kubectl against the stand-in at `port` with `env`, feeding it `stdin`.
+    pub async fn run(
+        port: u16,
+        env: &[(&str, &str)],
+        args: &[&str],
+        stdin: &str,
+    ) -> std::process::Output {
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.arg(format!("--server=http://127.0.0.1:{port}"))
+            .args(["--namespace=default", "--request-timeout=30s"])
+            .args(args)
+            .env("KUBECONFIG", "/dev/null")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).await.unwrap();
+        drop(input);
+        tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("kubectl hung")
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_and_port_forward() {
+    if !kubectl::installed() {
+        eprintln!("kubectl is not installed: skipping its interop test");
+        return;
+    }
+    let d = daemon().await;
+    let image = "registry.k8s.io/e2e-test-images/httpd:2.4.39-4";
+    let (pod, id) = pod_with(&d, "kubectl", image, &[]).await;
+    let port = kubectl::apiserver(&d, "web", &pod, &id).await;
+    let spdy = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
+    let websocket = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "true")];
+    for (name, env) in [("spdy", &spdy[..]), ("websocket", &websocket[..])] {
+        let out = kubectl::run(
+            port,
+            env,
+            &[
+                "exec",
+                "web",
+                "-c",
+                "main",
+                "--",
+                "sh",
+                "-c",
+                "echo hi; echo err >&2",
+            ],
+            "",
+        )
+        .await;
+        assert!(out.status.success(), "{name}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n", "{name}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n", "{name}");
+        let out = kubectl::run(
+            port,
+            env,
+            &["exec", "web", "-c", "main", "--", "sh", "-c", "exit 3"],
+            "",
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(3), "{name}: {out:?}");
+        let out = kubectl::run(
+            port,
+            env,
+            &["exec", "-i", "web", "-c", "main", "--", "wc", "-c"],
+            "twelve bytes",
+        )
+        .await;
+        assert!(out.status.success(), "{name}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "12", "{name}");
+    }
+    // port-forward over SPDY: kubectl listens locally, every connection becomes a stream pair.
+    let local = common::free_port();
+    let mut pf = tokio::process::Command::new("kubectl")
+        .arg(format!("--server=http://127.0.0.1:{port}"))
+        .args([
+            "--namespace=default",
+            "port-forward",
+            "pod/web",
+            &format!("{local}:80"),
+        ])
+        .env("KUBECONFIG", "/dev/null")
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let get = || async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", local))
+            .await
+            .ok()?;
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET / HTTP/1.0\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut body),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(String::from_utf8_lossy(&body).into_owned())
+    };
+    eventually(
+        Duration::from_secs(30),
+        "httpd answers through kubectl port-forward",
+        || async { get().await.is_some_and(|b| b.contains(" 200 ")) },
+    )
+    .await;
+    let (a, b) = tokio::join!(get(), get());
+    assert!(a.unwrap().contains("It works!") && b.unwrap().contains("It works!"));
+    let _ = pf.kill().await;
+    // Each protocol was the one used.
+    let log = d.log();
+    for (kind, upgrade) in [
+        ("exec", "SPDY/3.1"),
+        ("exec", "websocket"),
+        ("portforward", "SPDY/3.1"),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("streaming upgrade to {upgrade}"))
+                    && l.contains(&format!("kind=\"{kind}\""))),
+            "no {kind} over {upgrade} in the log"
+        );
+    }
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

@@ -216,6 +216,7 @@ impl StreamServer {
                 "unknown, used or expired stream token",
             );
         };
+        tracing::debug!(kind, protocol = name, "streaming upgrade to websocket");
         let query = req.uri().query().unwrap_or("").to_string();
         let ctx = self.ctx.clone();
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -309,6 +310,7 @@ impl StreamServer {
             &chosen
         })
         .expect("the SPDY command protocols are channel protocols");
+        tracing::debug!(kind, protocol = chosen, "streaming upgrade to SPDY/3.1");
         let ctx = self.ctx.clone();
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
