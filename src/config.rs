@@ -53,6 +53,11 @@ pub struct Config {
     /// Seconds a streaming session may pass without a message from its client before it is
     /// closed.
     pub stream_idle_timeout_seconds: u64,
+    /// PEM certificate chain the streaming server presents; with `stream_tls_key_file` it
+    /// serves https (both empty: plain http).
+    pub stream_tls_cert_file: String,
+    /// PEM private key of `stream_tls_cert_file`.
+    pub stream_tls_key_file: String,
     /// Image every pod sandbox runs.
     pub sandbox_image: String,
     /// Directory of registry host configs in containerd's hosts.toml layout.
@@ -224,6 +229,8 @@ impl Default for Config {
             stream_address: "127.0.0.1:0".into(),
             stream_token_ttl_seconds: 60,
             stream_idle_timeout_seconds: 4 * 3600,
+            stream_tls_cert_file: String::new(),
+            stream_tls_key_file: String::new(),
             sandbox_image: "registry.k8s.io/pause:3.9".into(),
             registry_config_path: PathBuf::from("/etc/containerd/certs.d"),
             cgroup: String::new(),
@@ -529,6 +536,29 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        match (
+            self.stream_tls_cert_file.is_empty(),
+            self.stream_tls_key_file.is_empty(),
+        ) {
+            (true, true) => {}
+            (false, true) | (true, false) => {
+                return Err(invalid(
+                    "stream_tls_cert_file",
+                    &self.stream_tls_cert_file,
+                    "stream_tls_cert_file and stream_tls_key_file go together (both set: https)",
+                ))
+            }
+            (false, false) => {
+                for (key, path) in [
+                    ("stream_tls_cert_file", &self.stream_tls_cert_file),
+                    ("stream_tls_key_file", &self.stream_tls_key_file),
+                ] {
+                    if !Path::new(path).is_file() {
+                        return Err(invalid(key, path, "no such file"));
+                    }
+                }
+            }
+        }
         if self.stream_token_ttl_seconds == 0 {
             return Err(invalid("stream_token_ttl_seconds", 0, "must be at least 1"));
         }
@@ -607,6 +637,10 @@ stream_address = {stream_address:?}
 stream_token_ttl_seconds = {token_ttl}
 # Seconds a streaming session may go without a client message before it is closed (--stream-idle-timeout-seconds).
 stream_idle_timeout_seconds = {idle}
+# PEM certificate and key: the streaming server serves https; both empty: http
+# (--stream-tls-cert-file, --stream-tls-key-file).
+stream_tls_cert_file = {tls_cert:?}
+stream_tls_key_file = {tls_key:?}
 # Image every pod sandbox runs (--sandbox-image).
 sandbox_image = {sandbox_image:?}
 # Registry host configs in containerd's hosts.toml layout: <dir>/<host>/hosts.toml (--registry-config-path).
@@ -693,6 +727,8 @@ interval_seconds = {stats_interval}
             stream_address = d.stream_address,
             token_ttl = d.stream_token_ttl_seconds,
             idle = d.stream_idle_timeout_seconds,
+            tls_cert = d.stream_tls_cert_file,
+            tls_key = d.stream_tls_key_file,
             sandbox_image = d.sandbox_image,
             registry_config_path = d.registry_config_path.display().to_string(),
             grace = d.shutdown_grace_seconds,

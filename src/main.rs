@@ -201,6 +201,12 @@ struct Flags {
     /// Seconds a streaming session may go without a client message.
     #[arg(long, global = true, value_name = "N")]
     stream_idle_timeout_seconds: Option<u64>,
+    /// PEM certificate of the streaming server (with --stream-tls-key-file: https).
+    #[arg(long, global = true, value_name = "FILE")]
+    stream_tls_cert_file: Option<String>,
+    /// PEM private key of the streaming server's certificate.
+    #[arg(long, global = true, value_name = "FILE")]
+    stream_tls_key_file: Option<String>,
     /// Seconds between stats collections (ContainerStats, PodSandboxStats).
     #[arg(long, global = true, value_name = "N")]
     stats_interval_seconds: Option<u64>,
@@ -255,6 +261,8 @@ impl Flags {
         set(&mut c.registry_config_path, &self.registry_config_path);
         set(&mut c.sandbox_image, &self.sandbox_image);
         set(&mut c.stream_address, &self.stream_address);
+        set(&mut c.stream_tls_cert_file, &self.stream_tls_cert_file);
+        set(&mut c.stream_tls_key_file, &self.stream_tls_key_file);
         set(&mut c.log_level, &self.log_level);
         set(&mut c.log_format, &self.log_format);
         set(&mut c.runtime.cgroup_driver, &self.cgroup_driver);

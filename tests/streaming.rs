@@ -1144,3 +1144,58 @@ async fn kubectl_exec_and_port_forward() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=concord-streaming"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    concord::stream::client::trust(&std::fs::read(&cert).unwrap()).unwrap();
+    let d = daemon_with(&[
+        &format!("--stream-tls-cert-file={}", cert.display()),
+        &format!("--stream-tls-key-file={}", key.display()),
+    ])
+    .await;
+    let (pod, id) = pod_with(&d, "tls", "busybox", &["sleep", "1000"]).await;
+    let url = exec_url(&d, exec_req(&id, &["echo", "over tls"], false, false)).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let out = connect(&url, "v5.channel.k8s.io")
+        .await
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(text(out.get(&1)), "over tls\n");
+    let url = exec_url(&d, exec_req(&id, &["echo", "spdy over tls"], false, false)).await;
+    let out = spdy(&url, "v4.channel.k8s.io", false, false)
+        .await
+        .finish()
+        .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "spdy over tls\n");
+    // Plain http to the TLS port gets no upgrade.
+    let url = exec_url(&d, exec_req(&id, &["true"], false, false)).await;
+    let plain = url.replace("https://", "http://");
+    assert!(!matches!(
+        Client::connect(&plain, &["v5.channel.k8s.io"]).await,
+        Ok(Ok(_))
+    ));
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

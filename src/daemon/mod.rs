@@ -297,9 +297,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 addr: config.stream_address.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             })?;
+    let tls = if config.stream_tls_cert_file.is_empty() {
+        None
+    } else {
+        Some(
+            crate::stream::tls_config(
+                std::path::Path::new(&config.stream_tls_cert_file),
+                std::path::Path::new(&config.stream_tls_key_file),
+            )
+            .map_err(|e| DaemonError::Stream {
+                addr: config.stream_address.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })?,
+        )
+    };
     let (stream, stream_task) = crate::stream::StreamServer::bind(
         stream_addr,
         Duration::from_secs(config.stream_token_ttl_seconds),
+        tls,
         crate::stream::Context {
             containerd: ctd.clone(),
             journal: journal.clone(),

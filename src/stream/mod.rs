@@ -62,6 +62,32 @@ pub struct Context {
     pub attachments: Arc<crate::attach::Attachments>,
 }
 
+/// The TLS configuration from a PEM certificate chain and private key.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("reading the certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("reading the private key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
+    Ok(Arc::new(config))
+}
+
 /// A boxed writing half of a connection.
 pub type BoxWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
@@ -84,17 +110,21 @@ pub struct StreamServer {
 }
 
 impl StreamServer {
-    /// Binds `addr` (port 0: a free one); answers the server and its task, which ends at `stop`.
+    /// Binds `addr` (port 0: a free one), serving https with `tls`; answers the server and
+    /// its task, which ends at `stop`.
     pub async fn bind(
         addr: SocketAddr,
         ttl: Duration,
+        tls: Option<Arc<rustls::ServerConfig>>,
         ctx: Context,
         stop: CancellationToken,
     ) -> std::io::Result<(Arc<StreamServer>, tokio::task::JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let server = Arc::new(StreamServer {
-            base: format!("http://{bound}"),
+            base: format!("{scheme}://{bound}"),
             ttl,
             tokens: Mutex::new(HashMap::new()),
             ctx: Arc::new(ctx),
@@ -114,14 +144,30 @@ impl StreamServer {
                     _ = stop.cancelled() => return,
                 };
                 let this = this.clone();
+                let acceptor = acceptor.clone();
+                let _ = conn.set_nodelay(true);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let this = this.clone();
                         async move { Ok::<_, std::convert::Infallible>(this.handle(req)) }
                     });
-                    let io = hyper_util::rt::TokioIo::new(conn);
+                    let io: Box<dyn client::Io> = match acceptor {
+                        None => Box::new(conn),
+                        Some(a) => {
+                            match tokio::time::timeout(Duration::from_secs(10), a.accept(conn))
+                                .await
+                            {
+                                Ok(Ok(tls)) => Box::new(tls),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "streaming TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            }
+                        }
+                    };
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
+                        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
                         .with_upgrades()
                         .await;
                 });
