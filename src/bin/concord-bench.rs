@@ -279,10 +279,10 @@ async fn main() {
     }
 }
 
-/// Exec round trips (ExecSync, and Exec over a WebSocket with the project's client) and
-/// port-forward throughput, against both sides' streaming servers.
+/// Exec round trips (ExecSync, and Exec over WebSocket and SPDY with the project's clients)
+/// and port-forward throughput over both, against both sides' streaming servers.
 async fn streaming_section(a: &Args, reference: &Endpoint, concord: &Endpoint, row: &Row<'_>) {
-    use concord::stream::client::Client;
+    use concord::stream::client::{Client, SpdyClient, SpdyCommand};
     let sides = [reference, concord];
     let mut pods = Vec::new();
     let mut ids = Vec::new();
@@ -339,23 +339,28 @@ async fn streaming_section(a: &Args, reference: &Endpoint, concord: &Endpoint, r
         }
     }
     row("ExecSync echo hi", &mut r, &mut c);
+    let exec_url = |side: usize| {
+        let (e, id) = (sides[side], ids[side].clone());
+        async move {
+            e.rt.clone()
+                .exec(cri::ExecRequest {
+                    container_id: id,
+                    cmd: vec!["echo".into(), "hi".into()],
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .url
+        }
+    };
     let (mut r, mut c) = (vec![], vec![]);
     for _ in 0..n {
-        for (side, e) in sides.iter().enumerate() {
+        for side in 0..2 {
             let t = Instant::now();
-            let url =
-                e.rt.clone()
-                    .exec(cri::ExecRequest {
-                        container_id: ids[side].clone(),
-                        cmd: vec!["echo".into(), "hi".into()],
-                        stdout: true,
-                        stderr: true,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .url;
+            let url = exec_url(side).await;
             let mut client = Client::connect(&url, &["v4.channel.k8s.io"])
                 .await
                 .unwrap()
@@ -366,20 +371,41 @@ async fn streaming_section(a: &Args, reference: &Endpoint, concord: &Endpoint, r
         }
     }
     row("Exec echo hi (WebSocket v4)", &mut r, &mut c);
-    // Port-forward: 64 MiB through one connection, three times each.
+    let (mut r, mut c) = (vec![], vec![]);
+    for _ in 0..n {
+        for side in 0..2 {
+            let t = Instant::now();
+            let url = exec_url(side).await;
+            let cmd = SpdyCommand::start(&url, &["v4.channel.k8s.io"], false, true, true, false)
+                .await
+                .unwrap()
+                .unwrap_or_else(|refused| panic!("exec upgrade refused: {refused:?}"));
+            let out = cmd.finish().await;
+            assert_eq!(out.stdout, b"hi\n");
+            if side == 0 { &mut r } else { &mut c }.push(t.elapsed());
+        }
+    }
+    row("Exec echo hi (SPDY/3.1 v4)", &mut r, &mut c);
+    // Port-forward: 64 MiB through one connection, three times each, over each protocol.
+    let pf_url = |side: usize| {
+        let (e, pod) = (sides[side], pods[side].0.clone());
+        async move {
+            e.rt.clone()
+                .port_forward(cri::PortForwardRequest {
+                    pod_sandbox_id: pod,
+                    port: vec![8080],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .url
+        }
+    };
     let mut mbps = [vec![], vec![]];
+    let mut spdy_mbps = [vec![], vec![]];
     for _ in 0..3 {
-        for (side, e) in sides.iter().enumerate() {
-            let url =
-                e.rt.clone()
-                    .port_forward(cri::PortForwardRequest {
-                        pod_sandbox_id: pods[side].0.clone(),
-                        port: vec![8080],
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .url;
+        for side in 0..2 {
+            let url = pf_url(side).await;
             let mut client = Client::connect(&url, &["v4.channel.k8s.io"])
                 .await
                 .unwrap()
@@ -397,17 +423,43 @@ async fn streaming_section(a: &Args, reference: &Endpoint, concord: &Endpoint, r
             }
             let secs = t.elapsed().as_secs_f64();
             mbps[side].push(bytes as f64 / secs / 1e6);
+
+            let url = pf_url(side).await;
+            let client = SpdyClient::connect(&url, &["portforward.k8s.io"])
+                .await
+                .unwrap()
+                .unwrap_or_else(|refused| panic!("port-forward upgrade refused: {refused:?}"));
+            let t = Instant::now();
+            let headers = |kind| [("streamType", kind), ("port", "8080"), ("requestID", "0")];
+            let _err = client.open(&headers("error")).await.unwrap();
+            let mut data = client.open(&headers("data")).await.unwrap();
+            data.writer()
+                .write(b"GET /big HTTP/1.0\r\n\r\n")
+                .await
+                .unwrap();
+            let mut bytes = 0usize;
+            while let Some(d) = data.read().await {
+                bytes += d.len();
+                if bytes >= 64 << 20 {
+                    break;
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            spdy_mbps[side].push(bytes as f64 / secs / 1e6);
+            client.conn.close().await;
         }
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (rm, cm) = (med(&mut mbps[0]), med(&mut mbps[1]));
-    println!(
-        "| port-forward 64 MiB, one connection (MB/s, median of 3) | 3 | {rm:.1} | {cm:.1} | {:.2}x |",
-        cm / rm
-    );
+    for (what, v) in [("WebSocket", &mut mbps), ("SPDY/3.1", &mut spdy_mbps)] {
+        let (rm, cm) = (med(&mut v[0]), med(&mut v[1]));
+        println!(
+            "| port-forward 64 MiB, one connection, {what} (MB/s, median of 3) | 3 | {rm:.1} | {cm:.1} | {:.2}x |",
+            cm / rm
+        );
+    }
     for (e, pod) in sides.iter().zip(pods) {
         remove_pod(e, pod.0).await;
     }
