@@ -398,6 +398,14 @@ async fn an_idle_session_is_closed_and_its_process_killed() {
         !exec_out(&d, &id, &["ps"]).await.contains("sleep 888"),
         "the idle session's process still runs"
     );
+    // The same over SPDY.
+    let url = exec_url(&d, exec_req(&id, &["sleep", "889"], true, false)).await;
+    let c = spdy(&url, "v4.channel.k8s.io", true, false).await;
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), c.finish()).await;
+    assert!(closed.is_ok(), "the idle SPDY session was not closed");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(!exec_out(&d, &id, &["ps"]).await.contains("sleep 889"));
     d.runtime()
         .await
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {
