@@ -701,6 +701,38 @@ async fn attach_follows_output_and_feeds_stdin() {
     let v: serde_json::Value = serde_json::from_str(&out.error).unwrap();
     assert_eq!(v["status"], "Success");
 
+    // stdin_once: the first attach going away (no stdin end) closes the container's stdin too.
+    let (pod4, id4) = pod_with_config(
+        &d,
+        "attach-once",
+        "busybox",
+        &[
+            "sh",
+            "-c",
+            "while read l; do echo got $l; done; echo stdin closed",
+        ],
+        |c| {
+            c.stdin = true;
+            c.stdin_once = true;
+        },
+    )
+    .await;
+    let mut c = connect(
+        &attach_url(&d, attach_req(&id4, true, false)).await,
+        "v5.channel.k8s.io",
+    )
+    .await;
+    c.send(0, b"first\n").await.unwrap();
+    ws_until(&mut c, "got first").await;
+    c.abandon().await;
+    let log = d.dir.join("logs/attach-once/main.log");
+    eventually(
+        Duration::from_secs(20),
+        "the detached stdin_once container reads EOF",
+        || async { std::fs::read_to_string(&log).is_ok_and(|l| l.contains("stdin closed")) },
+    )
+    .await;
+
     // A TTY with stdin: a shell reads the typed command and prints through the terminal.
     let (pod3, id3) = pod_with_config(&d, "attach-tty", "busybox", &["sh"], |c| {
         c.stdin = true;
@@ -738,7 +770,7 @@ async fn attach_follows_output_and_feeds_stdin() {
         "{}",
         err.message()
     );
-    for p in [pod, pod2, pod3] {
+    for p in [pod, pod2, pod3, pod4] {
         rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
             .await
             .unwrap();

@@ -711,27 +711,36 @@ impl Conn {
     /// Opens a stream with `headers` (`fin`: this side sends nothing) and waits for the
     /// peer's SYN_REPLY.
     pub async fn open(&self, headers: Headers, fin: bool) -> std::io::Result<Stream> {
-        let id = self.shared.next_id.fetch_add(2, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (reply_tx, reply_rx) = oneshot::channel();
-        {
-            let mut st = self.shared.state.lock();
-            let mut s = StreamState::new(Some(tx), st.initial);
-            s.reply = Some(reply_tx);
-            s.finished = fin;
-            st.streams.insert(id, s);
-        }
-        let mut prefix = id.to_be_bytes().to_vec();
-        prefix.extend_from_slice(&0u32.to_be_bytes());
-        prefix.extend_from_slice(&[0, 0]);
-        self.shared
-            .write_headers(
-                SYN_STREAM,
-                if fin { FLAG_FIN } else { 0 },
-                &prefix,
-                &headers,
-            )
-            .await?;
+        let id = {
+            // The id is taken under the write lock: SYN_STREAMs leave in increasing ids, which
+            // the peer requires, whatever the number of tasks opening streams.
+            let mut w = self.shared.write.lock().await;
+            if self.shared.closed.is_cancelled() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "connection closed",
+                ));
+            }
+            let id = self.shared.next_id.fetch_add(2, Ordering::SeqCst);
+            {
+                let mut st = self.shared.state.lock();
+                let mut s = StreamState::new(Some(tx), st.initial);
+                s.reply = Some(reply_tx);
+                s.finished = fin;
+                st.streams.insert(id, s);
+            }
+            let mut body = id.to_be_bytes().to_vec();
+            body.extend_from_slice(&0u32.to_be_bytes());
+            body.extend_from_slice(&[0, 0]);
+            body.extend_from_slice(&w.1.encode(&headers));
+            let flags = if fin { FLAG_FIN } else { 0 };
+            w.0.write_all(&control(SYN_STREAM, flags, &body)).await?;
+            w.0.flush().await?;
+            *self.shared.last_activity.lock() = Instant::now();
+            id
+        };
         match tokio::time::timeout(Duration::from_secs(30), reply_rx).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => return Err(std::io::Error::other("stream refused (RST_STREAM)")),
@@ -1025,5 +1034,60 @@ mod tests {
         assert_eq!(f, [0x80, 3, 0, 6, 0, 0, 0, 4, 0, 0, 0, 7]);
         let d = data_frame(5, FLAG_FIN, b"hi");
         assert_eq!(d, [0, 0, 0, 5, 1, 0, 0, 2, b'h', b'i']);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_flow_ping_and_reset_over_an_in_memory_connection() {
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let (server, mut incoming) = Conn::server(a);
+        let (client, _) = Conn::client(b);
+        // Streams opened at once arrive in increasing ids, with their headers.
+        let opens = (0..16).map(|i| {
+            let c = client.clone();
+            async move {
+                c.open(vec![("n".to_string(), i.to_string())], false)
+                    .await
+                    .unwrap()
+            }
+        });
+        let mut opened = futures::future::join_all(opens).await;
+        let mut accepted = Vec::new();
+        for _ in 0..16 {
+            accepted.push(incoming.recv().await.unwrap());
+        }
+        assert!(accepted.windows(2).all(|w| w[0].id < w[1].id));
+        assert!(accepted.iter().all(|s| s.id % 2 == 1));
+        for (o, a) in opened.iter().zip(&accepted) {
+            assert_eq!(o.id, a.id);
+            assert_eq!(o.headers, a.headers);
+        }
+        // The client keeps windows: 1 MiB from the server crosses 64 KiB windows only as the
+        // client grants them back.
+        client.settings_initial_window(64 * 1024).await.unwrap();
+        assert!(client.ping().await.is_ok());
+        let big = vec![7u8; 1 << 20];
+        let w = accepted[0].writer();
+        let send = tokio::spawn(async move {
+            w.write(&big).await.unwrap();
+            w.finish().await.unwrap();
+        });
+        let got = opened[0].read_to_end().await;
+        send.await.unwrap();
+        assert_eq!(got.len(), 1 << 20);
+        assert!(server.shared.peer_flow_control.load(Ordering::SeqCst));
+        // Client to server, FIN on both halves.
+        opened[1].writer().write(b"hello").await.unwrap();
+        opened[1].writer().finish().await.unwrap();
+        assert_eq!(accepted[1].read_to_end().await, b"hello");
+        // A reset stream: the peer's reads end, its writes fail.
+        accepted[2].writer().reset(CANCEL).await.unwrap();
+        assert_eq!(opened[2].read().await, None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(opened[2].writer().write(b"x").await.is_err());
+        // GOAWAY, then the connection's end reaches every stream.
+        server.close().await;
+        assert_eq!(opened[3].read().await, None);
+        client.closed().cancelled().await;
+        assert!(client.open(Vec::new(), false).await.is_err());
     }
 }
