@@ -609,6 +609,17 @@ async fn spdy_until(s: &mut concord::stream::spdy::Stream, want: &str) -> String
     seen
 }
 
+/// A pod whose container (stdin, stdin_once, no TTY) echoes each line it reads and says when
+/// its stdin closed.
+async fn stdin_once_reader(d: &Daemon, name: &str) -> (String, String) {
+    let script = "while read l; do echo got $l; done; echo stdin closed";
+    pod_with_config(d, name, "busybox", &["sh", "-c", script], |c| {
+        c.stdin = true;
+        c.stdin_once = true;
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_follows_output_and_feeds_stdin() {
     let d = daemon().await;
@@ -665,21 +676,7 @@ async fn attach_follows_output_and_feeds_stdin() {
 
     // stdin without a TTY, stdin_once: what the client types reaches the process; when the
     // client's stdin ends the container's stdin closes, and the session ends with the container.
-    let (pod2, id2) = pod_with_config(
-        &d,
-        "attach-stdin",
-        "busybox",
-        &[
-            "sh",
-            "-c",
-            "while read l; do echo got $l; done; echo stdin closed",
-        ],
-        |c| {
-            c.stdin = true;
-            c.stdin_once = true;
-        },
-    )
-    .await;
+    let (pod2, id2) = stdin_once_reader(&d, "attach-stdin").await;
     let c = spdy(
         &attach_url(&d, attach_req(&id2, true, false)).await,
         "v4.channel.k8s.io",
@@ -702,21 +699,7 @@ async fn attach_follows_output_and_feeds_stdin() {
     assert_eq!(v["status"], "Success");
 
     // stdin_once: the first attach going away (no stdin end) closes the container's stdin too.
-    let (pod4, id4) = pod_with_config(
-        &d,
-        "attach-once",
-        "busybox",
-        &[
-            "sh",
-            "-c",
-            "while read l; do echo got $l; done; echo stdin closed",
-        ],
-        |c| {
-            c.stdin = true;
-            c.stdin_once = true;
-        },
-    )
-    .await;
+    let (pod4, id4) = stdin_once_reader(&d, "attach-once").await;
     let mut c = connect(
         &attach_url(&d, attach_req(&id4, true, false)).await,
         "v5.channel.k8s.io",

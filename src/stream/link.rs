@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::spdy::{self, StreamWriter};
-use super::ws::{self, Opcode, Protocol, CLOSE_SIGNAL};
+use super::ws::{self, Protocol, CLOSE_SIGNAL};
 use super::Sender;
 use crate::metrics::Metrics;
 
@@ -175,38 +175,21 @@ where
         kind,
     ));
     let (input_tx, input) = mpsc::channel(64);
-    let pong = tx.clone();
+    let sender = tx.clone();
     tokio::spawn(async move {
         let mut rx = ws::Reader::new(r);
         let why = loop {
-            let msg = match rx.next().await {
-                Ok(Some(m)) => m,
-                Ok(None) | Err(_) => break "client went away",
+            let (channel, data) = match sender.receive(&mut rx).await {
+                Ok(m) => m,
+                Err(why) => break why,
             };
-            let input = match msg.op {
-                Opcode::Close => break "client closed the stream",
-                Opcode::Ping => {
-                    let _ = pong.control(Opcode::Pong, &msg.data).await;
-                    continue;
-                }
-                Opcode::Text | Opcode::Binary => {
-                    let Some((channel, data)) = protocol.decode(&msg.data) else {
-                        continue;
-                    };
-                    metrics
-                        .stream_bytes
-                        .with_label_values(&[kind, "in"])
-                        .inc_by(data.len() as u64);
-                    match channel {
-                        STDIN => Input::Stdin(data),
-                        CLOSE_SIGNAL if data.first() == Some(&STDIN) => Input::StdinEnd,
-                        RESIZE => match resize(&data) {
-                            Some(r) => r,
-                            None => continue,
-                        },
-                        _ => continue,
-                    }
-                }
+            let input = match channel {
+                STDIN => Input::Stdin(data),
+                CLOSE_SIGNAL if data.first() == Some(&STDIN) => Input::StdinEnd,
+                RESIZE => match resize(&data) {
+                    Some(r) => r,
+                    None => continue,
+                },
                 _ => continue,
             };
             if input_tx.send(input).await.is_err() {

@@ -41,6 +41,21 @@ pub enum Session {
 }
 
 impl Session {
+    /// The streams an exec or attach needs.
+    fn wanted(&self) -> link::Wanted {
+        let (stdin, stdout, stderr, tty) = match self {
+            Session::Exec(r) => (r.stdin, r.stdout, r.stderr, r.tty),
+            Session::Attach(r) => (r.stdin, r.stdout, r.stderr, r.tty),
+            Session::PortForward(_) => (false, false, false, false),
+        };
+        link::Wanted {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Session::Exec(_) => "exec",
@@ -264,33 +279,14 @@ impl StreamServer {
         };
         tracing::debug!(kind, protocol = name, "streaming upgrade to websocket");
         let query = req.uri().query().unwrap_or("").to_string();
-        let ctx = self.ctx.clone();
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => hyper_util::rt::TokioIo::new(u),
-                Err(e) => {
-                    tracing::debug!(error = %e, "stream upgrade failed");
-                    return;
-                }
-            };
+        self.on_upgraded(&mut req, session, move |ctx, session, io| async move {
             let kind = session.kind();
-            let _open = OpenSession::new(&ctx.metrics, kind);
-            let result = match session {
-                Session::Exec(r) => {
-                    let link = link::ws(upgraded, protocol, ctx.metrics.clone(), kind);
-                    exec::run(&ctx, r, link).await
+            match session {
+                Session::PortForward(r) => portforward::run(&ctx, r, protocol, &query, io).await,
+                command => {
+                    let link = link::ws(io, protocol, ctx.metrics.clone(), kind);
+                    run_command(&ctx, command, link).await
                 }
-                Session::Attach(r) => {
-                    let link = link::ws(upgraded, protocol, ctx.metrics.clone(), kind);
-                    attach::run(&ctx, r, link).await
-                }
-                Session::PortForward(r) => {
-                    portforward::run(&ctx, r, protocol, &query, upgraded).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(kind, error = %e, "stream session ended with an error");
             }
         });
         let mut r = Response::new(Full::new(Bytes::new()));
@@ -357,49 +353,17 @@ impl StreamServer {
         })
         .expect("the SPDY command protocols are channel protocols");
         tracing::debug!(kind, protocol = chosen, "streaming upgrade to SPDY/3.1");
-        let ctx = self.ctx.clone();
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => hyper_util::rt::TokioIo::new(u),
-                Err(e) => {
-                    tracing::debug!(error = %e, "stream upgrade failed");
-                    return;
-                }
-            };
+        self.on_upgraded(&mut req, session, move |ctx, session, io| async move {
             let kind = session.kind();
-            let _open = OpenSession::new(&ctx.metrics, kind);
-            let (conn, incoming) = spdy::Conn::server(upgraded);
-            let m = ctx.metrics.clone();
-            let result = match session {
-                Session::Exec(r) => {
-                    let wanted = link::Wanted {
-                        stdin: r.stdin,
-                        stdout: r.stdout,
-                        stderr: r.stderr,
-                        tty: r.tty,
-                    };
-                    match link::spdy(conn, incoming, protocol, wanted, m, kind).await {
-                        Ok(link) => exec::run(&ctx, r, link).await,
-                        Err(e) => Err(e),
-                    }
-                }
-                Session::Attach(r) => {
-                    let wanted = link::Wanted {
-                        stdin: r.stdin,
-                        stdout: r.stdout,
-                        stderr: r.stderr,
-                        tty: r.tty,
-                    };
-                    match link::spdy(conn, incoming, protocol, wanted, m, kind).await {
-                        Ok(link) => attach::run(&ctx, r, link).await,
-                        Err(e) => Err(e),
-                    }
-                }
+            let (conn, incoming) = spdy::Conn::server(io);
+            match session {
                 Session::PortForward(r) => portforward::run_spdy(&ctx, r, conn, incoming).await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(kind, error = %e, "stream session ended with an error");
+                command => {
+                    let wanted = command.wanted();
+                    let m = ctx.metrics.clone();
+                    let link = link::spdy(conn, incoming, protocol, wanted, m, kind).await?;
+                    run_command(&ctx, command, link).await
+                }
             }
         });
         let mut r = Response::new(Full::new(Bytes::new()));
@@ -413,6 +377,56 @@ impl StreamServer {
             }
         }
         r
+    }
+}
+
+impl StreamServer {
+    /// Runs `session` with `run` on the connection `req` upgrades to, counted as open while it
+    /// runs.
+    fn on_upgraded<F, Fut>(
+        &self,
+        req: &mut Request<hyper::body::Incoming>,
+        session: Session,
+        run: F,
+    ) where
+        F: FnOnce(Arc<Context>, Session, Upgraded) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), SessionError>> + Send,
+    {
+        let ctx = self.ctx.clone();
+        let on_upgrade = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            let io = match on_upgrade.await {
+                Ok(u) => hyper_util::rt::TokioIo::new(u),
+                Err(e) => {
+                    tracing::debug!(error = %e, "stream upgrade failed");
+                    return;
+                }
+            };
+            let kind = session.kind();
+            let _open = OpenSession::new(&ctx.metrics, kind);
+            if let Err(e) = run(ctx.clone(), session, io).await {
+                tracing::debug!(kind, error = %e, "stream session ended with an error");
+            }
+        });
+    }
+}
+
+/// An upgraded connection.
+type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+
+/// Why a session failed.
+pub type SessionError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs an exec or attach session over `link`.
+async fn run_command(
+    ctx: &Arc<Context>,
+    session: Session,
+    link: link::Link,
+) -> Result<(), SessionError> {
+    match session {
+        Session::Exec(r) => exec::run(ctx, r, link).await,
+        Session::Attach(r) => attach::run(ctx, r, link).await,
+        Session::PortForward(_) => Err("a port-forward is not a command".into()),
     }
 }
 
@@ -468,6 +482,36 @@ impl<W: tokio::io::AsyncWrite + Unpin> Sender<W> {
             .with_label_values(&[self.kind, "out"])
             .inc_by(data.len() as u64);
         ws::write_frame(&mut *self.w.lock().await, op, &frame, None).await
+    }
+
+    /// The next data message from the client as (channel, data), pings answered and bytes
+    /// counted; Err(why) once the client closed the session or went away.
+    pub async fn receive<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        rx: &mut ws::Reader<R>,
+    ) -> Result<(u8, Vec<u8>), &'static str> {
+        loop {
+            let msg = match rx.next().await {
+                Ok(Some(m)) => m,
+                Ok(None) | Err(_) => return Err("client went away"),
+            };
+            match msg.op {
+                ws::Opcode::Close => return Err("client closed the stream"),
+                ws::Opcode::Ping => {
+                    let _ = self.control(ws::Opcode::Pong, &msg.data).await;
+                }
+                ws::Opcode::Text | ws::Opcode::Binary => {
+                    if let Some((channel, data)) = self.protocol.decode(&msg.data) {
+                        self.metrics
+                            .stream_bytes
+                            .with_label_values(&[self.kind, "in"])
+                            .inc_by(data.len() as u64);
+                        return Ok((channel, data));
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// A control frame (close, pong).

@@ -10,7 +10,7 @@ use k8s_cri::v1 as cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::spdy;
-use super::ws::{self, Opcode, Protocol};
+use super::ws::{self, Protocol};
 use super::{Context, Sender};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -126,33 +126,18 @@ where
         }
     }
     loop {
-        let msg = match tokio::time::timeout(ctx.idle_timeout, rx.next()).await {
-            Err(_) | Ok(Err(_)) | Ok(Ok(None)) => break,
-            Ok(Ok(Some(m))) => m,
-        };
-        match msg.op {
-            Opcode::Close => break,
-            Opcode::Ping => {
-                let _ = tx.control(Opcode::Pong, &msg.data).await;
+        let (channel, data) =
+            match tokio::time::timeout(ctx.idle_timeout, tx.receive(&mut rx)).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(_)) | Err(_) => break,
+            };
+        if channel % 2 != 0 {
+            continue;
+        }
+        if let Some(Some(w)) = writers.get_mut(channel as usize / 2) {
+            if w.write_all(&data).await.is_err() {
+                writers[channel as usize / 2] = None;
             }
-            Opcode::Text | Opcode::Binary => {
-                let Some((channel, data)) = protocol.decode(&msg.data) else {
-                    continue;
-                };
-                if channel % 2 != 0 {
-                    continue;
-                }
-                ctx.metrics
-                    .stream_bytes
-                    .with_label_values(&["portforward", "in"])
-                    .inc_by(data.len() as u64);
-                if let Some(Some(w)) = writers.get_mut(channel as usize / 2) {
-                    if w.write_all(&data).await.is_err() {
-                        writers[channel as usize / 2] = None;
-                    }
-                }
-            }
-            _ => {}
         }
     }
     for p in pumps {
