@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::spdy::{self, StreamWriter};
-use super::ws::{self, Protocol, CLOSE_SIGNAL};
+use super::ws::{Protocol, CLOSE_SIGNAL};
 use super::Sender;
 use crate::metrics::Metrics;
 
@@ -167,17 +167,10 @@ pub fn ws<IO>(io: IO, protocol: Protocol, metrics: Arc<Metrics>, kind: &'static 
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (r, w) = tokio::io::split(io);
-    let tx = Arc::new(Sender::new(
-        Box::new(w) as super::BoxWrite,
-        protocol,
-        metrics.clone(),
-        kind,
-    ));
+    let (tx, mut rx) = Sender::split(io, protocol, metrics, kind);
     let (input_tx, input) = mpsc::channel(64);
     let sender = tx.clone();
     tokio::spawn(async move {
-        let mut rx = ws::Reader::new(r);
         let why = loop {
             let (channel, data) = match sender.receive(&mut rx).await {
                 Ok(m) => m,

@@ -464,6 +464,23 @@ pub struct Sender<W> {
     kind: &'static str,
 }
 
+impl Sender<BoxWrite> {
+    /// A WebSocket connection's sending side (shared) and its reader.
+    pub fn split<IO>(
+        io: IO,
+        protocol: ws::Protocol,
+        metrics: Arc<Metrics>,
+        kind: &'static str,
+    ) -> (Arc<Self>, ws::Reader<tokio::io::ReadHalf<IO>>)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (r, w) = tokio::io::split(io);
+        let tx = Sender::new(Box::new(w) as BoxWrite, protocol, metrics, kind);
+        (Arc::new(tx), ws::Reader::new(r))
+    }
+}
+
 impl<W: tokio::io::AsyncWrite + Unpin> Sender<W> {
     pub fn new(w: W, protocol: ws::Protocol, metrics: Arc<Metrics>, kind: &'static str) -> Self {
         Sender {

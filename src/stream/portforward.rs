@@ -10,7 +10,7 @@ use k8s_cri::v1 as cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::spdy;
-use super::ws::{self, Protocol};
+use super::ws::Protocol;
 use super::{Context, Sender};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -68,14 +68,7 @@ pub async fn run<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (r, w) = tokio::io::split(io);
-    let tx = Arc::new(Sender::new(
-        Box::new(w) as super::BoxWrite,
-        protocol,
-        ctx.metrics.clone(),
-        "portforward",
-    ));
-    let mut rx = ws::Reader::new(r);
+    let (tx, mut rx) = Sender::split(io, protocol, ctx.metrics.clone(), "portforward");
     let mut ports: Vec<u16> = req
         .port
         .iter()
