@@ -132,13 +132,15 @@ async fn session(
         let at = open_log(&path, true)
             .await
             .map_err(|e| format!("opening the container's log {}: {e}", path.display()))?;
-        follow = Some(tokio::spawn(follow_log(
-            ctx.clone(),
-            id.to_string(),
-            path,
-            at,
-            out.clone(),
-            (req.stdout, req.stderr && !tty),
+        follow = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            follow_log(
+                ctx.clone(),
+                id.to_string(),
+                path,
+                at,
+                out.clone(),
+                (req.stdout, req.stderr && !tty),
+            ),
         )));
     }
     let exited = async {
@@ -160,8 +162,13 @@ async fn session(
             i = input.next(ctx.idle_timeout) => match i {
                 Input::Stdin(data) => {
                     if let Some(s) = &stdin {
-                        if s.write(&data).await.is_err() {
-                            stdin = None;
+                        // A container that does not read its stdin must not keep the session
+                        // from seeing it exit.
+                        tokio::select! {
+                            r = s.write(&data) => if r.is_err() {
+                                stdin = None;
+                            },
+                            _ = &mut exited => return Ok(()),
                         }
                     }
                 }

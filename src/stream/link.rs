@@ -234,6 +234,10 @@ pub async fn spdy(
                     continue;
                 }
             };
+            if matches!(channel, ERROR | STDOUT | STDERR) {
+                // Registered before the session can start, so that no output is dropped.
+                outputs.lock().insert(channel, s.writer());
+            }
             let _ = arrived_tx.send(channel);
             match channel {
                 STDIN => {
@@ -260,7 +264,16 @@ pub async fn spdy(
                             let mut values = serde_json::Deserializer::from_slice(&buf)
                                 .into_iter::<serde_json::Value>();
                             let mut used = 0;
-                            while let Some(Ok(v)) = values.next() {
+                            while let Some(next) = values.next() {
+                                let v = match next {
+                                    Ok(v) => v,
+                                    // Incomplete: wait for more. Malformed: dropped.
+                                    Err(e) if e.is_eof() => break,
+                                    Err(_) => {
+                                        used = buf.len();
+                                        break;
+                                    }
+                                };
                                 used = values.byte_offset();
                                 let dim = |k: &str| v[k].as_u64().unwrap_or(0) as u32;
                                 let r = Input::Resize {
@@ -272,11 +285,13 @@ pub async fn spdy(
                                 }
                             }
                             buf.drain(..used);
+                            if buf.len() > 4096 {
+                                buf.clear();
+                            }
                         }
                     });
                 }
                 _ => {
-                    outputs.lock().insert(channel, s.writer());
                     // The client's half of an output stream carries nothing; it is drained so
                     // that its end is seen.
                     tokio::spawn(async move { while s.read().await.is_some() {} });

@@ -182,6 +182,8 @@ impl StreamServer {
                         }
                     };
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(30))
                         .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
                         .with_upgrades()
                         .await;

@@ -15,6 +15,10 @@ use super::{Context, Sender};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// How long one half of a SPDY stream pair waits for the other (kubelet's stream creation
+/// timeout).
+const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connects to `127.0.0.1:port` in the network namespace at `netns`.
 pub async fn connect_in(
     netns: std::path::PathBuf,
@@ -155,7 +159,9 @@ pub async fn run_spdy(
             return Err(e);
         }
     };
-    let mut pairs: std::collections::HashMap<String, (Option<spdy::Stream>, Option<spdy::Stream>)> =
+    // Streams waiting for their other half, by request id, since when.
+    type Half = Option<spdy::Stream>;
+    let mut pairs: std::collections::HashMap<String, (Half, Half, std::time::Instant)> =
         std::collections::HashMap::new();
     loop {
         let deadline = conn.last_activity() + ctx.idle_timeout;
@@ -170,30 +176,47 @@ pub async fn run_spdy(
             }
         };
         let Some(stream) = stream else { break };
+        // A half whose other half did not come within the stream creation timeout is reset
+        // (kubelet's rule), so an unpaired stream holds nothing for long.
+        let now = std::time::Instant::now();
+        let stale: Vec<String> = pairs
+            .iter()
+            .filter(|(_, (_, _, since))| now.duration_since(*since) > PAIR_TIMEOUT)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some((e, d, _)) = pairs.remove(&k) {
+                for s in [e, d].into_iter().flatten() {
+                    let _ = s.writer().reset(spdy::CANCEL).await;
+                }
+            }
+        }
         let kind = stream.header("streamtype").unwrap_or("").to_string();
+        if kind != "error" && kind != "data" {
+            tracing::debug!(stream_type = kind, "unexpected port-forward stream refused");
+            let _ = stream.writer().reset(spdy::REFUSED_STREAM).await;
+            continue;
+        }
         // Clients from before requestID pair an error stream with the data stream opened next.
         let request_id = match stream.header("requestid") {
             Some(r) => r.to_string(),
             None if kind == "data" => stream.id.saturating_sub(2).to_string(),
             None => stream.id.to_string(),
         };
-        let entry = pairs.entry(request_id.clone()).or_default();
-        match kind.as_str() {
-            "error" => entry.0 = Some(stream),
-            "data" => entry.1 = Some(stream),
-            other => {
-                tracing::debug!(
-                    stream_type = other,
-                    "unexpected port-forward stream refused"
-                );
-                let _ = stream.writer().reset(spdy::REFUSED_STREAM).await;
-                continue;
-            }
+        let entry = pairs.entry(request_id.clone()).or_insert((None, None, now));
+        let slot = if kind == "error" {
+            &mut entry.0
+        } else {
+            &mut entry.1
+        };
+        if let Some(old) = slot.replace(stream) {
+            // A second stream of the same kind and request: the first is refused.
+            let _ = old.writer().reset(spdy::PROTOCOL_ERROR).await;
         }
-        if !matches!(pairs.get(&request_id), Some((Some(_), Some(_)))) {
+        if !matches!(pairs.get(&request_id), Some((Some(_), Some(_), _))) {
             continue;
         }
-        if let Some((Some(err), Some(data))) = pairs.remove(&request_id) {
+        if let Some((Some(err), Some(data), _)) = pairs.remove(&request_id) {
             tokio::spawn(forward(
                 ctx.clone(),
                 netns.clone(),

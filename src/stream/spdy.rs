@@ -50,6 +50,11 @@ pub const INITIAL_WINDOW: i64 = 64 * 1024;
 const MAX_DATA: usize = 64 * 1024;
 /// Data frames a stream buffers before the connection's reader waits for it.
 const STREAM_BUFFER: usize = 64;
+/// The largest frame accepted (a peer claiming more is a protocol error).
+const MAX_FRAME: usize = 4 << 20;
+/// The most a decompressed header block may hold, and the most header entries.
+const MAX_HEADER_BLOCK: usize = 256 * 1024;
+const MAX_HEADERS: usize = 256;
 
 /// The SPDY/3 header compression dictionary (draft 3, section 2.6.10.1): length-prefixed
 /// header names and values, then common value fragments.
@@ -229,7 +234,7 @@ pub struct HeaderDecoder(Option<Decompress>);
 impl HeaderDecoder {
     pub fn decode(&mut self, block: &[u8]) -> std::io::Result<Headers> {
         let d = self.0.get_or_insert_with(|| Decompress::new(true));
-        let mut out = Vec::with_capacity(block.len() * 4 + 256);
+        let mut out = Vec::with_capacity((block.len() * 4 + 256).min(MAX_HEADER_BLOCK));
         let mut pos = 0;
         loop {
             let (in_before, out_before) = (d.total_in(), out.len());
@@ -245,11 +250,11 @@ impl HeaderDecoder {
                 Ok(Status::StreamEnd) => break,
                 Ok(_) => {}
             }
+            if out.len() > MAX_HEADER_BLOCK {
+                return Err(bad("header block larger than 256 KiB"));
+            }
             if pos >= block.len() && out.len() < out.capacity() {
                 break;
-            }
-            if out.len() > 1 << 20 {
-                return Err(bad("header block larger than 1 MiB"));
             }
             if out.len() == out.capacity() {
                 out.reserve(out.capacity());
@@ -271,7 +276,13 @@ fn parse_block(b: &[u8]) -> std::io::Result<Headers> {
         Ok(u32::from_be_bytes(v.try_into().expect("4 bytes")) as usize)
     };
     let n = u32_at(&mut pos)?;
+    if n > MAX_HEADERS {
+        return Err(bad(format!(
+            "{n} headers in one block (at most {MAX_HEADERS})"
+        )));
+    }
     let mut headers = Vec::new();
+    let mut copied = 0usize;
     for _ in 0..n {
         let field = |pos: &mut usize| -> std::io::Result<String> {
             let len = u32_at(pos)?;
@@ -284,6 +295,10 @@ fn parse_block(b: &[u8]) -> std::io::Result<Headers> {
         let name = field(&mut pos)?.to_ascii_lowercase();
         let value = field(&mut pos)?;
         for v in value.split('\0') {
+            copied += name.len() + v.len();
+            if copied > MAX_HEADER_BLOCK || headers.len() >= MAX_HEADERS {
+                return Err(bad("header block expands beyond its limits"));
+            }
             headers.push((name.clone(), v.to_string()));
         }
     }
@@ -316,6 +331,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
     r.read_exact(&mut head[1..]).await?;
     let flags = head[4];
     let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
+    if len > MAX_FRAME {
+        return Err(bad(format!("a {len}-byte frame (at most {MAX_FRAME})")));
+    }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
     if head[0] & 0x80 != 0 {
@@ -412,6 +430,8 @@ struct Shared {
     next_ping: AtomicU32,
     pings: Mutex<HashMap<u32, oneshot::Sender<()>>>,
     went_away: AtomicBool,
+    /// The last stream the peer opened that was accepted.
+    last_peer_id: AtomicU32,
     closed: CancellationToken,
     last_activity: Mutex<Instant>,
 }
@@ -464,6 +484,20 @@ impl Stream {
     /// The value of header `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
+    }
+}
+
+impl Drop for Stream {
+    /// The stream's reader is gone: what the peer still sends is dropped, and the stream is
+    /// forgotten once this side finished too.
+    fn drop(&mut self) {
+        let mut st = self.writer.shared.state.lock();
+        if let Some(s) = st.streams.get_mut(&self.id) {
+            s.tx = None;
+            if s.finished || s.reset {
+                st.streams.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -577,7 +611,8 @@ impl StreamWriter {
         let mut grants = Vec::new();
         {
             let mut st = self.shared.state.lock();
-            let half = st.initial / 2;
+            // concord's receive window is the protocol's default (it announces no other).
+            let half = INITIAL_WINDOW / 2;
             if let Some(s) = st.streams.get_mut(&self.id) {
                 s.unacked += n as i64;
                 if s.unacked >= half && s.tx.is_some() {
@@ -688,6 +723,7 @@ impl Conn {
             next_ping: AtomicU32::new(if server { 2 } else { 1 }),
             pings: Mutex::new(HashMap::new()),
             went_away: AtomicBool::new(false),
+            last_peer_id: AtomicU32::new(0),
             closed: CancellationToken::new(),
             last_activity: Mutex::new(Instant::now()),
         });
@@ -699,8 +735,9 @@ impl Conn {
                 tracing::debug!(error = %e, "spdy connection ended with an error");
             }
             reader.closed.cancel();
-            // Readers of every stream see the end.
+            // Readers of every stream see the end; waiting pings learn it too.
             reader.state.lock().streams.clear();
+            reader.pings.lock().clear();
             reader.changed.notify_waiters();
             let mut w = reader.write.lock().await;
             let _ = w.0.shutdown().await;
@@ -731,6 +768,14 @@ impl Conn {
                 s.finished = fin;
                 st.streams.insert(id, s);
             }
+            // The reader may have ended (and cleared the streams) since the check above.
+            if self.shared.closed.is_cancelled() {
+                self.shared.state.lock().streams.remove(&id);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "connection closed",
+                ));
+            }
             let mut body = id.to_be_bytes().to_vec();
             body.extend_from_slice(&0u32.to_be_bytes());
             body.extend_from_slice(&[0, 0]);
@@ -741,7 +786,11 @@ impl Conn {
             *self.shared.last_activity.lock() = Instant::now();
             id
         };
-        match tokio::time::timeout(Duration::from_secs(30), reply_rx).await {
+        let answer = tokio::time::timeout(Duration::from_secs(30), reply_rx).await;
+        if !matches!(answer, Ok(Ok(true))) {
+            self.shared.state.lock().streams.remove(&id);
+        }
+        match answer {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => return Err(std::io::Error::other("stream refused (RST_STREAM)")),
             Ok(Err(_)) => return Err(std::io::Error::other("connection closed")),
@@ -767,8 +816,9 @@ impl Conn {
         self.shared
             .write_raw(&control(PING, 0, &id.to_be_bytes()))
             .await?;
-        tokio::time::timeout(Duration::from_secs(10), rx)
-            .await
+        let answer = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        self.shared.pings.lock().remove(&id);
+        answer
             .map_err(|_| std::io::Error::other("no PING reply"))?
             .map_err(|_| std::io::Error::other("connection closed"))?;
         Ok(start.elapsed())
@@ -784,8 +834,8 @@ impl Conn {
 
     /// Sends GOAWAY: the peer opens no more streams; those open go on.
     pub async fn goaway(&self, status: u32) -> std::io::Result<()> {
-        let last = self.shared.next_id.load(Ordering::SeqCst);
-        let mut body = last.saturating_sub(2).to_be_bytes().to_vec();
+        let last = self.shared.last_peer_id.load(Ordering::SeqCst);
+        let mut body = last.to_be_bytes().to_vec();
         body.extend_from_slice(&status.to_be_bytes());
         self.shared.write_raw(&control(GOAWAY, 0, &body)).await
     }
@@ -846,8 +896,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 match tx {
                     (Some(tx), fin) => {
                         if !data.is_empty() {
-                            // A reader that went away drops its data.
-                            let _ = tx.send(data).await;
+                            // A reader that went away drops its data; closing ends the wait.
+                            tokio::select! {
+                                _ = tx.send(data) => {}
+                                _ = shared.closed.cancelled() => return Ok(()),
+                            }
                         }
                         if fin {
                             drop(tx);
@@ -879,6 +932,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         continue;
                     }
                     last_peer_id = id;
+                    shared.last_peer_id.store(id, Ordering::SeqCst);
                     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
                     let fin = flags & (FLAG_FIN | FLAG_UNIDIRECTIONAL) != 0;
                     {
@@ -900,7 +954,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             shared: shared.clone(),
                         },
                     };
-                    if incoming.send(stream).await.is_err() {
+                    let taken = tokio::select! {
+                        r = incoming.send(stream) => r.is_ok(),
+                        _ = shared.closed.cancelled() => return Ok(()),
+                    };
+                    if !taken {
+                        shared.state.lock().streams.remove(&id);
                         // Nobody takes streams any more.
                         let mut b = id.to_be_bytes().to_vec();
                         b.extend_from_slice(&REFUSED_STREAM.to_be_bytes());
@@ -917,6 +976,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         }
                         if flags & FLAG_FIN != 0 {
                             s.tx = None;
+                            if s.finished {
+                                st.streams.remove(&id);
+                            }
                         }
                     }
                 }
@@ -935,7 +997,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     shared.changed.notify_waiters();
                 }
                 SETTINGS => {
-                    let n = be32(&body, 0) as usize;
+                    let n = (be32(&body, 0) as usize).min(body.len().saturating_sub(4) / 8);
                     for i in 0..n {
                         let at = 4 + i * 8;
                         let id = be32(&body, at) & 0x00ff_ffff;
@@ -1026,6 +1088,25 @@ mod tests {
             let block = enc.encode(&h);
             assert_eq!(dec.decode(&block).unwrap(), h);
         }
+    }
+
+    #[test]
+    fn header_blocks_past_their_limits_are_refused() {
+        // A value of NULs would give one copy of the name per part.
+        let mut plain = 1u32.to_be_bytes().to_vec();
+        let (name, value) = (vec![b'n'; 1000], vec![0u8; 100_000]);
+        for f in [&name, &value] {
+            plain.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            plain.extend_from_slice(f);
+        }
+        assert!(parse_block(&plain).is_err());
+        assert!(parse_block(&u32::MAX.to_be_bytes()).is_err());
+        assert!(parse_block(&[0, 0, 0, 1, 0, 0, 0, 9]).is_err(), "truncated");
+        // More than the block limit once decompressed.
+        let big: Headers = vec![("x".into(), "y".repeat(MAX_HEADER_BLOCK + 1))];
+        let block = HeaderEncoder::default().encode(&big);
+        assert!(block.len() < 4096);
+        assert!(HeaderDecoder::default().decode(&block).is_err());
     }
 
     #[test]
