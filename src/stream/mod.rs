@@ -103,6 +103,25 @@ pub fn tls_config(
     Ok(Arc::new(config))
 }
 
+/// 16 bytes from the kernel's CSPRNG (/dev/urandom), for tokens nobody may guess; a
+/// machine without it gets a time-and-PRNG mix rather than no streaming at all.
+fn unguessable() -> [u8; 16] {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        tracing::warn!("/dev/urandom unreadable: streaming tokens fall back to a PRNG");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = (fastrand::u128(..) ^ nanos).to_le_bytes();
+    }
+    b
+}
+
 /// A boxed writing half of a connection.
 pub type BoxWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
@@ -200,9 +219,7 @@ impl StreamServer {
 
     /// Parks `session` under a new token; answers its URL.
     pub fn register(&self, session: Session) -> String {
-        let token: String = (0..2)
-            .map(|_| format!("{:016x}", fastrand::u64(..)))
-            .collect();
+        let token = hex::encode(unguessable());
         let url = format!("{}/{}/{}", self.base, session.kind(), token);
         let mut tokens = self.tokens.lock();
         let now = Instant::now();
