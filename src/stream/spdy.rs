@@ -509,10 +509,6 @@ pub struct StreamWriter {
 }
 
 impl StreamWriter {
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-
     /// Writes `data` (split into frames, within the peer's windows when it keeps them).
     pub async fn write(&self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
@@ -852,11 +848,6 @@ impl Conn {
     /// Cancelled when the connection ends.
     pub fn closed(&self) -> CancellationToken {
         self.shared.closed.clone()
-    }
-
-    /// Whether the peer sent GOAWAY.
-    pub fn went_away(&self) -> bool {
-        self.shared.went_away.load(Ordering::SeqCst)
     }
 
     /// When a frame last went either way.
