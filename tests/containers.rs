@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, exec_out, Daemon};
+use common::{eventually, exec_out, pod_config, Daemon};
 use k8s_cri::v1 as cri;
 
 async fn daemon() -> Daemon {
@@ -15,20 +15,6 @@ async fn daemon() -> Daemon {
 
 async fn daemon_with(extra: &[&str]) -> Daemon {
     common::pod_daemon(extra).await
-}
-
-fn pod_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: d.dir.join("logs").join(name).display().to_string(),
-        ..Default::default()
-    }
 }
 
 fn container_config(name: &str, script: &str) -> cri::ContainerConfig {

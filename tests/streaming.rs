@@ -38,17 +38,7 @@ async fn pod_with_config(
     tune: impl FnOnce(&mut cri::ContainerConfig),
 ) -> (String, String) {
     pull(d, image).await;
-    let config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: d.dir.join("logs").join(name).display().to_string(),
-        ..Default::default()
-    };
+    let config = common::pod_config(d, name);
     let mut rt = d.runtime().await;
     let pod = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {

@@ -742,3 +742,18 @@ pub async fn exec_out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
         .into_inner();
     String::from_utf8_lossy(&r.stdout).trim().to_string()
 }
+
+/// A pod config named `name` (uid, namespace default, hostname) logging under the daemon's dir.
+pub fn pod_config(d: &Daemon, name: &str) -> k8s_cri::v1::PodSandboxConfig {
+    k8s_cri::v1::PodSandboxConfig {
+        metadata: Some(k8s_cri::v1::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: d.dir.join("logs").join(name).display().to_string(),
+        ..Default::default()
+    }
+}
