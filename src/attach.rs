@@ -9,6 +9,9 @@
 //! stdin is closed by a concord restart, as containerd's own CRI closes it when containerd
 //! restarts.
 //!
+//! Attach sessions read such a container's output from here as it is read from the pipes, so
+//! they see it whether or not the container has a log file.
+//!
 //! TTY containers keep concord's log writer (the shim's console copy supports it) with a stdin
 //! FIFO the log writer holds open; see `logwriter`.
 
@@ -18,8 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
+use tokio::sync::broadcast;
 
 use crate::containerd::TaskIo;
 
@@ -29,7 +33,16 @@ struct Attached {
     stdin: Option<Arc<pipe::Sender>>,
     /// Set by ReopenContainerLog; the pumps reopen the log before their next line.
     reopen: Arc<AtomicBool>,
+    /// What the container prints, as it prints it, for attach sessions (whether or not it has
+    /// a log file).
+    output: broadcast::Sender<Output>,
 }
+
+/// A piece of a container's output: its stream ("stdout" or "stderr") and the bytes.
+pub type Output = (&'static str, bytes::Bytes);
+
+/// Output pieces an attach session may fall behind by before it loses the oldest.
+const OUTPUT_BUFFER: usize = 256;
 
 /// The attached containers by id.
 #[derive(Default)]
@@ -90,6 +103,7 @@ impl Attachments {
         let err = pipe::OpenOptions::new().open_receiver(&stderr)?;
         let reopen = Arc::new(AtomicBool::new(false));
         let sink = Arc::new(Mutex::new(LogSink::open(log_path)));
+        let (output, _) = broadcast::channel(OUTPUT_BUFFER);
         let pumps = [(out, "stdout"), (err, "stderr")].map(|(rx, stream)| {
             tokio::spawn(pump(
                 rx,
@@ -97,6 +111,7 @@ impl Attachments {
                 self.max_line,
                 sink.clone(),
                 reopen.clone(),
+                output.clone(),
             ))
         });
         self.live.lock().insert(
@@ -104,6 +119,7 @@ impl Attachments {
             Attached {
                 stdin: Some(Arc::new(stdin)),
                 reopen,
+                output,
             },
         );
         // Both streams ended (the process exited and the shim closed them): detach.
@@ -130,6 +146,12 @@ impl Attachments {
             }
             None => false,
         }
+    }
+
+    /// Container `id`'s output from now on (None: not attached). The receiver sees the channel
+    /// closed once both pipes ended (the process exited).
+    pub fn output(&self, id: &str) -> Option<broadcast::Receiver<Output>> {
+        self.live.lock().get(id).map(|a| a.output.subscribe())
     }
 
     /// The held stdin of container `id`, to write to (None: not attached, or closed).
@@ -199,26 +221,113 @@ fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// Copies one stream into the log as CRI entries, as the log writer does: a line per newline,
-/// longer ones split into partial entries of `max` bytes.
+/// Copies one stream, as it arrives, to attach sessions and into the log as CRI entries, as the
+/// log writer does: a line per newline, longer ones split into partial entries of `max` bytes.
+/// Output without a newline (a prompt, `echo -n`) reaches attach sessions at once; its log entry
+/// waits for the line's end (or the stream's).
 async fn pump(
-    rx: pipe::Receiver,
+    mut rx: pipe::Receiver,
     stream: &'static str,
     max: usize,
     sink: Arc<Mutex<LogSink>>,
     reopen: Arc<AtomicBool>,
+    output: broadcast::Sender<Output>,
 ) {
-    let mut r = BufReader::with_capacity(64 * 1024, rx);
-    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut lines = Lines::new(max);
+    let write = |partial: bool, content: &[u8]| {
+        let line = crate::logwriter::entry(stream, partial, content);
+        sink.lock().write(&line, &reopen);
+    };
     loop {
-        buf.clear();
-        let n = match (&mut r).take(max as u64).read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
+        let n = match rx.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let full = buf.last() == Some(&b'\n');
-        let content = if full { &buf[..n - 1] } else { &buf[..n] };
-        let line = crate::logwriter::entry(stream, !full && n >= max, content);
-        sink.lock().write(&line, &reopen);
+        if output.receiver_count() > 0 {
+            let _ = output.send((stream, bytes::Bytes::copy_from_slice(&chunk[..n])));
+        }
+        lines.push(&chunk[..n], write);
+    }
+    lines.finish(write);
+}
+
+/// Splits a byte stream into log lines of at most `max` bytes: (partial, content) per line.
+struct Lines {
+    pending: Vec<u8>,
+    max: usize,
+}
+
+impl Lines {
+    fn new(max: usize) -> Lines {
+        Lines {
+            pending: Vec::new(),
+            max,
+        }
+    }
+
+    /// Emits every line `data` completes: ended by a newline (full), or `max` bytes long
+    /// (partial).
+    fn push(&mut self, mut data: &[u8], mut emit: impl FnMut(bool, &[u8])) {
+        while !data.is_empty() {
+            let room = self.max - self.pending.len();
+            let window = &data[..room.min(data.len())];
+            if let Some(nl) = window.iter().position(|b| *b == b'\n') {
+                self.pending.extend_from_slice(&window[..nl]);
+                emit(false, &self.pending);
+                self.pending.clear();
+                data = &data[nl + 1..];
+            } else {
+                self.pending.extend_from_slice(window);
+                data = &data[window.len()..];
+                if self.pending.len() >= self.max {
+                    emit(true, &self.pending);
+                    self.pending.clear();
+                }
+            }
+        }
+    }
+
+    /// The stream ended: a last line without a newline is a full entry.
+    fn finish(&mut self, mut emit: impl FnMut(bool, &[u8])) {
+        if !self.pending.is_empty() {
+            emit(false, &self.pending);
+            self.pending.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lines;
+
+    fn split(chunks: &[&[u8]], max: usize) -> Vec<(bool, String)> {
+        let mut out = Vec::new();
+        let mut l = Lines::new(max);
+        for c in chunks {
+            l.push(c, |p, s| {
+                out.push((p, String::from_utf8_lossy(s).into_owned()))
+            });
+        }
+        l.finish(|p, s| out.push((p, String::from_utf8_lossy(s).into_owned())));
+        out
+    }
+
+    #[test]
+    fn lines_are_assembled_across_chunks_and_split_at_max() {
+        let full = |s: &str| (false, s.to_string());
+        let part = |s: &str| (true, s.to_string());
+        assert_eq!(
+            split(&[b"hel", b"lo\nwor", b"ld\n"], 16),
+            vec![full("hello"), full("world")]
+        );
+        assert_eq!(
+            split(&[b"abcdefgh\n"], 4),
+            vec![part("abcd"), part("efgh"), full("")]
+        );
+        assert_eq!(split(&[b"abcdef"], 4), vec![part("abcd"), full("ef")]);
+        assert_eq!(split(&[b"\n\n"], 4), vec![full(""), full("")]);
+        assert_eq!(split(&[b"hello"], 16), vec![full("hello")]);
+        assert!(split(&[], 16).is_empty());
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{eventually, exec_out, pod_config, Daemon};
 use k8s_cri::v1 as cri;
+use nix::mount::MsFlags;
 
 async fn daemon() -> Daemon {
     daemon_with(&[]).await
@@ -550,6 +551,24 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
     let mut c = container_config("x", "true");
     c.log_path = "../../escape.log".into();
     cases.push((c, "config.log_path"));
+    // A group without a user (critest: "should return error if RunAsGroup is set without
+    // RunAsUser"; containerd: "user group is specified without user or username").
+    let mut c = container_config("x", "true");
+    security(&mut c).run_as_group = Some(cri::Int64Value { value: 1003 });
+    cases.push((c, "config.linux.security_context.run_as_group"));
+    // Bidirectional propagation from a host path whose mount is not shared.
+    let private = d.dir.join("private-mount");
+    std::fs::create_dir_all(&private).unwrap();
+    make_mount(&private, MsFlags::MS_PRIVATE);
+    let _unmount = Unmount(vec![private.clone()]);
+    let mut c = container_config("x", "true");
+    c.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: private.display().to_string(),
+        propagation: cri::MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    cases.push((c, "config.mounts.propagation"));
     // An AppArmor profile on a host without AppArmor (this one) cannot be honoured.
     if !std::path::Path::new("/sys/module/apparmor/parameters/enabled").exists() {
         let mut c = container_config("x", "true");
@@ -567,6 +586,14 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
     }
     for (c, field) in cases {
         let err = create(&d, &p, c).await.unwrap_err();
+        if field == "config.linux.security_context.run_as_group" {
+            assert!(
+                err.message()
+                    .contains("user group is specified without user or username"),
+                "{}",
+                err.message()
+            );
+        }
         assert_eq!(
             err.code(),
             tonic::Code::InvalidArgument,
@@ -582,6 +609,204 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
         .into_inner()
         .containers;
     assert!(left.is_empty());
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: p.id,
+    })
+    .await
+    .unwrap();
+}
+
+/// Bind-mounts `dir` on itself with propagation `flag` (recursive), as critest prepares the host
+/// path of a propagation test.
+fn make_mount(dir: &std::path::Path, flag: MsFlags) {
+    use nix::mount::mount;
+    mount(
+        Some(dir),
+        dir,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        flag | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+}
+
+/// critest's "mount with 'rshared' should support propagation from host to container and vice
+/// versa" and its rslave sibling: a mount made on the host under the volume appears inside; a
+/// mount made inside a Bidirectional volume appears on the host, not from a HostToContainer one.
+#[tokio::test]
+async fn mount_propagation_crosses_as_the_volume_asks() {
+    let d = daemon().await;
+    let p = pod(&d, "propagation").await;
+    // Dropped before the daemon's temp dir is removed, also when an assertion fails.
+    let mut unmount = Unmount(Vec::new());
+    for (name, propagation, back) in [
+        (
+            "rshared",
+            cri::MountPropagation::PropagationBidirectional,
+            true,
+        ),
+        (
+            "rslave",
+            cri::MountPropagation::PropagationHostToContainer,
+            false,
+        ),
+    ] {
+        let source = d.dir.join(format!("{name}-source"));
+        let flags = d.dir.join(format!("{name}-flags"));
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::create_dir_all(flags.join("dir")).unwrap();
+        std::fs::write(flags.join("dir/flag"), name).unwrap();
+        make_mount(&source, MsFlags::MS_SHARED);
+        unmount.0.push(source.clone());
+        let path = source.display().to_string();
+        let mut c = container_config(name, "sleep 1000");
+        security(&mut c).privileged = true;
+        c.mounts = vec![cri::Mount {
+            container_path: path.clone(),
+            host_path: path.clone(),
+            propagation: propagation as i32,
+            ..Default::default()
+        }];
+        let id = create(&d, &p, c).await.unwrap();
+        start(&d, &id).await.unwrap();
+        // Host to container: a bind mount made on the host after the start.
+        let on_host = source.join("from-host");
+        std::fs::create_dir_all(&on_host).unwrap();
+        nix::mount::mount(
+            Some(&flags),
+            &on_host,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        unmount.0.insert(0, on_host.clone());
+        let listed = exec_out(&d, &id, &["ls", "-A", &format!("{path}/from-host/dir")]).await;
+        assert_eq!(
+            listed, "flag",
+            "{name}: the host's mount inside the container"
+        );
+        // Container to host: only Bidirectional.
+        let inner = format!("{path}/from-container");
+        if back {
+            unmount.0.insert(0, source.join("from-container"));
+        }
+        let script = format!(
+            "mkdir -p {inner} && mount -t tmpfs tmpfs {inner} && touch {inner}/made-inside"
+        );
+        exec_out(&d, &id, &["sh", "-c", &script]).await;
+        let seen = source.join("from-container/made-inside").exists();
+        assert_eq!(seen, back, "{name}: the container's mount seen on the host");
+    }
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id,
+        })
+        .await
+        .unwrap();
+}
+
+/// Mount points a test made, unmounted (in order) when dropped.
+struct Unmount(Vec<std::path::PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// critest's "runtime should support listing container stats" and `crictl stats`: a container
+/// listed right after its start has CPU and memory, and a second sample a second later carries
+/// a newer CPU timestamp, while the collector's own period is 10 s.
+#[tokio::test]
+async fn stats_are_never_older_than_a_caller_can_tell_apart() {
+    let d = daemon().await;
+    let p = pod(&d, "fresh").await;
+    let mut rt = d.runtime().await;
+    // Let the periodic collection run before the container starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = create(&d, &p, container_config("fresh", "sleep 1000"))
+        .await
+        .unwrap();
+    start(&d, &id).await.unwrap();
+    let list = |rt: &mut cri::runtime_service_client::RuntimeServiceClient<_>| {
+        let mut rt = rt.clone();
+        async move {
+            rt.list_container_stats(cri::ListContainerStatsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+        }
+    };
+    let first = list(&mut rt).await;
+    assert_eq!(first.len(), 1);
+    let cpu = first[0]
+        .cpu
+        .expect("cpu of a container started a moment ago");
+    let mem = first[0]
+        .memory
+        .expect("memory of a container started a moment ago");
+    assert!(cpu.timestamp > 0 && mem.timestamp > 0);
+    assert!(used(&mem.working_set_bytes) > 0, "{mem:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = list(&mut rt).await;
+    let cpu2 = second[0].cpu.unwrap();
+    assert!(cpu2.timestamp > cpu.timestamp, "{cpu:?} then {cpu2:?}");
+    let one = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(one.cpu.is_some() && one.memory.is_some());
+    // Pod stats too, and concurrent callers share one collection.
+    let before = d
+        .metric("concord_stats_on_demand_collections_total", &[])
+        .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let mut rt = rt.clone();
+            let pod_id = p.id.clone();
+            tokio::spawn(async move {
+                rt.pod_sandbox_stats(cri::PodSandboxStatsRequest {
+                    pod_sandbox_id: pod_id,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .unwrap()
+            })
+        })
+        .collect();
+    for c in calls {
+        let s = c.await.unwrap();
+        assert!(s.linux.unwrap().cpu.is_some());
+    }
+    let after = d
+        .metric("concord_stats_on_demand_collections_total", &[])
+        .await;
+    assert!(
+        after - before <= 2.0,
+        "8 concurrent calls made {} collections",
+        after - before
+    );
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
         pod_sandbox_id: p.id,
     })

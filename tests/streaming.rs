@@ -688,6 +688,36 @@ async fn attach_follows_output_and_feeds_stdin() {
     let v: serde_json::Value = serde_json::from_str(&out.error).unwrap();
     assert_eq!(v["status"], "Success");
 
+    // critest's attach: `sh` with stdin_once and no log path (the pod has no log directory);
+    // the command typed is answered on stdout, once, and stderr stays empty.
+    let (pod5, id5) = pod_with_config(&d, "attach-nolog", "busybox", &["sh"], |c| {
+        c.stdin = true;
+        c.stdin_once = true;
+        c.log_path = String::new();
+    })
+    .await;
+    let mut c = spdy(
+        &attach_url(&d, attach_req(&id5, true, false)).await,
+        "v4.channel.k8s.io",
+        true,
+        false,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `echo -n`: output without a newline reaches the client as it is printed.
+    c.write_stdin(b"echo -n hello\n").await.unwrap();
+    let mut stdout = c.stdout.take().unwrap();
+    assert_eq!(spdy_until(&mut stdout, "hello").await, "hello");
+    c.close_stdin().await.unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(20), stdout.read_to_end())
+        .await
+        .expect("stdout of a log-less stdin_once container ends with its stdin");
+    assert!(rest.is_empty(), "more output: {rest:?}");
+    let out = tokio::time::timeout(Duration::from_secs(20), c.finish())
+        .await
+        .expect("the attach session to a log-less container ends with its stdin");
+    assert!(out.stderr.is_empty(), "{:?}", out.stderr);
+
     // stdin_once: the first attach going away (no stdin end) closes the container's stdin too.
     let (pod4, id4) = stdin_once_reader(&d, "attach-once").await;
     let mut c = connect(
@@ -743,7 +773,7 @@ async fn attach_follows_output_and_feeds_stdin() {
         "{}",
         err.message()
     );
-    for p in [pod, pod2, pod3, pod4] {
+    for p in [pod, pod2, pod3, pod4, pod5] {
         rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
             .await
             .unwrap();

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub container_events_dropped: IntCounter,
     pub container_event_streams: IntGauge,
     pub stats_collections: IntCounterVec,
+    pub stats_on_demand: IntCounter,
     pub stats_collect_duration: Histogram,
     pub stats_objects: IntGaugeVec,
     pub stream_sessions: IntCounterVec,
@@ -313,6 +314,10 @@ impl Metrics {
                     &["result"],
                 )
                 .unwrap(),
+            ),
+            stats_on_demand: reg(
+                r,
+                IntCounter::new("concord_stats_on_demand_collections_total", "Stats collections a stats call started because the last one was older than 500 ms or predated a container it asked about").unwrap(),
             ),
             stats_collect_duration: reg(
                 r,

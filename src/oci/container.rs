@@ -295,6 +295,12 @@ fn user(
     db: Option<&UserDb>,
 ) -> Result<(i64, i64, Vec<i64>), SpecError> {
     const FIELD: &str = "config.linux.security_context.run_as_username";
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        return Err(bad(
+            "config.linux.security_context.run_as_group",
+            "user group is specified without user or username",
+        ));
+    }
     let lookup_user = |name: &str, field: &'static str| -> Result<(i64, i64), SpecError> {
         match db {
             None => Ok((0, 0)),
@@ -539,6 +545,7 @@ pub fn container_spec(
         };
         mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": src, "options": ["rbind", "rprivate", "rw"]}));
     }
+    let mut rootfs_propagation: Option<&str> = None;
     for (i, m) in c.mounts.iter().enumerate() {
         check_container_path("config.mounts.container_path", &m.container_path)?;
         if !Path::new(&m.host_path).is_absolute() {
@@ -547,10 +554,23 @@ pub fn container_spec(
                 format!("mount {i}: {:?} must be an absolute path", m.host_path),
             ));
         }
+        // Propagation needs the host path's mount to propagate (shared, or a slave for
+        // HostToContainer) and the container's root to keep the peer group: rshared for a
+        // Bidirectional mount, rslave at least for HostToContainer (runc's default is rprivate).
         let propagation = match cri::MountPropagation::try_from(m.propagation) {
             Ok(cri::MountPropagation::PropagationPrivate) => "rprivate",
-            Ok(cri::MountPropagation::PropagationHostToContainer) => "rslave",
-            Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
+            Ok(cri::MountPropagation::PropagationHostToContainer) => {
+                super::mountinfo::ensure_propagates(&m.host_path, false)
+                    .map_err(|e| bad("config.mounts.propagation", format!("mount {i}: {e}")))?;
+                rootfs_propagation.get_or_insert("rslave");
+                "rslave"
+            }
+            Ok(cri::MountPropagation::PropagationBidirectional) => {
+                super::mountinfo::ensure_propagates(&m.host_path, true)
+                    .map_err(|e| bad("config.mounts.propagation", format!("mount {i}: {e}")))?;
+                rootfs_propagation = Some("rshared");
+                "rshared"
+            }
             Err(_) => {
                 return Err(bad(
                     "config.mounts.propagation",
@@ -629,6 +649,9 @@ pub fn container_spec(
         "resources": resources,
         "devices": devices,
     });
+    if let Some(p) = rootfs_propagation {
+        linux_spec["rootfsPropagation"] = json!(p);
+    }
     if !sc.privileged {
         linux_spec["maskedPaths"] = if sc.masked_paths.is_empty() {
             json!(MASKED_PATHS)

@@ -10,6 +10,7 @@ use crate::image::manifest::ImageConfig;
 pub mod apparmor;
 pub mod container;
 pub mod files;
+pub mod mountinfo;
 pub mod seccomp;
 
 /// Capabilities a container gets by default (containerd's and docker's default set).

@@ -5,6 +5,10 @@
 //! ListPodSandboxMetrics answer from the last collection: no containerd round trip per call.
 //!
 //! CPU rates (`usage_nano_cores`) are the difference between two collections.
+//!
+//! A stats call never answers from a collection older than [`MAX_AGE`] or one made before a
+//! container it asks about started: then it collects on demand (one collection shared by
+//! concurrent callers, every object read in one pass, still no containerd round trip).
 
 pub mod cgroup;
 
@@ -80,7 +84,13 @@ pub struct Collector {
     interval: Duration,
     metrics: Arc<Metrics>,
     last: RwLock<Arc<Collected>>,
+    /// Held while a caller's on-demand collection runs, so concurrent callers share one.
+    refreshing: tokio::sync::Mutex<()>,
 }
+
+/// The oldest collection a stats call answers from: callers such as `crictl stats` sample twice
+/// a second apart and need a newer CPU timestamp the second time.
+pub const MAX_AGE: Duration = Duration::from_millis(500);
 
 impl Collector {
     pub fn new(
@@ -97,7 +107,33 @@ impl Collector {
             interval,
             metrics,
             last: RwLock::new(Arc::new(Collected::default())),
+            refreshing: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// A collection finished at or after `newer_than` (ns since the epoch): the last one when it
+    /// is recent enough, else one made now. Concurrent callers wait for the same collection.
+    pub async fn at_least(&self, newer_than: i64) -> Arc<Collected> {
+        let last = self.last();
+        if last.at >= newer_than {
+            return last;
+        }
+        let _one = self.refreshing.lock().await;
+        let last = self.last();
+        if last.at >= newer_than {
+            return last;
+        }
+        self.metrics.stats_on_demand.inc();
+        self.collect().await;
+        self.last()
+    }
+
+    /// A collection no older than [`MAX_AGE`] that saw every container started up to
+    /// `started_before` (the newest start among the containers a caller asks about).
+    pub async fn fresh(&self, started_before: i64) -> Arc<Collected> {
+        let max_age = MAX_AGE.as_nanos() as i64;
+        self.at_least((crate::api::now_nanos() - max_age).max(started_before))
+            .await
     }
 
     /// The last collection (never waits).

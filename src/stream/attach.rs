@@ -1,9 +1,11 @@
 //! An attach session: a running container's output as it prints it, and its stdin.
 //!
-//! Output comes from the container's CRI log, followed from its end as the log writer (or
-//! concord's own copier) appends to it: whoever writes the log, the container keeps logging
-//! while attached, and several sessions see the same output. Log rotation (ReopenContainerLog)
-//! is followed. A container without a log path has no output to attach to.
+//! Output of a container whose pipes concord holds (stdin without a TTY) comes from concord's
+//! copier as it reads it (`crate::attach`), with or without a log file. Other containers' output
+//! comes from their CRI log, followed from its end as the log writer appends to it, rotation
+//! (ReopenContainerLog) included; a TTY container without a log path has no output to attach
+//! to. Either way the container keeps logging while attached and several sessions see the same
+//! output.
 //!
 //! stdin (a container created with stdin): without a TTY concord holds the stdin FIFO itself
 //! (`crate::attach`) and writes to it; with a TTY the session opens the FIFO the shim reads. When
@@ -124,23 +126,25 @@ async fn session(
         let _ = ctx.containerd.close_stdin(id, "").await;
     };
 
-    // The log is opened before any input is taken: what the input makes the container print
-    // is after the starting point.
+    // The output source is taken before any input is: what the input makes the container
+    // print is after the starting point. A container whose pipes concord holds (stdin, no TTY)
+    // is followed as it prints, log file or not; others through their CRI log.
     let mut follow = None;
-    if !rec.log_path.is_empty() && (req.stdout || req.stderr) {
+    let wanted = (req.stdout, req.stderr && !tty);
+    let held = (req.stdout || req.stderr)
+        .then(|| ctx.attachments.output(id))
+        .flatten();
+    if let Some(rx) = held {
+        follow = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            follow_output(rx, out.clone(), wanted),
+        )));
+    } else if !rec.log_path.is_empty() && (req.stdout || req.stderr) {
         let path = PathBuf::from(&rec.log_path);
         let at = open_log(&path, true)
             .await
             .map_err(|e| format!("opening the container's log {}: {e}", path.display()))?;
         follow = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-            follow_log(
-                ctx.clone(),
-                id.to_string(),
-                path,
-                at,
-                out.clone(),
-                (req.stdout, req.stderr && !tty),
-            ),
+            follow_log(ctx.clone(), id.to_string(), path, at, out.clone(), wanted),
         )));
     }
     let exited = async {
@@ -266,6 +270,34 @@ async fn follow_log(
             continue;
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Sends a held container's output as it prints it, until its pipes close (it exited);
+/// `wanted`: stdout, stderr. A session too slow to keep up loses the oldest pieces.
+async fn follow_output(
+    mut rx: tokio::sync::broadcast::Receiver<crate::attach::Output>,
+    out: Arc<Out>,
+    wanted: (bool, bool),
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let (stream, data) = match rx.recv().await {
+            Ok(piece) => piece,
+            Err(RecvError::Lagged(n)) => {
+                tracing::debug!(lost = n, "attach: output lost by a slow client");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let (wanted, channel) = if stream == "stderr" {
+            (wanted.1, STDERR)
+        } else {
+            (wanted.0, STDOUT)
+        };
+        if wanted && out.send(channel, &data).await.is_err() {
+            return;
+        }
     }
 }
 
