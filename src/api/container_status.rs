@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use k8s_cri::v1 as cri;
 
 use super::{ApiError, Runtime};
-use crate::journal::ContainerRecord;
+use crate::journal::{ContainerRecord, ObjectKey};
 
 impl Runtime {
     pub async fn container_status(
@@ -21,6 +21,7 @@ impl Runtime {
                 serde_json::json!({
                     "pid": c.pid, "sandboxID": c.sandbox_id, "desired": c.desired,
                     "config": c.config, "logPath": c.log_path,
+                    "reconcile": self.controller.object(&ObjectKey::Container(id.clone())).map(|o| o.info()),
                 })
                 .to_string(),
             );

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use k8s_cri::v1 as cri;
 
 use super::{ApiError, Runtime};
-use crate::journal::SandboxRecord;
+use crate::journal::{ObjectKey, SandboxRecord};
 
 impl Runtime {
     pub async fn pod_sandbox_status(
@@ -30,6 +30,7 @@ impl Runtime {
                 serde_json::json!({
                     "pid": rec.pid, "netnsPath": rec.netns_path, "runtimeHandler": rec.runtime_handler,
                     "desired": rec.desired, "config": rec.config,
+                    "reconcile": self.controller.object(&ObjectKey::Sandbox(id.clone())).map(|o| o.info()),
                 })
                 .to_string(),
             );

@@ -13,6 +13,49 @@ pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const NETWORK_READY: &str = "NetworkReady";
 
 impl Runtime {
+    /// The effective config as verbose Status shows it: concord's settings, plus the keys
+    /// kubeadm and operators read from containerd's (`sandboxImage`, `registry.configPath`, ...).
+    fn config_info(&self) -> serde_json::Value {
+        let c = &self.config;
+        let mut v = serde_json::to_value(c).unwrap_or_default();
+        if let Some(m) = v.as_object_mut() {
+            let compat = serde_json::json!({
+                "sandboxImage": c.sandbox_image,
+                "registry": {"configPath": c.registry_config_path},
+                "cni": {
+                    "binDir": c.cni.bin_dirs.first(),
+                    "binDirs": c.cni.bin_dirs,
+                    "confDir": c.cni.conf_dir,
+                    "maxConfNum": 1,
+                },
+                "containerd": {
+                    "snapshotter": c.containerd.snapshotter,
+                    "defaultRuntimeName": c.runtime.default_handler,
+                    "address": c.containerd.address,
+                    "namespace": c.containerd.namespace,
+                },
+                "systemdCgroup": c.runtime.cgroup_driver == "systemd",
+                "enableSelinux": false,
+                "streamServerAddress": c.stream_address,
+                "rootDir": c.state_dir,
+            });
+            for (k, val) in compat.as_object().into_iter().flatten() {
+                match (m.get_mut(k), val) {
+                    // concord's own table of the same name keeps its keys; containerd's are added.
+                    (Some(serde_json::Value::Object(own)), serde_json::Value::Object(extra)) => {
+                        for (ek, ev) in extra {
+                            own.entry(ek.clone()).or_insert(ev.clone());
+                        }
+                    }
+                    _ => {
+                        m.insert(k.clone(), val.clone());
+                    }
+                }
+            }
+        }
+        v
+    }
+
     pub async fn status(&self, req: cri::StatusRequest) -> Result<cri::StatusResponse, ApiError> {
         let health = self.health.borrow().clone();
         let runtime = cri::RuntimeCondition {
@@ -42,8 +85,7 @@ impl Runtime {
         };
         let mut info = HashMap::new();
         if req.verbose {
-            let config = serde_json::to_string(&self.config).unwrap_or_default();
-            info.insert("config".into(), config);
+            info.insert("config".into(), self.config_info().to_string());
             info.insert(
                 "containerd".into(),
                 serde_json::json!({
@@ -54,17 +96,51 @@ impl Runtime {
                 })
                 .to_string(),
             );
-            let cni = match &net {
-                NetworkStatus::Ready(n) => serde_json::json!({
-                    "file": n.file,
-                    "name": n.name,
-                    "cniVersion": n.cni_version,
-                    "plugins": n.plugins,
-                    "podCIDR": self.network.pod_cidr(),
-                }),
-                NetworkStatus::NotReady(why) => serde_json::json!({ "error": why }),
+            // containerd's keys (PluginDirs, PluginConfDir, Networks, ...) and concord's own.
+            let mut cni = serde_json::json!({
+                "PluginDirs": self.config.cni.bin_dirs,
+                "PluginConfDir": self.config.cni.conf_dir,
+                "PluginMaxConfNum": 1,
+                "Prefix": "eth",
+                "Networks": [],
+            });
+            let load_status = match &net {
+                NetworkStatus::Ready(n) => {
+                    let plugins: Vec<_> = n
+                        .plugins
+                        .iter()
+                        .map(|p| serde_json::json!({"Network": p, "Source": p.to_string()}))
+                        .collect();
+                    cni["Networks"] = serde_json::json!([{
+                        "Config": {"Name": n.name, "CNIVersion": n.cni_version, "Plugins": plugins},
+                        "IFName": "eth0",
+                    }]);
+                    cni["file"] = serde_json::json!(n.file);
+                    cni["name"] = serde_json::json!(n.name);
+                    cni["cniVersion"] = serde_json::json!(n.cni_version);
+                    cni["plugins"] = serde_json::json!(n.plugins);
+                    cni["podCIDR"] = serde_json::json!(self.network.pod_cidr());
+                    "OK".to_string()
+                }
+                NetworkStatus::NotReady(why) => {
+                    cni["error"] = serde_json::json!(why);
+                    format!("cni config load failed: {why}")
+                }
             };
             info.insert("cniconfig".into(), cni.to_string());
+            info.insert("lastCNILoadStatus".into(), load_status.clone());
+            info.insert("lastCNILoadStatus.default".into(), load_status);
+            let (objects, pending, failing) = self.controller.health();
+            info.insert(
+                "reconcile".into(),
+                serde_json::json!({
+                    "objects": objects,
+                    "pending": pending,
+                    "failing": failing,
+                    "workers": self.config.reconcile.workers,
+                })
+                .to_string(),
+            );
             let j = self.journal.stats();
             info.insert(
                 "journal".into(),

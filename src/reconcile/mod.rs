@@ -126,6 +126,27 @@ pub struct ObjectView {
     pub pending: bool,
 }
 
+impl ObjectView {
+    /// The loop's view as verbose status info shows it (`crictl inspectp` / `inspect`): desired
+    /// vs observed, generations, pending retry, failures and the last error.
+    pub fn info(&self) -> serde_json::Value {
+        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_default();
+        serde_json::json!({
+            "desired": json(&self.desired),
+            "observed": json(&self.status.observed),
+            "generation": self.generation,
+            "observedGeneration": self.status.observed_generation,
+            "converged": self.status.observed_generation >= self.generation && self.status.retries == 0,
+            "pending": self.pending,
+            "retries": self.status.retries,
+            "lastError": self.status.last_error.as_ref().map(|(_, e)| e.as_str()).unwrap_or(""),
+            "lastReconciled": self.status.last_reconciled
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64()),
+        })
+    }
+}
+
 /// Why waiting for an intent to converge ended without success.
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -299,6 +320,29 @@ impl Controller {
                 }
             })
             .collect()
+    }
+
+    /// One object's view (None: no such object).
+    pub fn object(&self, key: &ObjectKey) -> Option<ObjectView> {
+        let state = self.journal.state();
+        let desired = state.desired_json(key)?;
+        let status = self.statuses.lock().get(key).cloned().unwrap_or_default();
+        Some(ObjectView {
+            desired,
+            generation: state.generation(key),
+            pending: self.queue.is_pending(key) || status.retry_scheduled,
+            status,
+            key: key.clone(),
+        })
+    }
+
+    /// How the loop is doing: objects, objects pending a reconcile, objects whose last
+    /// reconcile failed (retrying).
+    pub fn health(&self) -> (usize, usize, usize) {
+        let views = self.objects();
+        let pending = views.iter().filter(|v| v.pending).count();
+        let failing = views.iter().filter(|v| v.status.retries > 0).count();
+        (views.len(), pending, failing)
     }
 
     async fn worker(self: Arc<Self>, n: usize) {
