@@ -6,7 +6,11 @@
 #   * concord (release build) on the second
 #   * concord-bench: the same CRI calls against both; p50/p99 and ratios
 #   * idle RSS: concord's process vs what the CRI plugin adds to containerd
-# Usage: hack/bench.sh [ITERATIONS] [images|sandboxes|containers|streaming]   (one section; all by default)
+#   * critest: critest v1.26.1's own benchmark (`critest -benchmark`, kubelet 1.26's client) against
+#     both, alternately, ROUNDS rounds each; p50/p90 per operation and the ratio
+# Usage: hack/bench.sh [ITERATIONS] [images|sandboxes|containers|streaming|critest]   (one section;
+#        all but critest by default).  critest: ITERATIONS = pods/containers/images per round,
+#        ROUNDS (env, default 2) rounds per runtime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100}
@@ -50,6 +54,59 @@ sleep 2
 
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 log "idle RSS (kB): concord $(rss "$CONCORD_PID"); containerd with CRI $(rss "$REF_PID"); containerd without CRI $(rss "$OWN_PID")"
+
+if [ "$ONLY" = critest ]; then
+  CRI_TOOLS_DIR=${CRI_TOOLS_DIR:-/usr/local/lib/cri-tools-v1.26.1}
+  if [ ! -x "$CRI_TOOLS_DIR/critest" ]; then
+    bash hack/cri-tools.sh "${CRI_TOOLS_ARCHIVE:-$(pwd)/../shared/cri-tools/cri-tools-v1.26.1.tar.gz}" "$CRI_TOOLS_DIR" >/dev/null
+  fi
+  cat > "$BENCH_DIR/critest-params.yaml" <<PARAMS
+containersNumber: $N
+containersNumberParallel: 1
+podsNumber: $N
+podsNumberParallel: 1
+imagesNumber: $N
+imagesNumberParallel: 1
+imagePullingBenchmarkImage: registry.k8s.io/e2e-test-images/busybox:1.29-2
+imageListingBenchmarkImages: [registry.k8s.io/e2e-test-images/busybox:1.29-2, registry.k8s.io/pause:3.9]
+PARAMS
+  for round in $(seq 1 "${ROUNDS:-2}"); do
+    for who in reference concord; do
+      sock=$REF_DIR/containerd.sock; [ "$who" = concord ] && sock=$BENCH_DIR/concord.sock
+      out=$BENCH_DIR/critest-$who-$round
+      mkdir -p "$out"
+      log "critest -benchmark round $round: $who"
+      "$CRI_TOOLS_DIR/critest" --runtime-endpoint "unix://$sock" --image-endpoint "unix://$sock" \
+        -benchmark -benchmarking-params-file "$BENCH_DIR/critest-params.yaml" \
+        -benchmarking-output-dir "$out" -ginkgo.no-color > "$out/critest.log" 2>&1 \
+        || { log "critest -benchmark failed against $who: $out/critest.log"; tail -20 "$out/critest.log" >&2; exit 1; }
+    done
+  done
+  python3 - "$BENCH_DIR" <<'PY'
+import glob, json, os, sys
+base = sys.argv[1]
+def pct(v, p):
+    v = sorted(v); return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+ops = {}  # (file, op) -> who -> [ms]
+for who in ("reference", "concord"):
+    for f in glob.glob(f"{base}/critest-{who}-*/*_benchmark_data.json"):
+        d = json.load(open(f))
+        kind = os.path.basename(f).replace("_benchmark_data.json", "")
+        for dp in d["datapoints"]:
+            for name, ns in zip(d["operationsNames"], dp["operationsDurationsNs"]):
+                ops.setdefault((kind, name), {}).setdefault(who, []).append(ns / 1e6)
+print(f"{'benchmark':<16} {'operation':<16} {'n':>5} {'containerd p50':>14} {'p90':>8} {'concord p50':>12} {'p90':>8} {'ratio p50':>9} {'p90':>6}")
+for (kind, name), by in sorted(ops.items()):
+    r, c = by.get("reference", []), by.get("concord", [])
+    if not r or not c:
+        continue
+    rp50, rp90, cp50, cp90 = pct(r, 50), pct(r, 90), pct(c, 50), pct(c, 90)
+    ratio = lambda a, b: f"{a / b:.2f}x" if b > 0 else "-"
+    print(f"{kind:<16} {name:<16} {len(c):>5} {rp50:>11.2f} ms {rp90:>8.2f} {cp50:>9.2f} ms {cp90:>8.2f} {ratio(rp50, cp50):>9} {ratio(rp90, cp90):>6}")
+print("ratio = containerd's CRI / concord (above 1: concord is faster); times in ms")
+PY
+  exit 0
+fi
 
 target/release/concord-bench --concord "$BENCH_DIR/concord.sock" --reference "$REF_DIR/containerd.sock" --iterations "$N" \
   --concord-pid "$CONCORD_PID" --reference-pid "$REF_PID" --own-containerd-pid "$OWN_PID" --log-dir "$BENCH_DIR/logs" \

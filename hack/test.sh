@@ -1,12 +1,37 @@
 #!/usr/bin/env bash
 # test.sh - the test command: brings up the dev node (hack/dev-up.sh: containerd with its CRI
 # plugin disabled, runc, CNI plugins, local registry with locally built images), then runs the
-# format check, clippy and every test (unit + integration against the real containerd).
+# format check, clippy, every test (unit + integration against the real containerd, with the real
+# crictl v1.26.1 and gRPC Python as clients), then the whole critest v1.26.1 conformance suite
+# (hack/conformance.sh, serially and with -parallel 2).
+#
+# critest and crictl are built from the cri-tools v1.26.1 source archive (CRI_TOOLS_ARCHIVE,
+# default ../shared/cri-tools/cri-tools-v1.26.1.tar.gz beside the checkout) or taken from
+# CRI_TOOLS_DIR; where neither is there, the crictl tests and the conformance run say SKIPPED
+# and the rest still runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CTD_SOCK=${CTD_SOCK:-/tmp/ctd/containerd.sock}
+export CRI_TOOLS_DIR=${CRI_TOOLS_DIR:-/usr/local/lib/cri-tools-v1.26.1}
+export CRI_TOOLS_ARCHIVE=${CRI_TOOLS_ARCHIVE:-$(pwd)/../shared/cri-tools/cri-tools-v1.26.1.tar.gz}
 bash hack/dev-up.sh --no-cri
+
+# gRPC Python, a foreign client of the CRI socket (tests/authority.rs).
+if ! python3 -c 'import grpc' 2>/dev/null; then
+  echo "[test] installing grpcio (PyPI) for the gRPC Python client test"
+  python3 -m pip install -q grpcio 2>&1 | tail -2 || echo "[test] grpcio could not be installed: that test will say SKIPPED"
+fi
+# crictl and critest, for tests/crictl.rs and the conformance run.
+if [ -x "$CRI_TOOLS_DIR/crictl" ] && [ -x "$CRI_TOOLS_DIR/critest" ] && [ -x "$CRI_TOOLS_DIR/ginkgo" ]; then
+  echo "[test] cri-tools v1.26.1 in $CRI_TOOLS_DIR"
+elif [ -f "$CRI_TOOLS_ARCHIVE" ]; then
+  echo "[test] building cri-tools v1.26.1 (critest, crictl, ginkgo) from $CRI_TOOLS_ARCHIVE"
+  bash hack/cri-tools.sh "$CRI_TOOLS_ARCHIVE" "$CRI_TOOLS_DIR" >/dev/null
+else
+  echo "[test] SKIPPED: no cri-tools archive at $CRI_TOOLS_ARCHIVE: the crictl tests and critest will not run"
+fi
+export CRICTL=$CRI_TOOLS_DIR/crictl
 
 export CONCORD_TEST_CONTAINERD=$CTD_SOCK
 export CARGO_TERM_COLOR=never
@@ -18,3 +43,11 @@ echo "[test] cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "[test] cargo test"
 cargo test --all-targets 2>&1 | tee /tmp/concord-test.log
+passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' /tmp/concord-test.log)
+failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' /tmp/concord-test.log)
+
+echo "[test] critest v1.26.1 conformance (hack/conformance.sh)"
+bash hack/conformance.sh both 2>&1 | tee /tmp/concord-conformance.log
+specs=$(grep -aoE 'SUCCESS! -- [0-9]+ Passed' /tmp/concord-conformance.log | awk '{s += $3} END {print s + 0}')
+echo "[test] cargo test: $passed passed, $failed failed; critest: $specs specs passed (serial + parallel)"
+echo "tests: $((passed + specs)) passed, $failed failed"

@@ -164,6 +164,19 @@ async fn crictl_version_info_and_images() {
     assert!(info["cniconfig"]["PluginConfDir"].is_string(), "{info}");
     assert!(!info["cniconfig"]["Networks"].as_array().unwrap().is_empty());
     assert_eq!(info["reconcile"]["failing"], 0);
+    assert_eq!(
+        info["config"]["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"],
+        false
+    );
+    assert_eq!(info["cniconfig"]["Networks"][0]["IFName"], "lo");
+    assert!(
+        info["config"]["streamServerPort"]
+            .as_str()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap()
+            > 0
+    );
     assert!(info["journal"]["path"]
         .as_str()
         .unwrap()
@@ -284,6 +297,14 @@ async fn crictl_pods_containers_logs_exec_and_stats() {
     assert_eq!(rec["retries"], 0);
     assert_eq!(rec["lastError"], "");
     assert!(p["info"]["pid"].as_u64().unwrap() > 0);
+    // Fields containerd fills: namespace modes spelled out, the pause image, process status.
+    assert_eq!(
+        p["status"]["linux"]["namespaces"]["options"]["network"], "POD",
+        "{p}"
+    );
+    assert_eq!(p["info"]["image"], "registry.k8s.io/pause:3.9");
+    assert_eq!(p["info"]["processStatus"], "running");
+    assert_eq!(p["info"]["runtimeType"], "io.containerd.runc.v2");
 
     // create, start, ps, inspect.
     let script = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done";
@@ -307,6 +328,18 @@ async fn crictl_pods_containers_logs_exec_and_stats() {
         .ends_with("logger/0.log"));
     assert_eq!(i["info"]["reconcile"]["converged"], true, "{i}");
     assert_eq!(i["info"]["sandboxID"], web);
+    // As containerd: the repo digest as imageRef, resources spelled out even when none were set.
+    assert!(
+        i["status"]["imageRef"]
+            .as_str()
+            .unwrap()
+            .starts_with("registry.k8s.io/e2e-test-images/busybox@sha256:"),
+        "{i}"
+    );
+    assert_eq!(
+        i["status"]["resources"]["linux"]["memoryLimitInBytes"], "0",
+        "{i}"
+    );
 
     // logs: --tail, --timestamps, --since, -f.
     std::thread::sleep(Duration::from_millis(1500));
@@ -427,6 +460,8 @@ async fn crictl_pods_containers_logs_exec_and_stats() {
         "{js}"
     );
     assert!(s["memory"]["workingSetBytes"]["value"].is_string(), "{js}");
+    assert!(s["cpu"]["usageNanoCores"]["value"].is_string(), "{js}");
+    assert!(s["memory"]["availableBytes"]["value"].is_string(), "{js}");
     let all_stats = c.ok(&["stats", "-a"]);
     assert!(
         all_stats.contains("shell") && all_stats.contains("logger"),
@@ -473,6 +508,10 @@ async fn crictl_pods_containers_logs_exec_and_stats() {
     let res = &i["status"]["resources"]["linux"];
     assert_eq!(res["memoryLimitInBytes"], "123456789", "{i}");
     assert_eq!(res["cpuShares"], "512", "{i}");
+    // Swap limited to the memory limit where the host accounts swap (as containerd).
+    if std::path::Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+        assert_eq!(res["memorySwapLimitInBytes"], "123456789", "{i}");
+    }
 
     // stop, logs --previous (kubelet's attempt layout), rm, stopp, rmp.
     c.ok(&["stop", "--timeout", "2", &logger]);
@@ -493,10 +532,11 @@ async fn crictl_pods_containers_logs_exec_and_stats() {
     c.ok(&["rm", &logger]);
     c.fails(&["inspect", &logger]);
     c.ok(&["stopp", &other]);
-    assert_eq!(
-        c.json(&["inspectp", &other])["status"]["state"],
-        "SANDBOX_NOTREADY"
-    );
+    let stopped = c.json(&["inspectp", &other]);
+    assert_eq!(stopped["status"]["state"], "SANDBOX_NOTREADY");
+    assert_eq!(stopped["status"]["network"]["ip"], "", "{stopped}");
+    assert_eq!(stopped["info"]["pid"], 0);
+    assert_eq!(stopped["info"]["netNamespaceClosed"], true);
     assert_eq!(by(&["--state", "notready"]), vec![other.clone()]);
     c.ok(&["rmp", &other]);
     c.ok(&["rmp", "-f", &web]);

@@ -16,18 +16,32 @@ impl Runtime {
         let c = &state.containers[&id];
         let mut info = HashMap::new();
         if req.verbose {
+            let running = c.cri_state() == cri::ContainerState::ContainerRunning;
             info.insert(
                 "info".to_string(),
                 serde_json::json!({
-                    "pid": c.pid, "sandboxID": c.sandbox_id, "desired": c.desired,
+                    "pid": if running { c.pid.unwrap_or(0) } else { 0 },
+                    "sandboxID": c.sandbox_id, "desired": c.desired, "removing": c.desired == crate::journal::ContainerDesired::Removed,
+                    "snapshotKey": c.id, "snapshotter": self.config.containerd.snapshotter,
+                    "runtimeType": self.runtime_type_of(&c.sandbox_id),
                     "config": c.config, "logPath": c.log_path,
                     "reconcile": self.controller.object(&ObjectKey::Container(id.clone())).map(|o| o.info()),
                 })
                 .to_string(),
             );
         }
+        let mut status = status_of(c);
+        // As containerd: the image's repo digest when it has one (kubelet's pod imageID).
+        if let Some(digest) = self
+            .images
+            .index()
+            .find(&c.image_id)
+            .and_then(|img| img.repo_digests().into_iter().next())
+        {
+            status.image_ref = digest;
+        }
         Ok(cri::ContainerStatusResponse {
-            status: Some(status_of(c)),
+            status: Some(status),
             info,
         })
     }
@@ -104,11 +118,24 @@ pub(super) fn status_of(c: &ContainerRecord) -> cri::ContainerStatus {
         annotations: c.config.annotations.clone(),
         mounts: c.config.mounts.clone(),
         log_path: c.log_path.clone(),
-        resources: c.config.linux.as_ref().and_then(|l| {
-            l.resources.clone().map(|r| cri::ContainerResources {
-                linux: Some(r),
-                ..Default::default()
-            })
+        resources: Some(cri::ContainerResources {
+            linux: Some(
+                c.config
+                    .linux
+                    .as_ref()
+                    .and_then(|l| l.resources.clone())
+                    .map(|mut r| {
+                        // The swap limit concord gives the container (see oci::linux_resources).
+                        if r.memory_swap_limit_in_bytes == 0
+                            && crate::oci::container::swap_accounted()
+                        {
+                            r.memory_swap_limit_in_bytes = r.memory_limit_in_bytes;
+                        }
+                        r
+                    })
+                    .unwrap_or_default(),
+            ),
+            ..Default::default()
         }),
         image_id: c.image_id.clone(),
         user: c.user.as_ref().map(|u| cri::ContainerUser {

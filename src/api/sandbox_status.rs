@@ -25,10 +25,16 @@ impl Runtime {
         })?;
         let mut info = HashMap::new();
         if req.verbose {
+            let ready = rec.ready();
             info.insert(
                 "info".to_string(),
                 serde_json::json!({
-                    "pid": rec.pid, "netnsPath": rec.netns_path, "runtimeHandler": rec.runtime_handler,
+                    "pid": if ready { rec.pid.unwrap_or(0) } else { 0 },
+                    "processStatus": if ready { "running" } else if rec.exited || rec.stopped { "deleted" } else { "created" },
+                    "netnsPath": rec.netns_path, "netNamespaceClosed": rec.stopped,
+                    "image": self.config.sandbox_image,
+                    "runtimeHandler": rec.runtime_handler, "runtimeType": self.runtime_type_of(&rec.id),
+                    "snapshotKey": rec.id, "snapshotter": self.config.containerd.snapshotter,
                     "desired": rec.desired, "config": rec.config,
                     "reconcile": self.controller.object(&ObjectKey::Sandbox(id.clone())).map(|o| o.info()),
                 })
@@ -85,24 +91,46 @@ fn state_of(s: &SandboxRecord) -> cri::PodSandboxState {
     }
 }
 
+impl Runtime {
+    /// The containerd runtime (shim) of pod `sandbox_id`'s handler ("" when unknown).
+    pub(super) fn runtime_type_of(&self, sandbox_id: &str) -> String {
+        let state = self.journal.state();
+        state
+            .sandboxes
+            .get(sandbox_id)
+            .and_then(|s| self.config.runtime.handler(&s.runtime_handler))
+            .map(|h| h.runtime_type.clone())
+            .unwrap_or_default()
+    }
+}
+
 pub(super) fn status_of(s: &SandboxRecord) -> cri::PodSandboxStatus {
     let options = s
         .config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
-        .and_then(|c| c.namespace_options.clone());
+        .and_then(|c| c.namespace_options.clone())
+        // The modes a pod without options gets (all POD), spelled out as containerd does.
+        .or_else(|| Some(cri::NamespaceOption::default()));
     cri::PodSandboxStatus {
         id: s.id.clone(),
         metadata: s.config.metadata.clone(),
         state: state_of(s) as i32,
         created_at: s.created_at,
+        // A stopped pod's network is torn down: no address (as containerd).
         network: Some(cri::PodSandboxNetworkStatus {
-            ip: s.ips.first().cloned().unwrap_or_default(),
+            ip: s
+                .ips
+                .first()
+                .filter(|_| !s.stopped)
+                .cloned()
+                .unwrap_or_default(),
             additional_ips: s
                 .ips
                 .iter()
                 .skip(1)
+                .filter(|_| !s.stopped)
                 .map(|ip| cri::PodIp { ip: ip.clone() })
                 .collect(),
         }),

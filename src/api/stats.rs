@@ -137,7 +137,8 @@ fn cpu(u: &Usage) -> cri::CpuUsage {
     cri::CpuUsage {
         timestamp: u.at,
         usage_core_nano_seconds: u64v(u.counters.cpu_ns),
-        usage_nano_cores: u.nano_cores.and_then(u64v),
+        // The first sample of a container has no rate yet: 0, as containerd.
+        usage_nano_cores: u64v(u.nano_cores.unwrap_or(0)),
     }
 }
 
@@ -146,9 +147,12 @@ fn memory(u: &Usage) -> cri::MemoryUsage {
     cri::MemoryUsage {
         timestamp: u.at,
         working_set_bytes: u64v(c.working_set),
-        available_bytes: c
-            .memory_limit
-            .and_then(|l| u64v(l.saturating_sub(c.working_set))),
+        // No limit: 0, as containerd.
+        available_bytes: u64v(
+            c.memory_limit
+                .map(|l| l.saturating_sub(c.working_set))
+                .unwrap_or(0),
+        ),
         usage_bytes: u64v(c.memory_usage),
         rss_bytes: u64v(c.rss),
         page_faults: u64v(c.page_faults),

@@ -18,6 +18,27 @@ impl Runtime {
     fn config_info(&self) -> serde_json::Value {
         let c = &self.config;
         let mut v = serde_json::to_value(c).unwrap_or_default();
+        let systemd = c.runtime.cgroup_driver == "systemd";
+        let runtimes: serde_json::Map<String, serde_json::Value> = c
+            .runtime
+            .handlers
+            .iter()
+            .map(|(name, h)| {
+                let options = serde_json::json!({
+                    "BinaryName": h.binary_name, "Root": h.root, "SystemdCgroup": systemd,
+                });
+                (
+                    name.clone(),
+                    serde_json::json!({"runtimeType": h.runtime_type, "options": options}),
+                )
+            })
+            .collect();
+        // The address the streaming server really listens on (the setting may say port 0).
+        let bound = self.stream.base_url().split("://").nth(1).unwrap_or("");
+        let (stream_host, stream_port) = bound
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.to_string()))
+            .unwrap_or_else(|| (c.stream_address.clone(), String::new()));
         if let Some(m) = v.as_object_mut() {
             let compat = serde_json::json!({
                 "sandboxImage": c.sandbox_image,
@@ -33,11 +54,17 @@ impl Runtime {
                     "defaultRuntimeName": c.runtime.default_handler,
                     "address": c.containerd.address,
                     "namespace": c.containerd.namespace,
+                    "runtimes": runtimes,
                 },
-                "systemdCgroup": c.runtime.cgroup_driver == "systemd",
+                "systemdCgroup": systemd,
                 "enableSelinux": false,
-                "streamServerAddress": c.stream_address,
+                "streamServerAddress": stream_host,
+                "streamServerPort": stream_port,
+                "streamIdleTimeout": format!("{}s", c.stream_idle_timeout_seconds),
+                "statsCollectPeriod": c.stats.interval_seconds,
                 "rootDir": c.state_dir,
+                "stateDir": c.state_dir,
+                "containerdEndpoint": c.containerd.address,
             });
             for (k, val) in compat.as_object().into_iter().flatten() {
                 match (m.get_mut(k), val) {
@@ -111,10 +138,25 @@ impl Runtime {
                         .iter()
                         .map(|p| serde_json::json!({"Network": p, "Source": p.to_string()}))
                         .collect();
-                    cni["Networks"] = serde_json::json!([{
-                        "Config": {"Name": n.name, "CNIVersion": n.cni_version, "Plugins": plugins},
-                        "IFName": "eth0",
-                    }]);
+                    let source = serde_json::json!({
+                        "cniVersion": n.cni_version, "name": n.name, "plugins": n.plugins,
+                    })
+                    .to_string();
+                    // The pod's loopback comes first, as containerd lists it (concord brings
+                    // `lo` up itself when it makes the netns).
+                    let lo = serde_json::json!({"type": "loopback"});
+                    cni["Networks"] = serde_json::json!([
+                        {
+                            "Config": {"Name": "cni-loopback", "CNIVersion": n.cni_version,
+                                "Plugins": [{"Network": lo, "Source": lo.to_string()}],
+                                "Source": serde_json::json!({"cniVersion": n.cni_version, "name": "cni-loopback", "plugins": [lo]}).to_string()},
+                            "IFName": "lo",
+                        },
+                        {
+                            "Config": {"Name": n.name, "CNIVersion": n.cni_version, "Plugins": plugins, "Source": source},
+                            "IFName": "eth0",
+                        },
+                    ]);
                     cni["file"] = serde_json::json!(n.file);
                     cni["name"] = serde_json::json!(n.name);
                     cni["cniVersion"] = serde_json::json!(n.cni_version);

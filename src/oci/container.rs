@@ -404,6 +404,11 @@ pub fn linux_resources(res: &cri::LinuxContainerResources) -> Value {
     }
     if res.memory_limit_in_bytes > 0 {
         resources["memory"] = json!({"limit": res.memory_limit_in_bytes});
+        // Memory plus swap limited to the memory limit: the container cannot use the host's
+        // swap (as containerd, where the host accounts swap).
+        if swap_accounted() {
+            resources["memory"]["swap"] = json!(res.memory_limit_in_bytes);
+        }
     }
     if !res.hugepage_limits.is_empty() {
         resources["hugepageLimits"] = res
@@ -416,6 +421,21 @@ pub fn linux_resources(res: &cri::LinuxContainerResources) -> Value {
         resources["unified"] = json!(res.unified);
     }
     resources
+}
+
+/// Whether the host's memory cgroup accounts swap (v1 `memory.memsw.*`, v2 `memory.swap.max`
+/// files exist), so a swap limit can be set.
+pub fn swap_accounted() -> bool {
+    static ACCOUNTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ACCOUNTED.get_or_init(|| {
+        Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+            || std::fs::read_dir("/sys/fs/cgroup")
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.path().join("memory.swap.max").exists())
+                })
+                .unwrap_or(false)
+    })
 }
 
 /// Refuses resource values no kernel would take, naming the field.
