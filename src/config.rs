@@ -170,6 +170,11 @@ pub struct RuntimeHandler {
     pub binary_name: String,
     /// runc state root ("": runc's default).
     pub root: String,
+    /// Pod annotations (glob patterns, `*` and `?`) passed into the OCI specs of the handler's
+    /// pods and containers; none by default (runtimes read some annotations as instructions).
+    pub pod_annotations: Vec<String>,
+    /// Container annotations (glob patterns) passed into the handler's container OCI specs.
+    pub container_annotations: Vec<String>,
 }
 
 impl Default for RuntimeHandler {
@@ -178,6 +183,8 @@ impl Default for RuntimeHandler {
             runtime_type: "io.containerd.runc.v2".into(),
             binary_name: String::new(),
             root: String::new(),
+            pod_annotations: Vec::new(),
+            container_annotations: Vec::new(),
         }
     }
 }
@@ -685,10 +692,15 @@ container_events_buffer = {events_buffer}
 
 # One table per RuntimeClass handler: the containerd runtime (shim) that runs its pods, and for
 # runc-based shims the runc binary and root. An unknown handler is refused (InvalidArgument).
+# pod_annotations / container_annotations: glob patterns (`*`, `?`) of the pod and container
+# annotations passed into the OCI spec; none by default, since runtimes and shims read some
+# annotations as instructions (org.systemd.property.*, run.oci.*, io.katacontainers.*).
 [runtime.handlers.runc]
 runtime_type = {runc_type:?}
 binary_name = ""
 root = ""
+pod_annotations = []
+container_annotations = []
 
 [reconcile]
 # Objects reconciled at once (--reconcile-workers).

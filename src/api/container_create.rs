@@ -111,6 +111,7 @@ impl Runtime {
                 .join("containers")
                 .join(&id)
                 .join("volumes"),
+            passthrough: Default::default(),
         };
         container_spec(&config, &image.resolved.config, &ctx, None)
             .map_err(|e| ApiError::invalid(e.field, e.reason))?;

@@ -92,6 +92,7 @@ impl Runtime {
             Event::ContainerStopRequested {
                 id: id.clone(),
                 timeout_seconds: req.timeout,
+                requested_at: crate::api::now_nanos(),
             },
             "stopping",
             deadline,

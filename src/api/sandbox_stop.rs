@@ -23,6 +23,7 @@ impl Runtime {
                 .map(|c| Event::ContainerStopRequested {
                     id: c.id.clone(),
                     timeout_seconds: 0,
+                    requested_at: crate::api::now_nanos(),
                 })
                 .collect();
             intents.push(Event::SandboxStopRequested { id: id.clone() });

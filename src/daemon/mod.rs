@@ -168,6 +168,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 log_writer: std::env::current_exe()
                     .unwrap_or_else(|_| std::path::PathBuf::from("/usr/local/bin/concord")),
                 max_log_line: 16 * 1024,
+                reconcile_timeout: std::time::Duration::from_secs(config.reconcile.timeout_seconds),
             },
             attachments.clone(),
         )),

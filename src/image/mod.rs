@@ -7,6 +7,7 @@ pub mod content;
 pub mod error;
 pub mod hosts;
 pub mod index;
+pub mod layerfs;
 pub mod manifest;
 pub mod pull;
 pub mod reference;

@@ -202,15 +202,15 @@ impl Images {
                 let resp = fetcher
                     .blob(&manifest.config.digest, "fetching the image config")
                     .await?;
-                resp.bytes()
-                    .await
-                    .map_err(|e| ImageError::Unavailable {
-                        reference: name.clone(),
-                        step: "fetching the image config",
-                        host: reference.domain.clone(),
-                        detail: error_chain(&e),
-                    })?
-                    .to_vec()
+                fetcher
+                    .read_body(
+                        resp,
+                        crate::image::registry::MAX_CONFIG,
+                        "image config",
+                        "fetching the image config",
+                        &reference.domain,
+                    )
+                    .await?
             }
             Err(source) => {
                 return Err(ImageError::Containerd {

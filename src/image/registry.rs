@@ -87,6 +87,34 @@ impl Fetcher {
         self.reference.to_string()
     }
 
+    /// Reads a document's body (manifest, index, config) of at most `limit` bytes, refused as
+    /// soon as it says or shows more, and within the pull's progress timeout as a whole: neither
+    /// a huge nor a dripping body holds memory or a worker.
+    pub async fn read_body(
+        &self,
+        resp: reqwest::Response,
+        limit: usize,
+        what: &str,
+        step: &'static str,
+        host: &str,
+    ) -> Result<Vec<u8>, ImageError> {
+        match read_limited(resp, limit, self.timeout).await {
+            Ok(b) => Ok(b),
+            Err(BodyError::TooLarge(n)) => Err(ImageError::BadDocument {
+                reference: self.name(),
+                what: what.into(),
+                reason: format!("{n} bytes is larger than the {} limit", human(limit)),
+            }),
+            Err(BodyError::Stalled) => Err(self.stalled(step)),
+            Err(BodyError::Transport(e)) => Err(ImageError::Unavailable {
+                reference: self.name(),
+                step,
+                host: host.to_string(),
+                detail: error_chain(&e),
+            }),
+        }
+    }
+
     fn stalled(&self, step: &str) -> ImageError {
         ImageError::Stalled {
             reference: self.name(),
@@ -215,22 +243,9 @@ impl Fetcher {
             .trim()
             .to_string();
         let host = host_of(&ep.base);
-        let bytes = tokio::time::timeout(self.timeout, resp.bytes())
-            .await
-            .map_err(|_| self.stalled(step))?
-            .map_err(|e| ImageError::Unavailable {
-                reference: self.name(),
-                step,
-                host: host.clone(),
-                detail: error_chain(&e),
-            })?;
-        if bytes.len() > 4 << 20 {
-            return Err(ImageError::BadDocument {
-                reference: self.name(),
-                what: "manifest".into(),
-                reason: format!("{} bytes is larger than the 4 MiB limit", bytes.len()),
-            });
-        }
+        let bytes = self
+            .read_body(resp, MAX_MANIFEST, "manifest", step, &host)
+            .await?;
         Ok(Fetched {
             digest: sha256_digest(&bytes),
             media_type,
@@ -435,10 +450,24 @@ impl Fetcher {
                         resp.status()
                     )));
                 }
-                let raw = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| unauth(format!("token response: {e}")))?;
+                let raw = match read_limited(resp, MAX_TOKEN, self.timeout).await {
+                    Ok(b) => b,
+                    Err(BodyError::TooLarge(n)) => {
+                        return Err(unauth(format!(
+                            "token response: {n} bytes is larger than the {} limit",
+                            human(MAX_TOKEN)
+                        )))
+                    }
+                    Err(BodyError::Stalled) => {
+                        return Err(unauth(format!(
+                            "token response: no complete answer within {:?}",
+                            self.timeout
+                        )))
+                    }
+                    Err(BodyError::Transport(e)) => {
+                        return Err(unauth(format!("token response: {e}")))
+                    }
+                };
                 let body: serde_json::Value = serde_json::from_slice(&raw)
                     .map_err(|e| unauth(format!("token response: {e}")))?;
                 let token = body
@@ -554,5 +583,58 @@ mod tests {
             ..Default::default()
         };
         assert!(Credentials::from_cri(&bad).is_err());
+    }
+}
+
+/// Largest manifest or index read (containerd's limit).
+pub const MAX_MANIFEST: usize = 4 << 20;
+/// Largest image config read.
+pub const MAX_CONFIG: usize = 16 << 20;
+/// Largest token server answer read.
+pub const MAX_TOKEN: usize = 1 << 20;
+
+/// Why a bounded body read failed.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The body is (or says it is) this many bytes, over the limit.
+    TooLarge(u64),
+    /// It did not arrive whole in time.
+    Stalled,
+    Transport(reqwest::Error),
+}
+
+/// Reads `resp`'s body: at most `limit` bytes (a larger Content-Length is refused before
+/// reading), the whole within `within`.
+pub async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+    within: Duration,
+) -> Result<Vec<u8>, BodyError> {
+    if let Some(n) = resp.content_length().filter(|n| *n > limit as u64) {
+        return Err(BodyError::TooLarge(n));
+    }
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(BodyError::Transport)? {
+            if body.len() + chunk.len() > limit {
+                return Err(BodyError::TooLarge((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .map_err(|_| BodyError::Stalled)?
+}
+
+/// `4 MiB`, `1 KiB`, `17 bytes`.
+fn human(n: usize) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
     }
 }

@@ -79,8 +79,14 @@ pub enum Event {
         id: String,
         resources: Box<k8s_cri::v1::LinuxContainerResources>,
     },
-    /// StopContainer with this grace period.
-    ContainerStopRequested { id: String, timeout_seconds: i64 },
+    /// StopContainer with this grace period, asked at `requested_at` (ns since the epoch; 0 in
+    /// journals written before it was recorded).
+    ContainerStopRequested {
+        id: String,
+        timeout_seconds: i64,
+        #[serde(default)]
+        requested_at: i64,
+    },
     /// RemoveContainer (or the pod's removal).
     ContainerRemoveRequested { id: String },
     /// Fact: task, container, snapshot and state are gone; the record ends.
@@ -122,6 +128,10 @@ pub struct ContainerRecord {
     pub message: String,
     /// Grace period of the last StopContainer.
     pub stop_timeout: i64,
+    /// When that grace period ends (ns since the epoch; 0: unknown, the whole grace from now).
+    /// Retries of the stop wait only what is left of it, then SIGKILL.
+    #[serde(default)]
+    pub stop_deadline: i64,
     /// UpdateContainerResources changed the limits since the create.
     #[serde(default)]
     pub resources_updated: bool,
@@ -415,6 +425,7 @@ impl State {
                         reason: String::new(),
                         message: String::new(),
                         stop_timeout: 0,
+                        stop_deadline: 0,
                         resources_updated: false,
                         user: None,
                     },
@@ -473,7 +484,13 @@ impl State {
             Event::ContainerStopRequested {
                 id,
                 timeout_seconds,
+                requested_at,
             } => {
+                let deadline = if *requested_at > 0 {
+                    requested_at.saturating_add(timeout_seconds.saturating_mul(1_000_000_000))
+                } else {
+                    0
+                };
                 if let Some(c) = self.containers.get_mut(id) {
                     if matches!(
                         c.desired,
@@ -481,6 +498,17 @@ impl State {
                     ) {
                         c.desired = ContainerDesired::Exited;
                         c.stop_timeout = *timeout_seconds;
+                        c.stop_deadline = deadline;
+                        c.generation += 1;
+                    } else if c.desired == ContainerDesired::Exited
+                        && c.finished_at == 0
+                        && deadline > 0
+                        && (c.stop_deadline == 0 || deadline < c.stop_deadline)
+                    {
+                        // A second stop with a shorter grace, while the first still waits:
+                        // the earlier end wins (kubelet shortening a grace period).
+                        c.stop_timeout = *timeout_seconds;
+                        c.stop_deadline = deadline;
                         c.generation += 1;
                     }
                 }

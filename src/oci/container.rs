@@ -1,7 +1,6 @@
 //! A container's OCI spec: the CRI ContainerConfig merged with the image config, joined to its
 //! pod's namespaces and files.
 
-use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use k8s_cri::v1 as cri;
@@ -70,6 +69,8 @@ pub struct ContainerContext<'a> {
     pub target_pid: Option<u32>,
     /// Where the image's declared volumes get their (empty) directories.
     pub volumes_dir: PathBuf,
+    /// The pod and container annotations the runtime handler lets into the spec.
+    pub passthrough: super::annotations::Passthrough<'a>,
 }
 
 /// A request field that cannot be honoured, with why.
@@ -707,7 +708,14 @@ pub fn container_spec(
     )
     .map_err(|e| bad("config.linux.security_context.apparmor", e))?;
 
-    let mut annotations: BTreeMap<String, String> = c.annotations.clone().into_iter().collect();
+    // Only what the handler's admin allows of the pod's and the container's annotations, then
+    // the CRI ones.
+    let mut annotations =
+        super::annotations::allowed(ctx.passthrough.pod, &ctx.sandbox.annotations);
+    annotations.extend(super::annotations::allowed(
+        ctx.passthrough.container,
+        &c.annotations,
+    ));
     annotations.insert(
         "io.kubernetes.cri.container-type".into(),
         "container".into(),
@@ -820,6 +828,7 @@ mod tests {
             image_name: "busybox",
             target_pid: None,
             volumes_dir: "/state/c1/volumes".into(),
+            passthrough: Default::default(),
         };
         let v = container_spec(&config(&[], &[]), &image(&["/ep"], &[]), &ctx, None).unwrap();
         assert_eq!(v["process"]["env"], json!(["PATH=/bin", "A=config"]));
@@ -866,6 +875,7 @@ mod tests {
             image_name: "img",
             target_pid: None,
             volumes_dir: "/state/c1/volumes".into(),
+            passthrough: Default::default(),
         };
         let img: ImageConfig = serde_json::from_value(json!({
             "config": {"Cmd": ["/x"], "Volumes": {"/var/cache/app": {}, "/data": {}}},

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::image::manifest::ImageConfig;
 
+pub mod annotations;
 pub mod apparmor;
 pub mod container;
 pub mod files;

@@ -30,6 +30,9 @@ pub struct ContainerSettings {
     pub log_writer: PathBuf,
     /// Longest log line written as one entry; longer ones are split into partial entries.
     pub max_log_line: usize,
+    /// `reconcile.timeout_seconds`: one pass of a stop waits at most three quarters of it for
+    /// the grace period, so that its kill and exit record finish inside the pass.
+    pub reconcile_timeout: Duration,
 }
 
 /// The container reconciler.
@@ -232,16 +235,6 @@ impl ContainerReconciler {
             .filter(|t| !t.is_empty())
             .and_then(|t| state.containers.get(&t))
             .and_then(|c| c.pid);
-        let ctx = ContainerContext {
-            id,
-            sandbox_id: &rec.sandbox_id,
-            sandbox: &sandbox.config,
-            sandbox_pid: sandbox.pid.unwrap_or(0),
-            sandbox_files: self.settings.sandbox_state_dir.join(&rec.sandbox_id),
-            image_name: &rec.image_name,
-            target_pid,
-            volumes_dir: self.settings.state_dir.join(id).join("volumes"),
-        };
         let handler = self
             .settings
             .runtime
@@ -255,6 +248,17 @@ impl ContainerReconciler {
             })?;
         let runtime =
             ContainerRuntime::of(handler, self.settings.runtime.cgroup_driver == "systemd");
+        let ctx = ContainerContext {
+            id,
+            sandbox_id: &rec.sandbox_id,
+            sandbox: &sandbox.config,
+            sandbox_pid: sandbox.pid.unwrap_or(0),
+            sandbox_files: self.settings.sandbox_state_dir.join(&rec.sandbox_id),
+            image_name: &rec.image_name,
+            target_pid,
+            volumes_dir: self.settings.state_dir.join(id).join("volumes"),
+            passthrough: crate::oci::annotations::Passthrough::of(handler),
+        };
         let owner = format!("container:{id}");
         let lease = format!("concord-container-{}", fastrand::u64(..));
         self.ctd
@@ -279,8 +283,13 @@ impl ContainerReconciler {
                         .await?
                 }
             };
-            // User and group names resolve against the image's own /etc files.
-            let users = image_users(&mounts);
+            // User and group names resolve against the image's own /etc files, read inside
+            // the image only (bounded, regular files) on a blocking thread.
+            let layers = crate::image::layerfs::Layers::of_mounts(&mounts);
+            let users = tokio::task::spawn_blocking(move || image_users(&layers))
+                .await
+                .map_err(|e| Self::err(id, "reading the image's /etc/passwd and /etc/group", e))?
+                .map_err(|e| Self::err(id, "reading the image's /etc/passwd and /etc/group", e))?;
             let spec = container_spec(&rec.config, &img.resolved.config, &ctx, Some(&users))
                 .map_err(|e| {
                     Self::err(
@@ -484,14 +493,24 @@ impl ContainerReconciler {
             })
             .and_then(|s| parse_signal(&s))
             .unwrap_or(15);
-        if rec.stop_timeout > 0 {
+        // What is left of the grace period: a stop retried after a reconcile timeout (or a
+        // concord restart) does not start the grace over, and reaches SIGKILL when it ends.
+        let grace = grace_left(rec, crate::api::now_nanos());
+        if !grace.is_zero() {
             self.ctd.kill_task(id, signal).await?;
-            let grace = Duration::from_secs(rec.stop_timeout as u64);
-            if tokio::time::timeout(grace, self.ctd.wait_task(id))
+            let budget = self.settings.reconcile_timeout * 3 / 4;
+            if tokio::time::timeout(grace.min(budget), self.ctd.wait_task(id))
                 .await
                 .is_ok()
             {
                 return Ok(());
+            }
+            if grace > budget {
+                // The rest of the grace period in the next pass (not an answer to the caller).
+                return Err(ReconcileError::Waiting(format!(
+                    "container {id}: stopping: {:?} of its grace period left",
+                    grace - budget
+                )));
             }
         }
         self.ctd.kill_task(id, 9).await?;
@@ -550,28 +569,35 @@ impl ContainerReconciler {
     }
 }
 
-/// The image's /etc/passwd and /etc/group, read from the snapshot's layer directories (the
-/// overlay's upper then lower dirs, or a bind mount's source), without mounting anything.
-fn image_users(mounts: &[containerd_client::types::Mount]) -> crate::oci::container::UserDb {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for m in mounts {
-        if m.r#type == "bind" {
-            dirs.push(PathBuf::from(&m.source));
-        }
-        for o in &m.options {
-            if let Some(d) = o.strip_prefix("upperdir=") {
-                dirs.insert(0, PathBuf::from(d));
-            } else if let Some(l) = o.strip_prefix("lowerdir=") {
-                dirs.extend(l.split(':').map(PathBuf::from));
-            }
-        }
+/// The grace period left at `now` (ns since the epoch) of container `rec`'s stop.
+fn grace_left(rec: &ContainerRecord, now: i64) -> Duration {
+    if rec.stop_timeout <= 0 {
+        return Duration::ZERO;
     }
-    let read = |file: &str| {
-        dirs.iter()
-            .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
-            .unwrap_or_default()
+    if rec.stop_deadline > 0 {
+        return Duration::from_nanos(rec.stop_deadline.saturating_sub(now).max(0) as u64);
+    }
+    Duration::from_secs(rec.stop_timeout as u64)
+}
+
+/// Largest image `/etc/passwd` or `/etc/group` read.
+const USER_DB_LIMIT: u64 = 4 << 20;
+
+/// The image's /etc/passwd and /etc/group (absent: empty), read from the snapshot's layer
+/// directories without mounting anything and without leaving the image (`layerfs`).
+fn image_users(
+    layers: &crate::image::layerfs::Layers,
+) -> Result<crate::oci::container::UserDb, crate::image::layerfs::LayerError> {
+    let read = |file: &str| -> Result<String, crate::image::layerfs::LayerError> {
+        Ok(layers
+            .read(file, USER_DB_LIMIT)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default())
     };
-    crate::oci::container::UserDb::parse(&read("etc/passwd"), &read("etc/group"))
+    Ok(crate::oci::container::UserDb::parse(
+        &read("/etc/passwd")?,
+        &read("/etc/group")?,
+    ))
 }
 
 /// The container's cgroup path (cgroupfs driver), as its spec names it.

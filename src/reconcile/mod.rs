@@ -58,6 +58,9 @@ pub enum ReconcileError {
     /// The reconcile did not finish in time (it is abandoned and retried).
     #[error("reconcile did not finish within {0:?}")]
     Timeout(Duration),
+    /// Converging goes on in the next pass (a stop's grace period); not a failure to answer.
+    #[error("{0}")]
+    Waiting(String),
 }
 
 /// Routes each key to the reconciler of its kind.
@@ -110,6 +113,10 @@ pub struct ObjectStatus {
     pub retries: u32,
     /// The last failure and the generation it was for.
     pub last_error: Option<(u64, String)>,
+    /// That failure was the reconcile running out of `reconcile.timeout_seconds`: abandoned
+    /// and retried, not an answer (a stop's grace period longer than the timeout goes on in
+    /// the retries), so waiters keep waiting until their own deadline.
+    pub last_error_transient: bool,
     /// A retry is scheduled.
     pub retry_scheduled: bool,
     /// When the last reconcile finished.
@@ -282,14 +289,19 @@ impl Controller {
         timeout: Duration,
     ) -> Result<(), WaitError> {
         let mut epoch = self.epoch.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A caller's deadline beyond what an Instant holds (a StopContainer timeout of
+        // i64::MAX seconds) waits as long as anything can.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         loop {
             if let Some(s) = self.statuses.lock().get(key) {
                 if s.observed_generation >= generation {
                     return Ok(());
                 }
                 if let Some((g, e)) = &s.last_error {
-                    if *g >= generation {
+                    if *g >= generation && !s.last_error_transient {
                         return Err(WaitError::Failed(e.clone()));
                     }
                 }
@@ -417,6 +429,8 @@ impl Controller {
                     span.in_scope(
                         || tracing::warn!(error = %e, retry_in = ?delay, "reconcile failed"),
                     );
+                    s.last_error_transient =
+                        matches!(e, ReconcileError::Timeout(_) | ReconcileError::Waiting(_));
                     s.last_error = Some((generation, e.to_string()));
                     Some(delay)
                 }

@@ -412,8 +412,14 @@ impl SandboxReconciler {
                 .entry("net.ipv4.ping_group_range".into())
                 .or_insert_with(|| "0 2147483647".into());
         }
-        let mut annotations: BTreeMap<String, String> =
-            rec.config.annotations.clone().into_iter().collect();
+        // Only what the handler's admin allows of the pod's annotations, then the CRI ones.
+        let patterns = self
+            .settings
+            .runtime
+            .handler(&rec.runtime_handler)
+            .map(|h| h.pod_annotations.as_slice())
+            .unwrap_or_default();
+        let mut annotations = crate::oci::annotations::allowed(patterns, &rec.config.annotations);
         if let Some(m) = &rec.config.metadata {
             annotations.insert("io.kubernetes.cri.sandbox-name".into(), m.name.clone());
             annotations.insert(

@@ -1,0 +1,652 @@
+//! Hostile input against the real node: images whose user database is a trap. Each image is
+//! built here as a `docker save` archive and loaded with LoadImage.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use k8s_cri::v1 as cri;
+use sha2::{Digest, Sha256};
+
+/// One entry of an image layer.
+enum Item<'a> {
+    Dir(&'a str),
+    File(&'a str, Vec<u8>),
+    Link(&'a str, &'a str),
+    Fifo(&'a str),
+}
+
+fn layer(items: &[Item]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for item in items {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        match item {
+            Item::Dir(p) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, p, std::io::empty()).unwrap();
+            }
+            Item::File(p, data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, data.as_slice()).unwrap();
+            }
+            Item::Link(p, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            Item::Fifo(p) => {
+                h.set_entry_type(tar::EntryType::Fifo);
+                h.set_size(0);
+                b.append_data(&mut h, p, std::io::empty()).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A `docker save` archive of one image named `name` with one layer of `items`.
+fn archive(path: &std::path::Path, name: &str, items: &[Item]) {
+    let layer = layer(items);
+    let layer_sha = sha(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_sha}")]},
+    })
+    .to_string();
+    let config_sha = sha(config.as_bytes());
+    let manifest = serde_json::json!([{
+        "Config": format!("{config_sha}.json"),
+        "RepoTags": [name],
+        "Layers": [format!("{layer_sha}/layer.tar")],
+    }])
+    .to_string();
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut add = |p: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, p, data).unwrap();
+    };
+    add(&format!("{config_sha}.json"), config.as_bytes());
+    add(&format!("{layer_sha}/layer.tar"), &layer);
+    add("manifest.json", manifest.as_bytes());
+    b.finish().unwrap();
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CreateContainer for `image` in pod `pod` running as user name `user`.
+async fn create_as(
+    d: &Daemon,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    image: &str,
+    name: &str,
+    user: &str,
+) -> Result<String, tonic::Status> {
+    let c = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                run_as_username: user.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    d.runtime()
+        .await
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(c),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+/// An image's `/etc/passwd` linked to `/dev/zero` (concord read it until memory ran out, then
+/// crash-looped on the journal record), `etc` linked to the host's `/etc` (the host's users were
+/// read), a FIFO (a worker hung), a 8 MiB `/etc/group`: each CreateContainer answers at once and
+/// clearly, reads nothing of the host's, and concord's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_user_databases_in_images_fail_fast_and_read_nothing_of_the_host() {
+    let d = common::pod_daemon(&[]).await;
+    let dir = d.dir.join("hostile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let big_group = {
+        let mut g = Vec::new();
+        while g.len() < (8 << 20) {
+            g.extend_from_slice(b"group:x:1000:alice,bob,carol,dave,erin,frank,grace,heidi\n");
+        }
+        g
+    };
+    let images: [(&str, Vec<Item>); 4] = [
+        (
+            "example.test/hostile/devzero:1",
+            vec![Item::Dir("etc"), Item::Link("etc/passwd", "/dev/zero")],
+        ),
+        (
+            "example.test/hostile/hostetc:1",
+            vec![Item::Link("etc", "/etc")],
+        ),
+        (
+            "example.test/hostile/fifo:1",
+            vec![Item::Dir("etc"), Item::Fifo("etc/passwd")],
+        ),
+        (
+            "example.test/hostile/biggroup:1",
+            vec![
+                Item::Dir("etc"),
+                Item::File("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n".to_vec()),
+                Item::File("etc/group", big_group),
+            ],
+        ),
+    ];
+    let mut client = concord::proto::images_client::ImagesClient::new(d.channel().await.unwrap());
+    for (i, (name, items)) in images.iter().enumerate() {
+        let path = dir.join(format!("{i}.tar"));
+        archive(&path, name, items);
+        client
+            .load_image(concord::proto::LoadImageRequest {
+                file_path: path.display().to_string(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("loading {name}: {}", e.message()));
+    }
+    common::pull_ok(&d, "busybox").await;
+    let config = common::pod_config(&d, "hostile");
+    let pod = d
+        .runtime()
+        .await
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let rss_before = rss_kb(d.pid());
+    let expect = [
+        // /dev/zero of the image (absent): no such user, at once.
+        ("devzero", "root", "is not in the image's /etc/passwd"),
+        // The host's /etc/passwd has root; the image's `/etc` is a link to itself.
+        (
+            "hostetc",
+            "root",
+            "/etc/passwd: more than 40 symbolic links",
+        ),
+        ("fifo", "root", "/etc/passwd is not a regular file"),
+        ("biggroup", "root", "/etc/group is larger than"),
+    ];
+    for (short, user, message) in expect {
+        let started = Instant::now();
+        let image = format!("example.test/hostile/{short}:1");
+        let err = create_as(&d, &pod, &config, &image, short, user)
+            .await
+            .expect_err(short);
+        assert!(
+            err.message().contains(message),
+            "{short}: {} ({:?})",
+            err.message(),
+            err.code()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{short} took {:?}",
+            started.elapsed()
+        );
+    }
+    let rss_after = rss_kb(d.pid());
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+    // concord is alive and answers; it survives a restart with these records (no crash loop).
+    d.runtime()
+        .await
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap();
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+/// The OCI spec of containerd container `id` in the daemon's namespace.
+async fn spec_of(d: &Daemon, id: &str) -> serde_json::Value {
+    use containerd_client::services::v1::GetContainerRequest;
+    let ctd = concord::containerd::Containerd::new(&d.containerd, &d.namespace, Default::default());
+    let c = ctd
+        .containers()
+        .get(ctd.request(GetContainerRequest { id: id.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap();
+    serde_json::from_slice(&c.spec.unwrap().value).unwrap()
+}
+
+/// Pod and container annotations reach the OCI specs only where the runtime handler's
+/// `pod_annotations` / `container_annotations` patterns allow them (CVE-2024-3154 class:
+/// `org.systemd.property.*` would become systemd unit properties under runc's systemd driver).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotations_reach_the_spec_only_when_the_handler_allows_them() {
+    let mut d = Daemon::new();
+    std::fs::write(
+        d.dir.join("config.toml"),
+        "[runtime.handlers.runc]\npod_annotations = [\"example.com/*\"]\ncontainer_annotations = [\"team.example.com/?ole\"]\n",
+    )
+    .unwrap();
+    d.extra.push(format!(
+        "--registry-config-path={}",
+        std::env::var("CONCORD_TEST_HOSTS_DIR")
+            .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
+    ));
+    d.extra
+        .push(format!("--netns-dir={}", d.dir.join("netns").display()));
+    d.start().await;
+    common::pull_ok(&d, "busybox").await;
+    let mut config = common::pod_config(&d, "annotated");
+    config.annotations = [
+        ("org.systemd.property.ExecStartPre", "/bin/evil"),
+        ("run.oci.keep_original_groups", "1"),
+        ("io.katacontainers.config.hypervisor.path", "/bin/evil"),
+        ("example.com/owner", "team-a"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut rt = d.runtime().await;
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let c = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "100".into()],
+        annotations: [
+            ("org.systemd.property.CPUWeight", "10000"),
+            ("team.example.com/role", "db"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        ..Default::default()
+    };
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(c),
+            sandbox_config: Some(config),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let keys = |spec: &serde_json::Value| -> Vec<String> {
+        spec["annotations"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| !k.starts_with("io.kubernetes.cri."))
+            .cloned()
+            .collect()
+    };
+    let pause = spec_of(&d, &pod).await;
+    assert_eq!(
+        keys(&pause),
+        vec!["example.com/owner"],
+        "{}",
+        pause["annotations"]
+    );
+    assert_eq!(pause["annotations"]["io.kubernetes.cri.sandbox-id"], pod);
+    let ctr = spec_of(&d, &id).await;
+    assert_eq!(
+        keys(&ctr),
+        vec!["example.com/owner", "team.example.com/role"],
+        "{}",
+        ctr["annotations"]
+    );
+    assert_eq!(
+        ctr["annotations"]["io.kubernetes.cri.container-type"],
+        "container"
+    );
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}
+
+/// A container that ignores SIGTERM, stopped with a grace period longer than
+/// `reconcile.timeout_seconds`: the stop is retried after each reconcile timeout, but the grace
+/// is not started over, and SIGKILL comes when it ends (before, the SIGTERM was re-sent forever).
+/// A grace of i64::MAX seconds does not panic, and a second stop with a short grace wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_stop_grace_ends_in_sigkill_and_a_huge_one_does_not_panic() {
+    let d = common::pod_daemon(&["--reconcile-timeout-seconds=2", "--backoff-max-ms=500"]).await;
+    common::pull_ok(&d, "busybox").await;
+    let config = common::pod_config(&d, "stubborn");
+    let mut rt = d.runtime().await;
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut ids = Vec::new();
+    for name in ["stubborn", "forever"] {
+        let c = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "trap '' TERM; while true; do sleep 1; done".into(),
+            ],
+            ..Default::default()
+        };
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(c),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    // 6 s of grace against a 2 s reconcile timeout.
+    let started = Instant::now();
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: ids[0].clone(),
+        timeout: 6,
+    })
+    .await
+    .expect("the stop ends with SIGKILL");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(15),
+        "SIGKILL after {took:?}"
+    );
+    let client = rt.clone();
+    let status = |id: String| {
+        let mut rt = client.clone();
+        async move {
+            rt.container_status(cri::ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+        }
+    };
+    let s = status(ids[0].clone()).await;
+    assert_eq!(
+        s.exit_code,
+        137,
+        "{} {}\n{}",
+        s.reason,
+        s.message,
+        d.log()
+            .lines()
+            .filter(|l| l.contains("stop") || l.contains("exit") || l.contains("kill"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // i64::MAX seconds: the caller's own deadline ends the wait; concord keeps answering.
+    let mut req = tonic::Request::new(cri::StopContainerRequest {
+        container_id: ids[1].clone(),
+        timeout: i64::MAX,
+    });
+    req.set_timeout(Duration::from_secs(2));
+    let err = rt.stop_container(req).await.unwrap_err();
+    // (the client gives up at its deadline: Cancelled here, DeadlineExceeded from concord)
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{err:?}"
+    );
+    rt.version(cri::VersionRequest::default()).await.unwrap();
+    // A second stop with no grace kills it now.
+    let started = Instant::now();
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: ids[1].clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(status(ids[1].clone()).await.exit_code, 137);
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}
+
+/// A registry on loopback whose answers are traps: an endless chunked manifest, a manifest that
+/// claims 8 GiB, one that drips a byte a second, a token server answering endlessly.
+async fn hostile_registry() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                break;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text.split(' ').nth(1).unwrap_or("").to_string();
+                let head_only = text.starts_with("HEAD");
+                let manifest = "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n";
+                let chunk = vec![b'{'; 64 * 1024];
+                let endless = |mut s: tokio::net::TcpStream, hdr: String| async move {
+                    let _ = s.write_all(hdr.as_bytes()).await;
+                    if head_only {
+                        return;
+                    }
+                    let frame = [
+                        format!("{:x}\r\n", chunk.len()).into_bytes(),
+                        chunk,
+                        b"\r\n".to_vec(),
+                    ]
+                    .concat();
+                    while s.write_all(&frame).await.is_ok() {}
+                };
+                if path == "/v2/" {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                } else if path.starts_with("/v2/endless/") {
+                    endless(
+                        s,
+                        format!("HTTP/1.1 200 OK\r\n{manifest}Transfer-Encoding: chunked\r\n\r\n"),
+                    )
+                    .await;
+                } else if path.starts_with("/v2/claims/") {
+                    let _ = s
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\n{manifest}Content-Length: 8589934592\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                    if !head_only {
+                        while s.write_all(&[b' '; 65536]).await.is_ok() {}
+                    }
+                } else if path.starts_with("/v2/drip/") {
+                    let _ = s
+                        .write_all(
+                            format!("HTTP/1.1 200 OK\r\n{manifest}Content-Length: 1000\r\n\r\n")
+                                .as_bytes(),
+                        )
+                        .await;
+                    if !head_only {
+                        while s.write_all(b" ").await.is_ok() {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                } else if path.starts_with("/token") {
+                    endless(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".into()).await;
+                } else if path.starts_with("/v2/private/") {
+                    let _ = s
+                        .write_all(format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"x\",scope=\"repository:private:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+                        .await;
+                } else {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Hostile registry bodies: each pull fails at once (or at the progress timeout for a drip) with
+/// an error naming the limit, and concord's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_registry_bodies_are_bounded_while_they_are_read() {
+    let port = hostile_registry().await;
+    let mut d = Daemon::new();
+    d.extra
+        .push("--image-pull-progress-timeout-seconds=3".into());
+    d.start().await;
+    let rss_before = rss_kb(d.pid());
+    let pull = |image: String| {
+        let d = &d;
+        async move {
+            let started = Instant::now();
+            let err = d
+                .images()
+                .await
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image,
+                        ..Default::default()
+                    }),
+                    auth: Some(cri::AuthConfig {
+                        username: "u".into(),
+                        password: "p".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            (err, started.elapsed())
+        }
+    };
+    for (repo, code, message, within) in [
+        (
+            "endless",
+            tonic::Code::FailedPrecondition,
+            "larger than the 4 MiB limit",
+            10,
+        ),
+        (
+            "claims",
+            tonic::Code::FailedPrecondition,
+            "larger than the 4 MiB limit",
+            10,
+        ),
+        ("drip", tonic::Code::DeadlineExceeded, "", 15),
+        (
+            "private",
+            tonic::Code::Unauthenticated,
+            "larger than the 1 MiB limit",
+            10,
+        ),
+    ] {
+        let (err, took) = pull(format!("127.0.0.1:{port}/{repo}:1")).await;
+        assert_eq!(err.code(), code, "{repo}: {}", err.message());
+        assert!(err.message().contains(message), "{repo}: {}", err.message());
+        assert!(took < Duration::from_secs(within), "{repo} took {took:?}");
+    }
+    let rss_after = rss_kb(d.pid());
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+}
