@@ -214,10 +214,12 @@ fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    // O_NOFOLLOW: a link planted at the log path does not redirect the writes.
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)
 }
 

@@ -45,10 +45,13 @@ impl Runtime {
             (req.stdin, req.stdout, req.stderr),
             req.tty,
         )?;
-        let url = self.stream.register(Session::Exec(cri::ExecRequest {
-            container_id: id,
-            ..req
-        }));
+        let url = self
+            .stream
+            .register(Session::Exec(cri::ExecRequest {
+                container_id: id,
+                ..req
+            }))
+            .map_err(no_token)?;
         Ok(cri::ExecResponse { url })
     }
 
@@ -60,10 +63,13 @@ impl Runtime {
             (req.stdin, req.stdout, req.stderr),
             req.tty,
         )?;
-        let url = self.stream.register(Session::Attach(cri::AttachRequest {
-            container_id: id,
-            ..req
-        }));
+        let url = self
+            .stream
+            .register(Session::Attach(cri::AttachRequest {
+                container_id: id,
+                ..req
+            }))
+            .map_err(no_token)?;
         Ok(cri::AttachResponse { url })
     }
 
@@ -85,12 +91,31 @@ impl Runtime {
         if let Some(p) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
             return Err(ApiError::invalid("port", format!("{p} is not a port")));
         }
+        if req.port.len() > crate::stream::portforward::MAX_PORTS {
+            return Err(ApiError::invalid(
+                "port",
+                format!(
+                    "{} ports; at most {} in one port-forward",
+                    req.port.len(),
+                    crate::stream::portforward::MAX_PORTS
+                ),
+            ));
+        }
         let url = self
             .stream
             .register(Session::PortForward(cri::PortForwardRequest {
                 pod_sandbox_id: id,
                 ..req
-            }));
+            }))
+            .map_err(no_token)?;
         Ok(cri::PortForwardResponse { url })
     }
+}
+
+/// No token could be made (the kernel gave no randomness): no streaming, rather than a
+/// guessable URL.
+fn no_token(e: std::io::Error) -> ApiError {
+    ApiError::NotReady(format!(
+        "no streaming URL: the kernel's random number generator failed: {e}"
+    ))
 }

@@ -63,18 +63,38 @@ pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(|source| SocketError::Io {
+    // Bound under a temporary name, given its mode, then renamed into place: the socket is
+    // never reachable at `path` with the mode the umask gave it.
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("concord.sock"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(|source| SocketError::Io {
         action: "bind",
         path: path.to_owned(),
         source,
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
-        SocketError::Io {
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))
+        .map_err(|source| SocketError::Io {
             action: "chmod",
             path: path.to_owned(),
             source,
-        }
-    })?;
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|source| SocketError::Io {
+                action: "rename into place",
+                path: path.to_owned(),
+                source,
+            })
+        });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok(listener)
 }
 

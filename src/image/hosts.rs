@@ -46,6 +46,14 @@ pub enum HostsError {
 
 /// The endpoints for registry `host`, in the order to try them.
 pub fn endpoints(config_path: &Path, host: &str) -> Result<Vec<Endpoint>, HostsError> {
+    // The host names a directory under config_path: only a registry host name may (`..` or a
+    // `/` would read host configs, CA files and client keys from elsewhere).
+    if !valid_host(host) {
+        return Err(HostsError::Invalid {
+            path: config_path.to_owned(),
+            reason: format!("{host:?} is not a registry host name"),
+        });
+    }
     let candidates = [
         config_path.join(host).join("hosts.toml"),
         config_path.join("_default").join("hosts.toml"),
@@ -78,9 +86,46 @@ pub fn default_endpoint(host: &str) -> Endpoint {
     }
 }
 
+/// Whether `host` (`name[:port]`, `[v6][:port]`) is a host name a registry can have: letters,
+/// digits, `.`, `-`, `_`, a port, or a bracketed IPv6 address; not `.` or `..`.
+pub fn valid_host(host: &str) -> bool {
+    let name = strip_port(host);
+    if name.is_empty() || name == "." || name == ".." || host.len() > 255 {
+        return false;
+    }
+    if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let port_ok = host[name.len()..]
+        .strip_prefix(':')
+        .is_none_or(|p| p.parse::<u16>().is_ok());
+    port_ok
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        && !name
+            .split('.')
+            .any(|label| label.is_empty() && name != "localhost")
+}
+
+/// `host` without its `:port`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map(|i| &host[..=i]).unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+/// A loopback registry (plain HTTP without a hosts.toml): `localhost`, an address in
+/// 127.0.0.0/8 or `[::1]` — an address, not a name that starts with `127.`.
 fn is_local(host: &str) -> bool {
-    let h = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-    h == "localhost" || h.starts_with("127.") || h == "[::1]"
+    let h = strip_port(host);
+    if h == "localhost" {
+        return true;
+    }
+    let ip = h.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<std::net::IpAddr>()
+        .is_ok_and(|a| a.is_loopback())
 }
 
 fn parse(path: &Path, text: &str, host: &str) -> Result<Vec<Endpoint>, HostsError> {
@@ -258,6 +303,52 @@ mod tests {
         assert_eq!(eps[1].headers["x-token"], "t");
         assert_eq!(eps[2].base, "https://registry-1.docker.io/v2");
         assert!(!eps[2].mirror);
+    }
+
+    #[test]
+    fn loopback_is_an_address_and_hosts_stay_inside_the_config_dir() {
+        for local in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.9.9.9",
+            "[::1]:5000",
+            "[::1]",
+        ] {
+            assert!(is_local(local), "{local}");
+        }
+        for remote in [
+            "127.evil.com",
+            "127.0.0.1.nip.io:80",
+            "localhost.evil.com",
+            "[::2]",
+        ] {
+            assert!(!is_local(remote), "{remote}");
+        }
+        for bad in [
+            "..",
+            ".",
+            "../etc",
+            "a/b",
+            "host:port",
+            "a..b",
+            "",
+            "x:99999",
+            "[zz]",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+            let dir = tempfile::tempdir().unwrap();
+            assert!(endpoints(dir.path(), bad).is_err(), "{bad}");
+        }
+        for good in [
+            "docker.io",
+            "registry.k8s.io",
+            "127.0.0.1:5000",
+            "my-reg_1.local:443",
+            "[::1]:5000",
+            "localhost",
+        ] {
+            assert!(valid_host(good), "{good}");
+        }
     }
 
     #[test]

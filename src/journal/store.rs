@@ -113,12 +113,18 @@ impl Journal {
             path: path.to_owned(),
             source,
         };
-        if !path.exists() {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
-            return Self::create(path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            // The journal holds pod specs with env values that may come from Secrets: the state
+            // dir and the file are root's alone (also for journals made before this was so).
+            restrict(dir, 0o700).map_err(io)?;
         }
+        if !path.exists() {
+            let opened = Self::create(path)?;
+            restrict(path, 0o600).map_err(io)?;
+            return Ok(opened);
+        }
+        restrict(path, 0o600).map_err(io)?;
         // redb panics on some kinds of damage instead of answering an error: a panic while
         // reading is a corrupt journal too.
         let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -153,6 +159,19 @@ impl Journal {
     }
 
     fn create(path: &Path) -> Result<(Journal, State, OpenInfo), JournalError> {
+        // Made 0600 from the start (redb creates with the umask's mode).
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| JournalError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
         let store = |source: redb::Error| JournalError::Store {
             path: path.to_owned(),
             source,
@@ -442,6 +461,24 @@ mod tests {
     }
 
     #[test]
+    fn the_journal_and_its_dir_are_roots_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let path = state.join("j.redb");
+        drop(Journal::open(&path).unwrap());
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        // A journal made by an older concord with the umask's modes is restricted at open.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Journal::open(&path).unwrap());
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
     fn compaction_keeps_the_state_and_drops_the_history() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.redb");
@@ -508,4 +545,14 @@ mod tests {
         assert!(result.is_err(), "a damaged journal must not open");
         assert_eq!(sha(&path), before);
     }
+}
+
+/// Sets `path`'s mode to `mode` unless it has no more than that already.
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if current & !mode != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }

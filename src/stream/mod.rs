@@ -103,23 +103,25 @@ pub fn tls_config(
     Ok(Arc::new(config))
 }
 
-/// 16 bytes from the kernel's CSPRNG (/dev/urandom), for tokens nobody may guess; a
-/// machine without it gets a time-and-PRNG mix rather than no streaming at all.
-fn unguessable() -> [u8; 16] {
-    use std::io::Read;
+/// 16 bytes from the kernel's CSPRNG (getrandom(2)), for tokens nobody may guess. Without it
+/// there is no token (and no streaming), never a guessable one.
+fn unguessable() -> std::io::Result<[u8; 16]> {
     let mut b = [0u8; 16];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_err()
-    {
-        tracing::warn!("/dev/urandom unreadable: streaming tokens fall back to a PRNG");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b = (fastrand::u128(..) ^ nanos).to_le_bytes();
+    let mut filled = 0;
+    while filled < b.len() {
+        // SAFETY: the pointer and length describe the unfilled part of `b`.
+        let n =
+            unsafe { nix::libc::getrandom(b[filled..].as_mut_ptr().cast(), b.len() - filled, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
     }
-    b
+    Ok(b)
 }
 
 /// A boxed writing half of a connection.
@@ -217,15 +219,16 @@ impl StreamServer {
         &self.base
     }
 
-    /// Parks `session` under a new token; answers its URL.
-    pub fn register(&self, session: Session) -> String {
-        let token = hex::encode(unguessable());
+    /// Parks `session` under a new token; answers its URL (an error when the kernel has no
+    /// randomness to give).
+    pub fn register(&self, session: Session) -> std::io::Result<String> {
+        let token = hex::encode(unguessable()?);
         let url = format!("{}/{}/{}", self.base, session.kind(), token);
         let mut tokens = self.tokens.lock();
         let now = Instant::now();
         tokens.retain(|_, (_, expires)| *expires > now);
         tokens.insert(token, (session, now + self.ttl));
-        url
+        Ok(url)
     }
 
     /// The session parked under `token` for `kind`, once: None when unknown, used or expired.

@@ -60,6 +60,10 @@ fn netns_of(ctx: &Context, sandbox_id: &str) -> Result<std::path::PathBuf, Error
     }
 }
 
+/// Ports one WebSocket port-forward carries: each takes two channel bytes (2i data, 2i+1
+/// errors), and a channel is one byte.
+pub const MAX_PORTS: usize = 128;
+
 /// Runs `req` over the upgraded WebSocket connection `io`; `query` may name the ports (`port=N`) when the
 /// request does not.
 pub async fn run<IO>(
@@ -85,6 +89,13 @@ where
             .flat_map(|v| v.split(','))
             .filter_map(|p| p.parse().ok())
             .collect();
+    }
+    if ports.len() > MAX_PORTS {
+        return Err(format!(
+            "{} ports; at most {MAX_PORTS} in one port-forward",
+            ports.len()
+        )
+        .into());
     }
     let netns = netns_of(ctx, &req.pod_sandbox_id)?;
     let mut writers = Vec::new();
