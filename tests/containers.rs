@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, exec_out, pod_config, Daemon};
+use common::{eventually, exec_out, pod_config, Daemon, Unmount};
 use k8s_cri::v1 as cri;
 use nix::mount::MsFlags;
 
@@ -737,17 +737,6 @@ async fn mount_propagation_crosses_as_the_volume_asks() {
         })
         .await
         .unwrap();
-}
-
-/// Mount points a test made, unmounted (in order) when dropped.
-struct Unmount(Vec<std::path::PathBuf>);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        for m in &self.0 {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
 }
 
 /// critest's "runtime should support listing container stats" and `crictl stats`: a container

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{Daemon, Unmount};
 use k8s_cri::v1 as cri;
 use sha2::{Digest, Sha256};
 
@@ -649,4 +649,104 @@ async fn hostile_registry_bodies_are_bounded_while_they_are_read() {
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} kB to {rss_after} kB"
     );
+}
+
+/// The journal's disk fills up mid-append: the failed intent is refused (not acknowledged),
+/// RuntimeReady turns false with the reason, and once space is back concord reopens the journal
+/// and is ready again by itself; after a restart every acknowledged intent is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_disk_is_not_ready_then_recovers_and_loses_nothing() {
+    let mut d = Daemon::new();
+    std::fs::create_dir_all(&d.state_dir).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &d.state_dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=8m,mode=0700"),
+    )
+    .unwrap();
+    let _unmount = Unmount(vec![d.state_dir.clone()]);
+    d.extra.push("--journal-compact-after=100".into());
+    d.start().await;
+    let update = |cidr: String| {
+        let d = &d;
+        async move {
+            d.runtime()
+                .await
+                .update_runtime_config(cri::UpdateRuntimeConfigRequest {
+                    runtime_config: Some(cri::RuntimeConfig {
+                        network_config: Some(cri::NetworkConfig { pod_cidr: cidr }),
+                    }),
+                })
+                .await
+        }
+    };
+    let ready = || {
+        let d = &d;
+        async move {
+            d.runtime()
+                .await
+                .status(cri::StatusRequest { verbose: false })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap()
+                .conditions
+                .into_iter()
+                .find(|c| c.r#type == "RuntimeReady")
+                .unwrap()
+        }
+    };
+    update("10.1.0.0/24".into()).await.unwrap();
+    // Fill the disk.
+    let filler = d.state_dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0xa5u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+    }
+    let mut last_ok = "10.1.0.0/24".to_string();
+    let mut refused = None;
+    for i in 0..5000u32 {
+        let cidr = format!("10.{}.{}.0/24", 2 + i / 250, i % 250);
+        match update(cidr.clone()).await {
+            Ok(_) => last_ok = cidr,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a write fails on a full disk");
+    assert!(
+        refused.message().contains("journal"),
+        "{}",
+        refused.message()
+    );
+    let c = ready().await;
+    assert!(!c.status, "{c:?}");
+    assert_eq!(c.reason, "JournalWriteFailed", "{c:?}");
+    assert!(d.metric("concord_journal_write_errors_total", &[]).await >= 1.0);
+    assert_eq!(d.metric("concord_journal_writable", &[]).await, 0.0);
+    // Space comes back: ready again without any request.
+    std::fs::remove_file(&filler).unwrap();
+    let took = common::eventually(
+        Duration::from_secs(30),
+        "RuntimeReady after space is back",
+        || async { ready().await.status },
+    )
+    .await;
+    println!("ready again {took:?} after the disk had space");
+    update("10.200.1.0/24".into()).await.unwrap();
+    last_ok = "10.200.1.0/24".into();
+    // Every acknowledged intent survives a restart.
+    assert_eq!(d.terminate().await.code(), Some(0));
+    d.start().await;
+    let o = common::runtime_config_object(&d).await;
+    let desired: serde_json::Value = serde_json::from_str(&o.desired).unwrap();
+    assert_eq!(desired["pod_cidr"], last_ok.as_str(), "{}", o.desired);
+    d.kill9();
 }

@@ -85,15 +85,27 @@ impl Runtime {
 
     pub async fn status(&self, req: cri::StatusRequest) -> Result<cri::StatusResponse, ApiError> {
         let health = self.health.borrow().clone();
-        let runtime = cri::RuntimeCondition {
-            r#type: RUNTIME_READY.into(),
-            status: health.ready,
-            reason: if health.ready {
-                String::new()
-            } else {
-                "ContainerdNotReady".into()
+        // Not ready while containerd is not, or while the journal takes no writes (no intent
+        // could be recorded: kubelet must not send pods here).
+        let runtime = match (health.ready, self.journal.failing()) {
+            (false, _) => cri::RuntimeCondition {
+                r#type: RUNTIME_READY.into(),
+                status: false,
+                reason: "ContainerdNotReady".into(),
+                message: health.message.clone(),
             },
-            message: health.message.clone(),
+            (true, Some(why)) => cri::RuntimeCondition {
+                r#type: RUNTIME_READY.into(),
+                status: false,
+                reason: "JournalWriteFailed".into(),
+                message: why,
+            },
+            (true, None) => cri::RuntimeCondition {
+                r#type: RUNTIME_READY.into(),
+                status: true,
+                reason: String::new(),
+                message: health.message.clone(),
+            },
         };
         let net = self.network.status();
         let network = match &net {

@@ -97,6 +97,7 @@ pub struct JournalHandle {
     state: watch::Receiver<Arc<State>>,
     stats: watch::Receiver<JournalStats>,
     changes: broadcast::Sender<ContainerChange>,
+    failing: watch::Receiver<Option<String>>,
 }
 
 /// Why an append was not acknowledged.
@@ -146,6 +147,12 @@ impl JournalHandle {
         self.changes.subscribe()
     }
 
+    /// Why the journal takes no writes now (None: it does). After a failed commit the writer
+    /// reopens the store and probes it with backoff until a write succeeds again.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.borrow().clone()
+    }
+
     /// Journal counters.
     pub fn stats(&self) -> JournalStats {
         self.stats.borrow().clone()
@@ -175,10 +182,13 @@ pub fn spawn_writer(
         replayed_at_start: info.replayed,
     };
     let (stats_tx, stats_rx) = watch::channel(stats);
+    let (failing_tx, failing_rx) = watch::channel(None);
+    metrics.journal_writable.set(1);
     let out = Published {
         state: state_tx,
         stats: stats_tx,
         changes: changes.clone(),
+        failing: failing_tx,
     };
     let task = tokio::spawn(writer(journal, rx, out, compact_after, metrics, shutdown));
     let handle = JournalHandle {
@@ -186,6 +196,7 @@ pub fn spawn_writer(
         state: state_rx,
         stats: stats_rx,
         changes,
+        failing: failing_rx,
     };
     (handle, task)
 }
@@ -195,10 +206,44 @@ struct Published {
     state: watch::Sender<Arc<State>>,
     stats: watch::Sender<JournalStats>,
     changes: broadcast::Sender<ContainerChange>,
+    failing: watch::Sender<Option<String>>,
+}
+
+/// Longest pause between recovery attempts of a journal that failed a write.
+const RECOVER_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reopens the journal at `path` (the failed handle is dropped first: redb holds a lock) and
+/// probes it with a write. The reopened store's state must be the published one: a failed
+/// commit left nothing behind.
+async fn reopen(
+    old: Option<Journal>,
+    path: PathBuf,
+    published_seq: u64,
+) -> (Option<Journal>, Result<(), String>) {
+    tokio::task::spawn_blocking(move || {
+        drop(old);
+        let (mut j, state, _) = match Journal::open(&path) {
+            Ok(o) => o,
+            Err(e) => return (None, Err(format!("reopening: {e}"))),
+        };
+        if state.seq != published_seq {
+            tracing::error!(
+                on_disk = state.seq,
+                published = published_seq,
+                "reopened journal does not end where the published state does"
+            );
+        }
+        match j.probe() {
+            Ok(()) => (Some(j), Ok(())),
+            Err(e) => (Some(j), Err(format!("probe write: {e}"))),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| (None, Err(format!("reopen task: {e}"))))
 }
 
 async fn writer(
-    mut journal: Journal,
+    journal: Journal,
     mut rx: mpsc::Receiver<Append>,
     out: Published,
     compact_after: u64,
@@ -209,12 +254,42 @@ async fn writer(
         state: state_tx,
         stats: stats_tx,
         changes,
+        failing,
     } = out;
+    let path = journal.path().to_owned();
+    let mut journal = Some(journal);
+    // After a failed write: attempts so far and when the next one is due.
+    let mut recovering: Option<(u32, tokio::time::Instant)> = None;
+    let set_failing = |why: Option<String>| {
+        metrics.journal_writable.set(why.is_none() as i64);
+        failing.send_replace(why);
+    };
     loop {
+        let due = recovering.map(|(_, at)| at);
         let first = tokio::select! {
             biased;
             msg = rx.recv() => msg,
             _ = shutdown.cancelled() => { rx.close(); rx.recv().await }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                // Recover without waiting for an append: RuntimeReady comes back by itself.
+                let seq = state_tx.borrow().seq;
+                let (j, r) = reopen(journal.take(), path.clone(), seq).await;
+                journal = j;
+                match r {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "journal takes writes again");
+                        recovering = None;
+                        set_failing(None);
+                    }
+                    Err(e) => {
+                        let (n, _) = recovering.unwrap_or((0, tokio::time::Instant::now()));
+                        let pause = (std::time::Duration::from_millis(200) * 2u32.saturating_pow(n.min(5))).min(RECOVER_MAX);
+                        tracing::warn!(error = %e, retry_in = ?pause, "journal still takes no writes");
+                        recovering = Some((n + 1, tokio::time::Instant::now() + pause));
+                    }
+                }
+                continue;
+            }
         };
         let Some(first) = first else { break };
         let mut batch = vec![first];
@@ -228,15 +303,37 @@ async fn writer(
             .iter()
             .flat_map(|a| a.events.iter().cloned())
             .collect();
+        // A journal that failed is reopened (and probed) before it is written again.
+        if recovering.is_some() || journal.is_none() {
+            let seq = state_tx.borrow().seq;
+            let (j, r) = reopen(journal.take(), path.clone(), seq).await;
+            journal = j;
+            if let Err(e) = r {
+                let e = Arc::new(JournalError::Unavailable {
+                    path: path.clone(),
+                    reason: e,
+                });
+                for a in batch {
+                    let _ = a.reply.send(Err(e.clone()));
+                }
+                continue;
+            }
+            tracing::info!(path = %path.display(), "journal takes writes again");
+            recovering = None;
+            set_failing(None);
+        }
+        let Some(mut open) = journal.take() else {
+            continue;
+        };
         let timer = metrics.journal_append_duration.start_timer();
         let (j, result) = tokio::task::spawn_blocking(move || {
-            let r = journal.append(&events).map(|seq| (seq, events));
-            (journal, r)
+            let r = open.append(&events).map(|seq| (seq, events));
+            (open, r)
         })
         .await
         .expect("journal append task panicked");
         timer.observe_duration();
-        journal = j;
+        let mut journal_now = j;
         match result {
             Ok((last, events)) => {
                 metrics.journal_events.inc_by(events.len() as u64);
@@ -266,25 +363,36 @@ async fn writer(
                     offset += a.events.len() as u64;
                     let _ = a.reply.send(Ok(offset - 1));
                 }
-                if journal.events_since_snapshot() >= compact_after {
+                if journal_now.events_since_snapshot() >= compact_after {
                     let s = state.clone();
                     let (j, r) = tokio::task::spawn_blocking(move || {
-                        let r = journal.compact(&s);
-                        (journal, r)
+                        let r = journal_now.compact(&s);
+                        (journal_now, r)
                     })
                     .await
                     .expect("journal compaction task panicked");
-                    journal = j;
+                    journal_now = j;
                     match r {
                         Ok(()) => metrics.journal_compactions.inc(),
                         Err(e) => {
-                            tracing::error!(error = %e, "journal compaction failed; will retry")
+                            // Nothing acknowledged is lost (the events stay until a compaction
+                            // commits), but the store may refuse writes now: recover it.
+                            tracing::error!(error = %e, "journal compaction failed");
+                            metrics.journal_write_errors.inc();
+                            set_failing(Some(format!("journal compaction failed: {e}")));
+                            recovering = Some((0, tokio::time::Instant::now()));
                         }
                     }
                 }
             }
             Err(e) => {
+                // Not acknowledged: the callers get the error, the published state is unchanged.
+                // redb refuses writes after an I/O error until reopened: report not ready and
+                // reopen with backoff until a probe write succeeds.
                 tracing::error!(error = %e, "journal append failed");
+                metrics.journal_write_errors.inc();
+                set_failing(Some(format!("journal write failed: {e}")));
+                recovering = Some((0, tokio::time::Instant::now()));
                 let e = Arc::new(e);
                 for a in batch {
                     let _ = a.reply.send(Err(e.clone()));
@@ -292,13 +400,17 @@ async fn writer(
             }
         }
         stats_tx.send_modify(|s| {
-            s.last_seq = journal.last_seq();
-            s.snapshot_seq = journal.snapshot_seq();
-            s.events_since_snapshot = journal.events_since_snapshot();
+            s.last_seq = journal_now.last_seq();
+            s.snapshot_seq = journal_now.snapshot_seq();
+            s.events_since_snapshot = journal_now.events_since_snapshot();
         });
         metrics
             .journal_uncompacted
-            .set(journal.events_since_snapshot() as i64);
+            .set(journal_now.events_since_snapshot() as i64);
+        journal = Some(journal_now);
     }
-    tracing::debug!(last_seq = journal.last_seq(), "journal writer stopped");
+    tracing::debug!(
+        last_seq = journal.as_ref().map(|j| j.last_seq()),
+        "journal writer stopped"
+    );
 }

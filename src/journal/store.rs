@@ -25,6 +25,8 @@ const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const KEY_SCHEMA: &str = "schema_version";
 const KEY_SNAPSHOT_SEQ: &str = "snapshot_seq";
 const KEY_STATE: &str = "state";
+/// Meta key written by a probe after a write failure (its value: the time, unused).
+const KEY_PROBE: &str = "write_probe";
 
 /// The first bytes of every redb file.
 const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
@@ -67,6 +69,9 @@ pub enum JournalError {
         #[source]
         source: redb::Error,
     },
+    /// The journal takes no writes now (it failed one and could not be reopened or probed).
+    #[error("journal {path} takes no writes: {reason}")]
+    Unavailable { path: PathBuf, reason: String },
     /// An event could not be encoded.
     #[error("journal: cannot encode event: {0}")]
     Encode(#[source] serde_json::Error),
@@ -221,6 +226,19 @@ impl Journal {
         self.last_seq = seq;
         self.events_since_snapshot += events.len() as u64;
         Ok(seq)
+    }
+
+    /// Commits a small durable write (the time, under a meta key): whether the store takes
+    /// writes again after a failure.
+    pub fn probe(&mut self) -> Result<(), JournalError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.write(|txn| {
+            txn.open_table(META)?.insert(KEY_PROBE, now)?;
+            Ok(())
+        })
     }
 
     /// Replaces every event up to `state.seq` with a snapshot of `state`, in one transaction.

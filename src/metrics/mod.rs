@@ -43,6 +43,8 @@ pub struct Metrics {
     pub drift_corrected: IntCounterVec,
     pub resyncs: IntCounterVec,
     pub journal_events: IntCounter,
+    pub journal_write_errors: IntCounter,
+    pub journal_writable: IntGauge,
     pub journal_append_duration: Histogram,
     pub journal_compactions: IntCounter,
     pub journal_uncompacted: IntGauge,
@@ -200,6 +202,14 @@ impl Metrics {
                     &["reason"],
                 )
                 .unwrap(),
+            ),
+            journal_write_errors: reg(
+                r,
+                IntCounter::new("concord_journal_write_errors_total", "Journal commits that failed (disk full, I/O error): their intents were not acknowledged").unwrap(),
+            ),
+            journal_writable: reg(
+                r,
+                IntGauge::new("concord_journal_writable", "1 while the journal takes writes; 0 after a write failed, until a reopened journal takes a probe write (RuntimeReady is false meanwhile)").unwrap(),
             ),
             journal_events: reg(
                 r,

@@ -757,3 +757,15 @@ pub fn pod_config(d: &Daemon, name: &str) -> k8s_cri::v1::PodSandboxConfig {
         ..Default::default()
     }
 }
+
+/// Mount points a test made, unmounted (in order) when dropped: declared after the daemon, it
+/// runs before the daemon's temp dir is removed, also when an assertion fails.
+pub struct Unmount(pub Vec<PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
