@@ -740,6 +740,10 @@ async fn a_full_journal_disk_is_not_ready_then_recovers_and_loses_nothing() {
     )
     .await;
     println!("ready again {took:?} after the disk had space");
+    // The refused intent left nothing; the last acknowledged one is the desired state.
+    let o = common::runtime_config_object(&d).await;
+    let desired: serde_json::Value = serde_json::from_str(&o.desired).unwrap();
+    assert_eq!(desired["pod_cidr"], last_ok.as_str(), "{}", o.desired);
     update("10.200.1.0/24".into()).await.unwrap();
     last_ok = "10.200.1.0/24".into();
     // Every acknowledged intent survives a restart.

@@ -446,6 +446,16 @@ pub fn write_foreign_schema(path: &Path, version: u64) -> Result<(), redb::Error
     Ok(())
 }
 
+/// Sets `path`'s mode to `mode` unless it has no more than that already.
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if current & !mode != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::event::ObjectKey;
@@ -563,14 +573,4 @@ mod tests {
         assert!(result.is_err(), "a damaged journal must not open");
         assert_eq!(sha(&path), before);
     }
-}
-
-/// Sets `path`'s mode to `mode` unless it has no more than that already.
-fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
-    if current & !mode != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
 }
