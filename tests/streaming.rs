@@ -374,6 +374,57 @@ async fn port_forward_reaches_a_server_inside_the_pod() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_pushed_at_a_process_that_does_not_read_is_held_to_a_budget() {
+    let d = daemon().await;
+    let (pod, id) = pod_with(&d, "push", "busybox", &["sleep", "1000"]).await;
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = rss(d.pid());
+    // `exec -i sleep`: 1 MiB stdin messages as fast as the connection takes them, for 5 s.
+    let url = exec_url(&d, exec_req(&id, &["sleep", "600"], true, false)).await;
+    let mut c = connect(&url, "v5.channel.k8s.io").await;
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0u64;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while c.send(0, &chunk).await.is_ok() {
+            sent += chunk.len() as u64;
+        }
+    })
+    .await;
+    let grown = rss(d.pid()).saturating_sub(before);
+    println!(
+        "pushed {} MiB; concord's RSS grew {} MiB",
+        sent >> 20,
+        grown >> 10
+    );
+    // The session's stdin budget (8 MiB) plus a message being read, not what was pushed.
+    assert!(
+        grown < 64 << 10,
+        "RSS grew {grown} kB after {sent} bytes pushed"
+    );
+    // CRI RPCs still answer.
+    d.runtime()
+        .await
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap();
+    drop(c);
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_is_closed_and_its_process_killed() {
     let d = daemon_with(&["--stream-idle-timeout-seconds=2"]).await;
     let (pod, id) = pod_with(&d, "idle", "busybox", &["sleep", "1000"]).await;

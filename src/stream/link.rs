@@ -69,12 +69,52 @@ pub struct Out {
 
 /// The receiving side.
 pub struct In {
-    rx: mpsc::Receiver<Input>,
+    rx: mpsc::Receiver<Queued>,
     activity: Arc<Mutex<Instant>>,
 }
 
+/// Bytes of stdin one session holds that the process has not taken yet; past this the client
+/// is not read until it does (a client pushing gigabytes into `exec -i sleep` holds this much).
+pub const SESSION_INPUT_BYTES: usize = 8 << 20;
+
+/// Input with its share of the session's stdin budget, released once taken.
+type Queued = (Input, Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// The sending side of a session's input queue: stdin is held to [`SESSION_INPUT_BYTES`].
+#[derive(Clone)]
+struct InputTx {
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl InputTx {
+    fn channel() -> (InputTx, mpsc::Receiver<Queued>) {
+        let (tx, rx) = mpsc::channel(64);
+        let budget = Arc::new(tokio::sync::Semaphore::new(SESSION_INPUT_BYTES));
+        (InputTx { tx, budget }, rx)
+    }
+
+    /// Queues `input`; stdin waits for its bytes' share of the budget. Err: the session ended.
+    async fn send(&self, input: Input) -> Result<(), ()> {
+        let permit = match &input {
+            Input::Stdin(d) => {
+                let n = d.len().clamp(1, SESSION_INPUT_BYTES) as u32;
+                Some(
+                    self.budget
+                        .clone()
+                        .acquire_many_owned(n)
+                        .await
+                        .map_err(|_| ())?,
+                )
+            }
+            _ => None,
+        };
+        self.tx.send((input, permit)).await.map_err(|_| ())
+    }
+}
+
 impl Link {
-    fn new(output: Output, rx: mpsc::Receiver<Input>, protocol: Protocol) -> Link {
+    fn new(output: Output, rx: mpsc::Receiver<Queued>, protocol: Protocol) -> Link {
         let activity = Arc::new(Mutex::new(Instant::now()));
         Link {
             out: Arc::new(Out {
@@ -141,7 +181,8 @@ impl In {
             tokio::select! {
                 i = self.rx.recv() => {
                     *self.activity.lock() = Instant::now();
-                    return i.unwrap_or(Input::Gone("client went away"));
+                    // The budget share goes with the queue entry: the session holds the data now.
+                    return i.map(|(input, _)| input).unwrap_or(Input::Gone("client went away"));
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     if *self.activity.lock() + idle <= Instant::now() {
@@ -168,7 +209,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut rx) = Sender::split(io, protocol, metrics, kind);
-    let (input_tx, input) = mpsc::channel(64);
+    let (input_tx, input) = InputTx::channel();
     let sender = tx.clone();
     tokio::spawn(async move {
         let why = loop {
@@ -215,7 +256,7 @@ pub async fn spdy(
     kind: &'static str,
 ) -> Result<Link, Error> {
     let streams: Arc<Mutex<HashMap<u8, StreamWriter>>> = Arc::default();
-    let (input_tx, input) = mpsc::channel(64);
+    let (input_tx, input) = InputTx::channel();
     let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
     let outputs = streams.clone();
     let m = metrics.clone();

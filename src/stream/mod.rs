@@ -124,6 +124,13 @@ fn unguessable() -> std::io::Result<[u8; 16]> {
     Ok(b)
 }
 
+/// Longest a write to a streaming client may wait for it to read: past this the client is
+/// taken for gone and its session ends (its buffers and process with it).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Connections the streaming server serves at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+
 /// A boxed writing half of a connection.
 pub type BoxWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
@@ -166,6 +173,7 @@ impl StreamServer {
             ctx: Arc::new(ctx),
         });
         let this = server.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let task = tokio::spawn(async move {
             loop {
                 let (conn, _) = tokio::select! {
@@ -179,10 +187,21 @@ impl StreamServer {
                     },
                     _ = stop.cancelled() => return,
                 };
+                // At most MAX_CONNECTIONS at once (each holds buffers and a task): one more
+                // is closed at once rather than queued.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(
+                        max = MAX_CONNECTIONS,
+                        "streaming server full: connection refused"
+                    );
+                    drop(conn);
+                    continue;
+                };
                 let this = this.clone();
                 let acceptor = acceptor.clone();
                 let _ = conn.set_nodelay(true);
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let svc = hyper::service::service_fn(move |req| {
                         let this = this.clone();
                         async move { Ok::<_, std::convert::Infallible>(this.handle(req)) }

@@ -50,6 +50,15 @@ pub const INITIAL_WINDOW: i64 = 64 * 1024;
 const MAX_DATA: usize = 64 * 1024;
 /// Data frames a stream buffers before the connection's reader waits for it.
 const STREAM_BUFFER: usize = 64;
+/// Bytes of the peer's data one connection holds for readers that have not taken it yet: past
+/// this the connection is not read until they do (a peer ignoring flow control, as Go's
+/// spdystream does, cannot grow concord's memory).
+pub const CONNECTION_BUFFER_BYTES: usize = 16 << 20;
+/// Streams one connection may have open; more are refused (RST_STREAM REFUSED_STREAM).
+pub const MAX_STREAMS: usize = 512;
+
+/// Data for a reader, holding its share of the connection's byte budget until taken.
+type Chunk = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 /// The largest frame accepted (a peer claiming more is a protocol error).
 const MAX_FRAME: usize = 4 << 20;
 /// The most a decompressed header block may hold, and the most header entries.
@@ -385,7 +394,7 @@ fn be32(b: &[u8], at: usize) -> u32 {
 /// The state of one stream inside the connection.
 struct StreamState {
     /// Where the peer's data goes (None once the peer finished its half).
-    tx: Option<mpsc::Sender<Vec<u8>>>,
+    tx: Option<mpsc::Sender<Chunk>>,
     /// What concord may still send on it.
     send_window: i64,
     /// Received bytes not yet granted back.
@@ -399,7 +408,7 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn new(tx: Option<mpsc::Sender<Vec<u8>>>, window: i64) -> StreamState {
+    fn new(tx: Option<mpsc::Sender<Chunk>>, window: i64) -> StreamState {
         StreamState {
             tx,
             send_window: window,
@@ -434,6 +443,8 @@ struct Shared {
     last_peer_id: AtomicU32,
     closed: CancellationToken,
     last_activity: Mutex<Instant>,
+    /// [`CONNECTION_BUFFER_BYTES`] as permits, one per byte held for readers.
+    buffered: Arc<tokio::sync::Semaphore>,
 }
 
 /// One side of a SPDY connection.
@@ -446,7 +457,7 @@ pub struct Conn {
 pub struct Stream {
     pub id: u32,
     pub headers: Headers,
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Chunk>,
     writer: StreamWriter,
 }
 
@@ -463,7 +474,8 @@ impl Stream {
     /// The next data the peer sent; None once it finished its half, reset the stream or the
     /// connection ended.
     pub async fn read(&mut self) -> Option<Vec<u8>> {
-        let data = self.rx.recv().await?;
+        let (data, budget) = self.rx.recv().await?;
+        drop(budget);
         self.writer.consumed(data.len());
         Some(data)
     }
@@ -645,8 +657,21 @@ impl Shared {
             ));
         }
         let mut w = self.write.lock().await;
-        w.0.write_all(frame).await?;
-        w.0.flush().await?;
+        let write = async {
+            w.0.write_all(frame).await?;
+            w.0.flush().await
+        };
+        match tokio::time::timeout(super::WRITE_TIMEOUT, write).await {
+            Ok(r) => r?,
+            Err(_) => {
+                // A peer that reads nothing for this long is gone: the connection ends.
+                self.closed.cancel();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the peer read nothing for too long",
+                ));
+            }
+        }
         *self.last_activity.lock() = Instant::now();
         Ok(())
     }
@@ -722,6 +747,7 @@ impl Conn {
             last_peer_id: AtomicU32::new(0),
             closed: CancellationToken::new(),
             last_activity: Mutex::new(Instant::now()),
+            buffered: Arc::new(tokio::sync::Semaphore::new(CONNECTION_BUFFER_BYTES)),
         });
         let (incoming_tx, incoming) = mpsc::channel(64);
         let reader = shared.clone();
@@ -887,9 +913,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 match tx {
                     (Some(tx), fin) => {
                         if !data.is_empty() {
-                            // A reader that went away drops its data; closing ends the wait.
+                            // The bytes are taken from the connection's budget first (waiting,
+                            // not reading on, while readers hold it all); a reader that went
+                            // away drops its data; closing ends the waits.
+                            let n = data.len().min(CONNECTION_BUFFER_BYTES) as u32;
+                            let budget = tokio::select! {
+                                p = shared.buffered.clone().acquire_many_owned(n) => match p {
+                                    Ok(p) => p,
+                                    Err(_) => return Ok(()),
+                                },
+                                _ = shared.closed.cancelled() => return Ok(()),
+                            };
                             tokio::select! {
-                                _ = tx.send(data) => {}
+                                _ = tx.send((data, budget)) => {}
                                 _ = shared.closed.cancelled() => return Ok(()),
                             }
                         }
@@ -919,6 +955,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     if refused {
                         let mut b = id.to_be_bytes().to_vec();
                         b.extend_from_slice(&PROTOCOL_ERROR.to_be_bytes());
+                        shared.write_raw(&control(RST_STREAM, 0, &b)).await?;
+                        continue;
+                    }
+                    if shared.state.lock().streams.len() >= MAX_STREAMS {
+                        last_peer_id = id;
+                        let mut b = id.to_be_bytes().to_vec();
+                        b.extend_from_slice(&REFUSED_STREAM.to_be_bytes());
                         shared.write_raw(&control(RST_STREAM, 0, &b)).await?;
                         continue;
                     }
@@ -1106,6 +1149,81 @@ mod tests {
         assert_eq!(f, [0x80, 3, 0, 6, 0, 0, 0, 4, 0, 0, 0, 7]);
         let d = data_frame(5, FLAG_FIN, b"hi");
         assert_eq!(d, [0, 0, 0, 5, 1, 0, 0, 2, b'h', b'i']);
+    }
+
+    /// A raw peer: SYN_STREAM `id` with no headers.
+    fn syn(enc: &mut HeaderEncoder, id: u32) -> Vec<u8> {
+        let mut body = id.to_be_bytes().to_vec();
+        body.extend_from_slice(&0u32.to_be_bytes());
+        body.extend_from_slice(&[0, 0]);
+        body.extend(enc.encode(&Vec::new()));
+        control(SYN_STREAM, 0, &body)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_ignoring_flow_control_is_held_to_the_byte_budget() {
+        use tokio::io::AsyncWriteExt;
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (server, mut incoming) = Conn::server(a);
+        let (mut br, mut bw) = tokio::io::split(b);
+        tokio::spawn(async move { while let Ok(Some(_)) = read_frame(&mut br).await {} });
+        let mut enc = HeaderEncoder::default();
+        bw.write_all(&syn(&mut enc, 1)).await.unwrap();
+        let mut s = incoming.recv().await.unwrap();
+        // 40 MiB pushed at a stream nobody reads, windows ignored (as Go's spdystream does).
+        let push = tokio::spawn(async move {
+            for _ in 0..40 {
+                bw.write_all(&data_frame(1, 0, &vec![1u8; 1 << 20]))
+                    .await
+                    .unwrap();
+            }
+            bw.write_all(&data_frame(1, FLAG_FIN, &[])).await.unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let held = CONNECTION_BUFFER_BYTES - server.shared.buffered.available_permits();
+        assert!(held <= CONNECTION_BUFFER_BYTES, "{held}");
+        assert!(
+            !push.is_finished(),
+            "the connection was read past its budget"
+        );
+        // The reader takes it: everything arrives, and the budget is whole again.
+        let got = s.read_to_end().await;
+        push.await.unwrap();
+        assert_eq!(got.len(), 40 << 20);
+        assert_eq!(
+            server.shared.buffered.available_permits(),
+            CONNECTION_BUFFER_BYTES
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_past_the_cap_are_refused() {
+        use tokio::io::AsyncWriteExt;
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (_server, mut incoming) = Conn::server(a);
+        let (mut br, mut bw) = tokio::io::split(b);
+        let mut enc = HeaderEncoder::default();
+        let mut frames = Vec::new();
+        for i in 0..=MAX_STREAMS as u32 {
+            frames.extend(syn(&mut enc, 2 * i + 1));
+        }
+        bw.write_all(&frames).await.unwrap();
+        let mut kept = Vec::new();
+        for _ in 0..MAX_STREAMS {
+            kept.push(incoming.recv().await.unwrap());
+        }
+        let last = 2 * MAX_STREAMS as u32 + 1;
+        loop {
+            match read_frame(&mut br).await.unwrap().unwrap() {
+                Frame::Control { kind, body, .. } if kind == RST_STREAM => {
+                    assert_eq!(be32(&body, 0), last);
+                    assert_eq!(be32(&body, 4), REFUSED_STREAM);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(kept.len(), MAX_STREAMS);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The RFC 6455 GUID appended to the client's key.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// Largest message accepted from a client (frames are reassembled up to this).
-pub const MAX_MESSAGE: usize = 16 << 20;
+/// Largest message accepted from a client (frames are reassembled up to this; clients send
+/// stdin and port-forward data in pieces of tens of KiB).
+pub const MAX_MESSAGE: usize = 4 << 20;
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(key: &str) -> String {
@@ -178,8 +179,19 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
         }
         None => frame.extend_from_slice(data),
     }
-    w.write_all(&frame).await?;
-    w.flush().await
+    // A client that reads nothing for this long is gone.
+    let write = async {
+        w.write_all(&frame).await?;
+        w.flush().await
+    };
+    tokio::time::timeout(super::WRITE_TIMEOUT, write)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing for too long",
+            )
+        })?
 }
 
 /// A whole message: data messages reassembled from their fragments; control frames as they
