@@ -117,6 +117,34 @@ pub enum Document {
     Manifest(Manifest),
 }
 
+/// Whether `d` is `<algorithm>:<hex>` of a digest concord verifies (sha256, sha512): digests
+/// become URL paths and file names, so anything else is refused before use.
+pub fn valid_digest(d: &str) -> bool {
+    let hex_of = |h: &str, n: usize| {
+        h.len() == n
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match d.split_once(':') {
+        Some(("sha256", h)) => hex_of(h, 64),
+        Some(("sha512", h)) => hex_of(h, 128),
+        _ => false,
+    }
+}
+
+fn check_descriptor(d: &Descriptor) -> Result<(), String> {
+    if !valid_digest(&d.digest) {
+        return Err(format!(
+            "descriptor digest {:?} is not a sha256 or sha512 digest",
+            d.digest
+        ));
+    }
+    if d.size < 0 {
+        return Err(format!("descriptor {} has a negative size", d.digest));
+    }
+    Ok(())
+}
+
 /// Parses a manifest or index; the media type comes from the document, else the transport
 /// (Content-Type / descriptor), else its shape (Docker v2 manifests may lack `mediaType`).
 pub fn parse_document(bytes: &[u8], hint: &str) -> Result<(Document, String), String> {
@@ -137,11 +165,15 @@ pub fn parse_document(bytes: &[u8], hint: &str) -> Result<(Document, String), St
     match media.as_str() {
         OCI_INDEX | DOCKER_LIST => {
             let i: Index = serde_json::from_value(v).map_err(|e| format!("bad index: {e}"))?;
+            i.manifests.iter().try_for_each(check_descriptor)?;
             Ok((Document::Index(i), media))
         }
         OCI_MANIFEST | DOCKER_MANIFEST => {
             let m: Manifest =
                 serde_json::from_value(v).map_err(|e| format!("bad manifest: {e}"))?;
+            std::iter::once(&m.config)
+                .chain(&m.layers)
+                .try_for_each(check_descriptor)?;
             if m.schema_version != 2 {
                 return Err(format!(
                     "manifest schema version {} is not supported",
@@ -233,7 +265,11 @@ mod tests {
 
     #[test]
     fn docker_manifest_without_media_type_is_recognised_by_shape() {
-        let doc = br#"{"schemaVersion":2,"config":{"digest":"sha256:c","size":1},"layers":[]}"#;
+        let doc = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"sha256:{}","size":1}},"layers":[]}}"#,
+            "c".repeat(64)
+        );
+        let doc = doc.as_bytes();
         let (d, media) = parse_document(doc, "").unwrap();
         assert!(matches!(d, Document::Manifest(_)));
         assert_eq!(media, OCI_MANIFEST);
@@ -273,6 +309,21 @@ mod tests {
 
     #[test]
     fn schema1_is_refused() {
+        for bad in [
+            "../../etc/passwd",
+            "sha256:abc",
+            "sha256:../x",
+            "md5:00",
+            "SHA256:",
+        ] {
+            let doc = format!(
+                r#"{{"schemaVersion":2,"config":{{"digest":"{bad}","size":1}},"layers":[]}}"#
+            );
+            let e = parse_document(doc.as_bytes(), OCI_MANIFEST).unwrap_err();
+            assert!(e.contains("digest"), "{bad}: {e}");
+        }
+        assert!(valid_digest(&format!("sha256:{}", "a".repeat(64))));
+        assert!(!valid_digest(&format!("sha256:{}", "A".repeat(64))));
         let e = parse_document(
             br#"{"schemaVersion":1}"#,
             "application/vnd.docker.distribution.manifest.v1+prettyjws",

@@ -518,7 +518,7 @@ impl Sender<BoxWrite> {
     {
         let (r, w) = tokio::io::split(io);
         let tx = Sender::new(Box::new(w) as BoxWrite, protocol, metrics, kind);
-        (Arc::new(tx), ws::Reader::new(r))
+        (Arc::new(tx), ws::Reader::from_client(r))
     }
 }
 

@@ -211,17 +211,32 @@ fn invalid(what: &str) -> std::io::Error {
 pub struct Reader<R> {
     inner: R,
     partial: Option<Message>,
+    /// The peer is a client: its frames must be masked (RFC 6455 5.1).
+    masked_only: bool,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
+    /// A reader of a server's frames (unmasked).
     pub fn new(inner: R) -> Reader<R> {
         Reader {
             inner,
             partial: None,
+            masked_only: false,
         }
     }
 
-    /// The next message (None at EOF). Masked or not, either side's frames are accepted.
+    /// A reader of a client's frames: an unmasked one ends the connection.
+    pub fn from_client(inner: R) -> Reader<R> {
+        Reader {
+            inner,
+            partial: None,
+            masked_only: true,
+        }
+    }
+
+    /// The next message (None at EOF). Frames the RFC forbids end the connection: reserved
+    /// bits set (no extension was agreed), an unmasked client frame, a control frame that is
+    /// fragmented or longer than 125 bytes, a length past the message limit.
     pub async fn next(&mut self) -> std::io::Result<Option<Message>> {
         let r = &mut self.inner;
         loop {
@@ -236,9 +251,19 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 Err(e) => return Err(e),
             }
             let fin = head[0] & 0x80 != 0;
+            if head[0] & 0x70 != 0 {
+                return Err(invalid("websocket frame with reserved bits set"));
+            }
             let op =
                 Opcode::of(head[0] & 0x0f).ok_or_else(|| invalid("unknown websocket opcode"))?;
             let masked = head[1] & 0x80 != 0;
+            if self.masked_only && !masked {
+                return Err(invalid("unmasked websocket frame from a client"));
+            }
+            let control = matches!(op, Opcode::Close | Opcode::Ping | Opcode::Pong);
+            if control && (!fin || head[1] & 0x7f > 125) {
+                return Err(invalid("fragmented or long websocket control frame"));
+            }
             let len = match head[1] & 0x7f {
                 126 => {
                     let mut b = [0u8; 2];
@@ -253,7 +278,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 n => n as u64,
             };
             let so_far = self.partial.as_ref().map_or(0, |m| m.data.len()) as u64;
-            if len + so_far > MAX_MESSAGE as u64 {
+            if len.saturating_add(so_far) > MAX_MESSAGE as u64 {
                 return Err(invalid("websocket message too large"));
             }
             let mut key = [0u8; 4];
@@ -363,5 +388,49 @@ mod tests {
             }
         );
         assert!(r.next().await.unwrap().is_none());
+    }
+
+    /// Frames the RFC forbids end the connection with an error, never a panic or a huge
+    /// allocation.
+    #[tokio::test]
+    async fn forbidden_frames_are_refused() {
+        let masked = |b: &[u8]| {
+            let mut v = b.to_vec();
+            v[1] |= 0x80;
+            v.extend_from_slice(&[0, 0, 0, 0]);
+            v
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "reserved bits",
+                masked(&[0x82 | 0x40, 0x01])
+                    .into_iter()
+                    .chain([b'x'])
+                    .collect(),
+            ),
+            ("unmasked", vec![0x82, 0x01, b'x']),
+            ("fragmented ping", masked(&[0x09, 0x00])),
+            ("long ping", {
+                let mut v = masked(&[0x89, 126]);
+                v.splice(2..2, [0u8, 200]);
+                v
+            }),
+            // A 64-bit length that would overflow a sum with the fragments so far.
+            ("huge length", {
+                let mut v = vec![0x02, 0x80 | 0x01, 0, 0, 0, 0, b'a'];
+                v.extend([0x00, 0x80 | 127]);
+                v.extend(u64::MAX.to_be_bytes());
+                v.extend([0, 0, 0, 0]);
+                v
+            }),
+        ];
+        for (what, bytes) in cases {
+            let (mut a, mut b) = tokio::io::duplex(1 << 16);
+            a.write_all(&bytes).await.unwrap();
+            drop(a);
+            let mut r = Reader::from_client(&mut b);
+            let got = r.next().await;
+            assert!(got.is_err(), "{what}: {got:?}");
+        }
     }
 }
