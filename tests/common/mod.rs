@@ -242,9 +242,51 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A test that failed half-way left its pods: concord removes them (tasks, shims, CNI
+        // addresses, netns) before it is killed, so no run leaves anything on the machine.
+        if self.child.is_some() {
+            remove_all_pods(&self.socket);
+        }
         self.kill9();
         cleanup_namespace(&self.containerd, &self.namespace);
     }
+}
+
+/// RemovePodSandbox for every pod of the concord at `socket` (bounded; errors ignored).
+fn remove_all_pods(socket: &Path) {
+    use k8s_cri::v1 as cri;
+    let socket = socket.to_owned();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let bounded = |d: u64| Duration::from_secs(d);
+            let Ok(Ok(ch)) = tokio::time::timeout(bounded(2), uds_channel(&socket)).await else {
+                return;
+            };
+            let mut rt = RuntimeServiceClient::new(ch);
+            let Ok(Ok(pods)) = tokio::time::timeout(
+                bounded(5),
+                rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()),
+            )
+            .await
+            else {
+                return;
+            };
+            for p in pods.into_inner().items {
+                let _ = tokio::time::timeout(
+                    bounded(30),
+                    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                        pod_sandbox_id: p.id,
+                    }),
+                )
+                .await;
+            }
+        });
+    })
+    .join();
 }
 
 /// Removes what a test left in its containerd namespace (images, then the namespace), so the
