@@ -341,6 +341,39 @@ async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
         || async { entries(&log).len() >= 2 },
     )
     .await;
+    // A pid file that names another process (the writer died, the pid was reused): that
+    // process is never signalled; the call says the writer is not running.
+    let pidfile = d
+        .state_dir
+        .join("containers")
+        .join(&id)
+        .join("log-writer.pid");
+    let writer_pid = std::fs::read_to_string(&pidfile).unwrap();
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::fs::write(&pidfile, bystander.id().to_string()).unwrap();
+    let err = d
+        .runtime()
+        .await
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "an unrelated process was signalled"
+    );
+    let _ = bystander.kill();
+    std::fs::write(&pidfile, writer_pid).unwrap();
 
     // Stop: the script ignores SIGTERM, so the grace period ends in SIGKILL.
     d.runtime()

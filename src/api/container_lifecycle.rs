@@ -168,6 +168,7 @@ impl Runtime {
                 .create(true)
                 .append(true)
                 .mode(0o640)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(&c.log_path)
                 .map_err(|e| {
                     ApiError::FailedPrecondition(format!("creating {}: {e}", c.log_path))
@@ -189,6 +190,21 @@ impl Runtime {
             .ok_or_else(|| {
                 ApiError::FailedPrecondition(format!("container {id} has no log writer"))
             })?;
+        // The pid file outlives its writer (a crash, a reboot): only a process that is this
+        // container's log writer (a log-writer command line naming this container's pid file,
+        // whose path holds the id) is signalled, never whatever process reuses the pid.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let ours = crate::logwriter::is_invocation(args.get(1..).unwrap_or_default())
+            && args.iter().any(|a| a.contains(id.as_str()));
+        if !ours {
+            return Err(ApiError::FailedPrecondition(format!(
+                "container {id}'s log writer (pid {pid}) is not running"
+            )));
+        }
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGUSR1,
