@@ -754,3 +754,77 @@ async fn a_full_journal_disk_is_not_ready_then_recovers_and_loses_nothing() {
     assert_eq!(desired["pod_cidr"], last_ok.as_str(), "{}", o.desired);
     d.kill9();
 }
+
+/// An ExecSync whose caller goes away (kubelet's deadline, a dropped connection) does not leave
+/// its process running or its FIFOs behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_exec_sync_leaves_no_process_and_no_fifos() {
+    let d = common::pod_daemon(&[]).await;
+    common::pull_ok(&d, "busybox").await;
+    let config = common::pod_config(&d, "cancelled");
+    let mut rt = d.runtime().await;
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let c = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "1000".into()],
+        ..Default::default()
+    };
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(c),
+            sandbox_config: Some(config),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(cri::ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["sleep".into(), "777".into()],
+        timeout: 0,
+    });
+    req.set_timeout(Duration::from_secs(1));
+    assert!(rt.exec_sync(req).await.is_err());
+    let state = d.state_dir.join("containers").join(&id);
+    common::eventually(
+        Duration::from_secs(15),
+        "the abandoned exec's process and FIFOs are gone",
+        || async {
+            let ps = common::exec_out(&d, &id, &["ps"]).await;
+            let fifos = std::fs::read_dir(&state)
+                .map(|r| {
+                    r.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with("exec-"))
+                })
+                .unwrap_or(false);
+            !ps.contains("sleep 777") && !fifos
+        },
+    )
+    .await;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}

@@ -63,6 +63,15 @@ impl Runtime {
                 return Err(e);
             }
         };
+        // A call dropped half-way (kubelet went away, its deadline passed) must not leave the
+        // process running or its FIFOs behind: the guard ends both unless the call finishes.
+        let mut guard = ExecGuard {
+            ctd: self.containerd.clone(),
+            id: id.clone(),
+            exec_id: exec_id.clone(),
+            dir: dir.clone(),
+            armed: true,
+        };
         let io = TaskIo {
             stdin: String::new(),
             stdout: out.display().to_string(),
@@ -119,11 +128,46 @@ impl Runtime {
         };
         let (stdout, stderr) = (collect(out_task).await, collect(err_task).await);
         let _ = std::fs::remove_dir_all(&dir);
+        guard.armed = false;
         let code = result?;
         Ok(cri::ExecSyncResponse {
             stdout,
             stderr,
             exit_code: code as i32,
         })
+    }
+}
+
+/// Ends an ExecSync's process and removes its FIFOs when the call is dropped before it did.
+struct ExecGuard {
+    ctd: crate::containerd::Containerd,
+    id: String,
+    exec_id: String,
+    dir: std::path::PathBuf,
+    armed: bool,
+}
+
+impl Drop for ExecGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (ctd, id, exec_id, dir) = (
+            self.ctd.clone(),
+            self.id.clone(),
+            self.exec_id.clone(),
+            self.dir.clone(),
+        );
+        tracing::debug!(container_id = %id, exec_id = %exec_id, "ExecSync dropped: ending its process");
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = ctd.kill_process(&id, &exec_id).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), ctd.wait_process(&id, &exec_id))
+                        .await;
+                let _ = ctd.delete_process(&id, &exec_id).await;
+                let _ = std::fs::remove_dir_all(&dir);
+            });
+        }
     }
 }
