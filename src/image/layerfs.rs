@@ -32,8 +32,10 @@ pub enum LayerError {
 enum Entry {
     Absent,
     Dir,
-    /// A regular file, or another kind (device, FIFO, socket): its place in one layer.
+    /// A regular file: its place in one layer.
     File(PathBuf),
+    /// A device, FIFO or socket: never opened.
+    Special,
     Link(PathBuf),
 }
 
@@ -78,11 +80,17 @@ impl Layers {
         let Some(layer_path) = self.resolve(path)? else {
             return Ok(None);
         };
-        // O_NOFOLLOW: the entry was seen as a file, not a link; O_NONBLOCK: a FIFO swapped in
-        // meanwhile does not hang the open. The descriptor's own type decides.
+        // Only what lookup saw as a regular file is opened. O_NOFOLLOW: not a link swapped in;
+        // O_NONBLOCK and O_NOCTTY: a FIFO or tty swapped in meanwhile neither hangs the open nor
+        // becomes concord's terminal; the descriptor's own type is checked again.
         let f = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+            .custom_flags(
+                nix::libc::O_NOFOLLOW
+                    | nix::libc::O_NONBLOCK
+                    | nix::libc::O_NOCTTY
+                    | nix::libc::O_CLOEXEC,
+            )
             .open(&layer_path)
             .map_err(|e| io_err(path, e))?;
         let meta = f.metadata().map_err(|e| io_err(path, e))?;
@@ -135,8 +143,15 @@ impl Layers {
                 }
                 Entry::Dir => {}
                 Entry::File(p) if last => return Ok(Some(p)),
+                // A device node (mknod'ed from a layer), FIFO or socket is never opened: opening
+                // a device can act on the host (a watchdog, a tty).
+                Entry::Special if last => {
+                    return Err(LayerError::NotRegular {
+                        path: path.to_string(),
+                    })
+                }
                 // A file where a directory is needed: nothing there.
-                Entry::File(_) => return Ok(None),
+                Entry::File(_) | Entry::Special => return Ok(None),
                 Entry::Link(target) => {
                     links += 1;
                     if links > MAX_LINKS {
@@ -210,6 +225,9 @@ impl Layers {
                 }
                 if t.is_dir() {
                     return Ok(Entry::Dir);
+                }
+                if !t.is_file() {
+                    return Ok(Entry::Special);
                 }
                 return Ok(Entry::File(here));
             }
@@ -346,6 +364,19 @@ mod tests {
             "the image's /dev/zero"
         );
         std::fs::create_dir_all(d[0].join("dev")).unwrap();
+        // A device node in a layer (here /dev/null's numbers) is refused before any open.
+        nix::sys::stat::mknod(
+            &d[0].join("dev/null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        symlink("/dev/null", d[0].join("etc/shadow")).unwrap();
+        assert!(matches!(
+            read(&d, "/etc/shadow"),
+            Err(LayerError::NotRegular { .. })
+        ));
         nix::unistd::mkfifo(
             &d[0].join("dev/zero"),
             nix::sys::stat::Mode::from_bits_truncate(0o600),

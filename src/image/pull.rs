@@ -25,14 +25,17 @@ use super::{Images, MANAGED_LABEL};
 use crate::containerd::{Containerd, ContainerdError};
 
 impl Images {
-    /// Pulls `image`; answers the image id. Concurrent pulls of one reference share the work.
+    /// Pulls `image`; answers the image id. Concurrent pulls of one reference with the same
+    /// credentials share the work.
     pub async fn pull(
         self: &Arc<Self>,
         image: &str,
         creds: Credentials,
     ) -> Result<String, Arc<ImageError>> {
         let reference = Reference::parse(image).map_err(|e| Arc::new(e.into()))?;
-        let key = format!("{reference}\u{0}{}", creds.username);
+        // Shared only by pulls with the very same credentials (a digest of them, not the
+        // secrets): a wrong password never rides on a right one's download.
+        let key = format!("{reference}\u{0}{}", creds.fingerprint());
         let fut = {
             let mut inflight = self.inflight.lock();
             match inflight.get(&key) {

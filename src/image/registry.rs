@@ -26,6 +26,22 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// A digest of all of them (username, password, tokens): equal only for equal credentials.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [
+            &self.username,
+            &self.password,
+            &self.identity_token,
+            &self.registry_token,
+        ] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+
     /// From CRI's AuthConfig (`auth` is base64 `user:password`).
     pub fn from_cri(a: &k8s_cri::v1::AuthConfig) -> Result<Credentials, String> {
         let mut c = Credentials {

@@ -212,6 +212,11 @@ struct Published {
 /// Longest pause between recovery attempts of a journal that failed a write.
 const RECOVER_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The pause after `n` failed recovery attempts: 200 ms doubling, at most [`RECOVER_MAX`].
+fn backoff(n: u32) -> std::time::Duration {
+    (std::time::Duration::from_millis(200) * 2u32.saturating_pow(n.min(5))).min(RECOVER_MAX)
+}
+
 /// Reopens the journal at `path` (the failed handle is dropped first: redb holds a lock) and
 /// probes it with a write. The reopened store's state must be the published one: a failed
 /// commit left nothing behind.
@@ -226,12 +231,18 @@ async fn reopen(
             Ok(o) => o,
             Err(e) => return (None, Err(format!("reopening: {e}"))),
         };
+        // The store must end exactly where the published state does: ahead (a commit whose
+        // failure was reported reached the disk after all) or behind (the file was replaced)
+        // would put unacknowledged intents in, or acknowledged ones out. Never written on top
+        // of: concord stays not ready until an operator restarts it (the restart replays the
+        // disk, which is then the truth).
         if state.seq != published_seq {
-            tracing::error!(
-                on_disk = state.seq,
-                published = published_seq,
-                "reopened journal does not end where the published state does"
+            let why = format!(
+                "the reopened journal ends at event {} but the published state at {}: not written until concord restarts",
+                state.seq, published_seq
             );
+            tracing::error!("{why}");
+            return (Some(j), Err(why));
         }
         match j.probe() {
             Ok(()) => (Some(j), Ok(())),
@@ -260,6 +271,8 @@ async fn writer(
     let mut journal = Some(journal);
     // After a failed write: attempts so far and when the next one is due.
     let mut recovering: Option<(u32, tokio::time::Instant)> = None;
+    // After a failed compaction: the event count the next attempt waits for.
+    let mut compact_retry_at = 0u64;
     let set_failing = |why: Option<String>| {
         metrics.journal_writable.set(why.is_none() as i64);
         failing.send_replace(why);
@@ -283,7 +296,7 @@ async fn writer(
                     }
                     Err(e) => {
                         let (n, _) = recovering.unwrap_or((0, tokio::time::Instant::now()));
-                        let pause = (std::time::Duration::from_millis(200) * 2u32.saturating_pow(n.min(5))).min(RECOVER_MAX);
+                        let pause = backoff(n);
                         tracing::warn!(error = %e, retry_in = ?pause, "journal still takes no writes");
                         recovering = Some((n + 1, tokio::time::Instant::now() + pause));
                     }
@@ -303,12 +316,28 @@ async fn writer(
             .iter()
             .flat_map(|a| a.events.iter().cloned())
             .collect();
+        // While the journal is failing, appends are refused at once until the next recovery
+        // attempt is due (no reopen, with its replay, per request).
+        if let Some((_, due)) = recovering {
+            if due > tokio::time::Instant::now() {
+                let e = Arc::new(JournalError::Unavailable {
+                    path: path.clone(),
+                    reason: failing.borrow().clone().unwrap_or_default(),
+                });
+                for a in batch {
+                    let _ = a.reply.send(Err(e.clone()));
+                }
+                continue;
+            }
+        }
         // A journal that failed is reopened (and probed) before it is written again.
         if recovering.is_some() || journal.is_none() {
             let seq = state_tx.borrow().seq;
             let (j, r) = reopen(journal.take(), path.clone(), seq).await;
             journal = j;
             if let Err(e) = r {
+                let (n, _) = recovering.unwrap_or((0, tokio::time::Instant::now()));
+                recovering = Some((n + 1, tokio::time::Instant::now() + backoff(n)));
                 let e = Arc::new(JournalError::Unavailable {
                     path: path.clone(),
                     reason: e,
@@ -363,7 +392,7 @@ async fn writer(
                     offset += a.events.len() as u64;
                     let _ = a.reply.send(Ok(offset - 1));
                 }
-                if journal_now.events_since_snapshot() >= compact_after {
+                if journal_now.events_since_snapshot() >= compact_after.max(compact_retry_at) {
                     let s = state.clone();
                     let (j, r) = tokio::task::spawn_blocking(move || {
                         let r = journal_now.compact(&s);
@@ -373,14 +402,20 @@ async fn writer(
                     .expect("journal compaction task panicked");
                     journal_now = j;
                     match r {
-                        Ok(()) => metrics.journal_compactions.inc(),
+                        Ok(()) => {
+                            metrics.journal_compactions.inc();
+                            compact_retry_at = 0;
+                        }
                         Err(e) => {
                             // Nothing acknowledged is lost (the events stay until a compaction
-                            // commits), but the store may refuse writes now: recover it.
+                            // commits). Appends may still work (a nearly full disk): the next
+                            // attempt waits for as many events again; an append that fails
+                            // starts the recovery.
                             tracing::error!(error = %e, "journal compaction failed");
                             metrics.journal_write_errors.inc();
-                            set_failing(Some(format!("journal compaction failed: {e}")));
-                            recovering = Some((0, tokio::time::Instant::now()));
+                            compact_retry_at = journal_now
+                                .events_since_snapshot()
+                                .saturating_add(compact_after);
                         }
                     }
                 }
