@@ -19,7 +19,7 @@ impl Runtime {
         req: cri::ContainerStatsRequest,
     ) -> Result<cri::ContainerStatsResponse, ApiError> {
         let (state, id) = self.known_container(&req.container_id)?;
-        let last = self.stats.fresh(state.containers[&id].started_at).await;
+        let last = self.stats.fresh(state.seq).await;
         Ok(cri::ContainerStatsResponse {
             stats: Some(container_stats(&state.containers[&id], &last)),
         })
@@ -36,8 +36,7 @@ impl Runtime {
             .values()
             .filter(|c| selected(c, &f.id, &f.pod_sandbox_id, &f.label_selector))
             .collect();
-        let newest = chosen.iter().map(|c| c.started_at).max().unwrap_or(0);
-        let last = self.stats.fresh(newest).await;
+        let last = self.stats.fresh(state.seq).await;
         let stats = chosen.iter().map(|c| container_stats(c, &last)).collect();
         Ok(cri::ListContainerStatsResponse { stats })
     }
@@ -63,7 +62,7 @@ impl Runtime {
                 "pod sandbox {id} is not ready: a stopped pod has no stats"
             )));
         }
-        let last = self.stats.fresh(newest_start(&state, Some(&id))).await;
+        let last = self.stats.fresh(state.seq).await;
         Ok(cri::PodSandboxStatsResponse {
             stats: Some(sandbox_stats(s, &state, &last)),
         })
@@ -74,7 +73,7 @@ impl Runtime {
         req: cri::ListPodSandboxStatsRequest,
     ) -> Result<cri::ListPodSandboxStatsResponse, ApiError> {
         let state = self.journal.state();
-        let last = self.stats.fresh(newest_start(&state, None)).await;
+        let last = self.stats.fresh(state.seq).await;
         let f = req.filter.unwrap_or_default();
         let stats = state
             .sandboxes
@@ -111,7 +110,7 @@ impl Runtime {
         _req: cri::ListPodSandboxMetricsRequest,
     ) -> Result<cri::ListPodSandboxMetricsResponse, ApiError> {
         let state = self.journal.state();
-        let last = self.stats.fresh(newest_start(&state, None)).await;
+        let last = self.stats.fresh(state.seq).await;
         let pod_metrics = state
             .sandboxes
             .values()
@@ -120,17 +119,6 @@ impl Runtime {
             .collect();
         Ok(cri::ListPodSandboxMetricsResponse { pod_metrics })
     }
-}
-
-/// The newest container start in pod `sandbox` (every pod: None).
-fn newest_start(state: &State, sandbox: Option<&str>) -> i64 {
-    state
-        .containers
-        .values()
-        .filter(|c| sandbox.is_none_or(|s| c.sandbox_id == s))
-        .map(|c| c.started_at)
-        .max()
-        .unwrap_or(0)
 }
 
 fn cpu(u: &Usage) -> cri::CpuUsage {

@@ -405,11 +405,13 @@ pub fn linux_resources(res: &cri::LinuxContainerResources) -> Value {
     }
     if res.memory_limit_in_bytes > 0 {
         resources["memory"] = json!({"limit": res.memory_limit_in_bytes});
-        // Memory plus swap limited to the memory limit: the container cannot use the host's
-        // swap (as containerd, where the host accounts swap).
-        if swap_accounted() {
-            resources["memory"]["swap"] = json!(res.memory_limit_in_bytes);
-        }
+    }
+    // As containerd: the swap limit kubelet asks for (NodeSwap), else memory plus swap limited
+    // to the memory limit (no swap) where the host accounts swap.
+    if res.memory_swap_limit_in_bytes != 0 {
+        resources["memory"]["swap"] = json!(res.memory_swap_limit_in_bytes);
+    } else if res.memory_limit_in_bytes > 0 && swap_accounted() {
+        resources["memory"]["swap"] = json!(res.memory_limit_in_bytes);
     }
     if !res.hugepage_limits.is_empty() {
         resources["hugepageLimits"] = res

@@ -42,6 +42,18 @@ pub struct ContainerReconciler {
     journal: JournalHandle,
     settings: ContainerSettings,
     attachments: Arc<crate::attach::Attachments>,
+    /// Stops in progress: when this concord sent the stop signal's grace period ends. The
+    /// grace starts when the signal is sent (not when the intent was queued), is never started
+    /// again by a retry, and a later stop intent with an earlier end shortens it.
+    stopping: parking_lot::Mutex<std::collections::HashMap<String, StopClock>>,
+}
+
+/// One stop in progress.
+#[derive(Debug, Clone, Copy)]
+struct StopClock {
+    /// The record's generation the signal was sent for.
+    generation: u64,
+    deadline: std::time::Instant,
 }
 
 /// Exit code of a container whose start failed (as containerd's CRI answers).
@@ -75,6 +87,7 @@ impl ContainerReconciler {
             journal,
             settings,
             attachments,
+            stopping: Default::default(),
         }
     }
 
@@ -493,28 +506,66 @@ impl ContainerReconciler {
             })
             .and_then(|s| parse_signal(&s))
             .unwrap_or(15);
-        // What is left of the grace period: a stop retried after a reconcile timeout (or a
-        // concord restart) does not start the grace over, and reaches SIGKILL when it ends.
-        let grace = grace_left(rec, crate::api::now_nanos());
-        if !grace.is_zero() {
-            self.ctd.kill_task(id, signal).await?;
-            let budget = self.settings.reconcile_timeout * 3 / 4;
-            if tokio::time::timeout(grace.min(budget), self.ctd.wait_task(id))
+        // The stop signal goes once, when the stop starts here; the grace period runs from then
+        // (a stop that waited in the queue still gets all of it), and retries after a reconcile
+        // timeout wait only what is left of it, then SIGKILL.
+        let now = std::time::Instant::now();
+        let far = || now + Duration::from_secs(100 * 365 * 86_400);
+        let clock = self.stopping.lock().get(id).copied();
+        let deadline = match clock {
+            None => {
+                if rec.stop_timeout > 0 {
+                    self.ctd.kill_task(id, signal).await?;
+                }
+                let grace = Duration::from_secs(rec.stop_timeout.max(0) as u64);
+                let deadline = now.checked_add(grace).unwrap_or_else(far);
+                self.stopping.lock().insert(
+                    id.to_string(),
+                    StopClock {
+                        generation: rec.generation,
+                        deadline,
+                    },
+                );
+                deadline
+            }
+            // A newer stop intent: the earlier end wins (kubelet shortening the grace).
+            Some(c) if c.generation != rec.generation => {
+                let asked = now
+                    .checked_add(grace_left(rec, crate::api::now_nanos()))
+                    .unwrap_or_else(far);
+                let deadline = c.deadline.min(asked);
+                self.stopping.lock().insert(
+                    id.to_string(),
+                    StopClock {
+                        generation: rec.generation,
+                        deadline,
+                    },
+                );
+                deadline
+            }
+            Some(c) => c.deadline,
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !left.is_zero() {
+            let budget = self.settings.reconcile_timeout / 4 * 3;
+            if tokio::time::timeout(left.min(budget), self.ctd.wait_task(id))
                 .await
                 .is_ok()
             {
+                self.stopping.lock().remove(id);
                 return Ok(());
             }
-            if grace > budget {
+            if left > budget {
                 // The rest of the grace period in the next pass (not an answer to the caller).
                 return Err(ReconcileError::Waiting(format!(
                     "container {id}: stopping: {:?} of its grace period left",
-                    grace - budget
+                    left - budget
                 )));
             }
         }
         self.ctd.kill_task(id, 9).await?;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.ctd.wait_task(id)).await;
+        self.stopping.lock().remove(id);
         Ok(())
     }
 
@@ -524,6 +575,7 @@ impl ContainerReconciler {
         rec: &ContainerRecord,
         state: &State,
     ) -> Result<(), ReconcileError> {
+        self.stopping.lock().remove(&rec.id);
         // The kernel's OOM kill count, read while the (empty) cgroup still exists.
         let oom = self.settings.runtime.cgroup_driver != "systemd"
             && oom_killed(&cgroups_path(rec, state));
@@ -554,6 +606,7 @@ impl ContainerReconciler {
 
     /// Task, container, snapshot, state: whatever of them exists.
     async fn remove(&self, id: &str) -> Result<(), ReconcileError> {
+        self.stopping.lock().remove(id);
         self.ctd.end_task(id, Duration::from_secs(10)).await?;
         self.attachments.detach(id);
         self.ctd.delete_container(id).await?;

@@ -6,9 +6,10 @@
 //!
 //! CPU rates (`usage_nano_cores`) are the difference between two collections.
 //!
-//! A stats call never answers from a collection older than [`MAX_AGE`] or one made before a
-//! container it asks about started: then it collects on demand (one collection shared by
-//! concurrent callers, every object read in one pass, still no containerd round trip).
+//! A stats call never answers from a collection older than [`MAX_AGE`] or one that read an
+//! older journal state than the caller's (which could miss a container that just started): then
+//! it collects on demand (one collection at a time, shared by concurrent callers, every object
+//! read in one pass, still no containerd round trip).
 
 pub mod cgroup;
 
@@ -58,6 +59,9 @@ pub struct SandboxUsage {
 pub struct Collected {
     /// When it finished (ns since the epoch; 0: none yet).
     pub at: i64,
+    /// The journal state it read (its sequence number): it saw every container that state
+    /// shows running.
+    pub seq: u64,
     /// Running containers by id.
     pub containers: HashMap<String, Usage>,
     /// Ready pods by id.
@@ -92,6 +96,9 @@ pub struct Collector {
 /// a second apart and need a newer CPU timestamp the second time.
 pub const MAX_AGE: Duration = Duration::from_millis(500);
 
+/// Longest one collection may take before stats calls stop waiting for it.
+const COLLECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Collector {
     pub fn new(
         journal: JournalHandle,
@@ -111,34 +118,29 @@ impl Collector {
         })
     }
 
-    /// A collection finished at or after `newer_than` (ns since the epoch): the last one when it
-    /// is recent enough, else one made now. Concurrent callers wait for the same collection.
-    pub async fn at_least(&self, newer_than: i64) -> Arc<Collected> {
+    /// The last collection (never waits).
+    pub fn last(&self) -> Arc<Collected> {
+        self.last.read().clone()
+    }
+
+    /// A collection no older than [`MAX_AGE`] that read a journal state at least as new as
+    /// `seq` (so it saw every container the caller's state shows running): the last one when
+    /// it is, else one made now. Concurrent callers wait for the same collection.
+    pub async fn fresh(&self, seq: u64) -> Arc<Collected> {
+        let max_age = MAX_AGE.as_nanos() as i64;
+        let good = |c: &Collected| c.seq >= seq && c.at >= crate::api::now_nanos() - max_age;
         let last = self.last();
-        if last.at >= newer_than {
+        if good(&last) {
             return last;
         }
         let _one = self.refreshing.lock().await;
         let last = self.last();
-        if last.at >= newer_than {
+        if good(&last) {
             return last;
         }
         self.metrics.stats_on_demand.inc();
         self.collect().await;
         self.last()
-    }
-
-    /// A collection no older than [`MAX_AGE`] that saw every container started up to
-    /// `started_before` (the newest start among the containers a caller asks about).
-    pub async fn fresh(&self, started_before: i64) -> Arc<Collected> {
-        let max_age = MAX_AGE.as_nanos() as i64;
-        self.at_least((crate::api::now_nanos() - max_age).max(started_before))
-            .await
-    }
-
-    /// The last collection (never waits).
-    pub fn last(&self) -> Arc<Collected> {
-        self.last.read().clone()
     }
 
     /// Collects now and every interval until `stop`.
@@ -152,6 +154,8 @@ impl Collector {
                     _ = tick.tick() => {}
                     _ = stop.cancelled() => return,
                 }
+                // One collection at a time: an on-demand one is never overwritten by an older.
+                let _one = this.refreshing.lock().await;
                 this.collect().await;
             }
         })
@@ -165,10 +169,30 @@ impl Collector {
         let cgroups = self.cgroups.clone();
         let proc_root = self.proc_root.clone();
         let fs = self.images.fs_usage();
-        let joined = tokio::task::spawn_blocking(move || {
-            collect_from(&state, &prev, &cgroups, &proc_root, fs)
-        })
-        .await;
+        let seq = state.seq;
+        // Bounded: a cgroup or /proc read that hangs keeps the last collection, not every
+        // stats RPC (the blocking thread finishes on its own).
+        let joined = match tokio::time::timeout(
+            COLLECT_TIMEOUT,
+            tokio::task::spawn_blocking(move || {
+                collect_from(&state, &prev, &cgroups, &proc_root, fs)
+            }),
+        )
+        .await
+        {
+            Ok(j) => j.map(|(mut c, missing)| {
+                c.seq = seq;
+                (c, missing)
+            }),
+            Err(_) => {
+                tracing::warn!(after = ?COLLECT_TIMEOUT, "stats collection did not finish");
+                self.metrics
+                    .stats_collections
+                    .with_label_values(&["error"])
+                    .inc();
+                return;
+            }
+        };
         let (collected, missing) = match joined {
             Ok(c) => c,
             Err(e) => {

@@ -201,11 +201,16 @@ impl StreamServer {
                 let acceptor = acceptor.clone();
                 let _ = conn.set_nodelay(true);
                 tokio::spawn(async move {
-                    let _slot = slot;
-                    let svc = hyper::service::service_fn(move |req| {
-                        let this = this.clone();
-                        async move { Ok::<_, std::convert::Infallible>(this.handle(req)) }
-                    });
+                    // The slot is held by the connection and, through the request, by the
+                    // session it upgrades to: sessions count against the cap too.
+                    let slot = Arc::new(slot);
+                    let svc = hyper::service::service_fn(
+                        move |mut req: Request<hyper::body::Incoming>| {
+                            let this = this.clone();
+                            req.extensions_mut().insert(slot.clone());
+                            async move { Ok::<_, std::convert::Infallible>(this.handle(req)) }
+                        },
+                    );
                     let io: Box<dyn client::Io> = match acceptor {
                         None => Box::new(conn),
                         Some(a) => {
@@ -434,8 +439,13 @@ impl StreamServer {
         Fut: std::future::Future<Output = Result<(), SessionError>> + Send,
     {
         let ctx = self.ctx.clone();
+        let slot = req
+            .extensions()
+            .get::<Arc<tokio::sync::OwnedSemaphorePermit>>()
+            .cloned();
         let on_upgrade = hyper::upgrade::on(req);
         tokio::spawn(async move {
+            let _slot = slot;
             let io = match on_upgrade.await {
                 Ok(u) => hyper_util::rt::TokioIo::new(u),
                 Err(e) => {
