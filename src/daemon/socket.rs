@@ -63,7 +63,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
         }
         Err(_) => {}
     }
-    // Bound under a temporary name, given its mode, then renamed into place: the socket is
+    // Bound under a temporary name, given its mode, then linked into place: the socket is
     // never reachable at `path` with the mode the umask gave it.
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
@@ -85,16 +85,24 @@ pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
             source,
         })
         .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|source| SocketError::Io {
-                action: "rename into place",
-                path: path.to_owned(),
-                source,
+            // A hard link, not a rename: it fails if something took the path meanwhile (a
+            // second concord starting at the same time), as bind itself would.
+            std::fs::hard_link(&tmp, path).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    SocketError::InUse {
+                        path: path.to_owned(),
+                    }
+                } else {
+                    SocketError::Io {
+                        action: "link into place",
+                        path: path.to_owned(),
+                        source,
+                    }
+                }
             })
         });
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let _ = std::fs::remove_file(&tmp);
+    placed?;
     Ok(listener)
 }
 

@@ -93,12 +93,12 @@ pub fn valid_host(host: &str) -> bool {
     if name.is_empty() || name == "." || name == ".." || host.len() > 255 {
         return false;
     }
-    if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
-        return v6.parse::<std::net::Ipv6Addr>().is_ok();
-    }
     let port_ok = host[name.len()..]
         .strip_prefix(':')
-        .is_none_or(|p| p.parse::<u16>().is_ok());
+        .map_or(host.len() == name.len(), |p| p.parse::<u16>().is_ok());
+    if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return port_ok && v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
     port_ok
         && name
             .bytes()
