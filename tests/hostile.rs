@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Unmount};
+use common::{rss_kb, Daemon, Unmount};
 use k8s_cri::v1 as cri;
 use sha2::{Digest, Sha256};
 
@@ -86,13 +86,63 @@ fn archive(path: &std::path::Path, name: &str, items: &[Item]) {
     b.finish().unwrap();
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+/// Runs pod `config` through the daemon's CRI; answers its id.
+async fn run_pod(d: &Daemon, config: &cri::PodSandboxConfig) -> String {
+    d.runtime()
+        .await
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id
+}
+
+/// A busybox container named `name` running `cmd`.
+fn busybox(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Creates container `c` in pod `pod` (and starts it when `start`); answers its id.
+async fn container(
+    d: &Daemon,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    c: cri::ContainerConfig,
+    start: bool,
+) -> String {
+    let mut rt = d.runtime().await;
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(c),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    if start {
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    id
 }
 
 /// CreateContainer for `image` in pod `pod` running as user name `user`.
@@ -184,17 +234,7 @@ async fn hostile_user_databases_in_images_fail_fast_and_read_nothing_of_the_host
     }
     common::pull_ok(&d, "busybox").await;
     let config = common::pod_config(&d, "hostile");
-    let pod = d
-        .runtime()
-        .await
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&d, &config).await;
     let rss_before = rss_kb(d.pid());
     let expect = [
         // /dev/zero of the image (absent): no such user, at once.
@@ -292,44 +332,16 @@ async fn annotations_reach_the_spec_only_when_the_handler_allows_them() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let mut rt = d.runtime().await;
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let c = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "c".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: "busybox".into(),
-            ..Default::default()
-        }),
-        command: vec!["sleep".into(), "100".into()],
-        annotations: [
-            ("org.systemd.property.CPUWeight", "10000"),
-            ("team.example.com/role", "db"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-        ..Default::default()
-    };
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(c),
-            sandbox_config: Some(config),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+    let pod = run_pod(&d, &config).await;
+    let mut c = busybox("c", &["sleep", "100"]);
+    c.annotations = [
+        ("org.systemd.property.CPUWeight", "10000"),
+        ("team.example.com/role", "db"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let id = container(&d, &pod, &config, c, false).await;
     let keys = |spec: &serde_json::Value| -> Vec<String> {
         spec["annotations"]
             .as_object()
@@ -375,49 +387,12 @@ async fn a_long_stop_grace_ends_in_sigkill_and_a_huge_one_does_not_panic() {
     common::pull_ok(&d, "busybox").await;
     let config = common::pod_config(&d, "stubborn");
     let mut rt = d.runtime().await;
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&d, &config).await;
     let mut ids = Vec::new();
     for name in ["stubborn", "forever"] {
-        let c = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: "busybox".into(),
-                ..Default::default()
-            }),
-            command: vec![
-                "sh".into(),
-                "-c".into(),
-                "trap '' TERM; while true; do sleep 1; done".into(),
-            ],
-            ..Default::default()
-        };
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(c),
-                sandbox_config: Some(config.clone()),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-        ids.push(id);
+        let script = "trap '' TERM; while true; do sleep 1; done";
+        let c = busybox(name, &["sh", "-c", script]);
+        ids.push(container(&d, &pod, &config, c, true).await);
     }
     // 6 s of grace against a 2 s reconcile timeout.
     let started = Instant::now();
@@ -763,42 +738,8 @@ async fn a_cancelled_exec_sync_leaves_no_process_and_no_fifos() {
     common::pull_ok(&d, "busybox").await;
     let config = common::pod_config(&d, "cancelled");
     let mut rt = d.runtime().await;
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let c = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "c".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: "busybox".into(),
-            ..Default::default()
-        }),
-        command: vec!["sleep".into(), "1000".into()],
-        ..Default::default()
-    };
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(c),
-            sandbox_config: Some(config),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    let pod = run_pod(&d, &config).await;
+    let id = container(&d, &pod, &config, busybox("c", &["sleep", "1000"]), true).await;
     let mut req = tonic::Request::new(cri::ExecSyncRequest {
         container_id: id.clone(),
         cmd: vec!["sleep".into(), "777".into()],

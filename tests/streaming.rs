@@ -377,15 +377,7 @@ async fn port_forward_reaches_a_server_inside_the_pod() {
 async fn stdin_pushed_at_a_process_that_does_not_read_is_held_to_a_budget() {
     let d = daemon().await;
     let (pod, id) = pod_with(&d, "push", "busybox", &["sleep", "1000"]).await;
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let before = rss(d.pid());
+    let before = common::rss_kb(d.pid());
     // `exec -i sleep`: 1 MiB stdin messages as fast as the connection takes them, for 5 s.
     let url = exec_url(&d, exec_req(&id, &["sleep", "600"], true, false)).await;
     let mut c = connect(&url, "v5.channel.k8s.io").await;
@@ -397,7 +389,7 @@ async fn stdin_pushed_at_a_process_that_does_not_read_is_held_to_a_budget() {
         }
     })
     .await;
-    let grown = rss(d.pid()).saturating_sub(before);
+    let grown = common::rss_kb(d.pid()).saturating_sub(before);
     println!(
         "pushed {} MiB; concord's RSS grew {} MiB",
         sent >> 20,

@@ -811,3 +811,13 @@ impl Drop for Unmount {
         }
     }
 }
+
+/// Resident memory of process `pid` in kB (0 when unreadable).
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
