@@ -364,7 +364,8 @@ async fn converges_and_leaves_nothing(
     }
     assert!(keys.is_empty(), "active snapshots leaked: {keys:?}");
     let shims = std::process::Command::new("pgrep")
-        .args(["-f", &format!("-namespace {} ", d.namespace)])
+        // `--`: the pattern starts with a dash (without it pgrep failed and found nothing).
+        .args(["-f", "--", &format!("-namespace {} ", d.namespace)])
         .output()
         .unwrap();
     assert!(

@@ -6,6 +6,7 @@
 
 mod health;
 mod objects;
+pub mod shims;
 
 pub use health::{spawn_health_monitor, Health};
 pub use objects::{ContainerRuntime, TaskIo};
@@ -90,6 +91,19 @@ impl Containerd {
     }
 
     /// The namespace every call is made in.
+    /// Kills the shims still serving `id` in this namespace (the id is gone from containerd);
+    /// answers how many there were. Reads `/proc` on a blocking thread.
+    pub async fn kill_shims_of(&self, id: &str) -> usize {
+        let (ns, addr, id) = (
+            self.namespace().to_string(),
+            self.address().to_owned(),
+            id.to_string(),
+        );
+        tokio::task::spawn_blocking(move || shims::kill_for(&ns, &addr, &id))
+            .await
+            .unwrap_or(0)
+    }
+
     pub fn namespace(&self) -> &str {
         &self.namespace
     }

@@ -217,6 +217,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     );
                     Ok::<_, crate::reconcile::ReconcileError>(keys)
                 };
+                let shims = sandboxes.orphan_shims(&journal).await;
+                if shims > 0 {
+                    tracing::warn!(count = shims, "orphaned shims killed");
+                }
                 match found.await {
                     Ok(keys) => {
                         for key in keys {

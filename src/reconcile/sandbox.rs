@@ -500,6 +500,8 @@ impl SandboxReconciler {
                 .await
         })
         .await?;
+        // A shim a cancelled task create left serving nothing goes with its pod.
+        self.ctd.kill_shims_of(id).await;
         let dir = self.settings.state_dir.join(id);
         crate::oci::files::unmount_shm(&dir)
             .map_err(|e| Self::err(id, "unmounting the pod's /dev/shm", e))?;
@@ -531,6 +533,34 @@ impl SandboxReconciler {
         let state = journal.state();
         ids.retain(|id| !state.sandboxes.contains_key(id));
         Ok(ids.into_iter().collect())
+    }
+
+    /// Kills shims of this namespace whose id is neither a journal record (pod or container)
+    /// nor a containerd container: left by a task create cancelled half-way. Lists first, then
+    /// reads the journal (a record is written before its task is made). Answers how many.
+    pub async fn orphan_shims(&self, journal: &JournalHandle) -> usize {
+        let (ns, addr) = (
+            self.ctd.namespace().to_string(),
+            self.ctd.address().to_owned(),
+        );
+        let shims = tokio::task::spawn_blocking(move || crate::containerd::shims::list(&ns, &addr))
+            .await
+            .unwrap_or_default();
+        let state = journal.state();
+        let mut killed = 0;
+        for s in shims {
+            if state.sandboxes.contains_key(&s.id) || state.containers.contains_key(&s.id) {
+                continue;
+            }
+            // A container of that id is the label-based scan's (its task ends through containerd).
+            if !matches!(self.ctd.container_exists(&s.id).await, Ok(false)) {
+                continue;
+            }
+            tracing::warn!(pid = s.pid, id = %s.id, "orphaned shim (no record, no container): killing it");
+            crate::containerd::shims::kill(s.pid);
+            killed += 1;
+        }
+        killed
     }
 
     /// Removes what an orphan left (no record: what it would have named is found by id).
