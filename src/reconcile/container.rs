@@ -613,8 +613,6 @@ impl ContainerReconciler {
         self.ctd
             .remove_snapshot(&self.settings.snapshotter, id)
             .await?;
-        // A shim a cancelled task create left serving nothing goes with its container.
-        self.ctd.kill_shims_of(id).await;
         match std::fs::remove_dir_all(self.settings.state_dir.join(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Self::err(id, "removing container state", e))

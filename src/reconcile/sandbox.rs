@@ -500,7 +500,9 @@ impl SandboxReconciler {
                 .await
         })
         .await?;
-        // A shim a cancelled task create left serving nothing goes with its pod.
+        // A shim a cancelled task create left serving nothing goes with its pod. (A pod's
+        // containers share its shim, grouped by the sandbox-id annotation, so containers need
+        // no scan of their own.) One /proc scan per pod removal.
         self.ctd.kill_shims_of(id).await;
         let dir = self.settings.state_dir.join(id);
         crate::oci::files::unmount_shm(&dir)
