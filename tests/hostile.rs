@@ -306,20 +306,11 @@ async fn spec_of(d: &Daemon, id: &str) -> serde_json::Value {
 /// `org.systemd.property.*` would become systemd unit properties under runc's systemd driver).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotations_reach_the_spec_only_when_the_handler_allows_them() {
-    let mut d = Daemon::new();
-    std::fs::write(
-        d.dir.join("config.toml"),
+    let d = common::pod_daemon_with_config(
+        &[],
         "[runtime.handlers.runc]\npod_annotations = [\"example.com/*\"]\ncontainer_annotations = [\"team.example.com/?ole\"]\n",
     )
-    .unwrap();
-    d.extra.push(format!(
-        "--registry-config-path={}",
-        std::env::var("CONCORD_TEST_HOSTS_DIR")
-            .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
-    ));
-    d.extra
-        .push(format!("--netns-dir={}", d.dir.join("netns").display()));
-    d.start().await;
+    .await;
     common::pull_ok(&d, "busybox").await;
     let mut config = common::pod_config(&d, "annotated");
     config.annotations = [

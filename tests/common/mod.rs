@@ -739,7 +739,14 @@ pub async fn runtime_config_object(d: &Daemon) -> concord::proto::ObjectStatus {
 /// (the container and streaming suites).
 #[allow(dead_code)]
 pub async fn pod_daemon(extra: &[&str]) -> Daemon {
+    pod_daemon_with_config(extra, "").await
+}
+
+/// [`pod_daemon`] with `config` as its config file's text.
+#[allow(dead_code)]
+pub async fn pod_daemon_with_config(extra: &[&str], config: &str) -> Daemon {
     let mut d = Daemon::new();
+    std::fs::write(d.dir.join("config.toml"), config).unwrap();
     d.extra.extend(extra.iter().map(|s| s.to_string()));
     d.extra.push(format!(
         "--registry-config-path={}",
