@@ -513,38 +513,27 @@ impl ContainerReconciler {
         let far = || now + Duration::from_secs(100 * 365 * 86_400);
         let clock = self.stopping.lock().get(id).copied();
         let deadline = match clock {
+            Some(c) if c.generation == rec.generation => c.deadline,
+            // A newer stop intent: the earlier end wins (kubelet shortening the grace).
+            Some(c) => c.deadline.min(
+                now.checked_add(grace_left(rec, crate::api::now_nanos()))
+                    .unwrap_or_else(far),
+            ),
             None => {
                 if rec.stop_timeout > 0 {
                     self.ctd.kill_task(id, signal).await?;
                 }
                 let grace = Duration::from_secs(rec.stop_timeout.max(0) as u64);
-                let deadline = now.checked_add(grace).unwrap_or_else(far);
-                self.stopping.lock().insert(
-                    id.to_string(),
-                    StopClock {
-                        generation: rec.generation,
-                        deadline,
-                    },
-                );
-                deadline
+                now.checked_add(grace).unwrap_or_else(far)
             }
-            // A newer stop intent: the earlier end wins (kubelet shortening the grace).
-            Some(c) if c.generation != rec.generation => {
-                let asked = now
-                    .checked_add(grace_left(rec, crate::api::now_nanos()))
-                    .unwrap_or_else(far);
-                let deadline = c.deadline.min(asked);
-                self.stopping.lock().insert(
-                    id.to_string(),
-                    StopClock {
-                        generation: rec.generation,
-                        deadline,
-                    },
-                );
-                deadline
-            }
-            Some(c) => c.deadline,
         };
+        self.stopping.lock().insert(
+            id.to_string(),
+            StopClock {
+                generation: rec.generation,
+                deadline,
+            },
+        );
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if !left.is_zero() {
             let budget = self.settings.reconcile_timeout / 4 * 3;
