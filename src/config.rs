@@ -105,6 +105,8 @@ pub struct ImageConfig {
     pub max_concurrent_downloads: usize,
     /// Seconds between snapshot usage measurements (ImageFsInfo).
     pub fs_sync_interval_seconds: u64,
+    /// Bytes one LoadImage archive may unpack to in the scratch dir (after gzip).
+    pub load_max_bytes: u64,
 }
 
 impl Default for ImageConfig {
@@ -113,6 +115,7 @@ impl Default for ImageConfig {
             pull_progress_timeout_seconds: 60,
             max_concurrent_downloads: 3,
             fs_sync_interval_seconds: 10,
+            load_max_bytes: 32 << 30,
         }
     }
 }
@@ -536,6 +539,13 @@ impl Config {
                 "must be 1 to 64",
             ));
         }
+        if self.image.load_max_bytes < 1 << 20 {
+            return Err(invalid(
+                "image.load_max_bytes",
+                self.image.load_max_bytes,
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         if self.image.fs_sync_interval_seconds == 0 {
             return Err(invalid(
                 "image.fs_sync_interval_seconds",
@@ -725,6 +735,8 @@ pull_progress_timeout_seconds = {stall}
 max_concurrent_downloads = {downloads}
 # Seconds between snapshot usage measurements behind ImageFsInfo (--image-fs-sync-interval-seconds).
 fs_sync_interval_seconds = {fssync}
+# Bytes one LoadImage archive may unpack to under the state dir, after gzip (32 GiB).
+load_max_bytes = {load_max}
 
 [stats]
 # Seconds between stats collections (cgroups, pod network, writable layers) behind ContainerStats,
@@ -765,6 +777,7 @@ interval_seconds = {stats_interval}
             stall = d.image.pull_progress_timeout_seconds,
             downloads = d.image.max_concurrent_downloads,
             fssync = d.image.fs_sync_interval_seconds,
+            load_max = d.image.load_max_bytes,
             events_buffer = d.runtime.container_events_buffer,
             stats_interval = d.stats.interval_seconds,
         )

@@ -760,3 +760,158 @@ async fn a_cancelled_exec_sync_leaves_no_process_and_no_fifos() {
     .await
     .unwrap();
 }
+
+/// A tar of `(path, entry)`; entries written raw, as an attacker's tool would.
+fn raw_tar(path: &std::path::Path, entries: &[(&str, tar::EntryType, Vec<u8>, &str)], gzip: bool) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        if !link.is_empty() {
+            h.set_link_name(link).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, data.as_slice()).unwrap();
+    }
+    let bytes = b.into_inner().unwrap();
+    if gzip {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(path).unwrap(),
+            flate2::Compression::best(),
+        );
+        gz.write_all(&bytes).unwrap();
+        gz.finish().unwrap();
+    } else {
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_archives_are_refused_and_leave_nothing() {
+    use tar::EntryType as T;
+    let d = common::pod_daemon(&[]).await;
+    let dir = d.dir.join("archives");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A host file an archive points at: a valid layer, so reading it would import it.
+    let host_layer = layer(&[Item::File("secret", b"host only".to_vec())]);
+    let host_file = dir.join("host-layer.tar");
+    std::fs::write(&host_file, &host_layer).unwrap();
+    let host_sha = sha(&host_layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{host_sha}")]},
+    })
+    .to_string();
+    let manifest = |layer: &str| {
+        serde_json::json!([{
+            "Config": "config.json", "RepoTags": ["example.test/hostile/archive:1"],
+            "Layers": [layer],
+        }])
+        .to_string()
+        .into_bytes()
+    };
+    let host = host_file.display().to_string();
+    let host_dir = dir.display().to_string();
+    let cases: Vec<(&str, Vec<(&str, T, Vec<u8>, &str)>, bool, &str)> = vec![
+        (
+            "a layer symlinked to a host file",
+            vec![
+                ("config.json", T::Regular, config.clone().into_bytes(), ""),
+                ("l/layer.tar", T::Symlink, vec![], &host),
+                ("manifest.json", T::Regular, manifest("l/layer.tar"), ""),
+            ],
+            false,
+            "l/layer.tar",
+        ),
+        (
+            "a directory symlinked to the host",
+            vec![
+                ("config.json", T::Regular, config.clone().into_bytes(), ""),
+                ("l", T::Symlink, vec![], &host_dir),
+                (
+                    "manifest.json",
+                    T::Regular,
+                    manifest("l/host-layer.tar"),
+                    "",
+                ),
+            ],
+            false,
+            "l/host-layer.tar",
+        ),
+        (
+            "a layer path climbing out",
+            vec![
+                ("config.json", T::Regular, config.clone().into_bytes(), ""),
+                (
+                    "manifest.json",
+                    T::Regular,
+                    manifest(&format!("../../../../../../..{host}")),
+                    "",
+                ),
+            ],
+            false,
+            "not in the archive",
+        ),
+        (
+            "a device node",
+            vec![("dev", T::Char, vec![], "")],
+            false,
+            "Char entries are not allowed",
+        ),
+        (
+            "a gzip bomb",
+            vec![("zeros", T::Regular, vec![0u8; 512 << 20], "")],
+            true,
+            "decompression bomb",
+        ),
+    ];
+    let mut client = concord::proto::images_client::ImagesClient::new(d.channel().await.unwrap());
+    let rss_before = rss_kb(d.pid());
+    let mut rss_peak = rss_before;
+    for (i, (what, entries, gzip, expect)) in cases.into_iter().enumerate() {
+        let path = dir.join(format!("{i}.tar"));
+        raw_tar(&path, &entries, gzip);
+        drop(entries);
+        let started = Instant::now();
+        let err = client
+            .load_image(concord::proto::LoadImageRequest {
+                file_path: path.display().to_string(),
+            })
+            .await
+            .expect_err(what);
+        rss_peak = rss_peak.max(rss_kb(d.pid()));
+        println!(
+            "{what}: {:?} in {:?}: {}",
+            err.code(),
+            started.elapsed(),
+            err.message()
+        );
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(expect), "{what}: {}", err.message());
+    }
+    println!("rss {rss_before} kB before, {rss_peak} kB peak");
+    assert!(rss_peak < rss_before + 64 * 1024, "{rss_peak} kB");
+    let images = d
+        .images()
+        .await
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(
+        images
+            .iter()
+            .all(|i| !i.repo_tags.iter().any(|t| t.contains("hostile/archive"))),
+        "{images:?}"
+    );
+    let scratch = d.state_dir.join("tmp");
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "scratch left: {left:?}");
+}

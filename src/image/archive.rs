@@ -3,19 +3,21 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
 use super::content;
 use super::error::ImageError;
+use super::layerfs::Layers;
 use super::manifest::{
     choose_manifest, node_platform, parse_document, sha256_digest, Descriptor, Document,
     ImageConfig, Manifest, DOCKER_CONFIG, DOCKER_LAYER_TAR, DOCKER_MANIFEST,
 };
 use super::pull::{commit_image, ImageParts};
 use super::reference::Reference;
+use super::registry::{MAX_CONFIG, MAX_MANIFEST};
 use super::Images;
 
 /// One image found in an archive.
@@ -29,8 +31,8 @@ struct Found {
     manifest_digest: String,
     manifest_bytes: Vec<u8>,
     config_bytes: Vec<u8>,
-    /// Where each layer blob is on disk.
-    layer_files: Vec<PathBuf>,
+    /// Where each layer blob is in the unpacked archive (resolved by `Layers`).
+    layer_files: Vec<String>,
 }
 
 impl Images {
@@ -65,8 +67,12 @@ impl Images {
         scratch: &Path,
     ) -> Result<Vec<String>, ImageError> {
         let (p, s) = (path.to_owned(), scratch.to_owned());
+        let limits = Limits {
+            max_bytes: self.settings.load_max_bytes,
+            max_entries: MAX_ENTRIES,
+        };
         let found = tokio::task::spawn_blocking(move || {
-            extract(&p, &s)?;
+            extract(&p, &s, limits)?;
             inspect_layout(&p, &s)
         })
         .await
@@ -89,7 +95,7 @@ impl Images {
             )
             .await
             .map_err(cerr("creating a lease"))?;
-        let result = self.import(&found, &lease_id, &shown).await;
+        let result = self.import(&found, scratch, &lease_id, &shown).await;
         let _ = self.ctd.delete_lease_sync(&lease_id, result.is_err()).await;
         let names = result?;
         for n in &names {
@@ -101,6 +107,7 @@ impl Images {
     async fn import(
         &self,
         found: &[Found],
+        scratch: &Path,
         lease: &str,
         shown: &str,
     ) -> Result<Vec<String>, ImageError> {
@@ -124,13 +131,17 @@ impl Images {
                 .zip(img.layer_files.iter().zip(&config.rootfs.diff_ids))
             {
                 let open = || async {
-                    let f = tokio::fs::File::open(file)
+                    let (root, rel) = (Layers::new(vec![scratch.to_path_buf()]), file.clone());
+                    let opened = tokio::task::spawn_blocking(move || root.open(&rel))
                         .await
-                        .map_err(|e| ImageError::Archive {
-                            path: shown.to_string(),
-                            reason: format!("layer {}: {e}", layer.digest),
-                        })?;
-                    let stream = tokio_util::io::ReaderStream::new(f);
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                        .and_then(|f| f.ok_or_else(|| "not in the archive".to_string()));
+                    let (f, _) = opened.map_err(|e| ImageError::Archive {
+                        path: shown.to_string(),
+                        reason: format!("layer {}: {e}", layer.digest),
+                    })?;
+                    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(f));
                     Ok(Box::pin(futures::StreamExt::map(stream, |r| {
                         r.map_err(|e| e.to_string())
                     })))
@@ -182,6 +193,26 @@ impl Images {
     }
 }
 
+/// Removes what loads cut off by a crash left in the scratch dir (their content in containerd
+/// is under a lease that expires).
+pub(super) fn remove_leftovers(scratch_dir: &Path) {
+    let Ok(dir) = std::fs::read_dir(scratch_dir) else {
+        return;
+    };
+    for e in dir.flatten() {
+        if e.file_name().to_string_lossy().starts_with("load-") {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %e.path().display(), "removed an interrupted load's scratch")
+                }
+                Err(err) => {
+                    tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove an interrupted load's scratch")
+                }
+            }
+        }
+    }
+}
+
 fn archive_err(path: &Path, reason: impl Into<String>) -> ImageError {
     ImageError::Archive {
         path: path.display().to_string(),
@@ -189,46 +220,175 @@ fn archive_err(path: &Path, reason: impl Into<String>) -> ImageError {
     }
 }
 
-/// Unpacks the tar (gzip or plain) into `dir`.
-fn extract(path: &Path, dir: &Path) -> Result<(), ImageError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| archive_err(path, format!("scratch dir {}: {e}", dir.display())))?;
-    let mut f = std::fs::File::open(path).map_err(|e| archive_err(path, e.to_string()))?;
-    let mut magic = [0u8; 2];
-    let n = f
-        .read(&mut magic)
-        .map_err(|e| archive_err(path, e.to_string()))?;
-    let f = std::fs::File::open(path).map_err(|e| archive_err(path, e.to_string()))?;
-    let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
-        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)))
+/// Entries one archive may hold.
+pub const MAX_ENTRIES: u64 = 100_000;
+/// Bytes of headers (with pax and GNU long-name data) read between two entries.
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+/// gzip may expand this many times...
+const MAX_GZIP_RATIO: u64 = 256;
+/// ...once more than this has come out of it.
+const GZIP_RATIO_FLOOR: u64 = 64 << 20;
+
+/// What one archive may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of file contents, after gzip.
+    pub max_bytes: u64,
+    pub max_entries: u64,
+}
+
+/// Bytes read through a reader, shared with the code that drives it.
+#[derive(Default)]
+struct Meter {
+    compressed: std::cell::Cell<u64>,
+    plain: std::cell::Cell<u64>,
+    /// `plain` may not pass this (the header budget between entries).
+    stop_at: std::cell::Cell<u64>,
+    gzip: std::cell::Cell<bool>,
+}
+
+struct Counted<'m, R> {
+    inner: R,
+    count: &'m std::cell::Cell<u64>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The decompressed side: enforces the header budget and the gzip ratio while reading, so a
+/// bomb stops at the read that crosses the bound, not after it has been written out.
+struct Plain<'m, R> {
+    inner: R,
+    meter: &'m Meter,
+}
+
+impl<R: Read> Read for Plain<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let m = self.meter;
+        let plain = m.plain.get() + n as u64;
+        m.plain.set(plain);
+        if plain > m.stop_at.get() {
+            return Err(std::io::Error::other(format!(
+                "more than {MAX_HEADER_BYTES} bytes of tar headers (pax or GNU long names) for one entry"
+            )));
+        }
+        if m.gzip.get()
+            && plain > GZIP_RATIO_FLOOR
+            && plain > m.compressed.get().saturating_mul(MAX_GZIP_RATIO)
+        {
+            return Err(std::io::Error::other(format!(
+                "gzip expands more than {MAX_GZIP_RATIO}:1 ({} bytes from {}): a decompression bomb",
+                plain,
+                m.compressed.get()
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// Unpacks a tar, plain or gzip, read from `input` into `dir` (which must exist). Only regular
+/// files, directories and links are unpacked (a device node or FIFO is refused); nothing is
+/// written outside `dir` (the tar crate refuses paths that leave it, and links are followed
+/// later only inside `dir`, by `Layers`); file contents are bounded by `limits.max_bytes`,
+/// entries by `limits.max_entries`, headers by 1 MiB an entry and gzip by a 256:1 ratio.
+/// Answers the number of entries.
+pub fn unpack(input: impl Read, dir: &Path, limits: Limits) -> Result<u64, String> {
+    let meter = Meter::default();
+    let mut raw = std::io::BufReader::new(Counted {
+        inner: input,
+        count: &meter.compressed,
+    });
+    let head = std::io::BufRead::fill_buf(&mut raw).map_err(|e| e.to_string())?;
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    meter.gzip.set(gzip);
+    let decoded: Box<dyn Read + '_> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(raw))
     } else {
-        Box::new(std::io::BufReader::new(f))
+        Box::new(raw)
     };
-    let mut ar = tar::Archive::new(reader);
-    let mut count = 0;
-    let entries = ar
+    let mut ar = tar::Archive::new(Plain {
+        inner: decoded,
+        meter: &meter,
+    });
+    ar.set_preserve_permissions(false);
+    ar.set_preserve_ownerships(false);
+    ar.set_unpack_xattrs(false);
+    ar.set_overwrite(true);
+    let corrupt = |e: std::io::Error| format!("corrupt or truncated archive: {e}");
+    let mut entries = ar
         .entries()
-        .map_err(|e| archive_err(path, format!("not a tar archive: {e}")))?;
-    for entry in entries {
-        let mut entry =
-            entry.map_err(|e| archive_err(path, format!("corrupt or truncated archive: {e}")))?;
+        .map_err(|e| format!("not a tar archive: {e}"))?;
+    let (mut count, mut bytes) = (0u64, 0u64);
+    loop {
+        meter.stop_at.set(meter.plain.get() + MAX_HEADER_BYTES);
+        let Some(entry) = entries.next() else { break };
+        let mut entry = entry.map_err(corrupt)?;
+        count += 1;
+        if count > limits.max_entries {
+            return Err(format!("more than {} entries", limits.max_entries));
+        }
+        let kind = entry.header().entry_type();
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        use tar::EntryType as T;
+        if !matches!(
+            kind,
+            T::Regular | T::Continuous | T::Directory | T::Symlink | T::Link
+        ) {
+            return Err(format!(
+                "{name}: {kind:?} entries are not allowed in an image archive (only files, directories and links)"
+            ));
+        }
+        let size = entry.size();
+        bytes = bytes.saturating_add(size);
+        if bytes > limits.max_bytes {
+            return Err(format!(
+                "unpacks to more than {} bytes (image.load_max_bytes)",
+                limits.max_bytes
+            ));
+        }
+        meter.stop_at.set(u64::MAX);
         entry
             .unpack_in(dir)
-            .map_err(|e| archive_err(path, format!("corrupt or truncated archive: {e}")))?;
-        count += 1;
+            .map_err(|e| format!("{name}: {}", root_cause(&e)))?;
     }
     if count == 0 {
-        return Err(archive_err(path, "not a tar archive (no entries)"));
+        return Err("not a tar archive (no entries)".into());
     }
+    Ok(count)
+}
+
+/// The innermost cause of an error (the tar crate wraps the reason in "failed to unpack").
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut e = e;
+    while let Some(c) = e.source() {
+        e = c;
+    }
+    e.to_string()
+}
+
+/// Unpacks the archive at `path` into `dir`.
+fn extract(path: &Path, dir: &Path, limits: Limits) -> Result<(), ImageError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| archive_err(path, format!("scratch dir {}: {e}", dir.display())))?;
+    let f = std::fs::File::open(path).map_err(|e| archive_err(path, e.to_string()))?;
+    unpack(f, dir, limits).map_err(|r| archive_err(path, r))?;
     Ok(())
 }
 
 /// Finds the images of an extracted archive.
 fn inspect_layout(path: &Path, dir: &Path) -> Result<Vec<Found>, ImageError> {
-    if dir.join("index.json").is_file() {
-        oci_layout(path, dir)
-    } else if dir.join("manifest.json").is_file() {
-        docker_save(path, dir)
+    let root = Layers::new(vec![dir.to_path_buf()]);
+    let exists = |p: &str| matches!(root.open(p), Ok(Some(_)));
+    if exists("/index.json") {
+        oci_layout(path, &root)
+    } else if exists("/manifest.json") {
+        docker_save(path, &root)
     } else {
         Err(archive_err(
             path,
@@ -237,33 +397,36 @@ fn inspect_layout(path: &Path, dir: &Path) -> Result<Vec<Found>, ImageError> {
     }
 }
 
-fn read(path: &Path, file: &Path) -> Result<Vec<u8>, ImageError> {
-    std::fs::read(file).map_err(|e| {
-        archive_err(
-            path,
-            format!(
-                "{}: {e}",
-                file.strip_prefix(file.ancestors().last().unwrap_or(file))
-                    .unwrap_or(file)
-                    .display()
-            ),
-        )
-    })
+/// Reads file `rel` of the unpacked archive: resolved inside it (its links never leave it), a
+/// regular file, at most `limit` bytes.
+fn read(path: &Path, root: &Layers, rel: &str, limit: usize) -> Result<Vec<u8>, ImageError> {
+    match root.read(&format!("/{rel}"), limit as u64) {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(archive_err(path, format!("{rel}: not in the archive"))),
+        Err(e) => Err(archive_err(path, e.to_string())),
+    }
 }
 
-fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf, String> {
+/// Where blob `digest` is in an OCI layout.
+fn blob_path(digest: &str) -> Result<String, String> {
     let (algo, hex) = digest
         .split_once(':')
         .ok_or_else(|| format!("bad digest {digest:?}"))?;
-    if hex.contains('/') || algo.contains('/') || hex.contains("..") {
+    let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !ok(algo) || !ok(hex) {
         return Err(format!("bad digest {digest:?}"));
     }
-    Ok(dir.join("blobs").join(algo).join(hex))
+    Ok(format!("blobs/{algo}/{hex}"))
 }
 
-fn read_blob(path: &Path, dir: &Path, digest: &str) -> Result<Vec<u8>, ImageError> {
-    let p = blob_path(dir, digest).map_err(|r| archive_err(path, r))?;
-    let bytes = std::fs::read(&p).map_err(|e| archive_err(path, format!("blob {digest}: {e}")))?;
+fn read_blob(
+    path: &Path,
+    root: &Layers,
+    digest: &str,
+    limit: usize,
+) -> Result<Vec<u8>, ImageError> {
+    let rel = blob_path(digest).map_err(|r| archive_err(path, r))?;
+    let bytes = read(path, root, &rel, limit)?;
     let got = sha256_digest(&bytes);
     if digest.starts_with("sha256:") && got != digest {
         return Err(archive_err(path, format!("blob {digest} has digest {got}")));
@@ -271,8 +434,8 @@ fn read_blob(path: &Path, dir: &Path, digest: &str) -> Result<Vec<u8>, ImageErro
     Ok(bytes)
 }
 
-fn oci_layout(path: &Path, dir: &Path) -> Result<Vec<Found>, ImageError> {
-    let index_bytes = read(path, &dir.join("index.json"))?;
+fn oci_layout(path: &Path, root: &Layers) -> Result<Vec<Found>, ImageError> {
+    let index_bytes = read(path, root, "index.json", MAX_MANIFEST)?;
     let (doc, _) = parse_document(&index_bytes, "application/vnd.oci.image.index.v1+json")
         .map_err(|r| archive_err(path, format!("index.json: {r}")))?;
     let Document::Index(index) = doc else {
@@ -287,7 +450,7 @@ fn oci_layout(path: &Path, dir: &Path) -> Result<Vec<Found>, ImageError> {
                 format!("image {} has no name (annotation io.containerd.image.name or a full org.opencontainers.image.ref.name)", desc.digest),
             ));
         }
-        let top_bytes = read_blob(path, dir, &desc.digest)?;
+        let top_bytes = read_blob(path, root, &desc.digest, MAX_MANIFEST)?;
         let (doc, media) = parse_document(&top_bytes, &desc.media_type)
             .map_err(|r| archive_err(path, format!("{}: {r}", desc.digest)))?;
         let (manifest, manifest_bytes, manifest_digest, index_pos) = match doc {
@@ -305,7 +468,7 @@ fn oci_layout(path: &Path, dir: &Path) -> Result<Vec<Found>, ImageError> {
                     .iter()
                     .position(|d| d.digest == chosen.digest)
                     .unwrap_or(0);
-                let bytes = read_blob(path, dir, &chosen.digest)?;
+                let bytes = read_blob(path, root, &chosen.digest, MAX_MANIFEST)?;
                 match parse_document(&bytes, &chosen.media_type)
                     .map_err(|r| archive_err(path, r))?
                 {
@@ -314,18 +477,17 @@ fn oci_layout(path: &Path, dir: &Path) -> Result<Vec<Found>, ImageError> {
                 }
             }
         };
-        let config_bytes = read_blob(path, dir, &manifest.config.digest)?;
+        let config_bytes = read_blob(path, root, &manifest.config.digest, MAX_CONFIG)?;
         let layer_files = manifest
             .layers
             .iter()
-            .map(|l| blob_path(dir, &l.digest).map_err(|r| archive_err(path, r)))
+            .map(|l| blob_path(&l.digest).map_err(|r| archive_err(path, r)))
             .collect::<Result<Vec<_>, _>>()?;
         for f in &layer_files {
-            if !f.is_file() {
-                return Err(archive_err(
-                    path,
-                    format!("layer blob {} is missing", f.display()),
-                ));
+            match root.open(&format!("/{f}")) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(archive_err(path, format!("layer blob {f} is missing"))),
+                Err(e) => return Err(archive_err(path, format!("layer blob {e}"))),
             }
         }
         found.push(Found {
@@ -375,9 +537,9 @@ struct DockerEntry {
     layers: Vec<String>,
 }
 
-fn docker_save(path: &Path, dir: &Path) -> Result<Vec<Found>, ImageError> {
+fn docker_save(path: &Path, root: &Layers) -> Result<Vec<Found>, ImageError> {
     let entries: Vec<DockerEntry> =
-        serde_json::from_slice(&read(path, &dir.join("manifest.json"))?)
+        serde_json::from_slice(&read(path, root, "manifest.json", MAX_MANIFEST)?)
             .map_err(|e| archive_err(path, format!("manifest.json: {e}")))?;
     let mut found = Vec::new();
     for e in entries {
@@ -393,13 +555,12 @@ fn docker_save(path: &Path, dir: &Path) -> Result<Vec<Found>, ImageError> {
                 format!("image {} has no RepoTags", e.config),
             ));
         }
-        let config_bytes = read(path, &safe_join(path, dir, &e.config)?)?;
+        let config_bytes = read(path, root, &e.config, MAX_CONFIG)?;
         let mut layers = Vec::new();
         let mut layer_files = Vec::new();
         for l in &e.layers {
-            let file = safe_join(path, dir, l)?;
-            let (digest, size, gzip) =
-                digest_file(&file).map_err(|err| archive_err(path, format!("layer {l}: {err}")))?;
+            let (digest, size, gzip) = digest_file(root, l)
+                .map_err(|err| archive_err(path, format!("layer {l}: {err}")))?;
             layers.push(Descriptor {
                 media_type: if gzip {
                     "application/vnd.docker.image.rootfs.diff.tar.gzip".into()
@@ -411,7 +572,7 @@ fn docker_save(path: &Path, dir: &Path) -> Result<Vec<Found>, ImageError> {
                 platform: None,
                 annotations: None,
             });
-            layer_files.push(file);
+            layer_files.push(l.clone());
         }
         let manifest = Manifest {
             schema_version: 2,
@@ -445,25 +606,18 @@ fn docker_save(path: &Path, dir: &Path) -> Result<Vec<Found>, ImageError> {
     Ok(found)
 }
 
-fn safe_join(path: &Path, dir: &Path, rel: &str) -> Result<PathBuf, ImageError> {
-    if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
-        return Err(archive_err(
-            path,
-            format!("unsafe path {rel:?} in manifest.json"),
-        ));
-    }
-    Ok(dir.join(rel))
-}
-
 /// sha256, size and whether the file is gzip.
-fn digest_file(file: &Path) -> std::io::Result<(String, i64, bool)> {
-    let mut f = std::fs::File::open(file)?;
+fn digest_file(root: &Layers, rel: &str) -> Result<(String, i64, bool), String> {
+    let (mut f, _) = root
+        .open(&format!("/{rel}"))
+        .map_err(|e| e.to_string())?
+        .ok_or("not in the archive")?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0i64;
     let mut first = [0u8; 2];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
         if n == 0 {
             break;
         }
@@ -478,4 +632,156 @@ fn digest_file(file: &Path) -> std::io::Result<(String, i64, bool)> {
         size,
         first == [0x1f, 0x8b],
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const LIMITS: Limits = Limits {
+        max_bytes: 1 << 30,
+        max_entries: 1000,
+    };
+
+    fn header(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        // Written raw: the tar crate's set_path refuses `..`, an attacker's tar does not.
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h
+    }
+
+    fn tar_of(entries: &[(tar::Header, Vec<u8>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (h, data) in entries {
+            b.append(h, data.as_slice()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn link(name: &str, kind: tar::EntryType, target: &str) -> (tar::Header, Vec<u8>) {
+        let mut h = header(name, kind, 0);
+        h.set_link_name(target).unwrap();
+        h.set_cksum();
+        (h, vec![])
+    }
+
+    fn file(name: &str, data: &[u8]) -> (tar::Header, Vec<u8>) {
+        (
+            header(name, tar::EntryType::Regular, data.len() as u64),
+            data.to_vec(),
+        )
+    }
+
+    #[test]
+    fn links_to_host_files_are_never_read_through() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[
+            file("index.json", b"{}"),
+            link("blobs/sha256/aa", tar::EntryType::Symlink, "/etc/hostname"),
+            link(
+                "blobs/sha256/bb",
+                tar::EntryType::Symlink,
+                "../../../../../../etc/hostname",
+            ),
+            link("up", tar::EntryType::Symlink, "/etc"),
+            link("inside", tar::EntryType::Symlink, "index.json"),
+        ]);
+        unpack(tar.as_slice(), t.path(), LIMITS).unwrap();
+        let root = Layers::new(vec![t.path().to_path_buf()]);
+        for p in ["/blobs/sha256/aa", "/blobs/sha256/bb", "/up/hostname"] {
+            assert!(root.open(p).unwrap().is_none(), "{p} resolved on the host");
+        }
+        assert_eq!(root.read("/inside", 10).unwrap().unwrap(), b"{}");
+    }
+
+    #[test]
+    fn devices_fifos_and_escaping_paths_are_refused() {
+        for kind in [
+            tar::EntryType::Char,
+            tar::EntryType::Block,
+            tar::EntryType::Fifo,
+        ] {
+            let t = tempfile::tempdir().unwrap();
+            let tar = tar_of(&[(header("dev", kind, 0), vec![])]);
+            let e = unpack(tar.as_slice(), t.path(), LIMITS).unwrap_err();
+            assert!(e.contains("not allowed"), "{e}");
+        }
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        let inner = t.path().join("in");
+        std::fs::create_dir(&inner).unwrap();
+        let tar = tar_of(&[file("../outside", b"x")]);
+        let _ = unpack(tar.as_slice(), &inner, LIMITS);
+        assert!(!outside.exists());
+        // A symlinked directory is not written through either.
+        let tar = tar_of(&[
+            link("d", tar::EntryType::Symlink, t.path().to_str().unwrap()),
+            file("d/outside", b"x"),
+        ]);
+        let _ = unpack(tar.as_slice(), &inner, LIMITS);
+        assert!(!outside.exists());
+    }
+
+    #[test]
+    fn sizes_entries_headers_and_gzip_ratio_are_bounded() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[file("a", &[0; 4096]), file("b", &[0; 4096])]);
+        let small = Limits {
+            max_bytes: 6000,
+            max_entries: 10,
+        };
+        let e = unpack(tar.as_slice(), t.path(), small).unwrap_err();
+        assert!(e.contains("more than 6000 bytes"), "{e}");
+        let few = Limits {
+            max_bytes: 1 << 20,
+            max_entries: 1,
+        };
+        let e = unpack(tar.as_slice(), t.path(), few).unwrap_err();
+        assert!(e.contains("more than 1 entries"), "{e}");
+
+        // A pax header claiming 64 MiB is not read into memory.
+        let mut h = header("pax", tar::EntryType::XHeader, 64 << 20);
+        h.set_cksum();
+        let mut pax = h.as_bytes().to_vec();
+        pax.extend(std::iter::repeat_n(b'a', 64 << 20));
+        let e = unpack(pax.as_slice(), t.path(), LIMITS).unwrap_err();
+        assert!(e.contains("tar headers"), "{e}");
+
+        // 256 MiB of zeros in a ~256 KiB gzip stops at the ratio, long before it is written.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let big = header("zeros", tar::EntryType::Regular, 256 << 20);
+        gz.write_all(big.as_bytes()).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 1 << 20);
+        let big_limits = Limits {
+            max_bytes: 2 << 30,
+            max_entries: 10,
+        };
+        let e = unpack(bomb.as_slice(), t.path(), big_limits).unwrap_err();
+        assert!(e.contains("decompression bomb"), "{e}");
+        let written = std::fs::metadata(t.path().join("zeros")).map_or(0, |m| m.len());
+        assert!(written <= GZIP_RATIO_FLOOR + (8 << 20), "{written}");
+    }
+
+    #[test]
+    fn a_plain_archive_unpacks() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[
+            (header("dir/", tar::EntryType::Directory, 0), vec![]),
+            file("dir/f", b"hello"),
+            link("dir/h", tar::EntryType::Link, "dir/f"),
+        ]);
+        assert_eq!(unpack(tar.as_slice(), t.path(), LIMITS).unwrap(), 3);
+        assert_eq!(std::fs::read(t.path().join("dir/h")).unwrap(), b"hello");
+    }
 }

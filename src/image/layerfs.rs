@@ -77,6 +77,31 @@ impl Layers {
 
     /// Reads the image file `path` (absolute inside the image): None when it does not exist.
     pub fn read(&self, path: &str, limit: u64) -> Result<Option<Vec<u8>>, LayerError> {
+        let Some((f, len)) = self.open(path)? else {
+            return Ok(None);
+        };
+        if len > limit {
+            return Err(LayerError::TooLarge {
+                path: path.to_string(),
+                limit,
+            });
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        f.take(limit + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| io_err(path, e))?;
+        if bytes.len() as u64 > limit {
+            return Err(LayerError::TooLarge {
+                path: path.to_string(),
+                limit,
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Opens the image file `path` (absolute inside the image), a regular file, with its length:
+    /// None when it does not exist.
+    pub fn open(&self, path: &str) -> Result<Option<(std::fs::File, u64)>, LayerError> {
         let Some(layer_path) = self.resolve(path)? else {
             return Ok(None);
         };
@@ -99,23 +124,7 @@ impl Layers {
                 path: path.to_string(),
             });
         }
-        if meta.len() > limit {
-            return Err(LayerError::TooLarge {
-                path: path.to_string(),
-                limit,
-            });
-        }
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        f.take(limit + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| io_err(path, e))?;
-        if bytes.len() as u64 > limit {
-            return Err(LayerError::TooLarge {
-                path: path.to_string(),
-                limit,
-            });
-        }
-        Ok(Some(bytes))
+        Ok(Some((f, meta.len())))
     }
 
     /// Resolves `path` inside the image: the file's place in one layer, or None when it does not exist (or a component is not a directory).

@@ -49,6 +49,7 @@ pub struct ImageSettings {
     pub max_concurrent_downloads: usize,
     pub fs_sync_interval: Duration,
     pub scratch_dir: PathBuf,
+    pub load_max_bytes: u64,
 }
 
 impl ImageSettings {
@@ -61,6 +62,7 @@ impl ImageSettings {
             max_concurrent_downloads: c.image.max_concurrent_downloads,
             fs_sync_interval: Duration::from_secs(c.image.fs_sync_interval_seconds),
             scratch_dir: c.state_dir.join("tmp"),
+            load_max_bytes: c.image.load_max_bytes,
         }
     }
 }
@@ -85,6 +87,7 @@ pub struct Images {
 
 impl Images {
     pub fn new(ctd: Containerd, settings: ImageSettings, metrics: Arc<Metrics>) -> Arc<Images> {
+        archive::remove_leftovers(&settings.scratch_dir);
         Arc::new(Images {
             downloads: Arc::new(Semaphore::new(settings.max_concurrent_downloads.max(1))),
             ctd,
