@@ -761,8 +761,11 @@ async fn a_cancelled_exec_sync_leaves_no_process_and_no_fifos() {
     .unwrap();
 }
 
-/// A tar of `(path, entry)`; entries written raw, as an attacker's tool would.
-fn raw_tar(path: &std::path::Path, entries: &[(&str, tar::EntryType, Vec<u8>, &str)], gzip: bool) {
+/// One raw tar entry: path, type, contents, link target.
+type RawEntry<'a> = (&'a str, tar::EntryType, Vec<u8>, &'a str);
+
+/// A tar of `entries`, written raw, as an attacker's tool would.
+fn raw_tar(path: &std::path::Path, entries: &[RawEntry], gzip: bool) {
     let mut b = tar::Builder::new(Vec::new());
     for (name, kind, data, link) in entries {
         let mut h = tar::Header::new_gnu();
@@ -816,7 +819,7 @@ async fn hostile_archives_are_refused_and_leave_nothing() {
     };
     let host = host_file.display().to_string();
     let host_dir = dir.display().to_string();
-    let cases: Vec<(&str, Vec<(&str, T, Vec<u8>, &str)>, bool, &str)> = vec![
+    let cases: Vec<(&str, Vec<RawEntry>, bool, &str)> = vec![
         (
             "a layer symlinked to a host file",
             vec![
