@@ -32,6 +32,7 @@ async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves
         max_concurrent_downloads: 3,
         fs_sync_interval: Duration::from_secs(10),
         scratch_dir: tmp.path().join("scratch"),
+        load_max_bytes: 1 << 30,
     };
     let images = Images::new(ctd.clone(), settings, Arc::new(Default::default()));
     images.refresh_all().await;
