@@ -3,7 +3,8 @@
 # plugin disabled, runc, CNI plugins, local registry with locally built images), then runs the
 # format check, clippy, every test (unit + integration against the real containerd, with the real
 # crictl v1.26.1 and gRPC Python as clients), then the whole critest v1.26.1 conformance suite
-# (hack/conformance.sh, serially and with -parallel 2).
+# (hack/conformance.sh, serially and with -parallel 2), then every fuzz target for a bounded time
+# (hack/fuzz.sh).
 #
 # critest and crictl are built from the cri-tools v1.26.1 source archive (CRI_TOOLS_ARCHIVE,
 # default ../shared/cri-tools/cri-tools-v1.26.1.tar.gz beside the checkout) or taken from
@@ -49,5 +50,24 @@ failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' /tmp/concord-test.log
 echo "[test] critest v1.26.1 conformance (hack/conformance.sh)"
 bash hack/conformance.sh both 2>&1 | tee /tmp/concord-conformance.log
 specs=$( (grep -aoE 'SUCCESS! -- [0-9]+ Passed' /tmp/concord-conformance.log || true) | awk '{s += $3} END {print s + 0}')
-echo "[test] cargo test: $passed passed, $failed failed; critest: $specs specs passed (serial + parallel)"
-echo "tests: $((passed + specs)) passed, $failed failed"
+
+# The fuzz targets (fuzz/, cargo-fuzz with libFuzzer): saved crash inputs replayed, then each
+# target run for FUZZ_SECONDS (20 s each by default; 0 skips the stage).
+fuzz_ok=0
+fuzz_failed=0
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  echo "[test] fuzzing: every target in fuzz/ for $FUZZ_SECONDS s (hack/fuzz.sh)"
+  bash hack/fuzz.sh "$FUZZ_SECONDS" >/tmp/concord-fuzz.log 2>&1 || true
+  cat /tmp/concord-fuzz.log
+  fuzz_ok=$(awk '$1 ~ /^[a-z_]+$/ && $6 == "0" {n++} END {print n + 0}' /tmp/concord-fuzz.log)
+  fuzz_failed=$(awk '$1 ~ /^[a-z_]+$/ && $6 == "1" {n++} END {print n + 0}' /tmp/concord-fuzz.log)
+  if grep -q "fuzz build failed\|a regression input crashes again" /tmp/concord-fuzz.log; then
+    fuzz_failed=$((fuzz_failed + 1))
+  fi
+else
+  echo "[test] SKIPPED: fuzzing (FUZZ_SECONDS=0)"
+fi
+echo "[test] cargo test: $passed passed, $failed failed; critest: $specs specs passed (serial + parallel); fuzz: $fuzz_ok targets clean, $fuzz_failed failed"
+echo "tests: $((passed + specs + fuzz_ok)) passed, $((failed + fuzz_failed)) failed"
+[ "$((failed + fuzz_failed))" = 0 ]

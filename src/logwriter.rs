@@ -96,11 +96,20 @@ pub fn entry(stream: &str, partial: bool, content: &[u8]) -> Vec<u8> {
     line
 }
 
-/// Copies one stream into the sink as CRI entries: a line per newline, longer than `max`
-/// split into partial entries; the last bytes before EOF are a full entry.
+/// Copies one stream into the sink as CRI entries.
 fn pump(input: File, stream: &'static str, max: usize, sink: Arc<Mutex<Sink>>) {
-    let mut r = BufReader::with_capacity(64 * 1024, input);
+    let r = BufReader::with_capacity(64 * 1024, input);
+    frame(r, stream, max, |line| {
+        sink.lock().expect("log sink").write(line)
+    });
+}
+
+/// Frames `input` as CRI log entries of `stream`, each handed to `emit`: an entry per line
+/// (without its newline), a line longer than `max` split into partial entries, the last bytes
+/// before EOF a full entry. Stops at EOF or a read error.
+pub fn frame(mut r: impl BufRead, stream: &str, max: usize, mut emit: impl FnMut(&[u8])) {
     let mut buf = Vec::new();
+    let max = max.max(1);
     loop {
         buf.clear();
         // Read up to a newline, but never more than `max` bytes into one entry.
@@ -114,8 +123,7 @@ fn pump(input: File, stream: &'static str, max: usize, sink: Arc<Mutex<Sink>>) {
         let content = if full { &buf[..n - 1] } else { &buf[..n] };
         // Without a newline: partial when the line goes on (max reached), full at EOF.
         let partial = !full && n >= max;
-        let line = entry(stream, partial, content);
-        sink.lock().expect("log sink").write(&line);
+        emit(&entry(stream, partial, content));
     }
 }
 

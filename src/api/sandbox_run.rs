@@ -158,6 +158,36 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
             ));
         }
     }
+    if let Some(sc) = c.linux.as_ref().and_then(|l| l.security_context.as_ref()) {
+        use crate::oci::container::check_id;
+        const SC: &str = "config.linux.security_context";
+        let ids = sc
+            .run_as_user
+            .iter()
+            .map(|v| ("config.linux.security_context.run_as_user", v.value))
+            .chain(
+                sc.run_as_group
+                    .iter()
+                    .map(|v| ("config.linux.security_context.run_as_group", v.value)),
+            )
+            .chain(
+                sc.supplemental_groups
+                    .iter()
+                    .map(|g| ("config.linux.security_context.supplemental_groups", *g)),
+            );
+        for (field, id) in ids {
+            check_id(field, "id", id).map_err(|e| ApiError::invalid(e.field, e.reason))?;
+        }
+        if sc.supplemental_groups.len() > 65536 {
+            return Err(ApiError::invalid(
+                SC,
+                format!(
+                    "{} supplemental groups (at most 65536)",
+                    sc.supplemental_groups.len()
+                ),
+            ));
+        }
+    }
     if let Err(e) = crate::oci::seccomp::for_sandbox(c) {
         const FIELD: &str = "config.linux.security_context.seccomp";
         let why = e.strip_prefix(FIELD).unwrap_or(&e).trim_start_matches(": ");

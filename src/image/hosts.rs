@@ -128,7 +128,8 @@ fn is_local(host: &str) -> bool {
         .is_ok_and(|a| a.is_loopback())
 }
 
-fn parse(path: &Path, text: &str, host: &str) -> Result<Vec<Endpoint>, HostsError> {
+/// The endpoints a `hosts.toml` (at `path`, for registry `host`) names. Public for fuzz/.
+pub fn parse(path: &Path, text: &str, host: &str) -> Result<Vec<Endpoint>, HostsError> {
     let invalid = |reason: String| HostsError::Invalid {
         path: path.to_owned(),
         reason,

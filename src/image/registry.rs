@@ -500,8 +500,8 @@ impl Fetcher {
     }
 }
 
-/// `Bearer realm="...",service="...",scope="..."` → ("Bearer", params).
-fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
+/// `Bearer realm="...",service="...",scope="..."` → ("Bearer", params). Public for fuzz/.
+pub fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
     let h = h.trim();
     let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
     let mut params = HashMap::new();

@@ -135,16 +135,34 @@ fn environment(c: &cri::ContainerConfig, image: &ImageConfig) -> Vec<String> {
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// A container path: absolute, no `..`.
+/// A container path: absolute, no `..`, no NUL.
 pub fn check_container_path(field: &'static str, p: &str) -> Result<(), SpecError> {
     let path = Path::new(p);
-    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+    if !path.is_absolute()
+        || path.components().any(|c| c == Component::ParentDir)
+        || p.contains('\0')
+    {
         return Err(bad(
             field,
             format!("{p:?} must be an absolute path without '..'"),
         ));
     }
     Ok(())
+}
+
+/// The largest uid or gid the kernel takes (2^32-1 is "no id").
+const MAX_ID: i64 = u32::MAX as i64 - 1;
+
+/// A uid or gid from `field`: 0 to 2^32-2.
+pub fn check_id(field: &'static str, what: &str, id: i64) -> Result<i64, SpecError> {
+    if (0..=MAX_ID).contains(&id) {
+        Ok(id)
+    } else {
+        Err(bad(
+            field,
+            format!("{what} {id} is not a valid id (0 to {MAX_ID})"),
+        ))
+    }
 }
 
 /// A device node's type (`c` or `b`), major and minor numbers.
@@ -238,15 +256,13 @@ pub struct UserDb {
 impl UserDb {
     /// Parses the two files' contents (either may be empty).
     pub fn parse(passwd: &str, group: &str) -> UserDb {
+        // An id the kernel cannot take makes its line malformed (skipped, as libc does).
+        let id = |s: &str| s.parse::<i64>().ok().filter(|v| (0..=MAX_ID).contains(v));
         let users = passwd
             .lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
-                Some((
-                    f.first()?.to_string(),
-                    f.get(2)?.parse().ok()?,
-                    f.get(3)?.parse().ok()?,
-                ))
+                Some((f.first()?.to_string(), id(f.get(2)?)?, id(f.get(3)?)?))
             })
             .collect();
         let groups = group
@@ -262,7 +278,7 @@ impl UserDb {
                             .collect()
                     })
                     .unwrap_or_default();
-                Some((f.first()?.to_string(), f.get(2)?.parse().ok()?, members))
+                Some((f.first()?.to_string(), id(f.get(2)?)?, members))
             })
             .collect();
         UserDb { users, groups }
@@ -290,7 +306,8 @@ impl UserDb {
 /// security context wins (run_as_user, run_as_username, run_as_group), else the image's `User`
 /// (`uid`, `name`, `uid:gid`, `name:group`). Names need the image's files (`db`); without them
 /// (the API's early check) a name is taken on trust and checked when the container is made.
-fn user(
+/// Public for fuzz/.
+pub fn user(
     sc: &cri::LinuxContainerSecurityContext,
     image: &ImageConfig,
     db: Option<&UserDb>,
@@ -315,7 +332,7 @@ fn user(
     };
     let lookup_group = |name: &str| -> Result<i64, SpecError> {
         if let Ok(n) = name.parse() {
-            return Ok(n);
+            return check_id("image", "the image's group", n);
         }
         match db {
             None => Ok(0),
@@ -328,6 +345,7 @@ fn user(
         }
     };
     let (uid, mut gid, name) = if let Some(u) = &sc.run_as_user {
+        check_id("config.linux.security_context.run_as_user", "user", u.value)?;
         // Numeric user: its primary group is the image's for it, else 0.
         let primary = db
             .and_then(|db| db.users.iter().find(|x| x.1 == u.value))
@@ -355,6 +373,7 @@ fn user(
         let (uid, primary, name) = if u.is_empty() {
             (0, 0, Some("root".to_string()))
         } else if let Ok(n) = u.parse::<i64>() {
+            check_id("image", "the image's user", n)?;
             let known = db.and_then(|db| db.users.iter().find(|x| x.1 == n));
             (
                 n,
@@ -372,7 +391,11 @@ fn user(
         (uid, gid, name)
     };
     if let Some(g) = &sc.run_as_group {
-        gid = g.value;
+        gid = check_id(
+            "config.linux.security_context.run_as_group",
+            "group",
+            g.value,
+        )?;
     }
     let extra = match (db, &name) {
         (Some(db), Some(n)) => db.groups_of(n),
@@ -510,6 +533,12 @@ pub fn container_spec(
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into())
     };
+    let cwd_field = if c.working_dir.is_empty() {
+        "image"
+    } else {
+        "config.working_dir"
+    };
+    check_container_path(cwd_field, &cwd)?;
 
     // Namespaces: the pod's (through the pause process), the host's, or the container's own.
     let proc_ns = |kind: &str| format!("/proc/{}/ns/{kind}", ctx.sandbox_pid);
@@ -735,15 +764,37 @@ pub fn container_spec(
         );
         annotations.insert("io.kubernetes.cri.sandbox-uid".into(), m.uid.clone());
     }
+    for g in &sc.supplemental_groups {
+        check_id(
+            "config.linux.security_context.supplemental_groups",
+            "group",
+            *g,
+        )?;
+    }
+    for g in &pod_sc.supplemental_groups {
+        check_id(
+            "sandbox_config.linux.security_context.supplemental_groups",
+            "group",
+            *g,
+        )?;
+    }
     let mut groups: Vec<i64> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for g in user_groups
         .iter()
         .chain(&sc.supplemental_groups)
         .chain(&pod_sc.supplemental_groups)
     {
-        if !groups.contains(g) {
+        if seen.insert(*g) {
             groups.push(*g);
         }
+    }
+    // NGROUPS_MAX: the kernel takes no more.
+    if groups.len() > 65536 {
+        return Err(bad(
+            "config.linux.security_context.supplemental_groups",
+            format!("{} groups (at most 65536)", groups.len()),
+        ));
     }
     let oom = clamp_oom_score_adj(res.oom_score_adj as i32);
     let mut spec = json!({
@@ -863,6 +914,87 @@ mod tests {
         }];
         let err = container_spec(&bad_mount, &image(&["/ep"], &[]), &ctx, None).unwrap_err();
         assert_eq!(err.field, "config.mounts.container_path");
+    }
+
+    /// Found by fuzz/ (userdb, container_spec): ids the kernel cannot take and working dirs
+    /// that are not absolute paths were put into the spec, for runc to fail on.
+    #[test]
+    fn ids_out_of_range_and_relative_working_dirs_are_refused_with_their_field() {
+        let sandbox = cri::PodSandboxConfig::default();
+        let ctx = ContainerContext {
+            id: "c1",
+            sandbox_id: "sb",
+            sandbox: &sandbox,
+            sandbox_pid: 42,
+            sandbox_files: "/state/sb".into(),
+            image_name: "img",
+            target_pid: None,
+            volumes_dir: "/state/c1/volumes".into(),
+            passthrough: Default::default(),
+        };
+        let img = |user: &str, wd: &str| -> ImageConfig {
+            serde_json::from_value(json!({
+                "config": {"Cmd": ["/x"], "User": user, "WorkingDir": wd},
+                "rootfs": {"type": "layers", "diff_ids": []}
+            }))
+            .unwrap()
+        };
+        let field = |c: &cri::ContainerConfig, i: &ImageConfig| {
+            container_spec(c, i, &ctx, None)
+                .map(|_| ())
+                .unwrap_err()
+                .field
+        };
+        let plain = config(&[], &[]);
+        assert_eq!(field(&plain, &img("99999999999999", "/")), "image");
+        assert_eq!(field(&plain, &img("-1", "/")), "image");
+        assert_eq!(field(&plain, &img("0:4294967295", "/")), "image");
+        assert_eq!(field(&plain, &img("", "app")), "image");
+        let with_sc = |sc: cri::LinuxContainerSecurityContext| cri::ContainerConfig {
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(sc),
+                ..Default::default()
+            }),
+            ..config(&[], &[])
+        };
+        let negative = Some(cri::Int64Value { value: -5 });
+        assert_eq!(
+            field(
+                &with_sc(cri::LinuxContainerSecurityContext {
+                    run_as_user: negative,
+                    ..Default::default()
+                }),
+                &img("", "/")
+            ),
+            "config.linux.security_context.run_as_user"
+        );
+        assert_eq!(
+            field(
+                &with_sc(cri::LinuxContainerSecurityContext {
+                    run_as_user: Some(cri::Int64Value { value: 1 }),
+                    run_as_group: negative,
+                    ..Default::default()
+                }),
+                &img("", "/")
+            ),
+            "config.linux.security_context.run_as_group"
+        );
+        assert_eq!(
+            field(
+                &with_sc(cri::LinuxContainerSecurityContext {
+                    supplemental_groups: vec![1, 1 << 40],
+                    ..Default::default()
+                }),
+                &img("", "/")
+            ),
+            "config.linux.security_context.supplemental_groups"
+        );
+        let mut nul = config(&[], &[]);
+        nul.working_dir = "/\0\u{12}ork".into();
+        assert_eq!(field(&nul, &img("", "/")), "config.working_dir");
+        // A passwd line with an id out of range is malformed: its user is not found.
+        let db = UserDb::parse("big:x:4294967296:0::/:/bin/sh\nok:x:7:7::/:/bin/sh\n", "");
+        assert_eq!(db.users, vec![("ok".to_string(), 7, 7)]);
     }
 
     #[test]
