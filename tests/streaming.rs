@@ -416,6 +416,50 @@ async fn stdin_pushed_at_a_process_that_does_not_read_is_held_to_a_budget() {
         .unwrap();
 }
 
+/// Idle means idle both ways: a forward whose pod keeps sending while the client only reads is
+/// not cut at the idle timeout (it was: only client traffic counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_forward_the_pod_keeps_talking_on_is_not_idle() {
+    let d = daemon_with(&["--stream-idle-timeout-seconds=2"]).await;
+    let server = "while true; do (while true; do echo tick; sleep 0.5; done) | nc -l -p 80; done";
+    let (pod, _) = pod_with(&d, "talker", "busybox", &["sh", "-c", server]).await;
+    let mut ticks = 0;
+    let started = std::time::Instant::now();
+    'attempts: for _ in 0..50 {
+        let mut c = connect(&pf_url(&d, pod.clone()).await, "v4.channel.k8s.io").await;
+        let _ = c.recv().await;
+        let _ = c.recv().await;
+        // The client sends nothing at all, for three idle timeouts.
+        let until = std::time::Instant::now() + Duration::from_secs(6);
+        loop {
+            match tokio::time::timeout_at(until.into(), c.recv()).await {
+                Err(_) => break 'attempts,
+                Ok(Ok(Some((0, data)))) => {
+                    ticks += data.windows(4).filter(|w| w == b"tick").count()
+                }
+                Ok(Ok(Some(_))) => {}
+                // Closed: the server was not listening yet, or the forward was cut as idle.
+                Ok(_) => break,
+            }
+        }
+        if ticks > 0 {
+            panic!(
+                "the forward was closed after {ticks} ticks in {:?}",
+                started.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ticks >= 8, "{ticks} ticks in 6 s");
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_is_closed_and_its_process_killed() {
     let d = daemon_with(&["--stream-idle-timeout-seconds=2"]).await;

@@ -100,6 +100,8 @@ where
     let netns = netns_of(ctx, &req.pod_sandbox_id)?;
     let mut writers = Vec::new();
     let mut pumps = Vec::new();
+    // Traffic either way keeps the session: a download the client only reads is not idle.
+    let last_activity = Arc::new(parking_lot::Mutex::new(std::time::Instant::now()));
     for (i, port) in ports.iter().enumerate() {
         let (data, err) = (2 * i as u8, 2 * i as u8 + 1);
         tx.send(data, &port.to_le_bytes()).await?;
@@ -109,6 +111,7 @@ where
                 let (mut cr, cw) = conn.into_split();
                 writers.push(Some(cw));
                 let tx = tx.clone();
+                let last_activity = last_activity.clone();
                 pumps.push(tokio::spawn(async move {
                     let mut buf = vec![0u8; 32 * 1024];
                     loop {
@@ -118,6 +121,7 @@ where
                                 if tx.send(data, &buf[..n]).await.is_err() {
                                     return;
                                 }
+                                *last_activity.lock() = std::time::Instant::now();
                             }
                         }
                     }
@@ -133,12 +137,26 @@ where
             }
         }
     }
-    loop {
-        let (channel, data) =
-            match tokio::time::timeout(ctx.idle_timeout, tx.receive(&mut rx)).await {
-                Ok(Ok(m)) => m,
-                Ok(Err(_)) | Err(_) => break,
-            };
+    'session: loop {
+        // One receive future across timer wake-ups: dropping it mid-frame would lose bytes.
+        let receive = tx.receive(&mut rx);
+        tokio::pin!(receive);
+        let (channel, data) = loop {
+            let deadline = *last_activity.lock() + ctx.idle_timeout;
+            tokio::select! {
+                m = &mut receive => match m {
+                    Ok(m) => break m,
+                    Err(_) => break 'session,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if *last_activity.lock() + ctx.idle_timeout <= std::time::Instant::now() {
+                        tracing::debug!(sandbox_id = req.pod_sandbox_id, "port-forward idle timeout");
+                        break 'session;
+                    }
+                }
+            }
+        };
+        *last_activity.lock() = std::time::Instant::now();
         if channel % 2 != 0 {
             continue;
         }
