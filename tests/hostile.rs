@@ -918,3 +918,101 @@ async fn hostile_archives_are_refused_and_leave_nothing() {
         .unwrap_or_default();
     assert!(left.is_empty(), "scratch left: {left:?}");
 }
+
+/// concord stopped between a container's task start and the journal fact of it: the restart
+/// adopts the task (running, or already exited with its code) and never runs the entrypoint a
+/// second time. (It replaced the task: the entrypoint ran twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_a_task_start_never_runs_the_entrypoint_twice() {
+    let mut d = common::pod_daemon(&[]).await;
+    common::pull_ok(&d, "busybox").await;
+    let out = d.dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = common::pod_config(&d, "once");
+    let pod = run_pod(&d, &config).await;
+    let with_out = |name: &str, script: &str| cri::ContainerConfig {
+        mounts: vec![cri::Mount {
+            container_path: "/out".into(),
+            host_path: out.display().to_string(),
+            ..Default::default()
+        }],
+        ..busybox(name, &["sh", "-c", script])
+    };
+    let long = container(
+        &d,
+        &pod,
+        &config,
+        with_out("long", "echo ran >> /out/long; sleep 1000"),
+        false,
+    )
+    .await;
+    let short = container(
+        &d,
+        &pod,
+        &config,
+        with_out("short", "echo ran >> /out/short; exit 3"),
+        false,
+    )
+    .await;
+    for id in [&long, &short] {
+        d.kill9();
+        d.env = vec![("CONCORD_CRASH_AT".into(), "container-started".into())];
+        d.start().await;
+        let r = d
+            .runtime()
+            .await
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await;
+        assert!(r.is_err(), "concord did not stop at the crash point");
+        let mut child = d.child.take().unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{status:?}");
+        d.env.clear();
+        d.start().await;
+    }
+    let status = |id: String| {
+        let d = &d;
+        async move {
+            d.runtime()
+                .await
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: id,
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (l, s) = (status(long.clone()).await, status(short.clone()).await);
+        if l.state == cri::ContainerState::ContainerRunning as i32
+            && s.state == cri::ContainerState::ContainerExited as i32
+        {
+            assert_eq!(s.exit_code, 3);
+            assert!(s.started_at > 0 && s.finished_at >= s.started_at, "{s:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "long {l:?}\nshort {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Time for a second run to show up, had there been one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for name in ["long", "short"] {
+        let runs = std::fs::read_to_string(out.join(name)).unwrap();
+        assert_eq!(
+            runs,
+            "ran\n",
+            "{name}'s entrypoint ran {} times",
+            runs.lines().count()
+        );
+    }
+    assert!(d
+        .log()
+        .contains("adopted a task an interrupted start left running"));
+}

@@ -9,7 +9,7 @@ mod objects;
 pub mod shims;
 
 pub use health::{spawn_health_monitor, Health};
-pub use objects::{ContainerRuntime, TaskIo};
+pub use objects::{ContainerRuntime, TaskIo, TaskStatus};
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -2,6 +2,7 @@
 //! make. Every delete treats NotFound as success (teardown is unconditional and idempotent), and
 //! everything created carries concord's owner label.
 
+pub use containerd_client::types::v1::Status as TaskStatus;
 use std::collections::HashMap;
 
 use containerd_client::services::v1::container::Runtime;
@@ -212,6 +213,17 @@ impl Containerd {
 
     /// The task of container `id`: (pid, running), or None when there is no task.
     pub async fn task_state(&self, id: &str) -> Result<Option<(u32, bool)>, ContainerdError> {
+        Ok(self
+            .task_status(id)
+            .await?
+            .map(|(pid, s)| (pid, s == TaskStatus::Running)))
+    }
+
+    /// The task's pid and status, None when there is no task.
+    pub async fn task_status(
+        &self,
+        id: &str,
+    ) -> Result<Option<(u32, TaskStatus)>, ContainerdError> {
         let req = containerd_client::services::v1::GetRequest {
             container_id: id.into(),
             exec_id: String::new(),
@@ -226,8 +238,8 @@ impl Containerd {
             .await
         {
             Ok(r) => Ok(r.process.map(|p| {
-                let running = p.status == containerd_client::types::v1::Status::Running as i32;
-                (p.pid, running)
+                let status = TaskStatus::try_from(p.status).unwrap_or(TaskStatus::Unknown);
+                (p.pid, status)
             })),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{ReconcileError, Reconciled};
-use crate::containerd::{ContainerRuntime, Containerd, TaskIo};
+use crate::containerd::{ContainerRuntime, Containerd, TaskIo, TaskStatus};
 use crate::image::Images;
 use crate::journal::{
     ContainerDesired, ContainerRecord, ContainerUser, Event, JournalHandle, State,
@@ -159,7 +159,7 @@ impl ContainerReconciler {
             ContainerDesired::Running if rec.started_at == 0 => self.start(rec, state).await?,
             ContainerDesired::Running => {
                 if !matches!(self.ctd.task_state(id).await?, Some((_, true))) {
-                    self.record_exit(rec, state).await?;
+                    self.record_exit(rec, state, None).await?;
                 } else {
                     if Self::attached_stdio(rec) && !self.attachments.is_attached(id) {
                         // concord restarted under a running container: take its stdio back.
@@ -184,7 +184,7 @@ impl ContainerReconciler {
             ContainerDesired::Exited => {
                 if rec.started_at != 0 && rec.finished_at == 0 {
                     self.stop(rec).await?;
-                    self.record_exit(rec, state).await?;
+                    self.record_exit(rec, state, None).await?;
                 } else {
                     self.ctd.delete_task(id).await?;
                 }
@@ -392,8 +392,40 @@ impl ContainerReconciler {
                 .fail_start(id, format!("pod sandbox {} is not ready", rec.sandbox_id))
                 .await;
         }
-        // A task an interrupted start left is replaced.
-        self.ctd.end_task(id, Duration::from_secs(10)).await?;
+        // A start cut off before its fact was recorded may have run the entrypoint already: a
+        // task that runs or ran is adopted (never started twice); only a task created but never
+        // started is replaced.
+        match self.ctd.task_status(id).await? {
+            Some((pid, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing)) => {
+                if Self::attached_stdio(rec) && !self.attachments.is_attached(id) {
+                    self.attachments
+                        .attach(id, &self.settings.state_dir.join(id), &rec.log_path)
+                        .map_err(|e| Self::err(id, "attaching to the container's stdio", e))?;
+                }
+                tracing::info!(
+                    container_id = id,
+                    pid,
+                    "adopted a task an interrupted start left running"
+                );
+                self.journal
+                    .append(vec![Event::ContainerStarted {
+                        id: id.into(),
+                        pid,
+                        started_at: now_nanos(),
+                    }])
+                    .await?;
+                return Ok(());
+            }
+            Some((pid, TaskStatus::Stopped)) => {
+                tracing::info!(
+                    container_id = id,
+                    pid,
+                    "recorded a task an interrupted start left exited"
+                );
+                return self.record_exit(rec, state, Some(pid)).await;
+            }
+            _ => self.ctd.end_task(id, Duration::from_secs(10)).await?,
+        }
         let mounts = self
             .ctd
             .snapshot_mounts(&self.settings.snapshotter, id)
@@ -413,6 +445,7 @@ impl ContainerReconciler {
         let started = async {
             let pid = self.ctd.create_task_io(id, mounts, &io).await?;
             self.ctd.start_task(id).await?;
+            crate::daemon::crash_point("container-started");
             Ok::<_, crate::containerd::ContainerdError>(pid)
         }
         .await;
@@ -559,10 +592,13 @@ impl ContainerReconciler {
     }
 
     /// Deletes the exited task and records its exit.
+    /// Records the task's exit (and deletes it). `started`: the pid of a start that was never
+    /// recorded, recorded now, as having started when it exited.
     async fn record_exit(
         &self,
         rec: &ContainerRecord,
         state: &State,
+        started: Option<u32>,
     ) -> Result<(), ReconcileError> {
         self.stopping.lock().remove(&rec.id);
         // The kernel's OOM kill count, read while the (empty) cgroup still exists.
@@ -574,21 +610,35 @@ impl ContainerReconciler {
             .await?
             .unwrap_or((255, 0));
         let code = code as i32;
-        self.journal
-            .append(vec![Event::ContainerExited {
+        let finished_at = if at > 0 { at } else { now_nanos() };
+        let mut events = Vec::new();
+        if let Some(pid) = started {
+            events.push(Event::ContainerStarted {
                 id: rec.id.clone(),
-                exit_code: code,
-                finished_at: if at > 0 { at } else { now_nanos() },
-                reason: if oom {
-                    "OOMKilled"
-                } else if code == 0 {
-                    "Completed"
-                } else {
-                    "Error"
-                }
-                .into(),
-                message: String::new(),
-            }])
+                pid,
+                started_at: finished_at,
+            });
+        }
+        self.journal
+            .append(
+                events
+                    .into_iter()
+                    .chain([Event::ContainerExited {
+                        id: rec.id.clone(),
+                        exit_code: code,
+                        finished_at,
+                        reason: if oom {
+                            "OOMKilled"
+                        } else if code == 0 {
+                            "Completed"
+                        } else {
+                            "Error"
+                        }
+                        .into(),
+                        message: String::new(),
+                    }])
+                    .collect(),
+            )
             .await?;
         Ok(())
     }

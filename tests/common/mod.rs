@@ -60,6 +60,8 @@ pub struct Daemon {
     pub containerd: PathBuf,
     pub namespace: String,
     pub extra: Vec<String>,
+    /// Environment of the daemon's process (besides the test's own).
+    pub env: Vec<(String, String)>,
     pub child: Option<Child>,
     metrics_retries: u32,
     _tmp: Option<tempfile::TempDir>,
@@ -81,6 +83,7 @@ impl Daemon {
             containerd: containerd_socket(),
             namespace: unique("concord-test"),
             extra: vec![format!("--cni-conf-dir={}", cni_conf_dir().display())],
+            env: Vec::new(),
             dir,
             child: None,
             metrics_retries: 0,
@@ -107,6 +110,7 @@ impl Daemon {
         .arg("--cni-rescan-interval-seconds=1")
         .arg("--log-level=debug")
         .args(&self.extra)
+        .envs(self.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::from(
             std::fs::OpenOptions::new()
