@@ -19,8 +19,28 @@ use crate::containerd::{Containerd, ContainerdError};
 /// Largest chunk sent in one Content.Write message.
 const CHUNK: usize = 1 << 20;
 
-/// Reads a whole (small) blob.
+/// How long reading one (small) blob may take: the image index is rebuilt under a lock while
+/// it reads, so a containerd that stops answering must not hold every image update.
+pub const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads a whole (small) blob, within [`READ_DEADLINE`].
 pub async fn read(
+    ctd: &Containerd,
+    digest: &str,
+    limit: usize,
+) -> Result<Vec<u8>, ContainerdError> {
+    match tokio::time::timeout(READ_DEADLINE, read_all(ctd, digest, limit)).await {
+        Ok(r) => r,
+        Err(_) => Err(ContainerdError::Call {
+            call: "Content.Read",
+            status: tonic::Status::deadline_exceeded(format!(
+                "reading {digest} took longer than {READ_DEADLINE:?}"
+            )),
+        }),
+    }
+}
+
+async fn read_all(
     ctd: &Containerd,
     digest: &str,
     limit: usize,

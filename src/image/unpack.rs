@@ -78,14 +78,29 @@ pub async fn unpack(
             payloads: Default::default(),
             ..Default::default()
         };
-        let applied = ctd
-            .call(
+        // Applying takes as long as the layer is big; a containerd that stops answering must not
+        // hold the pull (and whoever waits on it) forever.
+        let deadline = apply_deadline(layer.size);
+        let applied = match tokio::time::timeout(
+            deadline,
+            ctd.call(
                 "diff",
                 "Apply",
                 "Diff.Apply",
                 ctd.diff().apply(ctd.request(apply)),
-            )
-            .await;
+            ),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ContainerdError::Call {
+                call: "Diff.Apply",
+                status: tonic::Status::deadline_exceeded(format!(
+                    "applying layer {} ({} bytes) took longer than {deadline:?}",
+                    layer.digest, layer.size
+                )),
+            }),
+        };
         let applied = match applied {
             Ok(r) => r.applied.map(|d| d.digest).unwrap_or_default(),
             Err(e) => {
@@ -179,4 +194,10 @@ async fn remove_snapshot(ctd: &Containerd, snapshotter: &str, key: &str) {
             tracing::warn!(key, error = %e, "cannot remove an unfinished snapshot");
         }
     }
+}
+
+/// How long applying a layer of `size` (compressed) bytes may take: 5 minutes, and a second more
+/// for every 2 MiB.
+pub fn apply_deadline(size: i64) -> std::time::Duration {
+    std::time::Duration::from_secs(300 + size.max(0) as u64 / (2 << 20))
 }
