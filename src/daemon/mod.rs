@@ -83,7 +83,7 @@ pub enum DaemonError {
 
 struct Sink {
     controller: Arc<Controller>,
-    image_events: tokio::sync::mpsc::UnboundedSender<String>,
+    image_events: crate::image::ImageEvents,
 }
 
 impl EventSink for Sink {
@@ -92,7 +92,7 @@ impl EventSink for Sink {
             ContainerdEvent::ImageCreate { name }
             | ContainerdEvent::ImageUpdate { name }
             | ContainerdEvent::ImageDelete { name } => {
-                let _ = self.image_events.send(name.clone());
+                self.image_events.send(name);
             }
             _ => self.controller.on_containerd_event(&event),
         }

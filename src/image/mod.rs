@@ -67,6 +67,40 @@ impl ImageSettings {
     }
 }
 
+/// Image names whose `/images/*` events wait to be applied. A name waits once however many
+/// events come for it (applying re-reads its current state, so one refresh answers them all),
+/// so a flood of events holds at most one entry per image name, not one per event.
+#[derive(Clone, Default)]
+pub struct ImageEvents(Arc<EventQueue>);
+
+#[derive(Default)]
+pub struct EventQueue {
+    names: Mutex<(std::collections::VecDeque<String>, std::collections::HashSet<String>)>,
+    changed: tokio::sync::Notify,
+}
+
+impl ImageEvents {
+    /// Queues a refresh of `name` (if one is not already waiting).
+    pub fn send(&self, name: &str) {
+        let mut q = self.0.names.lock();
+        if !q.1.contains(name) {
+            q.1.insert(name.to_string());
+            q.0.push_back(name.to_string());
+        }
+        drop(q);
+        self.0.changed.notify_one();
+    }
+
+    /// Names waiting.
+    pub fn len(&self) -> usize {
+        self.0.names.lock().0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 type PullFuture = Shared<BoxFuture<'static, Result<String, Arc<ImageError>>>>;
 
 /// The image service.
@@ -244,16 +278,29 @@ impl Images {
         Ok(())
     }
 
-    /// Applies `/images/*` events in the order containerd sent them (each re-reads the name).
-    pub fn spawn_event_applier(self: &Arc<Self>) -> tokio::sync::mpsc::UnboundedSender<String> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let this = self.clone();
+    /// Applies `/images/*` events (each re-reads its name) in the order their names first
+    /// came; see [`ImageEvents`].
+    pub fn spawn_event_applier(self: &Arc<Self>) -> ImageEvents {
+        let events = ImageEvents::default();
+        let (this, queue) = (self.clone(), events.clone());
         tokio::spawn(async move {
-            while let Some(name) = rx.recv().await {
-                this.refresh_name(&name).await;
+            loop {
+                let notified = queue.0.changed.notified();
+                let next = {
+                    let mut q = queue.0.names.lock();
+                    let name = q.0.pop_front();
+                    if let Some(n) = &name {
+                        q.1.remove(n);
+                    }
+                    name
+                };
+                match next {
+                    Some(name) => this.refresh_name(&name).await,
+                    None => notified.await,
+                }
             }
         });
-        tx
+        events
     }
 
     /// Filesystem usage from the last sync (None before the first).
@@ -280,5 +327,19 @@ impl Images {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::ImageEvents;
+
+    #[test]
+    fn a_flood_of_events_holds_one_entry_per_name() {
+        let q = ImageEvents::default();
+        for i in 0..100_000 {
+            q.send(&format!("example.test/img:{}", i % 3));
+        }
+        assert_eq!(q.len(), 3);
     }
 }

@@ -257,7 +257,9 @@ pub async fn spdy(
 ) -> Result<Link, Error> {
     let streams: Arc<Mutex<HashMap<u8, StreamWriter>>> = Arc::default();
     let (input_tx, input) = InputTx::channel();
-    let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
+    // Arrivals matter only until the session starts; a client opening streams without end
+    // afterwards fills this and is not heard (try_send), instead of growing a queue.
+    let (arrived_tx, mut arrived) = mpsc::channel(16);
     let outputs = streams.clone();
     let m = metrics.clone();
     let tx = input_tx.clone();
@@ -279,7 +281,7 @@ pub async fn spdy(
                 // Registered before the session can start, so that no output is dropped.
                 outputs.lock().insert(channel, s.writer());
             }
-            let _ = arrived_tx.send(channel);
+            let _ = arrived_tx.try_send(channel);
             match channel {
                 STDIN => {
                     let (tx, m) = (tx.clone(), m.clone());
