@@ -1016,3 +1016,138 @@ async fn a_crash_right_after_a_task_start_never_runs_the_entrypoint_twice() {
         .log()
         .contains("adopted a task an interrupted start left running"));
 }
+
+/// The journal's disk fills up while it compacts: the snapshot (the whole state, ~1 MiB of pods
+/// here) does not fit where small appends still do. The failed compaction loses nothing (its
+/// events stay), appends go on or recover, and once space is back a compaction commits; after a
+/// restart every acknowledged intent and every pod is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_disk_filling_mid_compaction_loses_nothing() {
+    let mut d = Daemon::new();
+    std::fs::create_dir_all(&d.state_dir).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &d.state_dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=24m,mode=0700"),
+    )
+    .unwrap();
+    let _unmount = Unmount(vec![d.state_dir.clone()]);
+    d.extra.extend([
+        "--journal-compact-after=25".to_string(),
+        format!(
+            "--registry-config-path={}",
+            std::env::var("CONCORD_TEST_HOSTS_DIR")
+                .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
+        ),
+        format!("--netns-dir={}", d.dir.join("netns").display()),
+    ]);
+    d.start().await;
+    // Four pods of 200 KiB of annotations each: a large state to snapshot.
+    let mut pods = Vec::new();
+    for i in 0..4 {
+        let mut config = common::pod_config(&d, &format!("big{i}"));
+        config
+            .annotations
+            .insert("example.test/blob".into(), "x".repeat(200 << 10));
+        pods.push(run_pod(&d, &config).await);
+    }
+    let compactions = d.metric("concord_journal_compactions_total", &[]).await;
+    let update = |cidr: String| {
+        let d = &d;
+        async move {
+            d.runtime()
+                .await
+                .update_runtime_config(cri::UpdateRuntimeConfigRequest {
+                    runtime_config: Some(cri::RuntimeConfig {
+                        network_config: Some(cri::NetworkConfig { pod_cidr: cidr }),
+                    }),
+                })
+                .await
+        }
+    };
+    // Fill the disk, then give back 256 KiB: room for small appends, not for a snapshot.
+    let filler = d.state_dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0xa5u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(256 << 10)).unwrap();
+    }
+    let mut last_ok = None;
+    let (mut acked, mut refused) = (0, 0);
+    for i in 0..200u32 {
+        let cidr = format!("10.{}.{}.0/24", 2 + i / 250, i % 250);
+        match update(cidr.clone()).await {
+            Ok(_) => {
+                acked += 1;
+                last_ok = Some(cidr)
+            }
+            Err(_) => refused += 1,
+        }
+        if d.log().contains("journal compaction failed") && i > 60 {
+            break;
+        }
+    }
+    println!("on the full disk: {acked} updates acknowledged, {refused} refused");
+    assert!(
+        d.log().contains("journal compaction failed"),
+        "no compaction failed on the full disk"
+    );
+    assert!(d.metric("concord_journal_write_errors_total", &[]).await >= 1.0);
+    // Space comes back: ready, and a compaction commits.
+    std::fs::remove_file(&filler).unwrap();
+    common::eventually(Duration::from_secs(30), "RuntimeReady", || async {
+        d.runtime()
+            .await
+            .status(cri::StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "RuntimeReady" && c.status)
+    })
+    .await;
+    let mut i = 0u32;
+    while d.metric("concord_journal_compactions_total", &[]).await <= compactions {
+        i += 1;
+        assert!(i < 500, "no compaction committed after space came back");
+        let cidr = format!("10.100.{}.0/24", i % 250);
+        update(cidr.clone()).await.unwrap();
+        last_ok = Some(cidr);
+    }
+    // Everything acknowledged survives a restart.
+    assert_eq!(d.terminate().await.code(), Some(0));
+    d.start().await;
+    let o = common::runtime_config_object(&d).await;
+    let desired: serde_json::Value = serde_json::from_str(&o.desired).unwrap();
+    assert_eq!(desired["pod_cidr"], last_ok.unwrap().as_str(), "{}", o.desired);
+    let listed = d
+        .runtime()
+        .await
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    for p in &pods {
+        assert!(listed.iter().any(|l| &l.id == p), "pod {p} lost");
+    }
+    let mut rt = d.runtime().await;
+    for p in pods {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: p.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await
+            .unwrap();
+    }
+}
