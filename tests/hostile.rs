@@ -1127,7 +1127,12 @@ async fn a_journal_disk_filling_mid_compaction_loses_nothing() {
     d.start().await;
     let o = common::runtime_config_object(&d).await;
     let desired: serde_json::Value = serde_json::from_str(&o.desired).unwrap();
-    assert_eq!(desired["pod_cidr"], last_ok.unwrap().as_str(), "{}", o.desired);
+    assert_eq!(
+        desired["pod_cidr"],
+        last_ok.unwrap().as_str(),
+        "{}",
+        o.desired
+    );
     let listed = d
         .runtime()
         .await

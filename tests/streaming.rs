@@ -1329,3 +1329,168 @@ async fn exec_over_tls() {
         .await
         .unwrap();
 }
+
+/// Streaming abuse against one node: 20,000 connections to the streaming port that never send a
+/// byte, and 1,000 SPDY streams opened on one exec session. concord's memory stays within a
+/// budget, the streaming server keeps at most its cap of connections, and CRI RPCs keep
+/// answering quickly throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_abuse_keeps_memory_bounded_and_the_cri_answering() {
+    // This sandbox caps open files at 20,000 (hard, no CAP_SYS_RESOURCE to raise it): the
+    // connections are held half here, half by a Python process beside.
+    let want = nix::libc::rlimit {
+        rlim_cur: 20_000,
+        rlim_max: 20_000,
+    };
+    // SAFETY: a valid rlimit for the calling process.
+    unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &want) };
+    let d = daemon().await;
+    let (pod, id) = pod_with(&d, "abuse", "busybox", &["sleep", "1000"]).await;
+    let before = common::rss_kb(d.pid());
+    let mut peak = before;
+    let mut slowest = Duration::ZERO;
+    let probe = |peak: &mut u64| {
+        *peak = (*peak).max(common::rss_kb(d.pid()));
+        let d = &d;
+        async move {
+            let t = std::time::Instant::now();
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                d.runtime()
+                    .await
+                    .list_pod_sandbox(cri::ListPodSandboxRequest::default()),
+            )
+            .await
+            .expect("ListPodSandbox answered within 5 s")
+            .unwrap();
+            t.elapsed()
+        }
+    };
+
+    // 1,000 SPDY streams on one session.
+    let url = exec_url(&d, exec_req(&id, &["sleep", "600"], true, false)).await;
+    let c = concord::stream::client::SpdyCommand::start(
+        &url,
+        &["v4.channel.k8s.io"],
+        true,
+        true,
+        true,
+        false,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (mut opened, mut refused) = (0, 0);
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            c.client.open(&[("streamtype", "stdin")]),
+        )
+        .await
+        {
+            Ok(Ok(mut s)) => {
+                // A refused stream is reset right after its SYN: it reads its end at once.
+                match tokio::time::timeout(Duration::from_millis(20), s.read()).await {
+                    Ok(None) => refused += 1,
+                    _ => {
+                        opened += 1;
+                        held.push(s);
+                    }
+                }
+            }
+            _ => refused += 1,
+        }
+    }
+    let t = probe(&mut peak).await;
+    slowest = slowest.max(t);
+    println!("1000 SPDY streams: {opened} held open, {refused} refused");
+    assert!(
+        opened <= concord::stream::spdy::MAX_STREAMS,
+        "{opened} streams open on one connection"
+    );
+    drop(held);
+    drop(c);
+
+    // 20,000 idle connections.
+    let port: u16 = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|hp| hp.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let helper = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import socket, sys\nheld = []\nfor _ in range(10000):\n    try:\n        held.append(socket.create_connection(('127.0.0.1', {port})))\n    except OSError:\n        pass\nprint(len(held), flush=True)\nsys.stdin.read()\n"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut conns = Vec::new();
+    let mut failed = 0;
+    for i in 0..10_000 {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => conns.push(s),
+            Err(_) => failed += 1,
+        }
+        if i % 2000 == 0 {
+            let t = probe(&mut peak).await;
+            slowest = slowest.max(t);
+        }
+    }
+    let mut helper = helper;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(helper.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let helper_made: usize = line.trim().parse().unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = probe(&mut peak).await;
+    slowest = slowest.max(t);
+    // The server closed what is over its cap: count what it still holds.
+    let mut held_open = 0;
+    for s in &conns {
+        let mut b = [0u8; 1];
+        match s.try_read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => held_open += 1,
+            _ => {}
+        }
+    }
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    println!(
+        "20000 idle connections: {} made ({helper_made} by the helper), {failed} failed, {held_open} of ours held by concord ({fds} fds); RSS {} MiB before, peak {} MiB; slowest ListPodSandbox {slowest:?}",
+        conns.len() + helper_made,
+        before >> 10,
+        peak >> 10
+    );
+    assert!(
+        held_open <= concord::stream::MAX_CONNECTIONS,
+        "{held_open} connections held"
+    );
+    assert!(
+        peak < before + (256 << 10),
+        "RSS {peak} kB (from {before} kB)"
+    );
+    assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+    assert!(
+        fds < concord::stream::MAX_CONNECTIONS + 512,
+        "concord holds {fds} descriptors"
+    );
+    drop(conns);
+    drop(helper.stdin.take());
+    let _ = helper.wait();
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

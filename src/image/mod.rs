@@ -75,7 +75,10 @@ pub struct ImageEvents(Arc<EventQueue>);
 
 #[derive(Default)]
 pub struct EventQueue {
-    names: Mutex<(std::collections::VecDeque<String>, std::collections::HashSet<String>)>,
+    names: Mutex<(
+        std::collections::VecDeque<String>,
+        std::collections::HashSet<String>,
+    )>,
     changed: tokio::sync::Notify,
 }
 

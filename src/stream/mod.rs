@@ -175,6 +175,7 @@ impl StreamServer {
         let this = server.clone();
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let task = tokio::spawn(async move {
+            let (mut refused, mut last_warned) = (0u64, None);
             loop {
                 let (conn, _) = tokio::select! {
                     c = listener.accept() => match c {
@@ -190,11 +191,21 @@ impl StreamServer {
                 // At most MAX_CONNECTIONS at once (each holds buffers and a task): one more
                 // is closed at once rather than queued.
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(
-                        max = MAX_CONNECTIONS,
-                        "streaming server full: connection refused"
-                    );
                     drop(conn);
+                    // One line per 10 s with the count, not one per connection (a flood of
+                    // connections would be a flood of log lines).
+                    refused += 1;
+                    if last_warned
+                        .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(10))
+                    {
+                        tracing::warn!(
+                            max = MAX_CONNECTIONS,
+                            refused,
+                            "streaming server full: connections refused"
+                        );
+                        last_warned = Some(std::time::Instant::now());
+                        refused = 0;
+                    }
                     continue;
                 };
                 let this = this.clone();
