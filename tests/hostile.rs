@@ -265,8 +265,12 @@ async fn hostile_user_databases_in_images_fail_fast_and_read_nothing_of_the_host
             "{short} took {:?}",
             started.elapsed()
         );
+        println!("{short}: {:?} in {:?}", err.code(), started.elapsed());
+        // The image cannot be used so: the caller's precondition, not concord's failure.
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{short}");
     }
     let rss_after = rss_kb(d.pid());
+    println!("RSS {rss_before} kB before, {rss_after} kB after");
     assert!(
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} kB to {rss_after} kB"
@@ -394,6 +398,7 @@ async fn a_long_stop_grace_ends_in_sigkill_and_a_huge_one_does_not_panic() {
     .await
     .expect("the stop ends with SIGKILL");
     let took = started.elapsed();
+    println!("6 s grace, 2 s reconcile timeout: SIGKILL after {took:?}");
     assert!(
         took >= Duration::from_secs(5) && took < Duration::from_secs(15),
         "SIGKILL after {took:?}"
@@ -609,8 +614,10 @@ async fn hostile_registry_bodies_are_bounded_while_they_are_read() {
         assert_eq!(err.code(), code, "{repo}: {}", err.message());
         assert!(err.message().contains(message), "{repo}: {}", err.message());
         assert!(took < Duration::from_secs(within), "{repo} took {took:?}");
+        println!("{repo}: {:?} in {took:?}", err.code());
     }
     let rss_after = rss_kb(d.pid());
+    println!("RSS {rss_before} kB before, {rss_after} kB after");
     assert!(
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} kB to {rss_after} kB"

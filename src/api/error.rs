@@ -71,6 +71,10 @@ impl ApiError {
                 source: WaitError::Failed(_),
                 ..
             } => Code::Internal,
+            ApiError::Converge {
+                source: WaitError::Refused(_),
+                ..
+            } => Code::FailedPrecondition,
             ApiError::Image(e) => e.code(),
             ApiError::Containerd(e) => match e.code() {
                 c @ (Code::NotFound

@@ -96,6 +96,16 @@ impl ContainerReconciler {
         rec.config.stdin && !rec.config.tty
     }
 
+    /// The container cannot be made as given (its image or spec).
+    fn refused(id: &str, step: &'static str, message: impl ToString) -> ReconcileError {
+        ReconcileError::Refused {
+            kind: "container",
+            id: id.into(),
+            step,
+            message: message.to_string(),
+        }
+    }
+
     fn err(id: &str, step: &'static str, message: impl ToString) -> ReconcileError {
         ReconcileError::Container {
             id: id.to_string(),
@@ -302,10 +312,12 @@ impl ContainerReconciler {
             let users = tokio::task::spawn_blocking(move || image_users(&layers))
                 .await
                 .map_err(|e| Self::err(id, "reading the image's /etc/passwd and /etc/group", e))?
-                .map_err(|e| Self::err(id, "reading the image's /etc/passwd and /etc/group", e))?;
+                .map_err(|e| {
+                    Self::refused(id, "reading the image's /etc/passwd and /etc/group", e)
+                })?;
             let spec = container_spec(&rec.config, &img.resolved.config, &ctx, Some(&users))
                 .map_err(|e| {
-                    Self::err(
+                    Self::refused(
                         id,
                         "building the container spec",
                         format!("{}: {}", e.field, e.reason),

@@ -52,6 +52,16 @@ pub enum ReconcileError {
         step: &'static str,
         message: String,
     },
+    /// The object cannot become what was asked because of what it was given (an image whose
+    /// user database is unusable, a spec the image cannot satisfy): retried like any failure,
+    /// but answered as FailedPrecondition, not as concord's own failure.
+    #[error("{kind} {id}: {step}: {message}")]
+    Refused {
+        kind: &'static str,
+        id: String,
+        step: &'static str,
+        message: String,
+    },
     /// A fact could not be recorded.
     #[error("recording a fact failed: {0}")]
     Journal(#[from] crate::journal::AppendError),
@@ -117,6 +127,8 @@ pub struct ObjectStatus {
     /// and retried, not an answer (a stop's grace period longer than the timeout goes on in
     /// the retries), so waiters keep waiting until their own deadline.
     pub last_error_transient: bool,
+    /// That failure was a [`ReconcileError::Refused`].
+    pub last_error_refused: bool,
     /// A retry is scheduled.
     pub retry_scheduled: bool,
     /// When the last reconcile finished.
@@ -160,6 +172,9 @@ pub enum WaitError {
     /// The loop tried and failed; it keeps retrying.
     #[error("{0}")]
     Failed(String),
+    /// The loop cannot converge the object as given (its image or spec); it keeps retrying.
+    #[error("{0}")]
+    Refused(String),
     /// The deadline passed first; the loop keeps converging.
     #[error("not converged within {0:?}")]
     Deadline(Duration),
@@ -302,7 +317,11 @@ impl Controller {
                 }
                 if let Some((g, e)) = &s.last_error {
                     if *g >= generation && !s.last_error_transient {
-                        return Err(WaitError::Failed(e.clone()));
+                        return Err(if s.last_error_refused {
+                            WaitError::Refused(e.clone())
+                        } else {
+                            WaitError::Failed(e.clone())
+                        });
                     }
                 }
             }
@@ -431,6 +450,7 @@ impl Controller {
                     );
                     s.last_error_transient =
                         matches!(e, ReconcileError::Timeout(_) | ReconcileError::Waiting(_));
+                    s.last_error_refused = matches!(e, ReconcileError::Refused { .. });
                     s.last_error = Some((generation, e.to_string()));
                     Some(delay)
                 }
