@@ -1494,3 +1494,103 @@ async fn streaming_abuse_keeps_memory_bounded_and_the_cri_answering() {
         .await
         .unwrap();
 }
+
+/// 1,000 port-forward connections (error + data stream pairs, over four SPDY connections) to a
+/// pod server that accepts and never reads, each pushed 1 MiB: what the server does not take
+/// stays in flow control and the per-connection budget, not in concord's memory, and CRI RPCs
+/// keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_forwards_to_a_server_that_never_reads_stay_bounded() {
+    let d = daemon().await;
+    // Every connection gets a `sleep` on its socket: accepted, never read.
+    let (pod, _) = pod_with(
+        &d,
+        "sink",
+        "busybox",
+        &["nc", "-ll", "-p", "80", "-e", "sleep", "1000"],
+    )
+    .await;
+    let before = common::rss_kb(d.pid());
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let url = pf_url(&d, pod.clone()).await;
+        clients.push(std::sync::Arc::new(
+            SpdyClient::connect(&url, &["portforward.k8s.io"])
+                .await
+                .unwrap()
+                .unwrap(),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let mut pushes = Vec::new();
+    for i in 0..1000u32 {
+        let c = clients[i as usize % 4].clone();
+        pushes.push(tokio::spawn(async move {
+            let rid = i.to_string();
+            let open = async {
+                let err = c
+                    .open(&[("streamType", "error"), ("port", "80"), ("requestID", &rid)])
+                    .await?;
+                let data = c
+                    .open(&[("streamType", "data"), ("port", "80"), ("requestID", &rid)])
+                    .await?;
+                Ok::<_, std::io::Error>((err, data))
+            };
+            let Ok(Ok((err, data))) = tokio::time::timeout(Duration::from_secs(20), open).await
+            else {
+                return (0u64, None);
+            };
+            let chunk = vec![b'x'; 64 << 10];
+            let mut sent = 0u64;
+            let _ = tokio::time::timeout(Duration::from_secs(15), async {
+                while sent < 1 << 20 && data.writer().write(&chunk).await.is_ok() {
+                    sent += chunk.len() as u64;
+                }
+            })
+            .await;
+            (sent, Some((err, data)))
+        }));
+    }
+    let mut sent = 0u64;
+    let mut opened = 0;
+    let mut held = Vec::new();
+    for p in pushes {
+        let (n, streams) = p.await.unwrap();
+        sent += n;
+        if let Some(s) = streams {
+            opened += 1;
+            held.push(s);
+        }
+    }
+    let rss = common::rss_kb(d.pid());
+    let t = std::time::Instant::now();
+    d.runtime()
+        .await
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap();
+    let answered = t.elapsed();
+    println!(
+        "{opened} forwards opened, {} MiB pushed in {:?} (the server reads none); concord RSS {} MiB before, {} MiB after; ListPodSandbox in {answered:?}",
+        sent >> 20,
+        started.elapsed(),
+        before >> 10,
+        rss >> 10
+    );
+    assert!(opened >= 990, "{opened} forwards opened");
+    // Four connections' budgets (16 MiB each) and buffers, not the 1,000 MiB pushed at it.
+    assert!(
+        rss < before + (160 << 10),
+        "RSS {rss} kB (from {before} kB)"
+    );
+    assert!(answered < Duration::from_secs(2), "{answered:?}");
+    drop(held);
+    drop(clients);
+    d.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
