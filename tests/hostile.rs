@@ -624,37 +624,45 @@ async fn hostile_registry_bodies_are_bounded_while_they_are_read() {
     );
 }
 
-/// The journal's disk fills up mid-append: the failed intent is refused (not acknowledged),
-/// RuntimeReady turns false with the reason, and once space is back concord reopens the journal
-/// and is ready again by itself; after a restart every acknowledged intent is there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_journal_disk_is_not_ready_then_recovers_and_loses_nothing() {
-    let mut d = Daemon::new();
+/// UpdateRuntimeConfig with pod CIDR `cidr`: one small journal append.
+async fn set_pod_cidr(
+    d: &Daemon,
+    cidr: String,
+) -> Result<tonic::Response<cri::UpdateRuntimeConfigResponse>, tonic::Status> {
+    d.runtime()
+        .await
+        .update_runtime_config(cri::UpdateRuntimeConfigRequest {
+            runtime_config: Some(cri::RuntimeConfig {
+                network_config: Some(cri::NetworkConfig { pod_cidr: cidr }),
+            }),
+        })
+        .await
+}
+
+/// Puts the daemon's state dir (its journal) on a tmpfs of `size`; unmounted when dropped.
+fn state_on_tmpfs(d: &Daemon, size: &str) -> Unmount {
     std::fs::create_dir_all(&d.state_dir).unwrap();
     nix::mount::mount(
         Some("tmpfs"),
         &d.state_dir,
         Some("tmpfs"),
         nix::mount::MsFlags::empty(),
-        Some("size=8m,mode=0700"),
+        Some(format!("size={size},mode=0700").as_str()),
     )
     .unwrap();
-    let _unmount = Unmount(vec![d.state_dir.clone()]);
+    Unmount(vec![d.state_dir.clone()])
+}
+
+/// The journal's disk fills up mid-append: the failed intent is refused (not acknowledged),
+/// RuntimeReady turns false with the reason, and once space is back concord reopens the journal
+/// and is ready again by itself; after a restart every acknowledged intent is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_disk_is_not_ready_then_recovers_and_loses_nothing() {
+    let mut d = Daemon::new();
+    let _unmount = state_on_tmpfs(&d, "8m");
     d.extra.push("--journal-compact-after=100".into());
     d.start().await;
-    let update = |cidr: String| {
-        let d = &d;
-        async move {
-            d.runtime()
-                .await
-                .update_runtime_config(cri::UpdateRuntimeConfigRequest {
-                    runtime_config: Some(cri::RuntimeConfig {
-                        network_config: Some(cri::NetworkConfig { pod_cidr: cidr }),
-                    }),
-                })
-                .await
-        }
-    };
+    let update = |cidr: String| set_pod_cidr(&d, cidr);
     let ready = || {
         let d = &d;
         async move {
@@ -1031,16 +1039,7 @@ async fn a_crash_right_after_a_task_start_never_runs_the_entrypoint_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_disk_filling_mid_compaction_loses_nothing() {
     let mut d = Daemon::new();
-    std::fs::create_dir_all(&d.state_dir).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &d.state_dir,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=24m,mode=0700"),
-    )
-    .unwrap();
-    let _unmount = Unmount(vec![d.state_dir.clone()]);
+    let _unmount = state_on_tmpfs(&d, "24m");
     d.extra.extend([
         "--journal-compact-after=25".to_string(),
         format!(
@@ -1061,19 +1060,7 @@ async fn a_journal_disk_filling_mid_compaction_loses_nothing() {
         pods.push(run_pod(&d, &config).await);
     }
     let compactions = d.metric("concord_journal_compactions_total", &[]).await;
-    let update = |cidr: String| {
-        let d = &d;
-        async move {
-            d.runtime()
-                .await
-                .update_runtime_config(cri::UpdateRuntimeConfigRequest {
-                    runtime_config: Some(cri::RuntimeConfig {
-                        network_config: Some(cri::NetworkConfig { pod_cidr: cidr }),
-                    }),
-                })
-                .await
-        }
-    };
+    let update = |cidr: String| set_pod_cidr(&d, cidr);
     // Fill the disk, then give back 256 KiB: room for small appends, not for a snapshot.
     let filler = d.state_dir.join("filler");
     {

@@ -827,6 +827,21 @@ pub fn container_spec(
 mod tests {
     use super::*;
 
+    /// Container c1 of pod sb (pause pid 42) from image `image`.
+    fn test_ctx<'a>(sandbox: &'a cri::PodSandboxConfig, image: &'a str) -> ContainerContext<'a> {
+        ContainerContext {
+            id: "c1",
+            sandbox_id: "sb",
+            sandbox,
+            sandbox_pid: 42,
+            sandbox_files: "/state/sb".into(),
+            image_name: image,
+            target_pid: None,
+            volumes_dir: "/state/c1/volumes".into(),
+            passthrough: Default::default(),
+        }
+    }
+
     fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageConfig {
         serde_json::from_value(json!({
             "config": {"Entrypoint": entrypoint, "Cmd": cmd, "Env": ["PATH=/bin", "A=image"], "User": "1000:2000"},
@@ -872,17 +887,7 @@ mod tests {
             hostname: "web".into(),
             ..Default::default()
         };
-        let ctx = ContainerContext {
-            id: "c1",
-            sandbox_id: "sb",
-            sandbox: &sandbox,
-            sandbox_pid: 42,
-            sandbox_files: "/state/sb".into(),
-            image_name: "busybox",
-            target_pid: None,
-            volumes_dir: "/state/c1/volumes".into(),
-            passthrough: Default::default(),
-        };
+        let ctx = test_ctx(&sandbox, "busybox");
         let v = container_spec(&config(&[], &[]), &image(&["/ep"], &[]), &ctx, None).unwrap();
         assert_eq!(v["process"]["env"], json!(["PATH=/bin", "A=config"]));
         assert_eq!(v["process"]["user"]["uid"], 1000);
@@ -921,17 +926,7 @@ mod tests {
     #[test]
     fn ids_out_of_range_and_relative_working_dirs_are_refused_with_their_field() {
         let sandbox = cri::PodSandboxConfig::default();
-        let ctx = ContainerContext {
-            id: "c1",
-            sandbox_id: "sb",
-            sandbox: &sandbox,
-            sandbox_pid: 42,
-            sandbox_files: "/state/sb".into(),
-            image_name: "img",
-            target_pid: None,
-            volumes_dir: "/state/c1/volumes".into(),
-            passthrough: Default::default(),
-        };
+        let ctx = test_ctx(&sandbox, "img");
         let img = |user: &str, wd: &str| -> ImageConfig {
             serde_json::from_value(json!({
                 "config": {"Cmd": ["/x"], "User": user, "WorkingDir": wd},
@@ -1000,17 +995,7 @@ mod tests {
     #[test]
     fn the_images_volumes_get_directories_of_the_containers_own() {
         let sandbox = cri::PodSandboxConfig::default();
-        let ctx = ContainerContext {
-            id: "c1",
-            sandbox_id: "sb",
-            sandbox: &sandbox,
-            sandbox_pid: 42,
-            sandbox_files: "/state/sb".into(),
-            image_name: "img",
-            target_pid: None,
-            volumes_dir: "/state/c1/volumes".into(),
-            passthrough: Default::default(),
-        };
+        let ctx = test_ctx(&sandbox, "img");
         let img: ImageConfig = serde_json::from_value(json!({
             "config": {"Cmd": ["/x"], "Volumes": {"/var/cache/app": {}, "/data": {}}},
             "rootfs": {"type": "layers", "diff_ids": []}

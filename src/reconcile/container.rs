@@ -171,12 +171,8 @@ impl ContainerReconciler {
                 if !matches!(self.ctd.task_state(id).await?, Some((_, true))) {
                     self.record_exit(rec, state, None).await?;
                 } else {
-                    if Self::attached_stdio(rec) && !self.attachments.is_attached(id) {
-                        // concord restarted under a running container: take its stdio back.
-                        self.attachments
-                            .attach(id, &self.settings.state_dir.join(id), &rec.log_path)
-                            .map_err(|e| Self::err(id, "attaching to the container's stdio", e))?;
-                    }
+                    // concord restarted under a running container: take its stdio back.
+                    self.reattach(rec)?;
                     if rec.resources_updated {
                         // UpdateContainerResources: the limits the record holds, on the live task.
                         let res = rec
@@ -409,24 +405,13 @@ impl ContainerReconciler {
         // started is replaced.
         match self.ctd.task_status(id).await? {
             Some((pid, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing)) => {
-                if Self::attached_stdio(rec) && !self.attachments.is_attached(id) {
-                    self.attachments
-                        .attach(id, &self.settings.state_dir.join(id), &rec.log_path)
-                        .map_err(|e| Self::err(id, "attaching to the container's stdio", e))?;
-                }
+                self.reattach(rec)?;
                 tracing::info!(
                     container_id = id,
                     pid,
                     "adopted a task an interrupted start left running"
                 );
-                self.journal
-                    .append(vec![Event::ContainerStarted {
-                        id: id.into(),
-                        pid,
-                        started_at: now_nanos(),
-                    }])
-                    .await?;
-                return Ok(());
+                return self.record_started(id, pid).await;
             }
             Some((pid, TaskStatus::Stopped)) => {
                 tracing::info!(
@@ -462,22 +447,36 @@ impl ContainerReconciler {
         }
         .await;
         match started {
-            Ok(pid) => {
-                self.journal
-                    .append(vec![Event::ContainerStarted {
-                        id: id.into(),
-                        pid,
-                        started_at: now_nanos(),
-                    }])
-                    .await?;
-                Ok(())
-            }
+            Ok(pid) => self.record_started(id, pid).await,
             Err(e) => {
                 let _ = self.ctd.delete_task(id).await;
                 self.attachments.detach(id);
                 self.fail_start(id, e.to_string()).await
             }
         }
+    }
+
+    /// Takes back the stdio of a running container whose output concord holds (after a
+    /// restart), unless it already has it.
+    fn reattach(&self, rec: &ContainerRecord) -> Result<(), ReconcileError> {
+        let id = rec.id.as_str();
+        if Self::attached_stdio(rec) && !self.attachments.is_attached(id) {
+            self.attachments
+                .attach(id, &self.settings.state_dir.join(id), &rec.log_path)
+                .map_err(|e| Self::err(id, "attaching to the container's stdio", e))?;
+        }
+        Ok(())
+    }
+
+    async fn record_started(&self, id: &str, pid: u32) -> Result<(), ReconcileError> {
+        self.journal
+            .append(vec![Event::ContainerStarted {
+                id: id.into(),
+                pid,
+                started_at: now_nanos(),
+            }])
+            .await?;
+        Ok(())
     }
 
     async fn fail_start(&self, id: &str, message: String) -> Result<(), ReconcileError> {
