@@ -5,6 +5,8 @@
 
 pub mod api;
 pub mod attach;
+pub mod cgroup;
+pub mod clock;
 pub mod config;
 pub mod containerd;
 pub mod daemon;

@@ -1,8 +1,10 @@
-//! SPDY/3 frames and header blocks: the frame reader and the zlib header decoder (with the
-//! SPDY dictionary) never panic, never allocate past their limits, and every header block the
-//! encoder writes decodes back to the same headers.
+//! SPDY/3 frames and header blocks: the frame reader, the typed control-frame parser and the
+//! zlib header decoder (with the SPDY dictionary) never panic, never allocate past their limits,
+//! and every header block the encoder writes decodes back to the same headers.
 #![no_main]
-use concord::stream::spdy::{read_frame, Frame, HeaderDecoder, HeaderEncoder};
+use concord::stream::spdy::{
+    parse_control, read_frame, Control, Frame, HeaderDecoder, HeaderEncoder,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,9 +17,13 @@ fuzz_target!(|data: &[u8]| {
         let mut encoder = HeaderEncoder::default();
         let mut check = HeaderDecoder::default();
         while let Ok(Some(frame)) = read_frame(&mut r).await {
-            let Frame::Control { body, .. } = frame else {
+            let Frame::Control { kind, body, .. } = frame else {
                 continue;
             };
+            // The typed parse refuses what is too short and never reads past the body.
+            if let Ok(Control::Settings(entries)) = parse_control(kind, &body) {
+                assert!(4 + entries.len() * 8 <= body.len());
+            }
             // SYN_STREAM's block starts at 10, SYN_REPLY's and HEADERS' at 4: try both.
             for at in [4usize, 10] {
                 if let Some(block) = body.get(at..) {

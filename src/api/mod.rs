@@ -102,12 +102,7 @@ impl Runtime {
 }
 
 /// Nanoseconds since the Unix epoch (the CRI's timestamps).
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_nanos;
 
 /// 64 hex characters, like containerd's ids (sandboxes and containers).
 fn new_id() -> String {

@@ -130,7 +130,9 @@ impl Containerd {
         Ok(req)
     }
 
-    /// Runs one containerd call, recording its latency and code under `service`/`method`.
+    /// Runs one unary containerd call within [`CALL_DEADLINE`] (a call containerd never
+    /// answers, a wedged shim, must not hold a reconcile forever), recording its latency and
+    /// code under `service`/`method`; `call` names it in errors.
     pub async fn call<T, F>(
         &self,
         service: &'static str,
@@ -141,22 +143,45 @@ impl Containerd {
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_within(Some(CALL_DEADLINE), service, method, call, fut)
+            .await
+    }
+
+    /// [`Containerd::call`] for a call whose length is the work's (waiting for an exit,
+    /// applying a layer, measuring a snapshot, reading a blob): the caller bounds it.
+    pub async fn call_unbounded<T, F>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        call: &'static str,
+        fut: F,
+    ) -> Result<T, ContainerdError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_within(None, service, method, call, fut).await
+    }
+
+    async fn call_within<T, F>(
+        &self,
+        deadline: Option<std::time::Duration>,
+        service: &'static str,
+        method: &'static str,
+        call: &'static str,
+        fut: F,
+    ) -> Result<T, ContainerdError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let start = Instant::now();
-        // A call containerd never answers (a wedged shim) must not hold a reconcile forever:
-        // unary calls get a deadline; the long ones (waiting for an exit, applying a layer,
-        // measuring a snapshot, reading a blob) are bounded by their callers.
-        let result = if matches!(
-            call,
-            "Tasks.Wait" | "Diff.Apply" | "Snapshots.Usage" | "Content.Read"
-        ) {
-            fut.await
-        } else {
-            match tokio::time::timeout(CALL_DEADLINE, fut).await {
+        let result = match deadline {
+            None => fut.await,
+            Some(d) => match tokio::time::timeout(d, fut).await {
                 Ok(r) => r,
                 Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                    "containerd did not answer within {CALL_DEADLINE:?}"
+                    "containerd did not answer within {d:?}"
                 ))),
-            }
+            },
         };
         let code = match &result {
             Ok(_) => tonic::Code::Ok,

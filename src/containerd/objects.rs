@@ -457,7 +457,7 @@ impl Containerd {
             exec_id: exec_id.into(),
         };
         let r = self
-            .call(
+            .call_unbounded(
                 "tasks",
                 "Wait",
                 "Tasks.Wait",

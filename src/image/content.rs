@@ -52,7 +52,7 @@ async fn read_all(
     };
     let mut client = ctd.content();
     let mut stream = ctd
-        .call(
+        .call_unbounded(
             "content",
             "Read",
             "Content.Read",

@@ -83,7 +83,7 @@ pub async fn unpack(
         let deadline = apply_deadline(layer.size);
         let applied = match tokio::time::timeout(
             deadline,
-            ctd.call(
+            ctd.call_unbounded(
                 "diff",
                 "Apply",
                 "Diff.Apply",

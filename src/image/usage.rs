@@ -99,7 +99,7 @@ pub async fn collect(
                     key: info.name.clone(),
                 };
                 match ctd
-                    .call(
+                    .call_unbounded(
                         "snapshots",
                         "Usage",
                         "Snapshots.Usage",

@@ -200,9 +200,6 @@ pub struct SandboxRecord {
     pub stopped: bool,
 }
 
-/// Where a pod's cgroups go when its config names no cgroup parent.
-pub const DEFAULT_CGROUP_PARENT: &str = "/k8s.io";
-
 impl SandboxRecord {
     /// The pod's cgroup parent as its config names it ("" when none was given).
     pub fn configured_cgroup_parent(&self) -> &str {
@@ -216,11 +213,7 @@ impl SandboxRecord {
     /// The cgroup path (cgroupfs form) of the pod's object `id`: its pause container's or one of
     /// its containers'.
     pub fn cgroups_path_of(&self, id: &str) -> String {
-        let parent = match self.configured_cgroup_parent() {
-            "" => DEFAULT_CGROUP_PARENT,
-            p => p,
-        };
-        format!("{}/{}", parent.trim_end_matches('/'), id)
+        crate::cgroup::path(self.configured_cgroup_parent(), id)
     }
 
     /// Ready: started, not exited, not stopping.

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use event::{
     container_name, sandbox_name, ContainerDesired, ContainerRecord, ContainerUser, Event,
-    ObjectKey, RuntimeConfigSpec, SandboxDesired, SandboxRecord, State, DEFAULT_CGROUP_PARENT,
+    ObjectKey, RuntimeConfigSpec, SandboxDesired, SandboxRecord, State,
 };
 pub use store::{write_foreign_schema, Journal, JournalError, OpenInfo, SCHEMA_VERSION};
 
@@ -378,7 +378,7 @@ async fn writer(
                 let mut offset = first_seq;
                 let state = Arc::new(state);
                 state_tx.send_replace(state.clone());
-                let at = crate::api::now_nanos();
+                let at = crate::clock::now_nanos();
                 for (id, sandbox_id, kind) in changed {
                     let _ = changes.send(ContainerChange {
                         id,

@@ -692,12 +692,11 @@ pub fn container_spec(
         .sandbox
         .linux
         .as_ref()
-        .map(|l| l.cgroup_parent.clone())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| crate::journal::DEFAULT_CGROUP_PARENT.into());
+        .map(|l| l.cgroup_parent.as_str())
+        .unwrap_or("");
     let mut linux_spec = json!({
         "namespaces": namespaces,
-        "cgroupsPath": format!("{}/{}", parent.trim_end_matches('/'), ctx.id),
+        "cgroupsPath": crate::cgroup::path(parent, ctx.id),
         "resources": resources,
         "devices": devices,
     });

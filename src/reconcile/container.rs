@@ -59,7 +59,7 @@ struct StopClock {
 /// Exit code of a container whose start failed (as containerd's CRI answers).
 const START_FAILED_EXIT: i32 = 128;
 
-use crate::api::now_nanos;
+use crate::clock::now_nanos;
 
 /// Query-string encoding for the log writer's arguments.
 fn encode(s: &str) -> String {
@@ -560,7 +560,7 @@ impl ContainerReconciler {
             Some(c) if c.generation == rec.generation => c.deadline,
             // A newer stop intent: the earlier end wins (kubelet shortening the grace).
             Some(c) => c.deadline.min(
-                now.checked_add(grace_left(rec, crate::api::now_nanos()))
+                now.checked_add(grace_left(rec, crate::clock::now_nanos()))
                     .unwrap_or_else(far),
             ),
             None => {
@@ -707,7 +707,7 @@ fn image_users(
 fn cgroups_path(rec: &ContainerRecord, state: &State) -> String {
     match state.sandboxes.get(&rec.sandbox_id) {
         Some(s) => s.cgroups_path_of(&rec.id),
-        None => format!("{}/{}", crate::journal::DEFAULT_CGROUP_PARENT, rec.id),
+        None => crate::cgroup::path("", &rec.id),
     }
 }
 

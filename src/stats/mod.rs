@@ -128,7 +128,7 @@ impl Collector {
     /// it is, else one made now. Concurrent callers wait for the same collection.
     pub async fn fresh(&self, seq: u64) -> Arc<Collected> {
         let max_age = MAX_AGE.as_nanos() as i64;
-        let good = |c: &Collected| c.seq >= seq && c.at >= crate::api::now_nanos() - max_age;
+        let good = |c: &Collected| c.seq >= seq && c.at >= crate::clock::now_nanos() - max_age;
         let last = self.last();
         if good(&last) {
             return last;
@@ -236,7 +236,7 @@ fn collect_from(
     };
     let sample = |path: &str, before: Option<&Usage>| -> Option<Usage> {
         let counters = cgroups.read(path)?;
-        let at = crate::api::now_nanos();
+        let at = crate::clock::now_nanos();
         Some(Usage {
             at,
             counters,
@@ -273,7 +273,7 @@ fn collect_from(
                 )
                 .collect();
             CgroupCounters::sum(&parts).map(|counters| {
-                let at = crate::api::now_nanos();
+                let at = crate::clock::now_nanos();
                 Usage {
                     at,
                     counters,
@@ -289,13 +289,13 @@ fn collect_from(
         let network = match (own_network(s), s.pid) {
             (true, Some(pid)) => std::fs::read_to_string(proc_root.join(format!("{pid}/net/dev")))
                 .ok()
-                .map(|text| (crate::api::now_nanos(), parse_net_dev(&text))),
+                .map(|text| (crate::clock::now_nanos(), parse_net_dev(&text))),
             _ => None,
         };
         out.sandboxes
             .insert(s.id.clone(), SandboxUsage { cgroup, network });
     }
-    out.at = crate::api::now_nanos();
+    out.at = crate::clock::now_nanos();
     (out, missing)
 }
 

@@ -385,6 +385,117 @@ pub fn data_frame(stream: u32, flags: u8, data: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A control frame's body, parsed with the length SPDY/3 gives its kind: a body too short for
+/// its fields is a protocol error (it used to read as stream 0). Trailing bytes are ignored.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Control<'a> {
+    SynStream {
+        id: u32,
+        block: &'a [u8],
+    },
+    SynReply {
+        id: u32,
+        block: &'a [u8],
+    },
+    RstStream {
+        id: u32,
+        status: u32,
+    },
+    /// (id, value) pairs.
+    Settings(Vec<(u32, u32)>),
+    Ping(u32),
+    GoAway,
+    Headers {
+        id: u32,
+        block: &'a [u8],
+    },
+    WindowUpdate {
+        id: u32,
+        delta: u32,
+    },
+    /// A kind SPDY/3 does not define (ignored, as the draft says).
+    Unknown(u16),
+}
+
+/// Parses the body of a control frame of `kind`.
+pub fn parse_control(kind: u16, body: &[u8]) -> std::io::Result<Control<'_>> {
+    let need = |n: usize, what: &str| {
+        if body.len() < n {
+            Err(bad(format!(
+                "a {}-byte {what} frame (at least {n})",
+                body.len()
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let id = || be32(body, 0) & 0x7fff_ffff;
+    Ok(match kind {
+        SYN_STREAM => {
+            need(10, "SYN_STREAM")?;
+            Control::SynStream {
+                id: id(),
+                block: &body[10..],
+            }
+        }
+        SYN_REPLY => {
+            need(4, "SYN_REPLY")?;
+            Control::SynReply {
+                id: id(),
+                block: &body[4..],
+            }
+        }
+        RST_STREAM => {
+            need(8, "RST_STREAM")?;
+            Control::RstStream {
+                id: id(),
+                status: be32(body, 4),
+            }
+        }
+        SETTINGS => {
+            need(4, "SETTINGS")?;
+            let n = be32(body, 0) as usize;
+            if n > (body.len() - 4) / 8 {
+                return Err(bad(format!(
+                    "SETTINGS claims {n} entries in {} bytes",
+                    body.len()
+                )));
+            }
+            Control::Settings(
+                (0..n)
+                    .map(|i| {
+                        let at = 4 + i * 8;
+                        (be32(body, at) & 0x00ff_ffff, be32(body, at + 4))
+                    })
+                    .collect(),
+            )
+        }
+        PING => {
+            need(4, "PING")?;
+            Control::Ping(be32(body, 0))
+        }
+        GOAWAY => {
+            need(4, "GOAWAY")?;
+            Control::GoAway
+        }
+        HEADERS => {
+            need(4, "HEADERS")?;
+            Control::Headers {
+                id: id(),
+                block: &body[4..],
+            }
+        }
+        WINDOW_UPDATE => {
+            need(8, "WINDOW_UPDATE")?;
+            Control::WindowUpdate {
+                id: id(),
+                delta: be32(body, 4) & 0x7fff_ffff,
+            }
+        }
+        other => Control::Unknown(other),
+    })
+}
+
 fn be32(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4)
         .map(|v| u32::from_be_bytes(v.try_into().expect("4 bytes")))
@@ -941,13 +1052,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                 }
             }
-            Frame::Control { kind, flags, body } => match kind {
-                SYN_STREAM => {
-                    if body.len() < 10 {
-                        return Err(bad("short SYN_STREAM"));
-                    }
-                    let id = be32(&body, 0) & 0x7fff_ffff;
-                    let headers = decoder.decode(&body[10..])?;
+            Frame::Control { kind, flags, body } => match parse_control(kind, &body)? {
+                Control::SynStream { id, block } => {
+                    let headers = decoder.decode(block)?;
                     let peer_parity = if shared.server { 1 } else { 0 };
                     let refused = id % 2 != peer_parity
                         || id <= last_peer_id
@@ -1000,9 +1107,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         shared.write_raw(&control(RST_STREAM, 0, &b)).await?;
                     }
                 }
-                SYN_REPLY => {
-                    let id = be32(&body, 0) & 0x7fff_ffff;
-                    decoder.decode(body.get(4..).unwrap_or_default())?;
+                Control::SynReply { id, block } => {
+                    decoder.decode(block)?;
                     let mut st = shared.state.lock();
                     if let Some(s) = st.streams.get_mut(&id) {
                         if let Some(r) = s.reply.take() {
@@ -1016,12 +1122,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         }
                     }
                 }
-                HEADERS => {
+                Control::Headers { block, .. } => {
                     // Decoded only to keep the compression context in step.
-                    decoder.decode(body.get(4..).unwrap_or_default())?;
+                    decoder.decode(block)?;
                 }
-                RST_STREAM => {
-                    let id = be32(&body, 0) & 0x7fff_ffff;
+                Control::RstStream { id, .. } => {
                     if let Some(mut s) = shared.state.lock().streams.remove(&id) {
                         s.reset = true;
                         if let Some(r) = s.reply.take() {
@@ -1030,12 +1135,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     shared.changed.notify_waiters();
                 }
-                SETTINGS => {
-                    let n = (be32(&body, 0) as usize).min(body.len().saturating_sub(4) / 8);
-                    for i in 0..n {
-                        let at = 4 + i * 8;
-                        let id = be32(&body, at) & 0x00ff_ffff;
-                        let value = be32(&body, at + 4) as i64;
+                Control::Settings(entries) => {
+                    for (id, value) in entries {
+                        let value = value as i64;
                         if id == SETTINGS_INITIAL_WINDOW_SIZE {
                             let mut st = shared.state.lock();
                             let delta = value - st.initial;
@@ -1048,8 +1150,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     shared.changed.notify_waiters();
                 }
-                PING => {
-                    let id = be32(&body, 0);
+                Control::Ping(id) => {
                     let ours = if shared.server { 0 } else { 1 };
                     if id % 2 == ours {
                         if let Some(w) = shared.pings.lock().remove(&id) {
@@ -1059,12 +1160,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         shared.write_raw(&control(PING, 0, &body)).await?;
                     }
                 }
-                GOAWAY => {
+                Control::GoAway => {
                     shared.went_away.store(true, Ordering::SeqCst);
                 }
-                WINDOW_UPDATE => {
-                    let id = be32(&body, 0) & 0x7fff_ffff;
-                    let delta = (be32(&body, 4) & 0x7fff_ffff) as i64;
+                Control::WindowUpdate { id, delta } => {
+                    let delta = delta as i64;
                     {
                         let mut st = shared.state.lock();
                         if id == 0 {
@@ -1076,7 +1176,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     shared.peer_flow_control.store(true, Ordering::SeqCst);
                     shared.changed.notify_waiters();
                 }
-                _ => {}
+                Control::Unknown(_) => {}
             },
         }
         // Grants for data nobody reads (unknown streams) go back too.
@@ -1099,6 +1199,39 @@ async fn read_loop<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_control_frames_are_protocol_errors_not_stream_0() {
+        for kind in [
+            RST_STREAM,
+            WINDOW_UPDATE,
+            SYN_STREAM,
+            SYN_REPLY,
+            PING,
+            SETTINGS,
+        ] {
+            assert!(parse_control(kind, &[0, 0, 0]).is_err(), "kind {kind}");
+        }
+        assert!(parse_control(RST_STREAM, &[0, 0, 0, 5, 0, 0, 0]).is_err());
+        assert_eq!(
+            parse_control(RST_STREAM, &[0, 0, 0, 5, 0, 0, 0, 3]).unwrap(),
+            Control::RstStream { id: 5, status: 3 }
+        );
+        assert_eq!(
+            parse_control(WINDOW_UPDATE, &[0x80, 0, 0, 7, 0x80, 1, 0, 0]).unwrap(),
+            Control::WindowUpdate {
+                id: 7,
+                delta: 0x0001_0000
+            }
+        );
+        // A count past the body.
+        assert!(parse_control(SETTINGS, &[0, 0, 0, 2, 0, 0, 0, 7, 0, 1, 0, 0]).is_err());
+        assert_eq!(
+            parse_control(SETTINGS, &[0, 0, 0, 1, 0, 0, 0, 7, 0, 1, 0, 0]).unwrap(),
+            Control::Settings(vec![(7, 0x0001_0000)])
+        );
+        assert_eq!(parse_control(42, &[]).unwrap(), Control::Unknown(42));
+    }
 
     #[test]
     fn the_dictionary_is_spdy3s() {
