@@ -612,7 +612,12 @@ impl Config {
 
     /// Path of the journal file inside the state dir.
     pub fn journal_path(&self) -> PathBuf {
-        self.state_dir.join("journal.redb")
+        self.layout().journal()
+    }
+
+    /// What goes where under the state dir.
+    pub fn layout(&self) -> crate::state_layout::StateLayout {
+        crate::state_layout::StateLayout::new(&self.state_dir)
     }
 
     /// Metrics listener address, or None when disabled.

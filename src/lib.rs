@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod network;
 pub mod oci;
 pub mod reconcile;
+pub mod state_layout;
 pub mod stats;
 pub mod stream;
 pub mod uds;

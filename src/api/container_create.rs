@@ -102,15 +102,10 @@ impl Runtime {
             sandbox_id: &sandbox_id,
             sandbox: &sandbox.config,
             sandbox_pid: sandbox.pid.unwrap_or(0),
-            sandbox_files: self.config.state_dir.join("sandboxes").join(&sandbox_id),
+            sandbox_files: self.config.layout().sandbox(&sandbox_id),
             image_name: &image_name,
             target_pid: target_pid(&config, &state),
-            volumes_dir: self
-                .config
-                .state_dir
-                .join("containers")
-                .join(&id)
-                .join("volumes"),
+            volumes_dir: self.config.layout().container_volumes(&id),
             passthrough: Default::default(),
         };
         container_spec(&config, &image.resolved.config, &ctx, None)

@@ -37,12 +37,7 @@ impl Runtime {
         process["args"] = serde_json::json!(req.cmd);
         process["terminal"] = serde_json::json!(false);
         let exec_id = format!("exec-{:016x}", fastrand::u64(..));
-        let dir = self
-            .config
-            .state_dir
-            .join("containers")
-            .join(&id)
-            .join(&exec_id);
+        let dir = self.config.layout().exec(&id, &exec_id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| ApiError::FailedPrecondition(format!("exec state dir: {e}")))?;
         let (out, err) = (dir.join("stdout"), dir.join("stderr"));

@@ -178,12 +178,7 @@ impl Runtime {
         if self.attachments.reopen(&id) {
             return Ok(cri::ReopenContainerLogResponse {});
         }
-        let pidfile = self
-            .config
-            .state_dir
-            .join("containers")
-            .join(&id)
-            .join("log-writer.pid");
+        let pidfile = self.config.layout().log_writer_pidfile(&id);
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .ok()
             .and_then(|s| s.trim().parse().ok())

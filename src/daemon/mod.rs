@@ -149,7 +149,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     let cni = Cni::new(
         config.cni.bin_dirs.clone(),
-        config.state_dir.join("cni-cache"),
+        config.layout().cni_cache(),
         Duration::from_secs(config.cni.plugin_timeout_seconds),
     )
     .with_metrics(metrics.clone());
@@ -166,7 +166,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 snapshotter: config.containerd.snapshotter.clone(),
                 sandbox_image: config.sandbox_image.clone(),
                 runtime: config.runtime.clone(),
-                state_dir: config.state_dir.join("sandboxes"),
+                layout: config.layout(),
                 netns_dir: config.netns_dir.clone(),
             },
             metrics.clone(),
@@ -178,8 +178,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             ContainerSettings {
                 snapshotter: config.containerd.snapshotter.clone(),
                 runtime: config.runtime.clone(),
-                state_dir: config.state_dir.join("containers"),
-                sandbox_state_dir: config.state_dir.join("sandboxes"),
+                layout: config.layout(),
                 log_writer: std::env::current_exe()
                     .unwrap_or_else(|_| std::path::PathBuf::from("/usr/local/bin/concord")),
                 max_log_line: 16 * 1024,
@@ -338,7 +337,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         crate::stream::Context {
             containerd: ctd.clone(),
             journal: journal.clone(),
-            containers_dir: config.state_dir.join("containers"),
+            layout: config.layout(),
             metrics: metrics.clone(),
             idle_timeout: Duration::from_secs(config.stream_idle_timeout_seconds),
             attachments: attachments.clone(),

@@ -61,7 +61,7 @@ impl ImageSettings {
             progress_timeout: Duration::from_secs(c.image.pull_progress_timeout_seconds),
             max_concurrent_downloads: c.image.max_concurrent_downloads,
             fs_sync_interval: Duration::from_secs(c.image.fs_sync_interval_seconds),
-            scratch_dir: c.state_dir.join("tmp"),
+            scratch_dir: c.layout().scratch(),
             load_max_bytes: c.image.load_max_bytes,
         }
     }

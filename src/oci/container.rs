@@ -593,7 +593,9 @@ pub fn container_spec(
         let src = if pod_ns.ipc == node {
             "/dev/shm".to_string()
         } else {
-            ctx.sandbox_files.join("shm").display().to_string()
+            super::files::shm_path(&ctx.sandbox_files)
+                .display()
+                .to_string()
         };
         mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": src, "options": ["rbind", "rprivate", "rw"]}));
     }

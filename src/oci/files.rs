@@ -58,9 +58,14 @@ pub fn write_sandbox_files(
 
 /// Mounts the pod's shared /dev/shm: a tmpfs of `size` bytes at `dir/shm` (the pause container
 /// and every container of the pod bind it). Already mounted is fine; answers the path.
+/// Where the pod's shared /dev/shm is mounted in its files directory `dir`.
+pub fn shm_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("shm")
+}
+
 pub fn mount_shm(dir: &Path, size: u64) -> std::io::Result<std::path::PathBuf> {
     use nix::mount::{mount, MsFlags};
-    let shm = dir.join("shm");
+    let shm = shm_path(dir);
     std::fs::create_dir_all(&shm)?;
     if is_mount_point(&shm)? {
         return Ok(shm);
@@ -83,7 +88,7 @@ pub fn mount_shm(dir: &Path, size: u64) -> std::io::Result<std::path::PathBuf> {
 
 /// Unmounts the pod's /dev/shm (lazily: a dying container may still hold it); absent is fine.
 pub fn unmount_shm(dir: &Path) -> std::io::Result<()> {
-    let shm = dir.join("shm");
+    let shm = shm_path(dir);
     match is_mount_point(&shm) {
         Ok(true) => nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH)
             .map_err(|e| std::io::Error::other(format!("unmounting {}: {e}", shm.display()))),

@@ -22,10 +22,8 @@ use crate::oci::container::{container_spec, ContainerContext};
 pub struct ContainerSettings {
     pub snapshotter: String,
     pub runtime: crate::config::RuntimeConfig,
-    /// Per-container state (the log writer's pid file).
-    pub state_dir: PathBuf,
-    /// Per-sandbox files (hostname, hosts, resolv.conf).
-    pub sandbox_state_dir: PathBuf,
+    /// Where per-container and per-sandbox files go.
+    pub layout: crate::state_layout::StateLayout,
     /// The program the shim runs as the log writer (concord itself).
     pub log_writer: PathBuf,
     /// Longest log line written as one entry; longer ones are split into partial entries.
@@ -116,7 +114,7 @@ impl ContainerReconciler {
 
     /// The log writer's pid file for container `id`.
     pub fn log_writer_pidfile(&self, id: &str) -> PathBuf {
-        self.settings.state_dir.join(id).join("log-writer.pid")
+        self.settings.layout.log_writer_pidfile(id)
     }
 
     /// Container ids that carry concord's owner label in containerd (container or snapshot)
@@ -272,10 +270,10 @@ impl ContainerReconciler {
             sandbox_id: &rec.sandbox_id,
             sandbox: &sandbox.config,
             sandbox_pid: sandbox.pid.unwrap_or(0),
-            sandbox_files: self.settings.sandbox_state_dir.join(&rec.sandbox_id),
+            sandbox_files: self.settings.layout.sandbox(&rec.sandbox_id),
             image_name: &rec.image_name,
             target_pid,
-            volumes_dir: self.settings.state_dir.join(id).join("volumes"),
+            volumes_dir: self.settings.layout.container_volumes(id),
             passthrough: crate::oci::annotations::Passthrough::of(handler),
         };
         let owner = format!("container:{id}");
@@ -321,7 +319,7 @@ impl ContainerReconciler {
                 })?;
             // Missing host paths of bind mounts become directories (as kubelet expects), and
             // the image's volumes get theirs.
-            let volumes_dir = self.settings.state_dir.join(id).join("volumes");
+            let volumes_dir = self.settings.layout.container_volumes(id);
             let binds = spec["mounts"].as_array().cloned().unwrap_or_default();
             for m in binds.iter().filter(|m| m["type"] == "bind") {
                 let Some(src) = m["source"].as_str() else {
@@ -428,7 +426,7 @@ impl ContainerReconciler {
             .snapshot_mounts(&self.settings.snapshotter, id)
             .await?
             .ok_or_else(|| Self::err(id, "starting the container", "its snapshot is gone"))?;
-        let dir = self.settings.state_dir.join(id);
+        let dir = self.settings.layout.container(id);
         std::fs::create_dir_all(&dir).map_err(|e| Self::err(id, "starting the container", e))?;
         let io = if Self::attached_stdio(rec) {
             self.attachments.detach(id);
@@ -462,7 +460,7 @@ impl ContainerReconciler {
         let id = rec.id.as_str();
         if Self::attached_stdio(rec) && !self.attachments.is_attached(id) {
             self.attachments
-                .attach(id, &self.settings.state_dir.join(id), &rec.log_path)
+                .attach(id, &self.settings.layout.container(id), &rec.log_path)
                 .map_err(|e| Self::err(id, "attaching to the container's stdio", e))?;
         }
         Ok(())
@@ -663,7 +661,7 @@ impl ContainerReconciler {
         self.ctd
             .remove_snapshot(&self.settings.snapshotter, id)
             .await?;
-        match std::fs::remove_dir_all(self.settings.state_dir.join(id)) {
+        match std::fs::remove_dir_all(self.settings.layout.container(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Self::err(id, "removing container state", e))
             }

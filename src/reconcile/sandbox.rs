@@ -26,8 +26,8 @@ pub struct SandboxSettings {
     pub sandbox_image: String,
     /// Runtime handlers and the cgroup driver.
     pub runtime: crate::config::RuntimeConfig,
-    /// Directory for per-sandbox files.
-    pub state_dir: PathBuf,
+    /// Where per-sandbox files go.
+    pub layout: crate::state_layout::StateLayout,
     /// Where network namespaces are pinned (named by sandbox id).
     pub netns_dir: PathBuf,
 }
@@ -270,7 +270,7 @@ impl SandboxReconciler {
             // writes, off the async threads (the network half runs meanwhile).
             const FILES: &str = "writing the sandbox's hosts, hostname and resolv.conf";
             let (dir, hostname, dns) = (
-                self.settings.state_dir.join(id),
+                self.settings.layout.sandbox(id),
                 self.spec_input(rec).hostname,
                 rec.config.dns_config.clone(),
             );
@@ -451,10 +451,7 @@ impl SandboxReconciler {
             privileged: sc.privileged,
             shm_size: SHM_SIZE,
             shm_path: (!host_ipc(rec)).then(|| {
-                self.settings
-                    .state_dir
-                    .join(&rec.id)
-                    .join("shm")
+                crate::oci::files::shm_path(&self.settings.layout.sandbox(&rec.id))
                     .display()
                     .to_string()
             }),
@@ -486,7 +483,7 @@ impl SandboxReconciler {
                 .await
                 .map_err(|e| Self::err(id, "removing the network namespace", e))?;
         }
-        crate::oci::files::unmount_shm(&self.settings.state_dir.join(id))
+        crate::oci::files::unmount_shm(&self.settings.layout.sandbox(id))
             .map_err(|e| Self::err(id, "unmounting the pod's /dev/shm", e))?;
         Ok(())
     }
@@ -504,7 +501,7 @@ impl SandboxReconciler {
         // containers share its shim, grouped by the sandbox-id annotation, so containers need
         // no scan of their own.) One /proc scan per pod removal.
         self.ctd.kill_shims_of(id).await;
-        let dir = self.settings.state_dir.join(id);
+        let dir = self.settings.layout.sandbox(id);
         crate::oci::files::unmount_shm(&dir)
             .map_err(|e| Self::err(id, "unmounting the pod's /dev/shm", e))?;
         if let Err(e) = std::fs::remove_dir_all(&dir) {

@@ -107,7 +107,7 @@ async fn session(
     let mut stdin = None;
     if req.stdin && rec.config.stdin {
         stdin = if tty {
-            let fifo = ctx.containers_dir.join(id).join("stdin");
+            let fifo = ctx.layout.container(id).join("stdin");
             Some(Stdin::Fifo(
                 pipe::OpenOptions::new()
                     .open_sender(&fifo)

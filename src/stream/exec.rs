@@ -61,7 +61,7 @@ pub async fn run(ctx: &Arc<Context>, req: cri::ExecRequest, link: Link) -> Resul
     let Link { out, mut input } = link;
     let id = req.container_id.clone();
     let exec_id = format!("stream-{:016x}", fastrand::u64(..));
-    let dir = ctx.containers_dir.join(&id).join(&exec_id);
+    let dir = ctx.layout.exec(&id, &exec_id);
     let result = session(ctx, &req, &out, &mut input, &id, &exec_id, &dir).await;
     let _ = ctx.containerd.delete_process(&id, &exec_id).await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -70,7 +70,7 @@ pub struct Context {
     pub containerd: Containerd,
     pub journal: JournalHandle,
     /// Where exec FIFOs go (`<state>/containers`).
-    pub containers_dir: std::path::PathBuf,
+    pub layout: crate::state_layout::StateLayout,
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
     /// The stdin FIFOs concord holds (containers with stdin, no TTY).
