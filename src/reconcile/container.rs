@@ -419,7 +419,9 @@ impl ContainerReconciler {
                 );
                 return self.record_exit(rec, state, Some(pid)).await;
             }
-            _ => self.ctd.end_task(id, Duration::from_secs(10)).await?,
+            // Created, never started: replaced.
+            Some(_) => self.ctd.end_task(id, Duration::from_secs(10)).await?,
+            None => {}
         }
         let mounts = self
             .ctd

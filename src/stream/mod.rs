@@ -69,7 +69,7 @@ impl Session {
 pub struct Context {
     pub containerd: Containerd,
     pub journal: JournalHandle,
-    /// Where exec FIFOs go (`<state>/containers`).
+    /// Where exec FIFOs and held stdin FIFOs are (the containers' state dirs).
     pub layout: crate::state_layout::StateLayout,
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
