@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{Cri, Runtime};
 use crate::config::Config;
-use crate::containerd::{spawn_health_monitor, Containerd};
+use crate::containerd::{spawn_health_monitor, Containerd, Health};
 use crate::events::{self, ContainerdEvent, EventSink};
 use crate::image::{ImageSettings, Images};
 use crate::journal::{self, Journal, JournalError};
@@ -46,6 +46,7 @@ use crate::reconcile::container::{ContainerReconciler, ContainerSettings};
 use crate::reconcile::{
     Controller, Dispatch, RuntimeConfigReconciler, SandboxReconciler, SandboxSettings,
 };
+use tokio::sync::watch;
 
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -102,10 +103,39 @@ impl EventSink for Sink {
     }
 }
 
+/// The three stages of a shutdown, each cancelled after the one before has finished.
+#[derive(Default)]
+struct Stops {
+    /// Stop accepting CRI calls (and streaming sessions).
+    serve: CancellationToken,
+    /// Stop the loop, the event stream, the watchers and the listeners.
+    r#loop: CancellationToken,
+    /// Flush and close the journal.
+    journal: CancellationToken,
+}
+
+/// What the daemon is made of: built once at start, shared by the server and the background tasks.
+struct Parts {
+    metrics: Arc<Metrics>,
+    journal: journal::JournalHandle,
+    ctd: Containerd,
+    network: Arc<Network>,
+    images: Arc<Images>,
+    attachments: Arc<crate::attach::Attachments>,
+    controller: Arc<Controller>,
+}
+
+/// The daemon's tasks: `critical` ones end the daemon when they end on their own.
+struct Tasks {
+    critical: Vec<Named>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
 /// Runs concord with a validated config until SIGTERM/SIGINT (Ok) or a failure (Err).
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
+    let stops = Stops::default();
 
     // Journal first: a journal we refuse must stop the start before anything else happens.
     let path = config.journal_path();
@@ -120,13 +150,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         created = info.created,
         "journal opened"
     );
-
     let listener = socket::bind(&config.listen).await?;
-
-    let serve_stop = CancellationToken::new(); // stop accepting CRI calls
-    let loop_stop = CancellationToken::new(); // stop the loop, events, watchers
-    let journal_stop = CancellationToken::new(); // flush and close the journal
-
     let (journal, journal_task) = journal::spawn_writer(
         journal,
         state,
@@ -134,8 +158,56 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.journal.compact_after,
         config.runtime.container_events_buffer,
         metrics.clone(),
-        journal_stop.clone(),
+        stops.journal.clone(),
     );
+
+    let (parts, dispatch) = build(&config, journal, metrics, &stops);
+    let (mut tasks, health) = spawn_background(&config, &parts, &dispatch, &stops).await?;
+    tasks.critical.push(named("journal writer", journal_task));
+    let mut server_task = serve(&config, parts, health, listener, &stops, &mut tasks).await?;
+    tracing::info!(
+        socket = %config.listen.display(),
+        containerd = %config.containerd.address.display(),
+        namespace = %config.containerd.namespace,
+        startup = ?started.elapsed(),
+        "concord is serving CRI"
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    // Wait for a signal or for a critical task to end on its own.
+    let outcome: Result<(), DaemonError> = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
+        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
+        r = &mut server_task => Err(match r {
+            Ok(Err(e)) => DaemonError::Serve(e),
+            _ => DaemonError::CriticalTaskEnded("gRPC server"),
+        }),
+        (name, _, _) = select_all(tasks.critical.iter_mut()) => Err(DaemonError::CriticalTaskEnded(name.unwrap_or("unknown"))),
+    };
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "shutting down");
+    }
+    // A second signal forces the exit.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    shutdown(&config, server_task, tasks, stops).await;
+    outcome
+}
+
+/// Builds the clients and the reconcile loop (nothing runs yet).
+fn build(
+    config: &Config,
+    journal: journal::JournalHandle,
+    metrics: Arc<Metrics>,
+    stops: &Stops,
+) -> (Parts, Arc<Dispatch>) {
     let ctd = Containerd::new(
         &config.containerd.address,
         &config.containerd.namespace,
@@ -144,7 +216,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let network = Network::new(&config.cni, metrics.clone());
     let images = Images::new(
         ctd.clone(),
-        ImageSettings::from_config(&config),
+        ImageSettings::from_config(config),
         metrics.clone(),
     );
     let cni = Cni::new(
@@ -154,7 +226,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )
     .with_metrics(metrics.clone());
     let attachments = crate::attach::Attachments::new(16 * 1024);
-    let reconciler = Arc::new(Dispatch {
+    let dispatch = Arc::new(Dispatch {
         runtime_config: RuntimeConfigReconciler::new(network.clone()),
         sandbox: Arc::new(SandboxReconciler::new(
             ctd.clone(),
@@ -182,18 +254,39 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 log_writer: std::env::current_exe()
                     .unwrap_or_else(|_| std::path::PathBuf::from("/usr/local/bin/concord")),
                 max_log_line: 16 * 1024,
-                reconcile_timeout: std::time::Duration::from_secs(config.reconcile.timeout_seconds),
+                reconcile_timeout: Duration::from_secs(config.reconcile.timeout_seconds),
             },
             attachments.clone(),
         )),
     });
     let controller = Controller::new(
         journal.clone(),
-        reconciler.clone(),
+        dispatch.clone(),
         metrics.clone(),
         config.reconcile.clone(),
-        loop_stop.clone(),
+        stops.r#loop.clone(),
     );
+    let parts = Parts {
+        metrics,
+        journal,
+        ctd,
+        network,
+        images,
+        attachments,
+        controller,
+    };
+    (parts, dispatch)
+}
+
+/// Starts the loop and everything that feeds it or reads from it: the resync hooks, the image
+/// syncer, stats, the containerd health monitor, the event stream, the CNI watcher, metrics.
+async fn spawn_background(
+    config: &Config,
+    parts: &Parts,
+    dispatch: &Dispatch,
+    stops: &Stops,
+) -> Result<(Tasks, watch::Receiver<Health>), DaemonError> {
+    let (controller, images, metrics) = (&parts.controller, &parts.images, &parts.metrics);
     {
         let images = images.clone();
         controller.on_resync(move || {
@@ -201,68 +294,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             tokio::spawn(async move { images.refresh_all().await });
         });
     }
-    {
-        // Every resync also looks for what belongs to no record and queues its removal.
-        let (sandboxes, containers) = (reconciler.sandbox.clone(), reconciler.container.clone());
-        let weak = Arc::downgrade(&controller);
-        let journal = journal.clone();
-        controller.on_resync(move || {
-            let (sandboxes, containers, weak, journal) = (
-                sandboxes.clone(),
-                containers.clone(),
-                weak.clone(),
-                journal.clone(),
-            );
-            tokio::spawn(async move {
-                use crate::journal::ObjectKey;
-                let found = async {
-                    let mut keys: Vec<ObjectKey> = containers
-                        .orphans(&journal)
-                        .await?
-                        .into_iter()
-                        .map(ObjectKey::Container)
-                        .collect();
-                    keys.extend(
-                        sandboxes
-                            .orphans(&journal)
-                            .await?
-                            .into_iter()
-                            .map(ObjectKey::Sandbox),
-                    );
-                    Ok::<_, crate::reconcile::ReconcileError>(keys)
-                };
-                let shims = sandboxes.orphan_shims(&journal).await;
-                if shims > 0 {
-                    tracing::warn!(count = shims, "orphaned shims killed");
-                }
-                match found.await {
-                    Ok(keys) => {
-                        for key in keys {
-                            let Some(c) = weak.upgrade() else { return };
-                            tracing::warn!(object = %key, "orphaned resources found; removing them");
-                            c.wake(key);
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "orphan scan skipped"),
-                }
-            });
-        });
-    }
+    crate::reconcile::orphans::scan_on_resync(
+        controller,
+        dispatch.sandbox.clone(),
+        dispatch.container.clone(),
+        parts.journal.clone(),
+    );
     let controller_task = controller.spawn();
     controller.resync("start");
-    let syncer_task = images.spawn_syncer(loop_stop.clone());
-    let stats = crate::stats::Collector::new(
-        journal.clone(),
-        images.clone(),
-        Duration::from_secs(config.stats.interval_seconds),
-        metrics.clone(),
-    );
-    let stats_task = stats.spawn(loop_stop.clone());
-
+    let mut background = vec![images.spawn_syncer(stops.r#loop.clone())];
     let process_start = std::time::SystemTime::now();
     let on_ready = {
-        let c = controller.clone();
-        let ctd = ctd.clone();
+        let (c, ctd) = (controller.clone(), parts.ctd.clone());
         let first = std::sync::atomic::AtomicBool::new(true);
         move || {
             if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
@@ -275,97 +318,115 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     };
     let (health, health_task) = spawn_health_monitor(
-        ctd.clone(),
+        parts.ctd.clone(),
         Duration::from_secs(config.containerd.health_interval_seconds),
         metrics.clone(),
-        loop_stop.clone(),
+        stops.r#loop.clone(),
         on_ready,
     );
+    background.push(health_task);
     let events_task = events::spawn(
-        ctd.clone(),
+        parts.ctd.clone(),
         metrics.clone(),
         Arc::new(Sink {
             controller: controller.clone(),
             image_events: images.spawn_event_applier(),
         }),
-        loop_stop.clone(),
+        stops.r#loop.clone(),
     );
-    let cni_task = network.spawn_watcher(
+    background.push(parts.network.spawn_watcher(
         Duration::from_secs(config.cni.rescan_interval_seconds),
-        loop_stop.clone(),
-    );
-    let metrics_task = match config.metrics_socket_addr() {
-        Some(addr) => {
-            let (bound, task) = metrics::serve(addr, metrics.clone(), loop_stop.clone())
-                .await
-                .map_err(|source| DaemonError::Metrics {
-                    addr: config.metrics_address.clone(),
-                    source,
-                })?;
-            tracing::info!(address = %bound, "metrics listener on http://{bound}/metrics");
-            Some(task)
-        }
-        None => None,
-    };
-
-    let stream_addr: std::net::SocketAddr =
-        config
-            .stream_address
-            .parse()
-            .map_err(|e: std::net::AddrParseError| DaemonError::Stream {
-                addr: config.stream_address.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        stops.r#loop.clone(),
+    ));
+    if let Some(addr) = config.metrics_socket_addr() {
+        let (bound, task) = metrics::serve(addr, metrics.clone(), stops.r#loop.clone())
+            .await
+            .map_err(|source| DaemonError::Metrics {
+                addr: config.metrics_address.clone(),
+                source,
             })?;
-    let tls = if config.stream_tls_cert_file.is_empty() {
-        None
-    } else {
-        Some(
-            crate::stream::tls_config(
+        tracing::info!(address = %bound, "metrics listener on http://{bound}/metrics");
+        background.push(task);
+    }
+    let tasks = Tasks {
+        critical: vec![
+            named("event stream", events_task),
+            named("reconcile loop", controller_task),
+        ],
+        background,
+    };
+    Ok((tasks, health))
+}
+
+/// Binds the streaming server and serves the CRI socket; the streaming task joins `tasks`.
+async fn serve(
+    config: &Config,
+    parts: Parts,
+    health: watch::Receiver<Health>,
+    listener: tokio::net::UnixListener,
+    stops: &Stops,
+    tasks: &mut Tasks,
+) -> Result<ServerTask, DaemonError> {
+    let stream_error = |source| DaemonError::Stream {
+        addr: config.stream_address.clone(),
+        source,
+    };
+    let stream_addr: std::net::SocketAddr = config
+        .stream_address
+        .parse()
+        .map_err(|e| stream_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let tls =
+        if config.stream_tls_cert_file.is_empty() {
+            None
+        } else {
+            let tls = crate::stream::tls_config(
                 std::path::Path::new(&config.stream_tls_cert_file),
                 std::path::Path::new(&config.stream_tls_key_file),
-            )
-            .map_err(|e| DaemonError::Stream {
-                addr: config.stream_address.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-            })?,
-        )
-    };
+            );
+            Some(tls.map_err(|e| {
+                stream_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?)
+        };
     let (stream, stream_task) = crate::stream::StreamServer::bind(
         stream_addr,
         Duration::from_secs(config.stream_token_ttl_seconds),
         tls,
         crate::stream::Context {
-            containerd: ctd.clone(),
-            journal: journal.clone(),
+            containerd: parts.ctd.clone(),
+            journal: parts.journal.clone(),
             layout: config.layout(),
-            metrics: metrics.clone(),
+            metrics: parts.metrics.clone(),
             idle_timeout: Duration::from_secs(config.stream_idle_timeout_seconds),
-            attachments: attachments.clone(),
+            attachments: parts.attachments.clone(),
         },
-        serve_stop.clone(),
+        stops.serve.clone(),
     )
     .await
-    .map_err(|source| DaemonError::Stream {
-        addr: config.stream_address.clone(),
-        source,
-    })?;
+    .map_err(stream_error)?;
     tracing::info!(url = stream.base_url(), "streaming server listening");
+    tasks.background.push(stream_task);
 
-    let runtime = Arc::new(Runtime {
+    let stats = crate::stats::Collector::new(
+        parts.journal.clone(),
+        parts.images.clone(),
+        Duration::from_secs(config.stats.interval_seconds),
+        parts.metrics.clone(),
+    );
+    tasks.background.push(stats.spawn(stops.r#loop.clone()));
+    let cri = Cri(Arc::new(Runtime {
         config: config.clone(),
-        journal,
-        controller: controller.clone(),
-        containerd: ctd,
+        journal: parts.journal,
+        controller: parts.controller,
+        containerd: parts.ctd,
         health,
-        network,
-        images,
-        metrics: metrics.clone(),
+        network: parts.network,
+        images: parts.images,
+        metrics: parts.metrics,
         stats,
         stream,
-        attachments,
-        stopping: serve_stop.clone(),
-    });
-    let cri = Cri(runtime);
+        attachments: parts.attachments,
+        stopping: stops.serve.clone(),
+    }));
     let server = tonic::transport::Server::builder()
         .add_service(k8s_cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone()))
         .add_service(k8s_cri::v1::image_service_server::ImageServiceServer::new(
@@ -375,51 +436,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .add_service(proto::introspection_server::IntrospectionServer::new(cri))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),
-            serve_stop.clone().cancelled_owned(),
+            stops.serve.clone().cancelled_owned(),
         );
-    let mut server_task = tokio::spawn(server);
-    tracing::info!(
-        socket = %config.listen.display(),
-        containerd = %config.containerd.address.display(),
-        namespace = %config.containerd.namespace,
-        startup = ?started.elapsed(),
-        "concord is serving CRI"
-    );
+    Ok(tokio::spawn(server))
+}
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 
-    // Wait for a signal or for a critical task to end on its own.
-    let mut critical = vec![
-        named("event stream", events_task),
-        named("reconcile loop", controller_task),
-        named("journal writer", journal_task),
-    ];
-    let outcome: Result<(), DaemonError> = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
-        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
-        r = &mut server_task => Err(match r {
-            Ok(Err(e)) => DaemonError::Serve(e),
-            _ => DaemonError::CriticalTaskEnded("gRPC server"),
-        }),
-        (name, _, _) = select_all(critical.iter_mut()) => Err(DaemonError::CriticalTaskEnded(name.unwrap_or("unknown"))),
-    };
-    if let Err(e) = &outcome {
-        tracing::error!(error = %e, "shutting down");
-    }
-
-    // A second signal forces the exit.
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
-        }
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
-
-    // Stop accepting, let in-flight RPCs finish (bounded), then the loop, then the journal.
-    serve_stop.cancel();
+/// Stops accepting, lets in-flight RPCs finish (bounded), then stops the loop and the
+/// background tasks, then flushes and closes the journal.
+async fn shutdown(config: &Config, mut server_task: ServerTask, tasks: Tasks, stops: Stops) {
+    stops.serve.cancel();
     if !server_task.is_finished()
         && tokio::time::timeout(config.shutdown_grace(), &mut server_task)
             .await
@@ -428,31 +455,25 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracing::warn!(grace = ?config.shutdown_grace(), "in-flight RPCs did not finish in time");
         server_task.abort();
     }
-    loop_stop.cancel();
-    let (writer, rest): (Vec<_>, Vec<_>) = critical
+    stops.r#loop.cancel();
+    let (writer, rest): (Vec<_>, Vec<_>) = tasks
+        .critical
         .into_iter()
         .partition(|c| c.name == "journal writer");
     for task in rest {
         let _ = task.await;
     }
-    let _ = health_task.await;
-    let _ = cni_task.await;
-    let _ = syncer_task.await;
-    let _ = stats_task.await;
-    let _ = stream_task.await;
-    if let Some(t) = metrics_task {
-        let _ = t.await;
+    for task in tasks.background {
+        let _ = task.await;
     }
     // Everything that could record events has stopped: flush and close the journal.
-    journal_stop.cancel();
+    stops.journal.cancel();
     for task in writer {
         let _ = task.await;
     }
     std::fs::remove_file(&config.listen).ok();
     tracing::info!("concord stopped");
-    outcome
 }
-
 /// Deletes the concord-owned leases made before this process started (by a concord that died).
 async fn release_stale_leases(ctd: &Containerd, process_start: std::time::SystemTime) {
     match ctd.list_owned_leases(process_start).await {

@@ -7,6 +7,7 @@
 //! that API handlers can wait for their intent to converge.
 
 pub mod container;
+pub mod orphans;
 mod queue;
 mod runtime_config;
 mod sandbox;
