@@ -103,61 +103,7 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
             ));
         }
     }
-    for p in &c.port_mappings {
-        if cri::Protocol::try_from(p.protocol).is_err() {
-            return Err(ApiError::invalid(
-                "config.port_mappings.protocol",
-                format!("unknown protocol {}", p.protocol),
-            ));
-        }
-        if !(1..=65535).contains(&p.container_port) {
-            return Err(ApiError::invalid(
-                "config.port_mappings.container_port",
-                format!("{} is not a port (1 to 65535)", p.container_port),
-            ));
-        }
-        if !(0..=65535).contains(&p.host_port) {
-            return Err(ApiError::invalid(
-                "config.port_mappings.host_port",
-                format!("{} is not a port (0 to 65535)", p.host_port),
-            ));
-        }
-    }
-    if let Some(d) = &c.dns_config {
-        if d.servers.len() > 3 {
-            return Err(ApiError::invalid(
-                "config.dns_config.servers",
-                format!("{} servers; at most 3", d.servers.len()),
-            ));
-        }
-        if let Some(bad) = d
-            .servers
-            .iter()
-            .find(|s| s.parse::<std::net::IpAddr>().is_err())
-        {
-            return Err(ApiError::invalid(
-                "config.dns_config.servers",
-                format!("{bad:?} is not an IP address"),
-            ));
-        }
-        if d.searches.len() > 32 {
-            return Err(ApiError::invalid(
-                "config.dns_config.searches",
-                format!("{} search domains; at most 32", d.searches.len()),
-            ));
-        }
-        if let Some(bad) = d
-            .searches
-            .iter()
-            .chain(&d.options)
-            .find(|s| s.is_empty() || s.contains(char::is_whitespace))
-        {
-            return Err(ApiError::invalid(
-                "config.dns_config",
-                format!("{bad:?}: search domains and options are single words"),
-            ));
-        }
-    }
+    crate::network::capabilities::validate(c).map_err(|e| ApiError::invalid(e.field, e.reason))?;
     if let Some(sc) = c.linux.as_ref().and_then(|l| l.security_context.as_ref()) {
         use crate::oci::container::check_id;
         const SC: &str = "config.linux.security_context";
@@ -192,9 +138,6 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
         const FIELD: &str = "config.linux.security_context.seccomp";
         let why = e.strip_prefix(FIELD).unwrap_or(&e).trim_start_matches(": ");
         return Err(ApiError::invalid(FIELD, why.to_string()));
-    }
-    if let Err(e) = crate::network::bandwidth::capability(&c.annotations) {
-        return Err(ApiError::invalid("config.annotations", e));
     }
     let size = |m: &std::collections::HashMap<String, String>| {
         m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()

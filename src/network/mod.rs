@@ -3,6 +3,7 @@
 //! ready (Status' NetworkReady).
 
 pub mod bandwidth;
+pub mod capabilities;
 pub mod cni;
 mod cni_config;
 pub mod netns;

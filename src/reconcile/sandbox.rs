@@ -161,41 +161,7 @@ impl SandboxReconciler {
 
     fn attachment(&self, rec: &SandboxRecord) -> Attachment {
         let m = rec.config.metadata.clone().unwrap_or_default();
-        let mut caps = Map::new();
-        let ports: Vec<Value> = rec
-            .config
-            .port_mappings
-            .iter()
-            .filter(|p| p.host_port > 0)
-            .map(|p| {
-                let proto = match p.protocol {
-                    1 => "udp",
-                    2 => "sctp",
-                    _ => "tcp",
-                };
-                json!({"hostPort": p.host_port, "containerPort": p.container_port, "protocol": proto, "hostIP": p.host_ip})
-            })
-            .collect();
-        if !ports.is_empty() {
-            caps.insert("portMappings".into(), Value::Array(ports));
-        }
-        if let Ok(Some(bw)) = crate::network::bandwidth::capability(&rec.config.annotations) {
-            caps.insert("bandwidth".into(), bw);
-        }
-        if let Some(dns) = &rec.config.dns_config {
-            caps.insert(
-                "dns".into(),
-                json!({"servers": dns.servers, "searches": dns.searches, "options": dns.options}),
-            );
-        }
-        let cidr = self.network.pod_cidr();
-        if !cidr.is_empty() {
-            let ranges: Vec<Value> = cidr
-                .split(',')
-                .map(|c| json!([{"subnet": c.trim()}]))
-                .collect();
-            caps.insert("ipRanges".into(), Value::Array(ranges));
-        }
+        let caps = crate::network::capabilities::for_pod(&rec.config, &self.network.pod_cidr());
         Attachment {
             container_id: rec.id.clone(),
             netns: rec
