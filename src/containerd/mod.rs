@@ -6,6 +6,7 @@
 
 mod health;
 mod objects;
+pub mod rpc;
 pub mod shims;
 
 pub use health::{spawn_health_monitor, Health};
@@ -34,8 +35,6 @@ use crate::metrics::Metrics;
 /// Label on every containerd object concord creates, naming the concord object that owns it.
 pub const OWNER_LABEL: &str = "io.concord.owner";
 
-/// Longest wait for a unary containerd call.
-pub const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// containerd's GC removes a lease after this label's time (RFC 3339).
 const LEASE_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
 
@@ -130,49 +129,13 @@ impl Containerd {
         Ok(req)
     }
 
-    /// Runs one unary containerd call within [`CALL_DEADLINE`] (a call containerd never
-    /// answers, a wedged shim, must not hold a reconcile forever), recording its latency and
-    /// code under `service`/`method`; `call` names it in errors.
-    pub async fn call<T, F>(
-        &self,
-        service: &'static str,
-        method: &'static str,
-        call: &'static str,
-        fut: F,
-    ) -> Result<T, ContainerdError>
+    /// Runs one unary containerd call within its [`rpc::Deadline`], recording its latency and
+    /// code under its service and method; errors name it.
+    pub async fn call<T, F>(&self, rpc: rpc::Rpc, fut: F) -> Result<T, ContainerdError>
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call_within(Some(CALL_DEADLINE), service, method, call, fut)
-            .await
-    }
-
-    /// [`Containerd::call`] for a call whose length is the work's (waiting for an exit,
-    /// applying a layer, measuring a snapshot, reading a blob): the caller bounds it.
-    pub async fn call_unbounded<T, F>(
-        &self,
-        service: &'static str,
-        method: &'static str,
-        call: &'static str,
-        fut: F,
-    ) -> Result<T, ContainerdError>
-    where
-        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        self.call_within(None, service, method, call, fut).await
-    }
-
-    async fn call_within<T, F>(
-        &self,
-        deadline: Option<std::time::Duration>,
-        service: &'static str,
-        method: &'static str,
-        call: &'static str,
-        fut: F,
-    ) -> Result<T, ContainerdError>
-    where
-        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
+        let deadline = rpc.timeout();
         let start = Instant::now();
         let result = match deadline {
             None => fut.await,
@@ -189,15 +152,18 @@ impl Containerd {
         };
         self.metrics
             .containerd_duration
-            .with_label_values(&[service, method])
+            .with_label_values(&[rpc.service, rpc.method])
             .observe(start.elapsed().as_secs_f64());
         self.metrics
             .containerd_requests
-            .with_label_values(&[service, method, code_name(code)])
+            .with_label_values(&[rpc.service, rpc.method, code_name(code)])
             .inc();
         result
             .map(tonic::Response::into_inner)
-            .map_err(|status| ContainerdError::Call { call, status })
+            .map_err(|status| ContainerdError::Call {
+                call: rpc.name,
+                status,
+            })
     }
 
     pub fn version_client(&self) -> VersionClient<Channel> {
@@ -238,9 +204,7 @@ impl Containerd {
     pub async fn version(&self) -> Result<(String, String), ContainerdError> {
         let r = self
             .call(
-                "version",
-                "Version",
-                "Version.Version",
+                rpc::VERSION_VERSION,
                 self.version_client().version(self.request(())),
             )
             .await?;
@@ -264,12 +228,7 @@ impl Containerd {
             labels,
         };
         let r = self
-            .call(
-                "leases",
-                "Create",
-                "Leases.Create",
-                self.leases().create(self.request(req)),
-            )
+            .call(rpc::LEASES_CREATE, self.leases().create(self.request(req)))
             .await?;
         Ok(r.lease.map(|l| l.id).unwrap_or_else(|| id.to_string()))
     }
@@ -286,12 +245,7 @@ impl Containerd {
             sync,
         };
         match self
-            .call(
-                "leases",
-                "Delete",
-                "Leases.Delete",
-                self.leases().delete(self.request(req)),
-            )
+            .call(rpc::LEASES_DELETE, self.leases().delete(self.request(req)))
             .await
         {
             Err(e) if e.is_not_found() => Ok(()),
@@ -308,12 +262,7 @@ impl Containerd {
             filters: vec![format!("labels.\"{OWNER_LABEL}\"")],
         };
         let r = self
-            .call(
-                "leases",
-                "List",
-                "Leases.List",
-                self.leases().list(self.request(req)),
-            )
+            .call(rpc::LEASES_LIST, self.leases().list(self.request(req)))
             .await?;
         let before = before
             .duration_since(std::time::UNIX_EPOCH)

@@ -2,6 +2,7 @@
 //! make. Every delete treats NotFound as success (teardown is unconditional and idempotent), and
 //! everything created carries concord's owner label.
 
+use crate::containerd::rpc;
 pub use containerd_client::types::v1::Status as TaskStatus;
 use std::collections::HashMap;
 
@@ -102,12 +103,7 @@ impl Containerd {
                 status,
             })?;
         let r = self
-            .call(
-                "snapshots",
-                "Prepare",
-                "Snapshots.Prepare",
-                self.snapshots().prepare(req),
-            )
+            .call(rpc::SNAPSHOTS_PREPARE, self.snapshots().prepare(req))
             .await?;
         Ok(r.mounts)
     }
@@ -124,9 +120,7 @@ impl Containerd {
         };
         match self
             .call(
-                "snapshots",
-                "Mounts",
-                "Snapshots.Mounts",
+                rpc::SNAPSHOTS_MOUNTS,
                 self.snapshots().mounts(self.request(req)),
             )
             .await
@@ -150,9 +144,7 @@ impl Containerd {
         };
         let r = self
             .call(
-                "containers",
-                "List",
-                "Containers.List",
+                rpc::CONTAINERS_LIST,
                 self.containers().list(self.request(req)),
             )
             .await?;
@@ -167,9 +159,7 @@ impl Containerd {
         };
         let mut stream = self
             .call(
-                "snapshots",
-                "List",
-                "Snapshots.List",
+                rpc::SNAPSHOTS_LIST,
                 self.snapshots().list(self.request(req)),
             )
             .await?;
@@ -198,9 +188,7 @@ impl Containerd {
         let req = containerd_client::services::v1::GetContainerRequest { id: id.into() };
         match self
             .call(
-                "containers",
-                "Get",
-                "Containers.Get",
+                rpc::CONTAINERS_GET,
                 self.containers().get(self.request(req)),
             )
             .await
@@ -229,12 +217,7 @@ impl Containerd {
             exec_id: String::new(),
         };
         match self
-            .call(
-                "tasks",
-                "Get",
-                "Tasks.Get",
-                self.tasks().get(self.request(req)),
-            )
+            .call(rpc::TASKS_GET, self.tasks().get(self.request(req)))
             .await
         {
             Ok(r) => Ok(r.process.map(|p| {
@@ -258,9 +241,7 @@ impl Containerd {
         };
         gone_ok(
             self.call(
-                "snapshots",
-                "Remove",
-                "Snapshots.Remove",
+                rpc::SNAPSHOTS_REMOVE,
                 self.snapshots().remove(self.request(req)),
             )
             .await,
@@ -301,9 +282,7 @@ impl Containerd {
             container: Some(container),
         };
         self.call(
-            "containers",
-            "Create",
-            "Containers.Create",
+            rpc::CONTAINERS_CREATE,
             self.containers().create(self.request(req)),
         )
         .await?;
@@ -315,9 +294,7 @@ impl Containerd {
         let req = DeleteContainerRequest { id: id.into() };
         gone_ok(
             self.call(
-                "containers",
-                "Delete",
-                "Containers.Delete",
+                rpc::CONTAINERS_DELETE,
                 self.containers().delete(self.request(req)),
             )
             .await,
@@ -346,12 +323,7 @@ impl Containerd {
             ..Default::default()
         };
         let r = self
-            .call(
-                "tasks",
-                "Create",
-                "Tasks.Create",
-                self.tasks().create(self.request(req)),
-            )
+            .call(rpc::TASKS_CREATE, self.tasks().create(self.request(req)))
             .await?;
         Ok(r.pid)
     }
@@ -367,13 +339,8 @@ impl Containerd {
             container_id: id.into(),
             exec_id: exec_id.into(),
         };
-        self.call(
-            "tasks",
-            "Start",
-            "Tasks.Start",
-            self.tasks().start(self.request(req)),
-        )
-        .await?;
+        self.call(rpc::TASKS_START, self.tasks().start(self.request(req)))
+            .await?;
         Ok(())
     }
 
@@ -386,13 +353,8 @@ impl Containerd {
             all: true,
         };
         gone_ok(
-            self.call(
-                "tasks",
-                "Kill",
-                "Tasks.Kill",
-                self.tasks().kill(self.request(req)),
-            )
-            .await,
+            self.call(rpc::TASKS_KILL, self.tasks().kill(self.request(req)))
+                .await,
         )
     }
 
@@ -406,9 +368,7 @@ impl Containerd {
         let req = containerd_client::services::v1::GetContainerRequest { id: id.into() };
         let r = self
             .call(
-                "containers",
-                "Get",
-                "Containers.Get",
+                rpc::CONTAINERS_GET,
                 self.containers().get(self.request(req)),
             )
             .await?;
@@ -440,13 +400,8 @@ impl Containerd {
                 value: serde_json::to_vec(process).expect("a JSON value serializes"),
             }),
         };
-        self.call(
-            "tasks",
-            "Exec",
-            "Tasks.Exec",
-            self.tasks().exec(self.request(req)),
-        )
-        .await?;
+        self.call(rpc::TASKS_EXEC, self.tasks().exec(self.request(req)))
+            .await?;
         self.start_process(id, exec_id).await
     }
 
@@ -457,12 +412,7 @@ impl Containerd {
             exec_id: exec_id.into(),
         };
         let r = self
-            .call_unbounded(
-                "tasks",
-                "Wait",
-                "Tasks.Wait",
-                self.tasks().wait(self.request(req)),
-            )
+            .call(rpc::TASKS_WAIT, self.tasks().wait(self.request(req)))
             .await?;
         Ok(r.exit_status)
     }
@@ -481,13 +431,8 @@ impl Containerd {
             }),
             annotations: Default::default(),
         };
-        self.call(
-            "tasks",
-            "Update",
-            "Tasks.Update",
-            self.tasks().update(self.request(req)),
-        )
-        .await?;
+        self.call(rpc::TASKS_UPDATE, self.tasks().update(self.request(req)))
+            .await?;
         Ok(())
     }
 
@@ -500,13 +445,8 @@ impl Containerd {
             all: false,
         };
         gone_ok(
-            self.call(
-                "tasks",
-                "Kill",
-                "Tasks.Kill",
-                self.tasks().kill(self.request(req)),
-            )
-            .await,
+            self.call(rpc::TASKS_KILL, self.tasks().kill(self.request(req)))
+                .await,
         )
     }
 
@@ -520,9 +460,7 @@ impl Containerd {
         };
         gone_ok(
             self.call(
-                "tasks",
-                "CloseIO",
-                "Tasks.CloseIO",
+                rpc::TASKS_CLOSE_I_O,
                 self.tasks().close_io(self.request(req)),
             )
             .await,
@@ -545,9 +483,7 @@ impl Containerd {
         };
         gone_ok(
             self.call(
-                "tasks",
-                "ResizePty",
-                "Tasks.ResizePty",
+                rpc::TASKS_RESIZE_PTY,
                 self.tasks().resize_pty(self.request(req)),
             )
             .await,
@@ -562,9 +498,7 @@ impl Containerd {
         };
         gone_ok(
             self.call(
-                "tasks",
-                "DeleteProcess",
-                "Tasks.DeleteProcess",
+                rpc::TASKS_DELETE_PROCESS,
                 self.tasks().delete_process(self.request(req)),
             )
             .await
@@ -599,12 +533,7 @@ impl Containerd {
             container_id: id.into(),
         };
         match self
-            .call(
-                "tasks",
-                "Delete",
-                "Tasks.Delete",
-                self.tasks().delete(self.request(req)),
-            )
+            .call(rpc::TASKS_DELETE, self.tasks().delete(self.request(req)))
             .await
         {
             Ok(r) => {

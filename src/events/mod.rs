@@ -6,6 +6,7 @@ mod decode;
 
 pub use decode::{decode, ContainerdEvent, DecodeError};
 
+use crate::containerd::rpc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -113,7 +114,7 @@ async fn publish_heartbeat(ctd: &Containerd) {
     };
     let mut client = ctd.events();
     let call = client.publish(ctd.request(req));
-    if let Err(e) = ctd.call("events", "Publish", "Events.Publish", call).await {
+    if let Err(e) = ctd.call(rpc::EVENTS_PUBLISH, call).await {
         tracing::trace!(error = %e, "heartbeat publish failed");
     }
 }

@@ -1,6 +1,7 @@
 //! containerd's content store: streaming writes with the digest verified on the way, reads, and
 //! the GC labels that tie an image's blobs and snapshots together.
 
+use crate::containerd::rpc;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ pub async fn read(
     match tokio::time::timeout(READ_DEADLINE, read_all(ctd, digest, limit)).await {
         Ok(r) => r,
         Err(_) => Err(ContainerdError::Call {
-            call: "Content.Read",
+            call: rpc::CONTENT_READ.name,
             status: tonic::Status::deadline_exceeded(format!(
                 "reading {digest} took longer than {READ_DEADLINE:?}"
             )),
@@ -52,26 +53,21 @@ async fn read_all(
     };
     let mut client = ctd.content();
     let mut stream = ctd
-        .call_unbounded(
-            "content",
-            "Read",
-            "Content.Read",
-            client.read(ctd.request(req)),
-        )
+        .call(rpc::CONTENT_READ, client.read(ctd.request(req)))
         .await?;
     let mut out = Vec::new();
     while let Some(msg) = stream
         .message()
         .await
         .map_err(|status| ContainerdError::Call {
-            call: "Content.Read",
+            call: rpc::CONTENT_READ.name,
             status,
         })?
     {
         out.extend_from_slice(&msg.data);
         if out.len() > limit {
             return Err(ContainerdError::Call {
-                call: "Content.Read",
+                call: rpc::CONTENT_READ.name,
                 status: tonic::Status::resource_exhausted(format!(
                     "{digest} is larger than {limit} bytes"
                 )),
@@ -100,13 +96,8 @@ pub async fn set_labels(
             paths: labels.keys().map(|k| format!("labels.{k}")).collect(),
         }),
     };
-    ctd.call(
-        "content",
-        "Update",
-        "Content.Update",
-        ctd.content().update(ctd.request(req)),
-    )
-    .await?;
+    ctd.call(rpc::CONTENT_UPDATE, ctd.content().update(ctd.request(req)))
+        .await?;
     Ok(())
 }
 
@@ -126,12 +117,7 @@ pub async fn ensure_labels(
         digest: digest.into(),
     };
     let info = match ctd
-        .call(
-            "content",
-            "Info",
-            "Content.Info",
-            ctd.content().info(ctd.request(req)),
-        )
+        .call(rpc::CONTENT_INFO, ctd.content().info(ctd.request(req)))
         .await
     {
         Ok(r) => r.info.unwrap_or_default(),
@@ -188,12 +174,7 @@ where
             r#ref: ingest.clone(),
         };
         let _ = ctd
-            .call(
-                "content",
-                "Abort",
-                "Content.Abort",
-                ctd.content().abort(ctd.request(req)),
-            )
+            .call(rpc::CONTENT_ABORT, ctd.content().abort(ctd.request(req)))
             .await;
     }
     result

@@ -2,6 +2,7 @@
 //! digest) and by name, answered without a containerd round trip. Rebuilt on resync, kept fresh
 //! by `/images/*` events.
 
+use crate::containerd::rpc;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -225,9 +226,7 @@ impl<'a> Resolver<'a> {
 pub async fn load_all(ctd: &Containerd) -> Result<ImageIndex, ContainerdError> {
     let list = ctd
         .call(
-            "images",
-            "List",
-            "Images.List",
+            rpc::IMAGES_LIST,
             ctd.images()
                 .list(ctd.request(ListImagesRequest { filters: vec![] })),
         )
@@ -244,12 +243,7 @@ pub async fn load_all(ctd: &Containerd) -> Result<ImageIndex, ContainerdError> {
 pub async fn get(ctd: &Containerd, name: &str) -> Result<Option<Image>, ContainerdError> {
     let req = GetImageRequest { name: name.into() };
     match ctd
-        .call(
-            "images",
-            "Get",
-            "Images.Get",
-            ctd.images().get(ctd.request(req)),
-        )
+        .call(rpc::IMAGES_GET, ctd.images().get(ctd.request(req)))
         .await
     {
         Ok(r) => Ok(r.image),

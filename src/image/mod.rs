@@ -21,6 +21,7 @@ pub use reference::Reference;
 pub use registry::Credentials;
 pub use usage::FsUsage;
 
+use crate::containerd::rpc;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -254,9 +255,7 @@ impl Images {
             match self
                 .ctd
                 .call(
-                    "images",
-                    "Delete",
-                    "Images.Delete",
+                    rpc::IMAGES_DELETE,
                     self.ctd.images().delete(self.ctd.request(req)),
                 )
                 .await

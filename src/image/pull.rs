@@ -3,6 +3,7 @@
 //! synchronous GC, so nothing half-written stays behind. Two pulls of one reference share one
 //! download.
 
+use crate::containerd::rpc;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -450,12 +451,7 @@ pub async fn put_image(
         source_date_epoch: None,
     };
     match ctd
-        .call(
-            "images",
-            "Create",
-            "Images.Create",
-            ctd.images().create(ctd.request(req)),
-        )
+        .call(rpc::IMAGES_CREATE, ctd.images().create(ctd.request(req)))
         .await
     {
         Ok(_) => Ok(()),
@@ -467,14 +463,9 @@ pub async fn put_image(
                 }),
                 ..Default::default()
             };
-            ctd.call(
-                "images",
-                "Update",
-                "Images.Update",
-                ctd.images().update(ctd.request(req)),
-            )
-            .await
-            .map(|_| ())
+            ctd.call(rpc::IMAGES_UPDATE, ctd.images().update(ctd.request(req)))
+                .await
+                .map(|_| ())
         }
         Err(e) => Err(e),
     }

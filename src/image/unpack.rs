@@ -2,6 +2,7 @@
 //! `Diff.Apply`, `Snapshots.Commit(name = chain id)`; existing snapshots are reused and every
 //! applied diff id is checked against the image config.
 
+use crate::containerd::rpc;
 use std::collections::HashMap;
 
 use containerd_client::services::v1::snapshots::{
@@ -58,12 +59,7 @@ pub async fn unpack(
             .map_err(lease_req)
             .map_err(cerr("preparing a snapshot"))?;
         let mounts = ctd
-            .call(
-                "snapshots",
-                "Prepare",
-                "Snapshots.Prepare",
-                ctd.snapshots().prepare(req),
-            )
+            .call(rpc::SNAPSHOTS_PREPARE, ctd.snapshots().prepare(req))
             .await
             .map_err(cerr("preparing a snapshot"))?
             .mounts;
@@ -83,18 +79,13 @@ pub async fn unpack(
         let deadline = apply_deadline(layer.size);
         let applied = match tokio::time::timeout(
             deadline,
-            ctd.call_unbounded(
-                "diff",
-                "Apply",
-                "Diff.Apply",
-                ctd.diff().apply(ctd.request(apply)),
-            ),
+            ctd.call(rpc::DIFF_APPLY, ctd.diff().apply(ctd.request(apply))),
         )
         .await
         {
             Ok(r) => r,
             Err(_) => Err(ContainerdError::Call {
-                call: "Diff.Apply",
+                call: rpc::DIFF_APPLY.name,
                 status: tonic::Status::deadline_exceeded(format!(
                     "applying layer {} ({} bytes) took longer than {deadline:?}",
                     layer.digest, layer.size
@@ -128,12 +119,7 @@ pub async fn unpack(
             .map_err(lease_req)
             .map_err(cerr("committing a snapshot"))?;
         match ctd
-            .call(
-                "snapshots",
-                "Commit",
-                "Snapshots.Commit",
-                ctd.snapshots().commit(req),
-            )
+            .call(rpc::SNAPSHOTS_COMMIT, ctd.snapshots().commit(req))
             .await
         {
             Ok(_) => {}
@@ -162,12 +148,7 @@ pub async fn snapshot_exists(
         key: key.into(),
     };
     match ctd
-        .call(
-            "snapshots",
-            "Stat",
-            "Snapshots.Stat",
-            ctd.snapshots().stat(ctd.request(req)),
-        )
+        .call(rpc::SNAPSHOTS_STAT, ctd.snapshots().stat(ctd.request(req)))
         .await
     {
         Ok(_) => Ok(true),
@@ -183,9 +164,7 @@ async fn remove_snapshot(ctd: &Containerd, snapshotter: &str, key: &str) {
     };
     if let Err(e) = ctd
         .call(
-            "snapshots",
-            "Remove",
-            "Snapshots.Remove",
+            rpc::SNAPSHOTS_REMOVE,
             ctd.snapshots().remove(ctd.request(req)),
         )
         .await

@@ -1,6 +1,7 @@
 //! The snapshot syncer's measurement: bytes and inodes the snapshotter's snapshots use, and the
 //! filesystem they live on. Committed snapshots never change, so their usage is cached.
 
+use crate::containerd::rpc;
 use std::collections::HashMap;
 use std::time::SystemTime;
 
@@ -44,9 +45,7 @@ pub async fn collect(
         };
         let plugins = ctd
             .call(
-                "introspection",
-                "Plugins",
-                "Introspection.Plugins",
+                rpc::INTROSPECTION_PLUGINS,
                 ctd.introspection().plugins(ctd.request(req)),
             )
             .await?;
@@ -61,12 +60,7 @@ pub async fn collect(
     };
     let mut client = ctd.snapshots();
     let mut stream = ctd
-        .call(
-            "snapshots",
-            "List",
-            "Snapshots.List",
-            client.list(ctd.request(req)),
-        )
+        .call(rpc::SNAPSHOTS_LIST, client.list(ctd.request(req)))
         .await?;
     let mut infos = Vec::new();
     while let Some(msg) = stream
@@ -99,10 +93,8 @@ pub async fn collect(
                     key: info.name.clone(),
                 };
                 match ctd
-                    .call_unbounded(
-                        "snapshots",
-                        "Usage",
-                        "Snapshots.Usage",
+                    .call(
+                        rpc::SNAPSHOTS_USAGE,
                         ctd.snapshots().usage(ctd.request(req)),
                     )
                     .await
