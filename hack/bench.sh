@@ -8,8 +8,10 @@
 #   * idle RSS: concord's process vs what the CRI plugin adds to containerd
 #   * critest: critest v1.26.1's own benchmark (`critest -benchmark`, kubelet 1.26's client) against
 #     both, alternately, ROUNDS rounds each; p50/p90 per operation and the ratio
-# Usage: hack/bench.sh [ITERATIONS] [images|sandboxes|containers|streaming|critest]   (one section;
-#        all but critest by default).  critest: ITERATIONS = pods/containers/images per round,
+#   * density (asked for by name): ITERATIONS pods x 3 containers started 10 pods at a time on
+#     each side, then List*/Status/stats at 300 and 1,000 containers, RSS, CPU seconds, journal
+# Usage: hack/bench.sh [ITERATIONS] [images|sandboxes|containers|streaming|density|critest]
+#        (one section; all but density and critest by default).  critest: ITERATIONS = pods/containers/images per round,
 #        ROUNDS (env, default 2) rounds per runtime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -110,5 +112,6 @@ fi
 
 target/release/concord-bench --concord "$BENCH_DIR/concord.sock" --reference "$REF_DIR/containerd.sock" --iterations "$N" \
   --concord-pid "$CONCORD_PID" --reference-pid "$REF_PID" --own-containerd-pid "$OWN_PID" --log-dir "$BENCH_DIR/logs" \
+  --concord-metrics http://127.0.0.1:9399/metrics --concord-journal "$BENCH_DIR/state/journal.redb" \
   ${ONLY:+--only "$ONLY"}
 log "RSS after the run (kB): concord $(rss "$CONCORD_PID") + its containerd $(rss "$OWN_PID"); containerd with CRI $(rss "$REF_PID")"

@@ -3,9 +3,12 @@
 //!
 //! Usage: concord-bench --concord unix-socket --reference unix-socket [--iterations N] [--image REF]
 //!        [--concord-pid PID --reference-pid PID --own-containerd-pid PID] [--log-dir DIR]
-//!        [--only images|sandboxes|containers|streaming]
+//!        [--only images|sandboxes|containers|streaming|density]
+//!        [--concord-metrics URL --concord-journal PATH]
 //!
 //! With the pids it also reports resident memory with 100 running containers on each side.
+
+mod density;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +27,9 @@ struct Args {
     reference_pid: Option<u32>,
     own_containerd_pid: Option<u32>,
     log_dir: PathBuf,
+    /// concord's metrics URL and journal file (density: journal commit latency, bytes per object).
+    concord_metrics: Option<String>,
+    concord_journal: Option<PathBuf>,
     /// Only this section: images, sandboxes, containers or streaming (all when None).
     only: Option<String>,
 }
@@ -38,6 +44,8 @@ fn args() -> Args {
         reference_pid: None,
         own_containerd_pid: None,
         log_dir: "/tmp/concord-bench/logs".into(),
+        concord_metrics: None,
+        concord_journal: None,
         only: None,
     };
     let mut it = std::env::args().skip(1);
@@ -55,6 +63,8 @@ fn args() -> Args {
             }
             "--log-dir" => a.log_dir = v.into(),
             "--only" => a.only = Some(v),
+            "--concord-metrics" => a.concord_metrics = Some(v),
+            "--concord-journal" => a.concord_journal = Some(v.into()),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -276,6 +286,22 @@ async fn main() {
     }
     if section("streaming") {
         streaming_section(&a, &reference, &concord, &row).await;
+    }
+    // Density runs only when asked for (it holds 200 pods and 2,000 containers).
+    if a.only.as_deref() == Some("density") {
+        let d = density::Density {
+            pods: a.iterations,
+            containers_per_pod: 3,
+            parallel: 10,
+            image: a.image.clone(),
+            log_dir: a.log_dir.clone(),
+            concord_pid: a.concord_pid,
+            own_containerd_pid: a.own_containerd_pid,
+            reference_pid: a.reference_pid,
+            concord_metrics: a.concord_metrics.clone(),
+            concord_journal: a.concord_journal.clone(),
+        };
+        density::section(&d, &reference, &concord, &row).await;
     }
 }
 

@@ -1,0 +1,310 @@
+//! Density: 100 pods × 3 containers started as kubelet starts them (10 pods at a time, each
+//! pod's containers one after another), on each side in turn; then the list, status and stats
+//! calls at 300 containers and, with 700 more created (not started), at 1,000; the processes'
+//! RSS and CPU seconds over the run; concord's journal commit latency and bytes per object.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+
+use super::{create_container, remove_pod, run_pod, start_container, Endpoint, Pod, Row};
+
+/// What the density section needs beyond the endpoints.
+pub struct Density {
+    pub pods: usize,
+    pub containers_per_pod: usize,
+    pub parallel: usize,
+    pub image: String,
+    pub log_dir: PathBuf,
+    pub concord_pid: Option<u32>,
+    pub own_containerd_pid: Option<u32>,
+    pub reference_pid: Option<u32>,
+    /// concord's metrics URL (journal commit latency).
+    pub concord_metrics: Option<String>,
+    /// concord's journal file (bytes per object).
+    pub concord_journal: Option<PathBuf>,
+}
+
+/// One side's pods, each with its container ids.
+type Fleet = Vec<(Pod, Vec<String>)>;
+
+pub async fn section(d: &Density, reference: &Endpoint, concord: &Endpoint, row: &Row<'_>) {
+    let sides = [("reference", reference), ("concord", concord)];
+    let mut fleets: [Fleet; 2] = [vec![], vec![]];
+    let mut starts: [Vec<Duration>; 2] = [vec![], vec![]];
+    println!();
+    println!(
+        "Density: {} pods x {} containers, {} pods at a time",
+        d.pods, d.containers_per_pod, d.parallel
+    );
+    for (side, (name, e)) in sides.iter().enumerate() {
+        let pids = d.pids(side);
+        let cpu = cpu_seconds(&pids);
+        let t = Instant::now();
+        let (fleet, per_pod) = start_fleet(d, e, &d.log_dir.join(name)).await;
+        let took = t.elapsed();
+        println!(
+            "{name}: all {} pods running in {:.2} s; CPU {:.2} s ({}); RSS {}",
+            d.pods,
+            took.as_secs_f64(),
+            cpu_seconds(&pids) - cpu,
+            d.pid_names(side),
+            rss_line(&pids),
+        );
+        fleets[side] = fleet;
+        starts[side] = per_pod;
+    }
+    row(
+        "pod start (run + 3 containers, 10 at a time)",
+        &mut starts[0].clone(),
+        &mut starts[1].clone(),
+    );
+    println!("{}", log_writers_line());
+    // Let both stats paths see every container once before timing.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let total = d.pods * d.containers_per_pod;
+    reads(
+        &fleets,
+        [reference, concord],
+        &format!("{total} containers"),
+        row,
+    )
+    .await;
+
+    // Up to 1,000 containers: the rest created, not started.
+    let extra = 1000usize.saturating_sub(total);
+    for (side, (_, e)) in sides.iter().enumerate() {
+        for i in 0..extra {
+            let (pod, ids) = &mut fleets[side][i % d.pods];
+            ids.push(create_container(e, pod, &d.image, &format!("idle-{i}")).await);
+        }
+    }
+    reads(&fleets, [reference, concord], "1000 containers", row).await;
+    for (side, (name, _)) in sides.iter().enumerate() {
+        println!("{name} at 1000 containers: RSS {}", rss_line(&d.pids(side)));
+    }
+    if let Some(url) = &d.concord_metrics {
+        let objects = fleets[1].iter().map(|(_, ids)| 1 + ids.len()).sum();
+        journal_line(url, d.concord_journal.as_deref(), objects).await;
+    }
+    for (side, (_, e)) in sides.iter().enumerate() {
+        for (pod, _) in fleets[side].drain(..) {
+            remove_pod(e, pod.0).await;
+        }
+    }
+}
+
+impl Density {
+    /// The processes that do the CRI's work on a side: concord and its containerd, or
+    /// containerd with its CRI plugin.
+    fn pids(&self, side: usize) -> Vec<u32> {
+        match side {
+            0 => self.reference_pid.into_iter().collect(),
+            _ => self
+                .concord_pid
+                .into_iter()
+                .chain(self.own_containerd_pid)
+                .collect(),
+        }
+    }
+
+    fn pid_names(&self, side: usize) -> &'static str {
+        match side {
+            0 => "containerd with CRI",
+            _ => "concord + its containerd",
+        }
+    }
+}
+
+/// Starts the pods `parallel` at a time; answers them and each pod's start time (RunPodSandbox
+/// until its last container started).
+async fn start_fleet(
+    d: &Density,
+    e: &Endpoint,
+    log_dir: &std::path::Path,
+) -> (Fleet, Vec<Duration>) {
+    let mut fleet = vec![];
+    let mut times = vec![];
+    let mut next = 0;
+    while next < d.pods {
+        let batch = (next..(next + d.parallel).min(d.pods)).map(|i| async move {
+            let t = Instant::now();
+            let pod = run_pod(e, &format!("dense-{i}"), log_dir).await;
+            let mut ids = vec![];
+            for c in 0..d.containers_per_pod {
+                let id = create_container(e, &pod, &d.image, &format!("c-{c}")).await;
+                start_container(e, &id).await;
+                ids.push(id);
+            }
+            ((pod, ids), t.elapsed())
+        });
+        for (p, t) in futures::future::join_all(batch).await {
+            fleet.push(p);
+            times.push(t);
+        }
+        next += d.parallel;
+    }
+    (fleet, times)
+}
+
+/// The read calls kubelet makes all the time, alternated between the sides, 200 of each.
+async fn reads(fleets: &[Fleet; 2], sides: [&Endpoint; 2], at: &str, row: &Row<'_>) {
+    const N: usize = 200;
+    for op in [
+        "ListPodSandbox",
+        "ListContainers",
+        "PodSandboxStatus",
+        "ContainerStatus",
+        "ListContainerStats",
+        "ListPodSandboxStats",
+    ] {
+        let mut t: [Vec<Duration>; 2] = [vec![], vec![]];
+        for i in 0..N {
+            for side in 0..2 {
+                let (pod, ids) = &fleets[side][i % fleets[side].len()];
+                let id = ids.get(i % ids.len().max(1)).cloned().unwrap_or_default();
+                t[side].push(read(sides[side], op, &pod.0, &id).await);
+            }
+        }
+        let [r, c] = &mut t;
+        row(&format!("{op} ({at})"), r, c);
+    }
+}
+
+async fn read(e: &Endpoint, op: &str, pod: &str, container: &str) -> Duration {
+    let mut rt = e.rt.clone();
+    let t = Instant::now();
+    let ok = match op {
+        "ListPodSandbox" => rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            .await
+            .is_ok(),
+        "ListContainers" => rt
+            .list_containers(cri::ListContainersRequest::default())
+            .await
+            .is_ok(),
+        "PodSandboxStatus" => rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.into(),
+                verbose: false,
+            })
+            .await
+            .is_ok(),
+        "ContainerStatus" => rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: container.into(),
+                verbose: false,
+            })
+            .await
+            .is_ok(),
+        "ListContainerStats" => rt
+            .list_container_stats(cri::ListContainerStatsRequest::default())
+            .await
+            .is_ok(),
+        "ListPodSandboxStats" => rt
+            .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default())
+            .await
+            .is_ok(),
+        other => panic!("unknown op {other}"),
+    };
+    assert!(ok, "{op} failed");
+    t.elapsed()
+}
+
+/// utime + stime of the processes, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            // Fields after the command (which may hold spaces) in parentheses.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / ticks
+}
+
+fn rss_line(pids: &[u32]) -> String {
+    pids.iter()
+        .map(|p| format!("{:.1} MB", super::rss_kb(*p) as f64 / 1024.0))
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// concord's log writers (one per container, children of the shims; containerd's CRI writes logs
+/// inside containerd): their count and proportional set size (the binary's pages are shared).
+fn log_writers_line() -> String {
+    let mut n = 0;
+    let mut pss_kb = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(concord::logwriter::MARKER) {
+            continue;
+        }
+        n += 1;
+        let rollup = std::fs::read_to_string(entry.path().join("smaps_rollup")).unwrap_or_default();
+        pss_kb += rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    format!(
+        "concord log writers: {n}, PSS {:.1} MB in all ({:.0} kB each)",
+        pss_kb as f64 / 1024.0,
+        pss_kb as f64 / n.max(1) as f64
+    )
+}
+
+/// concord's journal commits: mean and bucketed p50/p99 latency, and bytes per object.
+async fn journal_line(url: &str, journal: Option<&std::path::Path>, objects: usize) {
+    let body = match reqwest::get(url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => return println!("journal: cannot scrape {url}: {e}"),
+    };
+    let mut buckets = vec![];
+    let (mut sum, mut count) = (0.0, 0.0);
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("concord_journal_append_duration_seconds") else {
+            continue;
+        };
+        let value: f64 = rest
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if let Some(le) = rest.strip_prefix("_bucket{le=\"") {
+            let le = le.split('"').next().unwrap_or("+Inf");
+            buckets.push((le.parse::<f64>().unwrap_or(f64::INFINITY), value));
+        } else if rest.starts_with("_sum") {
+            sum = value;
+        } else if rest.starts_with("_count") {
+            count = value;
+        }
+    }
+    let quantile = |q: f64| {
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= q * count)
+            .map(|(le, _)| le * 1000.0)
+            .unwrap_or(f64::NAN)
+    };
+    let size = journal
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "journal: {count} commits, mean {:.2} ms, p50 <= {} ms, p99 <= {} ms; file {:.1} MB, {} bytes per object ({objects} objects)",
+        sum / count.max(1.0) * 1000.0,
+        quantile(0.5),
+        quantile(0.99),
+        size as f64 / 1e6,
+        size / objects.max(1) as u64,
+    );
+}
