@@ -123,20 +123,10 @@ impl Shared {
         self.send(Control::WindowUpdate { id, delta }).await
     }
 
-    /// Writes the control frame `frame` builds around the compressed `headers`.
-    pub(super) async fn write_headers<F>(
-        &self,
-        flags: u8,
-        headers: &Headers,
-        frame: F,
-    ) -> std::io::Result<()>
-    where
-        F: for<'b> FnOnce(&'b [u8]) -> Control<'b>,
-    {
-        self.write
-            .lock()
-            .await
-            .with_headers(flags, headers, frame)
+    /// SYN_REPLY (no headers) to the peer's stream `id`.
+    pub(super) async fn reply(&self, id: u32) -> std::io::Result<()> {
+        let mut w = self.write.lock().await;
+        w.with_headers(0, &Vec::new(), |block| Control::SynReply { id, block })
             .await?;
         self.touch();
         Ok(())

@@ -143,70 +143,61 @@ pub enum Control<'a> {
     Unknown(u16),
 }
 
+/// The name of a control frame `kind` SPDY/3 defines, and the fewest body bytes its fields
+/// take.
+fn layout(kind: u16) -> Option<(&'static str, usize)> {
+    Some(match kind {
+        SYN_STREAM => ("SYN_STREAM", 10),
+        SYN_REPLY => ("SYN_REPLY", 4),
+        RST_STREAM => ("RST_STREAM", 8),
+        SETTINGS => ("SETTINGS", 4),
+        PING => ("PING", 4),
+        GOAWAY => ("GOAWAY", 4),
+        HEADERS => ("HEADERS", 4),
+        WINDOW_UPDATE => ("WINDOW_UPDATE", 8),
+        _ => return None,
+    })
+}
+
 /// Parses the body of a control frame of `kind`.
 pub fn parse_control(kind: u16, body: &[u8]) -> std::io::Result<Control<'_>> {
-    let need = |n: usize, what: &str| {
-        if body.len() < n {
-            Err(bad(format!(
-                "a {}-byte {what} frame (at least {n})",
-                body.len()
-            )))
-        } else {
-            Ok(())
-        }
+    let Some((name, need)) = layout(kind) else {
+        return Ok(Control::Unknown(kind));
     };
-    let id = || be32(body, 0) & ID_MASK;
+    if body.len() < need {
+        return Err(bad(format!(
+            "a {}-byte {name} frame (at least {need})",
+            body.len()
+        )));
+    }
+    let id = be32(body, 0) & ID_MASK;
     Ok(match kind {
-        SYN_STREAM => {
-            need(10, "SYN_STREAM")?;
-            Control::SynStream {
-                id: id(),
-                block: &body[10..],
-            }
-        }
-        SYN_REPLY => {
-            need(4, "SYN_REPLY")?;
-            Control::SynReply {
-                id: id(),
-                block: &body[4..],
-            }
-        }
-        RST_STREAM => {
-            need(8, "RST_STREAM")?;
-            Control::RstStream {
-                id: id(),
-                status: be32(body, 4),
-            }
-        }
-        SETTINGS => {
-            need(4, "SETTINGS")?;
-            Control::Settings(parse_settings(body)?)
-        }
-        PING => {
-            need(4, "PING")?;
-            Control::Ping(be32(body, 0))
-        }
-        GOAWAY => {
-            need(4, "GOAWAY")?;
-            Control::GoAway {
-                last_id: id(),
-                status: if body.len() >= 8 { be32(body, 4) } else { 0 },
-            }
-        }
-        HEADERS => {
-            need(4, "HEADERS")?;
-            Control::Headers {
-                id: id(),
-                block: &body[4..],
-            }
-        }
-        WINDOW_UPDATE => {
-            need(8, "WINDOW_UPDATE")?;
-            Control::WindowUpdate {
-                id: id(),
-                delta: be32(body, 4) & ID_MASK,
-            }
-        }
+        SYN_STREAM => Control::SynStream {
+            id,
+            block: &body[10..],
+        },
+        SYN_REPLY => Control::SynReply {
+            id,
+            block: &body[4..],
+        },
+        RST_STREAM => Control::RstStream {
+            id,
+            status: be32(body, 4),
+        },
+        SETTINGS => Control::Settings(parse_settings(body)?),
+        PING => Control::Ping(be32(body, 0)),
+        GOAWAY => Control::GoAway {
+            last_id: id,
+            status: if body.len() >= 8 { be32(body, 4) } else { 0 },
+        },
+        HEADERS => Control::Headers {
+            id,
+            block: &body[4..],
+        },
+        WINDOW_UPDATE => Control::WindowUpdate {
+            id,
+            delta: be32(body, 4) & ID_MASK,
+        },
         other => Control::Unknown(other),
     })
 }

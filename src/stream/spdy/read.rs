@@ -157,9 +157,7 @@ impl Reader {
             s.finished = flags & FLAG_UNIDIRECTIONAL != 0;
             st.streams.insert(id, s);
         }
-        shared
-            .write_headers(0, &Vec::new(), |block| Control::SynReply { id, block })
-            .await?;
+        shared.reply(id).await?;
         let stream = Stream::new(id, headers, rx, shared.clone());
         let taken = tokio::select! {
             r = self.incoming.send(stream) => r.is_ok(),
