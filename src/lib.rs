@@ -11,6 +11,7 @@ pub mod config;
 pub mod containerd;
 pub mod daemon;
 pub mod events;
+pub mod exec;
 pub mod fsutil;
 pub mod image;
 pub mod journal;

@@ -9,11 +9,11 @@ use k8s_cri::v1 as cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-use super::link::{Input, Link, Out};
+use super::link::{In, Input, Link, Out};
 pub use super::link::{ERROR, RESIZE, STDERR, STDIN, STDOUT};
 use super::ws::Protocol;
 use super::Context;
-use crate::containerd::TaskIo;
+use crate::exec::{Command, Exec};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -51,20 +51,13 @@ pub fn failure(protocol: Protocol, message: &str) -> String {
     }
 }
 
-fn fifo(path: &std::path::Path) -> std::io::Result<()> {
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(std::io::Error::from)
-}
-
 /// Runs `req` over `link`.
 pub async fn run(ctx: &Arc<Context>, req: cri::ExecRequest, link: Link) -> Result<(), Error> {
     let Link { out, mut input } = link;
-    let id = req.container_id.clone();
     let exec_id = format!("stream-{:016x}", fastrand::u64(..));
-    let dir = ctx.layout.exec(&id, &exec_id);
-    let result = session(ctx, &req, &out, &mut input, &id, &exec_id, &dir).await;
-    let _ = ctx.containerd.delete_process(&id, &exec_id).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut exec = Exec::new(&ctx.containerd, &ctx.layout, &req.container_id, &exec_id);
+    let result = session(ctx, &req, &out, &mut input, &mut exec).await;
+    exec.finish().await;
     if let Err(e) = &result {
         let _ = out
             .send(ERROR, failure(out.protocol, &e.to_string()).as_bytes())
@@ -99,59 +92,24 @@ async fn session(
     ctx: &Arc<Context>,
     req: &cri::ExecRequest,
     out: &Arc<Out>,
-    input: &mut super::link::In,
-    id: &str,
-    exec_id: &str,
-    dir: &std::path::Path,
+    input: &mut In,
+    exec: &mut Exec,
 ) -> Result<(), Error> {
-    let mut process = ctx
-        .containerd
-        .container_spec(id)
-        .await?
-        .get("process")
-        .cloned()
-        .ok_or("the container has no process spec")?;
-    process["args"] = serde_json::json!(req.cmd);
-    process["terminal"] = serde_json::json!(req.tty);
-    std::fs::create_dir_all(dir)?;
-    let mut io = TaskIo {
-        terminal: req.tty,
-        ..Default::default()
+    let command = Command {
+        cmd: &req.cmd,
+        tty: req.tty,
+        stdin: req.stdin,
+        stdout: req.stdout,
+        stderr: req.stderr,
     };
-    // The read ends open before the shim opens the write ends; stdin is held read-write so its
-    // open does not wait for the shim.
-    let mut stdin = None;
-    if req.stdin {
-        let p = dir.join("stdin");
-        fifo(&p)?;
-        stdin = Some(pipe::OpenOptions::new().read_write(true).open_sender(&p)?);
-        io.stdin = p.display().to_string();
-    }
-    let mut outputs = Vec::new();
-    for (wanted, name, channel) in [
-        (req.stdout, "stdout", STDOUT),
-        (req.stderr && !req.tty, "stderr", STDERR),
-    ] {
-        if !wanted {
-            continue;
-        }
-        let p = dir.join(name);
-        fifo(&p)?;
-        let receiver = pipe::OpenOptions::new().open_receiver(&p)?;
-        if channel == STDOUT {
-            io.stdout = p.display().to_string();
-        } else {
-            io.stderr = p.display().to_string();
-        }
-        outputs.push((receiver, channel));
-    }
-    ctx.containerd.exec(id, exec_id, &process, &io).await?;
-    let pumps: Vec<_> = outputs
+    let stdio = exec.start(&command).await?;
+    let mut stdin = stdio.stdin;
+    let pumps: Vec<_> = [(stdio.stdout, STDOUT), (stdio.stderr, STDERR)]
         .into_iter()
-        .map(|(receiver, channel)| pump(receiver, channel, out.clone()))
+        .filter_map(|(receiver, channel)| Some(pump(receiver?, channel, out.clone())))
         .collect();
-
-    let wait = ctx.containerd.wait_process(id, exec_id);
+    let exec = &*exec;
+    let wait = exec.wait();
     tokio::pin!(wait);
     let client = async {
         loop {
@@ -167,11 +125,11 @@ async fn session(
                 // The client's stdin ended: the process reads EOF.
                 Input::StdinEnd => {
                     if stdin.take().is_some() {
-                        let _ = ctx.containerd.close_stdin(id, exec_id).await;
+                        let _ = exec.close_stdin().await;
                     }
                 }
                 Input::Resize { width, height } => {
-                    let _ = ctx.containerd.resize_pty(id, exec_id, width, height).await;
+                    let _ = exec.resize(width, height).await;
                 }
             }
         }
@@ -189,9 +147,8 @@ async fn session(
             Ok(())
         }
         why = client => {
-            tracing::debug!(container_id = id, exec_id, why, "exec stream ended; killing the process");
-            let _ = ctx.containerd.kill_process(id, exec_id).await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), &mut wait).await;
+            tracing::debug!(container_id = req.container_id, exec_id = exec.exec_id(), why, "exec stream ended; killing the process");
+            let _ = exec.kill().await;
             for p in pumps {
                 p.abort();
             }

@@ -196,11 +196,16 @@ impl In {
 
 fn resize(data: &[u8]) -> Option<Input> {
     let size: serde_json::Value = serde_json::from_slice(data).ok()?;
+    Some(size_of(&size))
+}
+
+/// A terminal size, {"Width":..,"Height":..} (a missing dimension is 0).
+fn size_of(size: &serde_json::Value) -> Input {
     let dim = |k: &str| size[k].as_u64().unwrap_or(0) as u32;
-    Some(Input::Resize {
+    Input::Resize {
         width: dim("Width"),
         height: dim("Height"),
-    })
+    }
 }
 
 /// A WebSocket session over `io` speaking `protocol`.
@@ -249,7 +254,7 @@ pub struct Wanted {
 /// come at any time).
 pub async fn spdy(
     conn: spdy::Conn,
-    mut incoming: mpsc::Receiver<spdy::Stream>,
+    incoming: mpsc::Receiver<spdy::Stream>,
     protocol: Protocol,
     wanted: Wanted,
     metrics: Arc<Metrics>,
@@ -260,88 +265,14 @@ pub async fn spdy(
     // Arrivals matter only until the session starts; a client opening streams without end
     // afterwards fills this and is not heard (try_send), instead of growing a queue.
     let (arrived_tx, mut arrived) = mpsc::channel(16);
-    let outputs = streams.clone();
-    let m = metrics.clone();
-    let tx = input_tx.clone();
-    tokio::spawn(async move {
-        while let Some(mut s) = incoming.recv().await {
-            let channel = match s.header("streamtype").unwrap_or("") {
-                "error" => ERROR,
-                "stdout" => STDOUT,
-                "stderr" => STDERR,
-                "stdin" => STDIN,
-                "resize" => RESIZE,
-                other => {
-                    tracing::debug!(stream_type = other, "unexpected spdy stream refused");
-                    let _ = s.writer().reset(spdy::REFUSED_STREAM).await;
-                    continue;
-                }
-            };
-            if matches!(channel, ERROR | STDOUT | STDERR) {
-                // Registered before the session can start, so that no output is dropped.
-                outputs.lock().insert(channel, s.writer());
-            }
-            let _ = arrived_tx.try_send(channel);
-            match channel {
-                STDIN => {
-                    let (tx, m) = (tx.clone(), m.clone());
-                    tokio::spawn(async move {
-                        while let Some(d) = s.read().await {
-                            m.stream_bytes
-                                .with_label_values(&[kind, "in"])
-                                .inc_by(d.len() as u64);
-                            if tx.send(Input::Stdin(d)).await.is_err() {
-                                return;
-                            }
-                        }
-                        let _ = tx.send(Input::StdinEnd).await;
-                    });
-                }
-                RESIZE => {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        // A sequence of JSON objects, {"Width":..,"Height":..}.
-                        let mut buf = Vec::new();
-                        while let Some(d) = s.read().await {
-                            buf.extend_from_slice(&d);
-                            let mut values = serde_json::Deserializer::from_slice(&buf)
-                                .into_iter::<serde_json::Value>();
-                            let mut used = 0;
-                            while let Some(next) = values.next() {
-                                let v = match next {
-                                    Ok(v) => v,
-                                    // Incomplete: wait for more. Malformed: dropped.
-                                    Err(e) if e.is_eof() => break,
-                                    Err(_) => {
-                                        used = buf.len();
-                                        break;
-                                    }
-                                };
-                                used = values.byte_offset();
-                                let dim = |k: &str| v[k].as_u64().unwrap_or(0) as u32;
-                                let r = Input::Resize {
-                                    width: dim("Width"),
-                                    height: dim("Height"),
-                                };
-                                if tx.send(r).await.is_err() {
-                                    return;
-                                }
-                            }
-                            buf.drain(..used);
-                            if buf.len() > 4096 {
-                                buf.clear();
-                            }
-                        }
-                    });
-                }
-                _ => {
-                    // The client's half of an output stream carries nothing; it is drained so
-                    // that its end is seen.
-                    tokio::spawn(async move { while s.read().await.is_some() {} });
-                }
-            }
-        }
-    });
+    let router = Router {
+        outputs: streams.clone(),
+        arrived: arrived_tx,
+        input: input_tx.clone(),
+        metrics: metrics.clone(),
+        kind,
+    };
+    tokio::spawn(router.run(incoming));
     let closed = conn.closed();
     tokio::spawn(async move {
         closed.cancelled().await;
@@ -381,4 +312,92 @@ pub async fn spdy(
         input,
         protocol,
     ))
+}
+
+/// Where a SPDY session's streams go as the client opens them: output streams to the
+/// session's writers, stdin and resizes to its input.
+struct Router {
+    outputs: Arc<Mutex<HashMap<u8, StreamWriter>>>,
+    arrived: mpsc::Sender<u8>,
+    input: InputTx,
+    metrics: Arc<Metrics>,
+    kind: &'static str,
+}
+
+impl Router {
+    async fn run(self, mut incoming: mpsc::Receiver<spdy::Stream>) {
+        while let Some(mut s) = incoming.recv().await {
+            let channel = match s.header("streamtype").unwrap_or("") {
+                "error" => ERROR,
+                "stdout" => STDOUT,
+                "stderr" => STDERR,
+                "stdin" => STDIN,
+                "resize" => RESIZE,
+                other => {
+                    tracing::debug!(stream_type = other, "unexpected spdy stream refused");
+                    let _ = s.writer().reset(spdy::REFUSED_STREAM).await;
+                    continue;
+                }
+            };
+            if matches!(channel, ERROR | STDOUT | STDERR) {
+                // Registered before the session can start, so that no output is dropped.
+                self.outputs.lock().insert(channel, s.writer());
+            }
+            let _ = self.arrived.try_send(channel);
+            match channel {
+                STDIN => {
+                    let (tx, m, kind) = (self.input.clone(), self.metrics.clone(), self.kind);
+                    tokio::spawn(async move {
+                        while let Some(d) = s.read().await {
+                            m.stream_bytes
+                                .with_label_values(&[kind, "in"])
+                                .inc_by(d.len() as u64);
+                            if tx.send(Input::Stdin(d)).await.is_err() {
+                                return;
+                            }
+                        }
+                        let _ = tx.send(Input::StdinEnd).await;
+                    });
+                }
+                RESIZE => {
+                    tokio::spawn(resizes(s, self.input.clone()));
+                }
+                _ => {
+                    // The client's half of an output stream carries nothing; it is drained so
+                    // that its end is seen.
+                    tokio::spawn(async move { while s.read().await.is_some() {} });
+                }
+            }
+        }
+    }
+}
+
+/// A resize stream: a sequence of JSON objects, {"Width":..,"Height":..}.
+async fn resizes(mut s: spdy::Stream, tx: InputTx) {
+    let mut buf = Vec::new();
+    while let Some(d) = s.read().await {
+        buf.extend_from_slice(&d);
+        let mut values =
+            serde_json::Deserializer::from_slice(&buf).into_iter::<serde_json::Value>();
+        let mut used = 0;
+        while let Some(next) = values.next() {
+            let v = match next {
+                Ok(v) => v,
+                // Incomplete: wait for more. Malformed: dropped.
+                Err(e) if e.is_eof() => break,
+                Err(_) => {
+                    used = buf.len();
+                    break;
+                }
+            };
+            used = values.byte_offset();
+            if tx.send(size_of(&v)).await.is_err() {
+                return;
+            }
+        }
+        buf.drain(..used);
+        if buf.len() > 4096 {
+            buf.clear();
+        }
+    }
 }
