@@ -84,6 +84,23 @@ PARAMS
         || { log "critest -benchmark failed against $who: $out/critest.log"; tail -20 "$out/critest.log" >&2; exit 1; }
     done
   done
+  # Where concord's time went: its per-step histograms, summed over the run.
+  python3 - <<'PY' > "$BENCH_DIR/concord-steps.txt" || true
+import re, urllib.request
+body = urllib.request.urlopen("http://127.0.0.1:9399/metrics", timeout=5).read().decode()
+sums, counts = {}, {}
+for line in body.splitlines():
+    m = re.match(r'(concord_\w+_duration_seconds)_(sum|count)(?:\{(.*)\})? (\S+)', line)
+    if m:
+        (sums if m.group(2) == "sum" else counts)[(m.group(1), m.group(3) or "")] = float(m.group(4))
+print(f"{'histogram':<48} {'labels':<44} {'n':>6} {'mean ms':>9}")
+for k in sorted(sums):
+    n = counts.get(k, 0)
+    if n:
+        print(f"{k[0]:<48} {k[1]:<44} {n:>6.0f} {sums[k] / n * 1000:>9.2f}")
+PY
+  log "concord's steps (mean per step): $BENCH_DIR/concord-steps.txt"
+  cat "$BENCH_DIR/concord-steps.txt" >&2
   python3 - "$BENCH_DIR" <<'PY'
 import glob, json, os, sys
 base = sys.argv[1]
