@@ -3,7 +3,7 @@
 //! what exists first, so a reconcile interrupted anywhere (a crash, a kill -9) converges when it
 //! runs again; teardown is unconditional and NotFound is success.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,10 @@ pub struct SandboxReconciler {
     journal: JournalHandle,
     settings: SandboxSettings,
     metrics: Arc<Metrics>,
+    /// The sandboxes the journal held when this process started.
+    replayed: HashSet<String>,
+    /// The sandboxes this process has begun to start.
+    attempted: parking_lot::Mutex<HashSet<String>>,
 }
 
 const IFNAME: &str = "eth0";
@@ -55,6 +59,7 @@ impl SandboxReconciler {
         settings: SandboxSettings,
         metrics: Arc<Metrics>,
     ) -> SandboxReconciler {
+        let replayed = journal.state().sandboxes.keys().cloned().collect();
         SandboxReconciler {
             ctd,
             images,
@@ -63,6 +68,8 @@ impl SandboxReconciler {
             journal,
             settings,
             metrics,
+            replayed,
+            attempted: Default::default(),
         }
     }
 
@@ -181,183 +188,231 @@ impl SandboxReconciler {
         }
     }
 
-    /// netns → CNI ADD → image → snapshot → container → task. Answers (ips, pid).
+    /// Whether this is the first start of a sandbox this process recorded: then no earlier
+    /// attempt (of this process or of one that crashed) can have left a CNI attachment, a
+    /// snapshot, a container or a task to check for or undo, and those round trips are skipped.
+    fn first_attempt(&self, id: &str) -> bool {
+        !self.replayed.contains(id) && self.attempted.lock().insert(id.to_string())
+    }
+
+    /// The network (netns → CNI ADD) alongside the pause container (files, image, snapshot,
+    /// container → task create → task start): neither needs the other until the pod is ready.
+    /// Answers (ips, pid).
     async fn start(&self, rec: &SandboxRecord) -> Result<(Vec<String>, u32), ReconcileError> {
+        let first = self.first_attempt(&rec.id);
+        let pause = async {
+            let mounts = self.pause_container(rec, first).await?;
+            self.start_pause(&rec.id, mounts, first).await
+        };
+        futures::future::try_join(self.attach_network(rec, first), pause).await
+    }
+
+    /// The pod's netns and its CNI ADD; answers the pod's IPs (none on the node's network).
+    async fn attach_network(
+        &self,
+        rec: &SandboxRecord,
+        first: bool,
+    ) -> Result<Vec<String>, ReconcileError> {
         let id = rec.id.as_str();
-        let netns_path = rec.netns_path.clone();
-        // The network and the pause container's filesystem do not depend on each other.
-        let network = async {
-            let Some(path) = &netns_path else {
-                return Ok::<_, ReconcileError>(Vec::new());
-            };
-            let path = PathBuf::from(path);
-            let fresh = !netns::exists(&path);
-            if fresh {
-                netns::remove(&path)
-                    .map_err(|e| Self::err(id, "creating the network namespace", e))?;
-                let p = path.clone();
-                self.timed(
-                    "netns",
-                    tokio::task::spawn_blocking(move || netns::create(&p)),
-                )
-                .await
-                .map_err(|e| Self::err(id, "creating the network namespace", e))?
-                .map_err(|e| Self::err(id, "creating the network namespace", e))?;
+        let Some(path) = &rec.netns_path else {
+            return Ok(Vec::new());
+        };
+        let path = PathBuf::from(path);
+        let fresh = !netns::exists(&path);
+        if fresh {
+            netns::remove(&path).map_err(|e| Self::err(id, "creating the network namespace", e))?;
+            let p = path.clone();
+            self.timed(
+                "netns",
+                tokio::task::spawn_blocking(move || netns::create(&p)),
+            )
+            .await
+            .map_err(|e| Self::err(id, "creating the network namespace", e))?
+            .map_err(|e| Self::err(id, "creating the network namespace", e))?;
+        }
+        let net = match self.network.status() {
+            NetworkStatus::Ready(n) => n,
+            NetworkStatus::NotReady(why) => {
+                return Err(Self::err(
+                    id,
+                    "CNI ADD",
+                    format!("network not ready: {why}"),
+                ))
             }
-            let net = match self.network.status() {
-                NetworkStatus::Ready(n) => n,
-                NetworkStatus::NotReady(why) => {
-                    return Err(Self::err(
-                        id,
-                        "CNI ADD",
-                        format!("network not ready: {why}"),
-                    ))
-                }
-            };
-            let attachment = self.attachment(rec);
-            // An ADD that finished before a crash is kept (its namespace still exists).
-            if !fresh {
-                if let Some(result) = self.cni.cached_result(&net.name, &attachment) {
-                    return Ok(ips_of(&result));
-                }
+        };
+        let attachment = self.attachment(rec);
+        // An ADD that finished before a crash is kept (its namespace still exists).
+        if !fresh {
+            if let Some(result) = self.cni.cached_result(&net.name, &attachment) {
+                return Ok(ips_of(&result));
             }
-            // A stale result (new namespace) or an ADD a crash interrupted: undo it first.
-            if let Err(e) = self.cni.del(Some(&net), &net.name, &attachment).await {
+        }
+        // A stale result (new namespace) or an ADD a crash interrupted: undo it first.
+        if !(fresh && first) {
+            let del = self.cni.del(Some(&net), &net.name, &attachment);
+            if let Err(e) = self.timed("cni_del_before_add", del).await {
                 tracing::debug!(sandbox_id = id, error = %e, "CNI DEL before ADD failed");
             }
-            let result = self
-                .timed("cni_add", self.cni.add(&net, &attachment))
-                .await
-                .map_err(|e| Self::err(id, "CNI ADD", e))?;
-            Ok(ips_of(&result))
-        };
-        let filesystem = async {
-            // The files the pod's containers will mount (hostname, hosts, resolv.conf); synced
-            // writes, off the async threads (the network half runs meanwhile).
-            const FILES: &str = "writing the sandbox's hosts, hostname and resolv.conf";
-            let (dir, hostname, dns) = (
-                self.settings.layout.sandbox(id),
-                self.spec_input(rec).hostname,
-                rec.config.dns_config.clone(),
-            );
-            let own_ipc = !host_ipc(rec);
-            tokio::task::spawn_blocking(move || {
-                crate::oci::files::write_sandbox_files(
-                    &dir,
-                    &hostname,
-                    dns.as_ref(),
-                    &crate::oci::files::HostFiles::default(),
-                )?;
-                if own_ipc {
-                    crate::oci::files::mount_shm(&dir, SHM_SIZE)?;
-                }
-                Ok::<_, std::io::Error>(())
-            })
+        }
+        let result = self
+            .timed("cni_add", self.cni.add(&net, &attachment))
             .await
-            .map_err(|e| Self::err(id, FILES, e))?
-            .map_err(|e| Self::err(id, FILES, e))?;
-            self.images
-                .ensure(&self.settings.sandbox_image)
-                .await
-                .map_err(|e| Self::err(id, "pulling the sandbox image", e))?;
-            let img = self
-                .images
-                .index()
-                .find(&self.settings.sandbox_image)
-                .cloned()
-                .ok_or_else(|| {
-                    Self::err(
-                        id,
-                        "pulling the sandbox image",
-                        "image not in the index after the pull",
-                    )
-                })?;
-            // The snapshot is held by a lease until the container references it.
-            let lease = format!("concord-sandbox-{}", fastrand::u64(..));
-            self.ctd
-                .create_lease(&lease, Duration::from_secs(600), &format!("sandbox:{id}"))
-                .await?;
-            let made = async {
-                let mounts = match self
-                    .ctd
-                    .snapshot_mounts(&self.settings.snapshotter, id)
-                    .await?
-                {
-                    Some(m) => m,
-                    None => {
-                        self.timed(
-                            "snapshot",
-                            self.ctd.prepare_snapshot(
-                                &self.settings.snapshotter,
-                                id,
-                                &img.resolved.chain_id,
-                                &format!("sandbox:{id}"),
-                                &lease,
-                            ),
-                        )
-                        .await?
-                    }
-                };
-                if !self.ctd.container_exists(id).await? {
-                    let handler = self
-                        .settings
-                        .runtime
-                        .handler(&rec.runtime_handler)
-                        .ok_or_else(|| {
-                            Self::err(
-                                id,
-                                "creating the sandbox container",
-                                format!(
-                                    "runtime handler {:?} is no longer configured",
-                                    rec.runtime_handler
-                                ),
-                            )
-                        })?;
-                    let runtime = ContainerRuntime::of(
-                        handler,
-                        self.settings.runtime.cgroup_driver == "systemd",
-                    );
-                    let mut input = self.spec_input(rec);
-                    input.seccomp = crate::oci::seccomp::for_sandbox(&rec.config)
-                        .map_err(|e| Self::err(id, "building the sandbox spec", e))?;
-                    let spec = sandbox_spec(&input, &img.resolved.config);
-                    let labels =
-                        [("io.cri-containerd.kind".to_string(), "sandbox".to_string())].into();
-                    self.timed(
-                        "container_create",
-                        self.ctd.create_container(
-                            id,
-                            &self.settings.sandbox_image,
-                            &runtime,
-                            &spec,
-                            &self.settings.snapshotter,
-                            id,
-                            &format!("sandbox:{id}"),
-                            labels,
-                        ),
-                    )
-                    .await?;
-                }
-                Ok::<_, ReconcileError>(mounts)
-            }
-            .await;
-            if let Err(e) = self.ctd.delete_lease(&lease).await {
-                tracing::warn!(sandbox_id = id, lease, error = %e, "cannot delete a sandbox lease; it expires");
-            }
-            let mounts = made?;
-            Ok::<_, ReconcileError>(mounts)
-        };
-        let (ips, mounts) = futures::future::try_join(network, filesystem).await?;
-        // A task left by an interrupted start is replaced.
-        self.ctd.end_task(id, Duration::from_secs(10)).await?;
-        let pid = self
-            .timed("task_start", async {
-                let pid = self.ctd.create_task(id, mounts).await?;
-                self.ctd.start_task(id).await?;
-                Ok::<_, ReconcileError>(pid)
-            })
+            .map_err(|e| Self::err(id, "CNI ADD", e))?;
+        Ok(ips_of(&result))
+    }
+
+    /// The pod's files, the pause image, its snapshot and the pause container; answers the
+    /// snapshot's mounts.
+    async fn pause_container(
+        &self,
+        rec: &SandboxRecord,
+        first: bool,
+    ) -> Result<Vec<containerd_client::types::Mount>, ReconcileError> {
+        let id = rec.id.as_str();
+        self.write_files(rec).await?;
+        self.images
+            .ensure(&self.settings.sandbox_image)
+            .await
+            .map_err(|e| Self::err(id, "pulling the sandbox image", e))?;
+        let img = self
+            .images
+            .index()
+            .find(&self.settings.sandbox_image)
+            .cloned()
+            .ok_or_else(|| {
+                Self::err(
+                    id,
+                    "pulling the sandbox image",
+                    "image not in the index after the pull",
+                )
+            })?;
+        // The snapshot is held by a lease until the container references it.
+        let lease = format!("concord-sandbox-{}", fastrand::u64(..));
+        self.ctd
+            .create_lease(&lease, Duration::from_secs(600), &format!("sandbox:{id}"))
             .await?;
-        Ok((ips, pid))
+        let owner = format!("sandbox:{id}");
+        let made = async {
+            let existing = match first {
+                true => None,
+                false => {
+                    self.ctd
+                        .snapshot_mounts(&self.settings.snapshotter, id)
+                        .await?
+                }
+            };
+            let mounts = match existing {
+                Some(m) => m,
+                None => {
+                    let prepare = self.ctd.prepare_snapshot(
+                        &self.settings.snapshotter,
+                        id,
+                        &img.resolved.chain_id,
+                        &owner,
+                        &lease,
+                    );
+                    self.timed("snapshot", prepare).await?
+                }
+            };
+            if first || !self.ctd.container_exists(id).await? {
+                self.create_pause(rec, &img.resolved.config).await?;
+            }
+            Ok::<_, ReconcileError>(mounts)
+        }
+        .await;
+        if let Err(e) = self.ctd.delete_lease(&lease).await {
+            tracing::warn!(sandbox_id = id, lease, error = %e, "cannot delete a sandbox lease; it expires");
+        }
+        made
+    }
+
+    /// The files the pod's containers will mount (hostname, hosts, resolv.conf) and its
+    /// /dev/shm; synced writes, off the async threads (the network half runs meanwhile).
+    async fn write_files(&self, rec: &SandboxRecord) -> Result<(), ReconcileError> {
+        const FILES: &str = "writing the sandbox's hosts, hostname and resolv.conf";
+        let (dir, hostname, dns) = (
+            self.settings.layout.sandbox(&rec.id),
+            self.spec_input(rec).hostname,
+            rec.config.dns_config.clone(),
+        );
+        let own_ipc = !host_ipc(rec);
+        tokio::task::spawn_blocking(move || {
+            crate::oci::files::write_sandbox_files(
+                &dir,
+                &hostname,
+                dns.as_ref(),
+                &crate::oci::files::HostFiles::default(),
+            )?;
+            if own_ipc {
+                crate::oci::files::mount_shm(&dir, SHM_SIZE)?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| Self::err(&rec.id, FILES, e))?
+        .map_err(|e| Self::err(&rec.id, FILES, e))
+    }
+
+    /// The pause container in containerd (its spec from the pod config and the image config).
+    async fn create_pause(
+        &self,
+        rec: &SandboxRecord,
+        image_config: &crate::image::manifest::ImageConfig,
+    ) -> Result<(), ReconcileError> {
+        let id = rec.id.as_str();
+        let handler = self
+            .settings
+            .runtime
+            .handler(&rec.runtime_handler)
+            .ok_or_else(|| {
+                Self::err(
+                    id,
+                    "creating the sandbox container",
+                    format!(
+                        "runtime handler {:?} is no longer configured",
+                        rec.runtime_handler
+                    ),
+                )
+            })?;
+        let runtime =
+            ContainerRuntime::of(handler, self.settings.runtime.cgroup_driver == "systemd");
+        let mut input = self.spec_input(rec);
+        input.seccomp = crate::oci::seccomp::for_sandbox(&rec.config)
+            .map_err(|e| Self::err(id, "building the sandbox spec", e))?;
+        let spec = sandbox_spec(&input, image_config);
+        let labels = [("io.cri-containerd.kind".to_string(), "sandbox".to_string())].into();
+        let owner = format!("sandbox:{id}");
+        let create = self.ctd.create_container(
+            id,
+            &self.settings.sandbox_image,
+            &runtime,
+            &spec,
+            &self.settings.snapshotter,
+            id,
+            &owner,
+            labels,
+        );
+        self.timed("container_create", create).await?;
+        Ok(())
+    }
+
+    /// Creates and starts the pause task; answers its pid.
+    async fn start_pause(
+        &self,
+        id: &str,
+        mounts: Vec<containerd_client::types::Mount>,
+        first: bool,
+    ) -> Result<u32, ReconcileError> {
+        if !first {
+            // A task left by an interrupted start is replaced.
+            self.ctd.end_task(id, Duration::from_secs(10)).await?;
+        }
+        self.timed("task_start", async {
+            let pid = self.ctd.create_task(id, mounts).await?;
+            self.ctd.start_task(id).await?;
+            Ok::<_, ReconcileError>(pid)
+        })
+        .await
     }
 
     fn spec_input(&self, rec: &SandboxRecord) -> SandboxSpec {
@@ -429,9 +484,16 @@ impl SandboxReconciler {
     /// Task, then CNI DEL (always, also when the netns is gone), then the netns.
     async fn stop(&self, rec: &SandboxRecord) -> Result<(), ReconcileError> {
         let id = rec.id.as_str();
-        self.timed("task_stop", self.ctd.end_task(id, Duration::from_secs(10)))
-            .await?;
-        if rec.netns_path.is_some() {
+        // The pause task and the pod's network do not depend on each other: both at once.
+        let task = async {
+            self.timed("task_stop", self.ctd.end_task(id, Duration::from_secs(10)))
+                .await
+                .map_err(ReconcileError::from)
+        };
+        let network = async {
+            if rec.netns_path.is_none() {
+                return Ok(());
+            }
             let net = match self.network.status() {
                 NetworkStatus::Ready(n) => Some(n),
                 NetworkStatus::NotReady(_) => None,
@@ -442,8 +504,9 @@ impl SandboxReconciler {
                 self.cni.del(net.as_ref(), &name, &self.attachment(rec)),
             )
             .await
-            .map_err(|e| Self::err(id, "CNI DEL", e))?;
-        }
+            .map_err(|e| Self::err(id, "CNI DEL", e))
+        };
+        futures::future::try_join(task, network).await?;
         if let Some(p) = &rec.netns_path {
             self.timed("netns_remove", async { netns::remove(&PathBuf::from(p)) })
                 .await
@@ -467,6 +530,7 @@ impl SandboxReconciler {
         // containers share its shim, grouped by the sandbox-id annotation, so containers need
         // no scan of their own.) One /proc scan per pod removal.
         self.ctd.kill_shims_of(id).await;
+        self.attempted.lock().remove(id);
         let dir = self.settings.layout.sandbox(id);
         crate::oci::files::unmount_shm(&dir)
             .map_err(|e| Self::err(id, "unmounting the pod's /dev/shm", e))?;
