@@ -24,7 +24,7 @@ pub fn crash_point(name: &str) {
 }
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::future::select_all;
 use futures::FutureExt;
@@ -150,7 +150,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let cni = Cni::new(
         config.cni.bin_dirs.clone(),
         config.layout().cni_cache(),
-        Duration::from_secs(config.cni.plugin_timeout_seconds),
+        config.cni.plugin_timeout_seconds,
     )
     .with_metrics(metrics.clone());
     let attachments = crate::attach::Attachments::new(16 * 1024);
@@ -182,7 +182,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 log_writer: std::env::current_exe()
                     .unwrap_or_else(|_| std::path::PathBuf::from("/usr/local/bin/concord")),
                 max_log_line: 16 * 1024,
-                reconcile_timeout: std::time::Duration::from_secs(config.reconcile.timeout_seconds),
+                reconcile_timeout: config.reconcile.timeout_seconds,
             },
             attachments.clone(),
         )),
@@ -254,7 +254,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let stats = crate::stats::Collector::new(
         journal.clone(),
         images.clone(),
-        Duration::from_secs(config.stats.interval_seconds),
+        config.stats.interval_seconds,
         metrics.clone(),
     );
     let stats_task = stats.spawn(loop_stop.clone());
@@ -276,7 +276,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let (health, health_task) = spawn_health_monitor(
         ctd.clone(),
-        Duration::from_secs(config.containerd.health_interval_seconds),
+        config.containerd.health_interval_seconds,
         metrics.clone(),
         loop_stop.clone(),
         on_ready,
@@ -290,16 +290,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }),
         loop_stop.clone(),
     );
-    let cni_task = network.spawn_watcher(
-        Duration::from_secs(config.cni.rescan_interval_seconds),
-        loop_stop.clone(),
-    );
-    let metrics_task = match config.metrics_socket_addr() {
+    let cni_task = network.spawn_watcher(config.cni.rescan_interval_seconds, loop_stop.clone());
+    let metrics_task = match config.metrics_address {
         Some(addr) => {
             let (bound, task) = metrics::serve(addr, metrics.clone(), loop_stop.clone())
                 .await
                 .map_err(|source| DaemonError::Metrics {
-                    addr: config.metrics_address.clone(),
+                    addr: addr.to_string(),
                     source,
                 })?;
             tracing::info!(address = %bound, "metrics listener on http://{bound}/metrics");
@@ -308,45 +305,35 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         None => None,
     };
 
-    let stream_addr: std::net::SocketAddr =
-        config
-            .stream_address
-            .parse()
-            .map_err(|e: std::net::AddrParseError| DaemonError::Stream {
-                addr: config.stream_address.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-            })?;
-    let tls = if config.stream_tls_cert_file.is_empty() {
-        None
-    } else {
-        Some(
-            crate::stream::tls_config(
-                std::path::Path::new(&config.stream_tls_cert_file),
-                std::path::Path::new(&config.stream_tls_key_file),
+    let stream_addr = config.stream_address;
+    let tls = match (&config.stream_tls_cert_file, &config.stream_tls_key_file) {
+        (Some(cert), Some(key)) => {
+            Some(
+                crate::stream::tls_config(cert, key).map_err(|e| DaemonError::Stream {
+                    addr: stream_addr.to_string(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                })?,
             )
-            .map_err(|e| DaemonError::Stream {
-                addr: config.stream_address.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-            })?,
-        )
+        }
+        _ => None,
     };
     let (stream, stream_task) = crate::stream::StreamServer::bind(
         stream_addr,
-        Duration::from_secs(config.stream_token_ttl_seconds),
+        config.stream_token_ttl_seconds,
         tls,
         crate::stream::Context {
             containerd: ctd.clone(),
             journal: journal.clone(),
             layout: config.layout(),
             metrics: metrics.clone(),
-            idle_timeout: Duration::from_secs(config.stream_idle_timeout_seconds),
+            idle_timeout: config.stream_idle_timeout_seconds,
             attachments: attachments.clone(),
         },
         serve_stop.clone(),
     )
     .await
     .map_err(|source| DaemonError::Stream {
-        addr: config.stream_address.clone(),
+        addr: stream_addr.to_string(),
         source,
     })?;
     tracing::info!(url = stream.base_url(), "streaming server listening");
@@ -421,11 +408,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // Stop accepting, let in-flight RPCs finish (bounded), then the loop, then the journal.
     serve_stop.cancel();
     if !server_task.is_finished()
-        && tokio::time::timeout(config.shutdown_grace(), &mut server_task)
+        && tokio::time::timeout(config.shutdown_grace_seconds, &mut server_task)
             .await
             .is_err()
     {
-        tracing::warn!(grace = ?config.shutdown_grace(), "in-flight RPCs did not finish in time");
+        tracing::warn!(grace = ?config.shutdown_grace_seconds, "in-flight RPCs did not finish in time");
         server_task.abort();
     }
     loop_stop.cancel();
