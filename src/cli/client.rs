@@ -15,6 +15,20 @@ async fn connect(config: &Config) -> anyhow::Result<tonic::transport::Channel> {
     })
 }
 
+/// A CRI RuntimeService client of a running concord.
+async fn runtime_client(
+    config: &Config,
+) -> anyhow::Result<
+    k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+> {
+    Ok(k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(connect(config).await?))
+}
+
+/// A failed RPC, as the daemon explains it.
+fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}
+
 pub async fn load(config: &Config, file: PathBuf) -> anyhow::Result<()> {
     use concord::proto::images_client::ImagesClient;
     let file = std::path::absolute(&file)?;
@@ -24,7 +38,7 @@ pub async fn load(config: &Config, file: PathBuf) -> anyhow::Result<()> {
             file_path: file.display().to_string(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(rpc_error)?
         .into_inner();
     for name in r.images {
         println!("{name}");
@@ -45,7 +59,7 @@ pub async fn pull(config: &Config, image: String) -> anyhow::Result<()> {
             ..Default::default()
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(rpc_error)?
         .into_inner();
     println!("{}", r.image_ref);
     Ok(())
@@ -57,7 +71,7 @@ pub async fn list_images(config: &Config) -> anyhow::Result<()> {
     let r = client
         .list_images(k8s_cri::v1::ListImagesRequest::default())
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(rpc_error)?
         .into_inner();
     for img in r.images {
         let tags = if img.repo_tags.is_empty() {
@@ -94,7 +108,7 @@ pub async fn run_pod(
             host_ip: String::new(),
         });
     }
-    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(connect(config).await?);
+    let mut client = runtime_client(config).await?;
     let r = client
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(cri::PodSandboxConfig {
@@ -112,7 +126,7 @@ pub async fn run_pod(
             runtime_handler: handler,
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(rpc_error)?
         .into_inner();
     println!("{}", r.pod_sandbox_id);
     Ok(())
@@ -120,11 +134,11 @@ pub async fn run_pod(
 
 pub async fn pods(config: &Config) -> anyhow::Result<()> {
     use k8s_cri::v1 as cri;
-    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(connect(config).await?);
+    let mut client = runtime_client(config).await?;
     let items = client
         .list_pod_sandbox(cri::ListPodSandboxRequest::default())
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(rpc_error)?
         .into_inner()
         .items;
     for p in items {
@@ -164,7 +178,7 @@ pub async fn run_container(
     command: Vec<String>,
 ) -> anyhow::Result<()> {
     use k8s_cri::v1 as cri;
-    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(connect(config).await?);
+    let mut client = runtime_client(config).await?;
     let id = client
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod,
@@ -184,7 +198,7 @@ pub async fn run_container(
             sandbox_config: None,
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(rpc_error)?
         .into_inner()
         .container_id;
     client
@@ -192,18 +206,18 @@ pub async fn run_container(
             container_id: id.clone(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        .map_err(rpc_error)?;
     println!("{id}");
     Ok(())
 }
 
 pub async fn containers(config: &Config) -> anyhow::Result<()> {
     use k8s_cri::v1 as cri;
-    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(connect(config).await?);
+    let mut client = runtime_client(config).await?;
     let list = client
         .list_containers(cri::ListContainersRequest::default())
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(rpc_error)?
         .into_inner()
         .containers;
     for c in list {
@@ -228,7 +242,7 @@ pub async fn containers(config: &Config) -> anyhow::Result<()> {
 
 pub async fn pod_op(config: &Config, id: String, remove: bool) -> anyhow::Result<()> {
     use k8s_cri::v1 as cri;
-    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(connect(config).await?);
+    let mut client = runtime_client(config).await?;
     let r = if remove {
         client
             .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
@@ -240,7 +254,7 @@ pub async fn pod_op(config: &Config, id: String, remove: bool) -> anyhow::Result
             .await
             .map(|_| ())
     };
-    r.map_err(|s| anyhow::anyhow!("{}", s.message()))
+    r.map_err(rpc_error)
 }
 
 pub async fn status(config: &Config) -> anyhow::Result<()> {

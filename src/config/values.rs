@@ -12,45 +12,45 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// [`or_empty::parse`] instead of making the flag's presence the option.
 pub type OrEmpty<T> = Option<T>;
 
-/// A duration spelled as whole seconds (`timeout_seconds = 60`, `--...-seconds=60`).
-pub mod secs {
-    use super::*;
+/// A serde `with` module and a flag parser for a duration spelled as a whole number of units.
+macro_rules! whole_units {
+    ($name:ident, $from:ident, $nanos_per_unit:expr, $unit:literal, $example:literal) => {
+        #[doc = concat!("A duration spelled as whole ", $unit, " (", $example, ").")]
+        pub mod $name {
+            use super::*;
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_secs())
-    }
+            pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_u64(u64::try_from(d.as_nanos() / $nanos_per_unit).unwrap_or(u64::MAX))
+            }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_secs)
-    }
+            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+                u64::deserialize(d).map(Duration::$from)
+            }
 
-    /// A flag value: whole seconds.
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        s.parse()
-            .map(Duration::from_secs)
-            .map_err(|e| format!("expected whole seconds: {e}"))
-    }
+            /// A flag value.
+            pub fn parse(s: &str) -> Result<Duration, String> {
+                s.parse()
+                    .map(Duration::$from)
+                    .map_err(|e| format!(concat!("expected whole ", $unit, ": {}"), e))
+            }
+        }
+    };
 }
 
-/// A duration spelled as whole milliseconds (`backoff_base_ms = 100`).
-pub mod millis {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
-    }
-
-    /// A flag value: whole milliseconds.
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        s.parse()
-            .map(Duration::from_millis)
-            .map_err(|e| format!("expected whole milliseconds: {e}"))
-    }
-}
+whole_units!(
+    secs,
+    from_secs,
+    1_000_000_000,
+    "seconds",
+    "`timeout_seconds = 60`"
+);
+whole_units!(
+    millis,
+    from_millis,
+    1_000_000,
+    "milliseconds",
+    "`backoff_base_ms = 100`"
+);
 
 /// [`OrEmpty`] in TOML and as a flag value.
 pub mod or_empty {
