@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_cri::v1 as cri;
 
 use super::{ApiError, Runtime};
+use crate::config::CgroupDriver;
 use crate::journal::{Event, ObjectKey};
 
 impl Runtime {
@@ -14,9 +15,9 @@ impl Runtime {
         &self,
         _req: cri::RuntimeConfigRequest,
     ) -> Result<cri::RuntimeConfigResponse, ApiError> {
-        let driver = match self.config.runtime.cgroup_driver.as_str() {
-            "systemd" => cri::CgroupDriver::Systemd,
-            _ => cri::CgroupDriver::Cgroupfs,
+        let driver = match self.config.runtime.cgroup_driver {
+            CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+            CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
         };
         Ok(cri::RuntimeConfigResponse {
             linux: Some(cri::LinuxRuntimeConfiguration {

@@ -18,7 +18,7 @@ impl Runtime {
     fn config_info(&self) -> serde_json::Value {
         let c = &self.config;
         let mut v = serde_json::to_value(c).unwrap_or_default();
-        let systemd = c.runtime.cgroup_driver == "systemd";
+        let systemd = c.runtime.systemd_cgroup();
         let runtimes: serde_json::Map<String, serde_json::Value> = c
             .runtime
             .handlers
@@ -38,7 +38,7 @@ impl Runtime {
         let (stream_host, stream_port) = bound
             .rsplit_once(':')
             .map(|(h, p)| (h.to_string(), p.to_string()))
-            .unwrap_or_else(|| (c.stream_address.clone(), String::new()));
+            .unwrap_or_else(|| (c.stream_address.to_string(), String::new()));
         if let Some(m) = v.as_object_mut() {
             let compat = serde_json::json!({
                 "sandboxImage": c.sandbox_image,
@@ -60,8 +60,8 @@ impl Runtime {
                 "enableSelinux": false,
                 "streamServerAddress": stream_host,
                 "streamServerPort": stream_port,
-                "streamIdleTimeout": format!("{}s", c.stream_idle_timeout_seconds),
-                "statsCollectPeriod": c.stats.interval_seconds,
+                "streamIdleTimeout": format!("{}s", c.stream_idle_timeout_seconds.as_secs()),
+                "statsCollectPeriod": c.stats.interval_seconds.as_secs(),
                 "rootDir": c.state_dir,
                 "stateDir": c.state_dir,
                 "containerdEndpoint": c.containerd.address,

@@ -24,7 +24,7 @@ pub fn crash_point(name: &str) {
 }
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::future::select_all;
 use futures::FutureExt;
@@ -222,7 +222,7 @@ fn build(
     let cni = Cni::new(
         config.cni.bin_dirs.clone(),
         config.layout().cni_cache(),
-        Duration::from_secs(config.cni.plugin_timeout_seconds),
+        config.cni.plugin_timeout_seconds,
     )
     .with_metrics(metrics.clone());
     let attachments = crate::attach::Attachments::new(16 * 1024);
@@ -254,7 +254,7 @@ fn build(
                 log_writer: std::env::current_exe()
                     .unwrap_or_else(|_| std::path::PathBuf::from("/usr/local/bin/concord")),
                 max_log_line: 16 * 1024,
-                reconcile_timeout: Duration::from_secs(config.reconcile.timeout_seconds),
+                reconcile_timeout: config.reconcile.timeout_seconds,
             },
             attachments.clone(),
         )),
@@ -319,7 +319,7 @@ async fn spawn_background(
     };
     let (health, health_task) = spawn_health_monitor(
         parts.ctd.clone(),
-        Duration::from_secs(config.containerd.health_interval_seconds),
+        config.containerd.health_interval_seconds,
         metrics.clone(),
         stops.r#loop.clone(),
         on_ready,
@@ -334,15 +334,16 @@ async fn spawn_background(
         }),
         stops.r#loop.clone(),
     );
-    background.push(parts.network.spawn_watcher(
-        Duration::from_secs(config.cni.rescan_interval_seconds),
-        stops.r#loop.clone(),
-    ));
-    if let Some(addr) = config.metrics_socket_addr() {
+    background.push(
+        parts
+            .network
+            .spawn_watcher(config.cni.rescan_interval_seconds, stops.r#loop.clone()),
+    );
+    if let Some(addr) = config.metrics_address {
         let (bound, task) = metrics::serve(addr, metrics.clone(), stops.r#loop.clone())
             .await
             .map_err(|source| DaemonError::Metrics {
-                addr: config.metrics_address.clone(),
+                addr: addr.to_string(),
                 source,
             })?;
         tracing::info!(address = %bound, "metrics listener on http://{bound}/metrics");
@@ -367,36 +368,28 @@ async fn serve(
     stops: &Stops,
     tasks: &mut Tasks,
 ) -> Result<ServerTask, DaemonError> {
+    let stream_addr = config.stream_address;
     let stream_error = |source| DaemonError::Stream {
-        addr: config.stream_address.clone(),
+        addr: stream_addr.to_string(),
         source,
     };
-    let stream_addr: std::net::SocketAddr = config
-        .stream_address
-        .parse()
-        .map_err(|e| stream_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
     let tls =
-        if config.stream_tls_cert_file.is_empty() {
-            None
-        } else {
-            let tls = crate::stream::tls_config(
-                std::path::Path::new(&config.stream_tls_cert_file),
-                std::path::Path::new(&config.stream_tls_key_file),
-            );
-            Some(tls.map_err(|e| {
+        match (&config.stream_tls_cert_file, &config.stream_tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::stream::tls_config(cert, key).map_err(|e| {
                 stream_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-            })?)
+            })?),
+            _ => None,
         };
     let (stream, stream_task) = crate::stream::StreamServer::bind(
         stream_addr,
-        Duration::from_secs(config.stream_token_ttl_seconds),
+        config.stream_token_ttl_seconds,
         tls,
         crate::stream::Context {
             containerd: parts.ctd.clone(),
             journal: parts.journal.clone(),
             layout: config.layout(),
             metrics: parts.metrics.clone(),
-            idle_timeout: Duration::from_secs(config.stream_idle_timeout_seconds),
+            idle_timeout: config.stream_idle_timeout_seconds,
             attachments: parts.attachments.clone(),
         },
         stops.serve.clone(),
@@ -409,7 +402,7 @@ async fn serve(
     let stats = crate::stats::Collector::new(
         parts.journal.clone(),
         parts.images.clone(),
-        Duration::from_secs(config.stats.interval_seconds),
+        config.stats.interval_seconds,
         parts.metrics.clone(),
     );
     tasks.background.push(stats.spawn(stops.r#loop.clone()));
@@ -448,11 +441,11 @@ type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 async fn shutdown(config: &Config, mut server_task: ServerTask, tasks: Tasks, stops: Stops) {
     stops.serve.cancel();
     if !server_task.is_finished()
-        && tokio::time::timeout(config.shutdown_grace(), &mut server_task)
+        && tokio::time::timeout(config.shutdown_grace_seconds, &mut server_task)
             .await
             .is_err()
     {
-        tracing::warn!(grace = ?config.shutdown_grace(), "in-flight RPCs did not finish in time");
+        tracing::warn!(grace = ?config.shutdown_grace_seconds, "in-flight RPCs did not finish in time");
         server_task.abort();
     }
     stops.r#loop.cancel();

@@ -59,9 +59,9 @@ impl ImageSettings {
             hosts_dir: c.registry_config_path.clone(),
             snapshotter: c.containerd.snapshotter.clone(),
             sandbox_image: c.sandbox_image.clone(),
-            progress_timeout: Duration::from_secs(c.image.pull_progress_timeout_seconds),
+            progress_timeout: c.image.pull_progress_timeout_seconds,
             max_concurrent_downloads: c.image.max_concurrent_downloads,
-            fs_sync_interval: Duration::from_secs(c.image.fs_sync_interval_seconds),
+            fs_sync_interval: c.image.fs_sync_interval_seconds,
             scratch_dir: c.layout().scratch(),
             load_max_bytes: c.image.load_max_bytes,
         }

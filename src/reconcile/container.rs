@@ -263,8 +263,7 @@ impl ContainerReconciler {
                     "the pod's runtime handler is no longer configured",
                 )
             })?;
-        let runtime =
-            ContainerRuntime::of(handler, self.settings.runtime.cgroup_driver == "systemd");
+        let runtime = ContainerRuntime::of(handler, self.settings.runtime.systemd_cgroup());
         let ctx = ContainerContext {
             id,
             sandbox_id: &rec.sandbox_id,
@@ -613,8 +612,7 @@ impl ContainerReconciler {
     ) -> Result<(), ReconcileError> {
         self.stopping.lock().remove(&rec.id);
         // The kernel's OOM kill count, read while the (empty) cgroup still exists.
-        let oom = self.settings.runtime.cgroup_driver != "systemd"
-            && oom_killed(&cgroups_path(rec, state));
+        let oom = !self.settings.runtime.systemd_cgroup() && oom_killed(&cgroups_path(rec, state));
         let (code, at) = self
             .ctd
             .delete_task_exit(&rec.id)

@@ -225,7 +225,7 @@ impl Controller {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let interval = Duration::from_secs(this.config.resync_interval_seconds);
+            let interval = this.config.resync_interval_seconds;
             loop {
                 tokio::select! {
                     biased;
@@ -398,7 +398,7 @@ impl Controller {
         let generation = state.generation(key);
         let span = tracing::info_span!("reconcile", kind = key.kind(), id = key.id(), generation);
         let start = Instant::now();
-        let limit = Duration::from_secs(self.config.timeout_seconds);
+        let limit = self.config.timeout_seconds;
         let result = tokio::time::timeout(
             limit,
             self.reconciler
@@ -483,10 +483,11 @@ impl Controller {
 pub fn backoff(config: &ReconcileConfig, retries: u32) -> Duration {
     let exp = config
         .backoff_base_ms
-        .saturating_mul(1u64 << retries.saturating_sub(1).min(32));
-    let capped = exp.min(config.backoff_max_ms) as f64;
-    let jittered = capped * (0.5 + fastrand::f64());
-    Duration::from_millis(jittered.min(config.backoff_max_ms as f64) as u64)
+        .saturating_mul(1u32 << retries.saturating_sub(1).min(31));
+    let capped = exp.min(config.backoff_max_ms);
+    capped
+        .mul_f64(0.5 + fastrand::f64())
+        .min(config.backoff_max_ms)
 }
 
 #[cfg(test)]
@@ -496,8 +497,8 @@ mod tests {
     #[test]
     fn backoff_grows_and_is_capped() {
         let c = ReconcileConfig {
-            backoff_base_ms: 100,
-            backoff_max_ms: 5_000,
+            backoff_base_ms: Duration::from_millis(100),
+            backoff_max_ms: Duration::from_millis(5_000),
             ..ReconcileConfig::default()
         };
         for _ in 0..100 {

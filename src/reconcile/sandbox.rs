@@ -374,8 +374,7 @@ impl SandboxReconciler {
                     ),
                 )
             })?;
-        let runtime =
-            ContainerRuntime::of(handler, self.settings.runtime.cgroup_driver == "systemd");
+        let runtime = ContainerRuntime::of(handler, self.settings.runtime.systemd_cgroup());
         let mut input = self.spec_input(rec);
         input.seccomp = crate::oci::seccomp::for_sandbox(&rec.config)
             .map_err(|e| Self::err(id, "building the sandbox spec", e))?;

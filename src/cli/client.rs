@@ -1,0 +1,331 @@
+//! The client commands: each talks to a running concord over its socket (`config.listen`), CRI or
+//! concord's own introspection API, and prints what it answers.
+
+use std::path::PathBuf;
+
+use concord::config::Config;
+
+/// A gRPC channel to a running concord's socket.
+async fn connect(config: &Config) -> anyhow::Result<tonic::transport::Channel> {
+    concord::uds::connect(&config.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to concord at {}: {e}",
+            config.listen.display()
+        )
+    })
+}
+
+/// A CRI RuntimeService client of a running concord.
+async fn runtime_client(
+    config: &Config,
+) -> anyhow::Result<
+    k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+> {
+    Ok(k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(connect(config).await?))
+}
+
+/// A failed RPC, as the daemon explains it.
+fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}
+
+pub async fn load(config: &Config, file: PathBuf) -> anyhow::Result<()> {
+    use concord::proto::images_client::ImagesClient;
+    let file = std::path::absolute(&file)?;
+    let mut client = ImagesClient::new(connect(config).await?);
+    let r = client
+        .load_image(concord::proto::LoadImageRequest {
+            file_path: file.display().to_string(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    for name in r.images {
+        println!("{name}");
+    }
+    Ok(())
+}
+
+pub async fn pull(config: &Config, image: String) -> anyhow::Result<()> {
+    use k8s_cri::v1::image_service_client::ImageServiceClient;
+    use k8s_cri::v1::{ImageSpec, PullImageRequest};
+    let mut client = ImageServiceClient::new(connect(config).await?);
+    let r = client
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("{}", r.image_ref);
+    Ok(())
+}
+
+pub async fn list_images(config: &Config) -> anyhow::Result<()> {
+    use k8s_cri::v1::image_service_client::ImageServiceClient;
+    let mut client = ImageServiceClient::new(connect(config).await?);
+    let r = client
+        .list_images(k8s_cri::v1::ListImagesRequest::default())
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    for img in r.images {
+        let tags = if img.repo_tags.is_empty() {
+            "<none>".to_string()
+        } else {
+            img.repo_tags.join(",")
+        };
+        println!(
+            "{}  {:>10}  {}",
+            &img.id[..19.min(img.id.len())],
+            img.size,
+            tags
+        );
+    }
+    Ok(())
+}
+
+pub async fn run_pod(
+    config: &Config,
+    name: String,
+    publish: Vec<String>,
+    handler: String,
+) -> anyhow::Result<()> {
+    use k8s_cri::v1 as cri;
+    let mut port_mappings = Vec::new();
+    for p in &publish {
+        let (host, container) = p
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--publish {p:?}: expected HOST:CONTAINER"))?;
+        port_mappings.push(cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            host_port: host.parse()?,
+            container_port: container.parse()?,
+            host_ip: String::new(),
+        });
+    }
+    let mut client = runtime_client(config).await?;
+    let r = client
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: name.clone(),
+                    uid: format!("{name}-uid"),
+                    namespace: "default".into(),
+                    attempt: 0,
+                }),
+                log_directory: format!("/var/log/pods/default_{name}_{name}-uid"),
+                hostname: name,
+                port_mappings,
+                ..Default::default()
+            }),
+            runtime_handler: handler,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("{}", r.pod_sandbox_id);
+    Ok(())
+}
+
+pub async fn pods(config: &Config) -> anyhow::Result<()> {
+    use k8s_cri::v1 as cri;
+    let mut client = runtime_client(config).await?;
+    let items = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .items;
+    for p in items {
+        let ip = client
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: p.id.clone(),
+                verbose: false,
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().status)
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        let state = if p.state == cri::PodSandboxState::SandboxReady as i32 {
+            "Ready"
+        } else {
+            "NotReady"
+        };
+        let name = p.metadata.map(|m| m.name).unwrap_or_default();
+        println!(
+            "{}  {:<8}  {:<15}  {}",
+            &p.id[..13.min(p.id.len())],
+            state,
+            if ip.is_empty() { "-" } else { &ip },
+            name
+        );
+    }
+    Ok(())
+}
+
+pub async fn run_container(
+    config: &Config,
+    pod: String,
+    name: String,
+    image: String,
+    command: Vec<String>,
+) -> anyhow::Result<()> {
+    use k8s_cri::v1 as cri;
+    let mut client = runtime_client(config).await?;
+    let id = client
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod,
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: name.clone(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image,
+                    ..Default::default()
+                }),
+                command,
+                log_path: format!("{name}.log"),
+                ..Default::default()
+            }),
+            sandbox_config: None,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .container_id;
+    client
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .map_err(rpc_error)?;
+    println!("{id}");
+    Ok(())
+}
+
+pub async fn containers(config: &Config) -> anyhow::Result<()> {
+    use k8s_cri::v1 as cri;
+    let mut client = runtime_client(config).await?;
+    let list = client
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .containers;
+    for c in list {
+        let state = cri::ContainerState::try_from(c.state)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("CONTAINER_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        println!(
+            "{}  {:<8}  pod {}  {}  {}",
+            &c.id[..13.min(c.id.len())],
+            state,
+            &c.pod_sandbox_id[..13.min(c.pod_sandbox_id.len())],
+            c.metadata.map(|m| m.name).unwrap_or_default(),
+            c.image.map(|i| i.image).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub async fn pod_op(config: &Config, id: String, remove: bool) -> anyhow::Result<()> {
+    use k8s_cri::v1 as cri;
+    let mut client = runtime_client(config).await?;
+    let r = if remove {
+        client
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .map(|_| ())
+    } else {
+        client
+            .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .map(|_| ())
+    };
+    r.map_err(rpc_error)
+}
+
+pub async fn status(config: &Config) -> anyhow::Result<()> {
+    use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+    use k8s_cri::v1::{StatusRequest, VersionRequest};
+    let mut client = RuntimeServiceClient::new(connect(config).await?);
+    let v = client
+        .version(VersionRequest::default())
+        .await?
+        .into_inner();
+    let s = client
+        .status(StatusRequest { verbose: false })
+        .await?
+        .into_inner();
+    let conditions: Vec<serde_json::Value> = s
+        .status
+        .map(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| serde_json::json!({"type": c.r#type, "status": c.status, "reason": c.reason, "message": c.message}))
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "runtime_name": v.runtime_name,
+            "runtime_version": v.runtime_version,
+            "runtime_api_version": v.runtime_api_version,
+            "conditions": conditions,
+        }))?
+    );
+    Ok(())
+}
+
+pub async fn inspect(config: &Config, kind: String) -> anyhow::Result<()> {
+    use concord::proto::introspection_client::IntrospectionClient;
+    use concord::proto::{JournalInfoRequest, ListObjectsRequest};
+    let channel = connect(config).await?;
+    let mut client = IntrospectionClient::new(channel);
+    let j = client
+        .journal_info(JournalInfoRequest {})
+        .await?
+        .into_inner();
+    println!(
+        "{}",
+        serde_json::json!({
+            "journal": {
+                "path": j.path, "schema_version": j.schema_version, "last_seq": j.last_seq,
+                "snapshot_seq": j.snapshot_seq, "events_since_snapshot": j.events_since_snapshot,
+                "replayed_at_start": j.replayed_at_start,
+            }
+        })
+    );
+    let objects = client
+        .list_objects(ListObjectsRequest {
+            kind,
+            id_prefix: String::new(),
+        })
+        .await?
+        .into_inner()
+        .objects;
+    for o in objects {
+        println!(
+            "{}",
+            serde_json::json!({
+                "kind": o.kind, "id": o.id, "generation": o.generation,
+                "observed_generation": o.observed_generation, "pending": o.pending,
+                "retries": o.retries, "last_error": o.last_error,
+                "desired": serde_json::from_str::<serde_json::Value>(&o.desired).unwrap_or_default(),
+                "observed": serde_json::from_str::<serde_json::Value>(&o.observed).unwrap_or_default(),
+            })
+        );
+    }
+    Ok(())
+}
