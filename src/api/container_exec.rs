@@ -31,11 +31,12 @@ impl Runtime {
             )));
         }
         let spec = self.containerd.container_spec(&id).await?;
-        let mut process = spec.get("process").cloned().ok_or_else(|| {
+        let mut process = spec.and_then(|s| s.process().clone()).ok_or_else(|| {
             ApiError::FailedPrecondition(format!("container {id} has no process spec"))
         })?;
-        process["args"] = serde_json::json!(req.cmd);
-        process["terminal"] = serde_json::json!(false);
+        process
+            .set_args(Some(req.cmd.clone()))
+            .set_terminal(Some(false));
         let exec_id = format!("exec-{:016x}", fastrand::u64(..));
         let dir = self.config.layout().exec(&id, &exec_id);
         std::fs::create_dir_all(&dir)

@@ -108,11 +108,11 @@ async fn session(
         .containerd
         .container_spec(id)
         .await?
-        .get("process")
-        .cloned()
+        .and_then(|s| s.process().clone())
         .ok_or("the container has no process spec")?;
-    process["args"] = serde_json::json!(req.cmd);
-    process["terminal"] = serde_json::json!(req.tty);
+    process
+        .set_args(Some(req.cmd.clone()))
+        .set_terminal(Some(req.tty));
     std::fs::create_dir_all(dir)?;
     let mut io = TaskIo {
         terminal: req.tty,
