@@ -494,9 +494,6 @@ mod tests {
         let ctx = test_ctx(&sandbox, "busybox");
         let spec = container_spec(&c, &image(&["/ep"], &[]), &ctx, None).unwrap();
         let v = serde_json::to_value(&spec).unwrap();
-        if std::env::var_os("CONCORD_DUMP_SPEC").is_some() {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap());
-        }
         let top = [
             "annotations",
             "hostname",
