@@ -391,14 +391,10 @@ pub(super) fn user_mount(i: usize, m: &cri::Mount) -> Result<(Mount, &'static st
 
 /// The image's declared volumes that no mount covers: an empty directory of the container's.
 fn image_volumes(inp: &Inputs, user_paths: &[&str]) -> Vec<Mount> {
-    let declared = inp
-        .image
-        .config
-        .as_ref()
-        .and_then(|c| c.volumes.clone())
-        .unwrap_or_default();
+    let declared = inp.image.config.as_ref().and_then(|c| c.volumes.as_ref());
     declared
-        .keys()
+        .into_iter()
+        .flat_map(|volumes| volumes.keys())
         .filter(|path| {
             !user_paths.contains(&path.as_str()) && check_container_path("image", path).is_ok()
         })
@@ -744,14 +740,7 @@ pub fn with_annotations(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> 
     if let Some(m) = &c.metadata {
         annotations.insert("io.kubernetes.cri.container-name".into(), m.name.clone());
     }
-    if let Some(m) = &ctx.sandbox.metadata {
-        annotations.insert("io.kubernetes.cri.sandbox-name".into(), m.name.clone());
-        annotations.insert(
-            "io.kubernetes.cri.sandbox-namespace".into(),
-            m.namespace.clone(),
-        );
-        annotations.insert("io.kubernetes.cri.sandbox-uid".into(), m.uid.clone());
-    }
+    super::annotations::insert_pod_identity(&mut annotations, ctx.sandbox.metadata.as_ref());
     spec.set_annotations(Some(annotations.into_iter().collect()));
     Ok(())
 }
