@@ -127,7 +127,7 @@ impl Runtime {
         let Some(resources) = req.linux else {
             return Ok(cri::UpdateContainerResourcesResponse {});
         };
-        crate::oci::spec_opts::check_resources("linux", &resources)?;
+        crate::oci::resources::check_resources("linux", &resources)?;
         if state.containers[&id].cri_state() == cri::ContainerState::ContainerExited {
             return Err(ApiError::FailedPrecondition(format!(
                 "container {id} has exited; its resources cannot change"

@@ -97,12 +97,12 @@ pub fn validate(inputs: &Inputs) -> Result<(), SpecError> {
     for (i, m) in c.mounts.iter().enumerate() {
         spec_opts::user_mount(i, m)?;
     }
-    spec_opts::check_resources("config.linux.resources", &inputs.resources)?;
+    super::resources::check_resources("config.linux.resources", &inputs.resources)?;
     for (i, dev) in c.devices.iter().enumerate() {
         spec_opts::device(i, dev)?;
     }
     if !sc.privileged {
-        spec_opts::seccomp(sc, &spec_opts::capabilities(sc))?;
+        spec_opts::seccomp(sc, &super::capabilities::capabilities(sc))?;
     }
     spec_opts::apparmor(sc)?;
     Ok(())

@@ -1,5 +1,6 @@
-//! OCI runtime specs: what runc is asked to run. Built as JSON (the spec is handed to containerd
-//! as JSON anyway), from the image config and what the pod asks for.
+//! OCI runtime specs: what runc is asked to run, from the image config and what the pod asks
+//! for. A container's is oci-spec's typed `Spec` (`container`, built by the options of
+//! `spec_opts`); the pause container's is still built as JSON here.
 
 use std::collections::BTreeMap;
 
@@ -9,9 +10,11 @@ use crate::image::manifest::ImageConfig;
 
 pub mod annotations;
 pub mod apparmor;
+pub mod capabilities;
 pub mod container;
 pub mod files;
 pub mod mountinfo;
+pub mod resources;
 pub mod seccomp;
 pub mod spec_opts;
 pub mod user;

@@ -9,14 +9,15 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxCapabilities, LinuxCpu, LinuxDevice, LinuxDeviceCgroup,
-    LinuxDeviceType, LinuxHugepageLimit, LinuxMemory, LinuxNamespace, LinuxNamespaceType,
-    LinuxResources, LinuxSeccomp, Mount, Process, Root, Spec, User,
+    LinuxCapabilities, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxNamespace,
+    LinuxNamespaceType, LinuxResources, LinuxSeccomp, Mount, Process, Root, Spec, User,
 };
 
+use super::capabilities::{capabilities, capability_set};
 use super::container::{check_container_path, environment, process_args, working_dir, Inputs};
+use super::resources::{check_resources, linux_resources};
 use super::user::{check_id, user};
-use super::{clamp_oom_score_adj, SpecError, DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS};
+use super::{clamp_oom_score_adj, SpecError, MASKED_PATHS, READONLY_PATHS};
 
 /// One concern of the spec.
 pub type SpecOpt = fn(&mut Spec, &Inputs) -> Result<(), SpecError>;
@@ -31,51 +32,6 @@ pub const OPTIONS: &[SpecOpt] = &[
     with_devices,
     with_security,
     with_annotations,
-];
-
-/// Every capability (what a privileged container gets; `ALL` in add/drop).
-pub const ALL_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// A spec with nothing in it but the OCI version (oci-spec's defaults are a shell
@@ -424,102 +380,6 @@ pub fn with_resources(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// The OCI `linux.resources` for CRI resources (unset values left out).
-pub fn linux_resources(res: &cri::LinuxContainerResources) -> LinuxResources {
-    let mut cpu = LinuxCpu::default();
-    let positive = |v: i64| (v > 0).then_some(v);
-    let text = |s: &String| (!s.is_empty()).then(|| s.clone());
-    cpu.set_shares(positive(res.cpu_shares).map(|v| v as u64))
-        .set_quota(positive(res.cpu_quota))
-        .set_period(positive(res.cpu_period).map(|v| v as u64))
-        .set_cpus(text(&res.cpuset_cpus))
-        .set_mems(text(&res.cpuset_mems));
-    // As containerd: the swap limit kubelet asks for (NodeSwap), else memory plus swap limited
-    // to the memory limit (no swap) where the host accounts swap.
-    let swap = if res.memory_swap_limit_in_bytes != 0 {
-        Some(res.memory_swap_limit_in_bytes)
-    } else if res.memory_limit_in_bytes > 0 && swap_accounted() {
-        Some(res.memory_limit_in_bytes)
-    } else {
-        None
-    };
-    let mut memory = LinuxMemory::default();
-    memory
-        .set_limit(positive(res.memory_limit_in_bytes))
-        .set_swap(swap);
-    let hugepages: Vec<LinuxHugepageLimit> = res
-        .hugepage_limits
-        .iter()
-        .map(|h| {
-            let mut l = LinuxHugepageLimit::default();
-            // oci-spec's limit is signed: past i64::MAX is no limit anyway.
-            l.set_page_size(h.page_size.clone())
-                .set_limit(i64::try_from(h.limit).unwrap_or(i64::MAX));
-            l
-        })
-        .collect();
-    let mut resources = LinuxResources::default();
-    resources
-        .set_cpu((cpu != LinuxCpu::default()).then_some(cpu))
-        .set_memory((memory != LinuxMemory::default()).then_some(memory))
-        .set_hugepage_limits((!hugepages.is_empty()).then_some(hugepages))
-        .set_unified((!res.unified.is_empty()).then(|| res.unified.clone()));
-    resources
-}
-
-/// Whether the host's memory cgroup accounts swap (v1 `memory.memsw.*`, v2 `memory.swap.max`
-/// files exist), so a swap limit can be set.
-pub fn swap_accounted() -> bool {
-    static ACCOUNTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ACCOUNTED.get_or_init(|| {
-        Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
-            || std::fs::read_dir("/sys/fs/cgroup")
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.path().join("memory.swap.max").exists())
-                })
-                .unwrap_or(false)
-    })
-}
-
-/// Refuses resource values no kernel would take, naming the field.
-pub fn check_resources(
-    field: &'static str,
-    r: &cri::LinuxContainerResources,
-) -> Result<(), SpecError> {
-    let negative = [
-        ("cpu_period", r.cpu_period),
-        ("cpu_shares", r.cpu_shares),
-        ("memory_limit_in_bytes", r.memory_limit_in_bytes),
-        ("memory_swap_limit_in_bytes", r.memory_swap_limit_in_bytes),
-    ];
-    if let Some((name, v)) = negative.iter().find(|(_, v)| *v < 0) {
-        return Err(SpecError::new(field, format!("{name} {v} is negative")));
-    }
-    if r.cpu_quota != 0 && r.cpu_quota != -1 && r.cpu_quota < 1000 {
-        return Err(SpecError::new(
-            field,
-            format!("cpu_quota {} is below 1000 microseconds", r.cpu_quota),
-        ));
-    }
-    if r.cpu_period != 0 && !(1000..=1_000_000).contains(&r.cpu_period) {
-        return Err(SpecError::new(
-            field,
-            format!(
-                "cpu_period {} is not 1000 to 1000000 microseconds",
-                r.cpu_period
-            ),
-        ));
-    }
-    if !(-1000..=1000).contains(&r.oom_score_adj) {
-        return Err(SpecError::new(
-            field,
-            format!("oom_score_adj {} is not -1000 to 1000", r.oom_score_adj),
-        ));
-    }
-    Ok(())
-}
-
 /// The CRI devices: their nodes in the container and the cgroup rules that let them be used
 /// (after the first rule: all allowed for a privileged container, else none).
 pub fn with_devices(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
@@ -593,74 +453,6 @@ fn device_numbers(host_path: &str) -> Result<(LinuxDeviceType, i64, i64), String
         nix::sys::stat::major(rdev) as i64,
         nix::sys::stat::minor(rdev) as i64,
     ))
-}
-
-/// Every capability concord itself may pass on: those of [`ALL_CAPABILITIES`] (indexed by
-/// number) in its own bounding set, as containerd gives privileged containers its current ones.
-/// A capability the host withholds from concord would make runc fail with EPERM.
-fn all_capabilities() -> Vec<String> {
-    static BOUNDING: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let bounding = *BOUNDING.get_or_init(|| {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("CapBnd:"))
-                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            })
-            .unwrap_or(u64::MAX)
-    });
-    ALL_CAPABILITIES
-        .iter()
-        .enumerate()
-        .filter(|(n, _)| bounding & (1u64 << n) != 0)
-        .map(|(_, c)| c.to_string())
-        .collect()
-}
-
-/// The capability set: the default (or all, privileged), plus `add`, minus `drop`.
-pub(super) fn capabilities(sc: &cri::LinuxContainerSecurityContext) -> Vec<String> {
-    if sc.privileged {
-        return all_capabilities();
-    }
-    let norm = |c: &String| {
-        let c = c.to_uppercase();
-        if c.starts_with("CAP_") || c == "ALL" {
-            c
-        } else {
-            format!("CAP_{c}")
-        }
-    };
-    let caps = sc.capabilities.clone().unwrap_or_default();
-    let add: Vec<String> = caps.add_capabilities.iter().map(norm).collect();
-    let drop: Vec<String> = caps.drop_capabilities.iter().map(norm).collect();
-    let mut set: Vec<String> = if drop.iter().any(|d| d == "ALL") {
-        vec![]
-    } else {
-        DEFAULT_CAPABILITIES
-            .iter()
-            .map(|c| c.to_string())
-            .filter(|c| !drop.contains(c))
-            .collect()
-    };
-    if add.iter().any(|a| a == "ALL") {
-        set = all_capabilities();
-    } else {
-        for a in add {
-            if !set.contains(&a) {
-                set.push(a);
-            }
-        }
-    }
-    set
-}
-
-/// The capability names as OCI's set. A name no kernel knows is left out: runc ignores it too.
-fn capability_set(names: &[String]) -> Capabilities {
-    names
-        .iter()
-        .filter_map(|n| serde_json::from_value::<Capability>(n.as_str().into()).ok())
-        .collect()
 }
 
 /// Capabilities; unless privileged the masked and read-only paths and seccomp; AppArmor.
@@ -743,35 +535,4 @@ pub fn with_annotations(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> 
     super::annotations::insert_pod_identity(&mut annotations, ctx.sandbox.metadata.as_ref());
     spec.set_annotations(Some(annotations.into_iter().collect()));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn capabilities_add_and_drop_with_all() {
-        let mut sc = cri::LinuxContainerSecurityContext {
-            capabilities: Some(cri::Capability {
-                add_capabilities: vec!["NET_ADMIN".into()],
-                drop_capabilities: vec!["CAP_CHOWN".into()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let caps = capabilities(&sc);
-        assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
-        assert!(!caps.contains(&"CAP_CHOWN".to_string()));
-        sc.capabilities = Some(cri::Capability {
-            drop_capabilities: vec!["ALL".into()],
-            ..Default::default()
-        });
-        assert!(capabilities(&sc).is_empty());
-    }
-
-    #[test]
-    fn unknown_capabilities_are_left_out_as_runc_does() {
-        let set = capability_set(&["CAP_CHOWN".into(), "CAP_NO_SUCH".into()]);
-        assert_eq!(set, [Capability::Chown].into());
-    }
 }

@@ -180,7 +180,7 @@ impl ContainerReconciler {
                             .and_then(|l| l.resources.clone())
                             .unwrap_or_default();
                         self.ctd
-                            .update_task(id, &crate::oci::spec_opts::linux_resources(&res))
+                            .update_task(id, &crate::oci::resources::linux_resources(&res))
                             .await?;
                     }
                 }
