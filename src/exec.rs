@@ -95,11 +95,11 @@ impl Exec {
             .ctd
             .container_spec(&self.id)
             .await?
-            .get("process")
-            .cloned()
+            .and_then(|s| s.process().clone())
             .ok_or(ExecError::NoProcessSpec)?;
-        process["args"] = serde_json::json!(command.cmd);
-        process["terminal"] = serde_json::json!(command.tty);
+        process
+            .set_args(Some(command.cmd.to_vec()))
+            .set_terminal(Some(command.tty));
         std::fs::create_dir_all(&self.dir).map_err(ExecError::StateDir)?;
         let (io, stdio) = self.fifos(command)?;
         self.created = true;

@@ -269,7 +269,7 @@ async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
     let s = status(&d, &id).await;
     // The swap limit is the memory limit where the host accounts swap (as containerd).
     let mut shown = limits.clone();
-    if concord::oci::container::swap_accounted() {
+    if concord::oci::resources::swap_accounted() {
         shown.memory_swap_limit_in_bytes = shown.memory_limit_in_bytes;
         assert_eq!(
             cgroup_value(

@@ -49,22 +49,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let text = serde_json::to_string(&spec).expect("a spec serializes");
     assert!(text.len() < 64 << 20);
-    for m in spec["mounts"].as_array().into_iter().flatten() {
-        let dest = m["destination"]
-            .as_str()
-            .expect("a mount has a destination");
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination().to_str().expect("a mount's destination is UTF-8");
         assert!(clean_abs(dest), "mount at {dest:?}");
     }
-    let args = spec["process"]["args"].as_array().expect("process.args");
-    assert!(!args.is_empty());
-    let cwd = spec["process"]["cwd"].as_str().expect("process.cwd");
+    let process = spec.process().as_ref().expect("a process");
+    assert!(!process.args().as_deref().unwrap_or_default().is_empty());
+    let cwd = process.cwd().to_str().expect("process.cwd is UTF-8");
     assert!(clean_abs(cwd), "cwd {cwd:?}");
-    for k in spec["annotations"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, _)| k)
-    {
+    for k in spec.annotations().iter().flatten().map(|(k, _)| k) {
         assert!(
             k.starts_with("io.kubernetes.cri."),
             "annotation {k:?} passed"

@@ -3,7 +3,7 @@
 //! resolved is one the kernel can take (0 ..= 2^32-2, no more than 65536 extra groups).
 #![no_main]
 use concord::image::manifest::ImageConfig;
-use concord::oci::container::{user, UserDb};
+use concord::oci::user::{user, UserDb};
 use k8s_cri::v1 as cri;
 use libfuzzer_sys::fuzz_target;
 

@@ -8,7 +8,7 @@ use k8s_cri::v1 as cri;
 
 use super::{ApiError, Runtime};
 use crate::journal::{container_name, ContainerDesired, Event, ObjectKey};
-use crate::oci::container::{check_container_path, container_spec, ContainerContext};
+use crate::oci::container::{check_container_path, validate, ContainerContext, Inputs};
 
 impl Runtime {
     pub async fn create_container(
@@ -25,37 +25,7 @@ impl Runtime {
         let config = req
             .config
             .ok_or_else(|| ApiError::invalid("config", "required"))?;
-        let meta = config
-            .metadata
-            .as_ref()
-            .ok_or_else(|| ApiError::invalid("config.metadata", "required"))?;
-        if meta.name.is_empty() || meta.name.contains('/') || meta.name.contains("..") {
-            return Err(ApiError::invalid(
-                "config.metadata.name",
-                format!("{:?} must be non-empty without '/' or '..'", meta.name),
-            ));
-        }
-        let image_name = config
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .filter(|i| !i.is_empty())
-            .ok_or_else(|| ApiError::invalid("config.image.image", "required"))?;
-        if std::path::Path::new(&config.log_path).is_absolute()
-            || config.log_path.split('/').any(|p| p == "..")
-        {
-            return Err(ApiError::invalid(
-                "config.log_path",
-                format!(
-                    "{:?} must be relative to the pod's log directory, without '..'",
-                    config.log_path
-                ),
-            ));
-        }
-        if !config.working_dir.is_empty() {
-            check_container_path("config.working_dir", &config.working_dir)
-                .map_err(|e| ApiError::invalid(e.field, e.reason))?;
-        }
+        let (meta, image_name) = check_request(&config)?;
         let state = self.journal.state();
         let sandbox = state
             .sandboxes
@@ -108,8 +78,7 @@ impl Runtime {
             volumes_dir: self.config.layout().container_volumes(&id),
             passthrough: Default::default(),
         };
-        container_spec(&config, &image.resolved.config, &ctx, None)
-            .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+        validate(&Inputs::new(&config, &image.resolved.config, &ctx, None))?;
         let log_path = if sandbox.config.log_directory.is_empty() || config.log_path.is_empty() {
             String::new()
         } else {
@@ -143,6 +112,43 @@ impl Runtime {
             })?;
         Ok(cri::CreateContainerResponse { container_id: id })
     }
+}
+
+/// The request's own fields (name, image, log path, working dir): its metadata and image name.
+fn check_request(
+    config: &cri::ContainerConfig,
+) -> Result<(&cri::ContainerMetadata, String), ApiError> {
+    let meta = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| ApiError::invalid("config.metadata", "required"))?;
+    if meta.name.is_empty() || meta.name.contains('/') || meta.name.contains("..") {
+        return Err(ApiError::invalid(
+            "config.metadata.name",
+            format!("{:?} must be non-empty without '/' or '..'", meta.name),
+        ));
+    }
+    let image_name = config
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| ApiError::invalid("config.image.image", "required"))?;
+    if std::path::Path::new(&config.log_path).is_absolute()
+        || config.log_path.split('/').any(|p| p == "..")
+    {
+        return Err(ApiError::invalid(
+            "config.log_path",
+            format!(
+                "{:?} must be relative to the pod's log directory, without '..'",
+                config.log_path
+            ),
+        ));
+    }
+    if !config.working_dir.is_empty() {
+        check_container_path("config.working_dir", &config.working_dir)?;
+    }
+    Ok((meta, image_name))
 }
 
 /// The pid of the container a TARGET pid namespace names, if it runs.

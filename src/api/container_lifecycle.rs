@@ -127,8 +127,7 @@ impl Runtime {
         let Some(resources) = req.linux else {
             return Ok(cri::UpdateContainerResourcesResponse {});
         };
-        crate::oci::container::check_resources("linux", &resources)
-            .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+        crate::oci::resources::check_resources("linux", &resources)?;
         if state.containers[&id].cri_state() == cri::ContainerState::ContainerExited {
             return Err(ApiError::FailedPrecondition(format!(
                 "container {id} has exited; its resources cannot change"

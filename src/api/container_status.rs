@@ -127,7 +127,7 @@ pub(super) fn status_of(c: &ContainerRecord) -> cri::ContainerStatus {
                     .map(|mut r| {
                         // The swap limit concord gives the container (see oci::linux_resources).
                         if r.memory_swap_limit_in_bytes == 0
-                            && crate::oci::container::swap_accounted()
+                            && crate::oci::resources::swap_accounted()
                         {
                             r.memory_swap_limit_in_bytes = r.memory_limit_in_bytes;
                         }

@@ -98,6 +98,13 @@ impl ApiError {
     }
 }
 
+/// A spec field that cannot be honoured is the request's fault.
+impl From<crate::oci::SpecError> for ApiError {
+    fn from(e: crate::oci::SpecError) -> ApiError {
+        ApiError::invalid(e.field, e.reason)
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         Status::new(e.code(), e.to_string())

@@ -105,7 +105,7 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
     }
     crate::network::capabilities::validate(c).map_err(|e| ApiError::invalid(e.field, e.reason))?;
     if let Some(sc) = c.linux.as_ref().and_then(|l| l.security_context.as_ref()) {
-        use crate::oci::container::check_id;
+        use crate::oci::user::check_id;
         const SC: &str = "config.linux.security_context";
         let ids = sc
             .run_as_user
@@ -122,7 +122,7 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
                     .map(|g| ("config.linux.security_context.supplemental_groups", *g)),
             );
         for (field, id) in ids {
-            check_id(field, "id", id).map_err(|e| ApiError::invalid(e.field, e.reason))?;
+            check_id(field, "id", id)?;
         }
         if sc.supplemental_groups.len() > 65536 {
             return Err(ApiError::invalid(
@@ -134,11 +134,7 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
             ));
         }
     }
-    if let Err(e) = crate::oci::seccomp::for_sandbox(c) {
-        const FIELD: &str = "config.linux.security_context.seccomp";
-        let why = e.strip_prefix(FIELD).unwrap_or(&e).trim_start_matches(": ");
-        return Err(ApiError::invalid(FIELD, why.to_string()));
-    }
+    crate::oci::seccomp::for_sandbox(c)?;
     let size = |m: &std::collections::HashMap<String, String>| {
         m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
     };

@@ -248,14 +248,15 @@ impl Containerd {
         )
     }
 
-    /// Creates container `id` running `spec` (JSON) with `runtime` on snapshot `snapshot_key`.
+    /// Creates container `id` running `spec` (an OCI runtime spec, sent as its JSON) with
+    /// `runtime` on snapshot `snapshot_key`.
     #[allow(clippy::too_many_arguments)]
     pub async fn create_container(
         &self,
         id: &str,
         image: &str,
         runtime: &ContainerRuntime,
-        spec: &serde_json::Value,
+        spec: &impl serde::Serialize,
         snapshotter: &str,
         snapshot_key: &str,
         owner: &str,
@@ -272,7 +273,7 @@ impl Containerd {
             }),
             spec: Some(prost_types::Any {
                 type_url: SPEC_TYPE_URL.into(),
-                value: serde_json::to_vec(spec).expect("a JSON value serializes"),
+                value: serde_json::to_vec(spec).expect("a spec of UTF-8 strings serializes"),
             }),
             snapshotter: snapshotter.into(),
             snapshot_key: snapshot_key.into(),
@@ -363,8 +364,11 @@ impl Containerd {
         self.wait_process(id, "").await
     }
 
-    /// The OCI spec container `id` was created with.
-    pub async fn container_spec(&self, id: &str) -> Result<serde_json::Value, ContainerdError> {
+    /// The OCI spec container `id` was created with (None: it has none concord can read).
+    pub async fn container_spec(
+        &self,
+        id: &str,
+    ) -> Result<Option<oci_spec::runtime::Spec>, ContainerdError> {
         let req = containerd_client::services::v1::GetContainerRequest { id: id.into() };
         let r = self
             .call(
@@ -377,7 +381,7 @@ impl Containerd {
             .and_then(|c| c.spec)
             .map(|s| s.value)
             .unwrap_or_default();
-        Ok(serde_json::from_slice(&spec).unwrap_or(serde_json::Value::Null))
+        Ok(serde_json::from_slice(&spec).ok())
     }
 
     /// Adds process `exec_id` (an OCI `process`) to the task of container `id` and starts it.
@@ -385,7 +389,7 @@ impl Containerd {
         &self,
         id: &str,
         exec_id: &str,
-        process: &serde_json::Value,
+        process: &oci_spec::runtime::Process,
         io: &TaskIo,
     ) -> Result<(), ContainerdError> {
         let req = containerd_client::services::v1::ExecProcessRequest {
@@ -397,7 +401,7 @@ impl Containerd {
             terminal: io.terminal,
             spec: Some(prost_types::Any {
                 type_url: PROCESS_TYPE_URL.into(),
-                value: serde_json::to_vec(process).expect("a JSON value serializes"),
+                value: serde_json::to_vec(process).expect("a process of UTF-8 strings serializes"),
             }),
         };
         self.call(rpc::TASKS_EXEC, self.tasks().exec(self.request(req)))
@@ -421,13 +425,13 @@ impl Containerd {
     pub async fn update_task(
         &self,
         id: &str,
-        resources: &serde_json::Value,
+        resources: &oci_spec::runtime::LinuxResources,
     ) -> Result<(), ContainerdError> {
         let req = containerd_client::services::v1::UpdateTaskRequest {
             container_id: id.into(),
             resources: Some(prost_types::Any {
                 type_url: RESOURCES_TYPE_URL.into(),
-                value: serde_json::to_vec(resources).expect("a JSON value serializes"),
+                value: serde_json::to_vec(resources).expect("resources serialize"),
             }),
             annotations: Default::default(),
         };

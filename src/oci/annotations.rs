@@ -32,6 +32,21 @@ pub fn allowed(patterns: &[String], all: &HashMap<String, String>) -> BTreeMap<S
         .collect()
 }
 
+/// The pod's CRI annotations (name, namespace, uid), on its sandbox's and its containers' specs.
+pub fn insert_pod_identity(
+    annotations: &mut BTreeMap<String, String>,
+    pod: Option<&k8s_cri::v1::PodSandboxMetadata>,
+) {
+    if let Some(m) = pod {
+        annotations.insert("io.kubernetes.cri.sandbox-name".into(), m.name.clone());
+        annotations.insert(
+            "io.kubernetes.cri.sandbox-namespace".into(),
+            m.namespace.clone(),
+        );
+        annotations.insert("io.kubernetes.cri.sandbox-uid".into(), m.uid.clone());
+    }
+}
+
 /// Shell-style match of the whole of `s`: `*` any run of bytes, `?` one byte.
 pub fn glob(p: &[u8], s: &[u8]) -> bool {
     // Iterative, with one backtrack point: linear in practice, no recursion on hostile input.

@@ -6,6 +6,11 @@
 
 use k8s_cri::v1 as cri;
 
+use super::SpecError;
+
+/// The request field an AppArmor profile comes from.
+const FIELD: &str = "config.linux.security_context.apparmor";
+
 /// Profile name containerd's CRI loads as its runtime default.
 pub const DEFAULT_PROFILE: &str = "cri-containerd.apparmor.d";
 
@@ -52,7 +57,8 @@ pub fn profile(
     deprecated: &str,
     privileged: bool,
     host: &Host,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, SpecError> {
+    let bad = |why: String| SpecError::new(FIELD, why);
     use cri::security_profile::ProfileType;
     enum Want {
         Default,
@@ -65,7 +71,7 @@ pub fn profile(
             Ok(ProfileType::RuntimeDefault) => Want::RuntimeDefault,
             Ok(ProfileType::Unconfined) => Want::Unconfined,
             Ok(ProfileType::Localhost) => Want::Localhost(p.localhost_ref.clone()),
-            Err(_) => return Err(format!("unknown profile type {}", p.profile_type)),
+            Err(_) => return Err(bad(format!("unknown profile type {}", p.profile_type))),
         },
         None => match deprecated {
             "" => Want::Default,
@@ -75,33 +81,35 @@ pub fn profile(
                 Want::Localhost(p.trim_start_matches("localhost/").to_string())
             }
             other => {
-                return Err(format!(
+                return Err(bad(format!(
                     "unknown apparmor profile {other:?} (runtime/default, unconfined or \
                      localhost/<name>)"
-                ))
+                )))
             }
         },
     };
     match want {
         Want::Unconfined => Ok(None),
         Want::Default if privileged || !host.enabled || !host.has(DEFAULT_PROFILE) => Ok(None),
-        _ if !host.enabled => Err("apparmor is not enabled on this host".into()),
+        _ if !host.enabled => Err(bad("apparmor is not enabled on this host".into())),
         Want::Default | Want::RuntimeDefault if privileged => Ok(None),
         Want::Default | Want::RuntimeDefault => {
             if host.has(DEFAULT_PROFILE) {
                 Ok(Some(DEFAULT_PROFILE.into()))
             } else {
-                Err(format!(
+                Err(bad(format!(
                     "the runtime default apparmor profile {DEFAULT_PROFILE} is not loaded on \
                      this host"
-                ))
+                )))
             }
         }
-        Want::Localhost(name) if name.is_empty() => Err("localhost profile name is empty".into()),
+        Want::Localhost(name) if name.is_empty() => {
+            Err(bad("localhost profile name is empty".into()))
+        }
         Want::Localhost(name) if host.has(&name) => Ok(Some(name)),
-        Want::Localhost(name) => Err(format!(
+        Want::Localhost(name) => Err(bad(format!(
             "apparmor profile {name:?} is not loaded on this host"
-        )),
+        ))),
     }
 }
 
@@ -127,11 +135,12 @@ mod tests {
         );
         assert_eq!(profile(None, "unconfined", false, &host), Ok(None));
         let err = profile(Some(&sp(ProfileType::RuntimeDefault, "")), "", false, &host);
-        assert!(err.unwrap_err().contains("not enabled"));
+        assert!(err.unwrap_err().reason.contains("not enabled"));
         let err = profile(None, "localhost/mine", false, &host);
-        assert!(err.unwrap_err().contains("not enabled"));
+        assert!(err.unwrap_err().reason.contains("not enabled"));
         assert!(profile(None, "bogus", false, &host)
             .unwrap_err()
+            .reason
             .contains("bogus"));
     }
 
@@ -153,6 +162,7 @@ mod tests {
         assert!(
             profile(Some(&sp(ProfileType::Localhost, "other")), "", false, &host)
                 .unwrap_err()
+                .reason
                 .contains("not loaded")
         );
         let bare = Host {
@@ -162,6 +172,7 @@ mod tests {
         assert_eq!(profile(None, "", false, &bare), Ok(None));
         assert!(profile(None, "runtime/default", false, &bare)
             .unwrap_err()
+            .reason
             .contains(DEFAULT_PROFILE));
     }
 }

@@ -1,58 +1,16 @@
 //! A container's OCI spec: the CRI ContainerConfig merged with the image config, joined to its
-//! pod's namespaces and files.
+//! pod's namespaces and files. Built as oci-spec's typed [`Spec`] by the options of
+//! [`super::spec_opts`]; [`validate`] refuses what they would refuse, without building one.
 
 use std::path::{Component, Path, PathBuf};
 
 use k8s_cri::v1 as cri;
-use serde_json::{json, Value};
+use oci_spec::runtime::Spec;
 
-use super::{clamp_oom_score_adj, DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS};
+use super::spec_opts::{self, OPTIONS};
+use super::user::{user, UserDb};
+pub use super::SpecError;
 use crate::image::manifest::ImageConfig;
-
-/// Every capability (what a privileged container gets; `ALL` in add/drop).
-pub const ALL_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
 
 /// What the container's spec is built from besides its config and image.
 #[derive(Debug, Clone)]
@@ -73,18 +31,81 @@ pub struct ContainerContext<'a> {
     pub passthrough: super::annotations::Passthrough<'a>,
 }
 
-/// A request field that cannot be honoured, with why.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpecError {
-    pub field: &'static str,
-    pub reason: String,
+/// Everything a container's spec is built from: the request, the image, the pod, and the
+/// parts of the config every option reads.
+pub struct Inputs<'a> {
+    pub config: &'a cri::ContainerConfig,
+    pub image: &'a ImageConfig,
+    pub ctx: &'a ContainerContext<'a>,
+    /// The image's users and groups (None: the API's early check takes names on trust).
+    pub users: Option<&'a UserDb>,
+    pub sc: cri::LinuxContainerSecurityContext,
+    pub pod_sc: cri::LinuxSandboxSecurityContext,
+    pub resources: cri::LinuxContainerResources,
 }
 
-fn bad(field: &'static str, reason: impl Into<String>) -> SpecError {
-    SpecError {
-        field,
-        reason: reason.into(),
+impl<'a> Inputs<'a> {
+    pub fn new(
+        config: &'a cri::ContainerConfig,
+        image: &'a ImageConfig,
+        ctx: &'a ContainerContext<'a>,
+        users: Option<&'a UserDb>,
+    ) -> Inputs<'a> {
+        let linux = config.linux.clone().unwrap_or_default();
+        Inputs {
+            config,
+            image,
+            ctx,
+            users,
+            sc: linux.security_context.unwrap_or_default(),
+            pod_sc: ctx
+                .sandbox
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.clone())
+                .unwrap_or_default(),
+            resources: linux.resources.unwrap_or_default(),
+        }
     }
+}
+
+/// The container's OCI spec: every option of [`spec_opts::OPTIONS`] applied to a blank spec.
+pub fn container_spec(
+    c: &cri::ContainerConfig,
+    image: &ImageConfig,
+    ctx: &ContainerContext,
+    users: Option<&UserDb>,
+) -> Result<Spec, SpecError> {
+    let inputs = Inputs::new(c, image, ctx, users);
+    let mut spec = spec_opts::blank_spec();
+    for option in OPTIONS {
+        option(&mut spec, &inputs)?;
+    }
+    Ok(spec)
+}
+
+/// Refuses, with its field, what [`container_spec`] would refuse (in the same order), running
+/// each option's resolver without building a spec. Without `users`, user and group names are
+/// taken on trust.
+pub fn validate(inputs: &Inputs) -> Result<(), SpecError> {
+    let (c, sc) = (inputs.config, &inputs.sc);
+    process_args(c, inputs.image)?;
+    working_dir(c, inputs.image)?;
+    let (_, _, user_groups) = user(sc, inputs.image, inputs.users)?;
+    spec_opts::additional_gids(inputs, &user_groups)?;
+    spec_opts::pid_namespace(inputs)?;
+    for (i, m) in c.mounts.iter().enumerate() {
+        spec_opts::user_mount(i, m)?;
+    }
+    super::resources::check_resources("config.linux.resources", &inputs.resources)?;
+    for (i, dev) in c.devices.iter().enumerate() {
+        spec_opts::device(i, dev)?;
+    }
+    if !sc.privileged {
+        spec_opts::seccomp(sc, &super::capabilities::capabilities(sc))?;
+    }
+    spec_opts::apparmor(sc)?;
+    Ok(())
 }
 
 /// The process arguments by the CRI rules: `command` replaces the image's Entrypoint (and its
@@ -105,7 +126,7 @@ pub fn process_args(
         args.extend(ic.cmd.clone().unwrap_or_default());
     }
     if args.is_empty() {
-        return Err(bad(
+        return Err(SpecError::new(
             "config.command",
             "no command: neither the config nor the image names one",
         ));
@@ -114,7 +135,7 @@ pub fn process_args(
 }
 
 /// Image env first, then the config's (a later key replaces an earlier one in place).
-fn environment(c: &cri::ContainerConfig, image: &ImageConfig) -> Vec<String> {
+pub fn environment(c: &cri::ContainerConfig, image: &ImageConfig) -> Vec<String> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: String, v: String| match env.iter_mut().find(|(ek, _)| *ek == k) {
         Some(e) => e.1 = v,
@@ -142,7 +163,7 @@ pub fn check_container_path(field: &'static str, p: &str) -> Result<(), SpecErro
         || path.components().any(|c| c == Component::ParentDir)
         || p.contains('\0')
     {
-        return Err(bad(
+        return Err(SpecError::new(
             field,
             format!("{p:?} must be an absolute path without '..'"),
         ));
@@ -150,682 +171,30 @@ pub fn check_container_path(field: &'static str, p: &str) -> Result<(), SpecErro
     Ok(())
 }
 
-/// The largest uid or gid the kernel takes (2^32-1 is "no id").
-const MAX_ID: i64 = u32::MAX as i64 - 1;
-
-/// A uid or gid from `field`: 0 to 2^32-2.
-pub fn check_id(field: &'static str, what: &str, id: i64) -> Result<i64, SpecError> {
-    if (0..=MAX_ID).contains(&id) {
-        Ok(id)
+/// The working directory: the config's, else the image's, else `/`; an absolute path.
+pub fn working_dir(c: &cri::ContainerConfig, image: &ImageConfig) -> Result<String, SpecError> {
+    let (cwd, field) = if !c.working_dir.is_empty() {
+        (c.working_dir.clone(), "config.working_dir")
     } else {
-        Err(bad(
-            field,
-            format!("{what} {id} is not a valid id (0 to {MAX_ID})"),
-        ))
-    }
-}
-
-/// A device node's type (`c` or `b`), major and minor numbers.
-fn device_numbers(host_path: &str) -> Result<(&'static str, u64, u64), String> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let m = std::fs::metadata(host_path).map_err(|e| format!("{host_path}: {e}"))?;
-    let kind = if m.file_type().is_char_device() {
-        "c"
-    } else if m.file_type().is_block_device() {
-        "b"
-    } else {
-        return Err(format!("{host_path} is not a device"));
-    };
-    let rdev = m.rdev();
-    Ok((
-        kind,
-        nix::sys::stat::major(rdev),
-        nix::sys::stat::minor(rdev),
-    ))
-}
-
-/// Every capability concord itself may pass on: those of [`ALL_CAPABILITIES`] (indexed by
-/// number) in its own bounding set, as containerd gives privileged containers its current ones.
-/// A capability the host withholds from concord would make runc fail with EPERM.
-fn all_capabilities() -> Vec<String> {
-    static BOUNDING: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let bounding = *BOUNDING.get_or_init(|| {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("CapBnd:"))
-                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            })
-            .unwrap_or(u64::MAX)
-    });
-    ALL_CAPABILITIES
-        .iter()
-        .enumerate()
-        .filter(|(n, _)| bounding & (1u64 << n) != 0)
-        .map(|(_, c)| c.to_string())
-        .collect()
-}
-
-/// The capability set: the default (or all, privileged), plus `add`, minus `drop`.
-fn capabilities(sc: &cri::LinuxContainerSecurityContext) -> Vec<String> {
-    if sc.privileged {
-        return all_capabilities();
-    }
-    let norm = |c: &String| {
-        let c = c.to_uppercase();
-        if c.starts_with("CAP_") || c == "ALL" {
-            c
-        } else {
-            format!("CAP_{c}")
-        }
-    };
-    let caps = sc.capabilities.clone().unwrap_or_default();
-    let add: Vec<String> = caps.add_capabilities.iter().map(norm).collect();
-    let drop: Vec<String> = caps.drop_capabilities.iter().map(norm).collect();
-    let mut set: Vec<String> = if drop.iter().any(|d| d == "ALL") {
-        vec![]
-    } else {
-        DEFAULT_CAPABILITIES
-            .iter()
-            .map(|c| c.to_string())
-            .filter(|c| !drop.contains(c))
-            .collect()
-    };
-    if add.iter().any(|a| a == "ALL") {
-        set = all_capabilities();
-    } else {
-        for a in add {
-            if !set.contains(&a) {
-                set.push(a);
-            }
-        }
-    }
-    set
-}
-
-/// The image's `/etc/passwd` and `/etc/group`, for user and group names.
-#[derive(Debug, Clone, Default)]
-pub struct UserDb {
-    /// name → (uid, primary gid)
-    pub users: Vec<(String, i64, i64)>,
-    /// (name, gid, members)
-    pub groups: Vec<(String, i64, Vec<String>)>,
-}
-
-impl UserDb {
-    /// Parses the two files' contents (either may be empty).
-    pub fn parse(passwd: &str, group: &str) -> UserDb {
-        // An id the kernel cannot take makes its line malformed (skipped, as libc does).
-        let id = |s: &str| s.parse::<i64>().ok().filter(|v| (0..=MAX_ID).contains(v));
-        let users = passwd
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                Some((f.first()?.to_string(), id(f.get(2)?)?, id(f.get(3)?)?))
-            })
-            .collect();
-        let groups = group
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                let members = f
-                    .get(3)
-                    .map(|m| {
-                        m.split(',')
-                            .filter(|s| !s.is_empty())
-                            .map(String::from)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Some((f.first()?.to_string(), id(f.get(2)?)?, members))
-            })
-            .collect();
-        UserDb { users, groups }
-    }
-
-    fn user(&self, name: &str) -> Option<(i64, i64)> {
-        self.users.iter().find(|u| u.0 == name).map(|u| (u.1, u.2))
-    }
-
-    fn group(&self, name: &str) -> Option<i64> {
-        self.groups.iter().find(|g| g.0 == name).map(|g| g.1)
-    }
-
-    /// The groups listing `user` as a member.
-    fn groups_of(&self, user: &str) -> Vec<i64> {
-        self.groups
-            .iter()
-            .filter(|g| g.2.iter().any(|m| m == user))
-            .map(|g| g.1)
-            .collect()
-    }
-}
-
-/// The container's user: (uid, gid, the user's extra groups from the image's /etc/group). The
-/// security context wins (run_as_user, run_as_username, run_as_group), else the image's `User`
-/// (`uid`, `name`, `uid:gid`, `name:group`). Names need the image's files (`db`); without them
-/// (the API's early check) a name is taken on trust and checked when the container is made.
-/// Public for fuzz/.
-pub fn user(
-    sc: &cri::LinuxContainerSecurityContext,
-    image: &ImageConfig,
-    db: Option<&UserDb>,
-) -> Result<(i64, i64, Vec<i64>), SpecError> {
-    const FIELD: &str = "config.linux.security_context.run_as_username";
-    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
-        return Err(bad(
-            "config.linux.security_context.run_as_group",
-            "user group is specified without user or username",
-        ));
-    }
-    let lookup_user = |name: &str, field: &'static str| -> Result<(i64, i64), SpecError> {
-        match db {
-            None => Ok((0, 0)),
-            Some(db) => db.user(name).ok_or_else(|| {
-                bad(
-                    field,
-                    format!("user {name:?} is not in the image's /etc/passwd"),
-                )
-            }),
-        }
-    };
-    let lookup_group = |name: &str| -> Result<i64, SpecError> {
-        if let Ok(n) = name.parse() {
-            return check_id("image", "the image's group", n);
-        }
-        match db {
-            None => Ok(0),
-            Some(db) => db.group(name).ok_or_else(|| {
-                bad(
-                    "image",
-                    format!("group {name:?} is not in the image's /etc/group"),
-                )
-            }),
-        }
-    };
-    let (uid, mut gid, name) = if let Some(u) = &sc.run_as_user {
-        check_id("config.linux.security_context.run_as_user", "user", u.value)?;
-        // Numeric user: its primary group is the image's for it, else 0.
-        let primary = db
-            .and_then(|db| db.users.iter().find(|x| x.1 == u.value))
-            .map(|x| x.2)
-            .unwrap_or(0);
-        let name = db.and_then(|db| {
-            db.users
-                .iter()
-                .find(|x| x.1 == u.value)
-                .map(|x| x.0.clone())
-        });
-        (u.value, primary, name)
-    } else if !sc.run_as_username.is_empty() {
-        let (uid, gid) = lookup_user(&sc.run_as_username, FIELD)?;
-        (uid, gid, Some(sc.run_as_username.clone()))
-    } else {
-        let image_user = image
-            .config
-            .as_ref()
-            .and_then(|c| c.user.clone())
-            .unwrap_or_default();
-        let mut parts = image_user.splitn(2, ':');
-        let u = parts.next().unwrap_or("");
-        let g = parts.next();
-        let (uid, primary, name) = if u.is_empty() {
-            (0, 0, Some("root".to_string()))
-        } else if let Ok(n) = u.parse::<i64>() {
-            check_id("image", "the image's user", n)?;
-            let known = db.and_then(|db| db.users.iter().find(|x| x.1 == n));
-            (
-                n,
-                known.map(|x| x.2).unwrap_or(0),
-                known.map(|x| x.0.clone()),
-            )
-        } else {
-            let (uid, gid) = lookup_user(u, "image")?;
-            (uid, gid, Some(u.to_string()))
-        };
-        let gid = match g {
-            Some(g) => lookup_group(g)?,
-            None => primary,
-        };
-        (uid, gid, name)
-    };
-    if let Some(g) = &sc.run_as_group {
-        gid = check_id(
-            "config.linux.security_context.run_as_group",
-            "group",
-            g.value,
-        )?;
-    }
-    let extra = match (db, &name) {
-        (Some(db), Some(n)) => db.groups_of(n),
-        _ => Vec::new(),
-    };
-    Ok((uid, gid, extra))
-}
-
-/// The OCI `linux.resources` for CRI resources (unset values left out).
-pub fn linux_resources(res: &cri::LinuxContainerResources) -> Value {
-    let mut resources = json!({});
-    let mut cpu = serde_json::Map::new();
-    if res.cpu_shares > 0 {
-        cpu.insert("shares".into(), json!(res.cpu_shares));
-    }
-    if res.cpu_quota > 0 {
-        cpu.insert("quota".into(), json!(res.cpu_quota));
-    }
-    if res.cpu_period > 0 {
-        cpu.insert("period".into(), json!(res.cpu_period));
-    }
-    if !res.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(res.cpuset_cpus));
-    }
-    if !res.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(res.cpuset_mems));
-    }
-    if !cpu.is_empty() {
-        resources["cpu"] = Value::Object(cpu);
-    }
-    if res.memory_limit_in_bytes > 0 {
-        resources["memory"] = json!({"limit": res.memory_limit_in_bytes});
-    }
-    // As containerd: the swap limit kubelet asks for (NodeSwap), else memory plus swap limited
-    // to the memory limit (no swap) where the host accounts swap.
-    if res.memory_swap_limit_in_bytes != 0 {
-        resources["memory"]["swap"] = json!(res.memory_swap_limit_in_bytes);
-    } else if res.memory_limit_in_bytes > 0 && swap_accounted() {
-        resources["memory"]["swap"] = json!(res.memory_limit_in_bytes);
-    }
-    if !res.hugepage_limits.is_empty() {
-        resources["hugepageLimits"] = res
-            .hugepage_limits
-            .iter()
-            .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
-            .collect();
-    }
-    if !res.unified.is_empty() {
-        resources["unified"] = json!(res.unified);
-    }
-    resources
-}
-
-/// Whether the host's memory cgroup accounts swap (v1 `memory.memsw.*`, v2 `memory.swap.max`
-/// files exist), so a swap limit can be set.
-pub fn swap_accounted() -> bool {
-    static ACCOUNTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ACCOUNTED.get_or_init(|| {
-        Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
-            || std::fs::read_dir("/sys/fs/cgroup")
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.path().join("memory.swap.max").exists())
-                })
-                .unwrap_or(false)
-    })
-}
-
-/// Refuses resource values no kernel would take, naming the field.
-pub fn check_resources(
-    field: &'static str,
-    r: &cri::LinuxContainerResources,
-) -> Result<(), SpecError> {
-    let negative = [
-        ("cpu_period", r.cpu_period),
-        ("cpu_shares", r.cpu_shares),
-        ("memory_limit_in_bytes", r.memory_limit_in_bytes),
-        ("memory_swap_limit_in_bytes", r.memory_swap_limit_in_bytes),
-    ];
-    if let Some((name, v)) = negative.iter().find(|(_, v)| *v < 0) {
-        return Err(bad(field, format!("{name} {v} is negative")));
-    }
-    if r.cpu_quota != 0 && r.cpu_quota != -1 && r.cpu_quota < 1000 {
-        return Err(bad(
-            field,
-            format!("cpu_quota {} is below 1000 microseconds", r.cpu_quota),
-        ));
-    }
-    if r.cpu_period != 0 && !(1000..=1_000_000).contains(&r.cpu_period) {
-        return Err(bad(
-            field,
-            format!(
-                "cpu_period {} is not 1000 to 1000000 microseconds",
-                r.cpu_period
-            ),
-        ));
-    }
-    if !(-1000..=1000).contains(&r.oom_score_adj) {
-        return Err(bad(
-            field,
-            format!("oom_score_adj {} is not -1000 to 1000", r.oom_score_adj),
-        ));
-    }
-    Ok(())
-}
-
-/// The container's OCI spec.
-pub fn container_spec(
-    c: &cri::ContainerConfig,
-    image: &ImageConfig,
-    ctx: &ContainerContext,
-    users: Option<&UserDb>,
-) -> Result<Value, SpecError> {
-    let linux = c.linux.clone().unwrap_or_default();
-    let sc = linux.security_context.clone().unwrap_or_default();
-    let pod_sc = ctx
-        .sandbox
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.clone())
-        .unwrap_or_default();
-    let pod_ns = pod_sc.namespace_options.clone().unwrap_or_default();
-    let ns = sc.namespace_options.clone().unwrap_or_default();
-    let node = cri::NamespaceMode::Node as i32;
-    let args = process_args(c, image)?;
-    let (uid, gid, user_groups) = user(&sc, image, users)?;
-    let caps = capabilities(&sc);
-    let cwd = if !c.working_dir.is_empty() {
-        c.working_dir.clone()
-    } else {
-        image
+        let image_wd = image
             .config
             .as_ref()
             .and_then(|c| c.working_dir.clone())
             .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| "/".into())
+            .unwrap_or_else(|| "/".into());
+        (image_wd, "image")
     };
-    let cwd_field = if c.working_dir.is_empty() {
-        "image"
-    } else {
-        "config.working_dir"
-    };
-    check_container_path(cwd_field, &cwd)?;
-
-    // Namespaces: the pod's (through the pause process), the host's, or the container's own.
-    let proc_ns = |kind: &str| format!("/proc/{}/ns/{kind}", ctx.sandbox_pid);
-    let mut namespaces = vec![json!({"type": "mount"})];
-    if pod_ns.network != node {
-        namespaces.push(json!({"type": "network", "path": proc_ns("net")}));
-        namespaces.push(json!({"type": "uts", "path": proc_ns("uts")}));
-    }
-    if pod_ns.ipc != node {
-        namespaces.push(json!({"type": "ipc", "path": proc_ns("ipc")}));
-    }
-    match cri::NamespaceMode::try_from(ns.pid).unwrap_or(cri::NamespaceMode::Pod) {
-        cri::NamespaceMode::Node => {}
-        cri::NamespaceMode::Container => namespaces.push(json!({"type": "pid"})),
-        cri::NamespaceMode::Target => {
-            let pid = ctx.target_pid.ok_or_else(|| {
-                bad(
-                    "config.linux.security_context.namespace_options.target_id",
-                    format!("target container {:?} is not running", ns.target_id),
-                )
-            })?;
-            namespaces.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
-        }
-        cri::NamespaceMode::Pod => {
-            if pod_ns.pid != node {
-                namespaces.push(json!({"type": "pid", "path": proc_ns("pid")}));
-            }
-        }
-    }
-
-    let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if sc.privileged { "rw" } else { "ro" }]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if sc.privileged { "rw" } else { "ro" }]}),
-    ];
-    let user_paths: Vec<&str> = c.mounts.iter().map(|m| m.container_path.as_str()).collect();
-    for (file, dest) in [
-        ("hostname", "/etc/hostname"),
-        ("hosts", "/etc/hosts"),
-        ("resolv.conf", "/etc/resolv.conf"),
-    ] {
-        if !user_paths.contains(&dest) {
-            let src = ctx.sandbox_files.join(file);
-            let ro = if sc.readonly_rootfs { "ro" } else { "rw" };
-            mounts.push(json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate", ro]}));
-        }
-    }
-    if !user_paths.contains(&"/dev/shm") {
-        let src = if pod_ns.ipc == node {
-            "/dev/shm".to_string()
-        } else {
-            super::files::shm_path(&ctx.sandbox_files)
-                .display()
-                .to_string()
-        };
-        mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": src, "options": ["rbind", "rprivate", "rw"]}));
-    }
-    let mut rootfs_propagation: Option<&str> = None;
-    for (i, m) in c.mounts.iter().enumerate() {
-        check_container_path("config.mounts.container_path", &m.container_path)?;
-        if !Path::new(&m.host_path).is_absolute() {
-            return Err(bad(
-                "config.mounts.host_path",
-                format!("mount {i}: {:?} must be an absolute path", m.host_path),
-            ));
-        }
-        // Propagation needs the host path's mount to propagate (shared, or a slave for
-        // HostToContainer) and the container's root to keep the peer group: rshared for a
-        // Bidirectional mount, rslave at least for HostToContainer (runc's default is rprivate).
-        let propagation = match cri::MountPropagation::try_from(m.propagation) {
-            Ok(cri::MountPropagation::PropagationPrivate) => "rprivate",
-            Ok(cri::MountPropagation::PropagationHostToContainer) => {
-                super::mountinfo::ensure_propagates(&m.host_path, false)
-                    .map_err(|e| bad("config.mounts.propagation", format!("mount {i}: {e}")))?;
-                rootfs_propagation.get_or_insert("rslave");
-                "rslave"
-            }
-            Ok(cri::MountPropagation::PropagationBidirectional) => {
-                super::mountinfo::ensure_propagates(&m.host_path, true)
-                    .map_err(|e| bad("config.mounts.propagation", format!("mount {i}: {e}")))?;
-                rootfs_propagation = Some("rshared");
-                "rshared"
-            }
-            Err(_) => {
-                return Err(bad(
-                    "config.mounts.propagation",
-                    format!("mount {i}: unknown propagation {}", m.propagation),
-                ))
-            }
-        };
-        mounts.push(
-            json!({"destination": m.container_path, "type": "bind", "source": m.host_path,
-            "options": ["rbind", propagation, if m.readonly { "ro" } else { "rw" }]}),
-        );
-    }
-
-    // The image's declared volumes that no mount covers: an empty directory of the container's.
-    let declared = image
-        .config
-        .as_ref()
-        .and_then(|c| c.volumes.clone())
-        .unwrap_or_default();
-    for path in declared.keys() {
-        if user_paths.contains(&path.as_str()) || check_container_path("image", path).is_err() {
-            continue;
-        }
-        let source = ctx
-            .volumes_dir
-            .join(path.trim_matches('/').replace('/', "_"));
-        mounts.push(
-            json!({"destination": path, "type": "bind", "source": source,
-            "options": ["rbind", "rprivate", "rw"]}),
-        );
-    }
-
-    let res = linux.resources.clone().unwrap_or_default();
-    check_resources("config.linux.resources", &res)?;
-    let mut resources = linux_resources(&res);
-    let mut device_rules = vec![json!({"allow": sc.privileged, "access": "rwm"})];
-    let mut devices = Vec::new();
-    for (i, dev) in c.devices.iter().enumerate() {
-        check_container_path("config.devices.container_path", &dev.container_path)?;
-        let (kind, major, minor) = device_numbers(&dev.host_path)
-            .map_err(|e| bad("config.devices.host_path", format!("device {i}: {e}")))?;
-        let access = if dev.permissions.is_empty() {
-            "rwm".to_string()
-        } else if dev.permissions.chars().all(|c| "rwm".contains(c)) {
-            dev.permissions.clone()
-        } else {
-            return Err(bad(
-                "config.devices.permissions",
-                format!(
-                    "device {i}: {:?} is not made of r, w and m",
-                    dev.permissions
-                ),
-            ));
-        };
-        devices.push(
-            json!({"path": dev.container_path, "type": kind, "major": major,
-            "minor": minor, "fileMode": 0o666, "uid": 0, "gid": 0}),
-        );
-        device_rules.push(
-            json!({"allow": true, "type": kind, "major": major, "minor": minor,
-            "access": access}),
-        );
-    }
-    resources["devices"] = json!(device_rules);
-
-    let parent = ctx
-        .sandbox
-        .linux
-        .as_ref()
-        .map(|l| l.cgroup_parent.as_str())
-        .unwrap_or("");
-    let mut linux_spec = json!({
-        "namespaces": namespaces,
-        "cgroupsPath": crate::cgroup::path(parent, ctx.id),
-        "resources": resources,
-        "devices": devices,
-    });
-    if let Some(p) = rootfs_propagation {
-        linux_spec["rootfsPropagation"] = json!(p);
-    }
-    if !sc.privileged {
-        linux_spec["maskedPaths"] = if sc.masked_paths.is_empty() {
-            json!(MASKED_PATHS)
-        } else {
-            json!(sc.masked_paths)
-        };
-        linux_spec["readonlyPaths"] = if sc.readonly_paths.is_empty() {
-            json!(READONLY_PATHS)
-        } else {
-            json!(sc.readonly_paths)
-        };
-        let cap_refs: Vec<&str> = caps.iter().map(String::as_str).collect();
-        #[allow(deprecated)]
-        let path = sc.seccomp_profile_path.clone();
-        let seccomp = super::seccomp::Seccomp::requested(
-            sc.seccomp.as_ref(),
-            &path,
-            "config.linux.security_context.seccomp",
-        )
-        .and_then(|s| s.profile(&cap_refs))
-        .map_err(|e| bad("config.linux.security_context.seccomp", e))?;
-        if let Some(p) = seccomp {
-            linux_spec["seccomp"] = p;
-        }
-    }
-
-    #[allow(deprecated)]
-    let apparmor = super::apparmor::profile(
-        sc.apparmor.as_ref(),
-        &sc.apparmor_profile,
-        sc.privileged,
-        super::apparmor::Host::current(),
-    )
-    .map_err(|e| bad("config.linux.security_context.apparmor", e))?;
-
-    // Only what the handler's admin allows of the pod's and the container's annotations, then
-    // the CRI ones.
-    let mut annotations =
-        super::annotations::allowed(ctx.passthrough.pod, &ctx.sandbox.annotations);
-    annotations.extend(super::annotations::allowed(
-        ctx.passthrough.container,
-        &c.annotations,
-    ));
-    annotations.insert(
-        "io.kubernetes.cri.container-type".into(),
-        "container".into(),
-    );
-    annotations.insert("io.kubernetes.cri.sandbox-id".into(), ctx.sandbox_id.into());
-    annotations.insert("io.kubernetes.cri.image-name".into(), ctx.image_name.into());
-    if let Some(m) = &c.metadata {
-        annotations.insert("io.kubernetes.cri.container-name".into(), m.name.clone());
-    }
-    if let Some(m) = &ctx.sandbox.metadata {
-        annotations.insert("io.kubernetes.cri.sandbox-name".into(), m.name.clone());
-        annotations.insert(
-            "io.kubernetes.cri.sandbox-namespace".into(),
-            m.namespace.clone(),
-        );
-        annotations.insert("io.kubernetes.cri.sandbox-uid".into(), m.uid.clone());
-    }
-    for g in &sc.supplemental_groups {
-        check_id(
-            "config.linux.security_context.supplemental_groups",
-            "group",
-            *g,
-        )?;
-    }
-    for g in &pod_sc.supplemental_groups {
-        check_id(
-            "sandbox_config.linux.security_context.supplemental_groups",
-            "group",
-            *g,
-        )?;
-    }
-    let mut groups: Vec<i64> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for g in user_groups
-        .iter()
-        .chain(&sc.supplemental_groups)
-        .chain(&pod_sc.supplemental_groups)
-    {
-        if seen.insert(*g) {
-            groups.push(*g);
-        }
-    }
-    // NGROUPS_MAX: the kernel takes no more.
-    if groups.len() > 65536 {
-        return Err(bad(
-            "config.linux.security_context.supplemental_groups",
-            format!("{} groups (at most 65536)", groups.len()),
-        ));
-    }
-    let oom = clamp_oom_score_adj(res.oom_score_adj as i32);
-    let mut spec = json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": c.tty,
-            "user": {"uid": uid, "gid": gid, "additionalGids": groups},
-            "args": args,
-            "env": environment(c, image),
-            "cwd": cwd,
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": sc.no_new_privs,
-            "oomScoreAdj": oom,
-        },
-        "root": {"path": "rootfs", "readonly": sc.readonly_rootfs},
-        "mounts": mounts,
-        "annotations": annotations,
-        "linux": linux_spec,
-    });
-    if let Some(profile) = apparmor {
-        spec["process"]["apparmorProfile"] = json!(profile);
-    }
-    if pod_ns.network != node && !ctx.sandbox.hostname.is_empty() {
-        spec["hostname"] = json!(ctx.sandbox.hostname);
-    }
-    Ok(spec)
+    check_container_path(field, &cwd)?;
+    Ok(cwd)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use oci_spec::runtime::{LinuxNamespaceType, Mount};
+    use serde_json::json;
+
     use super::*;
 
     /// Container c1 of pod sb (pause pid 42) from image `image`.
@@ -841,6 +210,10 @@ mod tests {
             volumes_dir: "/state/c1/volumes".into(),
             passthrough: Default::default(),
         }
+    }
+
+    fn mounts(spec: &Spec) -> &[Mount] {
+        spec.mounts().as_deref().unwrap_or_default()
     }
 
     fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageConfig {
@@ -890,17 +263,28 @@ mod tests {
         };
         let ctx = test_ctx(&sandbox, "busybox");
         let v = container_spec(&config(&[], &[]), &image(&["/ep"], &[]), &ctx, None).unwrap();
-        assert_eq!(v["process"]["env"], json!(["PATH=/bin", "A=config"]));
-        assert_eq!(v["process"]["user"]["uid"], 1000);
-        assert_eq!(v["process"]["user"]["gid"], 2000);
-        let nss = v["linux"]["namespaces"].as_array().unwrap();
-        assert!(nss.contains(&json!({"type": "network", "path": "/proc/42/ns/net"})));
-        assert!(nss.contains(&json!({"type": "pid", "path": "/proc/42/ns/pid"})));
-        let dests: Vec<&str> = v["mounts"]
-            .as_array()
-            .unwrap()
+        let process = v.process().as_ref().unwrap();
+        assert_eq!(
+            process.env().as_deref(),
+            Some(&["PATH=/bin".to_string(), "A=config".to_string()][..])
+        );
+        assert_eq!((process.user().uid(), process.user().gid()), (1000, 2000));
+        let nss = v.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let path_of = |t: LinuxNamespaceType| {
+            let ns = nss.iter().find(|n| n.typ() == t).unwrap();
+            ns.path().clone().unwrap()
+        };
+        assert_eq!(
+            path_of(LinuxNamespaceType::Network),
+            Path::new("/proc/42/ns/net")
+        );
+        assert_eq!(
+            path_of(LinuxNamespaceType::Pid),
+            Path::new("/proc/42/ns/pid")
+        );
+        let dests: Vec<&Path> = mounts(&v)
             .iter()
-            .map(|m| m["destination"].as_str().unwrap())
+            .map(|m| m.destination().as_path())
             .collect();
         for d in [
             "/etc/hosts",
@@ -908,9 +292,9 @@ mod tests {
             "/etc/hostname",
             "/dev/shm",
         ] {
-            assert!(dests.contains(&d), "{d}");
+            assert!(dests.contains(&Path::new(d)), "{d}");
         }
-        assert_eq!(v["hostname"], "web");
+        assert_eq!(v.hostname().as_deref(), Some("web"));
 
         let mut bad_mount = config(&[], &[]);
         bad_mount.mounts = vec![cri::Mount {
@@ -1009,39 +393,240 @@ mod tests {
             ..Default::default()
         }];
         let v = container_spec(&c, &img, &ctx, None).unwrap();
-        let mounts = v["mounts"].as_array().unwrap();
         let find = |d: &str| {
-            mounts
+            mounts(&v)
                 .iter()
-                .filter(|m| m["destination"] == d)
+                .filter(|m| m.destination() == Path::new(d))
+                .filter_map(|m| m.source().clone())
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            find("/var/cache/app")[0]["source"],
-            "/state/c1/volumes/var_cache_app"
+            find("/var/cache/app"),
+            [Path::new("/state/c1/volumes/var_cache_app")]
         );
-        let data = find("/data");
-        assert_eq!(data.len(), 1, "a CRI mount covers the declared volume");
-        assert_eq!(data[0]["source"], "/srv/data");
+        assert_eq!(
+            find("/data"),
+            [Path::new("/srv/data")],
+            "a CRI mount covers the declared volume"
+        );
     }
 
-    #[test]
-    fn capabilities_add_and_drop_with_all() {
-        let mut sc = cri::LinuxContainerSecurityContext {
-            capabilities: Some(cri::Capability {
-                add_capabilities: vec!["NET_ADMIN".into()],
-                drop_capabilities: vec!["CAP_CHOWN".into()],
+    /// A representative container: an entrypoint image, env, user and groups, a CRI mount, a
+    /// device, resources, capabilities, the default seccomp profile.
+    fn typical() -> (cri::PodSandboxConfig, cri::ContainerConfig) {
+        let sandbox = cri::PodSandboxConfig {
+            hostname: "web".into(),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "web-0".into(),
+                namespace: "default".into(),
+                uid: "u1".into(),
+                attempt: 0,
+            }),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: "/kubepods/podu1".into(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    supplemental_groups: vec![3000],
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
+            annotations: [("example.com/team".to_string(), "a".to_string())].into(),
             ..Default::default()
         };
-        let caps = capabilities(&sc);
-        assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
-        assert!(!caps.contains(&"CAP_CHOWN".to_string()));
-        sc.capabilities = Some(cri::Capability {
-            drop_capabilities: vec!["ALL".into()],
+        let mut c = config(&["/bin/sh"], &["-c", "sleep 1"]);
+        c.metadata = Some(cri::ContainerMetadata {
+            name: "app".into(),
+            attempt: 0,
+        });
+        c.working_dir = "/work".into();
+        c.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv/data".into(),
+            readonly: true,
+            ..Default::default()
+        }];
+        c.devices = vec![cri::Device {
+            container_path: "/dev/mynull".into(),
+            host_path: "/dev/null".into(),
+            permissions: "rw".into(),
+        }];
+        c.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_shares: 512,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                memory_limit_in_bytes: 64 << 20,
+                memory_swap_limit_in_bytes: 128 << 20,
+                oom_score_adj: 500,
+                ..Default::default()
+            }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: vec!["NET_ADMIN".into()],
+                    drop_capabilities: vec!["CHOWN".into()],
+                    ..Default::default()
+                }),
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                }),
+                no_new_privs: true,
+                supplemental_groups: vec![4000],
+                ..Default::default()
+            }),
+        });
+        (sandbox, c)
+    }
+
+    /// The keys of a JSON object, sorted.
+    fn keys(v: &serde_json::Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        k.sort();
+        k
+    }
+
+    /// What runc reads: the JSON the untyped builder wrote, key for key (oci-spec leaves out
+    /// nothing concord sets, adds no default of its own: no rlimits, no inheritable or ambient
+    /// capabilities, no default namespaces or mounts).
+    #[test]
+    fn a_typical_spec_serializes_as_runc_expects() {
+        let (sandbox, c) = typical();
+        let ctx = test_ctx(&sandbox, "busybox");
+        let spec = container_spec(&c, &image(&["/ep"], &[]), &ctx, None).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        let top = [
+            "annotations",
+            "hostname",
+            "linux",
+            "mounts",
+            "ociVersion",
+            "process",
+            "root",
+        ];
+        assert_eq!(keys(&v), top);
+        assert_eq!(v["ociVersion"], "1.0.2");
+        let p = &v["process"];
+        let mut process_keys = keys(p);
+        process_keys.retain(|k| *k != "apparmorProfile"); // where the host has AppArmor
+        assert_eq!(
+            process_keys,
+            [
+                "args",
+                "capabilities",
+                "cwd",
+                "env",
+                "noNewPrivileges",
+                "oomScoreAdj",
+                "terminal",
+                "user"
+            ]
+        );
+        assert_eq!(p["terminal"], false);
+        assert_eq!(p["args"], json!(["/bin/sh", "-c", "sleep 1"]));
+        assert_eq!(p["cwd"], "/work");
+        assert_eq!(p["noNewPrivileges"], true);
+        assert_eq!(p["oomScoreAdj"], 500);
+        assert_eq!(
+            p["user"],
+            json!({"uid": 1000, "gid": 2000, "additionalGids": [4000, 3000]})
+        );
+        assert_eq!(
+            keys(&p["capabilities"]),
+            ["bounding", "effective", "permitted"]
+        );
+        let caps = p["capabilities"]["bounding"].as_array().unwrap();
+        assert_eq!(caps.len(), super::super::DEFAULT_CAPABILITIES.len());
+        assert!(caps.contains(&json!("CAP_NET_ADMIN")) && !caps.contains(&json!("CAP_CHOWN")));
+        assert_eq!(v["root"], json!({"path": "rootfs", "readonly": false}));
+        let data = v["mounts"].as_array().unwrap().last().unwrap();
+        assert_eq!(
+            data,
+            &json!({"destination": "/data", "type": "bind", "source": "/srv/data",
+                "options": ["rbind", "rprivate", "ro"]})
+        );
+        assert_eq!(v["mounts"].as_array().unwrap().len(), 11);
+        assert_eq!(v["annotations"]["io.kubernetes.cri.sandbox-name"], "web-0");
+        assert!(v["annotations"].get("example.com/team").is_none());
+        let l = &v["linux"];
+        assert_eq!(
+            keys(l),
+            [
+                "cgroupsPath",
+                "devices",
+                "maskedPaths",
+                "namespaces",
+                "readonlyPaths",
+                "resources",
+                "seccomp"
+            ]
+        );
+        assert_eq!(l["cgroupsPath"], "/kubepods/podu1/c1");
+        assert_eq!(
+            l["namespaces"],
+            json!([{"type": "mount"}, {"type": "network", "path": "/proc/42/ns/net"},
+                {"type": "uts", "path": "/proc/42/ns/uts"}, {"type": "ipc", "path": "/proc/42/ns/ipc"},
+                {"type": "pid", "path": "/proc/42/ns/pid"}])
+        );
+        assert_eq!(
+            l["devices"],
+            json!([{"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3,
+                "fileMode": 0o666, "uid": 0, "gid": 0}])
+        );
+        assert_eq!(
+            l["resources"],
+            json!({
+                "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+                "memory": {"limit": 64 << 20, "swap": 128 << 20},
+                "devices": [{"allow": false, "access": "rwm"},
+                    {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"}],
+            })
+        );
+        assert_eq!(l["maskedPaths"], json!(super::super::MASKED_PATHS));
+        assert_eq!(l["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(l["seccomp"]["defaultErrnoRet"], 1);
+    }
+
+    /// The API's check refuses what building the spec refuses, with the same field, and
+    /// passes what it builds.
+    #[test]
+    fn validation_refuses_what_the_spec_refuses() {
+        let (sandbox, good) = typical();
+        let ctx = test_ctx(&sandbox, "busybox");
+        let img = image(&["/ep"], &[]);
+        let check = |c: &cri::ContainerConfig| validate(&Inputs::new(c, &img, &ctx, None));
+        assert_eq!(check(&good), Ok(()));
+        let mut cases = Vec::new();
+        let mut c = good.clone();
+        c.mounts[0].host_path = "relative".into();
+        cases.push(c);
+        let mut c = good.clone();
+        c.devices[0].host_path = "/nonexistent-device".into();
+        cases.push(c);
+        let mut c = good.clone();
+        c.devices[0].permissions = "rwx".into();
+        cases.push(c);
+        let mut c = good.clone();
+        c.working_dir = "rel".into();
+        cases.push(c);
+        let mut c = good.clone();
+        let linux = c.linux.as_mut().unwrap();
+        linux.resources.as_mut().unwrap().cpu_quota = 5;
+        cases.push(c);
+        let mut c = good.clone();
+        let sc = c.linux.as_mut().unwrap().security_context.as_mut().unwrap();
+        sc.seccomp.as_mut().unwrap().profile_type = 42;
+        cases.push(c);
+        let mut c = good.clone();
+        let sc = c.linux.as_mut().unwrap().security_context.as_mut().unwrap();
+        sc.namespace_options = Some(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Target as i32,
+            target_id: "gone".into(),
             ..Default::default()
         });
-        assert!(capabilities(&sc).is_empty());
+        cases.push(c);
+        for c in cases {
+            let built = container_spec(&c, &img, &ctx, None).unwrap_err();
+            assert_eq!(check(&c), Err(built));
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! OCI runtime specs: what runc is asked to run. Built as JSON (the spec is handed to containerd
-//! as JSON anyway), from the image config and what the pod asks for.
+//! OCI runtime specs: what runc is asked to run, from the image config and what the pod asks
+//! for. A container's is oci-spec's typed `Spec` (`container`, built by the options of
+//! `spec_opts`); the pause container's is still built as JSON here.
 
 use std::collections::BTreeMap;
 
@@ -9,10 +10,41 @@ use crate::image::manifest::ImageConfig;
 
 pub mod annotations;
 pub mod apparmor;
+pub mod capabilities;
 pub mod container;
 pub mod files;
 pub mod mountinfo;
+pub mod resources;
 pub mod seccomp;
+pub mod spec_opts;
+pub mod user;
+
+/// A request field that cannot be honoured, with why: what every spec builder and leaf here
+/// refuses with, and the API answers as InvalidArgument naming `field`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    /// The request field, as CRI names it (`config.mounts.container_path`), or `image`.
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl SpecError {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> SpecError {
+        SpecError {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error, its reason prefixed with which element of the field it is about.
+    pub fn within(self, element: impl std::fmt::Display) -> SpecError {
+        SpecError {
+            field: self.field,
+            reason: format!("{element}: {}", self.reason),
+        }
+    }
+}
 
 /// Capabilities a container gets by default (containerd's and docker's default set).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -93,7 +125,7 @@ pub struct SandboxSpec {
     pub shm_path: Option<String>,
     pub annotations: BTreeMap<String, String>,
     /// `linux.seccomp` (None: unconfined).
-    pub seccomp: Option<Value>,
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 /// The lowest oom_score_adj this host lets concord's children ask for: without
@@ -192,7 +224,7 @@ pub fn sandbox_spec(s: &SandboxSpec, image: &ImageConfig) -> Value {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
         if let Some(profile) = &s.seccomp {
-            linux["seccomp"] = profile.clone();
+            linux["seccomp"] = json!(profile);
         }
     }
     let mut annotations = s.annotations.clone();

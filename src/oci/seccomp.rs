@@ -6,7 +6,12 @@
 use std::path::Path;
 
 use k8s_cri::v1 as cri;
-use serde_json::{json, Value};
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
+    LinuxSeccompOperator, LinuxSyscall,
+};
+
+use super::SpecError;
 
 /// What a process is confined by.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +30,8 @@ impl Seccomp {
     pub fn requested(
         profile: Option<&cri::SecurityProfile>,
         deprecated_path: &str,
-        field: &str,
-    ) -> Result<Seccomp, String> {
+        field: &'static str,
+    ) -> Result<Seccomp, SpecError> {
         use cri::security_profile::ProfileType;
         let s = match profile {
             Some(p) => match ProfileType::try_from(p.profile_type) {
@@ -34,9 +39,9 @@ impl Seccomp {
                 Ok(ProfileType::Unconfined) => Seccomp::Unconfined,
                 Ok(ProfileType::Localhost) => Seccomp::Localhost(p.localhost_ref.clone()),
                 Err(_) => {
-                    return Err(format!(
-                        "{field}.profile_type: unknown type {}",
-                        p.profile_type
+                    return Err(SpecError::new(
+                        field,
+                        format!("profile_type: unknown type {}", p.profile_type),
                     ))
                 }
             },
@@ -47,17 +52,21 @@ impl Seccomp {
                     Seccomp::Localhost(p.trim_start_matches("localhost/").to_string())
                 }
                 other => {
-                    return Err(format!(
-                        "{field}: unknown seccomp profile {other:?} (runtime/default, \
-                         unconfined or localhost/<path>)"
+                    return Err(SpecError::new(
+                        field,
+                        format!(
+                            "unknown seccomp profile {other:?} (runtime/default, unconfined \
+                             or localhost/<path>)"
+                        ),
                     ))
                 }
             },
         };
         if let Seccomp::Localhost(p) = &s {
             if !Path::new(p).is_absolute() {
-                return Err(format!(
-                    "{field}: localhost profile {p:?} is not an absolute path"
+                return Err(SpecError::new(
+                    field,
+                    format!("localhost profile {p:?} is not an absolute path"),
                 ));
             }
         }
@@ -65,19 +74,30 @@ impl Seccomp {
     }
 
     /// The spec's `linux.seccomp` for a process holding `capabilities` (None: unconfined).
-    pub fn profile(&self, capabilities: &[&str]) -> Result<Option<Value>, String> {
+    /// `field` names the request field in errors.
+    pub fn profile(
+        &self,
+        capabilities: &[&str],
+        field: &'static str,
+    ) -> Result<Option<LinuxSeccomp>, SpecError> {
         match self {
             Seccomp::Unconfined => Ok(None),
             Seccomp::RuntimeDefault => Ok(Some(default_profile(capabilities))),
             Seccomp::Localhost(p) => {
+                let bad = |why: String| SpecError::new(field, why);
                 let text = std::fs::read_to_string(p)
-                    .map_err(|e| format!("reading seccomp profile {p}: {e}"))?;
-                let v: Value = serde_json::from_str(&text)
-                    .map_err(|e| format!("seccomp profile {p} is not JSON: {e}"))?;
-                if !v.get("defaultAction").is_some_and(Value::is_string) {
-                    return Err(format!("seccomp profile {p} has no defaultAction"));
+                    .map_err(|e| bad(format!("reading seccomp profile {p}: {e}")))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| bad(format!("seccomp profile {p} is not JSON: {e}")))?;
+                if !v.get("defaultAction").is_some_and(|a| a.is_string()) {
+                    return Err(bad(format!("seccomp profile {p} has no defaultAction")));
                 }
-                Ok(Some(v))
+                let profile = serde_json::from_value(v).map_err(|e| {
+                    bad(format!(
+                        "seccomp profile {p} is not an OCI seccomp profile: {e}"
+                    ))
+                })?;
+                Ok(Some(profile))
             }
         }
     }
@@ -85,7 +105,7 @@ impl Seccomp {
 
 /// The pause container's profile, as the pod's security context asks (privileged pods run
 /// unconfined). Errors name the request field.
-pub fn for_sandbox(c: &cri::PodSandboxConfig) -> Result<Option<Value>, String> {
+pub fn for_sandbox(c: &cri::PodSandboxConfig) -> Result<Option<LinuxSeccomp>, SpecError> {
     const FIELD: &str = "config.linux.security_context.seccomp";
     let sc = c
         .linux
@@ -99,8 +119,7 @@ pub fn for_sandbox(c: &cri::PodSandboxConfig) -> Result<Option<Value>, String> {
     #[allow(deprecated)]
     let path = sc.seccomp_profile_path.clone();
     Seccomp::requested(sc.seccomp.as_ref(), &path, FIELD)?
-        .profile(crate::oci::DEFAULT_CAPABILITIES)
-        .map_err(|e| format!("{FIELD}: {e}"))
+        .profile(crate::oci::DEFAULT_CAPABILITIES, FIELD)
 }
 
 /// Allowed for every process.
@@ -523,42 +542,79 @@ const CLONE_NAMESPACE_FLAGS: u64 = 0x0002_0000 // CLONE_NEWNS
     | 0x4000_0000 // CLONE_NEWNET
     | 0x0200_0000; // CLONE_NEWCGROUP
 
+/// One rule: `names` get `action`, when `args` match (all of them).
+fn rule(names: &[&str], action: LinuxSeccompAction, args: Vec<LinuxSeccompArg>) -> LinuxSyscall {
+    let mut r = LinuxSyscall::default();
+    r.set_names(names.iter().map(|n| n.to_string()).collect())
+        .set_action(action)
+        .set_args((!args.is_empty()).then_some(args));
+    r
+}
+
+/// A condition on argument `index`: `op` against `value` (and `value_two`, for a mask).
+fn arg(
+    index: usize,
+    value: u64,
+    value_two: Option<u64>,
+    op: LinuxSeccompOperator,
+) -> LinuxSeccompArg {
+    let a = LinuxSeccompArgBuilder::default()
+        .index(index)
+        .value(value)
+        .op(op);
+    let a = match value_two {
+        Some(v) => a.value_two(v),
+        None => a,
+    };
+    // Cannot fail: the builder defaults every field it is not given.
+    a.build().expect("a seccomp argument builds")
+}
+
 /// The runtime's default profile for a process holding `capabilities`.
-pub fn default_profile(capabilities: &[&str]) -> Value {
-    let mut syscalls = vec![json!({"names": ALLOWED, "action": "SCMP_ACT_ALLOW"})];
+pub fn default_profile(capabilities: &[&str]) -> LinuxSeccomp {
+    use LinuxSeccompAction::{ScmpActAllow as Allow, ScmpActErrno as Errno};
+    let mut syscalls = vec![rule(ALLOWED, Allow, vec![])];
     // personality(2) only for the harmless personas (Linux, 32-bit, query).
     for persona in [0x0u64, 0x0008, 0x2_0000, 0x2_0008, 0xffff_ffff] {
-        syscalls.push(json!({"names": ["personality"], "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": persona, "op": "SCMP_CMP_EQ"}]}));
+        let persona = arg(0, persona, None, LinuxSeccompOperator::ScmpCmpEq);
+        syscalls.push(rule(&["personality"], Allow, vec![persona]));
     }
     if cfg!(target_arch = "x86_64") {
-        syscalls.push(json!({"names": ["arch_prctl", "modify_ldt"], "action": "SCMP_ACT_ALLOW"}));
+        syscalls.push(rule(&["arch_prctl", "modify_ldt"], Allow, vec![]));
     }
     for (cap, names) in BY_CAPABILITY {
         if capabilities.contains(cap) {
-            syscalls.push(json!({"names": names, "action": "SCMP_ACT_ALLOW"}));
+            syscalls.push(rule(names, Allow, vec![]));
         }
     }
     if !capabilities.contains(&"CAP_SYS_ADMIN") {
         // clone without namespace flags; clone3 (flags out of reach of seccomp) answers ENOSYS
         // so that libc falls back to clone.
-        syscalls.push(json!({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]}));
-        syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
+        let no_namespaces = arg(
+            0,
+            CLONE_NAMESPACE_FLAGS,
+            Some(0),
+            LinuxSeccompOperator::ScmpCmpMaskedEq,
+        );
+        syscalls.push(rule(&["clone"], Allow, vec![no_namespaces]));
+        let mut clone3 = rule(&["clone3"], Errno, vec![]);
+        clone3.set_errno_ret(Some(38));
+        syscalls.push(clone3);
     }
     let architectures = if cfg!(target_arch = "x86_64") {
-        vec!["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+        vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
     } else if cfg!(target_arch = "aarch64") {
-        vec!["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
+        vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
     } else {
         vec![]
     };
-    json!({
-        "defaultAction": "SCMP_ACT_ERRNO",
-        "defaultErrnoRet": 1,
-        "architectures": architectures,
-        "syscalls": syscalls,
-    })
+    let mut profile = LinuxSeccomp::default();
+    profile
+        .set_default_action(Errno)
+        .set_default_errno_ret(Some(1))
+        .set_architectures(Some(architectures))
+        .set_syscalls(Some(syscalls));
+    profile
 }
 
 #[cfg(test)]
@@ -588,6 +644,7 @@ mod tests {
         assert!(
             Seccomp::requested(Some(&p(ProfileType::Localhost, "p.json")), "", f)
                 .unwrap_err()
+                .reason
                 .contains("absolute")
         );
         assert_eq!(Seccomp::requested(None, "", f), Ok(Seccomp::Unconfined));
@@ -599,14 +656,16 @@ mod tests {
             Seccomp::requested(None, "localhost//x.json", f),
             Ok(Seccomp::Localhost("/x.json".into()))
         );
-        assert!(Seccomp::requested(None, "bogus", f)
-            .unwrap_err()
-            .contains(f));
+        let bogus = Seccomp::requested(None, "bogus", f).unwrap_err();
+        assert_eq!(bogus.field, f);
+        assert!(bogus.reason.contains("bogus"));
     }
 
     #[test]
     fn the_default_profile_denies_by_default_and_widens_with_capabilities() {
         let plain = default_profile(&["CAP_CHOWN", "CAP_SYS_CHROOT"]);
+        assert_eq!(plain.default_action(), LinuxSeccompAction::ScmpActErrno);
+        let plain = serde_json::to_value(&plain).unwrap();
         assert_eq!(plain["defaultAction"], "SCMP_ACT_ERRNO");
         let text = plain.to_string();
         assert!(text.contains("\"chroot\""));
@@ -616,7 +675,7 @@ mod tests {
             text.contains("SCMP_CMP_MASKED_EQ"),
             "clone without namespaces"
         );
-        let admin = default_profile(&["CAP_SYS_ADMIN"]).to_string();
+        let admin = serde_json::to_string(&default_profile(&["CAP_SYS_ADMIN"])).unwrap();
         assert!(admin.contains("\"mount\""));
         assert!(!admin.contains("SCMP_CMP_MASKED_EQ"));
     }

@@ -180,7 +180,7 @@ impl ContainerReconciler {
                             .and_then(|l| l.resources.clone())
                             .unwrap_or_default();
                         self.ctd
-                            .update_task(id, &crate::oci::container::linux_resources(&res))
+                            .update_task(id, &crate::oci::resources::linux_resources(&res))
                             .await?;
                     }
                 }
@@ -309,22 +309,15 @@ impl ContainerReconciler {
                     Self::refused(id, "reading the image's /etc/passwd and /etc/group", e)
                 })?;
             let spec = container_spec(&rec.config, &img.resolved.config, &ctx, Some(&users))
-                .map_err(|e| {
-                    Self::refused(
-                        id,
-                        "building the container spec",
-                        format!("{}: {}", e.field, e.reason),
-                    )
-                })?;
+                .map_err(|e| Self::refused(id, "building the container spec", e))?;
             // Missing host paths of bind mounts become directories (as kubelet expects), and
             // the image's volumes get theirs.
             let volumes_dir = self.settings.layout.container_volumes(id);
-            let binds = spec["mounts"].as_array().cloned().unwrap_or_default();
-            for m in binds.iter().filter(|m| m["type"] == "bind") {
-                let Some(src) = m["source"].as_str() else {
+            let binds = spec.mounts().iter().flatten();
+            for m in binds.filter(|m| m.typ().as_deref() == Some("bind")) {
+                let Some(src) = m.source().as_deref() else {
                     continue;
                 };
-                let src = std::path::Path::new(src);
                 let ours = src.starts_with(&volumes_dir);
                 let user = rec
                     .config
@@ -366,15 +359,17 @@ impl ContainerReconciler {
                     )
                     .await?;
             }
-            let user = &spec["process"]["user"];
-            let id_of = |v: &serde_json::Value| v.as_i64().unwrap_or(0);
+            let user = spec.process().as_ref().map(|p| p.user().clone());
+            let user = user.unwrap_or_default();
             Ok::<_, ReconcileError>(Some(ContainerUser {
-                uid: id_of(&user["uid"]),
-                gid: id_of(&user["gid"]),
-                groups: user["additionalGids"]
-                    .as_array()
-                    .map(|g| g.iter().map(id_of).collect())
-                    .unwrap_or_default(),
+                uid: user.uid().into(),
+                gid: user.gid().into(),
+                groups: user
+                    .additional_gids()
+                    .iter()
+                    .flatten()
+                    .map(|g| (*g).into())
+                    .collect(),
             }))
         }
         .await;
@@ -688,14 +683,14 @@ const USER_DB_LIMIT: u64 = 4 << 20;
 /// directories without mounting anything and without leaving the image (`layerfs`).
 fn image_users(
     layers: &crate::image::layerfs::Layers,
-) -> Result<crate::oci::container::UserDb, crate::image::layerfs::LayerError> {
+) -> Result<crate::oci::user::UserDb, crate::image::layerfs::LayerError> {
     let read = |file: &str| -> Result<String, crate::image::layerfs::LayerError> {
         Ok(layers
             .read(file, USER_DB_LIMIT)?
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default())
     };
-    Ok(crate::oci::container::UserDb::parse(
+    Ok(crate::oci::user::UserDb::parse(
         &read("/etc/passwd")?,
         &read("/etc/group")?,
     ))

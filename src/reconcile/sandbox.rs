@@ -440,14 +440,10 @@ impl SandboxReconciler {
             .map(|h| h.pod_annotations.as_slice())
             .unwrap_or_default();
         let mut annotations = crate::oci::annotations::allowed(patterns, &rec.config.annotations);
-        if let Some(m) = &rec.config.metadata {
-            annotations.insert("io.kubernetes.cri.sandbox-name".into(), m.name.clone());
-            annotations.insert(
-                "io.kubernetes.cri.sandbox-namespace".into(),
-                m.namespace.clone(),
-            );
-            annotations.insert("io.kubernetes.cri.sandbox-uid".into(), m.uid.clone());
-        }
+        crate::oci::annotations::insert_pod_identity(
+            &mut annotations,
+            rec.config.metadata.as_ref(),
+        );
         SandboxSpec {
             id: rec.id.clone(),
             hostname: if rec.config.hostname.is_empty() || network == Ns::Node {
