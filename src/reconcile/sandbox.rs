@@ -148,7 +148,11 @@ impl SandboxReconciler {
                 Ok(observed(json!({"state": "stopped"})))
             }
             SandboxDesired::Removed => {
-                self.stop(rec).await?;
+                // A converged stop (its fact is written only after the task, the network and
+                // the netns were gone) is not repeated: a second CNI DEL is the costliest step.
+                if !rec.stopped {
+                    self.stop(rec).await?;
+                }
                 self.remove(id).await?;
                 self.journal
                     .append(vec![Event::SandboxRemoved { id: id.into() }])
