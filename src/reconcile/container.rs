@@ -44,6 +44,8 @@ pub struct ContainerReconciler {
     /// grace starts when the signal is sent (not when the intent was queued), is never started
     /// again by a retry, and a later stop intent with an earlier end shortens it.
     stopping: parking_lot::Mutex<std::collections::HashMap<String, StopClock>>,
+    /// Which containers this process creates for the first time.
+    attempts: super::FirstAttempts,
 }
 
 /// One stop in progress.
@@ -79,7 +81,9 @@ impl ContainerReconciler {
         settings: ContainerSettings,
         attachments: Arc<crate::attach::Attachments>,
     ) -> ContainerReconciler {
+        let attempts = super::FirstAttempts::new(journal.state().containers.keys().cloned());
         ContainerReconciler {
+            attempts,
             ctd,
             images,
             journal,
@@ -219,39 +223,18 @@ impl ContainerReconciler {
         state: &State,
     ) -> Result<Option<ContainerUser>, ReconcileError> {
         let id = rec.id.as_str();
+        const STEP: &str = "creating the container";
         let sandbox = state
             .sandboxes
             .get(&rec.sandbox_id)
             .filter(|s| s.ready())
             .ok_or_else(|| {
-                Self::err(
-                    id,
-                    "creating the container",
-                    format!("pod sandbox {} is not ready", rec.sandbox_id),
-                )
+                let why = format!("pod sandbox {} is not ready", rec.sandbox_id);
+                Self::err(id, STEP, why)
             })?;
-        let img = self
-            .images
-            .index()
-            .find(&rec.image_id)
-            .cloned()
-            .ok_or_else(|| {
-                Self::err(
-                    id,
-                    "creating the container",
-                    format!("image {} is not present", rec.image_id),
-                )
-            })?;
-        let target_pid = rec
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.as_ref())
-            .map(|o| o.target_id.clone())
-            .filter(|t| !t.is_empty())
-            .and_then(|t| state.containers.get(&t))
-            .and_then(|c| c.pid);
+        let img = self.images.index().find(&rec.image_id).cloned();
+        let img = img
+            .ok_or_else(|| Self::err(id, STEP, format!("image {} is not present", rec.image_id)))?;
         let handler = self
             .settings
             .runtime
@@ -259,11 +242,10 @@ impl ContainerReconciler {
             .ok_or_else(|| {
                 Self::err(
                     id,
-                    "creating the container",
+                    STEP,
                     "the pod's runtime handler is no longer configured",
                 )
             })?;
-        let runtime = ContainerRuntime::of(handler, self.settings.runtime.systemd_cgroup());
         let ctx = ContainerContext {
             id,
             sandbox_id: &rec.sandbox_id,
@@ -271,112 +253,119 @@ impl ContainerReconciler {
             sandbox_pid: sandbox.pid.unwrap_or(0),
             sandbox_files: self.settings.layout.sandbox(&rec.sandbox_id),
             image_name: &rec.image_name,
-            target_pid,
+            target_pid: target_pid(rec, state),
             volumes_dir: self.settings.layout.container_volumes(id),
             passthrough: crate::oci::annotations::Passthrough::of(handler),
         };
-        let owner = format!("container:{id}");
-        let lease = format!("concord-container-{}", fastrand::u64(..));
+        let runtime = ContainerRuntime::of(handler, self.settings.runtime.systemd_cgroup());
+        let made = Made {
+            owner: format!("container:{id}"),
+            lease: format!("concord-container-{}", fastrand::u64(..)),
+            // A container this process recorded, tried for the first time, has no snapshot
+            // or containerd container to look for yet.
+            first: self.attempts.first(id),
+        };
         self.ctd
-            .create_lease(&lease, Duration::from_secs(600), &owner)
+            .create_lease(&made.lease, Duration::from_secs(600), &made.owner)
             .await?;
-        let made = async {
-            let mounts = match self
-                .ctd
-                .snapshot_mounts(&self.settings.snapshotter, id)
-                .await?
-            {
-                Some(m) => m,
-                None => {
-                    self.ctd
-                        .prepare_snapshot(
-                            &self.settings.snapshotter,
-                            id,
-                            &img.resolved.chain_id,
-                            &owner,
-                            &lease,
-                        )
-                        .await?
-                }
-            };
-            // User and group names resolve against the image's own /etc files, read inside
-            // the image only (bounded, regular files) on a blocking thread.
-            let layers = crate::image::layerfs::Layers::of_mounts(&mounts);
-            let users = tokio::task::spawn_blocking(move || image_users(&layers))
-                .await
-                .map_err(|e| Self::err(id, "reading the image's /etc/passwd and /etc/group", e))?
-                .map_err(|e| {
-                    Self::refused(id, "reading the image's /etc/passwd and /etc/group", e)
-                })?;
-            let spec = container_spec(&rec.config, &img.resolved.config, &ctx, Some(&users))
-                .map_err(|e| Self::refused(id, "building the container spec", e))?;
-            // Missing host paths of bind mounts become directories (as kubelet expects), and
-            // the image's volumes get theirs.
-            let volumes_dir = self.settings.layout.container_volumes(id);
-            let binds = spec.mounts().iter().flatten();
-            for m in binds.filter(|m| m.typ().as_deref() == Some("bind")) {
-                let Some(src) = m.source().as_deref() else {
-                    continue;
-                };
-                let ours = src.starts_with(&volumes_dir);
-                let user = rec
-                    .config
-                    .mounts
-                    .iter()
-                    .any(|cm| std::path::Path::new(&cm.host_path) == src);
-                if (ours || user) && !src.exists() {
-                    std::fs::create_dir_all(src).map_err(|e| {
-                        Self::err(
-                            id,
-                            "creating a mount's host directory",
-                            format!("{}: {e}", src.display()),
-                        )
-                    })?;
-                }
-            }
-            if !self.ctd.container_exists(id).await? {
-                let labels = [
-                    (
-                        "io.cri-containerd.kind".to_string(),
-                        "container".to_string(),
-                    ),
-                    (
-                        "io.kubernetes.pod-sandbox-id".to_string(),
-                        rec.sandbox_id.clone(),
-                    ),
-                ]
-                .into();
+        let user = self.create_leased(rec, &img, &ctx, &runtime, &made).await;
+        if let Err(e) = self.ctd.delete_lease(&made.lease).await {
+            tracing::warn!(container_id = id, lease = made.lease, error = %e, "cannot delete a container lease; it expires");
+        }
+        user.map(Some)
+    }
+
+    /// The snapshot (held by `made.lease` until the container references it), the image's
+    /// users, the spec, the bind sources and the containerd container.
+    async fn create_leased(
+        &self,
+        rec: &ContainerRecord,
+        img: &crate::image::index::ImageRecord,
+        ctx: &ContainerContext<'_>,
+        runtime: &ContainerRuntime,
+        made: &Made,
+    ) -> Result<ContainerUser, ReconcileError> {
+        let id = rec.id.as_str();
+        let snapshotter = &self.settings.snapshotter;
+        let existing = match made.first {
+            true => None,
+            false => self.ctd.snapshot_mounts(snapshotter, id).await?,
+        };
+        let mounts = match existing {
+            Some(m) => m,
+            None => {
+                let chain = &img.resolved.chain_id;
                 self.ctd
-                    .create_container(
-                        id,
-                        &rec.image_name,
-                        &runtime,
-                        &spec,
-                        &self.settings.snapshotter,
-                        id,
-                        &owner,
-                        labels,
-                    )
-                    .await?;
+                    .prepare_snapshot(snapshotter, id, chain, &made.owner, &made.lease)
+                    .await?
             }
-            let user = spec.process().as_ref().map(|p| p.user().clone());
-            let user = user.unwrap_or_default();
-            Ok::<_, ReconcileError>(Some(ContainerUser {
-                uid: user.uid().into(),
-                gid: user.gid().into(),
-                groups: user
-                    .additional_gids()
-                    .iter()
-                    .flatten()
-                    .map(|g| (*g).into())
-                    .collect(),
-            }))
+        };
+        // User and group names resolve against the image's own /etc files, read inside the
+        // image only (bounded, regular files) on a blocking thread.
+        const USERS: &str = "reading the image's /etc/passwd and /etc/group";
+        let layers = crate::image::layerfs::Layers::of_mounts(&mounts);
+        let users = tokio::task::spawn_blocking(move || image_users(&layers))
+            .await
+            .map_err(|e| Self::err(id, USERS, e))?
+            .map_err(|e| Self::refused(id, USERS, e))?;
+        let spec = container_spec(&rec.config, &img.resolved.config, ctx, Some(&users))
+            .map_err(|e| Self::refused(id, "building the container spec", e))?;
+        self.make_bind_sources(rec, &spec)?;
+        if made.first || !self.ctd.container_exists(id).await? {
+            let labels = [
+                ("io.cri-containerd.kind".into(), "container".into()),
+                (
+                    "io.kubernetes.pod-sandbox-id".into(),
+                    rec.sandbox_id.clone(),
+                ),
+            ]
+            .into();
+            self.ctd
+                .create_container(
+                    id,
+                    &rec.image_name,
+                    runtime,
+                    &spec,
+                    snapshotter,
+                    id,
+                    &made.owner,
+                    labels,
+                )
+                .await?;
         }
-        .await;
-        if let Err(e) = self.ctd.delete_lease(&lease).await {
-            tracing::warn!(container_id = id, lease, error = %e, "cannot delete a container lease; it expires");
+        Ok(container_user(&spec))
+    }
+
+    /// Missing host paths of bind mounts become directories (as kubelet expects), and the
+    /// image's volumes get theirs.
+    fn make_bind_sources(
+        &self,
+        rec: &ContainerRecord,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), ReconcileError> {
+        let volumes_dir = self.settings.layout.container_volumes(&rec.id);
+        let binds = spec.mounts().iter().flatten();
+        for m in binds.filter(|m| m.typ().as_deref() == Some("bind")) {
+            let Some(src) = m.source().as_deref() else {
+                continue;
+            };
+            let ours = src.starts_with(&volumes_dir);
+            let user = rec
+                .config
+                .mounts
+                .iter()
+                .any(|cm| std::path::Path::new(&cm.host_path) == src);
+            if (ours || user) && !src.exists() {
+                std::fs::create_dir_all(src).map_err(|e| {
+                    Self::err(
+                        &rec.id,
+                        "creating a mount's host directory",
+                        format!("{}: {e}", src.display()),
+                    )
+                })?;
+            }
         }
-        made
+        Ok(())
     }
 
     /// The task, its stdio to the log writer, started. A start that fails is an exit (code 128,
@@ -650,6 +639,7 @@ impl ContainerReconciler {
     /// Task, container, snapshot, state: whatever of them exists.
     async fn remove(&self, id: &str) -> Result<(), ReconcileError> {
         self.stopping.lock().remove(id);
+        self.attempts.forget(id);
         self.ctd.end_task(id, Duration::from_secs(10)).await?;
         self.attachments.detach(id);
         self.ctd.delete_container(id).await?;
@@ -662,6 +652,42 @@ impl ContainerReconciler {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// A container create's lease, its owner label, and whether it is the first attempt.
+struct Made {
+    owner: String,
+    lease: String,
+    first: bool,
+}
+
+/// The pid of the container whose PID namespace `rec` joins (namespace mode TARGET).
+fn target_pid(rec: &ContainerRecord, state: &State) -> Option<u32> {
+    rec.config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map(|o| o.target_id.clone())
+        .filter(|t| !t.is_empty())
+        .and_then(|t| state.containers.get(&t))
+        .and_then(|c| c.pid)
+}
+
+/// The identity the spec's process runs as.
+fn container_user(spec: &oci_spec::runtime::Spec) -> ContainerUser {
+    let user = spec.process().as_ref().map(|p| p.user().clone());
+    let user = user.unwrap_or_default();
+    ContainerUser {
+        uid: user.uid().into(),
+        gid: user.gid().into(),
+        groups: user
+            .additional_gids()
+            .iter()
+            .flatten()
+            .map(|g| (*g).into())
+            .collect(),
     }
 }
 

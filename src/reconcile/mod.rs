@@ -6,12 +6,14 @@
 //! learns why it was called. The outcome is recorded per key (observed generation, last error) so
 //! that API handlers can wait for their intent to converge.
 
+mod attempts;
 pub mod container;
 pub mod orphans;
 mod queue;
 mod runtime_config;
 mod sandbox;
 
+pub use attempts::FirstAttempts;
 pub use queue::WorkQueue;
 pub use runtime_config::RuntimeConfigReconciler;
 pub use sandbox::{SandboxReconciler, SandboxSettings};

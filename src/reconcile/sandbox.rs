@@ -3,7 +3,7 @@
 //! what exists first, so a reconcile interrupted anywhere (a crash, a kill -9) converges when it
 //! runs again; teardown is unconditional and NotFound is success.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,10 +41,8 @@ pub struct SandboxReconciler {
     journal: JournalHandle,
     settings: SandboxSettings,
     metrics: Arc<Metrics>,
-    /// The sandboxes the journal held when this process started.
-    replayed: HashSet<String>,
-    /// The sandboxes this process has begun to start.
-    attempted: parking_lot::Mutex<HashSet<String>>,
+    /// Which sandboxes this process starts for the first time.
+    attempts: super::FirstAttempts,
 }
 
 const IFNAME: &str = "eth0";
@@ -59,7 +57,7 @@ impl SandboxReconciler {
         settings: SandboxSettings,
         metrics: Arc<Metrics>,
     ) -> SandboxReconciler {
-        let replayed = journal.state().sandboxes.keys().cloned().collect();
+        let attempts = super::FirstAttempts::new(journal.state().sandboxes.keys().cloned());
         SandboxReconciler {
             ctd,
             images,
@@ -68,8 +66,7 @@ impl SandboxReconciler {
             journal,
             settings,
             metrics,
-            replayed,
-            attempted: Default::default(),
+            attempts,
         }
     }
 
@@ -192,18 +189,13 @@ impl SandboxReconciler {
         }
     }
 
-    /// Whether this is the first start of a sandbox this process recorded: then no earlier
-    /// attempt (of this process or of one that crashed) can have left a CNI attachment, a
-    /// snapshot, a container or a task to check for or undo, and those round trips are skipped.
-    fn first_attempt(&self, id: &str) -> bool {
-        !self.replayed.contains(id) && self.attempted.lock().insert(id.to_string())
-    }
-
     /// The network (netns → CNI ADD) alongside the pause container (files, image, snapshot,
     /// container → task create → task start): neither needs the other until the pod is ready.
     /// Answers (ips, pid).
     async fn start(&self, rec: &SandboxRecord) -> Result<(Vec<String>, u32), ReconcileError> {
-        let first = self.first_attempt(&rec.id);
+        // The first start of a sandbox this process recorded skips the checks for (and the undoing
+        // of) what an earlier attempt would have left.
+        let first = self.attempts.first(&rec.id);
         let pause = async {
             let mounts = self.pause_container(rec, first).await?;
             self.start_pause(&rec.id, mounts, first).await
@@ -529,7 +521,7 @@ impl SandboxReconciler {
         // containers share its shim, grouped by the sandbox-id annotation, so containers need
         // no scan of their own.) One /proc scan per pod removal.
         self.ctd.kill_shims_of(id).await;
-        self.attempted.lock().remove(id);
+        self.attempts.forget(id);
         let dir = self.settings.layout.sandbox(id);
         crate::oci::files::unmount_shm(&dir)
             .map_err(|e| Self::err(id, "unmounting the pod's /dev/shm", e))?;
