@@ -240,6 +240,30 @@ impl Loop {
         state.generation(&ObjectKey::RuntimeConfig)
     }
 
+    /// Waits for the runtime config's `generation` as a handler does, with a minute's deadline.
+    async fn wait(&self, generation: u64) -> Result<(), WaitError> {
+        self.controller.wait(&RC, generation, MINUTE).await
+    }
+
+    /// The same wait in a task of its own, to see whether it is still waiting.
+    fn spawn_wait(
+        &self,
+        generation: u64,
+        timeout: Duration,
+    ) -> tokio::task::JoinHandle<Result<(), WaitError>> {
+        let c = self.controller.clone();
+        tokio::spawn(async move { c.wait(&RC, generation, timeout).await })
+    }
+
+    /// Wakes `key` and lets its reconcile start; it holds until the returned gate opens.
+    async fn start_held(&self, key: &ObjectKey) -> Arc<Semaphore> {
+        let gate = Arc::new(Semaphore::new(0));
+        self.fake.script(key, [Step::Hold(gate.clone())]);
+        self.controller.wake(key.clone());
+        settle().await;
+        gate
+    }
+
     fn retries(&self, key: &ObjectKey) -> u32 {
         self.controller.object(key).unwrap().status.retries
     }
@@ -257,6 +281,7 @@ fn sandbox(id: &str) -> ObjectKey {
 }
 
 const RC: ObjectKey = ObjectKey::RuntimeConfig;
+const MINUTE: Duration = Duration::from_secs(60);
 
 #[tokio::test(start_paused = true)]
 async fn a_wait_returns_once_its_generation_converges() {
@@ -265,10 +290,7 @@ async fn a_wait_returns_once_its_generation_converges() {
     l.fake.script(&RC, [Step::Hold(gate.clone())]);
     let generation = l.intend("10.1.0.0/16").await;
     assert_eq!(generation, 1);
-    let waiter = {
-        let c = l.controller.clone();
-        tokio::spawn(async move { c.wait(&RC, generation, Duration::from_secs(60)).await })
-    };
+    let waiter = l.spawn_wait(generation, MINUTE);
     settle().await;
     assert!(!waiter.is_finished(), "answered before the reconcile ended");
     let t0 = Instant::now();
@@ -296,25 +318,18 @@ async fn a_wait_reports_a_failed_reconcile_and_the_loop_keeps_retrying() {
     let l = start(config(2));
     l.fake.script(&RC, [Step::Fail]);
     let generation = l.intend("10.1.0.0/16").await;
-    let e = l
-        .controller
-        .wait(&RC, generation, Duration::from_secs(60))
-        .await
-        .unwrap_err();
+    let e = l.wait(generation).await.unwrap_err();
     assert!(
         matches!(&e, WaitError::Failed(m) if m.contains("scripted failure")),
         "{e:?}"
     );
     assert_eq!(l.retries(&RC), 1);
     // Until a retry succeeds, a wait is answered with the standing failure.
-    let again = l.controller.wait(&RC, generation, Duration::from_secs(60));
+    let again = l.wait(generation);
     assert!(matches!(again.await, Err(WaitError::Failed(_))));
     // The retry (within 150 ms) converges it: a wait then succeeds.
     tokio::time::sleep(Duration::from_millis(151)).await;
-    l.controller
-        .wait(&RC, generation, Duration::from_secs(60))
-        .await
-        .unwrap();
+    l.wait(generation).await.unwrap();
     assert_eq!(l.fake.calls(&RC).len(), 2);
     assert_eq!(l.retries(&RC), 0);
 }
@@ -325,14 +340,11 @@ async fn a_failure_of_an_older_generation_does_not_answer_a_wait_for_a_newer_one
     let gate = Arc::new(Semaphore::new(0));
     l.fake.script(&RC, [Step::Fail, Step::Hold(gate.clone())]);
     let first = l.intend("10.1.0.0/16").await;
-    let e = l.controller.wait(&RC, first, Duration::from_secs(60)).await;
+    let e = l.wait(first).await;
     assert!(matches!(e, Err(WaitError::Failed(_))), "{e:?}");
     let second = l.intend("10.2.0.0/16").await;
     assert_eq!(second, first + 1);
-    let waiter = {
-        let c = l.controller.clone();
-        tokio::spawn(async move { c.wait(&RC, second, Duration::from_secs(60)).await })
-    };
+    let waiter = l.spawn_wait(second, MINUTE);
     settle().await;
     assert!(
         !waiter.is_finished(),
@@ -347,10 +359,7 @@ async fn a_wait_reports_a_refusal_as_refused() {
     let l = start(config(2));
     l.fake.script(&RC, [Step::Refuse]);
     let generation = l.intend("10.1.0.0/16").await;
-    let e = l
-        .controller
-        .wait(&RC, generation, Duration::from_secs(60))
-        .await;
+    let e = l.wait(generation).await;
     assert!(
         matches!(&e, Err(WaitError::Refused(m)) if m.contains("scripted refusal")),
         "{e:?}"
@@ -362,10 +371,7 @@ async fn a_transient_failure_does_not_answer_a_wait() {
     let l = start(config(2));
     l.fake.script(&RC, [Step::Wait, Step::Wait]);
     let generation = l.intend("10.1.0.0/16").await;
-    l.controller
-        .wait(&RC, generation, Duration::from_secs(60))
-        .await
-        .unwrap();
+    l.wait(generation).await.unwrap();
     assert_eq!(l.fake.calls(&RC).len(), 3, "two waits, then the success");
 }
 
@@ -378,10 +384,7 @@ async fn a_reconcile_past_its_timeout_is_abandoned_and_retried_while_the_wait_go
     l.fake.script(&RC, [Step::Take(Duration::from_secs(3600))]);
     let t0 = Instant::now();
     let generation = l.intend("10.1.0.0/16").await;
-    l.controller
-        .wait(&RC, generation, Duration::from_secs(60))
-        .await
-        .unwrap();
+    l.wait(generation).await.unwrap();
     let calls = l.fake.calls(&RC);
     assert_eq!(calls.len(), 2);
     assert_eq!(
@@ -421,10 +424,7 @@ async fn a_wait_with_a_deadline_past_what_an_instant_holds_still_waits() {
     let gate = Arc::new(Semaphore::new(0));
     l.fake.script(&RC, [Step::Hold(gate.clone())]);
     let generation = l.intend("10.1.0.0/16").await;
-    let waiter = {
-        let c = l.controller.clone();
-        tokio::spawn(async move { c.wait(&RC, generation, Duration::MAX).await })
-    };
+    let waiter = l.spawn_wait(generation, Duration::MAX);
     settle().await;
     assert!(!waiter.is_finished());
     gate.add_permits(1);
@@ -541,10 +541,7 @@ async fn different_keys_run_at_once_up_to_the_worker_count() {
 async fn a_wake_during_a_run_runs_the_key_once_more_after_it() {
     let l = start(config(4));
     let a = sandbox("a");
-    let gate = Arc::new(Semaphore::new(0));
-    l.fake.script(&a, [Step::Hold(gate.clone())]);
-    l.controller.wake(a.clone());
-    settle().await;
+    let gate = l.start_held(&a).await;
     for _ in 0..3 {
         l.controller.wake(a.clone());
     }
@@ -584,10 +581,7 @@ async fn shutdown_stops_the_workers_and_pending_retries_and_ends_the_handle() {
 async fn shutdown_lets_a_running_reconcile_finish_before_the_handle_ends() {
     let l = start(config(2));
     let a = sandbox("a");
-    let gate = Arc::new(Semaphore::new(0));
-    l.fake.script(&a, [Step::Hold(gate.clone())]);
-    l.controller.wake(a.clone());
-    settle().await;
+    let gate = l.start_held(&a).await;
     l.shutdown.cancel();
     settle().await;
     assert!(!l.handle.is_finished(), "ended under a running reconcile");
