@@ -168,6 +168,18 @@ pub async fn start_container(d: &Daemon, id: &str) -> Result<(), tonic::Status> 
         .map(|_| ())
 }
 
+/// Creates and starts `c` in pod `pod` (both must succeed); answers the container id.
+pub async fn run_container(
+    d: &Daemon,
+    pod: &str,
+    sandbox: &cri::PodSandboxConfig,
+    c: cri::ContainerConfig,
+) -> String {
+    let id = create_container(d, pod, sandbox, c).await.unwrap();
+    start_container(d, &id).await.unwrap();
+    id
+}
+
 /// ContainerStatus of `id` (not verbose; it must exist).
 pub async fn container_status(d: &Daemon, id: &str) -> cri::ContainerStatus {
     d.runtime()
@@ -207,9 +219,7 @@ impl Pod {
 
     /// Creates and starts `c` in this pod (both must succeed); answers the container id.
     pub async fn run_container(&self, d: &Daemon, c: cri::ContainerConfig) -> String {
-        let id = self.create(d, c).await.unwrap();
-        start_container(d, &id).await.unwrap();
-        id
+        run_container(d, &self.id, &self.config, c).await
     }
 }
 
