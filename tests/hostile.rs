@@ -956,11 +956,7 @@ async fn a_journal_disk_filling_mid_compaction_loses_nothing() {
     let _unmount = state_on_tmpfs(&d, "24m");
     d.extra.extend([
         "--journal-compact-after=25".to_string(),
-        format!(
-            "--registry-config-path={}",
-            std::env::var("CONCORD_TEST_HOSTS_DIR")
-                .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
-        ),
+        format!("--registry-config-path={}", common::hosts_dir()),
         format!("--netns-dir={}", d.dir.join("netns").display()),
     ]);
     d.start().await;

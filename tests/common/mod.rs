@@ -12,6 +12,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
 mod pods;
+#[allow(unused_imports)] // not every suite uses them
 pub use pods::*;
 
 /// containerd socket of the dev environment (override with CONCORD_TEST_CONTAINERD).
