@@ -11,20 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{container_config, pod_flags, pull_ok, run_pod, Daemon, OwnContainerd};
+use common::{container_config, pod_base, pod_flags, pull_ok, run_pod, Daemon, OwnContainerd};
 use k8s_cri::v1 as cri;
 
 fn config(n: u32) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: format!("crash-{n}"),
-            uid: format!("uid-crash-{n}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: format!("crash-{n}"),
-        ..Default::default()
-    }
+    pod_base(&format!("crash-{n}"))
 }
 
 /// host-local's allocations on `network`: "address → container id" (every sandbox a test made,

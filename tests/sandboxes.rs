@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{container_config, eventually, pod_flags, pull_ok, remove_pod, run_pod, Daemon};
+use common::{
+    container_config, eventually, pod_base, pod_flags, pull_ok, remove_pod, run_pod, Daemon,
+};
 use k8s_cri::v1 as cri;
 
 async fn daemon() -> Daemon {
@@ -22,13 +24,6 @@ async fn daemon_with(mut d: Daemon) -> Daemon {
 
 fn config(name: &str, host_network: bool) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
         labels: [("app".to_string(), name.to_string())].into(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -44,7 +39,7 @@ fn config(name: &str, host_network: bool) -> cri::PodSandboxConfig {
             }),
             ..Default::default()
         }),
-        ..Default::default()
+        ..pod_base(name)
     }
 }
 

@@ -85,8 +85,8 @@ pub async fn exec_out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
     String::from_utf8_lossy(&r.stdout).trim().to_string()
 }
 
-/// A pod config named `name` (uid, namespace default, hostname) logging under the daemon's dir.
-pub fn pod_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
+/// A pod config named `name`: uid `uid-<name>`, namespace default, hostname `name`.
+pub fn pod_base(name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.into(),
@@ -95,8 +95,15 @@ pub fn pod_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
             attempt: 0,
         }),
         hostname: name.into(),
-        log_directory: d.dir.join("logs").join(name).display().to_string(),
         ..Default::default()
+    }
+}
+
+/// [`pod_base`] logging under the daemon's dir.
+pub fn pod_config(d: &Daemon, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        log_directory: d.dir.join("logs").join(name).display().to_string(),
+        ..pod_base(name)
     }
 }
 
