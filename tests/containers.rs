@@ -6,91 +6,20 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, exec_out, pod_config, Daemon, Unmount};
+use common::{
+    container_config, container_status, eventually, exec_out, pod, pod_daemon, pull_ok, remove_pod,
+    start_container, Daemon, Pod, Unmount,
+};
 use k8s_cri::v1 as cri;
 use nix::mount::MsFlags;
 
-async fn daemon() -> Daemon {
-    daemon_with(&[]).await
-}
-
-async fn daemon_with(extra: &[&str]) -> Daemon {
-    common::pod_daemon(extra).await
-}
-
-fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+/// A busybox container running `script` with sh, logging to `<name>.log`, labelled app=name.
+fn sh_container(name: &str, script: &str) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: "busybox".into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
         log_path: format!("{name}.log"),
         labels: [("app".to_string(), name.to_string())].into(),
-        ..Default::default()
+        ..container_config(name, "busybox", &["sh", "-c", script])
     }
-}
-
-struct Pod {
-    id: String,
-    config: cri::PodSandboxConfig,
-}
-
-async fn pod(d: &Daemon, name: &str) -> Pod {
-    pull(d, "busybox").await;
-    let config = pod_config(d, name);
-    let id = d
-        .runtime()
-        .await
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    Pod { id, config }
-}
-
-async fn create(d: &Daemon, p: &Pod, c: cri::ContainerConfig) -> Result<String, tonic::Status> {
-    d.runtime()
-        .await
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: p.id.clone(),
-            config: Some(c),
-            sandbox_config: Some(p.config.clone()),
-        })
-        .await
-        .map(|r| r.into_inner().container_id)
-}
-
-async fn start(d: &Daemon, id: &str) -> Result<(), tonic::Status> {
-    d.runtime()
-        .await
-        .start_container(cri::StartContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn status(d: &Daemon, id: &str) -> cri::ContainerStatus {
-    d.runtime()
-        .await
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
 }
 
 /// A cgroup file of process `pid`: `v1_file` under the v1 `controller` hierarchy, or `v2_file`
@@ -160,19 +89,16 @@ fn entries(path: &std::path::Path) -> Vec<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
-    let mut d = daemon().await;
+    let mut d = pod_daemon(&[]).await;
     let p = pod(&d, "web").await;
-    let id = create(
-        &d,
-        &p,
-        container_config(
+    let id = p.create(&d, sh_container(
             "counter",
             "trap '' TERM; echo started; echo to-stderr >&2; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done",
         ),
     )
     .await
     .unwrap();
-    let s = status(&d, &id).await;
+    let s = container_status(&d, &id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32);
     assert_eq!(s.image.unwrap().image, "busybox");
     // As containerd: the image's repo digest (kubelet's imageID), the id in image_id.
@@ -182,8 +108,8 @@ async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
         s.image_ref
     );
     assert!(s.image_id.starts_with("sha256:"));
-    start(&d, &id).await.unwrap();
-    let s = status(&d, &id).await;
+    start_container(&d, &id).await.unwrap();
+    let s = container_status(&d, &id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     assert!(s.started_at > 0);
     let log = std::path::PathBuf::from(&s.log_path);
@@ -266,7 +192,7 @@ async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
     );
     let quota = cgroup_value(pid, "cpu", "cpu.cfs_quota_us", "cpu.max");
     assert!(quota == "50000" || quota == "50000 100000", "{quota}");
-    let s = status(&d, &id).await;
+    let s = container_status(&d, &id).await;
     // The swap limit is the memory limit where the host accounts swap (as containerd).
     let mut shown = limits.clone();
     if concord::oci::resources::swap_accounted() {
@@ -311,7 +237,7 @@ async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     d.start().await;
     assert_eq!(
-        status(&d, &id).await.state,
+        container_status(&d, &id).await.state,
         cri::ContainerState::ContainerRunning as i32
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -384,7 +310,7 @@ async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
         })
         .await
         .unwrap();
-    let s = status(&d, &id).await;
+    let s = container_status(&d, &id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(s.exit_code, 137);
     assert_eq!(s.reason, "Error");
@@ -436,28 +362,23 @@ async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
     let (containers, snaps, _) = common::namespace_counts(&d).await;
     let _ = containers;
     assert!(snaps >= 1);
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &p.id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exits_are_recorded_and_a_failed_start_says_why() {
-    let d = daemon().await;
+    let d = pod_daemon(&[]).await;
     let p = pod(&d, "jobs").await;
-    let id = create(&d, &p, container_config("exit3", "echo bye; exit 3"))
+    let id = p
+        .create(&d, sh_container("exit3", "echo bye; exit 3"))
         .await
         .unwrap();
-    start(&d, &id).await.unwrap();
+    start_container(&d, &id).await.unwrap();
     eventually(Duration::from_secs(10), "exited", || async {
-        status(&d, &id).await.state == cri::ContainerState::ContainerExited as i32
+        container_status(&d, &id).await.state == cri::ContainerState::ContainerExited as i32
     })
     .await;
-    let s = status(&d, &id).await;
+    let s = container_status(&d, &id).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
     let err = d
         .runtime()
@@ -477,7 +398,7 @@ async fn exits_are_recorded_and_a_failed_start_says_why() {
     );
 
     // Over its memory limit: the kernel kills it, the reason says so.
-    let mut hog = container_config("hog", "dd if=/dev/zero of=/dev/null bs=256M count=1");
+    let mut hog = sh_container("hog", "dd if=/dev/zero of=/dev/null bs=256M count=1");
     hog.linux = Some(cri::LinuxContainerConfig {
         resources: Some(cri::LinuxContainerResources {
             memory_limit_in_bytes: 32 << 20,
@@ -485,46 +406,41 @@ async fn exits_are_recorded_and_a_failed_start_says_why() {
         }),
         ..Default::default()
     });
-    let hog = create(&d, &p, hog).await.unwrap();
-    start(&d, &hog).await.unwrap();
+    let hog = p.run_container(&d, hog).await;
     eventually(Duration::from_secs(10), "OOM-killed", || async {
-        status(&d, &hog).await.state == cri::ContainerState::ContainerExited as i32
+        container_status(&d, &hog).await.state == cri::ContainerState::ContainerExited as i32
     })
     .await;
-    let s = status(&d, &hog).await;
+    let s = container_status(&d, &hog).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
 
-    let ok = create(&d, &p, container_config("ok", "true"))
-        .await
-        .unwrap();
-    start(&d, &ok).await.unwrap();
+    let ok = p.run_container(&d, sh_container("ok", "true")).await;
     eventually(Duration::from_secs(10), "completed", || async {
-        status(&d, &ok).await.state == cri::ContainerState::ContainerExited as i32
+        container_status(&d, &ok).await.state == cri::ContainerState::ContainerExited as i32
     })
     .await;
-    let s = status(&d, &ok).await;
+    let s = container_status(&d, &ok).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
 
-    let mut missing = container_config("missing", "");
+    let mut missing = sh_container("missing", "");
     missing.command = vec!["/no/such/binary".into()];
-    let bad = create(&d, &p, missing).await.unwrap();
-    let err = start(&d, &bad).await.unwrap_err();
+    let bad = p.create(&d, missing).await.unwrap();
+    let err = start_container(&d, &bad).await.unwrap_err();
     assert!(
         err.message().contains("no/such/binary"),
         "{}",
         err.message()
     );
-    let s = status(&d, &bad).await;
+    let s = container_status(&d, &bad).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!((s.exit_code, s.reason.as_str()), (128, "StartError"));
     assert!(s.message.contains("no/such/binary"), "{}", s.message);
 
     // An exit while concord is down is found when it is back.
     let mut d = d;
-    let lost = create(&d, &p, container_config("lost", "sleep 1000"))
-        .await
-        .unwrap();
-    start(&d, &lost).await.unwrap();
+    let lost = p
+        .run_container(&d, sh_container("lost", "sleep 1000"))
+        .await;
     let pid = container_pid(&d, &lost).await as i32;
     d.kill9();
     nix::sys::signal::kill(
@@ -536,19 +452,15 @@ async fn exits_are_recorded_and_a_failed_start_says_why() {
     eventually(
         Duration::from_secs(10),
         "the exit found after the restart",
-        || async { status(&d, &lost).await.state == cri::ContainerState::ContainerExited as i32 },
+        || async {
+            container_status(&d, &lost).await.state == cri::ContainerState::ContainerExited as i32
+        },
     )
     .await;
-    assert_eq!(status(&d, &lost).await.exit_code, 137);
+    assert_eq!(container_status(&d, &lost).await.exit_code, 137);
 
     // Removing the pod removes its containers.
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &p.id).await;
     let left = d
         .runtime()
         .await
@@ -567,37 +479,37 @@ async fn exits_are_recorded_and_a_failed_start_says_why() {
 
 #[tokio::test]
 async fn bad_container_requests_name_the_field_and_create_nothing() {
-    let d = daemon().await;
+    let d = pod_daemon(&[]).await;
     let p = pod(&d, "bad").await;
     let mut rt = d.runtime().await;
     let err = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: "f".repeat(64),
-            config: Some(container_config("x", "true")),
+            config: Some(sh_container("x", "true")),
             sandbox_config: None,
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    let mut absent = container_config("x", "true");
+    let mut absent = sh_container("x", "true");
     absent.image = Some(cri::ImageSpec {
         image: "example.test/not/pulled:1".into(),
         ..Default::default()
     });
-    let err = create(&d, &p, absent).await.unwrap_err();
+    let err = p.create(&d, absent).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{}", err.message());
     let mut cases: Vec<(cri::ContainerConfig, &str)> = Vec::new();
-    let mut c = container_config("x", "true");
+    let mut c = sh_container("x", "true");
     c.metadata = None;
     cases.push((c, "config.metadata"));
-    let mut c = container_config("x", "true");
+    let mut c = sh_container("x", "true");
     c.mounts = vec![cri::Mount {
         container_path: "relative".into(),
         host_path: "/tmp".into(),
         ..Default::default()
     }];
     cases.push((c, "config.mounts.container_path"));
-    let mut c = container_config("x", "true");
+    let mut c = sh_container("x", "true");
     c.mounts = vec![cri::Mount {
         container_path: "/data".into(),
         host_path: "/tmp/../etc".into(),
@@ -605,12 +517,12 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
         ..Default::default()
     }];
     cases.push((c, "config.mounts.propagation"));
-    let mut c = container_config("x", "true");
+    let mut c = sh_container("x", "true");
     c.log_path = "../../escape.log".into();
     cases.push((c, "config.log_path"));
     // A group without a user (critest: "should return error if RunAsGroup is set without
     // RunAsUser"; containerd: "user group is specified without user or username").
-    let mut c = container_config("x", "true");
+    let mut c = sh_container("x", "true");
     security(&mut c).run_as_group = Some(cri::Int64Value { value: 1003 });
     cases.push((c, "config.linux.security_context.run_as_group"));
     // Bidirectional propagation from a host path whose mount is not shared.
@@ -618,7 +530,7 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
     std::fs::create_dir_all(&private).unwrap();
     make_mount(&private, MsFlags::MS_PRIVATE);
     let _unmount = Unmount(vec![private.clone()]);
-    let mut c = container_config("x", "true");
+    let mut c = sh_container("x", "true");
     c.mounts = vec![cri::Mount {
         container_path: "/data".into(),
         host_path: private.display().to_string(),
@@ -628,7 +540,7 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
     cases.push((c, "config.mounts.propagation"));
     // An AppArmor profile on a host without AppArmor (this one) cannot be honoured.
     if !std::path::Path::new("/sys/module/apparmor/parameters/enabled").exists() {
-        let mut c = container_config("x", "true");
+        let mut c = sh_container("x", "true");
         c.linux = Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
                 apparmor: Some(cri::SecurityProfile {
@@ -642,7 +554,7 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
         cases.push((c, "config.linux.security_context.apparmor"));
     }
     for (c, field) in cases {
-        let err = create(&d, &p, c).await.unwrap_err();
+        let err = p.create(&d, c).await.unwrap_err();
         if field == "config.linux.security_context.run_as_group" {
             assert!(
                 err.message()
@@ -666,11 +578,7 @@ async fn bad_container_requests_name_the_field_and_create_nothing() {
         .into_inner()
         .containers;
     assert!(left.is_empty());
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: p.id,
-    })
-    .await
-    .unwrap();
+    remove_pod(&d, &p.id).await;
 }
 
 /// Bind-mounts `dir` on itself with propagation `flag` (recursive), as critest prepares the host
@@ -700,7 +608,7 @@ fn make_mount(dir: &std::path::Path, flag: MsFlags) {
 /// mount made inside a Bidirectional volume appears on the host, not from a HostToContainer one.
 #[tokio::test]
 async fn mount_propagation_crosses_as_the_volume_asks() {
-    let d = daemon().await;
+    let d = pod_daemon(&[]).await;
     let p = pod(&d, "propagation").await;
     // Dropped before the daemon's temp dir is removed, also when an assertion fails.
     let mut unmount = Unmount(Vec::new());
@@ -724,7 +632,7 @@ async fn mount_propagation_crosses_as_the_volume_asks() {
         make_mount(&source, MsFlags::MS_SHARED);
         unmount.0.push(source.clone());
         let path = source.display().to_string();
-        let mut c = container_config(name, "sleep 1000");
+        let mut c = sh_container(name, "sleep 1000");
         security(&mut c).privileged = true;
         c.mounts = vec![cri::Mount {
             container_path: path.clone(),
@@ -732,8 +640,7 @@ async fn mount_propagation_crosses_as_the_volume_asks() {
             propagation: propagation as i32,
             ..Default::default()
         }];
-        let id = create(&d, &p, c).await.unwrap();
-        start(&d, &id).await.unwrap();
+        let id = p.run_container(&d, c).await;
         // Host to container: a bind mount made on the host after the start.
         let on_host = source.join("from-host");
         std::fs::create_dir_all(&on_host).unwrap();
@@ -763,13 +670,7 @@ async fn mount_propagation_crosses_as_the_volume_asks() {
         let seen = source.join("from-container/made-inside").exists();
         assert_eq!(seen, back, "{name}: the container's mount seen on the host");
     }
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &p.id).await;
 }
 
 /// critest's "runtime should support listing container stats" and `crictl stats`: a container
@@ -777,15 +678,14 @@ async fn mount_propagation_crosses_as_the_volume_asks() {
 /// a newer CPU timestamp, while the collector's own period is 10 s.
 #[tokio::test]
 async fn stats_are_never_older_than_a_caller_can_tell_apart() {
-    let d = daemon().await;
+    let d = pod_daemon(&[]).await;
     let p = pod(&d, "fresh").await;
     let mut rt = d.runtime().await;
     // Let the periodic collection run before the container starts.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let id = create(&d, &p, container_config("fresh", "sleep 1000"))
-        .await
-        .unwrap();
-    start(&d, &id).await.unwrap();
+    let id = p
+        .run_container(&d, sh_container("fresh", "sleep 1000"))
+        .await;
     let list = |rt: &mut cri::runtime_service_client::RuntimeServiceClient<_>| {
         let mut rt = rt.clone();
         async move {
@@ -853,27 +753,19 @@ async fn stats_are_never_older_than_a_caller_can_tell_apart() {
         "8 concurrent calls made {} collections",
         after - before
     );
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: p.id,
-    })
-    .await
-    .unwrap();
-}
-
-async fn pull(d: &Daemon, image: &str) {
-    common::pull_ok(d, image).await
+    remove_pod(&d, &p.id).await;
 }
 
 #[tokio::test]
 async fn users_and_groups_resolve_against_the_images_etc_files() {
-    let d = daemon().await;
+    let d = pod_daemon(&[]).await;
     let p = pod(&d, "users").await;
     let named = "gcr.io/k8s-staging-cri-tools/test-image-user-username:latest";
     let grouped = "gcr.io/k8s-staging-cri-tools/test-image-predefined-group:latest";
-    pull(&d, named).await;
-    pull(&d, grouped).await;
+    pull_ok(&d, named).await;
+    pull_ok(&d, grouped).await;
     let sleeper = |name: &str, image: &str| {
-        let mut c = container_config(name, "");
+        let mut c = sh_container(name, "");
         c.command = vec!["sleep".into(), "1000".into()];
         c.image = Some(cri::ImageSpec {
             image: image.into(),
@@ -882,16 +774,18 @@ async fn users_and_groups_resolve_against_the_images_etc_files() {
         c
     };
     // The image's USER www-data: uid and gid 33 from its /etc/passwd.
-    let id = create(&d, &p, sleeper("named", named)).await.unwrap();
-    start(&d, &id).await.unwrap();
+    let id = p.run_container(&d, sleeper("named", named)).await;
     assert_eq!(exec_out(&d, &id, &["id", "-u"]).await, "33");
     assert_eq!(exec_out(&d, &id, &["id", "-g"]).await, "33");
     // ContainerStatus names the identity it runs as.
-    let user = status(&d, &id).await.user.and_then(|u| u.linux).unwrap();
+    let user = container_status(&d, &id)
+        .await
+        .user
+        .and_then(|u| u.linux)
+        .unwrap();
     assert_eq!((user.uid, user.gid), (33, 33));
     // USER 1000: its primary group, and the image's group that lists it.
-    let id = create(&d, &p, sleeper("grouped", grouped)).await.unwrap();
-    start(&d, &id).await.unwrap();
+    let id = p.run_container(&d, sleeper("grouped", grouped)).await;
     assert_eq!(exec_out(&d, &id, &["id", "-g"]).await, "1000");
     let groups = exec_out(&d, &id, &["id", "-G"]).await;
     assert!(groups.split(' ').any(|g| g == "50000"), "{groups}");
@@ -904,8 +798,7 @@ async fn users_and_groups_resolve_against_the_images_etc_files() {
         }),
         ..Default::default()
     });
-    let id = create(&d, &p, c).await.unwrap();
-    start(&d, &id).await.unwrap();
+    let id = p.run_container(&d, c).await;
     assert_eq!(exec_out(&d, &id, &["id", "-u"]).await, "33");
     // A name the image does not know: the create fails saying so, and leaves nothing.
     let mut c = sleeper("nobody-here", "busybox");
@@ -916,7 +809,7 @@ async fn users_and_groups_resolve_against_the_images_etc_files() {
         }),
         ..Default::default()
     });
-    let err = create(&d, &p, c).await.unwrap_err();
+    let err = p.create(&d, c).await.unwrap_err();
     assert!(err.message().contains("no-such-user"), "{}", err.message());
     let names: Vec<String> = d
         .runtime()
@@ -930,21 +823,15 @@ async fn users_and_groups_resolve_against_the_images_etc_files() {
         .filter_map(|c| c.metadata.map(|m| m.name))
         .collect();
     assert!(!names.contains(&"nobody-here".to_string()), "{names:?}");
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &p.id).await;
 }
 
 #[tokio::test]
 async fn devices_and_bind_mounts_reach_the_container() {
-    let d = daemon().await;
+    let d = pod_daemon(&[]).await;
     let p = pod(&d, "devs").await;
     let host_dir = d.dir.join("not-yet").join("data");
-    let mut c = container_config("devs", "");
+    let mut c = sh_container("devs", "");
     c.command = vec!["sleep".into(), "1000".into()];
     c.devices = vec![cri::Device {
         container_path: "/dev/mynull".into(),
@@ -956,8 +843,7 @@ async fn devices_and_bind_mounts_reach_the_container() {
         host_path: host_dir.display().to_string(),
         ..Default::default()
     }];
-    let id = create(&d, &p, c).await.unwrap();
-    start(&d, &id).await.unwrap();
+    let id = p.run_container(&d, c).await;
     assert!(host_dir.is_dir(), "a missing host path becomes a directory");
     assert_eq!(
         exec_out(&d, &id, &["sh", "-c", "echo hi > /dev/mynull && echo ok"]).await,
@@ -968,26 +854,20 @@ async fn devices_and_bind_mounts_reach_the_container() {
         std::fs::read_to_string(host_dir.join("f")).unwrap(),
         "from-the-pod\n"
     );
-    let mut bad = container_config("baddev", "true");
+    let mut bad = sh_container("baddev", "true");
     bad.devices = vec![cri::Device {
         container_path: "/dev/x".into(),
         host_path: "/etc/hostname".into(),
         permissions: String::new(),
     }];
-    let err = create(&d, &p, bad).await.unwrap_err();
+    let err = p.create(&d, bad).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
         err.message().contains("config.devices.host_path"),
         "{}",
         err.message()
     );
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &p.id).await;
 }
 
 fn used(v: &Option<cri::UInt64Value>) -> u64 {
@@ -996,25 +876,26 @@ fn used(v: &Option<cri::UInt64Value>) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_come_from_the_collector_for_containers_and_pods() {
-    let d = daemon_with(&[
+    let d = pod_daemon(&[
         "--stats-interval-seconds=1",
         "--image-fs-sync-interval-seconds=1",
     ])
     .await;
     let p = pod(&d, "stats").await;
     // Writes 6 MiB to its writable layer, then burns CPU.
-    let busy = create(
-        &d,
-        &p,
-        container_config(
-            "busy",
-            "dd if=/dev/zero of=/ballast bs=1M count=6 2>/dev/null; while :; do :; done",
-        ),
-    )
-    .await
-    .unwrap();
-    start(&d, &busy).await.unwrap();
-    let idle = create(&d, &p, container_config("idle", "sleep 1000"))
+    let busy = p
+        .create(
+            &d,
+            sh_container(
+                "busy",
+                "dd if=/dev/zero of=/ballast bs=1M count=6 2>/dev/null; while :; do :; done",
+            ),
+        )
+        .await
+        .unwrap();
+    start_container(&d, &busy).await.unwrap();
+    let idle = p
+        .create(&d, sh_container("idle", "sleep 1000"))
         .await
         .unwrap();
     let client = d.runtime().await;
@@ -1201,11 +1082,7 @@ async fn stats_come_from_the_collector_for_containers_and_pods() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     let s = stats_of(busy.clone()).await;
     assert!(s.cpu.is_none(), "an exited container has no cpu stats");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: p.id,
-    })
-    .await
-    .unwrap();
+    remove_pod(&d, &p.id).await;
     assert!(d.metric("concord_stats_collections_total", &["ok"]).await > 0.0);
 }
 
@@ -1231,7 +1108,7 @@ async fn next_events(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_events_stream_each_step_and_a_slow_reader_only_loses_its_own() {
-    let d = daemon_with(&["--container-events-buffer=64"]).await;
+    let d = pod_daemon(&["--container-events-buffer=64"]).await;
     let p = pod(&d, "events").await;
     let mut rt = d.runtime().await;
     let mut events = rt
@@ -1251,10 +1128,7 @@ async fn container_events_stream_each_step_and_a_slow_reader_only_loses_its_own(
     .unwrap()
     .into_inner();
 
-    let id = create(&d, &p, container_config("ev", "sleep 1000"))
-        .await
-        .unwrap();
-    start(&d, &id).await.unwrap();
+    let id = p.run_container(&d, sh_container("ev", "sleep 1000")).await;
     rt.stop_container(cri::StopContainerRequest {
         container_id: id.clone(),
         timeout: 1,
@@ -1309,7 +1183,8 @@ async fn container_events_stream_each_step_and_a_slow_reader_only_loses_its_own(
     // loses the oldest, counted; nothing waits for it.
     let mut ids = Vec::new();
     for i in 0..60 {
-        let c = create(&d, &p, container_config(&format!("many-{i}"), "sleep 1000"))
+        let c = p
+            .create(&d, sh_container(&format!("many-{i}"), "sleep 1000"))
             .await
             .unwrap();
         ids.push(c);
@@ -1359,71 +1234,70 @@ async fn container_events_stream_each_step_and_a_slow_reader_only_loses_its_own(
     );
     drop(slow);
     drop(events);
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: p.id,
-    })
-    .await
-    .unwrap();
+    remove_pod(&d, &p.id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_stays_open_with_and_without_a_tty_and_output_survives_a_concord_kill() {
-    let mut d = daemon().await;
+    let mut d = pod_daemon(&[]).await;
     let p = pod(&d, "stdin").await;
     let with_stdin = |name: &str, script: &str, tty: bool| {
-        let mut c = container_config(name, script);
+        let mut c = sh_container(name, script);
         c.stdin = true;
         c.tty = tty;
         c
     };
     // Without stdin, cat reads EOF at once and the container completes.
-    let closed = create(&d, &p, container_config("closed", "cat; echo cat-ended"))
+    let closed = p
+        .create(&d, sh_container("closed", "cat; echo cat-ended"))
         .await
         .unwrap();
-    start(&d, &closed).await.unwrap();
+    start_container(&d, &closed).await.unwrap();
     // With stdin (no TTY): cat waits; the output goes through concord's own copy.
-    let open = create(
-        &d,
-        &p,
-        with_stdin("open", "echo hello; cat; echo cat-ended", false),
-    )
-    .await
-    .unwrap();
-    start(&d, &open).await.unwrap();
+    let open = p
+        .create(
+            &d,
+            with_stdin("open", "echo hello; cat; echo cat-ended", false),
+        )
+        .await
+        .unwrap();
+    start_container(&d, &open).await.unwrap();
     // With a TTY and stdin: a terminal on fd 0, and cat waits too.
-    let tty = create(
-        &d,
-        &p,
-        with_stdin("tty", "tty; test -t 0 && echo is-a-tty; cat", true),
-    )
-    .await
-    .unwrap();
-    start(&d, &tty).await.unwrap();
+    let tty = p
+        .create(
+            &d,
+            with_stdin("tty", "tty; test -t 0 && echo is-a-tty; cat", true),
+        )
+        .await
+        .unwrap();
+    start_container(&d, &tty).await.unwrap();
     // A counter with stdin: its output must survive a concord kill, line for line.
-    let counter = create(
-        &d,
-        &p,
-        with_stdin(
-            "counter",
-            "i=0; while :; do echo n $i; i=$((i+1)); sleep 0.02; done",
-            false,
-        ),
-    )
-    .await
-    .unwrap();
-    start(&d, &counter).await.unwrap();
+    let counter = p
+        .create(
+            &d,
+            with_stdin(
+                "counter",
+                "i=0; while :; do echo n $i; i=$((i+1)); sleep 0.02; done",
+                false,
+            ),
+        )
+        .await
+        .unwrap();
+    start_container(&d, &counter).await.unwrap();
     eventually(
         Duration::from_secs(10),
         "the closed-stdin container exits",
-        || async { status(&d, &closed).await.state == cri::ContainerState::ContainerExited as i32 },
+        || async {
+            container_status(&d, &closed).await.state == cri::ContainerState::ContainerExited as i32
+        },
     )
     .await;
-    let s = status(&d, &closed).await;
+    let s = container_status(&d, &closed).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     for id in [&open, &tty, &counter] {
         assert_eq!(
-            status(&d, id).await.state,
+            container_status(&d, id).await.state,
             cri::ContainerState::ContainerRunning as i32,
             "a container with stdin still runs"
         );
@@ -1486,26 +1360,19 @@ async fn stdin_stays_open_with_and_without_a_tty_and_output_survives_a_concord_k
         all[0]
     );
     assert_eq!(
-        status(&d, &tty).await.state,
+        container_status(&d, &tty).await.state,
         cri::ContainerState::ContainerRunning as i32,
         "the TTY container's stdin is held by its log writer, not by concord"
     );
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &p.id).await;
 }
 
 /// Runs a container of `config` to completion; answers its log's contents.
 async fn run_to_exit(d: &Daemon, p: &Pod, config: cri::ContainerConfig) -> String {
     let name = config.metadata.as_ref().unwrap().name.clone();
-    let id = create(d, p, config).await.unwrap();
-    start(d, &id).await.unwrap();
+    let id = p.run_container(d, config).await;
     eventually(Duration::from_secs(20), "the container exits", || async {
-        status(d, &id).await.state == cri::ContainerState::ContainerExited as i32
+        container_status(d, &id).await.state == cri::ContainerState::ContainerExited as i32
     })
     .await;
     let dir = d
@@ -1516,7 +1383,7 @@ async fn run_to_exit(d: &Daemon, p: &Pod, config: cri::ContainerConfig) -> Strin
         .into_iter()
         .map(|(_, _, c)| c + "\n")
         .collect();
-    let s = status(d, &id).await;
+    let s = container_status(d, &id).await;
     assert!(
         !out.is_empty() || s.exit_code == 0,
         "{name}: exit {} {} {}",
@@ -1536,13 +1403,13 @@ fn security(c: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityCon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_namespaces_and_resources_reach_the_process() {
-    let d = daemon().await;
+    let d = pod_daemon(&[]).await;
     let p = pod(&d, "secure").await;
-    pull(&d, "registry.k8s.io/e2e-test-images/nonewprivs:1.3").await;
+    pull_ok(&d, "registry.k8s.io/e2e-test-images/nonewprivs:1.3").await;
 
     // no_new_privs: a setuid-root binary run as uid 1000 gains root only without it.
     let nnp = |name: &str, no_new_privs: bool| {
-        let mut c = container_config(name, "");
+        let mut c = sh_container(name, "");
         c.command = vec![];
         c.image = Some(cri::ImageSpec {
             image: "registry.k8s.io/e2e-test-images/nonewprivs:1.3".into(),
@@ -1566,7 +1433,7 @@ async fn security_namespaces_and_resources_reach_the_process() {
     let probe = "grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status; \
                  echo timer_list=$(cat /proc/timer_list 2>/dev/null | wc -c); \
                  touch /written 2>/dev/null && echo rootfs=rw || echo rootfs=ro";
-    let mut c = container_config("default", probe);
+    let mut c = sh_container("default", probe);
     let out = run_to_exit(&d, &p, c.clone()).await;
     assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
     assert!(
@@ -1597,7 +1464,7 @@ async fn security_namespaces_and_resources_reach_the_process() {
     assert!(out.contains("Seccomp:\t2"), "filtered: {out}");
     assert!(out.contains("rootfs=ro"), "{out}");
 
-    let mut c = container_config("privileged", probe);
+    let mut c = sh_container("privileged", probe);
     security(&mut c).privileged = true;
     let out = run_to_exit(&d, &p, c).await;
     // All that concord has (this machine withholds some from it, CAP_SYS_RESOURCE here).
@@ -1613,13 +1480,13 @@ async fn security_namespaces_and_resources_reach_the_process() {
     assert!(!out.contains("timer_list=0"), "nothing masked: {out}");
 
     // PID namespace: the pod's (pause is pid 1) or the container's own.
-    let mut c = container_config("pid-pod", "cat /proc/1/cmdline | tr '\\0' ' '; echo");
+    let mut c = sh_container("pid-pod", "cat /proc/1/cmdline | tr '\\0' ' '; echo");
     security(&mut c).namespace_options = Some(cri::NamespaceOption {
         pid: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     });
     assert_eq!(run_to_exit(&d, &p, c).await, "/pause \n");
-    let mut c = container_config("pid-own", "cat /proc/1/cmdline | tr '\\0' ' '; echo");
+    let mut c = sh_container("pid-own", "cat /proc/1/cmdline | tr '\\0' ' '; echo");
     security(&mut c).namespace_options = Some(cri::NamespaceOption {
         pid: cri::NamespaceMode::Container as i32,
         ..Default::default()
@@ -1627,7 +1494,7 @@ async fn security_namespaces_and_resources_reach_the_process() {
     assert!(run_to_exit(&d, &p, c).await.starts_with("sh -c"));
 
     // Resources: CPU shares and quota, cpuset, memory limit, in the container's cgroups.
-    let mut c = container_config("limited", "sleep 1000");
+    let mut c = sh_container("limited", "sleep 1000");
     c.linux.get_or_insert_with(Default::default).resources = Some(cri::LinuxContainerResources {
         cpu_shares: 512,
         cpu_period: 100_000,
@@ -1636,8 +1503,7 @@ async fn security_namespaces_and_resources_reach_the_process() {
         memory_limit_in_bytes: 48 << 20,
         ..Default::default()
     });
-    let id = create(&d, &p, c).await.unwrap();
-    start(&d, &id).await.unwrap();
+    let id = p.run_container(&d, c).await;
     let pid = container_pid(&d, &id).await;
     let shares = cgroup_value(pid, "cpu", "cpu.shares", "cpu.weight");
     let v1 = !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
@@ -1665,15 +1531,14 @@ async fn security_namespaces_and_resources_reach_the_process() {
     );
 
     // A web server in the pod answers on the pod's address.
-    pull(&d, "registry.k8s.io/e2e-test-images/httpd:2.4.39-4").await;
-    let mut c = container_config("web", "");
+    pull_ok(&d, "registry.k8s.io/e2e-test-images/httpd:2.4.39-4").await;
+    let mut c = sh_container("web", "");
     c.command = vec![];
     c.image = Some(cri::ImageSpec {
         image: "registry.k8s.io/e2e-test-images/httpd:2.4.39-4".into(),
         ..Default::default()
     });
-    let web = create(&d, &p, c).await.unwrap();
-    start(&d, &web).await.unwrap();
+    p.run_container(&d, c).await;
     let ip = d
         .runtime()
         .await
@@ -1704,11 +1569,5 @@ async fn security_namespaces_and_resources_reach_the_process() {
         },
     )
     .await;
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &p.id).await;
 }

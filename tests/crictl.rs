@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::Daemon;
+use common::{pod_daemon, Daemon};
 use serde_json::Value;
 
 /// crictl: $CRICTL, the one hack/cri-tools.sh builds, or one on PATH.
@@ -142,13 +142,9 @@ fn kill(mut c: Child) -> Output {
     c.wait_with_output().unwrap()
 }
 
-async fn daemon() -> Daemon {
-    common::pod_daemon(&[]).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crictl_version_info_and_images() {
-    let d = daemon().await;
+    let d = pod_daemon(&[]).await;
     let Some(c) = Crictl::new(&d) else { return };
     let version = c.ok(&["version"]);
     assert!(version.contains("RuntimeName:  concord"), "{version}");
@@ -220,9 +216,7 @@ async fn crictl_version_info_and_images() {
     assert!(used.parse::<u64>().is_ok(), "{fs}");
 
     // pull --creds: a registry that wants a bearer token for alice:wonderland.
-    let registry =
-        std::env::var("CONCORD_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
-    let port = common::bearer_front(registry).await;
+    let port = common::bearer_front(common::registry()).await;
     let private = format!("127.0.0.1:{port}/library/busybox:latest");
     let refused = c.fails(&["pull", &private]);
     assert!(
@@ -260,7 +254,7 @@ async fn crictl_version_info_and_images() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crictl_pods_containers_logs_exec_and_stats() {
-    let d = daemon().await;
+    let d = pod_daemon(&[]).await;
     let Some(c) = Crictl::new(&d) else { return };
     c.ok(&["pull", BUSYBOX]);
     let web_file = c.pod("web", serde_json::json!({"app": "web"}));

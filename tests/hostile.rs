@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{rss_kb, Daemon, Unmount};
+use common::{
+    container_config, create_container, remove_pod, rss_kb, run_container, run_pod, Daemon, Unmount,
+};
 use k8s_cri::v1 as cri;
 use sha2::{Digest, Sha256};
 
@@ -86,65 +88,6 @@ fn archive(path: &std::path::Path, name: &str, items: &[Item]) {
     b.finish().unwrap();
 }
 
-/// Runs pod `config` through the daemon's CRI; answers its id.
-async fn run_pod(d: &Daemon, config: &cri::PodSandboxConfig) -> String {
-    d.runtime()
-        .await
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id
-}
-
-/// A busybox container named `name` running `cmd`.
-fn busybox(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: "busybox".into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-/// Creates container `c` in pod `pod` (and starts it when `start`); answers its id.
-async fn container(
-    d: &Daemon,
-    pod: &str,
-    config: &cri::PodSandboxConfig,
-    c: cri::ContainerConfig,
-    start: bool,
-) -> String {
-    let mut rt = d.runtime().await;
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(c),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    if start {
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    }
-    id
-}
-
 /// CreateContainer for `image` in pod `pod` running as user name `user`.
 async fn create_as(
     d: &Daemon,
@@ -155,14 +98,6 @@ async fn create_as(
     user: &str,
 ) -> Result<String, tonic::Status> {
     let c = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
                 run_as_username: user.into(),
@@ -170,17 +105,9 @@ async fn create_as(
             }),
             ..Default::default()
         }),
-        ..Default::default()
+        ..container_config(name, image, &[])
     };
-    d.runtime()
-        .await
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(c),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .map(|r| r.into_inner().container_id)
+    create_container(d, pod, config, c).await
 }
 
 /// An image's `/etc/passwd` linked to `/dev/zero` (concord read it until memory ran out, then
@@ -234,7 +161,7 @@ async fn hostile_user_databases_in_images_fail_fast_and_read_nothing_of_the_host
     }
     common::pull_ok(&d, "busybox").await;
     let config = common::pod_config(&d, "hostile");
-    let pod = run_pod(&d, &config).await;
+    let pod = run_pod(&d, &config).await.unwrap();
     let rss_before = rss_kb(d.pid());
     let expect = [
         // /dev/zero of the image (absent): no such user, at once.
@@ -281,13 +208,7 @@ async fn hostile_user_databases_in_images_fail_fast_and_read_nothing_of_the_host
         .version(cri::VersionRequest::default())
         .await
         .unwrap();
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 /// The OCI spec of containerd container `id` in the daemon's namespace.
@@ -326,9 +247,8 @@ async fn annotations_reach_the_spec_only_when_the_handler_allows_them() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let mut rt = d.runtime().await;
-    let pod = run_pod(&d, &config).await;
-    let mut c = busybox("c", &["sleep", "100"]);
+    let pod = run_pod(&d, &config).await.unwrap();
+    let mut c = container_config("c", "busybox", &["sleep", "100"]);
     c.annotations = [
         ("org.systemd.property.CPUWeight", "10000"),
         ("team.example.com/role", "db"),
@@ -336,7 +256,7 @@ async fn annotations_reach_the_spec_only_when_the_handler_allows_them() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let id = container(&d, &pod, &config, c, false).await;
+    let id = create_container(&d, &pod, &config, c).await.unwrap();
     let keys = |spec: &serde_json::Value| -> Vec<String> {
         spec["annotations"]
             .as_object()
@@ -365,11 +285,7 @@ async fn annotations_reach_the_spec_only_when_the_handler_allows_them() {
         ctr["annotations"]["io.kubernetes.cri.container-type"],
         "container"
     );
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 /// A container that ignores SIGTERM, stopped with a grace period longer than
@@ -382,12 +298,12 @@ async fn a_long_stop_grace_ends_in_sigkill_and_a_huge_one_does_not_panic() {
     common::pull_ok(&d, "busybox").await;
     let config = common::pod_config(&d, "stubborn");
     let mut rt = d.runtime().await;
-    let pod = run_pod(&d, &config).await;
+    let pod = run_pod(&d, &config).await.unwrap();
     let mut ids = Vec::new();
     for name in ["stubborn", "forever"] {
         let script = "trap '' TERM; while true; do sleep 1; done";
-        let c = busybox(name, &["sh", "-c", script]);
-        ids.push(container(&d, &pod, &config, c, true).await);
+        let c = container_config(name, "busybox", &["sh", "-c", script]);
+        ids.push(run_container(&d, &pod, &config, c).await);
     }
     // 6 s of grace against a 2 s reconcile timeout.
     let started = Instant::now();
@@ -457,11 +373,7 @@ async fn a_long_stop_grace_ends_in_sigkill_and_a_huge_one_does_not_panic() {
     .unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(status(ids[1].clone()).await.exit_code, 137);
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 /// A registry on loopback whose answers are traps: an endless chunked manifest, a manifest that
@@ -744,8 +656,14 @@ async fn a_cancelled_exec_sync_leaves_no_process_and_no_fifos() {
     common::pull_ok(&d, "busybox").await;
     let config = common::pod_config(&d, "cancelled");
     let mut rt = d.runtime().await;
-    let pod = run_pod(&d, &config).await;
-    let id = container(&d, &pod, &config, busybox("c", &["sleep", "1000"]), true).await;
+    let pod = run_pod(&d, &config).await.unwrap();
+    let id = run_container(
+        &d,
+        &pod,
+        &config,
+        container_config("c", "busybox", &["sleep", "1000"]),
+    )
+    .await;
     let mut req = tonic::Request::new(cri::ExecSyncRequest {
         container_id: id.clone(),
         cmd: vec!["sleep".into(), "777".into()],
@@ -769,11 +687,7 @@ async fn a_cancelled_exec_sync_leaves_no_process_and_no_fifos() {
         },
     )
     .await;
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 /// One raw tar entry: path, type, contents, link target.
@@ -944,31 +858,31 @@ async fn a_crash_right_after_a_task_start_never_runs_the_entrypoint_twice() {
     let out = d.dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
     let config = common::pod_config(&d, "once");
-    let pod = run_pod(&d, &config).await;
+    let pod = run_pod(&d, &config).await.unwrap();
     let with_out = |name: &str, script: &str| cri::ContainerConfig {
         mounts: vec![cri::Mount {
             container_path: "/out".into(),
             host_path: out.display().to_string(),
             ..Default::default()
         }],
-        ..busybox(name, &["sh", "-c", script])
+        ..container_config(name, "busybox", &["sh", "-c", script])
     };
-    let long = container(
+    let long = create_container(
         &d,
         &pod,
         &config,
         with_out("long", "echo ran >> /out/long; sleep 1000"),
-        false,
     )
-    .await;
-    let short = container(
+    .await
+    .unwrap();
+    let short = create_container(
         &d,
         &pod,
         &config,
         with_out("short", "echo ran >> /out/short; exit 3"),
-        false,
     )
-    .await;
+    .await
+    .unwrap();
     for id in [&long, &short] {
         d.kill9();
         d.env = vec![("CONCORD_CRASH_AT".into(), "container-started".into())];
@@ -1042,11 +956,7 @@ async fn a_journal_disk_filling_mid_compaction_loses_nothing() {
     let _unmount = state_on_tmpfs(&d, "24m");
     d.extra.extend([
         "--journal-compact-after=25".to_string(),
-        format!(
-            "--registry-config-path={}",
-            std::env::var("CONCORD_TEST_HOSTS_DIR")
-                .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
-        ),
+        format!("--registry-config-path={}", common::hosts_dir()),
         format!("--netns-dir={}", d.dir.join("netns").display()),
     ]);
     d.start().await;
@@ -1057,7 +967,7 @@ async fn a_journal_disk_filling_mid_compaction_loses_nothing() {
         config
             .annotations
             .insert("example.test/blob".into(), "x".repeat(200 << 10));
-        pods.push(run_pod(&d, &config).await);
+        pods.push(run_pod(&d, &config).await.unwrap());
     }
     let compactions = d.metric("concord_journal_compactions_total", &[]).await;
     let update = |cidr: String| set_pod_cidr(&d, cidr);
@@ -1145,8 +1055,6 @@ async fn a_journal_disk_filling_mid_compaction_loses_nothing() {
         })
         .await
         .unwrap();
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
-            .await
-            .unwrap();
+        remove_pod(&d, &p).await;
     }
 }

@@ -5,34 +5,10 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{bearer_front, fault_proxy, Daemon, Fault};
+use common::{
+    bearer_front, fault_proxy, namespace_counts, pull, pull_with_auth, registry, Daemon, Fault,
+};
 use k8s_cri::v1 as cri;
-
-fn registry() -> String {
-    std::env::var("CONCORD_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
-}
-
-async fn pull(
-    d: &Daemon,
-    image: &str,
-    auth: Option<cri::AuthConfig>,
-) -> Result<String, tonic::Status> {
-    cri::image_service_client::ImageServiceClient::new(d.channel().await.unwrap())
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            auth,
-            sandbox_config: None,
-        })
-        .await
-        .map(|r| r.into_inner().image_ref)
-}
-
-async fn leftovers(d: &Daemon) -> (usize, usize, usize) {
-    common::namespace_counts(d).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_faults_fail_clearly_and_leave_nothing_behind() {
@@ -49,7 +25,7 @@ async fn registry_faults_fail_clearly_and_leave_nothing_behind() {
     for (fault, code, needle) in cases {
         let port = fault_proxy(registry(), fault).await;
         let image = format!("127.0.0.1:{port}/library/busybox:latest");
-        let err = pull(&d, &image, None).await.unwrap_err();
+        let err = pull(&d, &image).await.unwrap_err();
         println!("{fault:?}: {} {}", err.code(), err.message());
         assert_eq!(err.code(), code, "{fault:?}: {}", err.message());
         assert!(
@@ -63,13 +39,13 @@ async fn registry_faults_fail_clearly_and_leave_nothing_behind() {
             err.message()
         );
         assert_eq!(
-            leftovers(&d).await,
+            namespace_counts(&d).await,
             (0, 0, 0),
             "{fault:?} left something behind"
         );
     }
     // Through a healthy path the same image pulls.
-    let id = pull(&d, &format!("{}/library/busybox:latest", registry()), None)
+    let id = pull(&d, &format!("{}/library/busybox:latest", registry()))
         .await
         .unwrap();
     assert!(id.starts_with("sha256:"));
@@ -113,7 +89,7 @@ async fn credentials_from_the_request_are_used_and_wrong_ones_refused() {
     d.start().await;
     let image = format!("{}/library/busybox:latest", reg.registry.addr);
 
-    let err = pull(&d, &image, None).await.unwrap_err();
+    let err = pull(&d, &image).await.unwrap_err();
     assert_eq!(
         err.code(),
         tonic::Code::Unauthenticated,
@@ -131,7 +107,7 @@ async fn credentials_from_the_request_are_used_and_wrong_ones_refused() {
         password: "nope".into(),
         ..Default::default()
     };
-    let err = pull(&d, &image, Some(wrong)).await.unwrap_err();
+    let err = pull_with_auth(&d, &image, Some(wrong)).await.unwrap_err();
     assert_eq!(
         err.code(),
         tonic::Code::Unauthenticated,
@@ -143,14 +119,14 @@ async fn credentials_from_the_request_are_used_and_wrong_ones_refused() {
         "{}",
         err.message()
     );
-    assert_eq!(leftovers(&d).await, (0, 0, 0));
+    assert_eq!(namespace_counts(&d).await, (0, 0, 0));
 
     let right = cri::AuthConfig {
         username: "alice".into(),
         password: "wonderland".into(),
         ..Default::default()
     };
-    pull(&d, &image, Some(right)).await.unwrap();
+    pull_with_auth(&d, &image, Some(right)).await.unwrap();
     // The `auth` field (base64 user:password) works too.
     use base64::Engine;
     let auth = base64::engine::general_purpose::STANDARD.encode("alice:wonderland");
@@ -158,7 +134,7 @@ async fn credentials_from_the_request_are_used_and_wrong_ones_refused() {
         auth,
         ..Default::default()
     };
-    pull(
+    pull_with_auth(
         &d,
         &format!("{}/library/busybox:1.36", reg.registry.addr),
         Some(encoded),
@@ -173,7 +149,7 @@ async fn the_bearer_token_flow_gets_a_token_with_the_request_credentials() {
     let mut d = Daemon::new();
     d.start().await;
     let image = format!("127.0.0.1:{port}/library/busybox:latest");
-    let err = pull(&d, &image, None).await.unwrap_err();
+    let err = pull(&d, &image).await.unwrap_err();
     assert_eq!(
         err.code(),
         tonic::Code::Unauthenticated,
@@ -185,7 +161,7 @@ async fn the_bearer_token_flow_gets_a_token_with_the_request_credentials() {
         password: "x".into(),
         ..Default::default()
     };
-    let err = pull(&d, &image, Some(wrong)).await.unwrap_err();
+    let err = pull_with_auth(&d, &image, Some(wrong)).await.unwrap_err();
     assert_eq!(
         err.code(),
         tonic::Code::Unauthenticated,
@@ -202,13 +178,13 @@ async fn the_bearer_token_flow_gets_a_token_with_the_request_credentials() {
         password: "wonderland".into(),
         ..Default::default()
     };
-    pull(&d, &image, Some(right)).await.unwrap();
+    pull_with_auth(&d, &image, Some(right)).await.unwrap();
     // A registry token from the request is used as the bearer token directly.
     let token = cri::AuthConfig {
         registry_token: "tok-123".into(),
         ..Default::default()
     };
-    pull(
+    pull_with_auth(
         &d,
         &format!("127.0.0.1:{port}/library/busybox:1.36"),
         Some(token),
@@ -294,7 +270,7 @@ async fn hosts_toml_ca_and_skip_verify_reach_a_tls_registry() {
     d.extra
         .push(format!("--registry-config-path={}", no_ca.display()));
     d.start().await;
-    let err = pull(&d, &image, None).await.unwrap_err();
+    let err = pull(&d, &image).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{}", err.message());
     assert!(
         err.message().to_lowercase().contains("certificate"),
@@ -312,7 +288,7 @@ async fn hosts_toml_ca_and_skip_verify_reach_a_tls_registry() {
     d.extra
         .push(format!("--registry-config-path={}", with_ca.display()));
     d.start().await;
-    pull(&d, &image, None).await.unwrap();
+    pull(&d, &image).await.unwrap();
     drop(d);
 
     // skip_verify.
@@ -324,5 +300,5 @@ async fn hosts_toml_ca_and_skip_verify_reach_a_tls_registry() {
     d.extra
         .push(format!("--registry-config-path={}", skip.display()));
     d.start().await;
-    pull(&d, &image, None).await.unwrap();
+    pull(&d, &image).await.unwrap();
 }

@@ -5,17 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Daemon};
+use common::{eventually, hosts_dir, namespace_counts, pull, registry, Daemon};
 use concord::containerd::Containerd;
 use k8s_cri::v1 as cri;
-
-fn hosts_dir() -> String {
-    std::env::var("CONCORD_TEST_HOSTS_DIR").unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
-}
-
-fn registry() -> String {
-    std::env::var("CONCORD_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
-}
 
 async fn daemon() -> Daemon {
     let mut d = Daemon::new();
@@ -31,17 +23,6 @@ fn spec(image: &str) -> Option<cri::ImageSpec> {
         image: image.into(),
         ..Default::default()
     })
-}
-
-async fn pull(d: &Daemon, image: &str) -> Result<String, tonic::Status> {
-    d.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: spec(image),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().image_ref)
 }
 
 async fn status(d: &Daemon, image: &str) -> Option<cri::Image> {
@@ -65,15 +46,10 @@ async fn remove(d: &Daemon, image: &str) {
         .unwrap();
 }
 
-/// (content blobs, snapshots, image records) in the daemon's namespace.
-async fn counts(d: &Daemon) -> (usize, usize, usize) {
-    common::namespace_counts(d).await
-}
-
 #[tokio::test]
 async fn pull_by_tag_then_status_list_remove_and_gc_frees_everything() {
     let d = daemon().await;
-    assert_eq!(counts(&d).await, (0, 0, 0));
+    assert_eq!(namespace_counts(&d).await, (0, 0, 0));
     let id = pull(&d, "busybox").await.unwrap();
     assert!(id.starts_with("sha256:"), "{id}");
 
@@ -135,7 +111,7 @@ async fn pull_by_tag_then_status_list_remove_and_gc_frees_everything() {
         .into_inner();
     assert_eq!(filtered.images.len(), 1);
 
-    let (content, snaps, images) = counts(&d).await;
+    let (content, snaps, images) = namespace_counts(&d).await;
     assert_eq!(
         (content, snaps, images),
         (3, 1, 2),
@@ -184,7 +160,7 @@ async fn pull_by_tag_then_status_list_remove_and_gc_frees_everything() {
     // Remove by tag: it was the only tag, so the image goes, and the GC frees it all.
     remove(&d, "busybox").await;
     assert!(status(&d, &id).await.is_none());
-    assert_eq!(counts(&d).await, (0, 0, 0));
+    assert_eq!(namespace_counts(&d).await, (0, 0, 0));
     // Unknown image: fine.
     remove(&d, "busybox").await;
 
@@ -220,7 +196,7 @@ async fn pull_by_digest_and_remove_by_id_removes_every_name() {
     // By id: every name.
     remove(&d, &id).await;
     assert!(status(&d, &id).await.is_none());
-    assert_eq!(counts(&d).await, (0, 0, 0));
+    assert_eq!(namespace_counts(&d).await, (0, 0, 0));
 }
 
 #[tokio::test]
@@ -409,7 +385,7 @@ async fn bad_references_and_unreachable_registries_fail_clearly_and_leave_nothin
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("image.image"));
-    assert_eq!(counts(&d).await, (0, 0, 0));
+    assert_eq!(namespace_counts(&d).await, (0, 0, 0));
 }
 
 #[tokio::test]
@@ -585,7 +561,7 @@ async fn load_image_imports_oci_and_docker_archives_plain_and_gzip() {
     );
 
     // Bad archives: clear errors, nothing left behind.
-    let before = counts(&d).await;
+    let before = namespace_counts(&d).await;
     let text = dir.join("not-an-archive.tar");
     std::fs::write(&text, "hello, this is not a tar file at all".repeat(30)).unwrap();
     let truncated = dir.join("truncated.tar");
@@ -612,5 +588,5 @@ async fn load_image_imports_oci_and_docker_archives_plain_and_gzip() {
             err.message()
         );
     }
-    assert_eq!(counts(&d).await, before);
+    assert_eq!(namespace_counts(&d).await, before);
 }

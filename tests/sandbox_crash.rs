@@ -11,20 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Daemon, OwnContainerd};
+use common::{container_config, pod_base, pod_flags, pull_ok, run_pod, Daemon, OwnContainerd};
 use k8s_cri::v1 as cri;
 
 fn config(n: u32) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: format!("crash-{n}"),
-            uid: format!("uid-crash-{n}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: format!("crash-{n}"),
-        ..Default::default()
-    }
+    pod_base(&format!("crash-{n}"))
 }
 
 /// host-local's allocations on `network`: "address → container id" (every sandbox a test made,
@@ -95,13 +86,7 @@ fn daemon(containerd: Option<&OwnContainerd>) -> Daemon {
     if let Some(c) = containerd {
         d.containerd = c.socket.clone();
     }
-    d.extra.push(format!(
-        "--registry-config-path={}",
-        std::env::var("CONCORD_TEST_HOSTS_DIR")
-            .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
-    ));
-    d.extra
-        .push(format!("--netns-dir={}", d.dir.join("netns").display()));
+    pod_flags(&mut d);
     d.extra.push("--log-level=info".into());
     d
 }
@@ -576,17 +561,8 @@ async fn churn_containers(
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
                 config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: format!("c{n}"),
-                        attempt: 0,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image: "busybox".into(),
-                        ..Default::default()
-                    }),
-                    command: vec!["sleep".into(), "1000".into()],
                     log_path: format!("c{n}.log"),
-                    ..Default::default()
+                    ..container_config(&format!("c{n}"), "busybox", &["sleep", "1000"])
                 }),
                 sandbox_config: None,
             })
@@ -631,30 +607,10 @@ async fn containers_under_kill_9_converge_and_leak_nothing() {
     flaky_network(&mut d, "ctrs", "10.97.0.0/24");
     let allocated_before = allocations("ctrs");
     d.start().await;
-    d.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: "busybox".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    pull_ok(&d, "busybox").await;
     let mut pod_config = config(1000);
     pod_config.log_directory = d.dir.join("logs").display().to_string();
-    let pod = d
-        .runtime()
-        .await
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&d, &pod_config).await.unwrap();
     // A container that counts on its stdout through every kill: it must keep running and not
     // one line may be lost.
     let logger = {
@@ -663,21 +619,16 @@ async fn containers_under_kill_9_converge_and_leak_nothing() {
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
                 config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: "logger".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image: "busybox".into(),
-                        ..Default::default()
-                    }),
-                    command: vec![
-                        "sh".into(),
-                        "-c".into(),
-                        "i=0; while :; do echo n $i; i=$((i+1)); sleep 0.02; done".into(),
-                    ],
                     log_path: "logger.log".into(),
-                    ..Default::default()
+                    ..container_config(
+                        "logger",
+                        "busybox",
+                        &[
+                            "sh",
+                            "-c",
+                            "i=0; while :; do echo n $i; i=$((i+1)); sleep 0.02; done",
+                        ],
+                    )
                 }),
                 sandbox_config: None,
             })

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Daemon};
+use common::{
+    container_config, eventually, pod_base, pod_flags, pull_ok, remove_pod, run_pod, Daemon,
+};
 use k8s_cri::v1 as cri;
 
 async fn daemon() -> Daemon {
@@ -13,13 +15,7 @@ async fn daemon() -> Daemon {
 }
 
 async fn daemon_with(mut d: Daemon) -> Daemon {
-    d.extra.push(format!(
-        "--registry-config-path={}",
-        std::env::var("CONCORD_TEST_HOSTS_DIR")
-            .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
-    ));
-    d.extra
-        .push(format!("--netns-dir={}", d.dir.join("netns").display()));
+    pod_flags(&mut d);
     d.extra
         .push("--sandbox-image=registry.k8s.io/pause:3.9".into());
     d.start().await;
@@ -28,13 +24,6 @@ async fn daemon_with(mut d: Daemon) -> Daemon {
 
 fn config(name: &str, host_network: bool) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
         labels: [("app".to_string(), name.to_string())].into(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -50,19 +39,8 @@ fn config(name: &str, host_network: bool) -> cri::PodSandboxConfig {
             }),
             ..Default::default()
         }),
-        ..Default::default()
+        ..pod_base(name)
     }
-}
-
-async fn run(d: &Daemon, c: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
-    d.runtime()
-        .await
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(c),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
 }
 
 async fn status(d: &Daemon, id: &str) -> Result<cri::PodSandboxStatus, tonic::Status> {
@@ -95,7 +73,7 @@ fn netns_files(d: &Daemon) -> usize {
 #[tokio::test]
 async fn a_pod_runs_with_an_ip_is_listed_retried_stopped_and_removed_leaving_nothing() {
     let d = daemon().await;
-    let id = run(&d, config("web", false)).await.unwrap();
+    let id = run_pod(&d, &config("web", false)).await.unwrap();
     let s = status(&d, &id).await.unwrap();
     assert_eq!(s.state, cri::PodSandboxState::SandboxReady as i32);
     let ip = s.network.unwrap().ip;
@@ -104,7 +82,7 @@ async fn a_pod_runs_with_an_ip_is_listed_retried_stopped_and_removed_leaving_not
     assert_eq!(netns_files(&d), 1);
 
     // kubelet's retry with the same metadata: the same sandbox.
-    assert_eq!(run(&d, config("web", false)).await.unwrap(), id);
+    assert_eq!(run_pod(&d, &config("web", false)).await.unwrap(), id);
     assert_eq!(list(&d).await.len(), 1);
 
     // The sandbox image was pulled on demand and is pinned while the pod uses it.
@@ -144,16 +122,8 @@ async fn a_pod_runs_with_an_ip_is_listed_retried_stopped_and_removed_leaving_not
     })
     .await
     .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    remove_pod(&d, &id).await;
+    remove_pod(&d, &id).await;
     let err = status(&d, &id).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(list(&d).await.is_empty());
@@ -163,11 +133,7 @@ async fn a_pod_runs_with_an_ip_is_listed_retried_stopped_and_removed_leaving_not
     })
     .await
     .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: "nope".into(),
-    })
-    .await
-    .unwrap();
+    remove_pod(&d, "nope").await;
 
     // Nothing left: no container, no sandbox snapshot, no IP allocation for the id.
     let (_, snaps, _) = common::namespace_counts(&d).await;
@@ -190,7 +156,7 @@ async fn a_pod_runs_with_an_ip_is_listed_retried_stopped_and_removed_leaving_not
 #[tokio::test]
 async fn a_host_network_pod_has_no_netns_and_the_pause_exit_turns_it_not_ready() {
     let d = daemon().await;
-    let id = run(&d, config("hostnet", true)).await.unwrap();
+    let id = run_pod(&d, &config("hostnet", true)).await.unwrap();
     let s = status(&d, &id).await.unwrap();
     assert_eq!(s.state, cri::PodSandboxState::SandboxReady as i32);
     assert_eq!(s.network.unwrap().ip, "");
@@ -211,28 +177,19 @@ async fn a_host_network_pod_has_no_netns_and_the_pause_exit_turns_it_not_ready()
         },
     )
     .await;
-    let mut rt = d.runtime().await;
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    remove_pod(&d, &id).await;
     assert!(list(&d).await.is_empty());
 }
 
 #[tokio::test]
 async fn a_sandbox_survives_a_concord_restart() {
     let mut d = daemon().await;
-    let id = run(&d, config("survivor", false)).await.unwrap();
+    let id = run_pod(&d, &config("survivor", false)).await.unwrap();
     assert!(d.terminate().await.success());
     d.start().await;
     let s = status(&d, &id).await.unwrap();
     assert_eq!(s.state, cri::PodSandboxState::SandboxReady as i32);
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-        .await
-        .unwrap();
+    remove_pod(&d, &id).await;
     assert_eq!(netns_files(&d), 0);
 }
 
@@ -272,7 +229,7 @@ async fn bad_sandbox_requests_name_the_field_and_create_nothing() {
     });
     cases.push((c, "dns_config.servers"));
     for (c, field) in cases {
-        let err = run(&d, c).await.unwrap_err();
+        let err = run_pod(&d, &c).await.unwrap_err();
         assert_eq!(
             err.code(),
             tonic::Code::InvalidArgument,
@@ -372,20 +329,15 @@ fn ping(addr: std::net::SocketAddr) -> String {
 }
 
 async fn remove_all(d: &Daemon) {
-    let mut rt = d.runtime().await;
     for s in list(d).await {
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: s.id,
-        })
-        .await
-        .unwrap();
+        remove_pod(d, &s.id).await;
     }
 }
 
 #[tokio::test]
 async fn two_pods_reach_each_other_and_a_host_port_reaches_a_pod_from_the_host() {
     let d = daemon().await;
-    let a = run(&d, config("net-a", false)).await.unwrap();
+    let a = run_pod(&d, &config("net-a", false)).await.unwrap();
     let host_port = 30000 + fastrand::u16(..20000);
     let mut cb = config("net-b", false);
     cb.port_mappings = vec![cri::PortMapping {
@@ -394,7 +346,7 @@ async fn two_pods_reach_each_other_and_a_host_port_reaches_a_pod_from_the_host()
         host_port: host_port as i32,
         host_ip: String::new(),
     }];
-    let b = run(&d, cb).await.unwrap();
+    let b = run_pod(&d, &cb).await.unwrap();
     let ip_b: std::net::IpAddr = status(&d, &b)
         .await
         .unwrap()
@@ -446,7 +398,7 @@ async fn namespace_options_hostname_sysctls_and_dns_are_applied() {
         searches: vec!["default.svc.cluster.local".into()],
         options: vec!["ndots:5".into()],
     });
-    let id = run(&d, c).await.unwrap();
+    let id = run_pod(&d, &c).await.unwrap();
     let pid = pause_pid(&d, &id).await;
     let proc_ns = |kind: &str| format!("/proc/{pid}/ns/{kind}");
     for kind in ["net", "pid", "ipc", "uts"] {
@@ -515,7 +467,7 @@ async fn namespace_options_hostname_sysctls_and_dns_are_applied() {
         .unwrap();
     opts.pid = cri::NamespaceMode::Node as i32;
     opts.ipc = cri::NamespaceMode::Node as i32;
-    let host = run(&d, c).await.unwrap();
+    let host = run_pod(&d, &c).await.unwrap();
     let pid = pause_pid(&d, &host).await;
     for kind in ["net", "pid", "ipc", "uts"] {
         assert_eq!(
@@ -601,7 +553,7 @@ async fn a_configured_runtime_handler_runs_the_pod_with_its_runc_binary_and_root
         "runc state under the handler's root"
     );
     // The default handler still answers; an unknown one names the configured ones.
-    let plain = run(&d, config("plain", false)).await.unwrap();
+    let plain = run_pod(&d, &config("plain", false)).await.unwrap();
     assert_eq!(status(&d, &plain).await.unwrap().runtime_handler, "");
     let err = d
         .runtime()
@@ -623,36 +575,15 @@ async fn what_a_lost_journal_left_behind_is_found_and_removed() {
     let mut d = daemon().await;
     let mut pod = config("orphan", false);
     pod.log_directory = d.dir.join("logs").display().to_string();
-    let id = run(&d, pod).await.unwrap();
+    let id = run_pod(&d, &pod).await.unwrap();
     assert!(allocated_to(&id));
     // A running container in the pod too.
-    d.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: "busybox".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    pull_ok(&d, "busybox").await;
     let mut rt = d.runtime().await;
     let cid = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: id.clone(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "app".into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: "busybox".into(),
-                    ..Default::default()
-                }),
-                command: vec!["sleep".into(), "1000".into()],
-                ..Default::default()
-            }),
+            config: Some(container_config("app", "busybox", &["sleep", "1000"])),
             sandbox_config: None,
         })
         .await
@@ -763,13 +694,13 @@ async fn seccomp_follows_the_security_context_and_a_bad_profile_is_refused() {
             "0",
         ),
     ] {
-        let id = run(&d, with(name, profile, privileged)).await.unwrap();
+        let id = run_pod(&d, &with(name, profile, privileged)).await.unwrap();
         assert_eq!(seccomp_mode(pause_pid(&d, &id).await), mode, "{name}");
     }
     for bad in ["relative.json", "/nonexistent/profile.json"] {
-        let err = run(
+        let err = run_pod(
             &d,
-            with("sc-bad", Some((ProfileType::Localhost, bad.into())), false),
+            &with("sc-bad", Some((ProfileType::Localhost, bad.into())), false),
         )
         .await
         .unwrap_err();
@@ -799,7 +730,7 @@ async fn no_or_a_broken_cni_config_fails_the_run_clearly_and_creates_nothing() {
     d.extra.push(format!("--cni-conf-dir={}", conf.display()));
     let d = daemon_with(d).await;
     // No config at all.
-    let err = run(&d, config("nonet", false)).await.unwrap_err();
+    let err = run_pod(&d, &config("nonet", false)).await.unwrap_err();
     assert!(
         err.message().contains("CNI ADD") && err.message().contains("network not ready"),
         "{}",
@@ -816,7 +747,7 @@ async fn no_or_a_broken_cni_config_fails_the_run_clearly_and_creates_nothing() {
     // A broken one is not usable either, and says why in Status.
     std::fs::write(conf.join("10-broken.conflist"), "{ not json").unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let err = run(&d, config("nonet", false)).await.unwrap_err();
+    let err = run_pod(&d, &config("nonet", false)).await.unwrap_err();
     assert!(
         err.message().contains("network not ready"),
         "{}",
@@ -847,7 +778,7 @@ async fn no_or_a_broken_cni_config_fails_the_run_clearly_and_creates_nothing() {
     // Oversized labels are refused by name.
     let mut c = config("big", false);
     c.labels = [("big".to_string(), "x".repeat(300 << 10))].into();
-    let err = run(&d, c).await.unwrap_err();
+    let err = run_pod(&d, &c).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("config.labels"), "{}", err.message());
 }
@@ -874,7 +805,7 @@ async fn bandwidth_annotations_reach_the_bandwidth_plugin() {
         "10M".to_string(),
     )]
     .into();
-    let id = run(&d, c).await.unwrap();
+    let id = run_pod(&d, &c).await.unwrap();
     // The plugin shapes the pod's egress on the host end of its veth: a tbf qdisc at 10 Mbit.
     let qdiscs = std::process::Command::new("tc")
         .args(["qdisc", "show"])
@@ -892,16 +823,12 @@ async fn bandwidth_annotations_reach_the_bandwidth_plugin() {
         "fast".to_string(),
     )]
     .into();
-    let err = run(&d, bad).await.unwrap_err();
+    let err = run_pod(&d, &bad).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
         err.message().contains("ingress-bandwidth"),
         "{}",
         err.message()
     );
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-        .await
-        .unwrap();
+    remove_pod(&d, &id).await;
 }

@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, exec_out, Daemon};
+use common::{
+    container_config, eventually, exec_out, pod_config, pull_ok, remove_pod, Daemon, Pod,
+};
 use concord::stream::client::{Client, SpdyClient, SpdyCommand};
 use k8s_cri::v1 as cri;
 
@@ -18,10 +20,6 @@ async fn daemon_with(extra: &[&str]) -> Daemon {
     let mut flags = vec!["--stream-token-ttl-seconds=2"];
     flags.extend_from_slice(extra);
     common::pod_daemon(&flags).await
-}
-
-async fn pull(d: &Daemon, image: &str) {
-    common::pull_ok(d, image).await
 }
 
 /// A pod with one running container of `image` running `cmd` (empty: the image's).
@@ -37,48 +35,15 @@ async fn pod_with_config(
     cmd: &[&str],
     tune: impl FnOnce(&mut cri::ContainerConfig),
 ) -> (String, String) {
-    pull(d, image).await;
-    let config = common::pod_config(d, name);
-    let mut rt = d.runtime().await;
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    pull_ok(d, image).await;
+    let pod = Pod::run(d, pod_config(d, name)).await;
     let mut container = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "main".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
         log_path: "main.log".into(),
-        ..Default::default()
+        ..container_config("main", image, cmd)
     };
     tune(&mut container);
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container),
-            sandbox_config: Some(config),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    (pod, id)
+    let id = pod.run_container(d, container).await;
+    (pod.id, id)
 }
 
 fn exec_req(id: &str, cmd: &[&str], stdin: bool, tty: bool) -> cri::ExecRequest {
@@ -270,11 +235,7 @@ async fn exec_over_every_websocket_protocol() {
         "{}",
         err.message()
     );
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 async fn pf_url(d: &Daemon, pod: String) -> String {
@@ -366,11 +327,7 @@ async fn port_forward_reaches_a_server_inside_the_pod() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,13 +364,7 @@ async fn stdin_pushed_at_a_process_that_does_not_read_is_held_to_a_budget() {
         .await
         .unwrap();
     drop(c);
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 /// Idle means idle both ways: a forward whose pod keeps sending while the client only reads is
@@ -451,13 +402,7 @@ async fn a_port_forward_the_pod_keeps_talking_on_is_not_idle() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(ticks >= 8, "{ticks} ticks in 6 s");
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,13 +428,7 @@ async fn an_idle_session_is_closed_and_its_process_killed() {
     assert!(closed.is_ok(), "the idle SPDY session was not closed");
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(!exec_out(&d, &id, &["ps"]).await.contains("sleep 889"));
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 async fn spdy(url: &str, protocol: &str, stdin: bool, tty: bool) -> SpdyCommand {
@@ -632,13 +571,7 @@ async fn exec_over_every_spdy_protocol() {
         .err()
         .unwrap();
     assert_eq!(refused.status, 404, "unknown token");
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 fn attach_req(id: &str, stdin: bool, tty: bool) -> cri::AttachRequest {
@@ -861,9 +794,7 @@ async fn attach_follows_output_and_feeds_stdin() {
         err.message()
     );
     for p in [pod, pod2, pod3, pod4, pod5] {
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
-            .await
-            .unwrap();
+        remove_pod(&d, &p).await;
     }
 }
 
@@ -941,13 +872,7 @@ async fn port_forward_over_spdy() {
     let msg = String::from_utf8_lossy(&err.read_to_end().await).into_owned();
     assert!(msg.contains("port 81") && msg.contains(&pod), "{msg}");
     c.conn.close().await;
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 /// kubectl's side of the streaming protocols, when kubectl is installed: a stand-in for the
@@ -1266,13 +1191,7 @@ async fn kubectl_exec_and_port_forward() {
             "no {kind} over {upgrade} in the log"
         );
     }
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1321,13 +1240,7 @@ async fn exec_over_tls() {
         Client::connect(&plain, &["v5.channel.k8s.io"]).await,
         Ok(Ok(_))
     ));
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 /// Streaming abuse against one node: 20,000 connections to the streaming port that never send a
@@ -1486,13 +1399,7 @@ async fn streaming_abuse_keeps_memory_bounded_and_the_cri_answering() {
     drop(conns);
     drop(helper.stdin.take());
     let _ = helper.wait();
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &pod).await;
 }
 
 /// 1,000 port-forward connections (error + data stream pairs, over four SPDY connections) to a
@@ -1586,11 +1493,5 @@ async fn a_thousand_forwards_to_a_server_that_never_reads_stay_bounded() {
     assert!(answered < Duration::from_secs(2), "{answered:?}");
     drop(held);
     drop(clients);
-    d.runtime()
-        .await
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&d, &pod).await;
 }

@@ -493,22 +493,4 @@ pub fn backoff(config: &ReconcileConfig, retries: u32) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let c = ReconcileConfig {
-            backoff_base_ms: Duration::from_millis(100),
-            backoff_max_ms: Duration::from_millis(5_000),
-            ..ReconcileConfig::default()
-        };
-        for _ in 0..100 {
-            let d1 = backoff(&c, 1).as_millis();
-            assert!((50..=150).contains(&d1), "{d1}");
-            let d4 = backoff(&c, 4).as_millis();
-            assert!((400..=1200).contains(&d4), "{d4}");
-            assert!(backoff(&c, 40).as_millis() <= 5_000);
-        }
-    }
-}
+mod tests;

@@ -11,6 +11,10 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
+mod pods;
+#[allow(unused_imports)] // not every suite uses them
+pub use pods::*;
+
 /// containerd socket of the dev environment (override with CONCORD_TEST_CONTAINERD).
 pub fn containerd_socket() -> PathBuf {
     let p = PathBuf::from(
@@ -737,78 +741,6 @@ pub async fn runtime_config_object(d: &Daemon) -> concord::proto::ObjectStatus {
     .into_inner()
     .objects
     .remove(0)
-}
-
-/// A daemon started with the rig's registry hosts, a netns dir of its own and `extra` flags
-/// (the container and streaming suites).
-#[allow(dead_code)]
-pub async fn pod_daemon(extra: &[&str]) -> Daemon {
-    pod_daemon_with_config(extra, "").await
-}
-
-/// [`pod_daemon`] with `config` as its config file's text.
-#[allow(dead_code)]
-pub async fn pod_daemon_with_config(extra: &[&str], config: &str) -> Daemon {
-    let mut d = Daemon::new();
-    std::fs::write(d.dir.join("config.toml"), config).unwrap();
-    d.extra.extend(extra.iter().map(|s| s.to_string()));
-    d.extra.push(format!(
-        "--registry-config-path={}",
-        std::env::var("CONCORD_TEST_HOSTS_DIR")
-            .unwrap_or_else(|_| "/tmp/rig/containerd/certs.d".into())
-    ));
-    d.extra
-        .push(format!("--netns-dir={}", d.dir.join("netns").display()));
-    d.start().await;
-    d
-}
-
-/// Pulls `image` through the daemon's CRI (it must succeed).
-#[allow(dead_code)]
-pub async fn pull_ok(d: &Daemon, image: &str) {
-    d.images()
-        .await
-        .pull_image(k8s_cri::v1::PullImageRequest {
-            image: Some(k8s_cri::v1::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
-/// The trimmed stdout of `cmd` run with ExecSync in container `id` (it must succeed).
-#[allow(dead_code)]
-pub async fn exec_out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
-    let r = d
-        .runtime()
-        .await
-        .exec_sync(k8s_cri::v1::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 10,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    String::from_utf8_lossy(&r.stdout).trim().to_string()
-}
-
-/// A pod config named `name` (uid, namespace default, hostname) logging under the daemon's dir.
-pub fn pod_config(d: &Daemon, name: &str) -> k8s_cri::v1::PodSandboxConfig {
-    k8s_cri::v1::PodSandboxConfig {
-        metadata: Some(k8s_cri::v1::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: d.dir.join("logs").join(name).display().to_string(),
-        ..Default::default()
-    }
 }
 
 /// Mount points a test made, unmounted (in order) when dropped: declared after the daemon, it
