@@ -262,13 +262,7 @@ impl<'a> Ingest<'a> {
             .request_with_lease(ReceiverStream::new(rx), lease)
             .map_err(|s| write_error(reference, s))?;
         // The first message must be queued before the call: containerd answers headers only then.
-        let first = WriteContentRequest {
-            action: WriteAction::Stat as i32,
-            r#ref: ingest.to_string(),
-            total: size,
-            expected: digest.to_string(),
-            ..Default::default()
-        };
+        let first = write_request(WriteAction::Stat, ingest, digest, size);
         tx.send(first).await.expect("receiver alive");
         let mut client = ctd.content();
         let responses = client
@@ -298,13 +292,9 @@ impl<'a> Ingest<'a> {
     async fn write(&mut self, piece: &[u8]) -> Result<(), ImageError> {
         self.hasher.update(piece);
         let msg = WriteContentRequest {
-            action: WriteAction::Write as i32,
-            r#ref: self.ingest.to_string(),
-            total: self.size,
-            expected: self.digest.to_string(),
             offset: self.offset,
             data: piece.to_vec(),
-            ..Default::default()
+            ..self.request(WriteAction::Write)
         };
         self.offset += piece.len() as i64;
         self.transferred += piece.len() as u64;
@@ -338,13 +328,9 @@ impl<'a> Ingest<'a> {
     /// Commits the ingest with `labels`; content another writer committed meanwhile is fine.
     async fn commit(mut self, labels: HashMap<String, String>) -> Result<Written, ImageError> {
         let commit = WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            r#ref: self.ingest.to_string(),
-            total: self.size,
-            expected: self.digest.to_string(),
             offset: self.size,
             labels,
-            ..Default::default()
+            ..self.request(WriteAction::Commit)
         };
         self.send(commit).await?;
         match self.responses.next().await {
@@ -357,6 +343,10 @@ impl<'a> Ingest<'a> {
         Ok(Written {
             bytes: self.transferred,
         })
+    }
+
+    fn request(&self, action: WriteAction) -> WriteContentRequest {
+        write_request(action, self.ingest, self.digest, self.size)
     }
 
     async fn send(&self, msg: WriteContentRequest) -> Result<(), ImageError> {
@@ -386,6 +376,22 @@ impl<'a> Ingest<'a> {
                 tonic::Status::aborted("containerd closed the write stream"),
             )),
         }
+    }
+}
+
+/// A Content.Write message for `ingest`, expecting `digest` of `size` bytes.
+fn write_request(
+    action: WriteAction,
+    ingest: &str,
+    digest: &str,
+    size: i64,
+) -> WriteContentRequest {
+    WriteContentRequest {
+        action: action as i32,
+        r#ref: ingest.to_string(),
+        total: size,
+        expected: digest.to_string(),
+        ..Default::default()
     }
 }
 

@@ -391,11 +391,7 @@ async fn platform_manifest(
             platform: want.to_string(),
             available: platforms_of(index),
         })?;
-    let pos = index
-        .manifests
-        .iter()
-        .position(|d| d.digest == chosen.digest)
-        .unwrap_or(0);
+    let pos = index.position_of(&chosen.digest);
     let f = fetcher.manifest(&chosen.digest).await?;
     let (doc, media) = parse_document(&f.bytes, &chosen.media_type)
         .map_err(|r| bad_document(name, "platform manifest", r))?;
