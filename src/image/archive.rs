@@ -463,11 +463,7 @@ fn oci_layout(path: &Path, root: &Layers) -> Result<Vec<Found>, ImageError> {
                         format!("image {} has no manifest for {want}", desc.digest),
                     )
                 })?;
-                let pos = i
-                    .manifests
-                    .iter()
-                    .position(|d| d.digest == chosen.digest)
-                    .unwrap_or(0);
+                let pos = i.position_of(&chosen.digest);
                 let bytes = read_blob(path, root, &chosen.digest, MAX_MANIFEST)?;
                 match parse_document(&bytes, &chosen.media_type)
                     .map_err(|r| archive_err(path, r))?

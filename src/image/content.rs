@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use containerd_client::services::v1::{
     AbortRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
-    WriteContentRequest,
+    WriteContentRequest, WriteContentResponse,
 };
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
@@ -195,119 +195,215 @@ async fn stream_in<S>(
 where
     S: Stream<Item = Result<Bytes, String>> + Unpin,
 {
-    let write_err = |status: tonic::Status| ImageError::Containerd {
+    let mut w = Ingest::open(ctd, lease, reference, ingest, digest, size).await?;
+    while let Some(chunk) = next_chunk(&mut data, stall, reference, digest).await? {
+        for piece in chunk.chunks(CHUNK) {
+            w.write(piece).await?;
+        }
+    }
+    w.verify()?;
+    w.commit(labels).await
+}
+
+/// The next chunk of a download, or `None` at its end; a download that makes no progress for
+/// `stall` is aborted.
+async fn next_chunk<S>(
+    data: &mut S,
+    stall: Duration,
+    reference: &str,
+    digest: &str,
+) -> Result<Option<Bytes>, ImageError>
+where
+    S: Stream<Item = Result<Bytes, String>> + Unpin,
+{
+    match tokio::time::timeout(stall, data.next()).await {
+        Err(_) => Err(ImageError::Stalled {
+            reference: reference.to_string(),
+            step: format!("downloading {digest}"),
+            after: stall,
+        }),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(detail))) => Err(ImageError::Unavailable {
+            reference: reference.to_string(),
+            step: "downloading a blob",
+            host: digest.to_string(),
+            detail,
+        }),
+        Ok(Some(Ok(b))) => Ok(Some(b)),
+    }
+}
+
+/// One ingest's Content.Write stream: the requests sent, containerd's answers, and the size and
+/// digest of what went through, checked on the way.
+struct Ingest<'a> {
+    reference: &'a str,
+    ingest: &'a str,
+    digest: &'a str,
+    size: i64,
+    tx: tokio::sync::mpsc::Sender<WriteContentRequest>,
+    responses: tonic::Streaming<WriteContentResponse>,
+    hasher: Sha256,
+    offset: i64,
+    transferred: u64,
+}
+
+impl<'a> Ingest<'a> {
+    /// Opens the write stream under `lease` and waits for the ingest's status.
+    async fn open(
+        ctd: &Containerd,
+        lease: &str,
+        reference: &'a str,
+        ingest: &'a str,
+        digest: &'a str,
+        size: i64,
+    ) -> Result<Ingest<'a>, ImageError> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
+        let req = ctd
+            .request_with_lease(ReceiverStream::new(rx), lease)
+            .map_err(|s| write_error(reference, s))?;
+        // The first message must be queued before the call: containerd answers headers only then.
+        let first = write_request(WriteAction::Stat, ingest, digest, size);
+        tx.send(first).await.expect("receiver alive");
+        let mut client = ctd.content();
+        let responses = client
+            .write(req)
+            .await
+            .map_err(|s| write_error(reference, s))?
+            .into_inner();
+        let mut w = Ingest {
+            reference,
+            ingest,
+            digest,
+            size,
+            tx,
+            responses,
+            hasher: Sha256::new(),
+            // Start over whatever a previous attempt left in this ingest.
+            offset: 0,
+            transferred: 0,
+        };
+        let stat = w.next_response().await?;
+        let _ = stat.offset;
+        Ok(w)
+    }
+
+    /// Sends one piece (at most [`CHUNK`] bytes) and waits for its acknowledgement; refuses to
+    /// go past the announced size.
+    async fn write(&mut self, piece: &[u8]) -> Result<(), ImageError> {
+        self.hasher.update(piece);
+        let msg = WriteContentRequest {
+            offset: self.offset,
+            data: piece.to_vec(),
+            ..self.request(WriteAction::Write)
+        };
+        self.offset += piece.len() as i64;
+        self.transferred += piece.len() as u64;
+        if self.offset > self.size {
+            return Err(ImageError::DigestMismatch {
+                reference: self.reference.to_string(),
+                what: format!("blob {}", self.digest),
+                expected: format!("{} bytes", self.size),
+                got: format!("more than {} bytes", self.size),
+            });
+        }
+        self.send(msg).await?;
+        self.next_response().await?;
+        Ok(())
+    }
+
+    /// Whether what went through has the announced size and digest.
+    fn verify(&self) -> Result<(), ImageError> {
+        let got = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
+        if self.offset != self.size || got != self.digest {
+            return Err(ImageError::DigestMismatch {
+                reference: self.reference.to_string(),
+                what: format!("blob of {} bytes", self.offset),
+                expected: format!("{} ({} bytes)", self.digest, self.size),
+                got,
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits the ingest with `labels`; content another writer committed meanwhile is fine.
+    async fn commit(mut self, labels: HashMap<String, String>) -> Result<Written, ImageError> {
+        let commit = WriteContentRequest {
+            offset: self.size,
+            labels,
+            ..self.request(WriteAction::Commit)
+        };
+        self.send(commit).await?;
+        match self.responses.next().await {
+            Some(Err(status)) if status.code() == tonic::Code::AlreadyExists => {}
+            other => {
+                self.answer(other)?;
+            }
+        }
+        drop(self.tx);
+        Ok(Written {
+            bytes: self.transferred,
+        })
+    }
+
+    fn request(&self, action: WriteAction) -> WriteContentRequest {
+        write_request(action, self.ingest, self.digest, self.size)
+    }
+
+    async fn send(&self, msg: WriteContentRequest) -> Result<(), ImageError> {
+        self.tx.send(msg).await.map_err(|_| {
+            write_error(
+                self.reference,
+                tonic::Status::aborted("write stream closed"),
+            )
+        })
+    }
+
+    async fn next_response(&mut self) -> Result<WriteContentResponse, ImageError> {
+        let r = self.responses.next().await;
+        self.answer(r)
+    }
+
+    /// containerd's answer, or why there is none.
+    fn answer(
+        &self,
+        r: Option<Result<WriteContentResponse, tonic::Status>>,
+    ) -> Result<WriteContentResponse, ImageError> {
+        match r {
+            Some(Ok(resp)) => Ok(resp),
+            Some(Err(status)) => Err(write_error(self.reference, status)),
+            None => Err(write_error(
+                self.reference,
+                tonic::Status::aborted("containerd closed the write stream"),
+            )),
+        }
+    }
+}
+
+/// A Content.Write message for `ingest`, expecting `digest` of `size` bytes.
+fn write_request(
+    action: WriteAction,
+    ingest: &str,
+    digest: &str,
+    size: i64,
+) -> WriteContentRequest {
+    WriteContentRequest {
+        action: action as i32,
+        r#ref: ingest.to_string(),
+        total: size,
+        expected: digest.to_string(),
+        ..Default::default()
+    }
+}
+
+fn write_error(reference: &str, status: tonic::Status) -> ImageError {
+    ImageError::Containerd {
         reference: reference.to_string(),
         step: "writing content",
         source: ContainerdError::Call {
             call: "Content.Write",
             status,
         },
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
-    let req = ctd
-        .request_with_lease(ReceiverStream::new(rx), lease)
-        .map_err(write_err)?;
-    // The first message must be queued before the call: containerd answers headers only then.
-    let first = WriteContentRequest {
-        action: WriteAction::Stat as i32,
-        r#ref: ingest.to_string(),
-        total: size,
-        expected: digest.to_string(),
-        ..Default::default()
-    };
-    tx.send(first).await.expect("receiver alive");
-    let mut client = ctd.content();
-    let mut responses = client.write(req).await.map_err(write_err)?.into_inner();
-    let next_response = |r: Option<Result<_, tonic::Status>>| match r {
-        Some(Ok(resp)) => Ok(resp),
-        Some(Err(status)) => Err(write_err(status)),
-        None => Err(write_err(tonic::Status::aborted(
-            "containerd closed the write stream",
-        ))),
-    };
-    let stat: containerd_client::services::v1::WriteContentResponse =
-        next_response(responses.next().await)?;
-    let mut hasher = Sha256::new();
-    // Start over whatever a previous attempt left in this ingest.
-    let mut offset: i64 = 0;
-    let _ = stat.offset;
-    let mut transferred = 0u64;
-    loop {
-        let chunk = match tokio::time::timeout(stall, data.next()).await {
-            Err(_) => {
-                return Err(ImageError::Stalled {
-                    reference: reference.to_string(),
-                    step: format!("downloading {digest}"),
-                    after: stall,
-                })
-            }
-            Ok(None) => break,
-            Ok(Some(Err(detail))) => {
-                return Err(ImageError::Unavailable {
-                    reference: reference.to_string(),
-                    step: "downloading a blob",
-                    host: digest.to_string(),
-                    detail,
-                })
-            }
-            Ok(Some(Ok(b))) => b,
-        };
-        for piece in chunk.chunks(CHUNK) {
-            hasher.update(piece);
-            let msg = WriteContentRequest {
-                action: WriteAction::Write as i32,
-                r#ref: ingest.to_string(),
-                total: size,
-                expected: digest.to_string(),
-                offset,
-                data: piece.to_vec(),
-                ..Default::default()
-            };
-            offset += piece.len() as i64;
-            transferred += piece.len() as u64;
-            if offset > size {
-                return Err(ImageError::DigestMismatch {
-                    reference: reference.to_string(),
-                    what: format!("blob {digest}"),
-                    expected: format!("{size} bytes"),
-                    got: format!("more than {size} bytes"),
-                });
-            }
-            tx.send(msg)
-                .await
-                .map_err(|_| write_err(tonic::Status::aborted("write stream closed")))?;
-            next_response(responses.next().await)?;
-        }
     }
-    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
-    if offset != size || got != digest {
-        return Err(ImageError::DigestMismatch {
-            reference: reference.to_string(),
-            what: format!("blob of {offset} bytes"),
-            expected: format!("{digest} ({size} bytes)"),
-            got,
-        });
-    }
-    let commit = WriteContentRequest {
-        action: WriteAction::Commit as i32,
-        r#ref: ingest.to_string(),
-        total: size,
-        expected: digest.to_string(),
-        offset: size,
-        labels,
-        ..Default::default()
-    };
-    tx.send(commit)
-        .await
-        .map_err(|_| write_err(tonic::Status::aborted("write stream closed")))?;
-    match responses.next().await {
-        Some(Err(status)) if status.code() == tonic::Code::AlreadyExists => {}
-        other => {
-            next_response(other)?;
-        }
-    }
-    drop(tx);
-    Ok(Written { bytes: transferred })
 }
 
 /// Writes bytes already in memory.

@@ -166,7 +166,30 @@ pub fn parse(path: &Path, text: &str, host: &str) -> Result<Vec<Endpoint>, Hosts
     Ok(out)
 }
 
+/// One endpoint from its URL and its table (`[host."url"]`, or the file's top level for `server`).
 fn endpoint_from(path: &Path, url: &str, cfg: &toml::Table) -> Result<Endpoint, String> {
+    // In this order: a file with several mistakes reports the same one as before.
+    let base = api_base(url, cfg)?;
+    let caps = capabilities(url, cfg)?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    Ok(Endpoint {
+        base,
+        resolve: caps.iter().any(|c| c == "resolve"),
+        pull: caps.iter().any(|c| c == "pull"),
+        skip_verify: cfg
+            .get("skip_verify")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        ca: ca_files(dir, url, cfg)?,
+        client: client_files(dir, url, cfg)?,
+        headers: headers(url, cfg)?,
+        mirror: false,
+    })
+}
+
+/// The endpoint's URL up to the API root: `/v2` appended unless the path has it or
+/// `override_path` says the path is the root.
+fn api_base(url: &str, cfg: &toml::Table) -> Result<String, String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| format!("host {url:?} needs a scheme (http:// or https://)"))?;
@@ -189,36 +212,53 @@ fn endpoint_from(path: &Path, url: &str, cfg: &toml::Table) -> Result<Endpoint, 
     } else {
         format!("{url_path}/v2")
     };
+    Ok(format!("{scheme}://{authority}{api}"))
+}
 
-    let caps: Vec<String> = match cfg.get("capabilities") {
-        Some(Value::Array(a)) => a
+/// `capabilities`, by default pull and resolve.
+fn capabilities(url: &str, cfg: &toml::Table) -> Result<Vec<String>, String> {
+    match cfg.get("capabilities") {
+        Some(Value::Array(a)) => Ok(a
             .iter()
             .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        Some(_) => return Err(format!("host {url:?}: capabilities must be a list")),
-        None => vec!["pull".into(), "resolve".into()],
-    };
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let rel = |p: &str| {
-        let p = PathBuf::from(p);
-        if p.is_absolute() {
-            p
-        } else {
-            dir.join(p)
-        }
-    };
-    let ca = match cfg.get("ca") {
-        Some(Value::String(s)) => vec![rel(s)],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(rel).collect(),
-        Some(_) => {
-            return Err(format!(
-                "host {url:?}: ca must be a path or a list of paths"
-            ))
-        }
-        None => vec![],
-    };
-    let client = match cfg.get("client") {
-        Some(Value::String(s)) => vec![(rel(s), None)],
+            .collect()),
+        Some(_) => Err(format!("host {url:?}: capabilities must be a list")),
+        None => Ok(vec!["pull".into(), "resolve".into()]),
+    }
+}
+
+/// `p`, relative to the hosts.toml's directory `dir` unless absolute.
+fn relative_to(dir: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        dir.join(p)
+    }
+}
+
+/// `ca`: a path or a list of paths.
+fn ca_files(dir: &Path, url: &str, cfg: &toml::Table) -> Result<Vec<PathBuf>, String> {
+    let rel = |p: &str| relative_to(dir, p);
+    match cfg.get("ca") {
+        Some(Value::String(s)) => Ok(vec![rel(s)]),
+        Some(Value::Array(a)) => Ok(a.iter().filter_map(Value::as_str).map(rel).collect()),
+        Some(_) => Err(format!(
+            "host {url:?}: ca must be a path or a list of paths"
+        )),
+        None => Ok(vec![]),
+    }
+}
+
+/// `client`: a path, a list of paths, or [cert, key] pairs.
+fn client_files(
+    dir: &Path,
+    url: &str,
+    cfg: &toml::Table,
+) -> Result<Vec<(PathBuf, Option<PathBuf>)>, String> {
+    let rel = |p: &str| relative_to(dir, p);
+    match cfg.get("client") {
+        Some(Value::String(s)) => Ok(vec![(rel(s), None)]),
         Some(Value::Array(a)) => a
             .iter()
             .map(|v| match v {
@@ -231,12 +271,16 @@ fn endpoint_from(path: &Path, url: &str, cfg: &toml::Table) -> Result<Endpoint, 
                 _ => Err("client must be a path, a list of paths or [cert, key] pairs".to_string()),
             })
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("host {url:?}: {e}"))?,
-        Some(_) => return Err(format!("host {url:?}: client must be a path or a list")),
-        None => vec![],
-    };
-    let headers = match cfg.get("header") {
-        Some(Value::Table(t)) => t
+            .map_err(|e| format!("host {url:?}: {e}")),
+        Some(_) => Err(format!("host {url:?}: client must be a path or a list")),
+        None => Ok(vec![]),
+    }
+}
+
+/// `header`: a table of names to a value or a list of values (joined with `,`).
+fn headers(url: &str, cfg: &toml::Table) -> Result<BTreeMap<String, String>, String> {
+    match cfg.get("header") {
+        Some(Value::Table(t)) => Ok(t
             .iter()
             .map(|(k, v)| {
                 let v = match v {
@@ -250,23 +294,10 @@ fn endpoint_from(path: &Path, url: &str, cfg: &toml::Table) -> Result<Endpoint, 
                 };
                 (k.clone(), v)
             })
-            .collect(),
-        Some(_) => return Err(format!("host {url:?}: header must be a table")),
-        None => BTreeMap::new(),
-    };
-    Ok(Endpoint {
-        base: format!("{scheme}://{authority}{api}"),
-        resolve: caps.iter().any(|c| c == "resolve"),
-        pull: caps.iter().any(|c| c == "pull"),
-        skip_verify: cfg
-            .get("skip_verify")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        ca,
-        client,
-        headers,
-        mirror: false,
-    })
+            .collect()),
+        Some(_) => Err(format!("host {url:?}: header must be a table")),
+        None => Ok(BTreeMap::new()),
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,17 @@ pub struct Index {
     pub manifests: Vec<Descriptor>,
 }
 
+impl Index {
+    /// Where manifest `digest` sits in the index (0 when it is not there): the GC label that ties
+    /// the index to it names this position.
+    pub fn position_of(&self, digest: &str) -> usize {
+        self.manifests
+            .iter()
+            .position(|d| d.digest == digest)
+            .unwrap_or(0)
+    }
+}
+
 /// A single-platform image manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -17,10 +17,10 @@ use super::hosts;
 use super::index::Resolved;
 use super::manifest::{
     chain_ids, choose_manifest, node_platform, parse_document, Descriptor, Document, ImageConfig,
-    Manifest,
+    Index, Manifest,
 };
 use super::reference::Reference;
-use super::registry::{error_chain, Credentials, Fetcher};
+use super::registry::{error_chain, Credentials, Fetched, Fetcher};
 use super::unpack;
 use super::{Images, MANAGED_LABEL};
 use crate::containerd::{Containerd, ContainerdError};
@@ -124,6 +124,8 @@ impl Images {
         result
     }
 
+    /// The pull's steps, in order: resolve the top document (and the platform manifest), fetch
+    /// the config, fetch the layers, then write the documents, unpack and record the image.
     async fn fetch_and_unpack(
         &self,
         reference: &Reference,
@@ -132,76 +134,32 @@ impl Images {
     ) -> Result<(Arc<Resolved>, String, Vec<String>), ImageError> {
         let name = reference.to_string();
         let endpoints = hosts::endpoints(&self.settings.hosts_dir, &reference.domain)?;
-        let fetcher = Arc::new(Fetcher::new(
+        let fetcher = Fetcher::new(
             reference.clone(),
             endpoints,
             creds,
             self.settings.progress_timeout,
-        ));
-        let bad = |what: &str, reason: String| ImageError::BadDocument {
-            reference: name.clone(),
-            what: what.to_string(),
-            reason,
-        };
+        );
+        let chosen = resolve_manifest(&fetcher, &name).await?;
+        let config_bytes = self
+            .config_bytes(&fetcher, reference, &chosen.manifest)
+            .await?;
+        let config = parse_config(&name, &chosen.manifest, &config_bytes)?;
+        self.fetch_layers(&fetcher, lease, &name, &chosen.manifest, &config)
+            .await?;
+        self.record_image(reference, lease, chosen, config_bytes, config)
+            .await
+    }
 
-        // Top document: a manifest, or an index to choose the node's platform from.
-        let top = fetcher.resolve().await?;
-        let (doc, top_media) =
-            parse_document(&top.bytes, &top.media_type).map_err(|r| bad("manifest", r))?;
-        let (manifest, manifest_bytes, manifest_desc, index) = match doc {
-            Document::Manifest(m) => {
-                let desc = Descriptor {
-                    media_type: top_media.clone(),
-                    digest: top.digest.clone(),
-                    size: top.bytes.len() as i64,
-                    platform: None,
-                    annotations: None,
-                };
-                (m, top.bytes.clone(), desc, None)
-            }
-            Document::Index(i) => {
-                let want = node_platform();
-                let chosen =
-                    choose_manifest(&i, &want)
-                        .cloned()
-                        .ok_or_else(|| ImageError::NoPlatform {
-                            reference: name.clone(),
-                            platform: want.to_string(),
-                            available: {
-                                let p: Vec<String> = i
-                                    .manifests
-                                    .iter()
-                                    .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
-                                    .collect();
-                                if p.is_empty() {
-                                    "no platforms".into()
-                                } else {
-                                    p.join(", ")
-                                }
-                            },
-                        })?;
-                let pos = i
-                    .manifests
-                    .iter()
-                    .position(|d| d.digest == chosen.digest)
-                    .unwrap_or(0);
-                let f = fetcher.manifest(&chosen.digest).await?;
-                let (doc, media) = parse_document(&f.bytes, &chosen.media_type)
-                    .map_err(|r| bad("platform manifest", r))?;
-                let Document::Manifest(m) = doc else {
-                    return Err(bad("platform manifest", "an index inside an index".into()));
-                };
-                let desc = Descriptor {
-                    media_type: media,
-                    ..chosen
-                };
-                (m, f.bytes, desc, Some(pos))
-            }
-        };
-
-        // Config: small, read from the content store when present, else fetched; verified.
-        let config_bytes = match content::read(&self.ctd, &manifest.config.digest, 16 << 20).await {
-            Ok(bytes) => bytes,
+    /// Reads the image config from the content store when present, else fetches it.
+    async fn config_bytes(
+        &self,
+        fetcher: &Fetcher,
+        reference: &Reference,
+        manifest: &Manifest,
+    ) -> Result<Vec<u8>, ImageError> {
+        match content::read(&self.ctd, &manifest.config.digest, 16 << 20).await {
+            Ok(bytes) => Ok(bytes),
             Err(e) if e.is_not_found() => {
                 let resp = fetcher
                     .blob(&manifest.config.digest, "fetching the image config")
@@ -214,97 +172,159 @@ impl Images {
                         "fetching the image config",
                         &reference.domain,
                     )
-                    .await?
+                    .await
             }
-            Err(source) => {
-                return Err(ImageError::Containerd {
-                    reference: name.clone(),
-                    step: "reading the image config",
-                    source,
-                })
-            }
-        };
-        let got = super::manifest::sha256_digest(&config_bytes);
-        if got != manifest.config.digest {
-            return Err(ImageError::DigestMismatch {
-                reference: name.clone(),
-                what: "image config".into(),
-                expected: manifest.config.digest.clone(),
-                got,
-            });
+            Err(source) => Err(ImageError::Containerd {
+                reference: reference.to_string(),
+                step: "reading the image config",
+                source,
+            }),
         }
-        let config: ImageConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|e| bad("image config", e.to_string()))?;
-        if config.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(bad(
-                "image config",
-                format!(
-                    "{} diff ids for {} layers",
-                    config.rootfs.diff_ids.len(),
-                    manifest.layers.len()
-                ),
-            ));
-        }
+    }
 
-        // Layers: concurrently, bounded, each verified while it streams into the content store.
-        let layer_jobs =
-            manifest
-                .layers
-                .iter()
-                .zip(&config.rootfs.diff_ids)
-                .map(|(layer, diff_id)| {
-                    let fetcher = fetcher.clone();
-                    let sem = self.downloads.clone();
-                    let ctd = self.ctd.clone();
-                    let name = name.clone();
-                    let stall = self.settings.progress_timeout;
-                    let mut labels = HashMap::new();
-                    labels.insert("containerd.io/uncompressed".to_string(), diff_id.clone());
-                    async move {
-                        let _permit = sem.acquire().await.expect("semaphore never closed");
-                        let open = || async {
-                            let resp = fetcher.blob(&layer.digest, "fetching a layer").await?;
-                            Ok(Box::pin(resp.bytes_stream().map_err(|e| error_chain(&e))))
-                        };
-                        let w = content::write(
-                            &ctd,
-                            lease,
-                            &name,
-                            &layer.digest,
-                            layer.size,
-                            labels,
-                            open,
-                            stall,
-                        )
-                        .await?;
-                        Ok::<u64, ImageError>(w.bytes)
-                    }
-                });
+    /// Fetches the layers concurrently (bounded by the download limit), each verified while it
+    /// streams into the content store; counts the bytes transferred.
+    async fn fetch_layers(
+        &self,
+        fetcher: &Fetcher,
+        lease: &str,
+        name: &str,
+        manifest: &Manifest,
+        config: &ImageConfig,
+    ) -> Result<(), ImageError> {
+        let layer_jobs = manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(layer, diff_id)| self.fetch_layer(fetcher, lease, name, layer, diff_id));
         let bytes: Vec<u64> = futures::future::try_join_all(layer_jobs).await?;
         self.metrics.pull_bytes.inc_by(bytes.iter().sum::<u64>());
+        Ok(())
+    }
 
-        let index_doc = index.map(|pos| (pos, top.digest.clone(), top.bytes.clone()));
-        let target = containerd_client::types::Descriptor {
-            media_type: top_media,
-            digest: top.digest.clone(),
-            size: top.bytes.len() as i64,
-            annotations: Default::default(),
+    /// Streams one layer into the content store (nothing when it is there); answers the bytes
+    /// transferred.
+    async fn fetch_layer(
+        &self,
+        fetcher: &Fetcher,
+        lease: &str,
+        name: &str,
+        layer: &Descriptor,
+        diff_id: &str,
+    ) -> Result<u64, ImageError> {
+        let mut labels = HashMap::new();
+        labels.insert(
+            "containerd.io/uncompressed".to_string(),
+            diff_id.to_string(),
+        );
+        let _permit = self
+            .downloads
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let open = || async {
+            let resp = fetcher.blob(&layer.digest, "fetching a layer").await?;
+            Ok(Box::pin(resp.bytes_stream().map_err(|e| error_chain(&e))))
         };
-        // Image records: the tag (when given) and repo@digest, both pointing at the top document.
-        let mut names = vec![reference.with_digest(&top.digest)];
-        if let Some(t) = reference.tagged() {
-            names.insert(0, t);
-        }
+        let w = content::write(
+            &self.ctd,
+            lease,
+            name,
+            &layer.digest,
+            layer.size,
+            labels,
+            open,
+            self.settings.progress_timeout,
+        )
+        .await?;
+        Ok(w.bytes)
+    }
+
+    /// Writes the documents, unpacks the layers and points the image records (the tag when
+    /// given, and repo@digest) at the top document; answers what the index learns.
+    async fn record_image(
+        &self,
+        reference: &Reference,
+        lease: &str,
+        chosen: Chosen,
+        config_bytes: Vec<u8>,
+        config: ImageConfig,
+    ) -> Result<(Arc<Resolved>, String, Vec<String>), ImageError> {
+        let top_digest = chosen.top.digest.clone();
+        let names = image_names(reference, &top_digest);
         // Records that already point at this target need no write.
         let current = self.index();
         let stale: Vec<String> = names
             .iter()
-            .filter(|n| current.target_of(n) != Some(top.digest.as_str()))
+            .filter(|n| current.target_of(n) != Some(top_digest.as_str()))
             .cloned()
             .collect();
-        let size = top.bytes.len() as u64
-            + if index.is_some() {
-                manifest_desc.size.max(0) as u64
+        let resolved = Arc::new(Resolved {
+            id: chosen.manifest.config.digest.clone(),
+            size: chosen.size(),
+            config_json: String::from_utf8_lossy(&config_bytes).into_owned(),
+            config: config.clone(),
+            chain_id: chain_ids(&config.rootfs.diff_ids).pop().unwrap_or_default(),
+        });
+        let (index, target) = (chosen.index_doc(), chosen.target());
+        let parts = ImageParts {
+            manifest: &chosen.manifest,
+            manifest_bytes: chosen.manifest_bytes,
+            manifest_digest: &chosen.manifest_desc.digest,
+            config_bytes,
+            config: &config,
+            index,
+            target,
+        };
+        commit_image(
+            &self.ctd,
+            lease,
+            &reference.to_string(),
+            &self.settings.snapshotter,
+            parts,
+            &stale,
+        )
+        .await?;
+        Ok((resolved, top_digest, names))
+    }
+}
+
+/// What a reference resolved to: the top document (a manifest, or an index) and the manifest
+/// for the node's platform.
+struct Chosen {
+    top: Fetched,
+    /// The top document's media type, as parsed.
+    top_media: String,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    manifest_desc: Descriptor,
+    /// The manifest's position in the top index, when the top is an index.
+    index_pos: Option<usize>,
+}
+
+impl Chosen {
+    /// What the image records point at: the top document.
+    fn target(&self) -> containerd_client::types::Descriptor {
+        containerd_client::types::Descriptor {
+            media_type: self.top_media.clone(),
+            digest: self.top.digest.clone(),
+            size: self.top.bytes.len() as i64,
+            annotations: Default::default(),
+        }
+    }
+
+    /// The index the manifest was chosen from: (position, digest, bytes).
+    fn index_doc(&self) -> Option<(usize, String, Vec<u8>)> {
+        self.index_pos
+            .map(|pos| (pos, self.top.digest.clone(), self.top.bytes.clone()))
+    }
+
+    /// The image's size: its documents and (compressed) layers.
+    fn size(&self) -> u64 {
+        let manifest = &self.manifest;
+        self.top.bytes.len() as u64
+            + if self.index_pos.is_some() {
+                self.manifest_desc.size.max(0) as u64
             } else {
                 0
             }
@@ -313,33 +333,141 @@ impl Images {
                 .layers
                 .iter()
                 .map(|l| l.size.max(0) as u64)
-                .sum::<u64>();
-        let resolved = Arc::new(Resolved {
-            id: manifest.config.digest.clone(),
-            size,
-            config_json: String::from_utf8_lossy(&config_bytes).into_owned(),
-            config: config.clone(),
-            chain_id: chain_ids(&config.rootfs.diff_ids).pop().unwrap_or_default(),
+                .sum::<u64>()
+    }
+}
+
+/// Resolves the reference to its top document; from an index, fetches the manifest for the
+/// node's platform.
+async fn resolve_manifest(fetcher: &Fetcher, name: &str) -> Result<Chosen, ImageError> {
+    let top = fetcher.resolve().await?;
+    let (doc, top_media) = parse_document(&top.bytes, &top.media_type)
+        .map_err(|r| bad_document(name, "manifest", r))?;
+    match doc {
+        Document::Manifest(manifest) => {
+            let manifest_desc = Descriptor {
+                media_type: top_media.clone(),
+                digest: top.digest.clone(),
+                size: top.bytes.len() as i64,
+                platform: None,
+                annotations: None,
+            };
+            Ok(Chosen {
+                manifest_bytes: top.bytes.clone(),
+                top,
+                top_media,
+                manifest,
+                manifest_desc,
+                index_pos: None,
+            })
+        }
+        Document::Index(index) => {
+            let (manifest, manifest_bytes, manifest_desc, pos) =
+                platform_manifest(fetcher, name, &index).await?;
+            Ok(Chosen {
+                top,
+                top_media,
+                manifest,
+                manifest_bytes,
+                manifest_desc,
+                index_pos: Some(pos),
+            })
+        }
+    }
+}
+
+/// Chooses the node's platform from `index` and fetches that manifest: answers it, its bytes,
+/// its descriptor and its position in the index.
+async fn platform_manifest(
+    fetcher: &Fetcher,
+    name: &str,
+    index: &Index,
+) -> Result<(Manifest, Vec<u8>, Descriptor, usize), ImageError> {
+    let want = node_platform();
+    let chosen = choose_manifest(index, &want)
+        .cloned()
+        .ok_or_else(|| ImageError::NoPlatform {
+            reference: name.to_string(),
+            platform: want.to_string(),
+            available: platforms_of(index),
+        })?;
+    let pos = index.position_of(&chosen.digest);
+    let f = fetcher.manifest(&chosen.digest).await?;
+    let (doc, media) = parse_document(&f.bytes, &chosen.media_type)
+        .map_err(|r| bad_document(name, "platform manifest", r))?;
+    let Document::Manifest(m) = doc else {
+        return Err(bad_document(
+            name,
+            "platform manifest",
+            "an index inside an index".into(),
+        ));
+    };
+    let desc = Descriptor {
+        media_type: media,
+        ..chosen
+    };
+    Ok((m, f.bytes, desc, pos))
+}
+
+/// The platforms an index offers, for an error message.
+fn platforms_of(index: &Index) -> String {
+    let p: Vec<String> = index
+        .manifests
+        .iter()
+        .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+        .collect();
+    if p.is_empty() {
+        "no platforms".into()
+    } else {
+        p.join(", ")
+    }
+}
+
+/// Verifies the config's digest, parses it and checks it has a diff id for every layer.
+fn parse_config(
+    name: &str,
+    manifest: &Manifest,
+    config_bytes: &[u8],
+) -> Result<ImageConfig, ImageError> {
+    let got = super::manifest::sha256_digest(config_bytes);
+    if got != manifest.config.digest {
+        return Err(ImageError::DigestMismatch {
+            reference: name.to_string(),
+            what: "image config".into(),
+            expected: manifest.config.digest.clone(),
+            got,
         });
-        let parts = ImageParts {
-            manifest: &manifest,
-            manifest_bytes,
-            manifest_digest: &manifest_desc.digest,
-            config_bytes,
-            config: &config,
-            index: index_doc,
-            target,
-        };
-        commit_image(
-            &self.ctd,
-            lease,
-            &name,
-            &self.settings.snapshotter,
-            parts,
-            &stale,
-        )
-        .await?;
-        Ok((resolved, top.digest.clone(), names))
+    }
+    let config: ImageConfig = serde_json::from_slice(config_bytes)
+        .map_err(|e| bad_document(name, "image config", e.to_string()))?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(bad_document(
+            name,
+            "image config",
+            format!(
+                "{} diff ids for {} layers",
+                config.rootfs.diff_ids.len(),
+                manifest.layers.len()
+            ),
+        ));
+    }
+    Ok(config)
+}
+
+/// The image records of a pull: the tag (when given) and repo@digest.
+fn image_names(reference: &Reference, top_digest: &str) -> Vec<String> {
+    let mut names = vec![reference.with_digest(top_digest)];
+    if let Some(t) = reference.tagged() {
+        names.insert(0, t);
+    }
+    names
+}
+
+fn bad_document(name: &str, what: &str, reason: String) -> ImageError {
+    ImageError::BadDocument {
+        reference: name.to_string(),
+        what: what.to_string(),
+        reason,
     }
 }
 

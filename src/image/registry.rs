@@ -369,12 +369,7 @@ impl Fetcher {
                         } else {
                             format!("HTTP {}", resp.status())
                         };
-                    return Err(ImageError::Unauthenticated {
-                        reference: self.name(),
-                        step,
-                        host,
-                        detail,
-                    });
+                    return Err(self.unauthenticated(step, &host, detail));
                 }
                 StatusCode::NOT_FOUND => {
                     return Err(ImageError::NotFound {
@@ -396,12 +391,6 @@ impl Fetcher {
         host: &str,
         step: &'static str,
     ) -> Result<String, ImageError> {
-        let unauth = |detail: String| ImageError::Unauthenticated {
-            reference: self.name(),
-            step,
-            host: host.to_string(),
-            detail,
-        };
         if !self.creds.registry_token.is_empty() {
             return Ok(format!("Bearer {}", self.creds.registry_token));
         }
@@ -409,7 +398,9 @@ impl Fetcher {
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => {
                 if self.creds.username.is_empty() {
-                    return Err(unauth(
+                    return Err(self.unauthenticated(
+                        step,
+                        host,
                         "the registry needs credentials and none were given".into(),
                     ));
                 }
@@ -420,82 +411,116 @@ impl Fetcher {
                 ))
             }
             "bearer" => {
-                let realm = params
-                    .get("realm")
-                    .ok_or_else(|| unauth("bearer challenge without realm".into()))?;
-                let scope = params
-                    .get("scope")
-                    .cloned()
-                    .unwrap_or_else(|| format!("repository:{}:pull", self.reference.path));
-                let mut query: Vec<(&str, String)> = vec![("scope", scope)];
-                if let Some(s) = params.get("service") {
-                    query.push(("service", s.clone()));
-                }
-                let resp = if !self.creds.identity_token.is_empty() {
-                    let mut form = query.clone();
-                    form.push(("grant_type", "refresh_token".into()));
-                    form.push(("refresh_token", self.creds.identity_token.clone()));
-                    form.push(("client_id", "concord".into()));
-                    let body = form
-                        .iter()
-                        .map(|(k, v)| format!("{k}={}", urlencode(v)))
-                        .collect::<Vec<_>>()
-                        .join("&");
-                    client
-                        .post(realm)
-                        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                        .body(body)
-                        .send()
-                        .await
-                } else {
-                    let mut req = client.get(realm).query(&query);
-                    if !self.creds.username.is_empty() {
-                        req = req.basic_auth(&self.creds.username, Some(&self.creds.password));
-                    }
-                    req.send().await
-                }
-                .map_err(|e| ImageError::Unavailable {
-                    reference: self.name(),
-                    step: "fetching a registry token",
-                    host: host.to_string(),
-                    detail: error_chain(&e),
-                })?;
-                if !resp.status().is_success() {
-                    return Err(unauth(format!(
-                        "token server answered HTTP {}",
-                        resp.status()
-                    )));
-                }
-                let raw = match read_limited(resp, MAX_TOKEN, self.timeout).await {
-                    Ok(b) => b,
-                    Err(BodyError::TooLarge(n)) => {
-                        return Err(unauth(format!(
-                            "token response: {n} bytes is larger than the {} limit",
-                            human(MAX_TOKEN)
-                        )))
-                    }
-                    Err(BodyError::Stalled) => {
-                        return Err(unauth(format!(
-                            "token response: no complete answer within {:?}",
-                            self.timeout
-                        )))
-                    }
-                    Err(BodyError::Transport(e)) => {
-                        return Err(unauth(format!("token response: {e}")))
-                    }
-                };
-                let body: serde_json::Value = serde_json::from_slice(&raw)
-                    .map_err(|e| unauth(format!("token response: {e}")))?;
-                let token = body
-                    .get("token")
-                    .or_else(|| body.get("access_token"))
-                    .and_then(|t| t.as_str())
-                    .ok_or_else(|| unauth("token response has no token".into()))?;
+                let token = self.bearer_token(client, &params, host, step).await?;
                 Ok(format!("Bearer {token}"))
             }
-            _ => Err(unauth(format!(
-                "unsupported authentication challenge {challenge:?}"
-            ))),
+            _ => Err(self.unauthenticated(
+                step,
+                host,
+                format!("unsupported authentication challenge {challenge:?}"),
+            )),
+        }
+    }
+
+    /// Fetches a token from the realm a Bearer challenge names, for its scope and service.
+    async fn bearer_token(
+        &self,
+        client: &reqwest::Client,
+        params: &HashMap<String, String>,
+        host: &str,
+        step: &'static str,
+    ) -> Result<String, ImageError> {
+        let unauth = |detail: String| self.unauthenticated(step, host, detail);
+        let realm = params
+            .get("realm")
+            .ok_or_else(|| unauth("bearer challenge without realm".into()))?;
+        let scope = params
+            .get("scope")
+            .cloned()
+            .unwrap_or_else(|| format!("repository:{}:pull", self.reference.path));
+        let mut query: Vec<(&str, String)> = vec![("scope", scope)];
+        if let Some(s) = params.get("service") {
+            query.push(("service", s.clone()));
+        }
+        let resp = self
+            .request_token(client, realm, &query)
+            .await
+            .map_err(|e| ImageError::Unavailable {
+                reference: self.name(),
+                step: "fetching a registry token",
+                host: host.to_string(),
+                detail: error_chain(&e),
+            })?;
+        if !resp.status().is_success() {
+            return Err(unauth(format!(
+                "token server answered HTTP {}",
+                resp.status()
+            )));
+        }
+        let raw = match read_limited(resp, MAX_TOKEN, self.timeout).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge(n)) => {
+                return Err(unauth(format!(
+                    "token response: {n} bytes is larger than the {} limit",
+                    human(MAX_TOKEN)
+                )))
+            }
+            Err(BodyError::Stalled) => {
+                return Err(unauth(format!(
+                    "token response: no complete answer within {:?}",
+                    self.timeout
+                )))
+            }
+            Err(BodyError::Transport(e)) => return Err(unauth(format!("token response: {e}"))),
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(&raw).map_err(|e| unauth(format!("token response: {e}")))?;
+        body.get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| unauth("token response has no token".into()))
+    }
+
+    /// Asks the token server: with the identity token (an OAuth2 refresh) when there is one,
+    /// else a GET with the username and password, if any.
+    async fn request_token(
+        &self,
+        client: &reqwest::Client,
+        realm: &str,
+        query: &[(&str, String)],
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        if !self.creds.identity_token.is_empty() {
+            let mut form = query.to_vec();
+            form.push(("grant_type", "refresh_token".into()));
+            form.push(("refresh_token", self.creds.identity_token.clone()));
+            form.push(("client_id", "concord".into()));
+            let body = form
+                .iter()
+                .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            client
+                .post(realm)
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+        } else {
+            let mut req = client.get(realm).query(query);
+            if !self.creds.username.is_empty() {
+                req = req.basic_auth(&self.creds.username, Some(&self.creds.password));
+            }
+            req.send().await
+        }
+    }
+
+    fn unauthenticated(&self, step: &'static str, host: &str, detail: String) -> ImageError {
+        ImageError::Unauthenticated {
+            reference: self.name(),
+            step,
+            host: host.to_string(),
+            detail,
         }
     }
 }

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
-use containerd_client::services::v1::ApplyRequest;
+use containerd_client::services::v1::{ApplyRequest, ApplyResponse};
+use containerd_client::types::Mount;
 
 use super::error::ImageError;
 use super::manifest::{chain_ids, Descriptor};
@@ -23,118 +24,173 @@ pub async fn unpack(
     layers: &[Descriptor],
     diff_ids: &[String],
 ) -> Result<String, ImageError> {
-    let cerr = |step: &'static str| {
-        let reference = reference.to_string();
+    let u = Unpacker {
+        ctd,
+        lease,
+        reference,
+        snapshotter,
+    };
+    let chains = chain_ids(diff_ids);
+    let mut parent = String::new();
+    for ((layer, chain), diff_id) in layers.iter().zip(&chains).zip(diff_ids) {
+        if !snapshot_exists(ctd, snapshotter, chain)
+            .await
+            .map_err(u.error("checking snapshots"))?
+        {
+            u.unpack_layer(layer, diff_id, &parent, chain).await?;
+        }
+        parent = chain.clone();
+    }
+    Ok(parent)
+}
+
+/// What every step of one image's unpack shares.
+struct Unpacker<'a> {
+    ctd: &'a Containerd,
+    lease: &'a str,
+    reference: &'a str,
+    snapshotter: &'a str,
+}
+
+impl Unpacker<'_> {
+    /// Applies `layer` on top of `parent` and commits it as snapshot `chain`; the unfinished
+    /// snapshot is removed on failure.
+    async fn unpack_layer(
+        &self,
+        layer: &Descriptor,
+        diff_id: &str,
+        parent: &str,
+        chain: &str,
+    ) -> Result<(), ImageError> {
+        let key = format!("concord-extract-{}-{}", fastrand::u64(..), chain);
+        let mounts = self.prepare(&key, parent).await?;
+        let applied = match apply(self.ctd, layer, mounts).await {
+            Ok(r) => r.applied.map(|d| d.digest).unwrap_or_default(),
+            Err(e) => {
+                remove_snapshot(self.ctd, self.snapshotter, &key).await;
+                return Err(self.error("applying a layer")(e));
+            }
+        };
+        if applied != diff_id {
+            remove_snapshot(self.ctd, self.snapshotter, &key).await;
+            return Err(ImageError::DigestMismatch {
+                reference: self.reference.to_string(),
+                what: format!("layer {} unpacked", layer.digest),
+                expected: diff_id.to_string(),
+                got: applied,
+            });
+        }
+        self.commit(&key, chain).await
+    }
+
+    /// Prepares the active snapshot `key` on `parent`; answers its mounts.
+    async fn prepare(&self, key: &str, parent: &str) -> Result<Vec<Mount>, ImageError> {
+        let mut labels = HashMap::new();
+        labels.insert(OWNER_LABEL.to_string(), format!("image:{}", self.reference));
+        let prep = PrepareSnapshotRequest {
+            snapshotter: self.snapshotter.into(),
+            key: key.to_string(),
+            parent: parent.to_string(),
+            labels,
+        };
+        let req = self
+            .ctd
+            .request_with_lease(prep, self.lease)
+            .map_err(lease_header_error)
+            .map_err(self.error("preparing a snapshot"))?;
+        Ok(self
+            .ctd
+            .call(rpc::SNAPSHOTS_PREPARE, self.ctd.snapshots().prepare(req))
+            .await
+            .map_err(self.error("preparing a snapshot"))?
+            .mounts)
+    }
+
+    /// Commits the active snapshot `key` as `chain`; one another pull committed meanwhile is
+    /// fine.
+    async fn commit(&self, key: &str, chain: &str) -> Result<(), ImageError> {
+        let commit = CommitSnapshotRequest {
+            snapshotter: self.snapshotter.into(),
+            name: chain.to_string(),
+            key: key.to_string(),
+            labels: HashMap::new(),
+        };
+        let req = self
+            .ctd
+            .request_with_lease(commit, self.lease)
+            .map_err(lease_header_error)
+            .map_err(self.error("committing a snapshot"))?;
+        match self
+            .ctd
+            .call(rpc::SNAPSHOTS_COMMIT, self.ctd.snapshots().commit(req))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Another pull committed the same layer meanwhile.
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                remove_snapshot(self.ctd, self.snapshotter, key).await;
+                Ok(())
+            }
+            Err(e) => {
+                remove_snapshot(self.ctd, self.snapshotter, key).await;
+                Err(self.error("committing a snapshot")(e))
+            }
+        }
+    }
+
+    /// Names the reference and `step` in a containerd failure.
+    fn error(&self, step: &'static str) -> impl FnOnce(ContainerdError) -> ImageError {
+        let reference = self.reference.to_string();
         move |source| ImageError::Containerd {
             reference,
             step,
             source,
         }
+    }
+}
+
+/// Applies `layer` onto `mounts`, within [`apply_deadline`].
+async fn apply(
+    ctd: &Containerd,
+    layer: &Descriptor,
+    mounts: Vec<Mount>,
+) -> Result<ApplyResponse, ContainerdError> {
+    let apply = ApplyRequest {
+        diff: Some(containerd_client::types::Descriptor {
+            media_type: layer.media_type.clone(),
+            digest: layer.digest.clone(),
+            size: layer.size,
+            annotations: Default::default(),
+        }),
+        mounts,
+        payloads: Default::default(),
+        ..Default::default()
     };
-    let lease_req = |status| ContainerdError::Call {
+    // Applying takes as long as the layer is big; a containerd that stops answering must not
+    // hold the pull (and whoever waits on it) forever.
+    let deadline = apply_deadline(layer.size);
+    match tokio::time::timeout(
+        deadline,
+        ctd.call(rpc::DIFF_APPLY, ctd.diff().apply(ctd.request(apply))),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ContainerdError::Call {
+            call: rpc::DIFF_APPLY.name,
+            status: tonic::Status::deadline_exceeded(format!(
+                "applying layer {} ({} bytes) took longer than {deadline:?}",
+                layer.digest, layer.size
+            )),
+        }),
+    }
+}
+
+fn lease_header_error(status: tonic::Status) -> ContainerdError {
+    ContainerdError::Call {
         call: "lease header",
         status,
-    };
-    let chains = chain_ids(diff_ids);
-    let mut parent = String::new();
-    for (i, (layer, chain)) in layers.iter().zip(&chains).enumerate() {
-        if snapshot_exists(ctd, snapshotter, chain)
-            .await
-            .map_err(cerr("checking snapshots"))?
-        {
-            parent = chain.clone();
-            continue;
-        }
-        let key = format!("concord-extract-{}-{}", fastrand::u64(..), chain);
-        let mut labels = HashMap::new();
-        labels.insert(OWNER_LABEL.to_string(), format!("image:{reference}"));
-        let prep = PrepareSnapshotRequest {
-            snapshotter: snapshotter.into(),
-            key: key.clone(),
-            parent: parent.clone(),
-            labels,
-        };
-        let req = ctd
-            .request_with_lease(prep, lease)
-            .map_err(lease_req)
-            .map_err(cerr("preparing a snapshot"))?;
-        let mounts = ctd
-            .call(rpc::SNAPSHOTS_PREPARE, ctd.snapshots().prepare(req))
-            .await
-            .map_err(cerr("preparing a snapshot"))?
-            .mounts;
-        let apply = ApplyRequest {
-            diff: Some(containerd_client::types::Descriptor {
-                media_type: layer.media_type.clone(),
-                digest: layer.digest.clone(),
-                size: layer.size,
-                annotations: Default::default(),
-            }),
-            mounts,
-            payloads: Default::default(),
-            ..Default::default()
-        };
-        // Applying takes as long as the layer is big; a containerd that stops answering must not
-        // hold the pull (and whoever waits on it) forever.
-        let deadline = apply_deadline(layer.size);
-        let applied = match tokio::time::timeout(
-            deadline,
-            ctd.call(rpc::DIFF_APPLY, ctd.diff().apply(ctd.request(apply))),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(ContainerdError::Call {
-                call: rpc::DIFF_APPLY.name,
-                status: tonic::Status::deadline_exceeded(format!(
-                    "applying layer {} ({} bytes) took longer than {deadline:?}",
-                    layer.digest, layer.size
-                )),
-            }),
-        };
-        let applied = match applied {
-            Ok(r) => r.applied.map(|d| d.digest).unwrap_or_default(),
-            Err(e) => {
-                remove_snapshot(ctd, snapshotter, &key).await;
-                return Err(cerr("applying a layer")(e));
-            }
-        };
-        if applied != diff_ids[i] {
-            remove_snapshot(ctd, snapshotter, &key).await;
-            return Err(ImageError::DigestMismatch {
-                reference: reference.to_string(),
-                what: format!("layer {} unpacked", layer.digest),
-                expected: diff_ids[i].clone(),
-                got: applied,
-            });
-        }
-        let commit = CommitSnapshotRequest {
-            snapshotter: snapshotter.into(),
-            name: chain.clone(),
-            key: key.clone(),
-            labels: HashMap::new(),
-        };
-        let req = ctd
-            .request_with_lease(commit, lease)
-            .map_err(lease_req)
-            .map_err(cerr("committing a snapshot"))?;
-        match ctd
-            .call(rpc::SNAPSHOTS_COMMIT, ctd.snapshots().commit(req))
-            .await
-        {
-            Ok(_) => {}
-            // Another pull committed the same layer meanwhile.
-            Err(e) if e.code() == tonic::Code::AlreadyExists => {
-                remove_snapshot(ctd, snapshotter, &key).await
-            }
-            Err(e) => {
-                remove_snapshot(ctd, snapshotter, &key).await;
-                return Err(cerr("committing a snapshot")(e));
-            }
-        }
-        parent = chain.clone();
     }
-    Ok(parent)
 }
 
 /// Whether snapshot `key` exists.
