@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::journal::{container_name, ContainerDesired, Event, ObjectKey};
 use crate::oci::container::{check_container_path, validate, ContainerContext, Inputs};
 
-impl Runtime {
+impl Server {
     pub async fn create_container(
         &self,
         req: cri::CreateContainerRequest,

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use k8s_cri::v1 as cri;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{container_status, sandbox_status, EventStream, Runtime};
+use super::{container_status, sandbox_status, EventStream, Server};
 use crate::journal::{ContainerChange, ContainerChangeKind};
 use crate::metrics::Metrics;
 
@@ -23,7 +23,7 @@ impl Drop for Open {
     }
 }
 
-impl Runtime {
+impl Server {
     pub fn container_events(&self) -> EventStream {
         let rx = self.journal.container_changes();
         let metrics = self.metrics.clone();

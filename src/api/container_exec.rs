@@ -9,13 +9,13 @@ use std::time::Duration;
 use k8s_cri::v1 as cri;
 use tokio::net::unix::pipe;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::exec::{Command, Exec, ExecError};
 
 /// Output kept per stream (kubelet caps exec output at 16 MiB as well).
 const MAX_OUTPUT: u64 = 16 << 20;
 
-impl Runtime {
+impl Server {
     pub async fn exec_sync(
         &self,
         req: cri::ExecSyncRequest,

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::journal::{ContainerDesired, Event, ObjectKey};
 use crate::reconcile::WaitError;
 
-impl Runtime {
+impl Server {
     /// The full id of a container from an id or a unique prefix; None when unknown.
     pub fn resolve_container(&self, id: &str) -> Result<Option<String>, ApiError> {
         let state = self.journal.state();

@@ -2,9 +2,9 @@
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 
-impl Runtime {
+impl Server {
     pub async fn image_fs_info(
         &self,
         _req: cri::ImageFsInfoRequest,

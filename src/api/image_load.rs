@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::proto;
 
-impl Runtime {
+impl Server {
     pub async fn load_image(
         &self,
         req: proto::LoadImageRequest,

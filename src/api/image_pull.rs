@@ -2,10 +2,10 @@
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::image::Credentials;
 
-impl Runtime {
+impl Server {
     pub async fn pull_image(
         &self,
         req: cri::PullImageRequest,

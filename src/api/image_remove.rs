@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::image::ImageError;
 
-impl Runtime {
+impl Server {
     pub async fn remove_image(
         &self,
         req: cri::RemoveImageRequest,

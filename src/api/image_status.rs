@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::image::ImageRecord;
 
-impl Runtime {
+impl Server {
     pub async fn image_status(
         &self,
         req: cri::ImageStatusRequest,

@@ -8,7 +8,7 @@ use tonic::{Response, Status};
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::Runtime;
+use super::Server;
 use crate::containerd::code_name;
 
 /// What an RPC needs before it can run.
@@ -26,7 +26,7 @@ const FIRST_CHECK_WAIT: Duration = Duration::from_secs(3);
 /// Longest wait for convergence when the caller sent no deadline: just under kubelet's 4 minutes.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(230);
 
-impl Runtime {
+impl Server {
     /// Runs one RPC handler with the cross-cutting concerns around it.
     pub async fn instrument<T, F>(
         &self,

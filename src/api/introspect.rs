@@ -3,11 +3,11 @@
 
 use std::time::UNIX_EPOCH;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::journal::SCHEMA_VERSION;
 use crate::proto;
 
-impl Runtime {
+impl Server {
     pub async fn list_objects(
         &self,
         req: proto::ListObjectsRequest,

@@ -1,6 +1,6 @@
 //! The gRPC surface: CRI v1 RuntimeService and ImageService, and concord's own Images and
 //! Introspection services. Each trait method is a one-line delegation to the handler in its own
-//! file, wrapped by [`Runtime::instrument`].
+//! file, wrapped by [`Server::instrument`].
 
 mod container_create;
 mod container_events;
@@ -74,7 +74,7 @@ fn resolve_id<V>(
     }
 }
 
-impl Runtime {
+impl Server {
     /// Wakes `key` and waits until the loop converged `generation` of it. Generation 0 (no
     /// record) and a record dropped meanwhile (removed) count as converged — right for stop,
     /// start and remove intents, wrong for creations (a failed one drops its record), which
@@ -111,8 +111,10 @@ fn new_id() -> String {
         .collect()
 }
 
-/// What every handler works with.
-pub struct Runtime {
+/// The CRI server's state: what every handler works with. (Not to be confused with the runtime
+/// handlers of the config, [`crate::config::RuntimeHandler`], or the containerd runtime a
+/// container runs with, [`crate::containerd::ContainerRuntime`].)
+pub struct Server {
     pub config: Config,
     pub journal: JournalHandle,
     pub controller: Arc<Controller>,
@@ -132,7 +134,7 @@ pub struct Runtime {
 
 /// The service object tonic serves (cheap to clone).
 #[derive(Clone)]
-pub struct Cri(pub Arc<Runtime>);
+pub struct Cri(pub Arc<Server>);
 
 type Res<T> = Result<Response<T>, Status>;
 type EventStream =

@@ -2,7 +2,7 @@
 
 use tonic::{Response, Status};
 
-use super::{ApiError, Gate, Runtime};
+use super::{ApiError, Gate, Server};
 
 /// The capabilities still to come, each a whole issue.
 #[derive(Debug, Clone, Copy)]
@@ -18,7 +18,7 @@ impl Capability {
     }
 }
 
-impl Runtime {
+impl Server {
     /// Answers Unimplemented for `rpc`, through the same instrumentation as every RPC.
     pub async fn not_yet<T>(
         &self,

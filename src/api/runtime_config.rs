@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::config::CgroupDriver;
 use crate::journal::{Event, ObjectKey};
 
-impl Runtime {
+impl Server {
     pub async fn runtime_config(
         &self,
         _req: cri::RuntimeConfigRequest,

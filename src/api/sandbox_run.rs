@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::journal::{sandbox_name, Event, ObjectKey, SandboxDesired};
 
-impl Runtime {
+impl Server {
     pub async fn run_pod_sandbox(
         &self,
         req: cri::RunPodSandboxRequest,

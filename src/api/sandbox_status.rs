@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::journal::{ObjectKey, SandboxRecord};
 
-impl Runtime {
+impl Server {
     pub async fn pod_sandbox_status(
         &self,
         req: cri::PodSandboxStatusRequest,
@@ -91,7 +91,7 @@ fn state_of(s: &SandboxRecord) -> cri::PodSandboxState {
     }
 }
 
-impl Runtime {
+impl Server {
     /// The containerd runtime (shim) of pod `sandbox_id`'s handler ("" when unknown).
     pub(super) fn runtime_type_of(&self, sandbox_id: &str) -> String {
         let state = self.journal.state();

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::journal::{Event, ObjectKey};
 
-impl Runtime {
+impl Server {
     pub async fn stop_pod_sandbox(
         &self,
         req: cri::StopPodSandboxRequest,

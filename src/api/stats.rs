@@ -5,7 +5,7 @@
 use k8s_cri::v1 as cri;
 
 use super::container_status::selected;
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::journal::{ContainerRecord, SandboxRecord, State};
 use crate::stats::{Collected, Usage};
 
@@ -13,7 +13,7 @@ fn u64v(value: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value })
 }
 
-impl Runtime {
+impl Server {
     pub async fn container_stats(
         &self,
         req: cri::ContainerStatsRequest,

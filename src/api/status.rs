@@ -5,14 +5,14 @@ use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::network::NetworkStatus;
 
 /// Condition types kubelet reads.
 pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const NETWORK_READY: &str = "NetworkReady";
 
-impl Runtime {
+impl Server {
     /// The effective config as verbose Status shows it: concord's settings, plus the keys
     /// kubeadm and operators read from containerd's (`sandboxImage`, `registry.configPath`, ...).
     fn config_info(&self) -> serde_json::Value {

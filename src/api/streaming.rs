@@ -3,10 +3,10 @@
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 use crate::stream::Session;
 
-impl Runtime {
+impl Server {
     /// The running container `id` resolves to, after the checks Exec and Attach share.
     fn streamable(
         &self,

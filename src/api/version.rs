@@ -2,14 +2,14 @@
 
 use k8s_cri::v1 as cri;
 
-use super::{ApiError, Runtime};
+use super::{ApiError, Server};
 
 /// Name kubelet shows as the container runtime.
 pub const RUNTIME_NAME: &str = "concord";
 /// CRI API version served.
 pub const RUNTIME_API_VERSION: &str = "v1";
 
-impl Runtime {
+impl Server {
     pub async fn version(
         &self,
         _req: cri::VersionRequest,

@@ -32,7 +32,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Cri, Runtime};
+use crate::api::{Cri, Server};
 use crate::config::Config;
 use crate::containerd::{spawn_health_monitor, Containerd, Health};
 use crate::events::{self, ContainerdEvent, EventSink};
@@ -406,7 +406,7 @@ async fn serve(
         parts.metrics.clone(),
     );
     tasks.background.push(stats.spawn(stops.r#loop.clone()));
-    let cri = Cri(Arc::new(Runtime {
+    let cri = Cri(Arc::new(Server {
         config: config.clone(),
         journal: parts.journal,
         controller: parts.controller,
