@@ -246,6 +246,15 @@ impl ContainerRecord {
     }
 }
 
+/// Records an intent on a record: when `allowed` by the current desired state, it becomes `to`
+/// and the generation counts the change.
+fn intent<D: Copy>(desired: &mut D, generation: &mut u64, allowed: impl FnOnce(D) -> bool, to: D) {
+    if allowed(*desired) {
+        *desired = to;
+        *generation += 1;
+    }
+}
+
 /// The name kubelet reserves a container under within its pod.
 pub fn container_name(sandbox_id: &str, m: &k8s_cri::v1::ContainerMetadata) -> String {
     format!("{}_{}_{}", m.name, sandbox_id, m.attempt)
@@ -304,6 +313,12 @@ impl SandboxRecord {
             exited: false,
             stopped: false,
         }
+    }
+
+    /// Fact: task, network and netns are gone.
+    fn stopped(&mut self) {
+        self.stopped = true;
+        self.exited = true;
     }
 
     /// The pod's cgroup parent as its config names it ("" when none was given).
@@ -401,7 +416,9 @@ pub struct State {
 }
 
 impl State {
-    /// Folds one event (with its sequence number) into the state.
+    /// Folds one event (with its sequence number) into the state. A request starts a record and
+    /// a removal ends it; the other events update the record they name, nothing when it is
+    /// unknown. Container events are folded by [`State::apply_container`].
     pub fn apply(&mut self, seq: u64, event: &Event) {
         self.seq = seq;
         match event {
@@ -409,31 +426,6 @@ impl State {
                 self.runtime_config.pod_cidr = cidr.clone();
                 self.runtime_config.generation += 1;
             }
-            Event::SandboxRequested { .. }
-            | Event::SandboxNetworkReady { .. }
-            | Event::SandboxStarted { .. }
-            | Event::SandboxExited { .. }
-            | Event::SandboxFailed { .. }
-            | Event::SandboxStopRequested { .. }
-            | Event::SandboxStopped { .. }
-            | Event::SandboxRemoveRequested { .. }
-            | Event::SandboxRemoved { .. } => self.apply_sandbox(event),
-            Event::ContainerRequested { .. }
-            | Event::ContainerCreated { .. }
-            | Event::ContainerStartRequested { .. }
-            | Event::ContainerStarted { .. }
-            | Event::ContainerExited { .. }
-            | Event::ContainerResourcesUpdated { .. }
-            | Event::ContainerStopRequested { .. }
-            | Event::ContainerRemoveRequested { .. }
-            | Event::ContainerRemoved { .. } => self.apply_container(event),
-        }
-    }
-
-    /// Folds one sandbox event: a request adds the record, a removal ends it, the others update
-    /// it (nothing when the sandbox is unknown).
-    fn apply_sandbox(&mut self, event: &Event) {
-        match event {
             Event::SandboxRequested {
                 id,
                 config,
@@ -447,52 +439,131 @@ impl State {
                 netns_path,
                 *created_at,
             )),
-            Event::SandboxRemoved { id } => self.remove_sandbox(id),
             Event::SandboxNetworkReady { id, ips } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    s.ips = ips.clone();
-                }
+                self.update_sandbox(id, |s| s.ips = ips.clone())
             }
-            Event::SandboxStarted { id, pid } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    s.pid = Some(*pid);
-                }
+            Event::SandboxStarted { id, pid } => self.update_sandbox(id, |s| s.pid = Some(*pid)),
+            Event::SandboxExited { id } => self.update_sandbox(id, |s| s.exited = true),
+            // Its start failed: it is to be removed (the record goes with SandboxRemoved).
+            Event::SandboxFailed { id, .. } => self.update_sandbox(id, |s| {
+                intent(
+                    &mut s.desired,
+                    &mut s.generation,
+                    |_| true,
+                    SandboxDesired::Removed,
+                )
+            }),
+            Event::SandboxStopRequested { id } => self.update_sandbox(id, |s| {
+                intent(
+                    &mut s.desired,
+                    &mut s.generation,
+                    |d| d == SandboxDesired::Ready,
+                    SandboxDesired::Stopped,
+                )
+            }),
+            Event::SandboxStopped { id } => self.update_sandbox(id, SandboxRecord::stopped),
+            Event::SandboxRemoveRequested { id } => self.update_sandbox(id, |s| {
+                intent(
+                    &mut s.desired,
+                    &mut s.generation,
+                    |d| d != SandboxDesired::Removed,
+                    SandboxDesired::Removed,
+                )
+            }),
+            Event::SandboxRemoved { id } => self.remove_sandbox(id),
+            Event::ContainerRequested { .. }
+            | Event::ContainerCreated { .. }
+            | Event::ContainerStartRequested { .. }
+            | Event::ContainerStarted { .. }
+            | Event::ContainerExited { .. }
+            | Event::ContainerResourcesUpdated { .. }
+            | Event::ContainerStopRequested { .. }
+            | Event::ContainerRemoveRequested { .. }
+            | Event::ContainerRemoved { .. } => self.apply_container(event),
+        }
+    }
+
+    /// Folds one container event (the part of [`State::apply`] for containers).
+    fn apply_container(&mut self, event: &Event) {
+        match event {
+            Event::ContainerRequested {
+                id,
+                sandbox_id,
+                config,
+                image_id,
+                image_name,
+                log_path,
+                created_at,
+            } => self.add_container(ContainerRecord::requested(
+                id,
+                sandbox_id,
+                config,
+                image_id,
+                image_name,
+                log_path,
+                *created_at,
+            )),
+            Event::ContainerCreated { id, user } => self.update_container(id, |c| {
+                c.created = true;
+                c.user = user.clone();
+            }),
+            Event::ContainerStartRequested { id } => self.update_container(id, |c| {
+                intent(
+                    &mut c.desired,
+                    &mut c.generation,
+                    |d| d == ContainerDesired::Created,
+                    ContainerDesired::Running,
+                )
+            }),
+            Event::ContainerStarted {
+                id,
+                pid,
+                started_at,
+            } => self.update_container(id, |c| {
+                c.pid = Some(*pid);
+                c.started_at = *started_at;
+            }),
+            Event::ContainerExited {
+                id,
+                exit_code,
+                finished_at,
+                reason,
+                message,
+            } => self.update_container(id, |c| {
+                c.record_exit(*exit_code, *finished_at, reason, message)
+            }),
+            Event::ContainerResourcesUpdated { id, resources } => {
+                self.update_container(id, |c| c.update_resources(resources))
             }
-            Event::SandboxExited { id } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    s.exited = true;
-                }
-            }
-            Event::SandboxStopRequested { id } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    if s.desired == SandboxDesired::Ready {
-                        s.desired = SandboxDesired::Stopped;
-                        s.generation += 1;
-                    }
-                }
-            }
-            Event::SandboxStopped { id } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    s.stopped = true;
-                    s.exited = true;
-                }
-            }
-            Event::SandboxRemoveRequested { id } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    if s.desired != SandboxDesired::Removed {
-                        s.desired = SandboxDesired::Removed;
-                        s.generation += 1;
-                    }
-                }
-            }
-            Event::SandboxFailed { id, .. } => {
-                // Its start failed: it is to be removed (the record goes with SandboxRemoved).
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    s.desired = SandboxDesired::Removed;
-                    s.generation += 1;
-                }
-            }
-            other => unreachable!("apply dispatched a non-sandbox event here: {other:?}"),
+            Event::ContainerStopRequested {
+                id,
+                timeout_seconds,
+                requested_at,
+            } => self.update_container(id, |c| c.stop_requested(*timeout_seconds, *requested_at)),
+            Event::ContainerRemoveRequested { id } => self.update_container(id, |c| {
+                intent(
+                    &mut c.desired,
+                    &mut c.generation,
+                    |d| d != ContainerDesired::Removed,
+                    ContainerDesired::Removed,
+                )
+            }),
+            Event::ContainerRemoved { id } => self.remove_container(id),
+            other => unreachable!("apply dispatched a non-container event here: {other:?}"),
+        }
+    }
+
+    /// Applies `change` to sandbox `id`'s record, if there is one.
+    fn update_sandbox(&mut self, id: &str, change: impl FnOnce(&mut SandboxRecord)) {
+        if let Some(s) = self.sandboxes.get_mut(id) {
+            change(s);
+        }
+    }
+
+    /// Applies `change` to container `id`'s record, if there is one.
+    fn update_container(&mut self, id: &str, change: impl FnOnce(&mut ContainerRecord)) {
+        if let Some(c) = self.containers.get_mut(id) {
+            change(c);
         }
     }
 
@@ -518,89 +589,6 @@ impl State {
                     self.sandbox_names.remove(&name);
                 }
             }
-        }
-    }
-
-    /// Folds one container event: a request adds the record, a removal ends it, the others
-    /// update it (nothing when the container is unknown).
-    fn apply_container(&mut self, event: &Event) {
-        match event {
-            Event::ContainerRequested {
-                id,
-                sandbox_id,
-                config,
-                image_id,
-                image_name,
-                log_path,
-                created_at,
-            } => self.add_container(ContainerRecord::requested(
-                id,
-                sandbox_id,
-                config,
-                image_id,
-                image_name,
-                log_path,
-                *created_at,
-            )),
-            Event::ContainerRemoved { id } => self.remove_container(id),
-            Event::ContainerCreated { id, user } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    c.created = true;
-                    c.user = user.clone();
-                }
-            }
-            Event::ContainerStartRequested { id } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    if c.desired == ContainerDesired::Created {
-                        c.desired = ContainerDesired::Running;
-                        c.generation += 1;
-                    }
-                }
-            }
-            Event::ContainerStarted {
-                id,
-                pid,
-                started_at,
-            } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    c.pid = Some(*pid);
-                    c.started_at = *started_at;
-                }
-            }
-            Event::ContainerExited {
-                id,
-                exit_code,
-                finished_at,
-                reason,
-                message,
-            } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    c.record_exit(*exit_code, *finished_at, reason, message);
-                }
-            }
-            Event::ContainerResourcesUpdated { id, resources } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    c.update_resources(resources);
-                }
-            }
-            Event::ContainerStopRequested {
-                id,
-                timeout_seconds,
-                requested_at,
-            } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    c.stop_requested(*timeout_seconds, *requested_at);
-                }
-            }
-            Event::ContainerRemoveRequested { id } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    if c.desired != ContainerDesired::Removed {
-                        c.desired = ContainerDesired::Removed;
-                        c.generation += 1;
-                    }
-                }
-            }
-            other => unreachable!("apply dispatched a non-container event here: {other:?}"),
         }
     }
 
