@@ -149,6 +149,88 @@ pub struct ContainerUser {
 }
 
 impl ContainerRecord {
+    /// The record a ContainerRequested starts: to be created, nothing observed yet.
+    fn requested(
+        id: &str,
+        sandbox_id: &str,
+        config: &k8s_cri::v1::ContainerConfig,
+        image_id: &str,
+        image_name: &str,
+        log_path: &str,
+        created_at: i64,
+    ) -> ContainerRecord {
+        ContainerRecord {
+            id: id.to_owned(),
+            sandbox_id: sandbox_id.to_owned(),
+            config: Box::new(config.clone()),
+            image_id: image_id.to_owned(),
+            image_name: image_name.to_owned(),
+            log_path: log_path.to_owned(),
+            created_at,
+            desired: ContainerDesired::Created,
+            generation: 1,
+            created: false,
+            pid: None,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            stop_timeout: 0,
+            stop_deadline: 0,
+            resources_updated: false,
+            user: None,
+        }
+    }
+
+    /// Records the process' exit; the first one recorded stays.
+    fn record_exit(&mut self, exit_code: i32, finished_at: i64, reason: &str, message: &str) {
+        if self.finished_at == 0 {
+            self.exit_code = exit_code;
+            self.finished_at = finished_at;
+            self.reason = reason.to_owned();
+            self.message = message.to_owned();
+        }
+    }
+
+    /// A StopContainer with `timeout_seconds` of grace asked at `requested_at` (0: unknown).
+    fn stop_requested(&mut self, timeout_seconds: i64, requested_at: i64) {
+        let deadline = if requested_at > 0 {
+            requested_at.saturating_add(timeout_seconds.saturating_mul(1_000_000_000))
+        } else {
+            0
+        };
+        if matches!(
+            self.desired,
+            ContainerDesired::Created | ContainerDesired::Running
+        ) {
+            self.desired = ContainerDesired::Exited;
+            self.stop_timeout = timeout_seconds;
+            self.stop_deadline = deadline;
+            self.generation += 1;
+        } else if self.desired == ContainerDesired::Exited
+            && self.finished_at == 0
+            && deadline > 0
+            && (self.stop_deadline == 0 || deadline < self.stop_deadline)
+        {
+            // A second stop with a shorter grace, while the first still waits: the earlier end
+            // wins (kubelet shortening a grace period).
+            self.stop_timeout = timeout_seconds;
+            self.stop_deadline = deadline;
+            self.generation += 1;
+        }
+    }
+
+    /// UpdateContainerResources: the new limits replace the config's.
+    fn update_resources(&mut self, resources: &k8s_cri::v1::LinuxContainerResources) {
+        self.config
+            .linux
+            .get_or_insert_with(Default::default)
+            .resources = Some(resources.clone());
+        self.resources_updated = true;
+        self.generation += 1;
+    }
+
     /// CRI state: created, running or exited.
     pub fn cri_state(&self) -> k8s_cri::v1::ContainerState {
         use k8s_cri::v1::ContainerState;
@@ -161,6 +243,15 @@ impl ContainerRecord {
         } else {
             ContainerState::ContainerUnknown
         }
+    }
+}
+
+/// Records an intent on a record: when `allowed` by the current desired state, it becomes `to`
+/// and the generation counts the change.
+fn intent<D: Copy>(desired: &mut D, generation: &mut u64, allowed: impl FnOnce(D) -> bool, to: D) {
+    if allowed(*desired) {
+        *desired = to;
+        *generation += 1;
     }
 }
 
@@ -201,6 +292,35 @@ pub struct SandboxRecord {
 }
 
 impl SandboxRecord {
+    /// The record a SandboxRequested starts: to be ready, nothing observed yet.
+    fn requested(
+        id: &str,
+        config: &k8s_cri::v1::PodSandboxConfig,
+        runtime_handler: &str,
+        netns_path: &Option<String>,
+        created_at: i64,
+    ) -> SandboxRecord {
+        SandboxRecord {
+            id: id.to_owned(),
+            config: Box::new(config.clone()),
+            runtime_handler: runtime_handler.to_owned(),
+            netns_path: netns_path.clone(),
+            created_at,
+            desired: SandboxDesired::Ready,
+            generation: 1,
+            ips: vec![],
+            pid: None,
+            exited: false,
+            stopped: false,
+        }
+    }
+
+    /// Fact: task, network and netns are gone.
+    fn stopped(&mut self) {
+        self.stopped = true;
+        self.exited = true;
+    }
+
     /// The pod's cgroup parent as its config names it ("" when none was given).
     pub fn configured_cgroup_parent(&self) -> &str {
         self.config
@@ -296,7 +416,9 @@ pub struct State {
 }
 
 impl State {
-    /// Folds one event (with its sequence number) into the state.
+    /// Folds one event (with its sequence number) into the state. A request starts a record and
+    /// a removal ends it; the other events update the record they name, nothing when it is
+    /// unknown. Container events are folded by [`State::apply_container`].
     pub fn apply(&mut self, seq: u64, event: &Event) {
         self.seq = seq;
         match event {
@@ -310,81 +432,60 @@ impl State {
                 runtime_handler,
                 netns_path,
                 created_at,
-            } => {
-                if let Some(m) = &config.metadata {
-                    self.sandbox_names.insert(sandbox_name(m), id.clone());
-                }
-                self.sandboxes.insert(
-                    id.clone(),
-                    SandboxRecord {
-                        id: id.clone(),
-                        config: config.clone(),
-                        runtime_handler: runtime_handler.clone(),
-                        netns_path: netns_path.clone(),
-                        created_at: *created_at,
-                        desired: SandboxDesired::Ready,
-                        generation: 1,
-                        ips: vec![],
-                        pid: None,
-                        exited: false,
-                        stopped: false,
-                    },
-                );
-            }
+            } => self.add_sandbox(SandboxRecord::requested(
+                id,
+                config,
+                runtime_handler,
+                netns_path,
+                *created_at,
+            )),
             Event::SandboxNetworkReady { id, ips } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    s.ips = ips.clone();
-                }
+                self.update_sandbox(id, |s| s.ips = ips.clone())
             }
-            Event::SandboxStarted { id, pid } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    s.pid = Some(*pid);
-                }
-            }
-            Event::SandboxExited { id } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    s.exited = true;
-                }
-            }
-            Event::SandboxStopRequested { id } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    if s.desired == SandboxDesired::Ready {
-                        s.desired = SandboxDesired::Stopped;
-                        s.generation += 1;
-                    }
-                }
-            }
-            Event::SandboxStopped { id } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    s.stopped = true;
-                    s.exited = true;
-                }
-            }
-            Event::SandboxRemoveRequested { id } => {
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    if s.desired != SandboxDesired::Removed {
-                        s.desired = SandboxDesired::Removed;
-                        s.generation += 1;
-                    }
-                }
-            }
-            Event::SandboxFailed { id, .. } => {
-                // Its start failed: it is to be removed (the record goes with SandboxRemoved).
-                if let Some(s) = self.sandboxes.get_mut(id) {
-                    s.desired = SandboxDesired::Removed;
-                    s.generation += 1;
-                }
-            }
-            Event::SandboxRemoved { id } => {
-                if let Some(s) = self.sandboxes.remove(id) {
-                    if let Some(m) = &s.config.metadata {
-                        let name = sandbox_name(m);
-                        if self.sandbox_names.get(&name) == Some(id) {
-                            self.sandbox_names.remove(&name);
-                        }
-                    }
-                }
-            }
+            Event::SandboxStarted { id, pid } => self.update_sandbox(id, |s| s.pid = Some(*pid)),
+            Event::SandboxExited { id } => self.update_sandbox(id, |s| s.exited = true),
+            // Its start failed: it is to be removed (the record goes with SandboxRemoved).
+            Event::SandboxFailed { id, .. } => self.update_sandbox(id, |s| {
+                intent(
+                    &mut s.desired,
+                    &mut s.generation,
+                    |_| true,
+                    SandboxDesired::Removed,
+                )
+            }),
+            Event::SandboxStopRequested { id } => self.update_sandbox(id, |s| {
+                intent(
+                    &mut s.desired,
+                    &mut s.generation,
+                    |d| d == SandboxDesired::Ready,
+                    SandboxDesired::Stopped,
+                )
+            }),
+            Event::SandboxStopped { id } => self.update_sandbox(id, SandboxRecord::stopped),
+            Event::SandboxRemoveRequested { id } => self.update_sandbox(id, |s| {
+                intent(
+                    &mut s.desired,
+                    &mut s.generation,
+                    |d| d != SandboxDesired::Removed,
+                    SandboxDesired::Removed,
+                )
+            }),
+            Event::SandboxRemoved { id } => self.remove_sandbox(id),
+            Event::ContainerRequested { .. }
+            | Event::ContainerCreated { .. }
+            | Event::ContainerStartRequested { .. }
+            | Event::ContainerStarted { .. }
+            | Event::ContainerExited { .. }
+            | Event::ContainerResourcesUpdated { .. }
+            | Event::ContainerStopRequested { .. }
+            | Event::ContainerRemoveRequested { .. }
+            | Event::ContainerRemoved { .. } => self.apply_container(event),
+        }
+    }
+
+    /// Folds one container event (the part of [`State::apply`] for containers).
+    fn apply_container(&mut self, event: &Event) {
+        match event {
             Event::ContainerRequested {
                 id,
                 sandbox_id,
@@ -393,135 +494,124 @@ impl State {
                 image_name,
                 log_path,
                 created_at,
-            } => {
-                if let Some(m) = &config.metadata {
-                    self.container_names
-                        .insert(container_name(sandbox_id, m), id.clone());
-                }
-                self.containers.insert(
-                    id.clone(),
-                    ContainerRecord {
-                        id: id.clone(),
-                        sandbox_id: sandbox_id.clone(),
-                        config: config.clone(),
-                        image_id: image_id.clone(),
-                        image_name: image_name.clone(),
-                        log_path: log_path.clone(),
-                        created_at: *created_at,
-                        desired: ContainerDesired::Created,
-                        generation: 1,
-                        created: false,
-                        pid: None,
-                        started_at: 0,
-                        finished_at: 0,
-                        exit_code: 0,
-                        reason: String::new(),
-                        message: String::new(),
-                        stop_timeout: 0,
-                        stop_deadline: 0,
-                        resources_updated: false,
-                        user: None,
-                    },
-                );
-            }
-            Event::ContainerCreated { id, user } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    c.created = true;
-                    c.user = user.clone();
-                }
-            }
-            Event::ContainerStartRequested { id } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    if c.desired == ContainerDesired::Created {
-                        c.desired = ContainerDesired::Running;
-                        c.generation += 1;
-                    }
-                }
-            }
+            } => self.add_container(ContainerRecord::requested(
+                id,
+                sandbox_id,
+                config,
+                image_id,
+                image_name,
+                log_path,
+                *created_at,
+            )),
+            Event::ContainerCreated { id, user } => self.update_container(id, |c| {
+                c.created = true;
+                c.user = user.clone();
+            }),
+            Event::ContainerStartRequested { id } => self.update_container(id, |c| {
+                intent(
+                    &mut c.desired,
+                    &mut c.generation,
+                    |d| d == ContainerDesired::Created,
+                    ContainerDesired::Running,
+                )
+            }),
             Event::ContainerStarted {
                 id,
                 pid,
                 started_at,
-            } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    c.pid = Some(*pid);
-                    c.started_at = *started_at;
-                }
-            }
+            } => self.update_container(id, |c| {
+                c.pid = Some(*pid);
+                c.started_at = *started_at;
+            }),
             Event::ContainerExited {
                 id,
                 exit_code,
                 finished_at,
                 reason,
                 message,
-            } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    if c.finished_at == 0 {
-                        c.exit_code = *exit_code;
-                        c.finished_at = *finished_at;
-                        c.reason = reason.clone();
-                        c.message = message.clone();
-                    }
-                }
-            }
+            } => self.update_container(id, |c| {
+                c.record_exit(*exit_code, *finished_at, reason, message)
+            }),
             Event::ContainerResourcesUpdated { id, resources } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    c.config
-                        .linux
-                        .get_or_insert_with(Default::default)
-                        .resources = Some((**resources).clone());
-                    c.resources_updated = true;
-                    c.generation += 1;
-                }
+                self.update_container(id, |c| c.update_resources(resources))
             }
             Event::ContainerStopRequested {
                 id,
                 timeout_seconds,
                 requested_at,
-            } => {
-                let deadline = if *requested_at > 0 {
-                    requested_at.saturating_add(timeout_seconds.saturating_mul(1_000_000_000))
-                } else {
-                    0
-                };
-                if let Some(c) = self.containers.get_mut(id) {
-                    if matches!(
-                        c.desired,
-                        ContainerDesired::Created | ContainerDesired::Running
-                    ) {
-                        c.desired = ContainerDesired::Exited;
-                        c.stop_timeout = *timeout_seconds;
-                        c.stop_deadline = deadline;
-                        c.generation += 1;
-                    } else if c.desired == ContainerDesired::Exited
-                        && c.finished_at == 0
-                        && deadline > 0
-                        && (c.stop_deadline == 0 || deadline < c.stop_deadline)
-                    {
-                        // A second stop with a shorter grace, while the first still waits:
-                        // the earlier end wins (kubelet shortening a grace period).
-                        c.stop_timeout = *timeout_seconds;
-                        c.stop_deadline = deadline;
-                        c.generation += 1;
-                    }
+            } => self.update_container(id, |c| c.stop_requested(*timeout_seconds, *requested_at)),
+            Event::ContainerRemoveRequested { id } => self.update_container(id, |c| {
+                intent(
+                    &mut c.desired,
+                    &mut c.generation,
+                    |d| d != ContainerDesired::Removed,
+                    ContainerDesired::Removed,
+                )
+            }),
+            Event::ContainerRemoved { id } => self.remove_container(id),
+            other => unreachable!("apply dispatched a non-container event here: {other:?}"),
+        }
+    }
+
+    /// Applies `change` to sandbox `id`'s record, if there is one.
+    fn update_sandbox(&mut self, id: &str, change: impl FnOnce(&mut SandboxRecord)) {
+        if let Some(s) = self.sandboxes.get_mut(id) {
+            change(s);
+        }
+    }
+
+    /// Applies `change` to container `id`'s record, if there is one.
+    fn update_container(&mut self, id: &str, change: impl FnOnce(&mut ContainerRecord)) {
+        if let Some(c) = self.containers.get_mut(id) {
+            change(c);
+        }
+    }
+
+    /// Starts a sandbox's record and reserves its name.
+    fn add_sandbox(&mut self, record: SandboxRecord) {
+        if let Some(m) = &record.config.metadata {
+            self.sandbox_names
+                .insert(sandbox_name(m), record.id.clone());
+        }
+        self.sandboxes.insert(record.id.clone(), record);
+    }
+
+    /// Ends sandbox `id`'s record and frees its name (unless a newer sandbox holds it).
+    fn remove_sandbox(&mut self, id: &str) {
+        if let Some(s) = self.sandboxes.remove(id) {
+            if let Some(m) = &s.config.metadata {
+                let name = sandbox_name(m);
+                if self
+                    .sandbox_names
+                    .get(&name)
+                    .is_some_and(|holder| holder == id)
+                {
+                    self.sandbox_names.remove(&name);
                 }
             }
-            Event::ContainerRemoveRequested { id } => {
-                if let Some(c) = self.containers.get_mut(id) {
-                    if c.desired != ContainerDesired::Removed {
-                        c.desired = ContainerDesired::Removed;
-                        c.generation += 1;
-                    }
-                }
-            }
-            Event::ContainerRemoved { id } => {
-                if let Some(c) = self.containers.remove(id) {
-                    if let Some(m) = &c.config.metadata {
-                        let name = container_name(&c.sandbox_id, m);
-                        if self.container_names.get(&name) == Some(id) {
-                            self.container_names.remove(&name);
-                        }
-                    }
+        }
+    }
+
+    /// Starts a container's record and reserves its name within its pod.
+    fn add_container(&mut self, record: ContainerRecord) {
+        if let Some(m) = &record.config.metadata {
+            self.container_names
+                .insert(container_name(&record.sandbox_id, m), record.id.clone());
+        }
+        self.containers.insert(record.id.clone(), record);
+    }
+
+    /// Ends container `id`'s record and frees its name (unless a newer container holds it).
+    fn remove_container(&mut self, id: &str) {
+        if let Some(c) = self.containers.remove(id) {
+            if let Some(m) = &c.config.metadata {
+                let name = container_name(&c.sandbox_id, m);
+                if self
+                    .container_names
+                    .get(&name)
+                    .is_some_and(|holder| holder == id)
+                {
+                    self.container_names.remove(&name);
                 }
             }
         }
