@@ -72,7 +72,7 @@ fn event_of(change: &ContainerChange) -> cri::ContainerEventResponse {
         .values()
         .filter(|c| c.sandbox_id == change.sandbox_id)
         .filter(|c| c.cri_state() != cri::ContainerState::ContainerUnknown)
-        .map(container_status::status_of)
+        .map(|c| container_status::status_of(c))
         .collect();
     cri::ContainerEventResponse {
         container_id: change.id.clone(),
@@ -86,7 +86,7 @@ fn event_of(change: &ContainerChange) -> cri::ContainerEventResponse {
         pod_sandbox_status: state
             .sandboxes
             .get(&change.sandbox_id)
-            .map(sandbox_status::status_of),
+            .map(|s| sandbox_status::status_of(s)),
         containers_statuses,
     }
 }

@@ -34,6 +34,7 @@ impl Server {
         let chosen: Vec<&ContainerRecord> = state
             .containers
             .values()
+            .map(|c| &**c)
             .filter(|c| selected(c, &f.id, &f.pod_sandbox_id, &f.label_selector))
             .collect();
         let last = self.stats.fresh(state.seq).await;
@@ -235,6 +236,7 @@ fn pod_containers<'a>(
     state
         .containers
         .values()
+        .map(|c| &**c)
         .filter(move |c| c.sandbox_id == s.id)
         .filter(|c| c.cri_state() != cri::ContainerState::ContainerUnknown)
 }

@@ -4,6 +4,7 @@
 //! state, both at replay and live, so a restart folds to exactly what was acknowledged.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -403,13 +404,13 @@ pub struct State {
     pub runtime_config: RuntimeConfigSpec,
     /// Sandboxes by id.
     #[serde(default)]
-    pub sandboxes: BTreeMap<String, SandboxRecord>,
+    pub sandboxes: BTreeMap<String, Arc<SandboxRecord>>,
     /// Sandbox ids by reserved name.
     #[serde(default)]
     pub sandbox_names: BTreeMap<String, String>,
     /// Containers by id.
     #[serde(default)]
-    pub containers: BTreeMap<String, ContainerRecord>,
+    pub containers: BTreeMap<String, Arc<ContainerRecord>>,
     /// Container ids by reserved name.
     #[serde(default)]
     pub container_names: BTreeMap<String, String>,
@@ -555,14 +556,14 @@ impl State {
 
     /// Applies `change` to sandbox `id`'s record, if there is one.
     fn update_sandbox(&mut self, id: &str, change: impl FnOnce(&mut SandboxRecord)) {
-        if let Some(s) = self.sandboxes.get_mut(id) {
+        if let Some(s) = self.sandboxes.get_mut(id).map(Arc::make_mut) {
             change(s);
         }
     }
 
     /// Applies `change` to container `id`'s record, if there is one.
     fn update_container(&mut self, id: &str, change: impl FnOnce(&mut ContainerRecord)) {
-        if let Some(c) = self.containers.get_mut(id) {
+        if let Some(c) = self.containers.get_mut(id).map(Arc::make_mut) {
             change(c);
         }
     }
@@ -573,7 +574,7 @@ impl State {
             self.sandbox_names
                 .insert(sandbox_name(m), record.id.clone());
         }
-        self.sandboxes.insert(record.id.clone(), record);
+        self.sandboxes.insert(record.id.clone(), Arc::new(record));
     }
 
     /// Ends sandbox `id`'s record and frees its name (unless a newer sandbox holds it).
@@ -598,7 +599,7 @@ impl State {
             self.container_names
                 .insert(container_name(&record.sandbox_id, m), record.id.clone());
         }
-        self.containers.insert(record.id.clone(), record);
+        self.containers.insert(record.id.clone(), Arc::new(record));
     }
 
     /// Ends container `id`'s record and frees its name (unless a newer container holds it).
@@ -619,7 +620,10 @@ impl State {
 
     /// The containers of sandbox `id`.
     pub fn containers_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a ContainerRecord> {
-        self.containers.values().filter(move |c| c.sandbox_id == id)
+        self.containers
+            .values()
+            .map(|c| &**c)
+            .filter(move |c| c.sandbox_id == id)
     }
 
     /// Every object key the state holds (what a full resync enqueues).
