@@ -39,7 +39,7 @@ fi
 
 # ---- the node and concord ----------------------------------------------------------------------
 bash hack/dev-up.sh --no-cri >/dev/null 2>&1 || bash hack/dev-up.sh --no-cri
-cargo build --quiet --bin concord
+cargo build --quiet --bin concord --bin concord-log-writer
 rm -rf "$DIR"
 mkdir -p "$DIR"
 SOCK=$DIR/concord.sock

@@ -251,8 +251,7 @@ fn build(
                 snapshotter: config.containerd.snapshotter.clone(),
                 runtime: config.runtime.clone(),
                 layout: config.layout(),
-                log_writer: std::env::current_exe()
-                    .unwrap_or_else(|_| std::path::PathBuf::from("/usr/local/bin/concord")),
+                log_writer: log_writer_binary(),
                 max_log_line: 16 * 1024,
                 reconcile_timeout: config.reconcile.timeout_seconds,
             },
@@ -467,6 +466,19 @@ async fn shutdown(config: &Config, mut server_task: ServerTask, tasks: Tasks, st
     std::fs::remove_file(&config.listen).ok();
     tracing::info!("concord stopped");
 }
+/// The program containerd's shims run for containers' logs: `concord-log-writer` beside this
+/// binary (small: hundreds run on a dense node), else this binary, which is one too.
+fn log_writer_binary() -> std::path::PathBuf {
+    let me = std::env::current_exe()
+        .unwrap_or_else(|_| std::path::PathBuf::from("/usr/local/bin/concord"));
+    let sibling = me.with_file_name("concord-log-writer");
+    if sibling.is_file() {
+        sibling
+    } else {
+        me
+    }
+}
+
 /// Deletes the concord-owned leases made before this process started (by a concord that died).
 async fn release_stale_leases(ctd: &Containerd, process_start: std::time::SystemTime) {
     match ctd.list_owned_leases(process_start).await {
