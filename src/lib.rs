@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod clock;
 pub mod config;
 pub mod containerd;
+pub mod crash;
 pub mod daemon;
 pub mod events;
 pub mod exec;

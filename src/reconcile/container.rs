@@ -425,7 +425,7 @@ impl ContainerReconciler {
         let started = async {
             let pid = self.ctd.create_task_io(id, mounts, &io).await?;
             self.ctd.start_task(id).await?;
-            crate::daemon::crash_point("container-started");
+            crate::crash::crash_point("container-started");
             Ok::<_, crate::containerd::ContainerdError>(pid)
         }
         .await;
