@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use k8s_cri::v1 as cri;
 
 use super::{ApiError, Server};
+use crate::containerd::Health;
 use crate::network::NetworkStatus;
 
 /// Condition types kubelet reads.
@@ -85,128 +86,12 @@ impl Server {
 
     pub async fn status(&self, req: cri::StatusRequest) -> Result<cri::StatusResponse, ApiError> {
         let health = self.health.borrow().clone();
-        // Not ready while containerd is not, or while the journal takes no writes (no intent
-        // could be recorded: kubelet must not send pods here).
-        let runtime = match (health.ready, self.journal.failing()) {
-            (false, _) => cri::RuntimeCondition {
-                r#type: RUNTIME_READY.into(),
-                status: false,
-                reason: "ContainerdNotReady".into(),
-                message: health.message.clone(),
-            },
-            (true, Some(why)) => cri::RuntimeCondition {
-                r#type: RUNTIME_READY.into(),
-                status: false,
-                reason: "JournalWriteFailed".into(),
-                message: why,
-            },
-            (true, None) => cri::RuntimeCondition {
-                r#type: RUNTIME_READY.into(),
-                status: true,
-                reason: String::new(),
-                message: health.message.clone(),
-            },
-        };
         let net = self.network.status();
-        let network = match &net {
-            NetworkStatus::Ready(_) => cri::RuntimeCondition {
-                r#type: NETWORK_READY.into(),
-                status: true,
-                reason: String::new(),
-                message: String::new(),
-            },
-            NetworkStatus::NotReady(why) => cri::RuntimeCondition {
-                r#type: NETWORK_READY.into(),
-                status: false,
-                reason: "NetworkPluginNotReady".into(),
-                message: format!("Network plugin returns error: {why}"),
-            },
+        let conditions = vec![self.runtime_condition(&health), network_condition(&net)];
+        let info = match req.verbose {
+            true => self.verbose_info(&health, &net),
+            false => HashMap::new(),
         };
-        let mut info = HashMap::new();
-        if req.verbose {
-            info.insert("config".into(), self.config_info().to_string());
-            info.insert(
-                "containerd".into(),
-                serde_json::json!({
-                    "address": self.containerd.address(),
-                    "namespace": self.containerd.namespace(),
-                    "ready": health.ready,
-                    "version": health.version,
-                })
-                .to_string(),
-            );
-            // containerd's keys (PluginDirs, PluginConfDir, Networks, ...) and concord's own.
-            let mut cni = serde_json::json!({
-                "PluginDirs": self.config.cni.bin_dirs,
-                "PluginConfDir": self.config.cni.conf_dir,
-                "PluginMaxConfNum": 1,
-                "Prefix": "eth",
-                "Networks": [],
-            });
-            let load_status = match &net {
-                NetworkStatus::Ready(n) => {
-                    let plugins: Vec<_> = n
-                        .plugins
-                        .iter()
-                        .map(|p| serde_json::json!({"Network": p, "Source": p.to_string()}))
-                        .collect();
-                    let source = serde_json::json!({
-                        "cniVersion": n.cni_version, "name": n.name, "plugins": n.plugins,
-                    })
-                    .to_string();
-                    // The pod's loopback comes first, as containerd lists it (concord brings
-                    // `lo` up itself when it makes the netns).
-                    let lo = serde_json::json!({"type": "loopback"});
-                    cni["Networks"] = serde_json::json!([
-                        {
-                            "Config": {"Name": "cni-loopback", "CNIVersion": n.cni_version,
-                                "Plugins": [{"Network": lo, "Source": lo.to_string()}],
-                                "Source": serde_json::json!({"cniVersion": n.cni_version, "name": "cni-loopback", "plugins": [lo]}).to_string()},
-                            "IFName": "lo",
-                        },
-                        {
-                            "Config": {"Name": n.name, "CNIVersion": n.cni_version, "Plugins": plugins, "Source": source},
-                            "IFName": "eth0",
-                        },
-                    ]);
-                    cni["file"] = serde_json::json!(n.file);
-                    cni["name"] = serde_json::json!(n.name);
-                    cni["cniVersion"] = serde_json::json!(n.cni_version);
-                    cni["plugins"] = serde_json::json!(n.plugins);
-                    cni["podCIDR"] = serde_json::json!(self.network.pod_cidr());
-                    "OK".to_string()
-                }
-                NetworkStatus::NotReady(why) => {
-                    cni["error"] = serde_json::json!(why);
-                    format!("cni config load failed: {why}")
-                }
-            };
-            info.insert("cniconfig".into(), cni.to_string());
-            info.insert("lastCNILoadStatus".into(), load_status.clone());
-            info.insert("lastCNILoadStatus.default".into(), load_status);
-            let (objects, pending, failing) = self.controller.health();
-            info.insert(
-                "reconcile".into(),
-                serde_json::json!({
-                    "objects": objects,
-                    "pending": pending,
-                    "failing": failing,
-                    "workers": self.config.reconcile.workers,
-                })
-                .to_string(),
-            );
-            let j = self.journal.stats();
-            info.insert(
-                "journal".into(),
-                serde_json::json!({
-                    "path": j.path,
-                    "lastSeq": j.last_seq,
-                    "snapshotSeq": j.snapshot_seq,
-                    "eventsSinceSnapshot": j.events_since_snapshot,
-                })
-                .to_string(),
-            );
-        }
         let handler = |name: &str| cri::RuntimeHandler {
             name: name.into(),
             features: Some(cri::RuntimeHandlerFeatures {
@@ -215,12 +100,127 @@ impl Server {
             }),
         };
         Ok(cri::StatusResponse {
-            status: Some(cri::RuntimeStatus {
-                conditions: vec![runtime, network],
-            }),
+            status: Some(cri::RuntimeStatus { conditions }),
             info,
             runtime_handlers: vec![handler(""), handler("runc")],
             features: None,
         })
+    }
+
+    /// Not ready while containerd is not, or while the journal takes no writes (no intent
+    /// could be recorded: kubelet must not send pods here).
+    fn runtime_condition(&self, health: &Health) -> cri::RuntimeCondition {
+        let (status, reason, message) = match (health.ready, self.journal.failing()) {
+            (false, _) => (false, "ContainerdNotReady", health.message.clone()),
+            (true, Some(why)) => (false, "JournalWriteFailed", why),
+            (true, None) => (true, "", health.message.clone()),
+        };
+        cri::RuntimeCondition {
+            r#type: RUNTIME_READY.into(),
+            status,
+            reason: reason.into(),
+            message,
+        }
+    }
+
+    /// Status(verbose).info: containerd's keys kubeadm and operators read, and concord's own.
+    fn verbose_info(&self, health: &Health, net: &NetworkStatus) -> HashMap<String, String> {
+        let mut info = HashMap::new();
+        info.insert("config".into(), self.config_info().to_string());
+        let containerd = serde_json::json!({
+            "address": self.containerd.address(),
+            "namespace": self.containerd.namespace(),
+            "ready": health.ready,
+            "version": health.version,
+        });
+        info.insert("containerd".into(), containerd.to_string());
+        let (cni, load_status) = self.cni_info(net);
+        info.insert("cniconfig".into(), cni.to_string());
+        info.insert("lastCNILoadStatus".into(), load_status.clone());
+        info.insert("lastCNILoadStatus.default".into(), load_status);
+        let (objects, pending, failing) = self.controller.health();
+        let reconcile = serde_json::json!({
+            "objects": objects,
+            "pending": pending,
+            "failing": failing,
+            "workers": self.config.reconcile.workers,
+        });
+        info.insert("reconcile".into(), reconcile.to_string());
+        let j = self.journal.stats();
+        let journal = serde_json::json!({
+            "path": j.path,
+            "lastSeq": j.last_seq,
+            "snapshotSeq": j.snapshot_seq,
+            "eventsSinceSnapshot": j.events_since_snapshot,
+        });
+        info.insert("journal".into(), journal.to_string());
+        info
+    }
+
+    /// `cniconfig` in containerd's shape (PluginDirs, PluginConfDir, Networks, ...) with
+    /// concord's keys, and `lastCNILoadStatus`.
+    fn cni_info(&self, net: &NetworkStatus) -> (serde_json::Value, String) {
+        let mut cni = serde_json::json!({
+            "PluginDirs": self.config.cni.bin_dirs,
+            "PluginConfDir": self.config.cni.conf_dir,
+            "PluginMaxConfNum": 1,
+            "Prefix": "eth",
+            "Networks": [],
+        });
+        let n = match net {
+            NetworkStatus::Ready(n) => n,
+            NetworkStatus::NotReady(why) => {
+                cni["error"] = serde_json::json!(why);
+                return (cni, format!("cni config load failed: {why}"));
+            }
+        };
+        let plugins: Vec<_> = n
+            .plugins
+            .iter()
+            .map(|p| serde_json::json!({"Network": p, "Source": p.to_string()}))
+            .collect();
+        let source = serde_json::json!({
+            "cniVersion": n.cni_version, "name": n.name, "plugins": n.plugins,
+        })
+        .to_string();
+        // The pod's loopback comes first, as containerd lists it (concord brings `lo` up
+        // itself when it makes the netns).
+        let lo = serde_json::json!({"type": "loopback"});
+        cni["Networks"] = serde_json::json!([
+            {
+                "Config": {"Name": "cni-loopback", "CNIVersion": n.cni_version,
+                    "Plugins": [{"Network": lo, "Source": lo.to_string()}],
+                    "Source": serde_json::json!({"cniVersion": n.cni_version, "name": "cni-loopback", "plugins": [lo]}).to_string()},
+                "IFName": "lo",
+            },
+            {
+                "Config": {"Name": n.name, "CNIVersion": n.cni_version, "Plugins": plugins, "Source": source},
+                "IFName": "eth0",
+            },
+        ]);
+        cni["file"] = serde_json::json!(n.file);
+        cni["name"] = serde_json::json!(n.name);
+        cni["cniVersion"] = serde_json::json!(n.cni_version);
+        cni["plugins"] = serde_json::json!(n.plugins);
+        cni["podCIDR"] = serde_json::json!(self.network.pod_cidr());
+        (cni, "OK".to_string())
+    }
+}
+
+/// NetworkReady as kubelet reads it (containerd's reason and message wording).
+fn network_condition(net: &NetworkStatus) -> cri::RuntimeCondition {
+    let (status, reason, message) = match net {
+        NetworkStatus::Ready(_) => (true, "", String::new()),
+        NetworkStatus::NotReady(why) => (
+            false,
+            "NetworkPluginNotReady",
+            format!("Network plugin returns error: {why}"),
+        ),
+    };
+    cri::RuntimeCondition {
+        r#type: NETWORK_READY.into(),
+        status,
+        reason: reason.into(),
+        message,
     }
 }
