@@ -308,7 +308,6 @@ async fn main() {
 /// Exec round trips (ExecSync, and Exec over WebSocket and SPDY with the project's clients)
 /// and port-forward throughput over both, against both sides' streaming servers.
 async fn streaming_section(a: &Args, reference: &Endpoint, concord: &Endpoint, row: &Row<'_>) {
-    use concord::stream::client::{Client, SpdyClient, SpdyCommand};
     let sides = [reference, concord];
     let mut pods = Vec::new();
     let mut ids = Vec::new();
@@ -365,6 +364,16 @@ async fn streaming_section(a: &Args, reference: &Endpoint, concord: &Endpoint, r
         }
     }
     row("ExecSync echo hi", &mut r, &mut c);
+    exec_rows(n, sides, &ids, row).await;
+    port_forward_rows(sides, &pods).await;
+    for (e, pod) in sides.iter().zip(pods) {
+        remove_pod(e, pod.0).await;
+    }
+}
+
+/// Exec round trips over WebSocket v4 and SPDY/3.1 with the project's clients.
+async fn exec_rows(n: usize, sides: [&Endpoint; 2], ids: &[String], row: &Row<'_>) {
+    use concord::stream::client::{Client, SpdyCommand};
     let exec_url = |side: usize| {
         let (e, id) = (sides[side], ids[side].clone());
         async move {
@@ -412,7 +421,10 @@ async fn streaming_section(a: &Args, reference: &Endpoint, concord: &Endpoint, r
         }
     }
     row("Exec echo hi (SPDY/3.1 v4)", &mut r, &mut c);
-    // Port-forward: 64 MiB through one connection, three times each, over each protocol.
+}
+
+/// Port-forward: 64 MiB through one connection, three times each, over each protocol.
+async fn port_forward_rows(sides: [&Endpoint; 2], pods: &[Pod]) {
     let pf_url = |side: usize| {
         let (e, pod) = (sides[side], pods[side].0.clone());
         async move {
@@ -432,47 +444,10 @@ async fn streaming_section(a: &Args, reference: &Endpoint, concord: &Endpoint, r
     for _ in 0..3 {
         for side in 0..2 {
             let url = pf_url(side).await;
-            let mut client = Client::connect(&url, &["v4.channel.k8s.io"])
-                .await
-                .unwrap()
-                .unwrap_or_else(|refused| panic!("port-forward upgrade refused: {refused:?}"));
-            let t = Instant::now();
-            client.send(0, b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
-            let mut bytes = 0usize;
-            while let Ok(Some((channel, data))) = client.recv().await {
-                if channel == 0 {
-                    bytes += data.len();
-                }
-                if bytes >= 64 << 20 {
-                    break;
-                }
-            }
-            let secs = t.elapsed().as_secs_f64();
-            mbps[side].push(bytes as f64 / secs / 1e6);
+            mbps[side].push(websocket_mbps(&url).await);
 
             let url = pf_url(side).await;
-            let client = SpdyClient::connect(&url, &["portforward.k8s.io"])
-                .await
-                .unwrap()
-                .unwrap_or_else(|refused| panic!("port-forward upgrade refused: {refused:?}"));
-            let t = Instant::now();
-            let headers = |kind| [("streamType", kind), ("port", "8080"), ("requestID", "0")];
-            let _err = client.open(&headers("error")).await.unwrap();
-            let mut data = client.open(&headers("data")).await.unwrap();
-            data.writer()
-                .write(b"GET /big HTTP/1.0\r\n\r\n")
-                .await
-                .unwrap();
-            let mut bytes = 0usize;
-            while let Some(d) = data.read().await {
-                bytes += d.len();
-                if bytes >= 64 << 20 {
-                    break;
-                }
-            }
-            let secs = t.elapsed().as_secs_f64();
-            spdy_mbps[side].push(bytes as f64 / secs / 1e6);
-            client.conn.close().await;
+            spdy_mbps[side].push(spdy_mbps_of(&url).await);
         }
     }
     let med = |v: &mut Vec<f64>| {
@@ -486,9 +461,55 @@ async fn streaming_section(a: &Args, reference: &Endpoint, concord: &Endpoint, r
             cm / rm
         );
     }
-    for (e, pod) in sides.iter().zip(pods) {
-        remove_pod(e, pod.0).await;
+}
+
+/// Port-forward throughput over WebSocket: 64 MiB from the pod's httpd through one connection.
+async fn websocket_mbps(url: &str) -> f64 {
+    use concord::stream::client::Client;
+    let mut client = Client::connect(url, &["v4.channel.k8s.io"])
+        .await
+        .unwrap()
+        .unwrap_or_else(|refused| panic!("port-forward upgrade refused: {refused:?}"));
+    let t = Instant::now();
+    client.send(0, b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut bytes = 0usize;
+    while let Ok(Some((channel, data))) = client.recv().await {
+        if channel == 0 {
+            bytes += data.len();
+        }
+        if bytes >= 64 << 20 {
+            break;
+        }
     }
+    let secs = t.elapsed().as_secs_f64();
+    bytes as f64 / secs / 1e6
+}
+
+/// Port-forward throughput over SPDY/3.1: the same 64 MiB.
+async fn spdy_mbps_of(url: &str) -> f64 {
+    use concord::stream::client::SpdyClient;
+    let client = SpdyClient::connect(url, &["portforward.k8s.io"])
+        .await
+        .unwrap()
+        .unwrap_or_else(|refused| panic!("port-forward upgrade refused: {refused:?}"));
+    let t = Instant::now();
+    let headers = |kind| [("streamType", kind), ("port", "8080"), ("requestID", "0")];
+    let _err = client.open(&headers("error")).await.unwrap();
+    let mut data = client.open(&headers("data")).await.unwrap();
+    data.writer()
+        .write(b"GET /big HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut bytes = 0usize;
+    while let Some(d) = data.read().await {
+        bytes += d.len();
+        if bytes >= 64 << 20 {
+            break;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    client.conn.close().await;
+    bytes as f64 / secs / 1e6
 }
 
 /// Prints one table row from the two sides' samples.
