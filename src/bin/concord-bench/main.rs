@@ -226,15 +226,7 @@ async fn many_pods(e: &Endpoint, n: usize, round: usize) -> Duration {
     let ids = futures::future::join_all(runs).await;
     let took = t.elapsed();
     for id in ids {
-        let mut rt = e.rt.clone();
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await
-            .unwrap();
+        remove_pod(e, id).await;
     }
     took
 }
