@@ -196,21 +196,34 @@ impl SandboxReconciler {
         // The first start of a sandbox this process recorded skips the checks for (and the undoing
         // of) what an earlier attempt would have left.
         let first = self.attempts.first(&rec.id);
+        // The pause task joins the netns: its create waits for the netns, not for CNI ADD.
+        let (netns_made, netns_ready) = tokio::sync::oneshot::channel();
         let pause = async {
             let mounts = self.pause_container(rec, first).await?;
+            if netns_ready.await.is_err() {
+                // The network half failed; try_join answers its error.
+                return Err(Self::err(
+                    &rec.id,
+                    "creating the network namespace",
+                    "failed",
+                ));
+            }
             self.start_pause(&rec.id, mounts, first).await
         };
-        futures::future::try_join(self.attach_network(rec, first), pause).await
+        futures::future::try_join(self.attach_network(rec, first, netns_made), pause).await
     }
 
-    /// The pod's netns and its CNI ADD; answers the pod's IPs (none on the node's network).
+    /// The pod's netns (`netns_made` fires once it exists) and its CNI ADD; answers the pod's
+    /// IPs (none on the node's network).
     async fn attach_network(
         &self,
         rec: &SandboxRecord,
         first: bool,
+        netns_made: tokio::sync::oneshot::Sender<()>,
     ) -> Result<Vec<String>, ReconcileError> {
         let id = rec.id.as_str();
         let Some(path) = &rec.netns_path else {
+            let _ = netns_made.send(());
             return Ok(Vec::new());
         };
         let path = PathBuf::from(path);
@@ -226,6 +239,7 @@ impl SandboxReconciler {
             .map_err(|e| Self::err(id, "creating the network namespace", e))?
             .map_err(|e| Self::err(id, "creating the network namespace", e))?;
         }
+        let _ = netns_made.send(());
         let net = match self.network.status() {
             NetworkStatus::Ready(n) => n,
             NetworkStatus::NotReady(why) => {
