@@ -10,6 +10,27 @@ pub mod clock;
 pub mod config;
 pub mod containerd;
 pub mod crash;
+/// The CRI v1 API of Kubernetes 1.36 (proto/runtime/v1/api.proto, cri-api v0.36.3): messages,
+/// the RuntimeService and ImageService servers and clients.
+pub mod cri {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("runtime.v1");
+
+    /// api.proto marks the credentials `debug_redact` (build.rs): shown as set or empty only.
+    impl std::fmt::Debug for AuthConfig {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let redact = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+            f.debug_struct("AuthConfig")
+                .field("username", &self.username)
+                .field("password", &redact(&self.password))
+                .field("auth", &redact(&self.auth))
+                .field("server_address", &self.server_address)
+                .field("identity_token", &redact(&self.identity_token))
+                .field("registry_token", &redact(&self.registry_token))
+                .finish()
+        }
+    }
+}
 pub mod daemon;
 pub mod events;
 pub mod exec;

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{eventually, Daemon, OwnContainerd};
-use k8s_cri::v1 as cri;
+use concord::cri;
 
 async fn runtime_ready(d: &Daemon) -> bool {
     let s = d

@@ -10,7 +10,7 @@ use common::{
     container_config, container_status, eventually, exec_out, pod, pod_daemon, pull_ok, remove_pod,
     start_container, Daemon, Pod, Unmount,
 };
-use k8s_cri::v1 as cri;
+use concord::cri;
 use nix::mount::MsFlags;
 
 /// A busybox container running `script` with sh, logging to `<name>.log`, labelled app=name.
@@ -1118,7 +1118,7 @@ async fn container_events_stream_each_step_and_a_slow_reader_only_loses_its_own(
         .into_inner();
     // A subscriber that never reads (until the end), on a connection whose flow-control window
     // lets little more than one event through.
-    let mut slow = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(
+    let mut slow = concord::cri::runtime_service_client::RuntimeServiceClient::new(
         concord::uds::connect_windowed(&d.socket, 16 * 1024)
             .await
             .unwrap(),

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, Daemon};
-use k8s_cri::v1 as cri;
+use concord::cri;
 
 #[tokio::test]
 async fn version_and_status_answer_over_the_socket() {

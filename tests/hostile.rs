@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::{
     container_config, create_container, remove_pod, rss_kb, run_container, run_pod, Daemon, Unmount,
 };
-use k8s_cri::v1 as cri;
+use concord::cri;
 use sha2::{Digest, Sha256};
 
 /// One entry of an image layer.

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use common::{
     bearer_front, fault_proxy, namespace_counts, pull, pull_with_auth, registry, Daemon, Fault,
 };
-use k8s_cri::v1 as cri;
+use concord::cri;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_faults_fail_clearly_and_leave_nothing_behind() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{eventually, hosts_dir, namespace_counts, pull, registry, Daemon};
 use concord::containerd::Containerd;
-use k8s_cri::v1 as cri;
+use concord::cri;
 
 async fn daemon() -> Daemon {
     let mut d = Daemon::new();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Daemon;
-use k8s_cri::v1 as cri;
+use concord::cri;
 
 fn update(cidr: String) -> cri::UpdateRuntimeConfigRequest {
     cri::UpdateRuntimeConfigRequest {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{container_config, pod_base, pod_flags, pull_ok, run_pod, Daemon, OwnContainerd};
-use k8s_cri::v1 as cri;
+use concord::cri;
 
 fn config(n: u32) -> cri::PodSandboxConfig {
     pod_base(&format!("crash-{n}"))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{
     container_config, eventually, pod_base, pod_flags, pull_ok, remove_pod, run_pod, Daemon,
 };
-use k8s_cri::v1 as cri;
+use concord::cri;
 
 async fn daemon() -> Daemon {
     daemon_with(Daemon::new()).await

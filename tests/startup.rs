@@ -31,9 +31,9 @@ async fn a_journal_damaged_after_a_crash_is_refused_and_left_untouched() {
     d.start().await;
     let mut rt = d.runtime().await;
     for n in 0..20 {
-        rt.update_runtime_config(k8s_cri::v1::UpdateRuntimeConfigRequest {
-            runtime_config: Some(k8s_cri::v1::RuntimeConfig {
-                network_config: Some(k8s_cri::v1::NetworkConfig {
+        rt.update_runtime_config(concord::cri::UpdateRuntimeConfigRequest {
+            runtime_config: Some(concord::cri::RuntimeConfig {
+                network_config: Some(concord::cri::NetworkConfig {
                     pod_cidr: format!("10.7.{n}.0/24"),
                 }),
             }),

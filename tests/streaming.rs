@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{
     container_config, eventually, exec_out, pod_config, pull_ok, remove_pod, Daemon, Pod,
 };
+use concord::cri;
 use concord::stream::client::{Client, SpdyClient, SpdyCommand};
-use k8s_cri::v1 as cri;
 
 async fn daemon() -> Daemon {
     daemon_with(&[]).await

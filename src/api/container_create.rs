@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use super::{ApiError, Server};
 use crate::journal::{container_name, ContainerDesired, Event, ObjectKey};

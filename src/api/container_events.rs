@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::cri;
 use futures::StreamExt;
-use k8s_cri::v1 as cri;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{container_status, sandbox_status, EventStream, Server};

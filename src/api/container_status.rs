@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use super::{ApiError, Server};
 use crate::journal::{ContainerRecord, ObjectKey};
@@ -118,6 +118,7 @@ pub(super) fn status_of(c: &ContainerRecord) -> cri::ContainerStatus {
         annotations: c.config.annotations.clone(),
         mounts: c.config.mounts.clone(),
         log_path: c.log_path.clone(),
+        stop_signal: 0,
         resources: Some(cri::ContainerResources {
             linux: Some(
                 c.config

@@ -1,6 +1,6 @@
 //! ImageFsInfo: the snapshot syncer's last measurement (never computed during the call).
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use super::{ApiError, Server};
 

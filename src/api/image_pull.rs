@@ -1,6 +1,6 @@
 //! PullImage: pull (or join a pull already running) and answer the image id.
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use super::{ApiError, Server};
 use crate::image::Credentials;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use super::{ApiError, Server};
 use crate::image::ImageError;

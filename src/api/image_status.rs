@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use super::{ApiError, Server};
 use crate::image::ImageRecord;

@@ -15,6 +15,7 @@ mod image_remove;
 mod image_status;
 mod instrument;
 mod introspect;
+mod list_stream;
 mod not_yet;
 mod runtime_config;
 mod sandbox_run;
@@ -31,7 +32,7 @@ pub use instrument::{deadline_of, Gate, DEFAULT_DEADLINE};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -43,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::proto;
 use crate::reconcile::Controller;
-use not_yet::Capability::Checkpoint;
+use not_yet::Capability::{Checkpoint, PodResize};
 
 /// The full id from an id or a unique prefix of a key of `map`; None when none matches.
 /// `field` and `kind` name the request field and the object in errors.
@@ -439,6 +440,78 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     ) -> Res<cri::CheckpointContainerResponse> {
         self.0.not_yet("CheckpointContainer", Checkpoint).await
     }
+    type StreamPodSandboxesStream = list_stream::ListStream<cri::StreamPodSandboxesResponse>;
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Res<Self::StreamPodSandboxesStream> {
+        self.0
+            .instrument(
+                "StreamPodSandboxes",
+                Gate::None,
+                self.0.stream_pod_sandboxes(r.into_inner()),
+            )
+            .await
+    }
+    type StreamContainersStream = list_stream::ListStream<cri::StreamContainersResponse>;
+    async fn stream_containers(
+        &self,
+        r: Request<cri::StreamContainersRequest>,
+    ) -> Res<Self::StreamContainersStream> {
+        self.0
+            .instrument(
+                "StreamContainers",
+                Gate::None,
+                self.0.stream_containers(r.into_inner()),
+            )
+            .await
+    }
+    type StreamContainerStatsStream = list_stream::ListStream<cri::StreamContainerStatsResponse>;
+    async fn stream_container_stats(
+        &self,
+        r: Request<cri::StreamContainerStatsRequest>,
+    ) -> Res<Self::StreamContainerStatsStream> {
+        self.0
+            .instrument(
+                "StreamContainerStats",
+                Gate::None,
+                self.0.stream_container_stats(r.into_inner()),
+            )
+            .await
+    }
+    type StreamPodSandboxStatsStream = list_stream::ListStream<cri::StreamPodSandboxStatsResponse>;
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Res<Self::StreamPodSandboxStatsStream> {
+        self.0
+            .instrument(
+                "StreamPodSandboxStats",
+                Gate::None,
+                self.0.stream_pod_sandbox_stats(r.into_inner()),
+            )
+            .await
+    }
+    type StreamPodSandboxMetricsStream =
+        list_stream::ListStream<cri::StreamPodSandboxMetricsResponse>;
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        r: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Res<Self::StreamPodSandboxMetricsStream> {
+        self.0
+            .instrument(
+                "StreamPodSandboxMetrics",
+                Gate::None,
+                self.0.stream_pod_sandbox_metrics(r.into_inner()),
+            )
+            .await
+    }
+    async fn update_pod_sandbox_resources(
+        &self,
+        _: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Res<cri::UpdatePodSandboxResourcesResponse> {
+        self.0.not_yet("UpdatePodSandboxResources", PodResize).await
+    }
     async fn exec(&self, r: Request<cri::ExecRequest>) -> Res<cri::ExecResponse> {
         self.0
             .instrument("Exec", Gate::None, self.0.exec(r.into_inner()))
@@ -465,6 +538,19 @@ impl cri::runtime_service_server::RuntimeService for Cri {
 
 #[tonic::async_trait]
 impl cri::image_service_server::ImageService for Cri {
+    type StreamImagesStream = list_stream::ListStream<cri::StreamImagesResponse>;
+    async fn stream_images(
+        &self,
+        r: Request<cri::StreamImagesRequest>,
+    ) -> Res<Self::StreamImagesStream> {
+        self.0
+            .instrument(
+                "StreamImages",
+                Gate::None,
+                self.0.stream_images(r.into_inner()),
+            )
+            .await
+    }
     async fn list_images(
         &self,
         r: Request<cri::ListImagesRequest>,

@@ -2,7 +2,7 @@
 //! ListMetricDescriptors and ListPodSandboxMetrics: answered from the stats collector's last
 //! collection and the journal's state, never from a round trip per object.
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use super::container_status::selected;
 use super::{ApiError, Server};
@@ -128,6 +128,7 @@ fn cpu(u: &Usage) -> cri::CpuUsage {
         usage_core_nano_seconds: u64v(u.counters.cpu_ns),
         // The first sample of a container has no rate yet: 0, as containerd.
         usage_nano_cores: u64v(u.nano_cores.unwrap_or(0)),
+        psi: None,
     }
 }
 
@@ -146,6 +147,7 @@ fn memory(u: &Usage) -> cri::MemoryUsage {
         rss_bytes: u64v(c.rss),
         page_faults: u64v(c.page_faults),
         major_page_faults: u64v(c.major_page_faults),
+        psi: None,
     }
 }
 
@@ -177,6 +179,7 @@ fn container_stats(c: &ContainerRecord, last: &Collected) -> cri::ContainerStats
                 inodes_used: u64v(inodes),
             }),
         swap: None,
+        io: None,
     }
 }
 
@@ -221,6 +224,7 @@ fn sandbox_stats(s: &SandboxRecord, state: &State, last: &Collected) -> cri::Pod
             containers: pod_containers(s, state)
                 .map(|c| container_stats(c, last))
                 .collect(),
+            io: None,
         }),
         windows: None,
     }

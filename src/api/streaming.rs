@@ -1,7 +1,7 @@
 //! Exec, Attach and PortForward: the request is checked, parked under a single-use token on the
 //! streaming server, and its URL answered (kubelet proxies the client there).
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use super::{ApiError, Server};
 use crate::stream::Session;

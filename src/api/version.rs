@@ -1,6 +1,6 @@
 //! Version: runtime name, version and CRI API version.
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use super::{ApiError, Server};
 

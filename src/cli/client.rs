@@ -19,9 +19,9 @@ async fn connect(config: &Config) -> anyhow::Result<tonic::transport::Channel> {
 async fn runtime_client(
     config: &Config,
 ) -> anyhow::Result<
-    k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    concord::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
 > {
-    Ok(k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(connect(config).await?))
+    Ok(concord::cri::runtime_service_client::RuntimeServiceClient::new(connect(config).await?))
 }
 
 /// A failed RPC, as the daemon explains it.
@@ -47,8 +47,8 @@ pub async fn load(config: &Config, file: PathBuf) -> anyhow::Result<()> {
 }
 
 pub async fn pull(config: &Config, image: String) -> anyhow::Result<()> {
-    use k8s_cri::v1::image_service_client::ImageServiceClient;
-    use k8s_cri::v1::{ImageSpec, PullImageRequest};
+    use concord::cri::image_service_client::ImageServiceClient;
+    use concord::cri::{ImageSpec, PullImageRequest};
     let mut client = ImageServiceClient::new(connect(config).await?);
     let r = client
         .pull_image(PullImageRequest {
@@ -66,10 +66,10 @@ pub async fn pull(config: &Config, image: String) -> anyhow::Result<()> {
 }
 
 pub async fn list_images(config: &Config) -> anyhow::Result<()> {
-    use k8s_cri::v1::image_service_client::ImageServiceClient;
+    use concord::cri::image_service_client::ImageServiceClient;
     let mut client = ImageServiceClient::new(connect(config).await?);
     let r = client
-        .list_images(k8s_cri::v1::ListImagesRequest::default())
+        .list_images(concord::cri::ListImagesRequest::default())
         .await
         .map_err(rpc_error)?
         .into_inner();
@@ -95,7 +95,7 @@ pub async fn run_pod(
     publish: Vec<String>,
     handler: String,
 ) -> anyhow::Result<()> {
-    use k8s_cri::v1 as cri;
+    use concord::cri;
     let mut port_mappings = Vec::new();
     for p in &publish {
         let (host, container) = p
@@ -133,7 +133,7 @@ pub async fn run_pod(
 }
 
 pub async fn pods(config: &Config) -> anyhow::Result<()> {
-    use k8s_cri::v1 as cri;
+    use concord::cri;
     let mut client = runtime_client(config).await?;
     let items = client
         .list_pod_sandbox(cri::ListPodSandboxRequest::default())
@@ -177,7 +177,7 @@ pub async fn run_container(
     image: String,
     command: Vec<String>,
 ) -> anyhow::Result<()> {
-    use k8s_cri::v1 as cri;
+    use concord::cri;
     let mut client = runtime_client(config).await?;
     let id = client
         .create_container(cri::CreateContainerRequest {
@@ -212,7 +212,7 @@ pub async fn run_container(
 }
 
 pub async fn containers(config: &Config) -> anyhow::Result<()> {
-    use k8s_cri::v1 as cri;
+    use concord::cri;
     let mut client = runtime_client(config).await?;
     let list = client
         .list_containers(cri::ListContainersRequest::default())
@@ -241,7 +241,7 @@ pub async fn containers(config: &Config) -> anyhow::Result<()> {
 }
 
 pub async fn pod_op(config: &Config, id: String, remove: bool) -> anyhow::Result<()> {
-    use k8s_cri::v1 as cri;
+    use concord::cri;
     let mut client = runtime_client(config).await?;
     let r = if remove {
         client
@@ -258,8 +258,8 @@ pub async fn pod_op(config: &Config, id: String, remove: bool) -> anyhow::Result
 }
 
 pub async fn status(config: &Config) -> anyhow::Result<()> {
-    use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-    use k8s_cri::v1::{StatusRequest, VersionRequest};
+    use concord::cri::runtime_service_client::RuntimeServiceClient;
+    use concord::cri::{StatusRequest, VersionRequest};
     let mut client = RuntimeServiceClient::new(connect(config).await?);
     let v = client
         .version(VersionRequest::default())

@@ -405,8 +405,8 @@ async fn serve(
         stopping: stops.serve.clone(),
     }));
     let server = tonic::transport::Server::builder()
-        .add_service(k8s_cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone()))
-        .add_service(k8s_cri::v1::image_service_server::ImageServiceServer::new(
+        .add_service(crate::cri::runtime_service_server::RuntimeServiceServer::new(cri.clone()))
+        .add_service(crate::cri::image_service_server::ImageServiceServer::new(
             cri.clone(),
         ))
         .add_service(proto::images_server::ImagesServer::new(cri.clone()))

@@ -43,7 +43,7 @@ impl Credentials {
     }
 
     /// From CRI's AuthConfig (`auth` is base64 `user:password`).
-    pub fn from_cri(a: &k8s_cri::v1::AuthConfig) -> Result<Credentials, String> {
+    pub fn from_cri(a: &crate::cri::AuthConfig) -> Result<Credentials, String> {
         let mut c = Credentials {
             username: a.username.clone(),
             password: a.password.clone(),
@@ -610,7 +610,7 @@ mod tests {
 
     #[test]
     fn cri_auth_field_decodes_to_user_and_password() {
-        let a = k8s_cri::v1::AuthConfig {
+        let a = crate::cri::AuthConfig {
             auth: base64::engine::general_purpose::STANDARD.encode("alice:s3cret"),
             ..Default::default()
         };
@@ -619,7 +619,7 @@ mod tests {
             (c.username.as_str(), c.password.as_str()),
             ("alice", "s3cret")
         );
-        let bad = k8s_cri::v1::AuthConfig {
+        let bad = crate::cri::AuthConfig {
             auth: "!!".into(),
             ..Default::default()
         };

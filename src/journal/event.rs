@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// Something concord recorded: an intent from the CRI API or a fact the loop observed that must
-/// survive a restart. Serialized as JSON tagged by `type`; unknown types stop the replay.
+/// survive a restart. Serialized as JSON tagged by `type` (the CRI messages in it as protobuf:
+/// [`super::codec`]); unknown types stop the replay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum Event {
@@ -19,7 +20,8 @@ pub enum Event {
     /// create): the id (containerd container, snapshot key and CNI container id), the netns path.
     SandboxRequested {
         id: String,
-        config: Box<k8s_cri::v1::PodSandboxConfig>,
+        #[serde(with = "super::codec::cri_bytes")]
+        config: Box<crate::cri::PodSandboxConfig>,
         runtime_handler: String,
         netns_path: Option<String>,
         created_at: i64,
@@ -46,7 +48,8 @@ pub enum Event {
     ContainerRequested {
         id: String,
         sandbox_id: String,
-        config: Box<k8s_cri::v1::ContainerConfig>,
+        #[serde(with = "super::codec::cri_bytes")]
+        config: Box<crate::cri::ContainerConfig>,
         /// Image id (sha256:...) and the name asked for.
         image_id: String,
         image_name: String,
@@ -78,7 +81,8 @@ pub enum Event {
     /// UpdateContainerResources: the new limits (applied to a running task by the loop).
     ContainerResourcesUpdated {
         id: String,
-        resources: Box<k8s_cri::v1::LinuxContainerResources>,
+        #[serde(with = "super::codec::cri_bytes")]
+        resources: Box<crate::cri::LinuxContainerResources>,
     },
     /// StopContainer with this grace period, asked at `requested_at` (ns since the epoch; 0 in
     /// journals written before it was recorded).
@@ -112,7 +116,8 @@ pub enum ContainerDesired {
 pub struct ContainerRecord {
     pub id: String,
     pub sandbox_id: String,
-    pub config: Box<k8s_cri::v1::ContainerConfig>,
+    #[serde(with = "super::codec::cri_bytes")]
+    pub config: Box<crate::cri::ContainerConfig>,
     pub image_id: String,
     pub image_name: String,
     pub log_path: String,
@@ -154,7 +159,7 @@ impl ContainerRecord {
     fn requested(
         id: &str,
         sandbox_id: &str,
-        config: &k8s_cri::v1::ContainerConfig,
+        config: &crate::cri::ContainerConfig,
         image_id: &str,
         image_name: &str,
         log_path: &str,
@@ -223,7 +228,7 @@ impl ContainerRecord {
     }
 
     /// UpdateContainerResources: the new limits replace the config's.
-    fn update_resources(&mut self, resources: &k8s_cri::v1::LinuxContainerResources) {
+    fn update_resources(&mut self, resources: &crate::cri::LinuxContainerResources) {
         self.config
             .linux
             .get_or_insert_with(Default::default)
@@ -233,8 +238,8 @@ impl ContainerRecord {
     }
 
     /// CRI state: created, running or exited.
-    pub fn cri_state(&self) -> k8s_cri::v1::ContainerState {
-        use k8s_cri::v1::ContainerState;
+    pub fn cri_state(&self) -> crate::cri::ContainerState {
+        use crate::cri::ContainerState;
         if self.finished_at != 0 {
             ContainerState::ContainerExited
         } else if self.started_at != 0 {
@@ -257,7 +262,7 @@ fn intent<D: Copy>(desired: &mut D, generation: &mut u64, allowed: impl FnOnce(D
 }
 
 /// The name kubelet reserves a container under within its pod.
-pub fn container_name(sandbox_id: &str, m: &k8s_cri::v1::ContainerMetadata) -> String {
+pub fn container_name(sandbox_id: &str, m: &crate::cri::ContainerMetadata) -> String {
     format!("{}_{}_{}", m.name, sandbox_id, m.attempt)
 }
 
@@ -278,7 +283,8 @@ pub enum SandboxDesired {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxRecord {
     pub id: String,
-    pub config: Box<k8s_cri::v1::PodSandboxConfig>,
+    #[serde(with = "super::codec::cri_bytes")]
+    pub config: Box<crate::cri::PodSandboxConfig>,
     pub runtime_handler: String,
     pub netns_path: Option<String>,
     pub created_at: i64,
@@ -296,7 +302,7 @@ impl SandboxRecord {
     /// The record a SandboxRequested starts: to be ready, nothing observed yet.
     fn requested(
         id: &str,
-        config: &k8s_cri::v1::PodSandboxConfig,
+        config: &crate::cri::PodSandboxConfig,
         runtime_handler: &str,
         netns_path: &Option<String>,
         created_at: i64,
@@ -344,7 +350,7 @@ impl SandboxRecord {
 }
 
 /// The name kubelet reserves a sandbox under: one per metadata.
-pub fn sandbox_name(m: &k8s_cri::v1::PodSandboxMetadata) -> String {
+pub fn sandbox_name(m: &crate::cri::PodSandboxMetadata) -> String {
     format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
 }
 

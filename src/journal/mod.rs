@@ -5,6 +5,7 @@
 //! state to readers (who never wait for it) and only then acknowledges: an acknowledged event is
 //! on disk. After `compact_after` events the history is replaced by a snapshot.
 
+mod codec;
 mod event;
 mod store;
 mod writer;

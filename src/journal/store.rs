@@ -13,10 +13,14 @@ use redb::{
     ReadableTableMetadata, TableDefinition,
 };
 
+use super::codec::schema1;
 use super::event::{Event, State};
 
-/// Schema version this build writes and reads.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Schema version this build writes (and reads). Schema 1 (CRI messages as k8s-cri serde JSON)
+/// is read too, and migrated to this one at open ([`super::codec::schema1`]).
+pub const SCHEMA_VERSION: u64 = 2;
+/// The oldest schema this build migrates.
+const SCHEMA_V1: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -147,6 +151,10 @@ impl Journal {
                 detail,
             })
         })?;
+        let folded = match folded.version {
+            SCHEMA_V1 => migrate(path, folded)?,
+            _ => folded,
+        };
         let db = Database::open(path).map_err(|e| open_error(path, e))?;
         let journal = Journal {
             path: path.to_owned(),
@@ -309,6 +317,8 @@ struct Folded {
     last_seq: u64,
     snapshot_seq: u64,
     replayed: u64,
+    /// The schema the file was written in.
+    version: u64,
 }
 
 /// Runs `f` on the journal opened without modifying it: read-only when the file is clean, else on
@@ -376,7 +386,7 @@ fn fold(path: &Path, db: &dyn ReadableDatabase) -> Result<Folded, JournalError> 
             supported: SCHEMA_VERSION,
         });
     }
-    if version != SCHEMA_VERSION {
+    if version != SCHEMA_VERSION && version != SCHEMA_V1 {
         return Err(JournalError::UnknownSchema {
             path: path.to_owned(),
             found: version,
@@ -394,7 +404,7 @@ fn fold(path: &Path, db: &dyn ReadableDatabase) -> Result<Folded, JournalError> 
         .get(KEY_STATE)
         .map_err(|e| corrupt(e.to_string()))?
     {
-        Some(bytes) => serde_json::from_slice::<State>(bytes.value())
+        Some(bytes) => decode::<State>(version, bytes.value(), schema1::upgrade_state)
             .map_err(|e| corrupt(format!("snapshot does not decode: {e}")))?,
         None => State::default(),
     };
@@ -406,7 +416,7 @@ fn fold(path: &Path, db: &dyn ReadableDatabase) -> Result<Folded, JournalError> 
     for row in events.iter().map_err(|e| corrupt(e.to_string()))? {
         let (k, v) = row.map_err(|e| corrupt(e.to_string()))?;
         let seq = k.value();
-        let event: Event = serde_json::from_slice(v.value())
+        let event: Event = decode(version, v.value(), schema1::upgrade_event)
             .map_err(|e| corrupt(format!("event {seq} does not decode: {e}")))?;
         state.apply(seq, &event);
         last_seq = seq;
@@ -417,7 +427,67 @@ fn fold(path: &Path, db: &dyn ReadableDatabase) -> Result<Folded, JournalError> 
         last_seq,
         snapshot_seq,
         replayed,
+        version,
     })
+}
+
+/// Rewrites a folded schema-1 journal as schema 2: the state as the snapshot of a new file, which
+/// then replaces the old one (kept beside it as `<name>.schema1`). A crash before the rename
+/// leaves the old journal in place, migrated again at the next start; after it, the new one.
+fn migrate(path: &Path, folded: Folded) -> Result<Folded, JournalError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| JournalError::Io { path, source }
+    };
+    let mut state = folded.state;
+    state.seq = folded.last_seq;
+    let fresh = path.with_extension("redb.schema2");
+    let backup = path.with_extension("redb.schema1");
+    if fresh.exists() {
+        std::fs::remove_file(&fresh).map_err(io(&fresh))?;
+    }
+    let (mut journal, _, _) = Journal::create(&fresh)?;
+    journal.last_seq = state.seq;
+    journal.compact(&state)?;
+    drop(journal);
+    if backup.exists() {
+        std::fs::remove_file(&backup).map_err(io(&backup))?;
+    }
+    std::fs::hard_link(path, &backup).map_err(io(&backup))?;
+    std::fs::rename(&fresh, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    tracing::info!(
+        journal = %path.display(),
+        backup = %backup.display(),
+        seq = state.seq,
+        sandboxes = state.sandboxes.len(),
+        containers = state.containers.len(),
+        "migrated the journal from schema {SCHEMA_V1} to {SCHEMA_VERSION}; the old file is kept as the backup"
+    );
+    Ok(Folded {
+        last_seq: state.seq,
+        snapshot_seq: state.seq,
+        replayed: 0,
+        version: SCHEMA_VERSION,
+        state,
+    })
+}
+
+/// Decodes a stored value of schema `version` (schema 1 through its upgrade to schema 2's JSON).
+fn decode<T: serde::de::DeserializeOwned>(
+    version: u64,
+    bytes: &[u8],
+    upgrade: fn(&[u8]) -> Result<serde_json::Value, String>,
+) -> Result<T, String> {
+    if version == SCHEMA_V1 {
+        serde_json::from_value(upgrade(bytes)?).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
 }
 
 fn open_error(path: &Path, e: DatabaseError) -> JournalError {
@@ -469,6 +539,162 @@ mod tests {
 
     fn sha(path: &Path) -> Vec<u8> {
         std::fs::read(path).unwrap()
+    }
+
+    fn fixture(dir: &Path) -> PathBuf {
+        let path = dir.join("journal.redb");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journal-schema1.redb");
+        std::fs::copy(src, &path).unwrap();
+        path
+    }
+
+    fn schema_of(path: &Path) -> u64 {
+        let db = ReadOnlyDatabase::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let v = txn
+            .open_table(META)
+            .unwrap()
+            .get(KEY_SCHEMA)
+            .unwrap()
+            .unwrap()
+            .value();
+        v
+    }
+
+    #[test]
+    fn a_schema1_journal_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fixture(dir.path());
+        let original = sha(&path);
+        assert_eq!(schema_of(&path), 1);
+        let (j, state, info) = Journal::open(&path).unwrap();
+        drop(j);
+        // What crictl made with the schema-1 release (tests/fixtures/README.md).
+        assert_eq!(state.sandboxes.len(), 1, "{:?}", state.sandboxes.keys());
+        let pod = state.sandboxes.values().next().unwrap();
+        let meta = pod.config.metadata.as_ref().unwrap();
+        assert_eq!(
+            (meta.name.as_str(), meta.namespace.as_str()),
+            ("fixture", "schema1")
+        );
+        assert_eq!(pod.config.annotations["note"], "schema-1 journal fixture ü");
+        assert_eq!(
+            pod.configured_cgroup_parent(),
+            "/kubepods/besteffort/podu-1"
+        );
+        assert!(pod.ready(), "{pod:?}");
+        assert_eq!(pod.ips.len(), 1);
+        assert_eq!(state.containers.len(), 2);
+        let by_name = |n: &str| {
+            state
+                .containers
+                .values()
+                .find(|c| c.config.metadata.as_ref().unwrap().name == n)
+                .unwrap()
+                .clone()
+        };
+        let app = by_name("app");
+        let env: Vec<_> = app
+            .config
+            .envs
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_slice()))
+            .collect();
+        assert!(
+            env.contains(&("UNICODE", "héllo wörld".as_bytes())),
+            "{env:?}"
+        );
+        assert!(env.contains(&("EMPTY", b"".as_slice())));
+        assert_eq!(app.config.mounts[0].container_path, "/data");
+        assert!(app.resources_updated);
+        let resources = app
+            .config
+            .linux
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap();
+        assert_eq!(resources.memory_limit_in_bytes, 134217728);
+        // (crictl update sends the whole resources: the CPU quota went with it.)
+        assert_eq!(resources.cpu_quota, 0);
+        let side = by_name("side");
+        let side_resources = side
+            .config
+            .linux
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap();
+        assert_eq!(side_resources.cpu_quota, 50000);
+        assert_eq!(
+            app.cri_state(),
+            crate::cri::ContainerState::ContainerRunning
+        );
+        assert_eq!(
+            by_name("side").cri_state(),
+            crate::cri::ContainerState::ContainerExited
+        );
+        assert!(state.sandbox_names.contains_key("fixture_schema1_u-1_0"));
+        assert!(!state.sandbox_names.contains_key("fixture2_schema1_u-2_0"));
+        // The new file is schema 2 and holds it all as its snapshot; the old one is kept.
+        assert_eq!(schema_of(&path), SCHEMA_VERSION);
+        assert_eq!(info.replayed, 0);
+        assert_eq!(sha(&path.with_extension("redb.schema1")), original);
+        assert!(!path.with_extension("redb.schema2").exists());
+        let (j, again, info) = Journal::open(&path).unwrap();
+        assert_eq!((info.replayed, info.snapshot_seq), (0, state.seq));
+        assert_eq!(j.last_seq(), state.seq);
+        assert_eq!(again, state);
+        assert_eq!(sha(&path.with_extension("redb.schema1")), original);
+    }
+
+    #[test]
+    fn a_migration_cut_short_is_done_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fixture(dir.path());
+        // A crash left a half-made new file (and no rename): the old journal is still the one.
+        std::fs::write(path.with_extension("redb.schema2"), b"half").unwrap();
+        let (_, state, _) = Journal::open(&path).unwrap();
+        assert_eq!(state.containers.len(), 2);
+        assert_eq!(schema_of(&path), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn cri_messages_are_stored_as_protobuf() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let (mut j, _, _) = Journal::open(&path).unwrap();
+        let config = crate::cri::PodSandboxConfig {
+            hostname: "h".into(),
+            ..Default::default()
+        };
+        let ev = Event::SandboxRequested {
+            id: "s".into(),
+            config: Box::new(config.clone()),
+            runtime_handler: String::new(),
+            netns_path: None,
+            created_at: 1,
+        };
+        j.append(std::slice::from_ref(&ev)).unwrap();
+        drop(j);
+        let db = ReadOnlyDatabase::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let stored: serde_json::Value = serde_json::from_slice(
+            txn.open_table(EVENTS)
+                .unwrap()
+                .get(1)
+                .unwrap()
+                .unwrap()
+                .value(),
+        )
+        .unwrap();
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(stored["config"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(bytes, prost::Message::encode_to_vec(&config));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! from the node's pod CIDR. A plugin gets only the capabilities its config declares
 //! (`network::cni`).
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use serde_json::{json, Map, Value};
 
 use crate::network::bandwidth;

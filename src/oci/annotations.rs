@@ -35,7 +35,7 @@ pub fn allowed(patterns: &[String], all: &HashMap<String, String>) -> BTreeMap<S
 /// The pod's CRI annotations (name, namespace, uid), on its sandbox's and its containers' specs.
 pub fn insert_pod_identity(
     annotations: &mut BTreeMap<String, String>,
-    pod: Option<&k8s_cri::v1::PodSandboxMetadata>,
+    pod: Option<&crate::cri::PodSandboxMetadata>,
 ) {
     if let Some(m) = pod {
         annotations.insert("io.kubernetes.cri.sandbox-name".into(), m.name.clone());

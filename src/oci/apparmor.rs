@@ -4,7 +4,7 @@
 //! CNI plugins): RuntimeDefault uses containerd's default profile when the node has it loaded,
 //! Localhost a profile the node has loaded.
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use super::SpecError;
 

@@ -1,7 +1,7 @@
 //! The capabilities a container's process holds: the default set (or every one the host lets
 //! concord pass on, privileged) with the CRI's add and drop, as OCI's typed set.
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use oci_spec::runtime::{Capabilities, Capability};
 
 use super::DEFAULT_CAPABILITIES;

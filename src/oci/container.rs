@@ -4,7 +4,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use oci_spec::runtime::Spec;
 
 use super::spec_opts::{self, OPTIONS};
@@ -135,6 +135,11 @@ pub fn process_args(
 }
 
 /// Image env first, then the config's (a later key replaces an earlier one in place).
+///
+/// A config value is bytes since cri-api 0.34.9 (a Secret's need not be UTF-8). The OCI spec is
+/// JSON, whose strings are Unicode: bytes that are not UTF-8 become U+FFFD, as containerd's (Go's
+/// JSON encoding of config.json does the same). An older kubelet sends the same field as a string:
+/// one wire format.
 pub fn environment(c: &cri::ContainerConfig, image: &ImageConfig) -> Vec<String> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: String, v: String| match env.iter_mut().find(|(ek, _)| *ek == k) {
@@ -151,7 +156,10 @@ pub fn environment(c: &cri::ContainerConfig, image: &ImageConfig) -> Vec<String>
         set(k.to_string(), v.to_string());
     }
     for kv in &c.envs {
-        set(kv.key.clone(), kv.value.clone());
+        set(
+            kv.key.clone(),
+            String::from_utf8_lossy(&kv.value).into_owned(),
+        );
     }
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
@@ -234,6 +242,17 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn env_values_are_bytes_and_not_utf8_is_replaced() {
+        let mut c = config(&["sh"], &[]);
+        c.envs.push(cri::KeyValue {
+            key: "BIN".into(),
+            value: vec![b'a', 0xff, b'b'],
+        });
+        let env = environment(&c, &image(&[], &[]));
+        assert_eq!(env, ["PATH=/bin", "A=config", "BIN=a\u{fffd}b"]);
     }
 
     #[test]

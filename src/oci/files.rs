@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 /// resolv.conf for a DNSConfig, as containerd writes it; `None` when the config asks for nothing
 /// (then the host's is used).

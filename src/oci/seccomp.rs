@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
     LinuxSeccompOperator, LinuxSyscall,

@@ -1,7 +1,7 @@
 //! The container's user: its uid, gid and groups from the security context or the image's
 //! `User`, names resolved against the image's own `/etc/passwd` and `/etc/group`.
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use super::SpecError;
 use crate::image::manifest::ImageConfig;

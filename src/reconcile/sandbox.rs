@@ -650,7 +650,7 @@ fn host_ipc(rec: &SandboxRecord) -> bool {
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref())
-        .is_some_and(|o| o.ipc == k8s_cri::v1::NamespaceMode::Node as i32)
+        .is_some_and(|o| o.ipc == crate::cri::NamespaceMode::Node as i32)
 }
 
 /// Whether `s` has the shape of a sandbox id (64 lowercase hex characters): only such names in

@@ -314,7 +314,7 @@ fn own_network(s: &crate::journal::SandboxRecord) -> bool {
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|c| c.namespace_options.as_ref())
-        .is_none_or(|o| o.network != k8s_cri::v1::NamespaceMode::Node as i32)
+        .is_none_or(|o| o.network != crate::cri::NamespaceMode::Node as i32)
 }
 
 /// Interfaces (except `lo`) of a `/proc/<pid>/net/dev` table.

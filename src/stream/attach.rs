@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::unix::pipe;
 

@@ -21,10 +21,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cri;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use k8s_cri::v1 as cri;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::spdy;

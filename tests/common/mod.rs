@@ -7,8 +7,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use concord::cri::image_service_client::ImageServiceClient;
+use concord::cri::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
 mod pods;
@@ -132,7 +132,7 @@ impl Daemon {
         self.child = Some(self.command().spawn().expect("spawn concord"));
         loop {
             if let Ok(mut c) = self.try_runtime().await {
-                if c.version(k8s_cri::v1::VersionRequest::default())
+                if c.version(concord::cri::VersionRequest::default())
                     .await
                     .is_ok()
                 {
@@ -262,7 +262,7 @@ impl Drop for Daemon {
 
 /// RemovePodSandbox for every pod of the concord at `socket` (bounded; errors ignored).
 fn remove_all_pods(socket: &Path) {
-    use k8s_cri::v1 as cri;
+    use concord::cri;
     let socket = socket.to_owned();
     let _ = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()

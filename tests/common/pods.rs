@@ -1,7 +1,7 @@
 //! Daemons that run pods, and the CRI calls the suites share (pull, run a pod, create and start
 //! a container, status, remove): each written once here, not per test file.
 
-use k8s_cri::v1 as cri;
+use concord::cri;
 
 use super::Daemon;
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
+use concord::cri;
 
 use super::{create_container, remove_pod, run_pod, start_container, Endpoint, Pod, Row};
 

@@ -13,9 +13,9 @@ mod density;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use concord::cri;
+use concord::cri::image_service_client::ImageServiceClient;
+use concord::cri::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
 struct Args {
