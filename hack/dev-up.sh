@@ -75,7 +75,8 @@ mkdir -p "$RIG_DIR" "$RUN_DIR" "$CTD_CONF_DIR"
 # --------------------------------------------------------------------------
 PKGS=(containerd runc containernetworking-plugins docker-registry skopeo umoci
       iproute2 iptables util-linux procps curl gcc libc6-dev
-      protobuf-compiler prometheus apache2-utils)
+      protobuf-compiler prometheus apache2-utils
+      criu)  # criu: CheckpointContainer (runc dumps through it)
 
 install_packages() {
   [ "$SKIP_APT" = 1 ] && { log "SKIP_APT=1: not installing packages"; return; }

@@ -2,6 +2,7 @@
 //! Introspection services. Each trait method is a one-line delegation to the handler in its own
 //! file, wrapped by [`Server::instrument`].
 
+mod container_checkpoint;
 mod container_create;
 mod container_events;
 mod container_exec;
@@ -44,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::proto;
 use crate::reconcile::Controller;
-use not_yet::Capability::{Checkpoint, PodResize};
+use not_yet::Capability::PodResize;
 
 /// The full id from an id or a unique prefix of a key of `map`; None when none matches.
 /// `field` and `kind` name the request field and the object in errors.
@@ -436,9 +437,15 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     }
     async fn checkpoint_container(
         &self,
-        _: Request<cri::CheckpointContainerRequest>,
+        r: Request<cri::CheckpointContainerRequest>,
     ) -> Res<cri::CheckpointContainerResponse> {
-        self.0.not_yet("CheckpointContainer", Checkpoint).await
+        self.0
+            .instrument(
+                "CheckpointContainer",
+                Gate::Containerd,
+                self.0.checkpoint_container(r.into_inner()),
+            )
+            .await
     }
     type StreamPodSandboxesStream = list_stream::ListStream<cri::StreamPodSandboxesResponse>;
     async fn stream_pod_sandboxes(

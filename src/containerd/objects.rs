@@ -64,6 +64,24 @@ impl ContainerRuntime {
     }
 }
 
+/// The runc shim's checkpoint options (`containerd.runc.v1.CheckpointOptions`; the fields
+/// concord sets).
+#[derive(Clone, PartialEq, prost::Message)]
+struct CheckpointOptions {
+    /// Stop the container after the checkpoint (false: it keeps running).
+    #[prost(bool, tag = "1")]
+    exit: bool,
+    /// Checkpoint the locks a process holds on files.
+    #[prost(bool, tag = "5")]
+    file_locks: bool,
+    /// Where CRIU writes the images.
+    #[prost(string, tag = "8")]
+    image_path: String,
+    /// Where CRIU writes its logs.
+    #[prost(string, tag = "9")]
+    work_path: String,
+}
+
 /// Type URL containerd expects for a JSON runtime spec.
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
@@ -407,6 +425,36 @@ impl Containerd {
         self.call(rpc::TASKS_EXEC, self.tasks().exec(self.request(req)))
             .await?;
         self.start_process(id, exec_id).await
+    }
+
+    /// Checkpoints task `id` with CRIU (through the runc shim) into `image_path`, leaving it
+    /// running; CRIU's log goes to `work_path`. The caller bounds the call.
+    pub async fn checkpoint_task(
+        &self,
+        id: &str,
+        image_path: &std::path::Path,
+        work_path: &std::path::Path,
+    ) -> Result<(), ContainerdError> {
+        let options = CheckpointOptions {
+            exit: false,
+            file_locks: true,
+            image_path: image_path.display().to_string(),
+            work_path: work_path.display().to_string(),
+        };
+        let req = containerd_client::services::v1::CheckpointTaskRequest {
+            container_id: id.into(),
+            parent_checkpoint: String::new(),
+            options: Some(prost_types::Any {
+                type_url: "containerd.runc.v1.CheckpointOptions".into(),
+                value: prost::Message::encode_to_vec(&options),
+            }),
+        };
+        self.call(
+            rpc::TASKS_CHECKPOINT,
+            self.tasks().checkpoint(self.request(req)),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Waits for process `exec_id` of container `id`; answers its exit status.

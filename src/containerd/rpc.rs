@@ -84,6 +84,7 @@ pub const SNAPSHOTS_PREPARE: Rpc = Rpc::bounded("snapshots", "Prepare", "Snapsho
 pub const SNAPSHOTS_REMOVE: Rpc = Rpc::bounded("snapshots", "Remove", "Snapshots.Remove");
 pub const SNAPSHOTS_STAT: Rpc = Rpc::bounded("snapshots", "Stat", "Snapshots.Stat");
 pub const SNAPSHOTS_USAGE: Rpc = Rpc::unbounded("snapshots", "Usage", "Snapshots.Usage");
+pub const TASKS_CHECKPOINT: Rpc = Rpc::unbounded("tasks", "Checkpoint", "Tasks.Checkpoint");
 pub const TASKS_CLOSE_I_O: Rpc = Rpc::bounded("tasks", "CloseIO", "Tasks.CloseIO");
 pub const TASKS_CREATE: Rpc = Rpc::bounded("tasks", "Create", "Tasks.Create");
 pub const TASKS_DELETE: Rpc = Rpc::bounded("tasks", "Delete", "Tasks.Delete");

@@ -3,12 +3,13 @@
 //!
 //! Usage: concord-bench --concord unix-socket --reference unix-socket [--iterations N] [--image REF]
 //!        [--concord-pid PID --reference-pid PID --own-containerd-pid PID] [--log-dir DIR]
-//!        [--only images|sandboxes|containers|streaming|density]
+//!        [--only images|sandboxes|containers|streaming|density|journal]
 //!        [--concord-metrics URL --concord-journal PATH]
 //!
 //! With the pids it also reports resident memory with 100 running containers on each side.
 
 mod density;
+mod journal;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -234,6 +235,11 @@ async fn many_pods(e: &Endpoint, n: usize, round: usize) -> Duration {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let a = args();
+    // The journal section drives the store alone (no CRI endpoint).
+    if a.only.as_deref() == Some("journal") {
+        journal::section().await;
+        return;
+    }
     let connect = |p: PathBuf| async move {
         let ch = channel(&p).await;
         Endpoint {
