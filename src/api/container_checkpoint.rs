@@ -213,7 +213,7 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["checkpoint", "checkpoint/inventory.img", "spec.dump"]
+            ["checkpoint/", "checkpoint/inventory.img", "spec.dump"]
         );
     }
 }
