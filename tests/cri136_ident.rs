@@ -41,16 +41,8 @@ async fn wait_for_line(d: &Daemon, p: &Pod, name: &str, line: &str) {
     .await;
 }
 
-/// The security context of `c`, made when absent.
-fn security(c: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
-    c.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-}
-
-/// The names of the daemon's containers.
-async fn container_names(d: &Daemon) -> Vec<String> {
+/// ListContainers, unfiltered.
+async fn containers(d: &Daemon) -> Vec<cri::Container> {
     d.runtime()
         .await
         .list_containers(cri::ListContainersRequest::default())
@@ -58,6 +50,12 @@ async fn container_names(d: &Daemon) -> Vec<String> {
         .unwrap()
         .into_inner()
         .containers
+}
+
+/// The names of the daemon's containers.
+async fn container_names(d: &Daemon) -> Vec<String> {
+    containers(d)
+        .await
         .into_iter()
         .filter_map(|c| c.metadata.map(|m| m.name))
         .collect()
@@ -129,12 +127,19 @@ async fn strict_supplemental_groups_leave_out_the_images_groups() {
     let image = "gcr.io/k8s-staging-cri-tools/test-image-predefined-group:latest";
     pull_ok(&d, image).await;
     let groups = |name: &str, policy: cri::SupplementalGroupsPolicy| {
-        let mut c = sh(name, image, "id -G; sleep 1000");
-        let sc = security(&mut c);
-        sc.run_as_user = Some(cri::Int64Value { value: 1000 });
-        sc.supplemental_groups = vec![1234];
-        sc.supplemental_groups_policy = policy as i32;
-        c
+        let sc = cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            supplemental_groups: vec![1234],
+            supplemental_groups_policy: policy as i32,
+            ..Default::default()
+        };
+        cri::ContainerConfig {
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(sc),
+                ..Default::default()
+            }),
+            ..sh(name, image, "id -G; sleep 1000")
+        }
     };
     let merge = p
         .run_container(&d, groups("merge", cri::SupplementalGroupsPolicy::Merge))
@@ -159,7 +164,8 @@ async fn strict_supplemental_groups_leave_out_the_images_groups() {
     );
 
     let mut bad = groups("badpolicy", cri::SupplementalGroupsPolicy::Merge);
-    security(&mut bad).supplemental_groups_policy = 5;
+    let sc = bad.linux.as_mut().and_then(|l| l.security_context.as_mut());
+    sc.unwrap().supplemental_groups_policy = 5;
     let err = p.create(&d, bad).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
@@ -224,7 +230,7 @@ async fn status_reports_the_features_of_each_runtime_handler() {
         .runtime_handlers
         .iter()
         .map(|h| {
-            let f = h.features.clone().expect("features");
+            let f = h.features.expect("features");
             (
                 h.name.clone(),
                 f.recursive_read_only_mounts,
@@ -320,14 +326,7 @@ async fn container_status_names_the_image_by_tag_and_repo_digest() {
     assert_eq!(s.image_id, img.id);
 
     // ListContainers: the ImageSpec the container was created with, and the image id.
-    let listed = d
-        .runtime()
-        .await
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = containers(&d).await;
     let c = listed.iter().find(|c| c.id == pulled).unwrap();
     assert_eq!(c.image.as_ref().unwrap().image, "busybox");
     assert_eq!(c.image_ref, c.image_id);
