@@ -100,7 +100,8 @@ async fn a_container_runs_logs_survives_a_concord_kill_stops_and_is_removed() {
     .unwrap();
     let s = container_status(&d, &id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32);
-    assert_eq!(s.image.unwrap().image, "busybox");
+    // As containerd: the image's repo tag names it.
+    assert_eq!(s.image.unwrap().image, "docker.io/library/busybox:latest");
     // As containerd: the image's repo digest (kubelet's imageID), the id in image_id.
     assert!(
         s.image_ref.starts_with("docker.io/library/busybox@sha256:"),

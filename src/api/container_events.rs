@@ -11,6 +11,7 @@ use futures::StreamExt;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{container_status, sandbox_status, EventStream, Server};
+use crate::image::index::ImageIndex;
 use crate::journal::{ContainerChange, ContainerChangeKind};
 use crate::metrics::Metrics;
 
@@ -30,8 +31,10 @@ impl Server {
         metrics.container_event_streams.inc();
         let open = Open(metrics.clone());
         let stopping = self.stopping.clone();
+        let images = self.images.clone();
         futures::stream::unfold((rx, open), move |(mut rx, open)| {
             let stopping = stopping.clone();
+            let images = images.clone();
             async move {
                 loop {
                     let next = tokio::select! {
@@ -45,7 +48,7 @@ impl Server {
                                 .container_events
                                 .with_label_values(&[change.kind.name()])
                                 .inc();
-                            return Some((Ok(event_of(&change)), (rx, open)));
+                            return Some((Ok(event_of(&change, &images.index())), (rx, open)));
                         }
                         Err(RecvError::Lagged(n)) => {
                             tracing::warn!(
@@ -64,15 +67,15 @@ impl Server {
     }
 }
 
-/// The CRI event for one committed change.
-fn event_of(change: &ContainerChange) -> cri::ContainerEventResponse {
+/// The CRI event for one committed change (`images`: to name each container's image).
+fn event_of(change: &ContainerChange, images: &ImageIndex) -> cri::ContainerEventResponse {
     let state = &change.state;
     let containers_statuses = state
         .containers
         .values()
         .filter(|c| c.sandbox_id == change.sandbox_id)
         .filter(|c| c.cri_state() != cri::ContainerState::ContainerUnknown)
-        .map(|c| container_status::status_of(c))
+        .map(|c| container_status::status_of(c, images))
         .collect();
     cri::ContainerEventResponse {
         container_id: change.id.clone(),

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use crate::cri;
 
 use super::{ApiError, Server};
+use crate::image::index::{ImageIndex, ImageRecord};
 use crate::journal::{ContainerRecord, ObjectKey};
+use crate::oci::signal;
 
 impl Server {
     pub async fn container_status(
@@ -30,18 +32,8 @@ impl Server {
                 .to_string(),
             );
         }
-        let mut status = status_of(c);
-        // As containerd: the image's repo digest when it has one (kubelet's pod imageID).
-        if let Some(digest) = self
-            .images
-            .index()
-            .find(&c.image_id)
-            .and_then(|img| img.repo_digests().into_iter().next())
-        {
-            status.image_ref = digest;
-        }
         Ok(cri::ContainerStatusResponse {
-            status: Some(status),
+            status: Some(status_of(c, &self.images.index())),
             info,
         })
     }
@@ -65,7 +57,7 @@ impl Server {
                 id: c.id.clone(),
                 pod_sandbox_id: c.sandbox_id.clone(),
                 metadata: c.config.metadata.clone(),
-                image: Some(image_spec(c)),
+                image: Some(config_image(c)),
                 image_ref: c.image_id.clone(),
                 state: c.cri_state() as i32,
                 created_at: c.created_at,
@@ -94,14 +86,40 @@ pub(super) fn selected(
         && c.cri_state() != cri::ContainerState::ContainerUnknown
 }
 
-fn image_spec(c: &ContainerRecord) -> cri::ImageSpec {
-    cri::ImageSpec {
+/// The ImageSpec the container was created with (kubelet's: an image id or reference).
+fn config_image(c: &ContainerRecord) -> cri::ImageSpec {
+    c.config.image.clone().unwrap_or_else(|| cri::ImageSpec {
         image: c.image_name.clone(),
         ..Default::default()
-    }
+    })
 }
 
-pub(super) fn status_of(c: &ContainerRecord) -> cri::ContainerStatus {
+/// The status's image and image_ref, as containerd's ContainerStatus: the image's first repo
+/// tag (else the ImageSpec it was created with), and its first repo digest (kubelet's pod
+/// `imageID`; else the image id). `ImageSpec.image_ref` carries the same digested reference.
+fn status_image(c: &ContainerRecord, image: Option<&ImageRecord>) -> (cri::ImageSpec, String) {
+    let mut spec = config_image(c);
+    let mut image_ref = c.image_id.clone();
+    if let Some(img) = image {
+        if let Some(tag) = img.repo_tags().into_iter().next() {
+            spec = cri::ImageSpec {
+                image: tag,
+                ..Default::default()
+            };
+        }
+        if let Some(digest) = img.repo_digests().into_iter().next() {
+            image_ref = digest;
+        }
+    }
+    spec.image_ref = image_ref.clone();
+    (spec, image_ref)
+}
+
+/// The CRI status of `c`; `images` names its image and gives the image's stop signal.
+pub(super) fn status_of(c: &ContainerRecord, images: &ImageIndex) -> cri::ContainerStatus {
+    let image = images.find(&c.image_id);
+    let (image_spec, image_ref) = status_image(c, image);
+    let (stop_signal, _) = signal::stop_signal(&c.config, image.map(|i| &i.resolved.config));
     cri::ContainerStatus {
         id: c.id.clone(),
         metadata: c.config.metadata.clone(),
@@ -110,15 +128,15 @@ pub(super) fn status_of(c: &ContainerRecord) -> cri::ContainerStatus {
         started_at: c.started_at,
         finished_at: c.finished_at,
         exit_code: c.exit_code,
-        image: Some(image_spec(c)),
-        image_ref: c.image_id.clone(),
+        image: Some(image_spec),
+        image_ref,
         reason: c.reason.clone(),
         message: c.message.clone(),
         labels: c.config.labels.clone(),
         annotations: c.config.annotations.clone(),
         mounts: c.config.mounts.clone(),
         log_path: c.log_path.clone(),
-        stop_signal: 0,
+        stop_signal: stop_signal as i32,
         resources: Some(cri::ContainerResources {
             linux: Some(
                 c.config

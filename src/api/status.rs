@@ -92,18 +92,15 @@ impl Server {
             true => self.verbose_info(&health, &net),
             false => HashMap::new(),
         };
-        let handler = |name: &str| cri::RuntimeHandler {
-            name: name.into(),
-            features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
-                user_namespaces: false,
-            }),
-        };
         Ok(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: vec![handler(""), handler("runc")],
-            features: None,
+            runtime_handlers: runtime_handlers(self.config.runtime.handlers.keys()),
+            features: Some(cri::RuntimeFeatures {
+                // ContainerUser is reported and Strict leaves the image's groups out.
+                supplemental_groups_policy: true,
+                user_namespaces_host_network: false,
+            }),
         })
     }
 
@@ -205,6 +202,21 @@ impl Server {
         cni["podCIDR"] = serde_json::json!(self.network.pod_cidr());
         (cni, "OK".to_string())
     }
+}
+
+/// The default handler ("") and each configured one, with what each supports: no recursive
+/// read-only mounts (runc 1.1 has no `rro` option), no user namespaces (yet).
+fn runtime_handlers<'a>(names: impl Iterator<Item = &'a String>) -> Vec<cri::RuntimeHandler> {
+    std::iter::once("")
+        .chain(names.map(String::as_str))
+        .map(|name| cri::RuntimeHandler {
+            name: name.into(),
+            features: Some(cri::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: false,
+                user_namespaces: false,
+            }),
+        })
+        .collect()
 }
 
 /// NetworkReady as kubelet reads it (containerd's reason and message wording).

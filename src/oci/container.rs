@@ -91,8 +91,9 @@ pub fn validate(inputs: &Inputs) -> Result<(), SpecError> {
     let (c, sc) = (inputs.config, &inputs.sc);
     process_args(c, inputs.image)?;
     working_dir(c, inputs.image)?;
-    let (_, _, user_groups) = user(sc, inputs.image, inputs.users)?;
-    spec_opts::additional_gids(inputs, &user_groups)?;
+    super::signal::check(c)?;
+    let (_, gid, user_groups) = user(sc, inputs.image, inputs.users)?;
+    spec_opts::additional_gids(inputs, gid, &user_groups)?;
     spec_opts::pid_namespace(inputs)?;
     for (i, m) in c.mounts.iter().enumerate() {
         spec_opts::user_mount(i, m)?;
@@ -547,7 +548,7 @@ mod tests {
         assert_eq!(p["oomScoreAdj"], 500);
         assert_eq!(
             p["user"],
-            json!({"uid": 1000, "gid": 2000, "additionalGids": [4000, 3000]})
+            json!({"uid": 1000, "gid": 2000, "additionalGids": [2000, 4000, 3000]})
         );
         assert_eq!(
             keys(&p["capabilities"]),
@@ -643,9 +644,90 @@ mod tests {
             ..Default::default()
         });
         cases.push(c);
+        let mut c = good.clone();
+        c.stop_signal = 99;
+        cases.push(c);
+        let mut c = good.clone();
+        c.mounts[0].recursive_read_only = true;
+        cases.push(c);
+        let mut c = good.clone();
+        let sc = c.linux.as_mut().unwrap().security_context.as_mut().unwrap();
+        sc.supplemental_groups_policy = 7;
+        cases.push(c);
         for c in cases {
             let built = container_spec(&c, &img, &ctx, None).unwrap_err();
             assert_eq!(check(&c), Err(built));
         }
+    }
+
+    /// Merge (the default) adds the groups the image's /etc/group lists the user in; Strict
+    /// (the container's or the pod's) only the config's. The primary group comes first.
+    #[test]
+    fn strict_supplemental_groups_leave_the_images_groups_out() {
+        let db = UserDb::parse(
+            "root:x:0:0::/:/bin/sh\nalice:x:1000:1000::/:/bin/sh\n",
+            "alice:x:1000:\nwheel:x:10:alice\nstaff:x:50000:bob,alice\n",
+        );
+        let img = |user: &str| -> ImageConfig {
+            serde_json::from_value(json!({
+                "config": {"Cmd": ["/x"], "User": user},
+                "rootfs": {"type": "layers", "diff_ids": []}
+            }))
+            .unwrap()
+        };
+        let groups = |container: cri::SupplementalGroupsPolicy,
+                      pod: cri::SupplementalGroupsPolicy| {
+            let sandbox = cri::PodSandboxConfig {
+                linux: Some(cri::LinuxPodSandboxConfig {
+                    security_context: Some(cri::LinuxSandboxSecurityContext {
+                        supplemental_groups: vec![3000],
+                        supplemental_groups_policy: pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let ctx = test_ctx(&sandbox, "img");
+            let mut c = config(&[], &[]);
+            c.linux = Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    supplemental_groups: vec![1234],
+                    supplemental_groups_policy: container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let spec = container_spec(&c, &img("alice"), &ctx, Some(&db)).unwrap();
+            let user = spec.process().as_ref().unwrap().user().clone();
+            assert_eq!((user.uid(), user.gid()), (1000, 1000));
+            user.additional_gids().clone().unwrap()
+        };
+        use cri::SupplementalGroupsPolicy::{Merge, Strict};
+        assert_eq!(groups(Merge, Merge), [1000, 10, 50000, 1234, 3000]);
+        assert_eq!(groups(Strict, Merge), [1000, 1234, 3000]);
+        assert_eq!(groups(Merge, Strict), [1000, 1234, 3000]);
+    }
+
+    /// A recursive read-only mount is refused, naming the field: on a read-write mount the CRI
+    /// forbids it, on a read-only one runc here cannot make it.
+    #[test]
+    fn recursive_read_only_mounts_are_refused_with_their_field() {
+        let sandbox = cri::PodSandboxConfig::default();
+        let ctx = test_ctx(&sandbox, "img");
+        let mut c = config(&[], &[]);
+        c.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv/data".into(),
+            recursive_read_only: true,
+            ..Default::default()
+        }];
+        let err = container_spec(&c, &image(&["/ep"], &[]), &ctx, None).unwrap_err();
+        assert_eq!(err.field, "config.mounts.recursive_read_only");
+        assert!(err.reason.contains("readonly"), "{err}");
+        c.mounts[0].readonly = true;
+        let err = container_spec(&c, &image(&["/ep"], &[]), &ctx, None).unwrap_err();
+        assert_eq!(err.field, "config.mounts.recursive_read_only");
+        assert!(err.reason.contains("RROUnsupported"), "{err}");
     }
 }

@@ -16,6 +16,7 @@ pub mod files;
 pub mod mountinfo;
 pub mod resources;
 pub mod seccomp;
+pub mod signal;
 pub mod spec_opts;
 pub mod user;
 

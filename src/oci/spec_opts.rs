@@ -81,10 +81,12 @@ fn resources(spec: &mut Spec) -> &mut LinuxResources {
         .get_or_insert_with(LinuxResources::default)
 }
 
-/// Arguments, environment, working directory, terminal, no_new_privs and oom_score_adj.
+/// Arguments, environment, working directory, terminal, no_new_privs and oom_score_adj. The
+/// stop signal is not in the spec (StopContainer sends it) but must be one CRI names.
 pub fn with_process(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
     let args = process_args(inp.config, inp.image)?;
     let cwd = working_dir(inp.config, inp.image)?;
+    super::signal::check(inp.config)?;
     let oom = clamp_oom_score_adj(inp.resources.oom_score_adj as i32);
     process(spec)
         .set_terminal(Some(inp.config.tty))
@@ -99,7 +101,7 @@ pub fn with_process(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
 /// The process's uid, gid and additional groups.
 pub fn with_user(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
     let (uid, gid, user_groups) = user(&inp.sc, inp.image, inp.users)?;
-    let groups = additional_gids(inp, &user_groups)?;
+    let groups = additional_gids(inp, gid, &user_groups)?;
     let mut u = User::default();
     // check_id keeps every id within 0..2^32-2.
     u.set_uid(uid as u32)
@@ -109,8 +111,42 @@ pub fn with_user(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// The user's own groups, then the container's and the pod's supplemental groups, each once.
-pub(super) fn additional_gids(inp: &Inputs, user_groups: &[i64]) -> Result<Vec<u32>, SpecError> {
+/// Whether the image's groups are left out: SupplementalGroupsPolicy Strict in the container's
+/// security context or the pod's (kubelet sets both from the pod's; Merge is the default).
+fn strict_groups(inp: &Inputs) -> Result<bool, SpecError> {
+    let mut strict = false;
+    for (field, policy) in [
+        (
+            "config.linux.security_context.supplemental_groups_policy",
+            inp.sc.supplemental_groups_policy,
+        ),
+        (
+            "sandbox_config.linux.security_context.supplemental_groups_policy",
+            inp.pod_sc.supplemental_groups_policy,
+        ),
+    ] {
+        match cri::SupplementalGroupsPolicy::try_from(policy) {
+            Ok(cri::SupplementalGroupsPolicy::Merge) => {}
+            Ok(cri::SupplementalGroupsPolicy::Strict) => strict = true,
+            Err(_) => {
+                return Err(SpecError::new(
+                    field,
+                    format!("unknown policy {policy} (Merge or Strict)"),
+                ))
+            }
+        }
+    }
+    Ok(strict)
+}
+
+/// The primary group first (as containerd's `ensureAdditionalGids`), then the user's groups
+/// from the image's /etc/group (policy Merge; none when Strict), then the container's and the
+/// pod's supplemental groups, each once.
+pub(super) fn additional_gids(
+    inp: &Inputs,
+    gid: i64,
+    user_groups: &[i64],
+) -> Result<Vec<u32>, SpecError> {
     for g in &inp.sc.supplemental_groups {
         check_id(
             "config.linux.security_context.supplemental_groups",
@@ -125,10 +161,15 @@ pub(super) fn additional_gids(inp: &Inputs, user_groups: &[i64]) -> Result<Vec<u
             *g,
         )?;
     }
+    let image_groups = if strict_groups(inp)? {
+        &[]
+    } else {
+        user_groups
+    };
     let mut groups: Vec<u32> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for g in user_groups
-        .iter()
+    for g in std::iter::once(&gid)
+        .chain(image_groups)
         .chain(&inp.sc.supplemental_groups)
         .chain(&inp.pod_sc.supplemental_groups)
     {
@@ -316,6 +357,7 @@ pub(super) fn user_mount(i: usize, m: &cri::Mount) -> Result<(Mount, &'static st
             format!("mount {i}: {:?} must be an absolute path", m.host_path),
         ));
     }
+    recursive_read_only(i, m)?;
     let propagation = match cri::MountPropagation::try_from(m.propagation) {
         Ok(cri::MountPropagation::PropagationPrivate) => "rprivate",
         Ok(cri::MountPropagation::PropagationHostToContainer) => {
@@ -343,6 +385,25 @@ pub(super) fn user_mount(i: usize, m: &cri::Mount) -> Result<(Mount, &'static st
         &["rbind", propagation, rw],
     );
     Ok((bind, propagation))
+}
+
+/// Refuses a recursive read-only mount: the CRI allows it only on a read-only mount, and no
+/// runtime handler here can make one (runc 1.1 has no `rro` mount option, so Status reports
+/// `recursive_read_only_mounts: false` and kubelet asks for it only with `Enabled`). As
+/// containerd, the refusal says `RROUnsupported` (cri-api's `ErrRROUnsupported`).
+fn recursive_read_only(i: usize, m: &cri::Mount) -> Result<(), SpecError> {
+    const FIELD: &str = "config.mounts.recursive_read_only";
+    match (m.recursive_read_only, m.readonly) {
+        (false, _) => Ok(()),
+        (true, false) => Err(SpecError::new(
+            FIELD,
+            format!("mount {i}: recursive read-only needs readonly set too (a read-write mount cannot be recursively read-only)"),
+        )),
+        (true, true) => Err(SpecError::new(
+            FIELD,
+            format!("mount {i}: RROUnsupported: the runtime handler does not support recursive read-only mounts (runc has no `rro` mount option)"),
+        )),
+    }
 }
 
 /// The image's declared volumes that no mount covers: an empty directory of the container's.

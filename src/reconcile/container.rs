@@ -517,22 +517,13 @@ impl ContainerReconciler {
         })
     }
 
-    /// The image's stop signal (default SIGTERM), the grace period, then SIGKILL.
+    /// The stop signal (the config's, else the image's, else SIGTERM), the grace period, then
+    /// SIGKILL.
     async fn stop(&self, rec: &ContainerRecord) -> Result<(), ReconcileError> {
         let id = rec.id.as_str();
-        let signal = self
-            .images
-            .index()
-            .find(&rec.image_id)
-            .and_then(|i| {
-                i.resolved
-                    .config
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.stop_signal.clone())
-            })
-            .and_then(|s| parse_signal(&s))
-            .unwrap_or(15);
+        let index = self.images.index();
+        let image = index.find(&rec.image_id).map(|i| &i.resolved.config);
+        let (_, signal) = crate::oci::signal::stop_signal(&rec.config, image);
         // The stop signal goes once, when the stop starts here; the grace period runs from then
         // (a stop that waited in the queue still gets all of it), and retries after a reconcile
         // timeout wait only what is left of it, then SIGKILL.
@@ -750,22 +741,6 @@ fn oom_killed(path: &str) -> bool {
     })
 }
 
-/// A signal by name (`SIGTERM`, `TERM`) or number.
-pub fn parse_signal(s: &str) -> Option<u32> {
-    if let Ok(n) = s.parse::<u32>() {
-        return Some(n);
-    }
-    let name = s.to_uppercase();
-    let name = if name.starts_with("SIG") {
-        name
-    } else {
-        format!("SIG{name}")
-    };
-    name.parse::<nix::sys::signal::Signal>()
-        .ok()
-        .map(|s| s as i32 as u32)
-}
-
 fn observed(v: serde_json::Value) -> Reconciled {
     Reconciled {
         observed: v.to_string(),
@@ -776,14 +751,6 @@ fn observed(v: serde_json::Value) -> Reconciled {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stop_signals_by_name_or_number() {
-        assert_eq!(parse_signal("SIGTERM"), Some(15));
-        assert_eq!(parse_signal("quit"), Some(3));
-        assert_eq!(parse_signal("9"), Some(9));
-        assert_eq!(parse_signal("SIGBOGUS"), None);
-    }
 
     #[test]
     fn log_writer_arguments_are_query_encoded() {
