@@ -7,7 +7,9 @@ pub use containerd_client::types::v1::Status as TaskStatus;
 use std::collections::HashMap;
 
 use containerd_client::services::v1::container::Runtime;
-use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::snapshots::{
+    PrepareSnapshotRequest, RemoveSnapshotRequest, ViewSnapshotRequest,
+};
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
     DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
@@ -90,22 +92,53 @@ impl Containerd {
         owner: &str,
         lease: &str,
     ) -> Result<Vec<Mount>, ContainerdError> {
+        let labels = HashMap::from([(OWNER_LABEL.to_string(), owner.to_string())]);
         let req = PrepareSnapshotRequest {
             snapshotter: snapshotter.into(),
             key: key.into(),
             parent: parent.into(),
-            labels: HashMap::from([(OWNER_LABEL.to_string(), owner.to_string())]),
+            labels,
         };
-        let req = self
-            .request_with_lease(req, lease)
-            .map_err(|status| ContainerdError::Call {
-                call: "Snapshots.Prepare",
-                status,
-            })?;
+        let req = self.leased(req, lease, "Snapshots.Prepare")?;
         let r = self
             .call(rpc::SNAPSHOTS_PREPARE, self.snapshots().prepare(req))
             .await?;
         Ok(r.mounts)
+    }
+
+    /// Makes the read-only view `key` of `parent` (an image's chain id), labelled and leased as
+    /// [`Self::prepare_snapshot`] does; answers its mounts (an image volume's).
+    pub async fn view_snapshot(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+        owner: &str,
+        lease: &str,
+    ) -> Result<Vec<Mount>, ContainerdError> {
+        let labels = HashMap::from([(OWNER_LABEL.to_string(), owner.to_string())]);
+        let req = ViewSnapshotRequest {
+            snapshotter: snapshotter.into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels,
+        };
+        let req = self.leased(req, lease, "Snapshots.View")?;
+        let r = self
+            .call(rpc::SNAPSHOTS_VIEW, self.snapshots().view(req))
+            .await?;
+        Ok(r.mounts)
+    }
+
+    /// `msg` with the namespace and `lease` headers; a lease id that is not ASCII fails `call`.
+    fn leased<T>(
+        &self,
+        msg: T,
+        lease: &str,
+        call: &'static str,
+    ) -> Result<tonic::Request<T>, ContainerdError> {
+        self.request_with_lease(msg, lease)
+            .map_err(|status| ContainerdError::Call { call, status })
     }
 
     /// Mounts of snapshot `key`, or None when it does not exist.
@@ -153,6 +186,34 @@ impl Containerd {
             .into_iter()
             .filter_map(|c| Some((c.id, c.labels.get(OWNER_LABEL)?.clone())))
             .collect();
+        owned.extend(self.labelled_snapshots(snapshotter, filter).await?);
+        owned.retain(|(_, owner)| owner.starts_with(prefix));
+        Ok(owned)
+    }
+
+    /// Keys of the snapshots (of `snapshotter`) whose owner label is exactly `owner`: a
+    /// container's rootfs and image volume views, found without any record of them.
+    pub async fn owned_snapshots(
+        &self,
+        snapshotter: &str,
+        owner: &str,
+    ) -> Result<Vec<String>, ContainerdError> {
+        let quoted = owner.replace('\\', "\\\\").replace('"', "\\\"");
+        let filter = format!("labels.\"{OWNER_LABEL}\"==\"{quoted}\"");
+        let found = self.labelled_snapshots(snapshotter, filter).await?;
+        Ok(found
+            .into_iter()
+            .filter(|(_, o)| o == owner)
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// Snapshots (of `snapshotter`) matching containerd `filter`: (key, owner label).
+    async fn labelled_snapshots(
+        &self,
+        snapshotter: &str,
+        filter: String,
+    ) -> Result<Vec<(String, String)>, ContainerdError> {
         let req = containerd_client::services::v1::snapshots::ListSnapshotsRequest {
             snapshotter: snapshotter.into(),
             filters: vec![filter],
@@ -163,14 +224,15 @@ impl Containerd {
                 self.snapshots().list(self.request(req)),
             )
             .await?;
+        let mut found = Vec::new();
         loop {
             match stream.message().await {
-                Ok(Some(m)) => owned.extend(
+                Ok(Some(m)) => found.extend(
                     m.info
                         .into_iter()
                         .filter_map(|i| Some((i.name, i.labels.get(OWNER_LABEL)?.clone()))),
                 ),
-                Ok(None) => break,
+                Ok(None) => return Ok(found),
                 Err(status) => {
                     return Err(ContainerdError::Call {
                         call: "Snapshots.List",
@@ -179,8 +241,6 @@ impl Containerd {
                 }
             }
         }
-        owned.retain(|(_, owner)| owner.starts_with(prefix));
-        Ok(owned)
     }
 
     /// Whether container `id` exists.

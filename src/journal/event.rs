@@ -55,6 +55,10 @@ pub enum Event {
         image_name: String,
         log_path: String,
         created_at: i64,
+        /// The image id each image mount (`config.mounts[i].image`) resolved to, by mount
+        /// index ('' for a host path mount; empty when no mount is an image).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        image_volumes: Vec<String>,
     },
     /// Fact: the containerd container (and its snapshot) exist; its process runs as `user`.
     ContainerCreated {
@@ -144,6 +148,9 @@ pub struct ContainerRecord {
     /// The identity the process runs as (resolved at create from the config and the image).
     #[serde(default)]
     pub user: Option<ContainerUser>,
+    /// The image id of each image mount, by mount index ('' for a host path mount).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_volumes: Vec<String>,
 }
 
 /// A container process' uid, gid and supplementary groups.
@@ -186,6 +193,7 @@ impl ContainerRecord {
             stop_deadline: 0,
             resources_updated: false,
             user: None,
+            image_volumes: Vec::new(),
         }
     }
 
@@ -501,15 +509,19 @@ impl State {
                 image_name,
                 log_path,
                 created_at,
-            } => self.add_container(ContainerRecord::requested(
-                id,
-                sandbox_id,
-                config,
-                image_id,
-                image_name,
-                log_path,
-                *created_at,
-            )),
+                image_volumes,
+            } => self.add_container(ContainerRecord {
+                image_volumes: image_volumes.clone(),
+                ..ContainerRecord::requested(
+                    id,
+                    sandbox_id,
+                    config,
+                    image_id,
+                    image_name,
+                    log_path,
+                    *created_at,
+                )
+            }),
             Event::ContainerCreated { id, user } => self.update_container(id, |c| {
                 c.created = true;
                 c.user = user.clone();
