@@ -71,6 +71,25 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 
+/// What [`Containerd::new_snapshot`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// Writable: a container's rootfs.
+    Active,
+    /// Read-only: an image volume.
+    View,
+}
+
+/// The same snapshot, asked for as a read-only view.
+fn view_request(p: PrepareSnapshotRequest) -> ViewSnapshotRequest {
+    ViewSnapshotRequest {
+        snapshotter: p.snapshotter,
+        key: p.key,
+        parent: p.parent,
+        labels: p.labels,
+    }
+}
+
 /// Ok for NotFound: the object is already gone.
 fn gone_ok<T>(r: Result<T, ContainerdError>) -> Result<(), ContainerdError> {
     match r {
@@ -92,42 +111,45 @@ impl Containerd {
         owner: &str,
         lease: &str,
     ) -> Result<Vec<Mount>, ContainerdError> {
-        let labels = HashMap::from([(OWNER_LABEL.to_string(), owner.to_string())]);
-        let req = PrepareSnapshotRequest {
-            snapshotter: snapshotter.into(),
-            key: key.into(),
-            parent: parent.into(),
-            labels,
-        };
-        let req = self.leased(req, lease, "Snapshots.Prepare")?;
-        let r = self
-            .call(rpc::SNAPSHOTS_PREPARE, self.snapshots().prepare(req))
-            .await?;
-        Ok(r.mounts)
+        let kind = SnapshotKind::Active;
+        self.new_snapshot(kind, snapshotter, key, parent, owner, lease)
+            .await
     }
 
-    /// Makes the read-only view `key` of `parent` (an image's chain id), labelled and leased as
-    /// [`Self::prepare_snapshot`] does; answers its mounts (an image volume's).
-    pub async fn view_snapshot(
+    /// Makes snapshot `key` of `kind` on `parent` (an image's chain id), labelled as `owner`'s,
+    /// under `lease` (held by it until a container references it); answers its mounts.
+    pub async fn new_snapshot(
         &self,
+        kind: SnapshotKind,
         snapshotter: &str,
         key: &str,
         parent: &str,
         owner: &str,
         lease: &str,
     ) -> Result<Vec<Mount>, ContainerdError> {
-        let labels = HashMap::from([(OWNER_LABEL.to_string(), owner.to_string())]);
-        let req = ViewSnapshotRequest {
+        let req = PrepareSnapshotRequest {
             snapshotter: snapshotter.into(),
             key: key.into(),
             parent: parent.into(),
-            labels,
+            labels: HashMap::from([(OWNER_LABEL.to_string(), owner.to_string())]),
         };
-        let req = self.leased(req, lease, "Snapshots.View")?;
-        let r = self
-            .call(rpc::SNAPSHOTS_VIEW, self.snapshots().view(req))
-            .await?;
-        Ok(r.mounts)
+        let mounts = match kind {
+            SnapshotKind::Active => {
+                let req = self.leased(req, lease, "Snapshots.Prepare")?;
+                let mut client = self.snapshots();
+                self.call(rpc::SNAPSHOTS_PREPARE, client.prepare(req))
+                    .await?
+                    .mounts
+            }
+            SnapshotKind::View => {
+                let req = self.leased(view_request(req), lease, "Snapshots.View")?;
+                let mut client = self.snapshots();
+                self.call(rpc::SNAPSHOTS_VIEW, client.view(req))
+                    .await?
+                    .mounts
+            }
+        };
+        Ok(mounts)
     }
 
     /// `msg` with the namespace and `lease` headers; a lease id that is not ASCII fails `call`.

@@ -162,24 +162,30 @@ pub struct ContainerUser {
 }
 
 impl ContainerRecord {
-    /// The record a ContainerRequested starts: to be created, nothing observed yet.
-    fn requested(
-        id: &str,
-        sandbox_id: &str,
-        config: &crate::cri::ContainerConfig,
-        image_id: &str,
-        image_name: &str,
-        log_path: &str,
-        created_at: i64,
-    ) -> ContainerRecord {
-        ContainerRecord {
+    /// The record a ContainerRequested starts: to be created, nothing observed yet (None for
+    /// any other event).
+    fn requested(event: &Event) -> Option<ContainerRecord> {
+        let Event::ContainerRequested {
+            id,
+            sandbox_id,
+            config,
+            image_id,
+            image_name,
+            log_path,
+            created_at,
+            image_volumes,
+        } = event
+        else {
+            return None;
+        };
+        Some(ContainerRecord {
             id: id.to_owned(),
             sandbox_id: sandbox_id.to_owned(),
-            config: Box::new(config.clone()),
+            config: config.clone(),
             image_id: image_id.to_owned(),
             image_name: image_name.to_owned(),
             log_path: log_path.to_owned(),
-            created_at,
+            created_at: *created_at,
             desired: ContainerDesired::Created,
             generation: 1,
             created: false,
@@ -193,8 +199,8 @@ impl ContainerRecord {
             stop_deadline: 0,
             resources_updated: false,
             user: None,
-            image_volumes: Vec::new(),
-        }
+            image_volumes: image_volumes.clone(),
+        })
     }
 
     /// Records the process' exit; the first one recorded stays.
@@ -501,27 +507,11 @@ impl State {
     /// Folds one container event (the part of [`State::apply`] for containers).
     fn apply_container(&mut self, event: &Event) {
         match event {
-            Event::ContainerRequested {
-                id,
-                sandbox_id,
-                config,
-                image_id,
-                image_name,
-                log_path,
-                created_at,
-                image_volumes,
-            } => self.add_container(ContainerRecord {
-                image_volumes: image_volumes.clone(),
-                ..ContainerRecord::requested(
-                    id,
-                    sandbox_id,
-                    config,
-                    image_id,
-                    image_name,
-                    log_path,
-                    *created_at,
-                )
-            }),
+            Event::ContainerRequested { .. } => {
+                if let Some(rec) = ContainerRecord::requested(event) {
+                    self.add_container(rec);
+                }
+            }
             Event::ContainerCreated { id, user } => self.update_container(id, |c| {
                 c.created = true;
                 c.user = user.clone();

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use containerd_client::types::Mount;
 
+use crate::containerd::SnapshotKind::View;
+
 use super::{ContainerReconciler, Made};
 use crate::image::volume;
 use crate::journal::ContainerRecord;
@@ -102,7 +104,7 @@ impl ContainerReconciler {
         let chain = &img.resolved.chain_id;
         Ok(self
             .ctd
-            .view_snapshot(snapshotter, &key, chain, &made.owner, &made.lease)
+            .new_snapshot(View, snapshotter, &key, chain, &made.owner, &made.lease)
             .await?)
     }
 
