@@ -6,6 +6,9 @@
 //! <state_dir>/tmp/load-*/                 LoadImage scratch (removed after the load, and at start)
 //! <state_dir>/sandboxes/<id>/             hostname, hosts, resolv.conf, shm/ (the pod's /dev/shm)
 //! <state_dir>/containers/<id>/            stdio FIFOs, log-writer.pid, volumes/, exec-*/
+//! <state_dir>/image-volumes/<id>/<i>/      mount i's image volume (a read-only snapshot view),
+//!                                         apart from containers/ so that removing that tree
+//!                                         never reaches into a mounted image
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -50,6 +53,16 @@ impl StateLayout {
     /// The directories of container `id`'s image volumes.
     pub fn container_volumes(&self, id: &str) -> PathBuf {
         self.container(id).join("volumes")
+    }
+
+    /// Where container `id`'s image volumes (CRI `Mount.image`) are mounted.
+    pub fn image_volumes(&self, id: &str) -> PathBuf {
+        self.root.join("image-volumes").join(id)
+    }
+
+    /// The mount point of container `id`'s image volume for its mount `index`.
+    pub fn image_volume(&self, id: &str, index: usize) -> PathBuf {
+        self.image_volumes(id).join(index.to_string())
     }
 
     /// The pidfile of container `id`'s log writer (ReopenContainerLog signals it).

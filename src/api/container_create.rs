@@ -48,6 +48,7 @@ impl Server {
                 kind: "image",
                 id: image_name.clone(),
             })?;
+        let image_volumes = self.resolve_image_volumes(&config)?;
         let name = container_name(&sandbox_id, meta);
         if let Some(existing) = state
             .container_names
@@ -77,6 +78,7 @@ impl Server {
             target_pid: target_pid(&config, &state),
             volumes_dir: self.config.layout().container_volumes(&id),
             passthrough: Default::default(),
+            image_volumes: Default::default(),
         };
         validate(&Inputs::new(&config, &image.resolved.config, &ctx, None))?;
         let log_path = if sandbox.config.log_directory.is_empty() || config.log_path.is_empty() {
@@ -98,6 +100,7 @@ impl Server {
                 image_name,
                 log_path,
                 created_at,
+                image_volumes,
             }])
             .await?;
         let key = ObjectKey::Container(id.clone());
@@ -111,6 +114,39 @@ impl Server {
                 source,
             })?;
         Ok(cri::CreateContainerResponse { container_id: id })
+    }
+}
+
+impl Server {
+    /// The image id of each image mount (`config.mounts[i].image`), by mount index ('' for a
+    /// host path mount; empty when none is an image): kubelet pulled them first.
+    fn resolve_image_volumes(
+        &self,
+        config: &cri::ContainerConfig,
+    ) -> Result<Vec<String>, ApiError> {
+        if config.mounts.iter().all(|m| m.image.is_none()) {
+            return Ok(Vec::new());
+        }
+        let index = self.images.index();
+        let mut ids = Vec::with_capacity(config.mounts.len());
+        for (i, m) in config.mounts.iter().enumerate() {
+            let Some(spec) = &m.image else {
+                ids.push(String::new());
+                continue;
+            };
+            if spec.image.is_empty() {
+                return Err(ApiError::invalid(
+                    "config.mounts.image.image",
+                    format!("mount {i}: an image id or reference is required"),
+                ));
+            }
+            let img = index.find(&spec.image).ok_or_else(|| ApiError::NotFound {
+                kind: "image of config.mounts.image",
+                id: spec.image.clone(),
+            })?;
+            ids.push(img.id().to_string());
+        }
+        Ok(ids)
     }
 }
 

@@ -1,5 +1,6 @@
 //! RemoveImage: by id every name, by name that name; an unknown image is fine. The pinned sandbox
-//! image is refused while a pod sandbox uses it.
+//! image is refused while a pod sandbox uses it, an image volume's image while a container that
+//! mounts it exists.
 
 use std::sync::Arc;
 
@@ -28,9 +29,19 @@ impl Server {
                 }) {
                     return Err(ApiError::Image(Arc::new(ImageError::InUse {
                         image: what.clone(),
-                        user: format!("pod sandbox {}", user.id),
+                        user: format!("pod sandbox {} (the pinned sandbox image)", user.id),
                     })));
                 }
+            }
+            // An image volume's view keeps the image's layers; its record would go.
+            if let Some(user) = state.containers.values().find(|c| {
+                c.desired != crate::journal::ContainerDesired::Removed
+                    && c.image_volumes.iter().any(|id| id == img.id())
+            }) {
+                return Err(ApiError::Image(Arc::new(ImageError::InUse {
+                    image: what.clone(),
+                    user: format!("container {} as an image volume", user.id),
+                })));
             }
         }
         self.images

@@ -10,7 +10,7 @@ pub mod rpc;
 pub mod shims;
 
 pub use health::{spawn_health_monitor, Health};
-pub use objects::{ContainerRuntime, TaskIo, TaskStatus};
+pub use objects::{ContainerRuntime, SnapshotKind, TaskIo, TaskStatus};
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -7,7 +7,9 @@ pub use containerd_client::types::v1::Status as TaskStatus;
 use std::collections::HashMap;
 
 use containerd_client::services::v1::container::Runtime;
-use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::snapshots::{
+    PrepareSnapshotRequest, RemoveSnapshotRequest, ViewSnapshotRequest,
+};
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
     DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
@@ -87,6 +89,25 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 
+/// What [`Containerd::new_snapshot`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// Writable: a container's rootfs.
+    Active,
+    /// Read-only: an image volume.
+    View,
+}
+
+/// The same snapshot, asked for as a read-only view.
+fn view_request(p: PrepareSnapshotRequest) -> ViewSnapshotRequest {
+    ViewSnapshotRequest {
+        snapshotter: p.snapshotter,
+        key: p.key,
+        parent: p.parent,
+        labels: p.labels,
+    }
+}
+
 /// Ok for NotFound: the object is already gone.
 fn gone_ok<T>(r: Result<T, ContainerdError>) -> Result<(), ContainerdError> {
     match r {
@@ -108,22 +129,56 @@ impl Containerd {
         owner: &str,
         lease: &str,
     ) -> Result<Vec<Mount>, ContainerdError> {
+        let kind = SnapshotKind::Active;
+        self.new_snapshot(kind, snapshotter, key, parent, owner, lease)
+            .await
+    }
+
+    /// Makes snapshot `key` of `kind` on `parent` (an image's chain id), labelled as `owner`'s,
+    /// under `lease` (held by it until a container references it); answers its mounts.
+    pub async fn new_snapshot(
+        &self,
+        kind: SnapshotKind,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+        owner: &str,
+        lease: &str,
+    ) -> Result<Vec<Mount>, ContainerdError> {
         let req = PrepareSnapshotRequest {
             snapshotter: snapshotter.into(),
             key: key.into(),
             parent: parent.into(),
             labels: HashMap::from([(OWNER_LABEL.to_string(), owner.to_string())]),
         };
-        let req = self
-            .request_with_lease(req, lease)
-            .map_err(|status| ContainerdError::Call {
-                call: "Snapshots.Prepare",
-                status,
-            })?;
-        let r = self
-            .call(rpc::SNAPSHOTS_PREPARE, self.snapshots().prepare(req))
-            .await?;
-        Ok(r.mounts)
+        let mounts = match kind {
+            SnapshotKind::Active => {
+                let req = self.leased(req, lease, "Snapshots.Prepare")?;
+                let mut client = self.snapshots();
+                self.call(rpc::SNAPSHOTS_PREPARE, client.prepare(req))
+                    .await?
+                    .mounts
+            }
+            SnapshotKind::View => {
+                let req = self.leased(view_request(req), lease, "Snapshots.View")?;
+                let mut client = self.snapshots();
+                self.call(rpc::SNAPSHOTS_VIEW, client.view(req))
+                    .await?
+                    .mounts
+            }
+        };
+        Ok(mounts)
+    }
+
+    /// `msg` with the namespace and `lease` headers; a lease id that is not ASCII fails `call`.
+    fn leased<T>(
+        &self,
+        msg: T,
+        lease: &str,
+        call: &'static str,
+    ) -> Result<tonic::Request<T>, ContainerdError> {
+        self.request_with_lease(msg, lease)
+            .map_err(|status| ContainerdError::Call { call, status })
     }
 
     /// Mounts of snapshot `key`, or None when it does not exist.
@@ -171,6 +226,34 @@ impl Containerd {
             .into_iter()
             .filter_map(|c| Some((c.id, c.labels.get(OWNER_LABEL)?.clone())))
             .collect();
+        owned.extend(self.labelled_snapshots(snapshotter, filter).await?);
+        owned.retain(|(_, owner)| owner.starts_with(prefix));
+        Ok(owned)
+    }
+
+    /// Keys of the snapshots (of `snapshotter`) whose owner label is exactly `owner`: a
+    /// container's rootfs and image volume views, found without any record of them.
+    pub async fn owned_snapshots(
+        &self,
+        snapshotter: &str,
+        owner: &str,
+    ) -> Result<Vec<String>, ContainerdError> {
+        let quoted = owner.replace('\\', "\\\\").replace('"', "\\\"");
+        let filter = format!("labels.\"{OWNER_LABEL}\"==\"{quoted}\"");
+        let found = self.labelled_snapshots(snapshotter, filter).await?;
+        Ok(found
+            .into_iter()
+            .filter(|(_, o)| o == owner)
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// Snapshots (of `snapshotter`) matching containerd `filter`: (key, owner label).
+    async fn labelled_snapshots(
+        &self,
+        snapshotter: &str,
+        filter: String,
+    ) -> Result<Vec<(String, String)>, ContainerdError> {
         let req = containerd_client::services::v1::snapshots::ListSnapshotsRequest {
             snapshotter: snapshotter.into(),
             filters: vec![filter],
@@ -181,14 +264,15 @@ impl Containerd {
                 self.snapshots().list(self.request(req)),
             )
             .await?;
+        let mut found = Vec::new();
         loop {
             match stream.message().await {
-                Ok(Some(m)) => owned.extend(
+                Ok(Some(m)) => found.extend(
                     m.info
                         .into_iter()
                         .filter_map(|i| Some((i.name, i.labels.get(OWNER_LABEL)?.clone()))),
                 ),
-                Ok(None) => break,
+                Ok(None) => return Ok(found),
                 Err(status) => {
                     return Err(ContainerdError::Call {
                         call: "Snapshots.List",
@@ -197,8 +281,6 @@ impl Containerd {
                 }
             }
         }
-        owned.retain(|(_, owner)| owner.starts_with(prefix));
-        Ok(owned)
     }
 
     /// Whether container `id` exists.

@@ -83,6 +83,7 @@ pub const SNAPSHOTS_MOUNTS: Rpc = Rpc::bounded("snapshots", "Mounts", "Snapshots
 pub const SNAPSHOTS_PREPARE: Rpc = Rpc::bounded("snapshots", "Prepare", "Snapshots.Prepare");
 pub const SNAPSHOTS_REMOVE: Rpc = Rpc::bounded("snapshots", "Remove", "Snapshots.Remove");
 pub const SNAPSHOTS_STAT: Rpc = Rpc::bounded("snapshots", "Stat", "Snapshots.Stat");
+pub const SNAPSHOTS_VIEW: Rpc = Rpc::bounded("snapshots", "View", "Snapshots.View");
 pub const SNAPSHOTS_USAGE: Rpc = Rpc::unbounded("snapshots", "Usage", "Snapshots.Usage");
 pub const TASKS_CHECKPOINT: Rpc = Rpc::unbounded("tasks", "Checkpoint", "Tasks.Checkpoint");
 pub const TASKS_CLOSE_I_O: Rpc = Rpc::bounded("tasks", "CloseIO", "Tasks.CloseIO");

@@ -82,7 +82,7 @@ pub enum ImageError {
     #[error("image {0:?} not found")]
     UnknownImage(String),
     /// The image is in use and cannot be removed.
-    #[error("image {image} is pinned and in use by {user}; refusing to remove it")]
+    #[error("image {image} is in use by {user}; refusing to remove it")]
     InUse { image: String, user: String },
 }
 

@@ -14,6 +14,7 @@ pub mod reference;
 pub mod registry;
 pub mod unpack;
 mod usage;
+pub mod volume;
 
 pub use error::ImageError;
 pub use index::{ImageIndex, ImageRecord};

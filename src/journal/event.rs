@@ -55,6 +55,10 @@ pub enum Event {
         image_name: String,
         log_path: String,
         created_at: i64,
+        /// The image id each image mount (`config.mounts[i].image`) resolved to, by mount
+        /// index ('' for a host path mount; empty when no mount is an image).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        image_volumes: Vec<String>,
     },
     /// Fact: the containerd container (and its snapshot) exist; its process runs as `user`.
     ContainerCreated {
@@ -144,6 +148,9 @@ pub struct ContainerRecord {
     /// The identity the process runs as (resolved at create from the config and the image).
     #[serde(default)]
     pub user: Option<ContainerUser>,
+    /// The image id of each image mount, by mount index ('' for a host path mount).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_volumes: Vec<String>,
 }
 
 /// A container process' uid, gid and supplementary groups.
@@ -155,24 +162,30 @@ pub struct ContainerUser {
 }
 
 impl ContainerRecord {
-    /// The record a ContainerRequested starts: to be created, nothing observed yet.
-    fn requested(
-        id: &str,
-        sandbox_id: &str,
-        config: &crate::cri::ContainerConfig,
-        image_id: &str,
-        image_name: &str,
-        log_path: &str,
-        created_at: i64,
-    ) -> ContainerRecord {
-        ContainerRecord {
+    /// The record a ContainerRequested starts: to be created, nothing observed yet (None for
+    /// any other event).
+    fn requested(event: &Event) -> Option<ContainerRecord> {
+        let Event::ContainerRequested {
+            id,
+            sandbox_id,
+            config,
+            image_id,
+            image_name,
+            log_path,
+            created_at,
+            image_volumes,
+        } = event
+        else {
+            return None;
+        };
+        Some(ContainerRecord {
             id: id.to_owned(),
             sandbox_id: sandbox_id.to_owned(),
-            config: Box::new(config.clone()),
+            config: config.clone(),
             image_id: image_id.to_owned(),
             image_name: image_name.to_owned(),
             log_path: log_path.to_owned(),
-            created_at,
+            created_at: *created_at,
             desired: ContainerDesired::Created,
             generation: 1,
             created: false,
@@ -186,7 +199,8 @@ impl ContainerRecord {
             stop_deadline: 0,
             resources_updated: false,
             user: None,
-        }
+            image_volumes: image_volumes.clone(),
+        })
     }
 
     /// Records the process' exit; the first one recorded stays.
@@ -493,23 +507,11 @@ impl State {
     /// Folds one container event (the part of [`State::apply`] for containers).
     fn apply_container(&mut self, event: &Event) {
         match event {
-            Event::ContainerRequested {
-                id,
-                sandbox_id,
-                config,
-                image_id,
-                image_name,
-                log_path,
-                created_at,
-            } => self.add_container(ContainerRecord::requested(
-                id,
-                sandbox_id,
-                config,
-                image_id,
-                image_name,
-                log_path,
-                *created_at,
-            )),
+            Event::ContainerRequested { .. } => {
+                if let Some(rec) = ContainerRecord::requested(event) {
+                    self.add_container(rec);
+                }
+            }
             Event::ContainerCreated { id, user } => self.update_container(id, |c| {
                 c.created = true;
                 c.user = user.clone();

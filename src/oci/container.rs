@@ -29,6 +29,10 @@ pub struct ContainerContext<'a> {
     pub volumes_dir: PathBuf,
     /// The pod and container annotations the runtime handler lets into the spec.
     pub passthrough: super::annotations::Passthrough<'a>,
+    /// The host directory each image mount (CRI `Mount.image`) binds, by mount index: its
+    /// mounted snapshot view, `image_sub_path` resolved inside it. Empty for the API's early
+    /// check, which makes nothing.
+    pub image_volumes: std::collections::BTreeMap<usize, PathBuf>,
 }
 
 /// Everything a container's spec is built from: the request, the image, the pod, and the
@@ -96,7 +100,10 @@ pub fn validate(inputs: &Inputs) -> Result<(), SpecError> {
     spec_opts::additional_gids(inputs, gid, &user_groups)?;
     spec_opts::pid_namespace(inputs)?;
     for (i, m) in c.mounts.iter().enumerate() {
-        spec_opts::user_mount(i, m)?;
+        match m.image {
+            Some(_) => spec_opts::image_mount(i, m, Path::new("")).map(drop)?,
+            None => spec_opts::user_mount(i, m).map(drop)?,
+        }
     }
     super::resources::check_resources("config.linux.resources", &inputs.resources)?;
     for (i, dev) in c.devices.iter().enumerate() {
@@ -180,6 +187,23 @@ pub fn check_container_path(field: &'static str, p: &str) -> Result<(), SpecErro
     Ok(())
 }
 
+/// An image mount's `image_sub_path`: empty (the whole image) or relative, without `..` or NUL.
+/// Where it leads inside the image is only known once the image is mounted
+/// (`image::volume::resolve_sub_path` refuses symlinks out of it then).
+pub fn check_image_sub_path(p: &str) -> Result<(), SpecError> {
+    let path = Path::new(p);
+    if path.is_absolute()
+        || path.components().any(|c| c == Component::ParentDir)
+        || p.contains('\0')
+    {
+        return Err(SpecError::new(
+            "config.mounts.image_sub_path",
+            format!("{p:?} must be a path relative to the image's root without '..'"),
+        ));
+    }
+    Ok(())
+}
+
 /// The working directory: the config's, else the image's, else `/`; an absolute path.
 pub fn working_dir(c: &cri::ContainerConfig, image: &ImageConfig) -> Result<String, SpecError> {
     let (cwd, field) = if !c.working_dir.is_empty() {
@@ -218,6 +242,7 @@ mod tests {
             target_pid: None,
             volumes_dir: "/state/c1/volumes".into(),
             passthrough: Default::default(),
+            image_volumes: Default::default(),
         }
     }
 
@@ -429,6 +454,90 @@ mod tests {
             [Path::new("/srv/data")],
             "a CRI mount covers the declared volume"
         );
+    }
+
+    /// A mount of image `busybox` at `/iv` with `sub_path`.
+    fn image_volume(sub_path: &str) -> cri::Mount {
+        cri::Mount {
+            container_path: "/iv".into(),
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            image_sub_path: sub_path.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_image_mount_is_a_read_only_bind_of_its_prepared_directory() {
+        let sandbox = cri::PodSandboxConfig::default();
+        let mut ctx = test_ctx(&sandbox, "img");
+        ctx.image_volumes
+            .insert(0, "/state/image-volumes/c1/0/bin".into());
+        let mut c = config(&["sh"], &[]);
+        // Even asked writable: an image volume is read-only by definition.
+        c.mounts = vec![image_volume("bin")];
+        let v = container_spec(&c, &image(&[], &[]), &ctx, None).unwrap();
+        let m = mounts(&v)
+            .iter()
+            .find(|m| m.destination() == Path::new("/iv"))
+            .unwrap();
+        assert_eq!(
+            m.source().as_deref(),
+            Some(Path::new("/state/image-volumes/c1/0/bin"))
+        );
+        assert_eq!(m.typ().as_deref(), Some("bind"));
+        let opts = m.options().clone().unwrap();
+        assert_eq!(opts, ["rbind", "rprivate", "ro", "nosuid", "nodev"]);
+        // Without a prepared directory there is no spec.
+        let err = container_spec(&c, &image(&[], &[]), &test_ctx(&sandbox, "img"), None);
+        assert_eq!(err.unwrap_err().field, "config.mounts.image");
+    }
+
+    #[test]
+    fn image_sub_paths_are_relative_without_parent_components() {
+        for ok in ["", "bin", "usr/share/", "./a", "a..b/c"] {
+            check_image_sub_path(ok).unwrap();
+        }
+        for bad in ["/etc", "../etc", "a/../../b", "a/..", "a\0b"] {
+            let e = check_image_sub_path(bad).unwrap_err();
+            assert_eq!(e.field, "config.mounts.image_sub_path", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn image_mounts_are_checked_before_anything_exists() {
+        let sandbox = cri::PodSandboxConfig::default();
+        let ctx = test_ctx(&sandbox, "img");
+        let img = image(&[], &[]);
+        let field = |m: cri::Mount| {
+            let mut c = config(&["sh"], &[]);
+            c.mounts = vec![m];
+            validate(&Inputs::new(&c, &img, &ctx, None)).map_err(|e| e.field)
+        };
+        assert_eq!(field(image_volume("bin")), Ok(()));
+        assert_eq!(
+            field(image_volume("../etc")),
+            Err("config.mounts.image_sub_path")
+        );
+        let both = cri::Mount {
+            host_path: "/srv".into(),
+            ..image_volume("")
+        };
+        assert_eq!(field(both), Err("config.mounts.host_path"));
+        let relative = cri::Mount {
+            container_path: "iv".into(),
+            ..image_volume("")
+        };
+        assert_eq!(field(relative), Err("config.mounts.container_path"));
+        let sub_path_only = cri::Mount {
+            host_path: "/srv".into(),
+            container_path: "/srv".into(),
+            image_sub_path: "bin".into(),
+            ..Default::default()
+        };
+        assert_eq!(field(sub_path_only), Err("config.mounts.image_sub_path"));
     }
 
     /// A representative container: an entrypoint image, env, user and groups, a CRI mount, a

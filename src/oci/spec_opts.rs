@@ -331,6 +331,13 @@ pub fn with_mounts(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
     }
     let mut rootfs_propagation: Option<&str> = None;
     for (i, m) in c.mounts.iter().enumerate() {
+        if m.image.is_some() {
+            let source = inp.ctx.image_volumes.get(&i).ok_or_else(|| {
+                SpecError::new("config.mounts.image", format!("mount {i}: not mounted"))
+            })?;
+            mounts.push(image_mount(i, m, source)?);
+            continue;
+        }
         let (bind, propagation) = user_mount(i, m)?;
         mounts.push(bind);
         match propagation {
@@ -351,6 +358,12 @@ pub fn with_mounts(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
 /// Bidirectional mount, rslave at least for HostToContainer (runc's default is rprivate).
 pub(super) fn user_mount(i: usize, m: &cri::Mount) -> Result<(Mount, &'static str), SpecError> {
     check_container_path("config.mounts.container_path", &m.container_path)?;
+    if !m.image_sub_path.is_empty() {
+        return Err(SpecError::new(
+            "config.mounts.image_sub_path",
+            format!("mount {i}: only an image mount (config.mounts.image) has a sub path"),
+        ));
+    }
     if !Path::new(&m.host_path).is_absolute() {
         return Err(SpecError::new(
             "config.mounts.host_path",
@@ -404,6 +417,22 @@ fn recursive_read_only(i: usize, m: &cri::Mount) -> Result<(), SpecError> {
             format!("mount {i}: RROUnsupported: the runtime handler does not support recursive read-only mounts (runc has no `rro` mount option)"),
         )),
     }
+}
+
+/// CRI image mount `i` (`Mount.image`, an image volume) as a read-only bind of `source`, the
+/// host directory of its mounted image. Its `host_path` must be empty.
+pub(super) fn image_mount(i: usize, m: &cri::Mount, source: &Path) -> Result<Mount, SpecError> {
+    check_container_path("config.mounts.container_path", &m.container_path)?;
+    if !m.host_path.is_empty() {
+        return Err(SpecError::new(
+            "config.mounts.host_path",
+            format!("mount {i}: must be empty when the mount is an image"),
+        ));
+    }
+    super::container::check_image_sub_path(&m.image_sub_path)
+        .map_err(|e| e.within(format!("mount {i}")))?;
+    let options = ["rbind", "rprivate", "ro", "nosuid", "nodev"];
+    Ok(mount(&m.container_path, "bind", source, &options))
 }
 
 /// The image's declared volumes that no mount covers: an empty directory of the container's.

@@ -17,6 +17,9 @@ use crate::journal::{
 };
 use crate::oci::container::{container_spec, ContainerContext};
 
+mod image_volumes;
+pub use image_volumes::view_key as image_volume_key;
+
 /// Settings containers are made with.
 #[derive(Debug, Clone)]
 pub struct ContainerSettings {
@@ -256,6 +259,7 @@ impl ContainerReconciler {
             target_pid: target_pid(rec, state),
             volumes_dir: self.settings.layout.container_volumes(id),
             passthrough: crate::oci::annotations::Passthrough::of(handler),
+            image_volumes: Default::default(),
         };
         let runtime = ContainerRuntime::of(handler, self.settings.runtime.systemd_cgroup());
         let made = Made {
@@ -268,20 +272,21 @@ impl ContainerReconciler {
         self.ctd
             .create_lease(&made.lease, Duration::from_secs(600), &made.owner)
             .await?;
-        let user = self.create_leased(rec, &img, &ctx, &runtime, &made).await;
+        let user = self.create_leased(rec, &img, ctx, &runtime, &made).await;
         if let Err(e) = self.ctd.delete_lease(&made.lease).await {
             tracing::warn!(container_id = id, lease = made.lease, error = %e, "cannot delete a container lease; it expires");
         }
         user.map(Some)
     }
 
-    /// The snapshot (held by `made.lease` until the container references it), the image's
-    /// users, the spec, the bind sources and the containerd container.
+    /// The snapshot and image volume views (held by `made.lease` until the container
+    /// references them), the image's users, the spec, the bind sources and the containerd
+    /// container.
     async fn create_leased(
         &self,
         rec: &ContainerRecord,
         img: &crate::image::index::ImageRecord,
-        ctx: &ContainerContext<'_>,
+        mut ctx: ContainerContext<'_>,
         runtime: &ContainerRuntime,
         made: &Made,
     ) -> Result<ContainerUser, ReconcileError> {
@@ -308,11 +313,12 @@ impl ContainerReconciler {
             .await
             .map_err(|e| Self::err(id, USERS, e))?
             .map_err(|e| Self::refused(id, USERS, e))?;
-        let spec = container_spec(&rec.config, &img.resolved.config, ctx, Some(&users))
+        ctx.image_volumes = self.prepare_image_volumes(rec, made).await?;
+        let spec = container_spec(&rec.config, &img.resolved.config, &ctx, Some(&users))
             .map_err(|e| Self::refused(id, "building the container spec", e))?;
         self.make_bind_sources(rec, &spec)?;
         if made.first || !self.ctd.container_exists(id).await? {
-            let labels = [
+            let mut labels: std::collections::HashMap<_, _> = [
                 ("io.cri-containerd.kind".into(), "container".into()),
                 (
                     "io.kubernetes.pod-sandbox-id".into(),
@@ -320,6 +326,7 @@ impl ContainerReconciler {
                 ),
             ]
             .into();
+            labels.extend(image_volumes::gc_labels(rec, snapshotter));
             self.ctd
                 .create_container(
                     id,
@@ -411,6 +418,7 @@ impl ContainerReconciler {
             .snapshot_mounts(&self.settings.snapshotter, id)
             .await?
             .ok_or_else(|| Self::err(id, "starting the container", "its snapshot is gone"))?;
+        self.remount_image_volumes(rec).await?;
         let dir = self.settings.layout.container(id);
         std::fs::create_dir_all(&dir).map_err(|e| Self::err(id, "starting the container", e))?;
         let io = if Self::attached_stdio(rec) {
@@ -634,6 +642,7 @@ impl ContainerReconciler {
         self.ctd.end_task(id, Duration::from_secs(10)).await?;
         self.attachments.detach(id);
         self.ctd.delete_container(id).await?;
+        self.release_image_volumes(id).await?;
         self.ctd
             .remove_snapshot(&self.settings.snapshotter, id)
             .await?;

@@ -69,10 +69,10 @@ pub async fn pull_ok(d: &Daemon, image: &str) {
     pull(d, image).await.unwrap();
 }
 
-/// The trimmed stdout of `cmd` run with ExecSync in container `id` (it must succeed).
-pub async fn exec_out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
-    let r = d
-        .runtime()
+/// ExecSync of `cmd` in container `id` with a 10 s timeout (the call must succeed; the command
+/// may fail).
+pub async fn exec_sync(d: &Daemon, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+    d.runtime()
         .await
         .exec_sync(cri::ExecSyncRequest {
             container_id: id.into(),
@@ -81,7 +81,12 @@ pub async fn exec_out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+/// The trimmed stdout of `cmd` run with ExecSync in container `id` (it must succeed).
+pub async fn exec_out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
+    let r = exec_sync(d, id, cmd).await;
     String::from_utf8_lossy(&r.stdout).trim().to_string()
 }
 
@@ -125,6 +130,17 @@ pub async fn remove_pod(d: &Daemon, id: &str) {
         .await
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {
             pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap();
+}
+
+/// RemoveContainer of `id` (it must succeed).
+pub async fn remove_container(d: &Daemon, id: &str) {
+    d.runtime()
+        .await
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.into(),
         })
         .await
         .unwrap();

@@ -83,6 +83,7 @@ fn container(i: usize) -> Event {
         image_id: "sha256:".to_string() + &"ab".repeat(32),
         image_name: "busybox".into(),
         log_path: format!("/var/log/pods/bench/c-{i}/0.log"),
+        image_volumes: Vec::new(),
         created_at: i as i64,
     }
 }
