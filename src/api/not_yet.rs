@@ -8,14 +8,12 @@ use super::{ApiError, Gate, Server};
 #[derive(Debug, Clone, Copy)]
 pub enum Capability {
     Checkpoint,
-    PodResize,
 }
 
 impl Capability {
     fn describe(self) -> &'static str {
         match self {
             Capability::Checkpoint => "container checkpoint/restore is not supported by concord",
-            Capability::PodResize => "pod-level resources cannot be updated by concord yet",
         }
     }
 }
