@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    container_config, eventually, pod_config, pod_daemon, pull_ok, remove_pod, Daemon, Pod,
+    container_config, eventually, pod_config, pod_daemon, pod_info, pod_stats, pull_ok, remove_pod,
+    Daemon, Pod,
 };
 use concord::cri;
 
@@ -88,7 +89,7 @@ async fn pressure_shows_in_container_and_pod_stats_where_the_host_has_it() {
         )
         .await;
     let path = format!("{parent}/{c}");
-    let mut rt = d.runtime().await;
+    let rt = d.runtime().await;
     let stats_of = |id: String| {
         let mut rt = rt.clone();
         async move {
@@ -136,17 +137,7 @@ async fn pressure_shows_in_container_and_pod_stats_where_the_host_has_it() {
     );
 
     // The pod: its own cgroup parent's pressure.
-    let pod = rt
-        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap()
-        .linux
-        .unwrap();
+    let pod = pod_stats(&d, &p.id).await;
     let pod_cpu = pod.cpu.unwrap();
     assert_eq!(pod_cpu.psi.is_some(), has_pressure(&parent, "cpu.pressure"));
     assert_eq!(pod.io.is_some(), has_pressure(&parent, "io.pressure"));
@@ -211,15 +202,7 @@ async fn pod_resources_reach_the_pod_cgroup_and_the_status() {
         ((257u64) << 20).to_string()
     );
     // The status shows the new resources.
-    let status = rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: p.id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let info = pod_info(&d, &p.id).await;
     let linux = &info["config"]["linux"];
     assert_eq!(linux["resources"]["cpu_shares"], 300, "{info}");
     assert_eq!(
@@ -271,15 +254,7 @@ async fn pod_resources_of_a_pod_without_its_own_cgroup_are_recorded_only() {
     })
     .await
     .unwrap();
-    let status = rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: p.id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let info = pod_info(&d, &p.id).await;
     assert_eq!(
         info["config"]["linux"]["resources"]["cpu_shares"], 100,
         "{info}"

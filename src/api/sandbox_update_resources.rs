@@ -15,12 +15,7 @@ impl Server {
         req: cri::UpdatePodSandboxResourcesRequest,
         deadline: Duration,
     ) -> Result<cri::UpdatePodSandboxResourcesResponse, ApiError> {
-        let id = self
-            .resolve_sandbox(&req.pod_sandbox_id)?
-            .ok_or_else(|| ApiError::NotFound {
-                kind: "pod sandbox",
-                id: req.pod_sandbox_id.clone(),
-            })?;
+        let id = self.known_sandbox(&req.pod_sandbox_id)?;
         if let Some(o) = &req.overhead {
             crate::oci::resources::check_resources("overhead", o)?;
         }
@@ -40,8 +35,8 @@ impl Server {
             .journal
             .append(vec![Event::SandboxResourcesUpdated {
                 id: id.clone(),
-                overhead: req.overhead,
-                resources: req.resources,
+                overhead: req.overhead.map(Box::new),
+                resources: req.resources.map(Box::new),
             }])
             .await?;
         self.await_converged(&key, state.generation(&key), deadline, || {

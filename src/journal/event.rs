@@ -40,9 +40,9 @@ pub enum Event {
     SandboxResourcesUpdated {
         id: String,
         #[serde(default, with = "super::codec::cri_bytes_opt")]
-        overhead: Option<crate::cri::LinuxContainerResources>,
+        overhead: Option<Box<crate::cri::LinuxContainerResources>>,
         #[serde(default, with = "super::codec::cri_bytes_opt")]
-        resources: Option<crate::cri::LinuxContainerResources>,
+        resources: Option<Box<crate::cri::LinuxContainerResources>>,
     },
     /// StopPodSandbox.
     SandboxStopRequested { id: String },
@@ -338,15 +338,15 @@ impl SandboxRecord {
     /// UpdatePodSandboxResources: the given overhead and resources replace the config's.
     fn update_resources(
         &mut self,
-        overhead: &Option<crate::cri::LinuxContainerResources>,
-        resources: &Option<crate::cri::LinuxContainerResources>,
+        overhead: &Option<Box<crate::cri::LinuxContainerResources>>,
+        resources: &Option<Box<crate::cri::LinuxContainerResources>>,
     ) {
         let linux = self.config.linux.get_or_insert_with(Default::default);
         if let Some(o) = overhead {
-            linux.overhead = Some(o.clone());
+            linux.overhead = Some((**o).clone());
         }
         if let Some(r) = resources {
-            linux.resources = Some(r.clone());
+            linux.resources = Some((**r).clone());
         }
         self.resources_updated = true;
         self.generation += 1;
@@ -813,6 +813,10 @@ mod tests {
         })
     }
 
+    fn boxed(shares: i64) -> Option<Box<crate::cri::LinuxContainerResources>> {
+        cpu(shares).map(Box::new)
+    }
+
     #[test]
     fn pod_resource_updates_replace_the_given_parts_and_count_a_generation() {
         let mut s = State::default();
@@ -831,8 +835,8 @@ mod tests {
             overhead,
             resources,
         };
-        s.apply(2, &update(cpu(10), cpu(512)));
-        s.apply(3, &update(None, cpu(1024)));
+        s.apply(2, &update(boxed(10), boxed(512)));
+        s.apply(3, &update(None, boxed(1024)));
         let p = &s.sandboxes["p"];
         let linux = p.config.linux.as_ref().unwrap();
         assert_eq!(linux.overhead, cpu(10), "an absent overhead is kept");
@@ -848,7 +852,7 @@ mod tests {
             &Event::SandboxResourcesUpdated {
                 id: "q".into(),
                 overhead: None,
-                resources: cpu(1),
+                resources: boxed(1),
             },
         );
         assert_eq!(s.sandboxes, before.sandboxes);
@@ -859,8 +863,8 @@ mod tests {
         for ev in [
             Event::SandboxResourcesUpdated {
                 id: "p".into(),
-                overhead: cpu(2),
-                resources: cpu(3),
+                overhead: boxed(2),
+                resources: boxed(3),
             },
             Event::SandboxResourcesUpdated {
                 id: "p".into(),

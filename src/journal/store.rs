@@ -778,7 +778,7 @@ mod tests {
             Event::SandboxResourcesUpdated {
                 id: "p".into(),
                 overhead: None,
-                resources: Some(resources.clone()),
+                resources: Some(Box::new(resources.clone())),
             },
         ];
         for ev in &events {
