@@ -155,6 +155,8 @@ async fn pull_by_tag_then_status_list_remove_and_gc_frees_everything() {
             .contains("overlayfs"),
         "{info:?}"
     );
+    // One snapshotter holds images and writable layers: no separate container filesystem.
+    assert!(info.container_filesystems.is_empty(), "{info:?}");
     println!("fs usage visible after {fs:?}: {info:?}");
 
     // Remove by tag: it was the only tag, so the image goes, and the GC frees it all.

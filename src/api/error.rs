@@ -27,12 +27,6 @@ pub enum ApiError {
     /// concord cannot serve this call now (containerd down, shutting down).
     #[error("{0}")]
     NotReady(String),
-    /// The RPC belongs to a capability concord does not have yet.
-    #[error("{rpc} is not implemented yet: {capability}")]
-    Unimplemented {
-        rpc: &'static str,
-        capability: &'static str,
-    },
     /// The intent could not be recorded.
     #[error("recording the intent failed: {0}")]
     Journal(#[from] AppendError),
@@ -60,7 +54,6 @@ impl ApiError {
             ApiError::NotReady(_) => Code::Unavailable,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            ApiError::Unimplemented { .. } => Code::Unimplemented,
             ApiError::Journal(AppendError::Closed) => Code::Unavailable,
             ApiError::Journal(AppendError::Store(_)) => Code::Internal,
             ApiError::Converge {

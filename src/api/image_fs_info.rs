@@ -1,4 +1,9 @@
 //! ImageFsInfo: the snapshot syncer's last measurement (never computed during the call).
+//!
+//! Images and the containers' writable layers live in the same snapshotter, so, like
+//! containerd's CRI plugin, concord answers one image filesystem and leaves
+//! `container_filesystems` empty: the proto's default, which the kubelet reads as "containers
+//! share the image filesystem" (a split image/container store would list the second one there).
 
 use crate::cri;
 
@@ -27,8 +32,8 @@ impl Server {
             }),
         };
         Ok(cri::ImageFsInfoResponse {
-            image_filesystems: vec![fs.clone()],
-            container_filesystems: vec![fs],
+            image_filesystems: vec![fs],
+            container_filesystems: Vec::new(),
         })
     }
 }

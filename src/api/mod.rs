@@ -17,11 +17,11 @@ mod image_status;
 mod instrument;
 mod introspect;
 mod list_stream;
-mod not_yet;
 mod runtime_config;
 mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
+mod sandbox_update_resources;
 mod stats;
 mod status;
 mod streaming;
@@ -45,7 +45,6 @@ use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::proto;
 use crate::reconcile::Controller;
-use not_yet::Capability::PodResize;
 
 /// The full id from an id or a unique prefix of a key of `map`; None when none matches.
 /// `field` and `kind` name the request field and the object in errors.
@@ -515,9 +514,17 @@ impl cri::runtime_service_server::RuntimeService for Cri {
     }
     async fn update_pod_sandbox_resources(
         &self,
-        _: Request<cri::UpdatePodSandboxResourcesRequest>,
+        r: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> Res<cri::UpdatePodSandboxResourcesResponse> {
-        self.0.not_yet("UpdatePodSandboxResources", PodResize).await
+        let deadline = deadline_of(r.metadata());
+        self.0
+            .instrument(
+                "UpdatePodSandboxResources",
+                Gate::None,
+                self.0
+                    .update_pod_sandbox_resources(r.into_inner(), deadline),
+            )
+            .await
     }
     async fn exec(&self, r: Request<cri::ExecRequest>) -> Res<cri::ExecResponse> {
         self.0

@@ -12,12 +12,7 @@ impl Server {
         &self,
         req: cri::PodSandboxStatusRequest,
     ) -> Result<cri::PodSandboxStatusResponse, ApiError> {
-        let id = self
-            .resolve_sandbox(&req.pod_sandbox_id)?
-            .ok_or_else(|| ApiError::NotFound {
-                kind: "pod sandbox",
-                id: req.pod_sandbox_id.clone(),
-            })?;
+        let id = self.known_sandbox(&req.pod_sandbox_id)?;
         let state = self.journal.state();
         let rec = state.sandboxes.get(&id).ok_or_else(|| ApiError::NotFound {
             kind: "pod sandbox",

@@ -60,6 +60,14 @@ impl Server {
         super::resolve_id(&state.sandboxes, id, "pod_sandbox_id", "sandbox")
     }
 
+    /// The full id of a known sandbox from an id or a unique prefix; NotFound when unknown.
+    pub fn known_sandbox(&self, id: &str) -> Result<String, ApiError> {
+        self.resolve_sandbox(id)?.ok_or_else(|| ApiError::NotFound {
+            kind: "pod sandbox",
+            id: id.to_string(),
+        })
+    }
+
     /// Appends `intents` (the sandbox's last), then waits for the pod's containers and the
     /// sandbox to converge them.
     async fn converge_sandbox(

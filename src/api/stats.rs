@@ -7,6 +7,7 @@ use crate::cri;
 use super::container_status::selected;
 use super::{ApiError, Server};
 use crate::journal::{ContainerRecord, SandboxRecord, State};
+use crate::stats::psi::{Pressure, PsiLine};
 use crate::stats::{Collected, Usage};
 
 fn u64v(value: u64) -> Option<cri::UInt64Value> {
@@ -122,13 +123,35 @@ impl Server {
     }
 }
 
+/// A pressure file as CRI wants it: totals in nanoseconds, averages in percent.
+fn psi(p: &Pressure) -> cri::PsiStats {
+    let data = |l: &PsiLine| cri::PsiData {
+        total: l.total_us.saturating_mul(1000),
+        avg10: f64::from(l.avg10) / 100.0,
+        avg60: f64::from(l.avg60) / 100.0,
+        avg300: f64::from(l.avg300) / 100.0,
+    };
+    cri::PsiStats {
+        full: p.full.as_ref().map(data),
+        some: Some(data(&p.some)),
+    }
+}
+
+/// IO usage: only its pressure exists in CRI, so it is absent without one (as containerd).
+fn io(u: &Usage) -> Option<cri::IoUsage> {
+    u.counters.io_psi.as_ref().map(|p| cri::IoUsage {
+        timestamp: u.at,
+        psi: Some(psi(p)),
+    })
+}
+
 fn cpu(u: &Usage) -> cri::CpuUsage {
     cri::CpuUsage {
         timestamp: u.at,
         usage_core_nano_seconds: u64v(u.counters.cpu_ns),
         // The first sample of a container has no rate yet: 0, as containerd.
         usage_nano_cores: u64v(u.nano_cores.unwrap_or(0)),
-        psi: None,
+        psi: u.counters.cpu_psi.as_ref().map(psi),
     }
 }
 
@@ -147,7 +170,7 @@ fn memory(u: &Usage) -> cri::MemoryUsage {
         rss_bytes: u64v(c.rss),
         page_faults: u64v(c.page_faults),
         major_page_faults: u64v(c.major_page_faults),
-        psi: None,
+        psi: c.memory_psi.as_ref().map(psi),
     }
 }
 
@@ -179,7 +202,7 @@ fn container_stats(c: &ContainerRecord, last: &Collected) -> cri::ContainerStats
                 inodes_used: u64v(inodes),
             }),
         swap: None,
-        io: None,
+        io: usage.and_then(io),
     }
 }
 
@@ -224,7 +247,7 @@ fn sandbox_stats(s: &SandboxRecord, state: &State, last: &Collected) -> cri::Pod
             containers: pod_containers(s, state)
                 .map(|c| container_stats(c, last))
                 .collect(),
-            io: None,
+            io: cgroup.and_then(io),
         }),
         windows: None,
     }

@@ -32,6 +32,32 @@ pub mod cri_bytes {
     }
 }
 
+/// `#[serde(default, with = "cri_bytes_opt")]` for an optional CRI message field: absent or
+/// null when None, else as [`cri_bytes`].
+pub mod cri_bytes_opt {
+    use super::*;
+
+    pub fn serialize<M: prost::Message, S: Serializer>(
+        m: &Option<M>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match m {
+            Some(m) => cri_bytes::serialize(m, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, M, D>(d: D) -> Result<Option<M>, D::Error>
+    where
+        M: prost::Message + Default,
+        D: Deserializer<'de>,
+    {
+        #[derive(Deserialize)]
+        struct Wrap<M: prost::Message + Default>(#[serde(with = "cri_bytes")] M);
+        Ok(Option::<Wrap<M>>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
 /// Schema 1 (concord 0.1 until the CRI proto became concord's own): the CRI messages were serde
 /// JSON of the k8s-cri 0.11 crate's structs. Upgrading rewrites each of them, in the JSON tree,
 /// to schema 2's protobuf string; the rest of the tree is concord's own and unchanged. k8s-cri

@@ -35,6 +35,15 @@ pub enum Event {
     /// Fact: RunPodSandbox failed; the sandbox is to be removed (SandboxRemoved follows once
     /// everything it created is torn down).
     SandboxFailed { id: String, error: String },
+    /// UpdatePodSandboxResources: the pod-level overhead and resources (each replaces the
+    /// config's when given), written to the pod's cgroup by the loop.
+    SandboxResourcesUpdated {
+        id: String,
+        #[serde(default, with = "super::codec::cri_bytes_opt")]
+        overhead: Option<Box<crate::cri::LinuxContainerResources>>,
+        #[serde(default, with = "super::codec::cri_bytes_opt")]
+        resources: Option<Box<crate::cri::LinuxContainerResources>>,
+    },
     /// StopPodSandbox.
     SandboxStopRequested { id: String },
     /// Fact: task, network and netns are gone.
@@ -310,6 +319,9 @@ pub struct SandboxRecord {
     pub exited: bool,
     /// Stop converged (task, network, netns gone).
     pub stopped: bool,
+    /// UpdatePodSandboxResources changed the config's overhead or resources since the run.
+    #[serde(default)]
+    pub resources_updated: bool,
 }
 
 impl SandboxRecord {
@@ -333,7 +345,25 @@ impl SandboxRecord {
             pid: None,
             exited: false,
             stopped: false,
+            resources_updated: false,
         }
+    }
+
+    /// UpdatePodSandboxResources: the given overhead and resources replace the config's.
+    fn update_resources(
+        &mut self,
+        overhead: &Option<Box<crate::cri::LinuxContainerResources>>,
+        resources: &Option<Box<crate::cri::LinuxContainerResources>>,
+    ) {
+        let linux = self.config.linux.get_or_insert_with(Default::default);
+        if let Some(o) = overhead {
+            linux.overhead = Some((**o).clone());
+        }
+        if let Some(r) = resources {
+            linux.resources = Some((**r).clone());
+        }
+        self.resources_updated = true;
+        self.generation += 1;
     }
 
     /// Fact: task, network and netns are gone.
@@ -482,6 +512,11 @@ impl State {
                     SandboxDesired::Stopped,
                 )
             }),
+            Event::SandboxResourcesUpdated {
+                id,
+                overhead,
+                resources,
+            } => self.update_sandbox(id, |s| s.update_resources(overhead, resources)),
             Event::SandboxStopped { id } => self.update_sandbox(id, SandboxRecord::stopped),
             Event::SandboxRemoveRequested { id } => self.update_sandbox(id, |s| {
                 intent(
@@ -681,6 +716,8 @@ impl State {
                 serde_json::to_string(&serde_json::json!({
                     "desired": s.desired, "generation": s.generation, "netns": s.netns_path,
                     "ips": s.ips, "pid": s.pid, "exited": s.exited, "stopped": s.stopped,
+                    "overhead": s.config.linux.as_ref().and_then(|l| l.overhead.as_ref()),
+                    "resources": s.config.linux.as_ref().and_then(|l| l.resources.as_ref()),
                 }))
                 .ok()
             }),
@@ -769,5 +806,86 @@ mod tests {
         assert_eq!(text, r#"{"type":"PodCidrRequested","cidr":"10.0.0.0/8"}"#);
         assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), ev);
         assert!(serde_json::from_str::<Event>(r#"{"type":"FromTheFuture"}"#).is_err());
+    }
+
+    fn cpu(shares: i64) -> Option<crate::cri::LinuxContainerResources> {
+        Some(crate::cri::LinuxContainerResources {
+            cpu_shares: shares,
+            ..Default::default()
+        })
+    }
+
+    fn boxed(shares: i64) -> Option<Box<crate::cri::LinuxContainerResources>> {
+        cpu(shares).map(Box::new)
+    }
+
+    #[test]
+    fn pod_resource_updates_replace_the_given_parts_and_count_a_generation() {
+        let mut s = State::default();
+        s.apply(
+            1,
+            &Event::SandboxRequested {
+                id: "p".into(),
+                config: Box::default(),
+                runtime_handler: String::new(),
+                netns_path: None,
+                created_at: 1,
+            },
+        );
+        let update = |overhead, resources| Event::SandboxResourcesUpdated {
+            id: "p".into(),
+            overhead,
+            resources,
+        };
+        s.apply(2, &update(boxed(10), boxed(512)));
+        s.apply(3, &update(None, boxed(1024)));
+        let p = &s.sandboxes["p"];
+        let linux = p.config.linux.as_ref().unwrap();
+        assert_eq!(linux.overhead, cpu(10), "an absent overhead is kept");
+        assert_eq!(linux.resources, cpu(1024));
+        assert!(p.resources_updated);
+        assert_eq!(s.generation(&ObjectKey::Sandbox("p".into())), 3);
+        let desired = s.desired_json(&ObjectKey::Sandbox("p".into())).unwrap();
+        assert!(desired.contains("\"cpu_shares\":1024"), "{desired}");
+        // An unknown pod: nothing.
+        let before = s.clone();
+        s.apply(
+            4,
+            &Event::SandboxResourcesUpdated {
+                id: "q".into(),
+                overhead: None,
+                resources: boxed(1),
+            },
+        );
+        assert_eq!(s.sandboxes, before.sandboxes);
+    }
+
+    #[test]
+    fn pod_resource_events_round_trip_with_and_without_parts() {
+        for ev in [
+            Event::SandboxResourcesUpdated {
+                id: "p".into(),
+                overhead: boxed(2),
+                resources: boxed(3),
+            },
+            Event::SandboxResourcesUpdated {
+                id: "p".into(),
+                overhead: None,
+                resources: None,
+            },
+        ] {
+            let text = serde_json::to_string(&ev).unwrap();
+            assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), ev, "{text}");
+        }
+        let bare: Event =
+            serde_json::from_str(r#"{"type":"SandboxResourcesUpdated","id":"p"}"#).unwrap();
+        assert_eq!(
+            bare,
+            Event::SandboxResourcesUpdated {
+                id: "p".into(),
+                overhead: None,
+                resources: None
+            }
+        );
     }
 }

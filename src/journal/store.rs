@@ -757,6 +757,48 @@ mod tests {
     }
 
     #[test]
+    fn pod_resource_updates_replay_from_events_and_from_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let (mut j, mut state, _) = Journal::open(&path).unwrap();
+        let resources = crate::cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        };
+        let events = [
+            Event::SandboxRequested {
+                id: "p".into(),
+                config: Box::default(),
+                runtime_handler: String::new(),
+                netns_path: None,
+                created_at: 1,
+            },
+            Event::SandboxResourcesUpdated {
+                id: "p".into(),
+                overhead: None,
+                resources: Some(Box::new(resources.clone())),
+            },
+        ];
+        for ev in &events {
+            let seq = j.append(std::slice::from_ref(ev)).unwrap();
+            state.apply(seq, ev);
+        }
+        drop(j);
+        let (mut j, replayed, _) = Journal::open(&path).unwrap();
+        assert_eq!(replayed, state);
+        let linux = replayed.sandboxes["p"].config.linux.clone().unwrap();
+        assert_eq!(linux.resources, Some(resources));
+        assert!(replayed.sandboxes["p"].resources_updated);
+        j.compact(&replayed).unwrap();
+        drop(j);
+        let (_, from_snapshot, info) = Journal::open(&path).unwrap();
+        assert_eq!(info.replayed, 0);
+        assert_eq!(from_snapshot, state);
+    }
+
+    #[test]
     fn newer_schema_is_refused_and_left_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.redb");

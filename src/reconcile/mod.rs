@@ -9,6 +9,7 @@
 mod attempts;
 pub mod container;
 pub mod orphans;
+mod pod_cgroup;
 mod queue;
 mod runtime_config;
 mod sandbox;

@@ -131,9 +131,11 @@ impl SandboxReconciler {
                             .await?;
                     }
                 }
-                Ok(observed(
-                    json!({"state": if running { "ready" } else { "notready" }}),
-                ))
+                let mut seen = json!({"state": if running { "ready" } else { "notready" }});
+                if rec.resources_updated && running {
+                    seen["podCgroup"] = pod_limits(rec);
+                }
+                Ok(observed(seen))
             }
             SandboxDesired::Stopped => {
                 if !rec.stopped {
@@ -644,6 +646,27 @@ impl SandboxReconciler {
 const SHM_SIZE: u64 = 64 << 20;
 
 /// Whether the pod uses the host's IPC namespace (and so the host's /dev/shm).
+/// Writes the pod-level limits UpdatePodSandboxResources recorded to the pod's cgroup; answers
+/// what it did. A write the kernel refuses is reported, not retried: the kubelet owns the pod
+/// cgroup and already sized it (the RPC is best effort).
+fn pod_limits(rec: &SandboxRecord) -> Value {
+    use super::pod_cgroup::{apply, pod_total, Applied};
+    let linux = rec.config.linux.clone().unwrap_or_default();
+    let Some(total) = pod_total(linux.overhead.as_ref(), linux.resources.as_ref()) else {
+        return json!("nothing to write");
+    };
+    let parent = rec.configured_cgroup_parent();
+    match apply(std::path::Path::new("/sys/fs/cgroup"), parent, &total) {
+        Ok(Applied::Nothing) => json!("nothing to write"),
+        Ok(Applied::NoCgroup) => json!({"recorded": true, "cgroup": parent, "exists": false}),
+        Ok(Applied::Written(files)) => json!({"cgroup": parent, "written": files}),
+        Err(e) => {
+            tracing::warn!(sandbox_id = %rec.id, error = %e, "pod cgroup limits not written");
+            json!({"cgroup": parent, "error": e.to_string()})
+        }
+    }
+}
+
 fn host_ipc(rec: &SandboxRecord) -> bool {
     rec.config
         .linux

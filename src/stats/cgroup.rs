@@ -1,6 +1,10 @@
-//! Reading one cgroup's CPU, memory and pids counters from cgroupfs (v1 or the unified v2).
+//! Reading one cgroup's CPU, memory and pids counters from cgroupfs (v1 or the unified v2),
+//! and its pressure stall information from the unified hierarchy.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use super::psi::{self, Pressure};
 
 /// Counters of one cgroup at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,11 +20,16 @@ pub struct CgroupCounters {
     /// The memory limit; None when unlimited.
     pub memory_limit: Option<u64>,
     pub pids: Option<u64>,
+    /// `cpu.pressure`, `memory.pressure`, `io.pressure`; None where the host has no such file
+    /// (no unified hierarchy, PSI disabled) or it does not parse.
+    pub cpu_psi: Option<Pressure>,
+    pub memory_psi: Option<Pressure>,
+    pub io_psi: Option<Pressure>,
 }
 
 impl CgroupCounters {
-    /// The sum of several cgroups' counters (a pod with no cgroup of its own); the limit is
-    /// unknown for a sum.
+    /// The sum of several cgroups' counters (a pod with no cgroup of its own); the limit and
+    /// the pressure (a share of time, which does not add up) are unknown for a sum.
     pub fn sum<'a>(parts: impl IntoIterator<Item = &'a CgroupCounters>) -> Option<CgroupCounters> {
         let mut total: Option<CgroupCounters> = None;
         for p in parts {
@@ -46,6 +55,9 @@ impl CgroupCounters {
 pub struct Cgroups {
     root: PathBuf,
     unified: bool,
+    /// The cgroup v2 tree holding the pressure files: the root on a unified host, the
+    /// `unified` mount of a hybrid v1 host (runc mirrors each cgroup there), else None.
+    pressure_root: Option<PathBuf>,
 }
 
 /// A v1 memory limit at or above this is "no limit" (the kernel's page-rounded i64::MAX).
@@ -59,9 +71,19 @@ impl Cgroups {
 
     /// Cgroups mounted at `root` (v2 when `root/cgroup.controllers` exists).
     pub fn at(root: &Path) -> Cgroups {
+        let unified = root.join("cgroup.controllers").exists();
+        let hybrid = root.join("unified");
+        let pressure_root = if unified {
+            Some(root.to_owned())
+        } else if hybrid.join("cgroup.controllers").exists() {
+            Some(hybrid)
+        } else {
+            None
+        };
         Cgroups {
             root: root.to_owned(),
-            unified: root.join("cgroup.controllers").exists(),
+            unified,
+            pressure_root,
         }
     }
 
@@ -69,11 +91,17 @@ impl Cgroups {
     /// does not exist (the task is gone).
     pub fn read(&self, path: &str) -> Option<CgroupCounters> {
         let rel = path.trim_start_matches('/');
-        if self.unified {
+        let mut counters = if self.unified {
             self.read_v2(&self.root.join(rel))
         } else {
             self.read_v1(rel)
+        }?;
+        if let Some(dir) = self.pressure_root.as_ref().map(|r| r.join(rel)) {
+            counters.cpu_psi = read_pressure(&dir.join("cpu.pressure"));
+            counters.memory_psi = read_pressure(&dir.join("memory.pressure"));
+            counters.io_psi = read_pressure(&dir.join("io.pressure"));
         }
+        Some(counters)
     }
 
     fn read_v2(&self, dir: &Path) -> Option<CgroupCounters> {
@@ -90,6 +118,7 @@ impl Cgroups {
             major_page_faults: field(&stat, "pgmajfault").unwrap_or(0),
             memory_limit: read_u64(&dir.join("memory.max")),
             pids: read_u64(&dir.join("pids.current")),
+            ..Default::default()
         })
     }
 
@@ -116,6 +145,7 @@ impl Cgroups {
             memory_limit: read_u64(&mem.join("memory.limit_in_bytes"))
                 .filter(|&l| l < V1_UNLIMITED),
             pids: read_u64(&self.root.join("pids").join(rel).join("pids.current")),
+            ..Default::default()
         })
     }
 }
@@ -123,6 +153,22 @@ impl Cgroups {
 /// A file holding one number ("max" and unreadable files are None).
 fn read_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A pressure file, read up to [`psi::MAX_LEN`] + 1 bytes: None when missing, unreadable
+/// (EOPNOTSUPP where PSI is disabled at boot) or malformed.
+fn read_pressure(path: &Path) -> Option<Pressure> {
+    let mut buf = Vec::with_capacity(256);
+    std::fs::File::open(path)
+        .ok()?
+        .take(psi::MAX_LEN as u64 + 1)
+        .read_to_end(&mut buf)
+        .ok()?;
+    psi::parse(&buf)
+        .inspect_err(
+            |e| tracing::debug!(path = %path.display(), error = %e, "pressure file skipped"),
+        )
+        .ok()
 }
 
 /// The value of `key` in a flat-keyed stat file (`key value` per line).
@@ -193,6 +239,46 @@ mod tests {
         assert_eq!(c.pids, Some(1));
         write(&d, "memory.max", "max\n");
         assert_eq!(Cgroups::at(r).read("pods/c2").unwrap().memory_limit, None);
+    }
+
+    const PRESSURE: &str = "some avg10=1.50 avg60=0.25 avg300=0.00 total=1200\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n";
+
+    #[test]
+    fn pressure_comes_from_the_unified_tree_and_is_absent_without_it() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        // A hybrid host: v1 controllers plus a v2 mount at unified/ holding the pressure files.
+        write(&r.join("cpuacct/k8s.io/c1"), "cpuacct.usage", "1\n");
+        let v1 = Cgroups::at(r).read("/k8s.io/c1").unwrap();
+        assert_eq!((v1.cpu_psi, v1.memory_psi, v1.io_psi), (None, None, None));
+        write(&r.join("unified"), "cgroup.controllers", "\n");
+        let u = r.join("unified/k8s.io/c1");
+        write(&u, "cpu.pressure", PRESSURE);
+        write(&u, "memory.pressure", "garbage\n");
+        let c = Cgroups::at(r).read("/k8s.io/c1").unwrap();
+        let cpu = c.cpu_psi.unwrap();
+        assert_eq!(
+            (cpu.some.total_us, cpu.some.avg10, cpu.some.avg60),
+            (1200, 150, 25)
+        );
+        assert_eq!(cpu.full.unwrap().total_us, 7);
+        // Malformed or missing: absent, never zeros.
+        assert_eq!((c.memory_psi, c.io_psi), (None, None));
+    }
+
+    #[test]
+    fn pressure_on_a_unified_host() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        write(r, "cgroup.controllers", "cpu memory io\n");
+        let d = r.join("pods/c3");
+        write(&d, "cpu.stat", "usage_usec 1\n");
+        for f in ["cpu.pressure", "memory.pressure", "io.pressure"] {
+            write(&d, f, PRESSURE);
+        }
+        let c = Cgroups::at(r).read("pods/c3").unwrap();
+        assert!(c.cpu_psi.is_some() && c.memory_psi.is_some() && c.io_psi.is_some());
+        assert!(CgroupCounters::sum([&c]).unwrap().cpu_psi.is_none());
     }
 
     #[test]

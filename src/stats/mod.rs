@@ -12,6 +12,7 @@
 //! read in one pass, still no containerd round trip).
 
 pub mod cgroup;
+pub mod psi;
 
 use std::collections::HashMap;
 use std::sync::Arc;

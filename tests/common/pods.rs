@@ -251,3 +251,34 @@ pub async fn pod(d: &Daemon, name: &str) -> Pod {
     pull_ok(d, "busybox").await;
     Pod::run(d, pod_config(d, name)).await
 }
+
+/// PodSandboxStats of pod `id`, its Linux part (it must be ready).
+pub async fn pod_stats(d: &Daemon, id: &str) -> cri::LinuxPodSandboxStats {
+    d.runtime()
+        .await
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap()
+        .linux
+        .unwrap()
+}
+
+/// The verbose PodSandboxStatus `info` of pod `id`, parsed.
+pub async fn pod_info(d: &Daemon, id: &str) -> serde_json::Value {
+    let status = d
+        .runtime()
+        .await
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    serde_json::from_str(&status.info["info"]).unwrap()
+}
