@@ -268,3 +268,90 @@ print("version", len(v), "bytes; ListPodSandbox", len(p), "bytes")
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("version"), "{stdout}");
 }
+
+/// gRPC Python as a client of CRI 1.36's additions (no kubelet 1.36 runs here): StreamImages and
+/// StreamPodSandboxes (server streams) answer what the List RPCs answer, and
+/// UpdatePodSandboxResources of an unknown pod is NotFound. The messages go as raw protobuf bytes
+/// (Python sends and prints them; this test encodes and decodes them).
+#[tokio::test]
+async fn grpc_python_calls_the_cri_136_rpcs() {
+    use prost::Message;
+    let probe = Command::new("python3").args(["-c", "import grpc"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: python3 with grpcio not found (pip install grpcio)");
+        return;
+    }
+    let d = common::pod_daemon(&[]).await;
+    common::pull_ok(&d, "busybox").await;
+    let update = concord::cri::UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: "no-such-pod".into(),
+        ..Default::default()
+    };
+    let script = r#"
+import sys, grpc
+ident = lambda b: b
+ch = grpc.insecure_channel("unix://" + sys.argv[1])
+for method in ["/runtime.v1.ImageService/StreamImages", "/runtime.v1.RuntimeService/StreamPodSandboxes"]:
+    call = ch.unary_stream(method, request_serializer=ident, response_deserializer=ident)
+    for msg in call(b"", timeout=20):
+        print(method, msg.hex())
+    print(method, "end")
+update = ch.unary_unary("/runtime.v1.RuntimeService/UpdatePodSandboxResources",
+                        request_serializer=ident, response_deserializer=ident)
+try:
+    update(bytes.fromhex(sys.argv[2]), timeout=10)
+    print("update ok")
+except grpc.RpcError as e:
+    print("update", e.code().name, e.details())
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &d.socket.display().to_string(),
+            &hex::encode(update.encode_to_vec()),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "gRPC Python failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let streamed = |method: &str| -> Vec<Vec<u8>> {
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(method)?.strip_prefix(' '))
+            .filter(|rest| *rest != "end")
+            .map(|h| hex::decode(h).unwrap())
+            .collect()
+    };
+    let images: Vec<_> = streamed("/runtime.v1.ImageService/StreamImages")
+        .iter()
+        .flat_map(|b| {
+            concord::cri::StreamImagesResponse::decode(b.as_slice())
+                .unwrap()
+                .images
+        })
+        .collect();
+    let listed = d
+        .images()
+        .await
+        .list_images(concord::cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(!images.is_empty());
+    assert_eq!(images, listed);
+    assert!(
+        stdout.contains("/runtime.v1.RuntimeService/StreamPodSandboxes end"),
+        "{stdout}"
+    );
+    assert!(
+        streamed("/runtime.v1.RuntimeService/StreamPodSandboxes").is_empty(),
+        "{stdout}"
+    );
+    assert!(stdout.contains("update NOT_FOUND"), "{stdout}");
+}
