@@ -39,6 +39,7 @@ pub mod image;
 pub mod journal;
 pub mod logwriter;
 pub mod metrics;
+pub mod mountinfo;
 pub mod network;
 pub mod oci;
 pub mod reconcile;

@@ -52,7 +52,7 @@ pub fn is_mounted(target: &Path) -> Result<bool, VolumeError> {
             path: target.to_owned(),
             source,
         })?;
-    let mounts = crate::oci::mountinfo::parse(&text);
+    let mounts = crate::mountinfo::parse(&text);
     Ok(mounts.iter().any(|m| m.mount_point == target))
 }
 

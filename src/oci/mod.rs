@@ -13,7 +13,6 @@ pub mod apparmor;
 pub mod capabilities;
 pub mod container;
 pub mod files;
-pub mod mountinfo;
 pub mod resources;
 pub mod seccomp;
 pub mod signal;

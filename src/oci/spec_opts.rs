@@ -371,16 +371,17 @@ pub(super) fn user_mount(i: usize, m: &cri::Mount) -> Result<(Mount, &'static st
         ));
     }
     recursive_read_only(i, m)?;
+    const PROPAGATION: &str = "config.mounts.propagation";
     let propagation = match cri::MountPropagation::try_from(m.propagation) {
         Ok(cri::MountPropagation::PropagationPrivate) => "rprivate",
         Ok(cri::MountPropagation::PropagationHostToContainer) => {
-            super::mountinfo::ensure_propagates(&m.host_path, false)
-                .map_err(|e| e.within(format!("mount {i}")))?;
+            crate::mountinfo::ensure_propagates(&m.host_path, false)
+                .map_err(|why| SpecError::new(PROPAGATION, format!("mount {i}: {why}")))?;
             "rslave"
         }
         Ok(cri::MountPropagation::PropagationBidirectional) => {
-            super::mountinfo::ensure_propagates(&m.host_path, true)
-                .map_err(|e| e.within(format!("mount {i}")))?;
+            crate::mountinfo::ensure_propagates(&m.host_path, true)
+                .map_err(|why| SpecError::new(PROPAGATION, format!("mount {i}: {why}")))?;
             "rshared"
         }
         Err(_) => {

@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::SpecError;
-
 /// One mountinfo line's mount point and its propagation tags.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Mount {
@@ -71,12 +69,12 @@ pub fn mount_of<'a>(mounts: &'a [Mount], path: &Path) -> Option<&'a Mount> {
     best
 }
 
-/// Checks that host path `path` is on a shared mount (`shared`), or on a shared or slave one.
-pub fn ensure_propagates(path: &str, shared: bool) -> Result<(), SpecError> {
+/// Checks that host path `path` is on a shared mount (`shared`), or on a shared or slave one;
+/// the error says why not.
+pub fn ensure_propagates(path: &str, shared: bool) -> Result<(), String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"));
-    text.and_then(|text| check(&parse(&text), path, shared))
-        .map_err(|why| SpecError::new("config.mounts.propagation", why))
+        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+    check(&parse(&text), path, shared)
 }
 
 fn check(mounts: &[Mount], path: &str, shared: bool) -> Result<(), String> {
