@@ -104,6 +104,19 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
         }
     }
     crate::network::capabilities::validate(c).map_err(|e| ApiError::invalid(e.field, e.reason))?;
+    let parent = c
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.as_str())
+        .unwrap_or("");
+    if parent.contains('\0') || parent.split('/').any(|p| p == "..") || parent.len() > 4096 {
+        // concord writes under this path (UpdatePodSandboxResources): it stays inside the
+        // cgroup tree.
+        return Err(ApiError::invalid(
+            "config.linux.cgroup_parent",
+            format!("{parent:?} must not contain '..' or NUL"),
+        ));
+    }
     if let Some(sc) = c.linux.as_ref().and_then(|l| l.security_context.as_ref()) {
         use crate::oci::user::check_id;
         const SC: &str = "config.linux.security_context";
@@ -148,4 +161,32 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_parent_that_leaves_the_tree_is_refused() {
+        let config = |parent: &str| cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "p".into(),
+                namespace: "n".into(),
+                uid: "u".into(),
+                attempt: 0,
+            }),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: parent.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(validate(&config("/kubepods/burstable/pod1")).is_ok());
+        assert!(validate(&config("kubepods-burstable-pod1.slice")).is_ok());
+        for bad in ["/kubepods/../../etc", "..", "/a/\0"] {
+            let e = validate(&config(bad)).unwrap_err();
+            assert!(e.to_string().contains("config.linux.cgroup_parent"), "{e}");
+        }
+    }
 }

@@ -135,6 +135,13 @@ pub fn apply(root: &Path, parent: &str, r: &LinuxContainerResources) -> std::io:
     if parent.is_empty() {
         return Ok(Applied::Nothing);
     }
+    // RunPodSandbox refused such a parent; a journal from before that check is not trusted.
+    if parent.split('/').any(|p| p == "..") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cgroup parent {parent:?} leaves the cgroup tree"),
+        ));
+    }
     let unified = root.join("cgroup.controllers").exists();
     let rel = parent.trim_start_matches('/');
     let todo = writes(r, unified);
@@ -264,5 +271,6 @@ mod tests {
             read("memory/kubepods/pod1/memory.limit_in_bytes"),
             "1073741824"
         );
+        assert!(apply(r, "/kubepods/../../etc", &limits).is_err());
     }
 }
