@@ -25,7 +25,9 @@ impl Server {
         if req.overhead.is_none() && req.resources.is_none() {
             return Ok(cri::UpdatePodSandboxResourcesResponse {});
         }
-        if self.journal.state().sandboxes[&id].desired == SandboxDesired::Removed {
+        // (Looked up again: a removal may have ended the record since.)
+        let desired = self.journal.state().sandboxes.get(&id).map(|s| s.desired);
+        if desired.is_none_or(|d| d == SandboxDesired::Removed) {
             return Err(ApiError::FailedPrecondition(format!(
                 "pod sandbox {id} is being removed; its resources cannot change"
             )));

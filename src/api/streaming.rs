@@ -83,7 +83,14 @@ impl Server {
                 kind: "sandbox",
                 id: req.pod_sandbox_id.clone(),
             })?;
-        if !self.journal.state().sandboxes[&id].ready() {
+        // (Looked up again: a removal may have ended the record since.)
+        if !self
+            .journal
+            .state()
+            .sandboxes
+            .get(&id)
+            .is_some_and(|s| s.ready())
+        {
             return Err(ApiError::FailedPrecondition(format!(
                 "pod sandbox {id} is not ready"
             )));
