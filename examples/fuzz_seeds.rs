@@ -5,8 +5,8 @@
 use std::io::Write;
 use std::path::Path;
 
+use concord::cri;
 use concord::stream::spdy::{self, HeaderEncoder};
-use k8s_cri::v1 as cri;
 use prost::Message;
 
 fn put(dir: &Path, target: &str, name: &str, bytes: &[u8]) {

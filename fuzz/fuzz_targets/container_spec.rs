@@ -4,10 +4,10 @@
 //! absolute paths without `..`, runs a process with arguments from an absolute working dir, and
 //! carries no annotation the handler did not allow (here: none but the CRI's own).
 #![no_main]
+use concord::cri;
 use concord::image::manifest::ImageConfig;
 use concord::oci::annotations::Passthrough;
 use concord::oci::container::{container_spec, ContainerContext};
-use k8s_cri::v1 as cri;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         image_name: "busybox",
         target_pid: None,
         volumes_dir: "/run/concord-fuzz/containers/c0ffee/volumes".into(),
+        image_volumes: Default::default(),
         passthrough: Passthrough {
             pod: &[],
             container: &[],
@@ -50,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
     let text = serde_json::to_string(&spec).expect("a spec serializes");
     assert!(text.len() < 64 << 20);
     for m in spec.mounts().iter().flatten() {
-        let dest = m.destination().to_str().expect("a mount's destination is UTF-8");
+        let dest = m
+            .destination()
+            .to_str()
+            .expect("a mount's destination is UTF-8");
         assert!(clean_abs(dest), "mount at {dest:?}");
     }
     let process = spec.process().as_ref().expect("a process");

@@ -3,8 +3,8 @@
 //! a prefix, snapshotting that state (serialized and read back, as compaction stores it) and
 //! folding the rest; every event survives its own encoding; applying never panics.
 #![no_main]
+use concord::cri;
 use concord::journal::{Event, State};
-use k8s_cri::v1 as cri;
 use libfuzzer_sys::fuzz_target;
 
 struct Gen<'a>(&'a [u8]);
@@ -33,10 +33,18 @@ const SANDBOXES: [&str; 3] = ["s0", "s1", "s2"];
 const CONTAINERS: [&str; 3] = ["c0", "c1", "c2"];
 const NAMES: [&str; 3] = ["web", "db", ""];
 
+fn resources(n: i64) -> cri::LinuxContainerResources {
+    cri::LinuxContainerResources {
+        cpu_shares: n * 2,
+        memory_limit_in_bytes: n << 20,
+        ..Default::default()
+    }
+}
+
 fn event(g: &mut Gen) -> Option<Event> {
     let s = g.pick(&SANDBOXES)?.to_string();
     let c = g.pick(&CONTAINERS)?.to_string();
-    Some(match g.byte()? % 18 {
+    Some(match g.byte()? % 20 {
         0 => Event::PodCidrRequested {
             cidr: g.pick(&["10.0.0.0/24", ""])?.into(),
         },
@@ -86,6 +94,10 @@ fn event(g: &mut Gen) -> Option<Event> {
             image_name: "busybox".into(),
             log_path: String::new(),
             created_at: g.num()?,
+            image_volumes: match g.byte()? % 2 {
+                0 => vec![],
+                _ => vec!["sha256:bb".into()],
+            },
         },
         11 => Event::ContainerCreated { id: c, user: None },
         12 => Event::ContainerStartRequested { id: c },
@@ -107,7 +119,16 @@ fn event(g: &mut Gen) -> Option<Event> {
             requested_at: g.num()?,
         },
         16 => Event::ContainerRemoveRequested { id: c },
-        _ => Event::ContainerRemoved { id: c },
+        17 => Event::ContainerRemoved { id: c },
+        18 => Event::SandboxResourcesUpdated {
+            id: s,
+            overhead: (g.byte()? % 2 == 0).then(|| Box::new(resources(1))),
+            resources: Some(Box::new(resources(g.byte()? as i64))),
+        },
+        _ => Event::ContainerResourcesUpdated {
+            id: c,
+            resources: Box::new(resources(g.byte()? as i64)),
+        },
     })
 }
 

@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(data.len() <= MAX_LEN);
     for l in [Some(&p.some), p.full.as_ref()].into_iter().flatten() {
-        assert!(l.avg10 <= 10_000 && l.avg60 <= 10_000 && l.avg300 <= 10_000, "{p:?}");
+        assert!(
+            l.avg10 <= 10_000 && l.avg60 <= 10_000 && l.avg300 <= 10_000,
+            "{p:?}"
+        );
     }
     assert_eq!(parse(print(&p).as_bytes()), Ok(p));
 });

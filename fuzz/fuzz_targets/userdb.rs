@@ -2,9 +2,9 @@
 //! with the image's `User` and the pod's security context: never panics, and any identity
 //! resolved is one the kernel can take (0 ..= 2^32-2, no more than 65536 extra groups).
 #![no_main]
+use concord::cri;
 use concord::image::manifest::ImageConfig;
 use concord::oci::user::{user, UserDb};
-use k8s_cri::v1 as cri;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
