@@ -19,6 +19,7 @@ pub mod seccomp;
 pub mod signal;
 pub mod spec_opts;
 pub mod user;
+pub mod userns;
 
 /// A request field that cannot be honoured, with why: what every spec builder and leaf here
 /// refuses with, and the API answers as InvalidArgument naming `field`.
@@ -127,6 +128,8 @@ pub struct SandboxSpec {
     pub annotations: BTreeMap<String, String>,
     /// `linux.seccomp` (None: unconfined).
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// The pod's own user namespace and where it is pinned (None: the host's).
+    pub userns: Option<(userns::UserNs, String)>,
 }
 
 /// The lowest oom_score_adj this host lets concord's children ask for: without
@@ -197,6 +200,9 @@ pub fn sandbox_spec(s: &SandboxSpec, image: &ImageConfig) -> Value {
     if s.network != Ns::Node {
         namespaces.push(json!({"type": "uts"}));
     }
+    if let Some((_, path)) = &s.userns {
+        namespaces.push(json!({"type": "user", "path": path}));
+    }
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -215,12 +221,20 @@ pub fn sandbox_spec(s: &SandboxSpec, image: &ImageConfig) -> Value {
             "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={}", s.shm_size)]}),
         );
     }
+    if s.userns.is_some() {
+        mounts[4] = json!(userns::sys_bind());
+    }
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": s.cgroups_path,
         "sysctl": s.sysctls,
         "resources": {"devices": [{"allow": false, "access": "rwm"}], "cpu": {"shares": 2}},
     });
+    if let Some((ns, _)) = &s.userns {
+        let (uids, gids) = ns.mappings();
+        linux["uidMappings"] = json!([uids]);
+        linux["gidMappings"] = json!([gids]);
+    }
     if !s.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -291,6 +305,7 @@ mod tests {
             shm_path: None,
             annotations: BTreeMap::new(),
             seccomp: Some(seccomp::default_profile(DEFAULT_CAPABILITIES)),
+            userns: None,
         }
     }
 

@@ -233,9 +233,18 @@ impl SandboxReconciler {
         if fresh {
             netns::remove(&path).map_err(|e| Self::err(id, "creating the network namespace", e))?;
             let p = path.clone();
+            let userns = crate::oci::userns::of_pod(&rec.config).ok().flatten();
+            let user_path = self.userns_path(id);
             self.timed(
                 "netns",
-                tokio::task::spawn_blocking(move || netns::create(&p)),
+                tokio::task::spawn_blocking(move || match userns {
+                    Some(ns) => {
+                        let (uids, gids) = (ns.uids.map_line(), ns.gids.map_line());
+                        netns::remove(&user_path)?;
+                        netns::create_in_userns(&p, &user_path, &uids, &gids)
+                    }
+                    None => netns::create(&p),
+                }),
             )
             .await
             .map_err(|e| Self::err(id, "creating the network namespace", e))?
@@ -326,6 +335,18 @@ impl SandboxReconciler {
                     self.timed("snapshot", prepare).await?
                 }
             };
+            if let Some(ns) = crate::oci::userns::of_pod(&rec.config).ok().flatten() {
+                let layout = &self.settings.layout;
+                crate::oci::userns::shift_rootfs(
+                    id,
+                    &mounts,
+                    &layout.scratch(),
+                    &layout.sandbox(id),
+                    ns,
+                )
+                .await
+                .map_err(|e| Self::err(id, "changing the root file system's owners", e))?;
+            }
             if first || !self.ctd.container_exists(id).await? {
                 self.create_pause(rec, &img.resolved.config).await?;
             }
@@ -426,6 +447,11 @@ impl SandboxReconciler {
         .await
     }
 
+    /// Where pod `id`'s user namespace is pinned (it owns the pod's netns).
+    fn userns_path(&self, id: &str) -> PathBuf {
+        self.settings.layout.sandbox(id).join("userns")
+    }
+
     fn spec_input(&self, rec: &SandboxRecord) -> SandboxSpec {
         let linux = rec.config.linux.clone().unwrap_or_default();
         let sc = linux.security_context.clone().unwrap_or_default();
@@ -436,13 +462,18 @@ impl SandboxReconciler {
             (None, _) => Ns::Node,
         };
         let mut sysctls: BTreeMap<String, String> = linux.sysctls.clone().into_iter().collect();
+        // In a pod user namespace only its mapped gids can be named.
+        let max_gid = crate::oci::userns::of_pod(&rec.config)
+            .ok()
+            .flatten()
+            .map_or(2147483647, |ns| ns.gids.len - 1);
         if network != Ns::Node {
             sysctls
                 .entry("net.ipv4.ip_unprivileged_port_start".into())
                 .or_insert_with(|| "0".into());
             sysctls
                 .entry("net.ipv4.ping_group_range".into())
-                .or_insert_with(|| "0 2147483647".into());
+                .or_insert_with(|| format!("0 {max_gid}"));
         }
         // Only what the handler's admin allows of the pod's annotations, then the CRI ones.
         let patterns = self
@@ -485,6 +516,11 @@ impl SandboxReconciler {
             }),
             annotations,
             seccomp: None,
+            // Validated by RunPodSandbox; pinned with the netns.
+            userns: crate::oci::userns::of_pod(&rec.config)
+                .ok()
+                .flatten()
+                .map(|ns| (ns, self.userns_path(&rec.id).display().to_string())),
         }
     }
 
@@ -519,6 +555,8 @@ impl SandboxReconciler {
                 .await
                 .map_err(|e| Self::err(id, "removing the network namespace", e))?;
         }
+        netns::remove(&self.userns_path(id))
+            .map_err(|e| Self::err(id, "removing the pod's user namespace", e))?;
         crate::oci::files::unmount_shm(&self.settings.layout.sandbox(id))
             .map_err(|e| Self::err(id, "unmounting the pod's /dev/shm", e))?;
         Ok(())
