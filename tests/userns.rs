@@ -54,19 +54,20 @@ fn in_userns(mut c: cri::ContainerConfig, ns: cri::NamespaceOption) -> cri::Cont
     c
 }
 
-/// The verbose status `info` of container `id`, parsed.
-async fn container_info(d: &Daemon, id: &str) -> serde_json::Value {
-    let status = d
-        .runtime()
-        .await
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    serde_json::from_str(&status.info["info"]).unwrap()
+/// Bytes allocated under `dir` (not following links, hard links counted once per name).
+fn allocated(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+        }
+    }
+    total
 }
 
 #[tokio::test]
@@ -95,12 +96,30 @@ async fn a_pod_user_namespace_maps_root_to_the_host_range() {
         "0:0"
     );
     exec_out(&d, &id, &["touch", "/tmp/made-inside"]).await;
-    let pid = container_info(&d, &id).await["pid"].as_u64().unwrap();
+    let pid = common::container_info(&d, &id).await["pid"]
+        .as_u64()
+        .unwrap();
     let own = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).unwrap();
     assert_eq!(own(&pid.to_string()), own(&pause.to_string()));
     assert_ne!(own(&pid.to_string()), own("self"));
     let made = std::fs::metadata(format!("/proc/{pid}/root/tmp/made-inside")).unwrap();
     assert_eq!((made.uid(), made.gid()), (200000, 200000));
+    // The pod's files are its root's.
+    let hosts = exec_out(&d, &id, &["stat", "-c", "%u", "/etc/hosts"]).await;
+    assert_eq!(hosts, "0");
+    // What the shift cost (overlayfs copies every entry up).
+    let root = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let upper = root
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .and_then(|l| l.split("upperdir=").nth(1))
+        .map(|u| u.split(',').next().unwrap().to_string());
+    if let Some(upper) = upper {
+        eprintln!(
+            "upper dir {upper}: {} bytes allocated",
+            allocated(upper.as_ref())
+        );
+    }
     // /sys is the host's, read-only (a user namespace cannot mount the pod's netns's sysfs).
     let w = common::exec_sync(&d, &id, &["touch", "/sys/x"]).await;
     assert_ne!(w.exit_code, 0);

@@ -1,17 +1,22 @@
 //! Pod user namespaces (`hostUsers: false`: CRI `NamespaceOption.userns_options`).
 //!
-//! A pod in mode POD gets a user namespace of its own: the pause container makes it with the
-//! kubelet's uid and gid mappings, and every container of the pod joins it (as it joins the
-//! pod's net, ipc and uts namespaces). runc 1.1 has no idmapped mounts, so a container's root
-//! file system must be owned by the mapped ids: [`shift_tree`] changes the owner of every entry
-//! of a freshly prepared (writable) snapshot by the mapping, once (a marker in concord's own
-//! files says it is done). On overlayfs every changed entry is copied up whole (its data too,
-//! metacopy being off, and hard links split): the busybox test image, 3 MB with its 400 applet
-//! hard links to one 1 MB binary, takes about 1 s and 200 MB of upper dir per container.
+//! A pod in mode POD gets a user namespace of its own with the kubelet's uid and gid mappings.
+//! runc 1.1 joins a user namespace before the others, so the pod's network namespace must be
+//! owned by it: concord makes both at once (`network::netns::create_in_userns`, the user
+//! namespace pinned in the pod's directory), the pause container joins both by path, and every
+//! container joins the pause's (user, net, ipc, uts, pid). Because the pod's user namespace
+//! owns its netns, runc may write its net.* sysctls (ping_group_range is capped to the mapped
+//! gids).
 //!
-//! A user namespace that does not own the pod's network namespace (concord makes it in the
-//! host's user namespace before the pause container starts) may not mount sysfs: `/sys` is a
-//! read-only recursive bind of the host's instead, as containerd and CRI-O do.
+//! runc 1.1 has no idmapped mounts, so a root file system must be owned by the mapped ids:
+//! [`shift_tree`] changes the owner of every entry of a freshly prepared (writable) snapshot by
+//! the mapping, once (a marker in concord's own files says it is done). On overlayfs every
+//! changed entry is copied up whole (its data too, metacopy being off, and hard links split):
+//! the busybox test image (3 MB, its ~400 applets hard links to one 1 MB binary) costs about
+//! 1 s and 200 MB of upper dir per container, the pause image little.
+//!
+//! `/sys` is a read-only recursive bind of the host's, as containerd and CRI-O do for pods in
+//! a user namespace.
 //!
 //! Mode NODE (or no options at all: what kubelets without user namespaces send) keeps the
 //! host's user namespace; CONTAINER and TARGET are not user namespace modes.
@@ -55,8 +60,8 @@ pub struct UserNs {
     pub gids: IdRange,
 }
 
-/// The user namespace `opts` asks for: None for mode NODE or no options; `prefix` names the
-/// request's `namespace_options` field in errors.
+/// The user namespace `opts` asks for: None for mode NODE or no options; `field` names the
+/// request's `userns_options` in errors.
 pub fn from_options(
     opts: Option<&cri::NamespaceOption>,
     field: &'static str,
@@ -92,14 +97,18 @@ pub fn from_options(
 /// The field a pod's user namespace options are in.
 pub const POD_FIELD: &str = "config.linux.security_context.namespace_options.userns_options";
 
-/// The user namespace pod `config` asks for (None: the host's).
-pub fn of_pod(config: &cri::PodSandboxConfig) -> Result<Option<UserNs>, SpecError> {
-    let opts = config
+/// Pod `config`'s namespace options.
+fn pod_options(config: &cri::PodSandboxConfig) -> Option<&cri::NamespaceOption> {
+    config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
-        .and_then(|sc| sc.namespace_options.as_ref());
-    from_options(opts, POD_FIELD)
+        .and_then(|sc| sc.namespace_options.as_ref())
+}
+
+/// The user namespace pod `config` asks for (None: the host's).
+pub fn of_pod(config: &cri::PodSandboxConfig) -> Result<Option<UserNs>, SpecError> {
+    from_options(pod_options(config), POD_FIELD)
 }
 
 /// What RunPodSandbox refuses of a pod's user namespace: bad options, and a user namespace
@@ -109,12 +118,7 @@ pub fn check_pod(config: &cri::PodSandboxConfig) -> Result<(), SpecError> {
     if of_pod(config)?.is_none() {
         return Ok(());
     }
-    let opts = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|sc| sc.namespace_options.clone())
-        .unwrap_or_default();
+    let opts = pod_options(config).cloned().unwrap_or_default();
     let node = cri::NamespaceMode::Node as i32;
     for (what, mode) in [
         ("network", opts.network),
@@ -131,8 +135,8 @@ pub fn check_pod(config: &cri::PodSandboxConfig) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// The field a container's user namespace options are in.
-pub const CONTAINER_FIELD: &str = "config.linux.security_context.namespace_options.userns_options";
+/// The field a container's user namespace options are in (the same path as a pod's).
+pub const CONTAINER_FIELD: &str = POD_FIELD;
 
 /// What CreateContainer refuses: options other than its pod's (none is its pod's too).
 pub fn check_container(
@@ -361,15 +365,23 @@ pub fn shift_snapshot(
     Ok(n)
 }
 
-/// [`shift_snapshot`] on a blocking thread, for object `id` (its mount point under `scratch`,
-/// its marker in `files`, the object's own directory of concord's), logged with its cost.
+/// The step [`shift_rootfs`] failures are reported as.
+pub const SHIFT_STEP: &str = "changing the root file system's owners";
+
+/// [`shift_snapshot`] on a blocking thread for object `id` of pod `pod` when the pod has a
+/// user namespace (else nothing: 0): its mount point under `scratch`, its marker in `files`
+/// (the object's own directory of concord's), logged with its cost.
 pub async fn shift_rootfs(
     id: &str,
+    pod: &cri::PodSandboxConfig,
     mounts: &[containerd_client::types::Mount],
     scratch: &Path,
     files: &Path,
-    ns: UserNs,
 ) -> Result<u64, String> {
+    // Validated by RunPodSandbox.
+    let Some(ns) = of_pod(pod).ok().flatten() else {
+        return Ok(0);
+    };
     let (mounts, target) = (mounts.to_vec(), scratch.join(format!("userns-{id}")));
     let marker = files.join("rootfs-shifted");
     let started = std::time::Instant::now();

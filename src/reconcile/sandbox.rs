@@ -335,18 +335,11 @@ impl SandboxReconciler {
                     self.timed("snapshot", prepare).await?
                 }
             };
-            if let Some(ns) = crate::oci::userns::of_pod(&rec.config).ok().flatten() {
-                let layout = &self.settings.layout;
-                crate::oci::userns::shift_rootfs(
-                    id,
-                    &mounts,
-                    &layout.scratch(),
-                    &layout.sandbox(id),
-                    ns,
-                )
+            let layout = &self.settings.layout;
+            let files = layout.sandbox(id);
+            crate::oci::userns::shift_rootfs(id, &rec.config, &mounts, &layout.scratch(), &files)
                 .await
-                .map_err(|e| Self::err(id, "changing the root file system's owners", e))?;
-            }
+                .map_err(|e| Self::err(id, crate::oci::userns::SHIFT_STEP, e))?;
             if first || !self.ctd.container_exists(id).await? {
                 self.create_pause(rec, &img.resolved.config).await?;
             }
@@ -369,6 +362,7 @@ impl SandboxReconciler {
             rec.config.dns_config.clone(),
         );
         let own_ipc = !host_ipc(rec);
+        let userns = crate::oci::userns::of_pod(&rec.config).ok().flatten();
         tokio::task::spawn_blocking(move || {
             crate::oci::files::write_sandbox_files(
                 &dir,
@@ -376,6 +370,13 @@ impl SandboxReconciler {
                 dns.as_ref(),
                 &crate::oci::files::HostFiles::default(),
             )?;
+            // The pod's root owns its files, as the image's root owns /etc.
+            if let Some(ns) = userns {
+                for file in ["hostname", "hosts", "resolv.conf"] {
+                    let (uid, gid) = (Some(ns.uids.host), Some(ns.gids.host));
+                    std::os::unix::fs::lchown(dir.join(file), uid, gid)?;
+                }
+            }
             if own_ipc {
                 crate::oci::files::mount_shm(&dir, SHM_SIZE)?;
             }
@@ -660,6 +661,8 @@ impl SandboxReconciler {
             .await
             .map_err(|e| Self::err(id, "CNI DEL", e))?;
         netns::remove(&netns).map_err(|e| Self::err(id, "removing the network namespace", e))?;
+        netns::remove(&self.userns_path(id))
+            .map_err(|e| Self::err(id, "removing the pod's user namespace", e))?;
         self.remove(id).await
     }
 
