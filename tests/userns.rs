@@ -125,8 +125,11 @@ async fn a_pod_user_namespace_maps_root_to_the_host_range() {
     assert_ne!(w.exit_code, 0);
     let containers = d.state_dir.join("containers").join(&id);
     assert!(containers.join("rootfs-shifted").exists());
+    let sandbox = d.state_dir.join("sandboxes").join(&pod.id);
+    assert!(sandbox.join("userns").exists());
     remove_pod(&d, &pod.id).await;
     assert!(!containers.exists(), "{} is left", containers.display());
+    assert!(!sandbox.exists(), "{} is left", sandbox.display());
     let left: Vec<_> = std::fs::read_dir(d.state_dir.join("tmp"))
         .map(|it| it.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

@@ -345,6 +345,37 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_user_namespace_is_joined_with_its_mappings_and_the_hosts_sys() {
+        let mut s = spec(Ns::Path("/run/netns/sb".into()));
+        let range = userns::IdRange {
+            host: 200000,
+            len: 65536,
+        };
+        let ns = userns::UserNs {
+            uids: range,
+            gids: range,
+        };
+        s.userns = Some((ns, "/state/sandboxes/sb/userns".into()));
+        let v = sandbox_spec(&s, &pause_config());
+        let nss = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss.contains(&json!({"type": "user", "path": "/state/sandboxes/sb/userns"})));
+        let map = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        assert_eq!(v["linux"]["uidMappings"], map);
+        assert_eq!(v["linux"]["gidMappings"], map);
+        let sys = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        assert_eq!(
+            (&sys["type"], &sys["source"]),
+            (&json!("bind"), &json!("/sys"))
+        );
+        assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
+    }
+
+    #[test]
     fn host_network_shares_the_host_uts_and_net() {
         let v = sandbox_spec(&spec(Ns::Node), &pause_config());
         let nss = v["linux"]["namespaces"].as_array().unwrap();
