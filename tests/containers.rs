@@ -54,18 +54,7 @@ fn cgroup_value(pid: i64, controller: &str, v1_file: &str, v2_file: &str) -> Str
 
 /// The container's process id, from the verbose status.
 async fn container_pid(d: &Daemon, id: &str) -> i64 {
-    let r = d
-        .runtime()
-        .await
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
-    info["pid"].as_i64().unwrap()
+    common::container_info(d, id).await["pid"].as_i64().unwrap()
 }
 
 /// The (stream, tag, content) of every entry in a CRI log file.

@@ -238,7 +238,7 @@ async fn status_reports_the_features_of_each_runtime_handler() {
             )
         })
         .collect();
-    let want = |name: &str| (name.to_string(), false, false);
+    let want = |name: &str| (name.to_string(), false, true);
     assert_eq!(handlers, [want(""), want("other"), want("runc")]);
     let features = s.features.expect("Status.features");
     assert!(features.supplemental_groups_policy);

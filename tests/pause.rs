@@ -89,6 +89,7 @@ async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves
             seccomp: Some(concord::oci::seccomp::default_profile(
                 concord::oci::DEFAULT_CAPABILITIES,
             )),
+            userns: None,
         },
         &pause.resolved.config,
     );

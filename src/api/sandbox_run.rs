@@ -117,6 +117,7 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
             format!("{parent:?} must not contain '..' or NUL"),
         ));
     }
+    crate::oci::userns::check_pod(c).map_err(|e| ApiError::invalid(e.field, e.reason))?;
     if let Some(sc) = c.linux.as_ref().and_then(|l| l.security_context.as_ref()) {
         use crate::oci::user::check_id;
         const SC: &str = "config.linux.security_context";

@@ -205,7 +205,8 @@ impl Server {
 }
 
 /// The default handler ("") and each configured one, with what each supports: no recursive
-/// read-only mounts (runc 1.1 has no `rro` option), no user namespaces (yet).
+/// read-only mounts (runc 1.1 has no `rro` option), pod user namespaces (`oci::userns`: runc
+/// makes them, concord shifts the root file systems' owners).
 fn runtime_handlers<'a>(names: impl Iterator<Item = &'a String>) -> Vec<cri::RuntimeHandler> {
     std::iter::once("")
         .chain(names.map(String::as_str))
@@ -213,7 +214,7 @@ fn runtime_handlers<'a>(names: impl Iterator<Item = &'a String>) -> Vec<cri::Run
             name: name.into(),
             features: Some(cri::RuntimeHandlerFeatures {
                 recursive_read_only_mounts: false,
-                user_namespaces: false,
+                user_namespaces: true,
             }),
         })
         .collect()

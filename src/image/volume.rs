@@ -111,7 +111,7 @@ pub fn mount(mounts: &[Mount], target: &Path) -> Result<(), VolumeError> {
 }
 
 /// A containerd mount's options as mount flags and the file system's data string.
-fn mount_options(options: &[String]) -> (MsFlags, String) {
+pub(crate) fn mount_options(options: &[String]) -> (MsFlags, String) {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
     for o in options {

@@ -100,6 +100,86 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
     made
 }
 
+/// Creates a new network namespace pinned at `path`, owned by a new user namespace pinned at
+/// `user_path` whose id maps are `uid_map` and `gid_map` (`/proc/<pid>/uid_map` lines): a pod
+/// user namespace that owns the pod's network (runc 1.1 joins a user namespace before the
+/// others, so a network namespace of the host's could not be joined from inside it). A child
+/// cloned into both namespaces (it only waits) holds them while they are mapped and pinned.
+pub fn create_in_userns(
+    path: &Path,
+    user_path: &Path,
+    uid_map: &str,
+    gid_map: &str,
+) -> Result<(), NetnsError> {
+    use nix::sys::signal::{kill, Signal};
+    for p in [path, user_path] {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| file_err(p, "creating the directory", e))?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)
+            .map_err(|e| file_err(p, "creating the mount point", e))?;
+    }
+    let mut stack = vec![0u8; 64 * 1024];
+    let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET;
+    // SAFETY: the child (its own copy of the memory, no CLONE_VM) only calls pause(2) until
+    // it is killed; it touches no lock or allocator state of this process.
+    let child = unsafe {
+        nix::sched::clone(
+            Box::new(|| loop {
+                nix::libc::pause();
+            }),
+            &mut stack,
+            flags,
+            Some(nix::libc::SIGCHLD),
+        )
+    }
+    .map_err(io(path, "clone"))?;
+    let made = (|| {
+        let proc = PathBuf::from(format!("/proc/{child}"));
+        std::fs::write(proc.join("uid_map"), uid_map)
+            .map_err(|e| file_err(user_path, "writing uid_map", e))?;
+        std::fs::write(proc.join("gid_map"), gid_map)
+            .map_err(|e| file_err(user_path, "writing gid_map", e))?;
+        for (p, ns) in [(path, "net"), (user_path, "user")] {
+            let src = proc.join("ns").join(ns);
+            mount(Some(&src), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(io(p, "bind mount"))?;
+        }
+        let target = path.to_owned();
+        std::thread::spawn(move || -> Result<(), NetnsError> {
+            let ns = std::fs::File::open(&target).map_err(|e| file_err(&target, "opening", e))?;
+            nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).map_err(io(&target, "setns"))?;
+            loopback_up().map_err(|e| file_err(&target, "bringing lo up", e))
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(file_err(
+                path,
+                "namespace thread",
+                std::io::Error::other("panicked"),
+            ))
+        })
+    })();
+    let _ = kill(child, Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(child, None);
+    if made.is_err() {
+        let _ = remove(path);
+        let _ = remove(user_path);
+    }
+    made
+}
+
+fn file_err(path: &Path, step: &'static str, source: std::io::Error) -> NetnsError {
+    NetnsError::Io {
+        path: path.to_owned(),
+        step,
+        source,
+    }
+}
+
 /// Unmounts and deletes the namespace at `path`; a missing one is fine.
 pub fn remove(path: &Path) -> Result<(), NetnsError> {
     match umount2(path, MntFlags::MNT_DETACH) {

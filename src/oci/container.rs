@@ -99,6 +99,7 @@ pub fn validate(inputs: &Inputs) -> Result<(), SpecError> {
     let (_, gid, user_groups) = user(sc, inputs.image, inputs.users)?;
     spec_opts::additional_gids(inputs, gid, &user_groups)?;
     spec_opts::pid_namespace(inputs)?;
+    super::userns::check_container(inputs.ctx.sandbox, sc.namespace_options.as_ref())?;
     for (i, m) in c.mounts.iter().enumerate() {
         match m.image {
             Some(_) => spec_opts::image_mount(i, m, Path::new("")).map(drop)?,

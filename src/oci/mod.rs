@@ -18,6 +18,7 @@ pub mod seccomp;
 pub mod signal;
 pub mod spec_opts;
 pub mod user;
+pub mod userns;
 
 /// A request field that cannot be honoured, with why: what every spec builder and leaf here
 /// refuses with, and the API answers as InvalidArgument naming `field`.
@@ -126,6 +127,8 @@ pub struct SandboxSpec {
     pub annotations: BTreeMap<String, String>,
     /// `linux.seccomp` (None: unconfined).
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// The pod's own user namespace and where it is pinned (None: the host's).
+    pub userns: Option<(userns::UserNs, String)>,
 }
 
 /// The lowest oom_score_adj this host lets concord's children ask for: without
@@ -196,6 +199,9 @@ pub fn sandbox_spec(s: &SandboxSpec, image: &ImageConfig) -> Value {
     if s.network != Ns::Node {
         namespaces.push(json!({"type": "uts"}));
     }
+    if let Some((_, path)) = &s.userns {
+        namespaces.push(json!({"type": "user", "path": path}));
+    }
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -214,12 +220,20 @@ pub fn sandbox_spec(s: &SandboxSpec, image: &ImageConfig) -> Value {
             "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={}", s.shm_size)]}),
         );
     }
+    if s.userns.is_some() {
+        mounts[4] = json!(userns::sys_bind());
+    }
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": s.cgroups_path,
         "sysctl": s.sysctls,
         "resources": {"devices": [{"allow": false, "access": "rwm"}], "cpu": {"shares": 2}},
     });
+    if let Some((ns, _)) = &s.userns {
+        let (uids, gids) = ns.mappings();
+        linux["uidMappings"] = json!([uids]);
+        linux["gidMappings"] = json!([gids]);
+    }
     if !s.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -290,6 +304,7 @@ mod tests {
             shm_path: None,
             annotations: BTreeMap::new(),
             seccomp: Some(seccomp::default_profile(DEFAULT_CAPABILITIES)),
+            userns: None,
         }
     }
 
@@ -326,6 +341,37 @@ mod tests {
             v["linux"].get("seccomp").is_none(),
             "privileged: unconfined"
         );
+    }
+
+    #[test]
+    fn a_pod_user_namespace_is_joined_with_its_mappings_and_the_hosts_sys() {
+        let mut s = spec(Ns::Path("/run/netns/sb".into()));
+        let range = userns::IdRange {
+            host: 200000,
+            len: 65536,
+        };
+        let ns = userns::UserNs {
+            uids: range,
+            gids: range,
+        };
+        s.userns = Some((ns, "/state/sandboxes/sb/userns".into()));
+        let v = sandbox_spec(&s, &pause_config());
+        let nss = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss.contains(&json!({"type": "user", "path": "/state/sandboxes/sb/userns"})));
+        let map = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        assert_eq!(v["linux"]["uidMappings"], map);
+        assert_eq!(v["linux"]["gidMappings"], map);
+        let sys = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        assert_eq!(
+            (&sys["type"], &sys["source"]),
+            (&json!("bind"), &json!("/sys"))
+        );
+        assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
     }
 
     #[test]

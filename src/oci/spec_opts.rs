@@ -209,6 +209,15 @@ pub fn with_namespaces(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
         namespaces.push(namespace(T::Ipc, proc_ns("ipc")));
     }
     namespaces.extend(pid_namespace(inp)?);
+    // The pod's user namespace, made by the pause container with the pod's mappings (runc
+    // wants them named again when joining).
+    if let Some(ns) = super::userns::of_pod(inp.ctx.sandbox)? {
+        namespaces.push(namespace(T::User, proc_ns("user")));
+        let (uids, gids) = ns.mappings();
+        linux(spec)
+            .set_uid_mappings(Some(vec![uids]))
+            .set_gid_mappings(Some(vec![gids]));
+    }
     linux(spec).set_namespaces(Some(namespaces));
     if pod_ns.network != node && !inp.ctx.sandbox.hostname.is_empty() {
         spec.set_hostname(Some(inp.ctx.sandbox.hostname.clone()));
@@ -303,6 +312,9 @@ pub fn with_mounts(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
             &["nosuid", "noexec", "nodev", "relatime", sys],
         ),
     ];
+    if super::userns::of_pod(inp.ctx.sandbox)?.is_some() {
+        mounts[4] = super::userns::sys_bind();
+    }
     let c = inp.config;
     let user_paths: Vec<&str> = c.mounts.iter().map(|m| m.container_path.as_str()).collect();
     for (file, dest) in [

@@ -305,6 +305,11 @@ impl ContainerReconciler {
                     .await?
             }
         };
+        let layout = &self.settings.layout;
+        let files = layout.container(id);
+        crate::oci::userns::shift_rootfs(id, ctx.sandbox, &mounts, &layout.scratch(), &files)
+            .await
+            .map_err(|e| Self::err(id, crate::oci::userns::SHIFT_STEP, e))?;
         // User and group names resolve against the image's own /etc files, read inside the
         // image only (bounded, regular files) on a blocking thread.
         const USERS: &str = "reading the image's /etc/passwd and /etc/group";

@@ -233,9 +233,18 @@ impl SandboxReconciler {
         if fresh {
             netns::remove(&path).map_err(|e| Self::err(id, "creating the network namespace", e))?;
             let p = path.clone();
+            let userns = crate::oci::userns::of_pod(&rec.config).ok().flatten();
+            let user_path = self.userns_path(id);
             self.timed(
                 "netns",
-                tokio::task::spawn_blocking(move || netns::create(&p)),
+                tokio::task::spawn_blocking(move || match userns {
+                    Some(ns) => {
+                        let (uids, gids) = (ns.uids.map_line(), ns.gids.map_line());
+                        netns::remove(&user_path)?;
+                        netns::create_in_userns(&p, &user_path, &uids, &gids)
+                    }
+                    None => netns::create(&p),
+                }),
             )
             .await
             .map_err(|e| Self::err(id, "creating the network namespace", e))?
@@ -326,6 +335,11 @@ impl SandboxReconciler {
                     self.timed("snapshot", prepare).await?
                 }
             };
+            let layout = &self.settings.layout;
+            let files = layout.sandbox(id);
+            crate::oci::userns::shift_rootfs(id, &rec.config, &mounts, &layout.scratch(), &files)
+                .await
+                .map_err(|e| Self::err(id, crate::oci::userns::SHIFT_STEP, e))?;
             if first || !self.ctd.container_exists(id).await? {
                 self.create_pause(rec, &img.resolved.config).await?;
             }
@@ -348,6 +362,7 @@ impl SandboxReconciler {
             rec.config.dns_config.clone(),
         );
         let own_ipc = !host_ipc(rec);
+        let userns = crate::oci::userns::of_pod(&rec.config).ok().flatten();
         tokio::task::spawn_blocking(move || {
             crate::oci::files::write_sandbox_files(
                 &dir,
@@ -355,6 +370,13 @@ impl SandboxReconciler {
                 dns.as_ref(),
                 &crate::oci::files::HostFiles::default(),
             )?;
+            // The pod's root owns its files, as the image's root owns /etc.
+            if let Some(ns) = userns {
+                for file in ["hostname", "hosts", "resolv.conf"] {
+                    let (uid, gid) = (Some(ns.uids.host), Some(ns.gids.host));
+                    std::os::unix::fs::lchown(dir.join(file), uid, gid)?;
+                }
+            }
             if own_ipc {
                 crate::oci::files::mount_shm(&dir, SHM_SIZE)?;
             }
@@ -426,6 +448,11 @@ impl SandboxReconciler {
         .await
     }
 
+    /// Where pod `id`'s user namespace is pinned (it owns the pod's netns).
+    fn userns_path(&self, id: &str) -> PathBuf {
+        self.settings.layout.sandbox(id).join("userns")
+    }
+
     fn spec_input(&self, rec: &SandboxRecord) -> SandboxSpec {
         let linux = rec.config.linux.clone().unwrap_or_default();
         let sc = linux.security_context.clone().unwrap_or_default();
@@ -436,13 +463,18 @@ impl SandboxReconciler {
             (None, _) => Ns::Node,
         };
         let mut sysctls: BTreeMap<String, String> = linux.sysctls.clone().into_iter().collect();
+        // In a pod user namespace only its mapped gids can be named.
+        let max_gid = crate::oci::userns::of_pod(&rec.config)
+            .ok()
+            .flatten()
+            .map_or(2147483647, |ns| ns.gids.len - 1);
         if network != Ns::Node {
             sysctls
                 .entry("net.ipv4.ip_unprivileged_port_start".into())
                 .or_insert_with(|| "0".into());
             sysctls
                 .entry("net.ipv4.ping_group_range".into())
-                .or_insert_with(|| "0 2147483647".into());
+                .or_insert_with(|| format!("0 {max_gid}"));
         }
         // Only what the handler's admin allows of the pod's annotations, then the CRI ones.
         let patterns = self
@@ -485,6 +517,11 @@ impl SandboxReconciler {
             }),
             annotations,
             seccomp: None,
+            // Validated by RunPodSandbox; pinned with the netns.
+            userns: crate::oci::userns::of_pod(&rec.config)
+                .ok()
+                .flatten()
+                .map(|ns| (ns, self.userns_path(&rec.id).display().to_string())),
         }
     }
 
@@ -519,6 +556,8 @@ impl SandboxReconciler {
                 .await
                 .map_err(|e| Self::err(id, "removing the network namespace", e))?;
         }
+        netns::remove(&self.userns_path(id))
+            .map_err(|e| Self::err(id, "removing the pod's user namespace", e))?;
         crate::oci::files::unmount_shm(&self.settings.layout.sandbox(id))
             .map_err(|e| Self::err(id, "unmounting the pod's /dev/shm", e))?;
         Ok(())
@@ -622,6 +661,8 @@ impl SandboxReconciler {
             .await
             .map_err(|e| Self::err(id, "CNI DEL", e))?;
         netns::remove(&netns).map_err(|e| Self::err(id, "removing the network namespace", e))?;
+        netns::remove(&self.userns_path(id))
+            .map_err(|e| Self::err(id, "removing the pod's user namespace", e))?;
         self.remove(id).await
     }
 

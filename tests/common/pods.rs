@@ -282,3 +282,18 @@ pub async fn pod_info(d: &Daemon, id: &str) -> serde_json::Value {
         .into_inner();
     serde_json::from_str(&status.info["info"]).unwrap()
 }
+
+/// The verbose ContainerStatus `info` of container `id`, parsed.
+pub async fn container_info(d: &Daemon, id: &str) -> serde_json::Value {
+    let status = d
+        .runtime()
+        .await
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    serde_json::from_str(&status.info["info"]).unwrap()
+}
