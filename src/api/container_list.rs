@@ -44,6 +44,19 @@ pub struct ListContainersResponse {
     pub encoded: Vec<Bytes>,
 }
 
+impl ListContainersResponse {
+    /// All the containers, the encoded ones decoded.
+    pub fn into_containers(self) -> Vec<cri::Container> {
+        let mut all = self.containers;
+        all.extend(
+            self.encoded
+                .iter()
+                .filter_map(|e| cri::Container::decode(&e[..]).ok()),
+        );
+        all
+    }
+}
+
 impl Message for ListContainersResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         for c in &self.containers {
