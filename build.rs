@@ -29,6 +29,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .type_attribute(".runtime.v1", "#[derive(serde::Serialize)]")
         .skip_debug(["runtime.v1.AuthConfig"])
+        // ListContainers answers with entries encoded once (src/api/container_list.rs).
+        .extern_path(
+            ".runtime.v1.ListContainersResponse",
+            "crate::cri::ListContainersResponse",
+        )
         .compile_protos(
             &[out.join("runtime/v1/api.proto")],
             std::slice::from_ref(&out),

@@ -15,6 +15,7 @@ pub mod crash;
 pub mod cri {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("runtime.v1");
+    pub use crate::api::ListContainersResponse;
 
     /// api.proto marks the credentials `debug_redact` (build.rs): shown as set or empty only.
     impl std::fmt::Debug for AuthConfig {

@@ -37,37 +37,6 @@ impl Server {
             info,
         })
     }
-
-    pub async fn list_containers(
-        &self,
-        req: cri::ListContainersRequest,
-    ) -> Result<cri::ListContainersResponse, ApiError> {
-        let state = self.journal.state();
-        let f = req.filter.unwrap_or_default();
-        let containers = state
-            .containers
-            .values()
-            .filter(|c| selected(c, &f.id, &f.pod_sandbox_id, &f.label_selector))
-            .filter(|c| {
-                f.state
-                    .as_ref()
-                    .is_none_or(|s| s.state == c.cri_state() as i32)
-            })
-            .map(|c| cri::Container {
-                id: c.id.clone(),
-                pod_sandbox_id: c.sandbox_id.clone(),
-                metadata: c.config.metadata.clone(),
-                image: Some(config_image(c)),
-                image_ref: c.image_id.clone(),
-                state: c.cri_state() as i32,
-                created_at: c.created_at,
-                labels: c.config.labels.clone(),
-                annotations: c.config.annotations.clone(),
-                image_id: c.image_id.clone(),
-            })
-            .collect();
-        Ok(cri::ListContainersResponse { containers })
-    }
 }
 
 /// Whether a list call with these filter fields (each empty: any; ids by prefix) shows `c`.
@@ -87,7 +56,7 @@ pub(super) fn selected(
 }
 
 /// The ImageSpec the container was created with (kubelet's: an image id or reference).
-fn config_image(c: &ContainerRecord) -> cri::ImageSpec {
+pub(super) fn config_image(c: &ContainerRecord) -> cri::ImageSpec {
     c.config.image.clone().unwrap_or_else(|| cri::ImageSpec {
         image: c.image_name.clone(),
         ..Default::default()

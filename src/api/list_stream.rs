@@ -71,7 +71,7 @@ impl Server {
         let list = self
             .list_containers(cri::ListContainersRequest { filter })
             .await?;
-        Ok(stream(list.containers, |containers| {
+        Ok(stream(list.into_containers(), |containers| {
             cri::StreamContainersResponse { containers }
         }))
     }

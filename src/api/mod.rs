@@ -7,6 +7,7 @@ mod container_create;
 mod container_events;
 mod container_exec;
 mod container_lifecycle;
+mod container_list;
 mod container_status;
 mod error;
 mod image_fs_info;
@@ -27,6 +28,7 @@ mod status;
 mod streaming;
 mod version;
 
+pub use container_list::ListContainersResponse;
 pub use error::ApiError;
 pub use instrument::{deadline_of, Gate, DEFAULT_DEADLINE};
 
@@ -131,6 +133,8 @@ pub struct Server {
     pub attachments: Arc<crate::attach::Attachments>,
     /// Fires when concord stops serving: long-lived streams end.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// ListContainers' entries, encoded once per record.
+    pub list_cache: container_list::ListCache,
 }
 
 /// The service object tonic serves (cheap to clone).

@@ -403,6 +403,7 @@ async fn serve(
         stream,
         attachments: parts.attachments,
         stopping: stops.serve.clone(),
+        list_cache: Default::default(),
     }));
     let server = tonic::transport::Server::builder()
         .add_service(crate::cri::runtime_service_server::RuntimeServiceServer::new(cri.clone()))
