@@ -66,10 +66,12 @@ async fn version_and_status_answer_over_the_socket() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        rc.linux.unwrap().cgroup_driver,
-        cri::CgroupDriver::Cgroupfs as i32
-    );
+    let driver = if common::systemd_driver() {
+        cri::CgroupDriver::Systemd
+    } else {
+        cri::CgroupDriver::Cgroupfs
+    };
+    assert_eq!(rc.linux.unwrap().cgroup_driver, driver as i32);
 }
 
 #[tokio::test]

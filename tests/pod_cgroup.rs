@@ -36,22 +36,27 @@ fn has_pressure(path: &str, file: &str) -> bool {
     })
 }
 
-/// A running pod whose config names cgroup parent `/concord-test/<unique>`.
-async fn pod_with_parent(d: &Daemon, name: &str) -> (Pod, String) {
+/// A running pod whose config names a cgroup parent of its own (`/concord-test/<unique>`, or a
+/// slice under the systemd driver); answers the pod, the parent and its cgroupfs directory.
+async fn pod_with_parent(d: &Daemon, name: &str) -> (Pod, String, String) {
     pull_ok(d, "busybox").await;
-    let parent = format!("/concord-test/{}", common::unique(name));
+    let (parent, dir) = common::unique_cgroup_parent(name);
     let mut config = pod_config(d, name);
     config.linux = Some(cri::LinuxPodSandboxConfig {
         cgroup_parent: parent.clone(),
         ..Default::default()
     });
-    (Pod::run(d, config).await, parent)
+    (Pod::run(d, config).await, parent, dir)
 }
 
-/// Removes the pod and its (now empty) parent cgroup in every hierarchy.
-async fn remove_with_parent(d: &Daemon, p: &Pod, parent: &str) {
+/// Removes the pod and its (now empty) parent cgroup directory `dir` in every hierarchy
+/// (systemd's slices are its own to remove).
+async fn remove_with_parent(d: &Daemon, p: &Pod, dir: &str) {
     remove_pod(d, &p.id).await;
-    let rel = parent.trim_start_matches('/');
+    if common::systemd_driver() {
+        return;
+    }
+    let rel = dir.trim_start_matches('/');
     let dirs: Vec<PathBuf> = std::fs::read_dir(ROOT)
         .map(|it| it.flatten().map(|e| e.path().join(rel)).collect())
         .unwrap_or_default();
@@ -81,14 +86,14 @@ fn check_psi(what: &str, psi: &cri::PsiStats) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pressure_shows_in_container_and_pod_stats_where_the_host_has_it() {
     let d = pod_daemon(&["--stats-interval-seconds=1"]).await;
-    let (p, parent) = pod_with_parent(&d, "psi").await;
+    let (p, parent, pod_dir) = pod_with_parent(&d, "psi").await;
     let c = p
         .run_container(
             &d,
             container_config("busy", "busybox", &["sh", "-c", "while :; do :; done"]),
         )
         .await;
-    let path = format!("{parent}/{c}");
+    let path = common::cgroup_dir_of(&parent, &c);
     let rt = d.runtime().await;
     let stats_of = |id: String| {
         let mut rt = rt.clone();
@@ -139,14 +144,17 @@ async fn pressure_shows_in_container_and_pod_stats_where_the_host_has_it() {
     // The pod: its own cgroup parent's pressure.
     let pod = pod_stats(&d, &p.id).await;
     let pod_cpu = pod.cpu.unwrap();
-    assert_eq!(pod_cpu.psi.is_some(), has_pressure(&parent, "cpu.pressure"));
-    assert_eq!(pod.io.is_some(), has_pressure(&parent, "io.pressure"));
+    assert_eq!(
+        pod_cpu.psi.is_some(),
+        has_pressure(&pod_dir, "cpu.pressure")
+    );
+    assert_eq!(pod.io.is_some(), has_pressure(&pod_dir, "io.pressure"));
     if let Some(psi) = &pod_cpu.psi {
         check_psi("pod cpu", psi);
         // The busy loop competes for two cores with everything else on the node: the pod
         // waited at some point, and its cgroup counts it since creation.
     }
-    remove_with_parent(&d, &p, &parent).await;
+    remove_with_parent(&d, &p, &pod_dir).await;
 }
 
 /// A cgroup file of the pod's cgroup: `v1` under its controller, else `v2` at the unified root.
@@ -176,7 +184,7 @@ fn resources(shares: i64, quota: i64, memory: i64) -> cri::LinuxContainerResourc
 #[tokio::test]
 async fn pod_resources_reach_the_pod_cgroup_and_the_status() {
     let d = pod_daemon(&[]).await;
-    let (p, parent) = pod_with_parent(&d, "resize").await;
+    let (p, _, parent) = pod_with_parent(&d, "resize").await;
     let mut rt = d.runtime().await;
     let update = |id: &str, overhead, resources| cri::UpdatePodSandboxResourcesRequest {
         pod_sandbox_id: id.into(),

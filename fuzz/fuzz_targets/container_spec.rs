@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         target_pid: None,
         volumes_dir: "/run/concord-fuzz/containers/c0ffee/volumes".into(),
         image_volumes: Default::default(),
+        cgroup_driver: concord::config::CgroupDriver::Cgroupfs,
         passthrough: Passthrough {
             pod: &[],
             container: &[],

@@ -79,6 +79,7 @@ impl Server {
             volumes_dir: self.config.layout().container_volumes(&id),
             passthrough: Default::default(),
             image_volumes: Default::default(),
+            cgroup_driver: self.config.runtime.cgroup_driver,
         };
         validate(&Inputs::new(&config, &image.resolved.config, &ctx, None))?;
         let log_path = if sandbox.config.log_directory.is_empty() || config.log_path.is_empty() {

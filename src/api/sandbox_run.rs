@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::config::CgroupDriver;
 use crate::cri;
 
 use super::{ApiError, Server};
@@ -17,7 +18,7 @@ impl Server {
         let config = req
             .config
             .ok_or_else(|| ApiError::invalid("config", "required"))?;
-        validate(&config)?;
+        validate(&config, self.config.runtime.cgroup_driver)?;
         if self.config.runtime.handler(&req.runtime_handler).is_none() {
             let known: Vec<&str> = self
                 .config
@@ -83,7 +84,7 @@ impl Server {
     }
 }
 
-fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
+fn validate(c: &cri::PodSandboxConfig, driver: CgroupDriver) -> Result<(), ApiError> {
     let m = c
         .metadata
         .as_ref()
@@ -117,6 +118,8 @@ fn validate(c: &cri::PodSandboxConfig) -> Result<(), ApiError> {
             format!("{parent:?} must not contain '..' or NUL"),
         ));
     }
+    crate::cgroup::check_parent(driver, parent)
+        .map_err(|e| ApiError::invalid("config.linux.cgroup_parent", e))?;
     crate::oci::userns::check_pod(c).map_err(|e| ApiError::invalid(e.field, e.reason))?;
     if let Some(sc) = c.linux.as_ref().and_then(|l| l.security_context.as_ref()) {
         use crate::oci::user::check_id;
@@ -183,11 +186,48 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(validate(&config("/kubepods/burstable/pod1")).is_ok());
-        assert!(validate(&config("kubepods-burstable-pod1.slice")).is_ok());
+        let fs = CgroupDriver::Cgroupfs;
+        assert!(validate(&config("/kubepods/burstable/pod1"), fs).is_ok());
+        assert!(validate(&config("kubepods-burstable-pod1.slice"), fs).is_ok());
         for bad in ["/kubepods/../../etc", "..", "/a/\0"] {
-            let e = validate(&config(bad)).unwrap_err();
+            let e = validate(&config(bad), fs).unwrap_err();
             assert!(e.to_string().contains("config.linux.cgroup_parent"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_systemd_driver_takes_slices_only() {
+        let config = |parent: &str| cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "p".into(),
+                namespace: "n".into(),
+                uid: "u".into(),
+                attempt: 0,
+            }),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: parent.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sd = CgroupDriver::Systemd;
+        for good in [
+            "",
+            "kubepods-burstable-pod1.slice",
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice",
+        ] {
+            assert!(validate(&config(good), sd).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "/kubepods/burstable/pod1",
+            "kubepods--pod1.slice",
+            "pod.scope",
+        ] {
+            let e = validate(&config(bad), sd).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("config.linux.cgroup_parent"), "{text}");
+            assert!(text.contains("systemd"), "{text}");
+            assert!(matches!(e, ApiError::InvalidArgument { .. }), "{e:?}");
         }
     }
 }

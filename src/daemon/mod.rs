@@ -69,6 +69,7 @@ pub enum DaemonError {
 
 struct Sink {
     controller: Arc<Controller>,
+    containers: Arc<ContainerReconciler>,
     image_events: crate::image::ImageEvents,
 }
 
@@ -79,6 +80,10 @@ impl EventSink for Sink {
             | ContainerdEvent::ImageUpdate { name }
             | ContainerdEvent::ImageDelete { name } => {
                 self.image_events.send(name);
+            }
+            ContainerdEvent::TaskOom { container_id } => {
+                self.containers.oom_reported(container_id);
+                self.controller.on_containerd_event(&event);
             }
             _ => self.controller.on_containerd_event(&event),
         }
@@ -314,6 +319,7 @@ async fn spawn_background(
         metrics.clone(),
         Arc::new(Sink {
             controller: controller.clone(),
+            containers: dispatch.container.clone(),
             image_events: images.spawn_event_applier(),
         }),
         stops.r#loop.clone(),
@@ -388,6 +394,7 @@ async fn serve(
         parts.images.clone(),
         config.stats.interval_seconds,
         parts.metrics.clone(),
+        config.runtime.cgroup_driver,
     );
     tasks.background.push(stats.spawn(stops.r#loop.clone()));
     let cri = Cri(Arc::new(Server {

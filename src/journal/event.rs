@@ -381,10 +381,20 @@ impl SandboxRecord {
             .unwrap_or("")
     }
 
-    /// The cgroup path (cgroupfs form) of the pod's object `id`: its pause container's or one of
-    /// its containers'.
-    pub fn cgroups_path_of(&self, id: &str) -> String {
-        crate::cgroup::path(self.configured_cgroup_parent(), id)
+    /// The cgroup path (`driver`'s form, as the spec names it) of the pod's object `id`: its
+    /// pause container's or one of its containers'.
+    pub fn cgroups_path_of(&self, driver: crate::config::CgroupDriver, id: &str) -> String {
+        crate::cgroup::path(driver, self.configured_cgroup_parent(), id)
+    }
+
+    /// The cgroupfs directory (below a hierarchy's root) of the pod's object `id`.
+    pub fn cgroup_dir_of(&self, driver: crate::config::CgroupDriver, id: &str) -> Option<String> {
+        crate::cgroup::dir(driver, &self.cgroups_path_of(driver, id))
+    }
+
+    /// The cgroupfs directory of the pod's own cgroup (None: its config names none).
+    pub fn pod_cgroup_dir(&self, driver: crate::config::CgroupDriver) -> Option<String> {
+        crate::cgroup::pod_dir(driver, self.configured_cgroup_parent())
     }
 
     /// Ready: started, not exited, not stopping.

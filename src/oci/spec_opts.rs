@@ -479,7 +479,9 @@ pub fn with_resources(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
         .unwrap_or("");
     let l = linux(spec);
     l.set_resources(Some(linux_resources(&inp.resources)))
-        .set_cgroups_path(Some(crate::cgroup::path(parent, inp.ctx.id).into()));
+        .set_cgroups_path(Some(
+            crate::cgroup::path(inp.ctx.cgroup_driver, parent, inp.ctx.id).into(),
+        ));
     Ok(())
 }
 

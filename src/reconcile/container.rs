@@ -49,6 +49,10 @@ pub struct ContainerReconciler {
     stopping: parking_lot::Mutex<std::collections::HashMap<String, StopClock>>,
     /// Which containers this process creates for the first time.
     attempts: super::FirstAttempts,
+    /// Containers containerd reported an OOM kill of (`/tasks/oom`) whose exit is not recorded
+    /// yet: under the systemd driver the scope's cgroup (and its OOM counter) is gone as soon as
+    /// its last process exits, before the exit can be recorded.
+    oom_events: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 /// One stop in progress.
@@ -93,7 +97,13 @@ impl ContainerReconciler {
             settings,
             attachments,
             stopping: Default::default(),
+            oom_events: Default::default(),
         }
+    }
+
+    /// containerd reported that the kernel OOM-killed a process of container `id`.
+    pub fn oom_reported(&self, id: &str) {
+        self.oom_events.lock().insert(id.to_string());
     }
 
     /// A container whose stdin concord keeps open itself (stdin without a TTY).
@@ -260,6 +270,7 @@ impl ContainerReconciler {
             volumes_dir: self.settings.layout.container_volumes(id),
             passthrough: crate::oci::annotations::Passthrough::of(handler),
             image_volumes: Default::default(),
+            cgroup_driver: self.settings.runtime.cgroup_driver,
         };
         let runtime = ContainerRuntime::of(handler, self.settings.runtime.systemd_cgroup());
         let made = Made {
@@ -600,7 +611,9 @@ impl ContainerReconciler {
     ) -> Result<(), ReconcileError> {
         self.stopping.lock().remove(&rec.id);
         // The kernel's OOM kill count, read while the (empty) cgroup still exists.
-        let oom = !self.settings.runtime.systemd_cgroup() && oom_killed(&cgroups_path(rec, state));
+        let driver = self.settings.runtime.cgroup_driver;
+        let reported = self.oom_events.lock().remove(&rec.id);
+        let oom = reported || cgroup_dir(rec, state, driver).is_some_and(|d| oom_killed(&d));
         let (code, at) = self
             .ctd
             .delete_task_exit(&rec.id)
@@ -727,18 +740,22 @@ fn image_users(
     ))
 }
 
-/// The container's cgroup path (cgroupfs driver), as its spec names it.
-fn cgroups_path(rec: &ContainerRecord, state: &State) -> String {
+/// The container's cgroup directory (below a hierarchy's root) behind the path its spec names.
+fn cgroup_dir(
+    rec: &ContainerRecord,
+    state: &State,
+    driver: crate::config::CgroupDriver,
+) -> Option<String> {
     match state.sandboxes.get(&rec.sandbox_id) {
-        Some(s) => s.cgroups_path_of(&rec.id),
-        None => crate::cgroup::path("", &rec.id),
+        Some(s) => s.cgroup_dir_of(driver, &rec.id),
+        None => crate::cgroup::dir(driver, &crate::cgroup::path(driver, "", &rec.id)),
     }
 }
 
-/// Whether the kernel OOM-killed a process of cgroup `path` (v2 `memory.events`, v1
-/// `memory.oom_control`).
-fn oom_killed(path: &str) -> bool {
-    let path = path.trim_start_matches('/');
+/// Whether the kernel OOM-killed a process of cgroup directory `dir` (v2 `memory.events`, v1
+/// `memory.oom_control`; on a hybrid host the v2 tree is at `unified`).
+fn oom_killed(dir: &str) -> bool {
+    let path = dir.trim_start_matches('/');
     let root = std::path::Path::new("/sys/fs/cgroup");
     [
         root.join(path).join("memory.events"),

@@ -133,7 +133,7 @@ impl SandboxReconciler {
                 }
                 let mut seen = json!({"state": if running { "ready" } else { "notready" }});
                 if rec.resources_updated && running {
-                    seen["podCgroup"] = pod_limits(rec);
+                    seen["podCgroup"] = pod_limits(rec, self.settings.runtime.cgroup_driver);
                 }
                 Ok(observed(seen))
             }
@@ -501,7 +501,7 @@ impl SandboxReconciler {
             network,
             pid: mode(opts.pid),
             ipc: mode(opts.ipc),
-            cgroups_path: rec.cgroups_path_of(&rec.id),
+            cgroups_path: rec.cgroups_path_of(self.settings.runtime.cgroup_driver, &rec.id),
             sysctls,
             oom_score_adj: SANDBOX_OOM_SCORE_ADJ,
             run_as_user: sc.run_as_user.map(|v| v.value),
@@ -690,13 +690,14 @@ const SHM_SIZE: u64 = 64 << 20;
 /// Writes the pod-level limits UpdatePodSandboxResources recorded to the pod's cgroup; answers
 /// what it did. A write the kernel refuses is reported, not retried: the kubelet owns the pod
 /// cgroup and already sized it (the RPC is best effort).
-fn pod_limits(rec: &SandboxRecord) -> Value {
+fn pod_limits(rec: &SandboxRecord, driver: crate::config::CgroupDriver) -> Value {
     use super::pod_cgroup::{apply, pod_total, Applied};
     let linux = rec.config.linux.clone().unwrap_or_default();
     let Some(total) = pod_total(linux.overhead.as_ref(), linux.resources.as_ref()) else {
         return json!("nothing to write");
     };
-    let parent = rec.configured_cgroup_parent();
+    let parent = rec.pod_cgroup_dir(driver).unwrap_or_default();
+    let parent = parent.as_str();
     match apply(std::path::Path::new("/sys/fs/cgroup"), parent, &total) {
         Ok(Applied::Nothing) => json!("nothing to write"),
         Ok(Applied::NoCgroup) => json!({"recorded": true, "cgroup": parent, "exists": false}),

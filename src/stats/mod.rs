@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use cgroup::{CgroupCounters, Cgroups};
 
+use crate::config::CgroupDriver;
 use crate::image::{FsUsage, Images};
 use crate::journal::{JournalHandle, State};
 use crate::metrics::Metrics;
@@ -85,6 +86,8 @@ pub struct Collector {
     journal: JournalHandle,
     images: Arc<Images>,
     cgroups: Cgroups,
+    /// How the specs name cgroups (where each object's cgroup directory is).
+    driver: CgroupDriver,
     proc_root: std::path::PathBuf,
     interval: Duration,
     metrics: Arc<Metrics>,
@@ -106,11 +109,13 @@ impl Collector {
         images: Arc<Images>,
         interval: Duration,
         metrics: Arc<Metrics>,
+        driver: CgroupDriver,
     ) -> Arc<Collector> {
         Arc::new(Collector {
             journal,
             images,
             cgroups: Cgroups::host(),
+            driver,
             proc_root: "/proc".into(),
             interval,
             metrics,
@@ -168,6 +173,7 @@ impl Collector {
         let state = self.journal.state();
         let prev = self.last();
         let cgroups = self.cgroups.clone();
+        let driver = self.driver;
         let proc_root = self.proc_root.clone();
         let fs = self.images.fs_usage();
         let seq = state.seq;
@@ -176,7 +182,7 @@ impl Collector {
         let joined = match tokio::time::timeout(
             COLLECT_TIMEOUT,
             tokio::task::spawn_blocking(move || {
-                collect_from(&state, &prev, &cgroups, &proc_root, fs)
+                collect_from(&state, &prev, (&cgroups, driver), &proc_root, fs)
             }),
         )
         .await
@@ -226,7 +232,7 @@ impl Collector {
 fn collect_from(
     state: &State,
     prev: &Collected,
-    cgroups: &Cgroups,
+    (cgroups, driver): (&Cgroups, CgroupDriver),
     proc_root: &std::path::Path,
     fs: Option<Arc<FsUsage>>,
 ) -> (Collected, usize) {
@@ -235,8 +241,8 @@ fn collect_from(
         fs,
         ..Default::default()
     };
-    let sample = |path: &str, before: Option<&Usage>| -> Option<Usage> {
-        let counters = cgroups.read(path)?;
+    let sample = |dir: Option<String>, before: Option<&Usage>| -> Option<Usage> {
+        let counters = cgroups.read(&dir?)?;
         let at = crate::clock::now_nanos();
         Some(Usage {
             at,
@@ -251,7 +257,10 @@ fn collect_from(
         let Some(sandbox) = state.sandboxes.get(&c.sandbox_id) else {
             continue;
         };
-        match sample(&sandbox.cgroups_path_of(&c.id), prev.containers.get(&c.id)) {
+        match sample(
+            sandbox.cgroup_dir_of(driver, &c.id),
+            prev.containers.get(&c.id),
+        ) {
             Some(u) => {
                 out.containers.insert(c.id.clone(), u);
             }
@@ -260,9 +269,12 @@ fn collect_from(
     }
     for s in state.sandboxes.values().filter(|s| s.ready()) {
         let before = prev.sandboxes.get(&s.id).and_then(|p| p.cgroup.as_ref());
-        let cgroup = if s.configured_cgroup_parent().is_empty() {
+        let pod_dir = s.pod_cgroup_dir(driver);
+        let cgroup = if pod_dir.is_none() {
             // Pods share the default parent: the pod is its pause container plus its containers.
-            let pause = cgroups.read(&s.cgroups_path_of(&s.id));
+            let pause = s
+                .cgroup_dir_of(driver, &s.id)
+                .and_then(|d| cgroups.read(&d));
             let parts: Vec<CgroupCounters> = pause
                 .into_iter()
                 .chain(
@@ -282,7 +294,7 @@ fn collect_from(
                 }
             })
         } else {
-            sample(s.configured_cgroup_parent(), before)
+            sample(pod_dir, before)
         };
         if cgroup.is_none() {
             missing += 1;

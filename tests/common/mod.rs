@@ -36,6 +36,43 @@ pub fn cni_conf_dir() -> PathBuf {
     )
 }
 
+/// The cgroup driver test daemons run with: `CONCORD_TEST_CGROUP_DRIVER` (`cgroupfs`, the
+/// default, or `systemd`: on a node whose PID 1 is systemd, see hack/systemd-node.sh).
+pub fn cgroup_driver() -> concord::config::CgroupDriver {
+    match std::env::var("CONCORD_TEST_CGROUP_DRIVER").as_deref() {
+        Ok("systemd") => concord::config::CgroupDriver::Systemd,
+        Ok("cgroupfs") | Err(_) => concord::config::CgroupDriver::Cgroupfs,
+        Ok(other) => panic!("CONCORD_TEST_CGROUP_DRIVER={other:?}: cgroupfs or systemd"),
+    }
+}
+
+/// Whether test daemons name cgroups the systemd way.
+pub fn systemd_driver() -> bool {
+    cgroup_driver() == concord::config::CgroupDriver::Systemd
+}
+
+/// A cgroup parent of its own for a pod (unique per test) in the form the daemons' driver
+/// takes, and the cgroupfs directory it is (below a hierarchy's root): `/concord-test/<u>`, or
+/// the slice `concordtest-<u>.slice` (the kubelet's form: `-` nests, so the unique part has
+/// `_`) at `/concordtest.slice/concordtest-<u>.slice`.
+pub fn unique_cgroup_parent(name: &str) -> (String, String) {
+    if systemd_driver() {
+        let slice = format!("concordtest-{}.slice", unique(name).replace('-', "_"));
+        let dir = concord::cgroup::expand_slice(&slice).unwrap();
+        (slice, dir)
+    } else {
+        let parent = format!("/concord-test/{}", unique(name));
+        (parent.clone(), parent)
+    }
+}
+
+/// The cgroupfs directory (below a hierarchy's root) of object `id` of a pod whose config names
+/// cgroup parent `parent`, as the daemons' driver places it.
+pub fn cgroup_dir_of(parent: &str, id: &str) -> String {
+    let driver = cgroup_driver();
+    concord::cgroup::dir(driver, &concord::cgroup::path(driver, parent, id)).unwrap()
+}
+
 /// A unique name per test (namespaces, cgroups).
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -86,7 +123,17 @@ impl Daemon {
             metrics_port: free_port(),
             containerd: containerd_socket(),
             namespace: unique("concord-test"),
-            extra: vec![format!("--cni-conf-dir={}", cni_conf_dir().display())],
+            extra: vec![
+                format!("--cni-conf-dir={}", cni_conf_dir().display()),
+                format!(
+                    "--cgroup-driver={}",
+                    if systemd_driver() {
+                        "systemd"
+                    } else {
+                        "cgroupfs"
+                    }
+                ),
+            ],
             env: Vec::new(),
             dir,
             child: None,
