@@ -16,6 +16,8 @@
 # Usage: hack/conformance.sh [serial|parallel|both]   (default both)
 # Environment: CRI_TOOLS_DIR [/usr/local/lib/cri-tools-v1.26.1]  CRI_TOOLS_ARCHIVE  FOCUS (a
 # ginkgo focus regex, for one spec)  CONFORMANCE_DIR [/tmp/concord-conformance]
+# CONCORD_FLAGS (more daemon flags, e.g. `--cgroup-driver systemd`)  SKIP_DEV_UP [0] (1: the node
+# is up already, e.g. hack/systemd-node.sh's, whose containerd is given as CTD_SOCK)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-both}
@@ -38,8 +40,12 @@ fi
 "$CRI_TOOLS_DIR/critest" --version 2>/dev/null | head -1 >&2 || true
 
 # ---- the node and concord ----------------------------------------------------------------------
-bash hack/dev-up.sh --no-cri >/dev/null 2>&1 || bash hack/dev-up.sh --no-cri
+if [ "${SKIP_DEV_UP:-0}" != 1 ]; then
+  bash hack/dev-up.sh --no-cri >/dev/null 2>&1 || bash hack/dev-up.sh --no-cri
+fi
 cargo build --quiet --bin concord --bin concord-log-writer
+CONCORD=${CARGO_TARGET_DIR:-target}/debug/concord
+read -r -a CONCORD_FLAGS <<< "${CONCORD_FLAGS:-}"
 rm -rf "$DIR"
 mkdir -p "$DIR"
 SOCK=$DIR/concord.sock
@@ -54,14 +60,15 @@ stop_concord() {
 }
 trap stop_concord EXIT
 start_concord() {
-  target/debug/concord --config /dev/null --listen "$SOCK" --state-dir "$DIR/state" \
+  "$CONCORD" --config /dev/null --listen "$SOCK" --state-dir "$DIR/state" \
     --containerd-address "$CTD_SOCK" --containerd-namespace "$NS" \
     --registry-config-path /tmp/rig/containerd/certs.d --metrics-address 127.0.0.1:0 \
     --netns-dir "$DIR/netns" --stream-address 127.0.0.1:0 --log-level "${CONCORD_LOG_LEVEL:-info}" \
+    "${CONCORD_FLAGS[@]}" \
     >> "$DIR/concord.log" 2>&1 &
   CONCORD_PID=$!
   for _ in $(seq 1 200); do
-    target/debug/concord status --listen "$SOCK" >/dev/null 2>&1 && return 0
+    "$CONCORD" status --listen "$SOCK" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   log "concord did not start; its log:"; tail -50 "$DIR/concord.log" >&2; exit 1

@@ -151,6 +151,10 @@ EOF
   cat > "$etc/concord-node/net.d/99-loopback.conf" <<'EOF'
 { "cniVersion": "0.4.0", "name": "lo", "type": "loopback" }
 EOF
+  # The node's default CNI dir gets the node's network (the host's would share its bridge
+  # with a separate IPAM store).
+  rm -rf "$etc/cni/net.d"; mkdir -p "$etc/cni"
+  cp -a "$etc/concord-node/net.d" "$etc/cni/net.d"
 }
 
 # Runs as PID 1 of the new namespaces (still the launcher's bash): builds the root, mounts the
@@ -261,7 +265,7 @@ run() {
   local p; p=$(pid1) || die "the node is not up (hack/systemd-node.sh up)"
   local envs=() v
   for v in $(compgen -e); do
-    case $v in CONCORD_*|CRICTL|RUST_*|CARGO_*|FOCUS|PATH|HOME) envs+=("--setenv=$v=${!v}") ;; esac
+    case $v in CONCORD_*|CRICTL|RUST_*|CARGO_*|FOCUS|PATH|HOME|SKIP_DEV_UP|CTD_SOCK|CONFORMANCE_*|CRI_TOOLS_*) envs+=("--setenv=$v=${!v}") ;; esac
   done
   nsenter -t "$p" -a -- systemd-run --quiet --wait --pipe --collect --service-type=exec \
     -p Delegate=yes -p KillMode=mixed --working-directory="$(pwd)" "${envs[@]}" -- "$@"
