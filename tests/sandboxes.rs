@@ -77,7 +77,7 @@ async fn a_pod_runs_with_an_ip_is_listed_retried_stopped_and_removed_leaving_not
     let s = status(&d, &id).await.unwrap();
     assert_eq!(s.state, cri::PodSandboxState::SandboxReady as i32);
     let ip = s.network.unwrap().ip;
-    assert!(ip.starts_with("10.88."), "bridge network address: {ip}");
+    assert!(ip.starts_with(&pod_subnet()), "bridge network address: {ip}");
     assert_eq!(list(&d).await.len(), 1);
     assert_eq!(netns_files(&d), 1);
 
@@ -138,13 +138,7 @@ async fn a_pod_runs_with_an_ip_is_listed_retried_stopped_and_removed_leaving_not
     // Nothing left: no container, no sandbox snapshot, no IP allocation for the id.
     let (_, snaps, _) = common::namespace_counts(&d).await;
     assert_eq!(snaps, 1, "only the pause image's layer snapshot remains");
-    let allocated = std::fs::read_dir("/var/lib/cni/networks/rig-bridge")
-        .map(|rd| {
-            rd.filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
-                .any(|c| c.contains(&id))
-        })
-        .unwrap_or(false);
-    assert!(!allocated, "host-local released the address");
+    assert!(!allocated_to(&id), "host-local released the address");
     // With no sandbox left the pinned image can go.
     d.images()
         .await
@@ -364,7 +358,7 @@ async fn two_pods_reach_each_other_and_a_host_port_reaches_a_pod_from_the_host()
     server.join().unwrap();
 
     // The host → hostPort on a host address (the bridge's gateway) → pod b's 8080 (portmap DNAT).
-    let gateway: std::net::IpAddr = "10.88.0.1".parse().unwrap();
+    let gateway: std::net::IpAddr = format!("{}0.1", pod_subnet()).parse().unwrap();
     let server = serve_once(&d, &b, 8080);
     let answer =
         tokio::task::spawn_blocking(move || ping(std::net::SocketAddr::new(gateway, host_port)))
@@ -485,8 +479,18 @@ async fn namespace_options_hostname_sysctls_and_dns_are_applied() {
     assert!(!files.exists(), "the sandbox's files go with it");
 }
 
+/// The first octets of the pod network's addresses (the rig's bridge: `10.88.`; override with
+/// CONCORD_TEST_POD_SUBNET, e.g. on hack/systemd-node.sh's node).
+fn pod_subnet() -> String {
+    std::env::var("CONCORD_TEST_POD_SUBNET").unwrap_or_else(|_| "10.88.".into())
+}
+
+/// Whether host-local IPAM holds an address for `id` (its store: the rig's, or
+/// CONCORD_TEST_IPAM_DIR).
 fn allocated_to(id: &str) -> bool {
-    std::fs::read_dir("/var/lib/cni/networks/rig-bridge")
+    let dir = std::env::var("CONCORD_TEST_IPAM_DIR")
+        .unwrap_or_else(|_| "/var/lib/cni/networks/rig-bridge".into());
+    std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
                 .any(|c| c.contains(id))
