@@ -77,7 +77,10 @@ async fn a_pod_runs_with_an_ip_is_listed_retried_stopped_and_removed_leaving_not
     let s = status(&d, &id).await.unwrap();
     assert_eq!(s.state, cri::PodSandboxState::SandboxReady as i32);
     let ip = s.network.unwrap().ip;
-    assert!(ip.starts_with(&pod_subnet()), "bridge network address: {ip}");
+    assert!(
+        ip.starts_with(&pod_subnet()),
+        "bridge network address: {ip}"
+    );
     assert_eq!(list(&d).await.len(), 1);
     assert_eq!(netns_files(&d), 1);
 

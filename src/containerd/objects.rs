@@ -446,12 +446,24 @@ impl Containerd {
     }
 
     /// Sends `signal` to the task of container `id` (all its processes); a missing task is fine.
+    /// SIGKILL also goes to the task's init itself: runc's `kill --all` signals the processes it
+    /// lists from the task's cgroup, and under the systemd driver on cgroup v1 systemd prunes a
+    /// scope's `devices` cgroup (the one runc lists from) when a sibling scope stops, moving
+    /// its processes to the slice: runc then signals nobody and answers success.
     pub async fn kill_task(&self, id: &str, signal: u32) -> Result<(), ContainerdError> {
+        self.kill(id, signal, true).await?;
+        if signal == 9 {
+            self.kill(id, signal, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), ContainerdError> {
         let req = KillRequest {
             container_id: id.into(),
             exec_id: String::new(),
             signal,
-            all: true,
+            all,
         };
         gone_ok(
             self.call(rpc::TASKS_KILL, self.tasks().kill(self.request(req)))
