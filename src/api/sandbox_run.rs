@@ -171,9 +171,9 @@ fn validate(c: &cri::PodSandboxConfig, driver: CgroupDriver) -> Result<(), ApiEr
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_cgroup_parent_that_leaves_the_tree_is_refused() {
-        let config = |parent: &str| cri::PodSandboxConfig {
+    /// A valid pod config naming cgroup parent `parent`.
+    fn config(parent: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
                 name: "p".into(),
                 namespace: "n".into(),
@@ -185,7 +185,11 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_cgroup_parent_that_leaves_the_tree_is_refused() {
         let fs = CgroupDriver::Cgroupfs;
         assert!(validate(&config("/kubepods/burstable/pod1"), fs).is_ok());
         assert!(validate(&config("kubepods-burstable-pod1.slice"), fs).is_ok());
@@ -197,19 +201,6 @@ mod tests {
 
     #[test]
     fn the_systemd_driver_takes_slices_only() {
-        let config = |parent: &str| cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: "p".into(),
-                namespace: "n".into(),
-                uid: "u".into(),
-                attempt: 0,
-            }),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: parent.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
         let sd = CgroupDriver::Systemd;
         for good in [
             "",
