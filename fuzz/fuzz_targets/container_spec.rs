@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         target_pid: None,
         volumes_dir: "/run/concord-fuzz/containers/c0ffee/volumes".into(),
         image_volumes: Default::default(),
+        cdi: Vec::new(),
         passthrough: Passthrough {
             pod: &[],
             container: &[],

@@ -33,6 +33,8 @@ pub struct ContainerContext<'a> {
     /// mounted snapshot view, `image_sub_path` resolved inside it. Empty for the API's early
     /// check, which makes nothing.
     pub image_volumes: std::collections::BTreeMap<usize, PathBuf>,
+    /// The container edits of the CDI devices it asks for, resolved ([`super::cdi::resolve`]).
+    pub cdi: Vec<super::cdi::ContainerEdits>,
 }
 
 /// Everything a container's spec is built from: the request, the image, the pod, and the
@@ -244,6 +246,7 @@ mod tests {
             volumes_dir: "/state/c1/volumes".into(),
             passthrough: Default::default(),
             image_volumes: Default::default(),
+            cdi: Vec::new(),
         }
     }
 
