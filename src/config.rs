@@ -193,6 +193,11 @@ pub struct RuntimeConfig {
     /// oldest (counted in concord_container_events_dropped_total)
     #[arg(long = "container-events-buffer", value_name = "N")]
     pub container_events_buffer: usize,
+    /// CDI spec directories, in increasing priority (a device in a later one wins), for the
+    /// devices containers ask for in `cdi_devices` or `cdi.k8s.io/*` annotations; empty turns
+    /// CDI off. The flag takes them colon-separated
+    #[arg(long = "cdi-spec-dirs", value_name = "DIRS", value_delimiter = ':')]
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// One runtime handler (a RuntimeClass' `handler`): which containerd shim runs its pods. Not a
@@ -348,6 +353,7 @@ impl Default for RuntimeConfig {
             default_handler: "runc".into(),
             handlers: BTreeMap::from([("runc".to_string(), RuntimeHandler::default())]),
             container_events_buffer: 1000,
+            cdi_spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
         }
     }
 }

@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         volumes_dir: "/run/concord-fuzz/containers/c0ffee/volumes".into(),
         image_volumes: Default::default(),
         cgroup_driver: concord::config::CgroupDriver::Cgroupfs,
+        cdi: Vec::new(),
         passthrough: Passthrough {
             pod: &[],
             container: &[],

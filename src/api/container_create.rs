@@ -68,6 +68,7 @@ impl Server {
         }
         // Everything a spec can refuse is refused now, with the field, before anything exists.
         let id = super::new_id();
+        let cdi = crate::oci::cdi::resolve(&config, &self.config.runtime.cdi_spec_dirs)?;
         let ctx = ContainerContext {
             id: &id,
             sandbox_id: &sandbox_id,
@@ -80,6 +81,7 @@ impl Server {
             passthrough: Default::default(),
             image_volumes: Default::default(),
             cgroup_driver: self.config.runtime.cgroup_driver,
+            cdi,
         };
         validate(&Inputs::new(&config, &image.resolved.config, &ctx, None))?;
         let log_path = if sandbox.config.log_directory.is_empty() || config.log_path.is_empty() {

@@ -195,6 +195,9 @@ impl RuntimeConfig {
                 ));
             }
         }
+        for dir in &self.cdi_spec_dirs {
+            absolute("runtime.cdi_spec_dirs", dir)?;
+        }
         within(
             "runtime.container_events_buffer",
             self.container_events_buffer,

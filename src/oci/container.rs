@@ -35,6 +35,8 @@ pub struct ContainerContext<'a> {
     pub image_volumes: std::collections::BTreeMap<usize, PathBuf>,
     /// How the spec names the container's cgroup (`runtime.cgroup_driver`).
     pub cgroup_driver: crate::config::CgroupDriver,
+    /// The container edits of the CDI devices it asks for, resolved ([`super::cdi::resolve`]).
+    pub cdi: Vec<super::cdi::ContainerEdits>,
 }
 
 /// Everything a container's spec is built from: the request, the image, the pod, and the
@@ -247,6 +249,7 @@ mod tests {
             passthrough: Default::default(),
             image_volumes: Default::default(),
             cgroup_driver: crate::config::CgroupDriver::Cgroupfs,
+            cdi: Vec::new(),
         }
     }
 

@@ -31,6 +31,7 @@ pub const OPTIONS: &[SpecOpt] = &[
     with_resources,
     with_devices,
     with_security,
+    with_cdi,
     with_annotations,
 ];
 
@@ -486,15 +487,21 @@ pub fn with_resources(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
 }
 
 /// The CRI devices: their nodes in the container and the cgroup rules that let them be used
-/// (after the first rule: all allowed for a privileged container, else none).
+/// (after the first rule: all allowed for a privileged container, else none). A privileged
+/// container (outside a user namespace) first gets every device node of the host's /dev, as
+/// containerd gives it: device plugins, CSI node drivers and KubeVirt need them.
 pub fn with_devices(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
     let mut all = LinuxDeviceCgroup::default();
     all.set_allow(inp.sc.privileged)
         .set_access(Some("rwm".into()));
     let mut rules = vec![all];
     let mut devices = Vec::new();
+    if inp.sc.privileged && !matches!(super::userns::of_pod(inp.ctx.sandbox), Ok(Some(_))) {
+        devices = super::devices::host_devices(Path::new("/dev"));
+    }
     for (i, dev) in inp.config.devices.iter().enumerate() {
         let (node, rule) = device(i, dev)?;
+        devices.retain(|d: &LinuxDevice| d.path() != node.path());
         devices.push(node);
         rules.push(rule);
     }
@@ -558,6 +565,11 @@ fn device_numbers(host_path: &str) -> Result<(LinuxDeviceType, i64, i64), String
         nix::sys::stat::major(rdev) as i64,
         nix::sys::stat::minor(rdev) as i64,
     ))
+}
+
+/// The container edits of the CDI devices the container asks for ([`super::cdi`]).
+pub fn with_cdi(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
+    super::cdi::apply(spec, &inp.ctx.cdi)
 }
 
 /// Capabilities; unless privileged the masked and read-only paths and seccomp; AppArmor.

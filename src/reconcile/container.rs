@@ -259,6 +259,8 @@ impl ContainerReconciler {
                     "the pod's runtime handler is no longer configured",
                 )
             })?;
+        let cdi = crate::oci::cdi::resolve(&rec.config, &self.settings.runtime.cdi_spec_dirs)
+            .map_err(|e| Self::err(id, STEP, e.to_string()))?;
         let ctx = ContainerContext {
             id,
             sandbox_id: &rec.sandbox_id,
@@ -271,6 +273,7 @@ impl ContainerReconciler {
             passthrough: crate::oci::annotations::Passthrough::of(handler),
             image_volumes: Default::default(),
             cgroup_driver: self.settings.runtime.cgroup_driver,
+            cdi,
         };
         let runtime = ContainerRuntime::of(handler, self.settings.runtime.systemd_cgroup());
         let made = Made {
