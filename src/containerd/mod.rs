@@ -10,7 +10,10 @@ pub mod rpc;
 pub mod shims;
 
 pub use health::{spawn_health_monitor, Health};
-pub use objects::{ContainerRuntime, SnapshotKind, TaskIo, TaskStatus};
+pub use objects::{
+    cri_labels, ContainerRuntime, SnapshotKind, TaskIo, TaskStatus, KIND_CONTAINER, KIND_LABEL,
+    KIND_SANDBOX,
+};
 
 use std::collections::HashMap;
 use std::future::Future;
