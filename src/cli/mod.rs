@@ -99,6 +99,12 @@ pub enum ConfigCommand {
     Show,
     /// Print the README's settings table (generated from the same docs as `config default`).
     ReadmeTable,
+    /// Translate a containerd config.toml's CRI settings (1.x `version = 2` or 2.x `version = 3`)
+    /// into a concord config on stdout; every key not translated is named on stderr.
+    ImportContainerd {
+        /// containerd's config file (e.g. /etc/containerd/config.toml).
+        file: PathBuf,
+    },
 }
 
 /// The command line parsed: the subcommand (none: run the daemon) and the effective config
@@ -169,11 +175,23 @@ pub fn run(command: Command, config: &Config) -> ExitCode {
             ConfigCommand::Default => Ok(doc::default_toml()),
             ConfigCommand::ReadmeTable => Ok(doc::readme_table()),
             ConfigCommand::Show => toml::to_string(config).map_err(anyhow::Error::from),
+            ConfigCommand::ImportContainerd { file } => import_containerd(&file),
         }
         .map(|text| print!("{text}")),
         client => runtime().and_then(|rt| rt.block_on(run_client(client, config))),
     };
     report(false, printed)
+}
+
+/// `concord config import-containerd`: the imported config; the keys left behind go to stderr.
+fn import_containerd(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let imported = concord::config::import::import_containerd(file, &text)?;
+    for (key, value) in &imported.untranslated {
+        eprintln!("not translated: {key} = {value}");
+    }
+    Ok(imported.toml)
 }
 
 /// A command that talks to a running concord.
