@@ -35,6 +35,25 @@ fn import(file: &Path) -> (i32, String, String) {
     )
 }
 
+/// [`import`] of `file`, which must succeed: the result as `config show` reads it back, and
+/// stderr (the untranslated keys). Both are printed for the test log.
+fn imported(file: &Path) -> (toml::Table, String) {
+    let (code, out, err) = import(file);
+    assert_eq!(code, 0, "{err}");
+    println!("--- {}\n{out}--- stderr\n{err}", file.display());
+    (shown(&out), err)
+}
+
+/// Asserts that every one of `keys` is named untranslated in `err`.
+fn named(err: &str, keys: &[&str]) {
+    for key in keys {
+        assert!(
+            err.contains(key),
+            "{key} should be named untranslated:\n{err}"
+        );
+    }
+}
+
 /// The imported text read back by `concord config show` (so the daemon would accept it).
 fn shown(imported: &str) -> toml::Table {
     let dir = tempfile::tempdir().unwrap();
@@ -75,10 +94,7 @@ fn the_rigs_containerd_config_imports_with_its_cri_settings() {
     } else {
         fixture("rig-cri.toml")
     };
-    let (code, out, err) = import(&file);
-    assert_eq!(code, 0, "{err}");
-    println!("--- {}\n{out}--- stderr\n{err}", file.display());
-    let c = shown(&out);
+    let (c, err) = imported(&file);
     assert_eq!(
         get(&c, "sandbox_image").as_str(),
         Some("registry.k8s.io/pause:3.9")
@@ -100,21 +116,16 @@ fn the_rigs_containerd_config_imports_with_its_cri_settings() {
         .as_str()
         .unwrap()
         .starts_with("127.0.0.1:"));
-    for key in ["root = ", "restrict_oom_score_adj = ", "max_conf_num = "] {
-        assert!(
-            err.contains(key),
-            "{key} should be named untranslated:\n{err}"
-        );
-    }
+    named(
+        &err,
+        &["root = ", "restrict_oom_score_adj = ", "max_conf_num = "],
+    );
     assert!(!err.contains("sandbox_image"), "{err}");
 }
 
 #[test]
 fn a_kubeadm_nodes_containerd_1_6_config_imports_with_systemd_cgroups() {
-    let (code, out, err) = import(&fixture("kubeadm-1.6-default-systemd.toml"));
-    assert_eq!(code, 0, "{err}");
-    println!("{out}--- stderr\n{err}");
-    let c = shown(&out);
+    let (c, err) = imported(&fixture("kubeadm-1.6-default-systemd.toml"));
     assert_eq!(get(&c, "runtime.cgroup_driver").as_str(), Some("systemd"));
     assert_eq!(
         get(&c, "sandbox_image").as_str(),
@@ -131,26 +142,21 @@ fn a_kubeadm_nodes_containerd_1_6_config_imports_with_systemd_cgroups() {
         Some(14400)
     );
     // containerd's other plugins and the CRI keys concord has no equivalent of are named.
-    for key in [
-        "plugins.\"io.containerd.grpc.v1.cri\".enable_selinux = false",
-        "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options.NoPivotRoot",
-        "plugins.\"io.containerd.gc.v1.scheduler\".pause_threshold",
-        "oom_score = 0",
-    ] {
-        assert!(
-            err.contains(key),
-            "{key} should be named untranslated:\n{err}"
-        );
-    }
+    named(
+        &err,
+        &[
+            "plugins.\"io.containerd.grpc.v1.cri\".enable_selinux = false",
+            "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options.NoPivotRoot",
+            "plugins.\"io.containerd.gc.v1.scheduler\".pause_threshold",
+            "oom_score = 0",
+        ],
+    );
     assert!(!err.contains("SystemdCgroup"), "{err}");
 }
 
 #[test]
 fn a_containerd_2_config_imports_from_its_split_cri_plugins() {
-    let (code, out, err) = import(&fixture("containerd-2.x-default.toml"));
-    assert_eq!(code, 0, "{err}");
-    println!("{out}--- stderr\n{err}");
-    let c = shown(&out);
+    let (c, err) = imported(&fixture("containerd-2.x-default.toml"));
     assert_eq!(
         get(&c, "sandbox_image").as_str(),
         Some("registry.k8s.io/pause:3.10")
@@ -168,8 +174,7 @@ fn a_containerd_2_config_imports_from_its_split_cri_plugins() {
         get(&c, "containerd.snapshotter").as_str(),
         Some("overlayfs")
     );
-    assert!(err.contains("enable_cdi = true"), "{err}");
-    assert!(err.contains("sandboxer = \"podsandbox\""), "{err}");
+    named(&err, &["enable_cdi = true", "sandboxer = \"podsandbox\""]);
 }
 
 #[test]
