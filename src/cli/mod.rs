@@ -1,6 +1,7 @@
 //! The command line: the flags (every setting, see `concord::config`), loading the config they
 //! override, and the subcommands other than running the daemon.
 
+mod adopt;
 mod client;
 
 use std::path::PathBuf;
@@ -82,6 +83,16 @@ pub enum Command {
     StopPod { id: String },
     /// Remove a pod sandbox (CRI RemovePodSandbox).
     RemovePod { id: String },
+    /// Take a node over from containerd's CRI plugin (kubelet stopped, node drained): remove the
+    /// sandboxes and containers it left in the containerd namespace (tasks killed, CNI DEL, netns
+    /// and snapshots removed). concord's own objects are never touched. With --reverse, the way
+    /// back: stop and remove every pod of the running concord.
+    Adopt {
+        /// Remove concord's pods instead (through the running concord), to hand the node back to
+        /// containerd's CRI.
+        #[arg(long)]
+        reverse: bool,
+    },
     /// Show what a running concord's reconcile loop manages: desired and observed state,
     /// pending reconciles, last errors, and the journal.
     Inspect {
@@ -218,6 +229,8 @@ async fn run_client(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::StopPod { id } => client::pod_op(config, id, false).await,
         Command::RemovePod { id } => client::pod_op(config, id, true).await,
         Command::Inspect { kind } => client::inspect(config, kind).await,
+        Command::Adopt { reverse: false } => adopt::forward(config).await,
+        Command::Adopt { reverse: true } => adopt::reverse(config).await,
     }
 }
 

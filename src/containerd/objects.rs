@@ -242,6 +242,21 @@ impl Containerd {
         }
     }
 
+    /// The containers of the namespace matching every one of containerd's `filters` (none: all).
+    pub async fn list_containers(
+        &self,
+        filters: Vec<String>,
+    ) -> Result<Vec<Container>, ContainerdError> {
+        let req = containerd_client::services::v1::ListContainersRequest { filters };
+        let r = self
+            .call(
+                rpc::CONTAINERS_LIST,
+                self.containers().list(self.request(req)),
+            )
+            .await?;
+        Ok(r.containers)
+    }
+
     /// Containers and snapshots (of `snapshotter`) whose owner label starts with `prefix`:
     /// (object id or snapshot key, owner). For the resync's orphan scan.
     pub async fn list_owned(
@@ -250,17 +265,9 @@ impl Containerd {
         prefix: &str,
     ) -> Result<Vec<(String, String)>, ContainerdError> {
         let filter = format!("labels.\"{OWNER_LABEL}\"");
-        let req = containerd_client::services::v1::ListContainersRequest {
-            filters: vec![filter.clone()],
-        };
-        let r = self
-            .call(
-                rpc::CONTAINERS_LIST,
-                self.containers().list(self.request(req)),
-            )
-            .await?;
-        let mut owned: Vec<(String, String)> = r
-            .containers
+        let mut owned: Vec<(String, String)> = self
+            .list_containers(vec![filter.clone()])
+            .await?
             .into_iter()
             .filter_map(|c| Some((c.id, c.labels.get(OWNER_LABEL)?.clone())))
             .collect();
