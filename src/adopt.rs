@@ -3,8 +3,9 @@
 //! StopPodSandbox + RemovePodSandbox would have: app containers (task killed, container deleted,
 //! snapshot removed), then each sandbox (pause task killed, CNI DEL with the network config,
 //! container id, netns, `eth0` and `K8S_POD_*` args containerd used, its netns unmounted and
-//! removed, container and snapshot deleted). containerd's objects are told apart by their
-//! `io.cri-containerd.kind` label; anything carrying concord's owner label is never touched.
+//! removed, container, snapshot and sandbox-store record deleted). containerd's objects are told
+//! apart by their `io.cri-containerd.kind` label; anything carrying concord's owner label is never
+//! touched.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -230,6 +231,7 @@ async fn remove_sandbox(
         }
     }
     remove_container(ctd, c).await?;
+    ctd.delete_sandbox_record(&id).await?;
     Ok(())
 }
 

@@ -172,6 +172,10 @@ impl Containerd {
     pub fn version_client(&self) -> VersionClient<Channel> {
         VersionClient::new(self.channel.clone())
     }
+    /// The connection, for a service without a client method here.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
     pub fn containers(&self) -> ContainersClient<Channel> {
         ContainersClient::new(self.channel.clone())
     }

@@ -257,6 +257,25 @@ impl Containerd {
         Ok(r.containers)
     }
 
+    /// Deletes sandbox `id` from containerd's sandbox store (where containerd 2.x's CRI also
+    /// records its pods); a missing one, or a containerd without the store (1.6), is fine.
+    pub async fn delete_sandbox_record(&self, id: &str) -> Result<(), ContainerdError> {
+        use containerd_client::services::v1::sandbox::{
+            store_client::StoreClient, StoreDeleteRequest,
+        };
+        let req = StoreDeleteRequest {
+            sandbox_id: id.into(),
+        };
+        let mut store = StoreClient::new(self.channel());
+        match self
+            .call(rpc::SANDBOX_STORE_DELETE, store.delete(self.request(req)))
+            .await
+        {
+            Err(e) if e.code() == tonic::Code::Unimplemented => Ok(()),
+            r => gone_ok(r.map(|_| ())),
+        }
+    }
+
     /// Containers and snapshots (of `snapshotter`) whose owner label starts with `prefix`:
     /// (object id or snapshot key, owner). For the resync's orphan scan.
     pub async fn list_owned(
