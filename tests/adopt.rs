@@ -2,7 +2,7 @@
 //! containerd's own CRI (through crictl), the node switched to concord (containerd restarted
 //! without its CRI, concord started on the same namespace with a pod of its own), `concord adopt`
 //! removes containerd's pod (IP, hostPort rules, netns, containers, snapshots) and leaves concord's
-//! alone; `concord adopt --reverse` then removes concord's, handing the node back.
+//! alone; `concord adopt --reverse` then removes concord's, and containerd's CRI runs pods again.
 
 mod common;
 
@@ -227,4 +227,15 @@ async fn adopt_removes_what_containerds_cri_left_and_reverse_hands_the_node_back
         addresses_held(&ours.id),
         hostport_rules(&ours.id)
     );
+
+    // 5. containerd's CRI takes the node again: its pod with the same hostPort runs.
+    d.terminate().await;
+    ctd.stop();
+    ctd.write_config(true);
+    ctd.restart();
+    let (back, _, _) = run_under_containerds_cri(&bin, &ctd);
+    assert_eq!(addresses_held(&back).len(), 1);
+    crictl(&bin, &ctd, &["stopp", &back]);
+    crictl(&bin, &ctd, &["rmp", &back]);
+    assert!(addresses_held(&back).is_empty());
 }
