@@ -3,6 +3,8 @@
 //! `concord config default` and its README row (see [`doc`]); its `#[arg]` is its flag.
 
 pub mod doc;
+mod files;
+pub mod import;
 mod validate;
 mod values;
 
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use files::{joined_paths, CONFIG_VERSION, DROP_IN_DIR};
 pub use values::OrEmpty;
 
 /// Default path of the config file.
@@ -100,9 +103,13 @@ pub struct Config {
     /// Image every pod sandbox runs
     #[arg(long, value_name = "REF")]
     pub sandbox_image: String,
-    /// Registry host configs in containerd's hosts.toml layout: `<dir>/<host>/hosts.toml`
-    #[arg(long, value_name = "DIR")]
-    pub registry_config_path: PathBuf,
+    /// Registry host config directories, searched in order per registry (the first holding the
+    /// host's directory wins, as containerd's config_path): containerd's hosts.toml layout
+    /// (`<dir>/<host>/hosts.toml`, `<dir>/_default/`) or Docker's certs.d (`<dir>/<host>/*.crt`,
+    /// `*.cert` + `*.key`); an array, or colon-separated as the flag takes them
+    #[serde(with = "values::path_list")]
+    #[arg(long, value_name = "DIRS", value_delimiter = ':')]
+    pub registry_config_path: Vec<PathBuf>,
     /// Cgroup (path below the cgroup root) concord moves itself into at start; "" stays
     #[arg(long, value_name = "PATH")]
     pub cgroup: String,
@@ -308,7 +315,10 @@ impl Default for Config {
             stream_tls_cert_file: None,
             stream_tls_key_file: None,
             sandbox_image: "registry.k8s.io/pause:3.9".into(),
-            registry_config_path: PathBuf::from("/etc/containerd/certs.d"),
+            registry_config_path: vec![
+                PathBuf::from("/etc/containerd/certs.d"),
+                PathBuf::from("/etc/docker/certs.d"),
+            ],
             cgroup: String::new(),
             oom_score_adj: None,
             shutdown_grace_seconds: Duration::from_secs(30),
@@ -427,26 +437,15 @@ impl RuntimeConfig {
 }
 
 impl Config {
-    /// Reads `path`; a missing file gives the defaults when `required` is false.
+    /// Reads `path` and the drop-ins of `conf.d/` beside it, merged in order; a missing main
+    /// file gives the defaults (plus drop-ins) when `required` is false.
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-                Ok(Config::default())
-            }
-            Err(source) => Err(ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            }),
-        }
+        files::load(path, required)
     }
 
-    /// Parses TOML text (unknown keys are errors).
+    /// Parses one file's TOML text (unknown keys are errors; `version` is checked).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })
+        files::parse(path, text)
     }
 
     /// Path of the journal file inside the state dir.

@@ -3,6 +3,7 @@
 //! containerd's events, a periodic resync and the API converges containerd, network namespaces
 //! and CNI to them.
 
+pub mod adopt;
 pub mod api;
 pub mod attach;
 pub mod cgroup;

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    container_config, container_status, eventually, exec_out, pod, pod_daemon, pull_ok, remove_pod,
-    start_container, Daemon, Pod, Unmount,
+    container_config, container_status, containerd_container, eventually, exec_out, pod,
+    pod_daemon, pull_ok, remove_pod, start_container, Daemon, Pod, Unmount,
 };
 use concord::cri;
 use nix::mount::MsFlags;
@@ -743,6 +743,52 @@ async fn stats_are_never_older_than_a_caller_can_tell_apart() {
         "8 concurrent calls made {} collections",
         after - before
     );
+    remove_pod(&d, &p.id).await;
+}
+
+/// The CRI labels kubelet sets, copied onto the containerd containers as containerd's CRI does
+/// (cAdvisor's containerd factory names pods and containers from them), beside
+/// `io.cri-containerd.kind`; a CRI label cannot override concord's own.
+#[tokio::test]
+async fn cri_labels_reach_the_containerd_containers_and_never_override_concords() {
+    let d = pod_daemon(&[]).await;
+    pull_ok(&d, "busybox").await;
+    let kube = |name: &str| -> std::collections::HashMap<String, String> {
+        [
+            ("io.kubernetes.pod.name", "web-0"),
+            ("io.kubernetes.pod.namespace", "shop"),
+            ("io.kubernetes.pod.uid", "uid-web-0"),
+            ("io.kubernetes.container.name", name),
+            ("app", "web"),
+            ("io.cri-containerd.kind", "forged"),
+            ("io.concord.owner", "forged"),
+            ("io.kubernetes.pod-sandbox-id", "forged"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+    let mut config = common::pod_config(&d, "labels");
+    config.labels = kube("POD");
+    let p = Pod::run(&d, config).await;
+    let mut c = sh_container("app", "sleep 1000");
+    c.labels = kube("app");
+    let id = p.run_container(&d, c).await;
+
+    let pause = containerd_container(&d, &p.id).await.labels;
+    let app = containerd_container(&d, &id).await.labels;
+    for (labels, name) in [(&pause, "POD"), (&app, "app")] {
+        assert_eq!(labels["io.kubernetes.pod.name"], "web-0", "{labels:?}");
+        assert_eq!(labels["io.kubernetes.pod.namespace"], "shop");
+        assert_eq!(labels["io.kubernetes.pod.uid"], "uid-web-0");
+        assert_eq!(labels["io.kubernetes.container.name"], name);
+        assert_eq!(labels["app"], "web");
+    }
+    assert_eq!(pause["io.cri-containerd.kind"], "sandbox");
+    assert_eq!(pause["io.concord.owner"], format!("sandbox:{}", p.id));
+    assert_eq!(app["io.cri-containerd.kind"], "container");
+    assert_eq!(app["io.kubernetes.pod-sandbox-id"], p.id);
+    assert_ne!(app["io.concord.owner"], "forged");
     remove_pod(&d, &p.id).await;
 }
 

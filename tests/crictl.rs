@@ -8,23 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{pod_daemon, Daemon};
+use common::{crictl_binary, pod_daemon, Daemon};
 use serde_json::Value;
-
-/// crictl: $CRICTL, the one hack/cri-tools.sh builds, or one on PATH.
-fn crictl_binary() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var("CRICTL").ok().map(PathBuf::from),
-        Some(PathBuf::from("/usr/local/lib/cri-tools-v1.26.1/crictl")),
-        Some(PathBuf::from("crictl")),
-    ];
-    candidates.into_iter().flatten().find(|p| {
-        Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 struct Crictl {
     bin: PathBuf,

@@ -213,16 +213,7 @@ async fn hostile_user_databases_in_images_fail_fast_and_read_nothing_of_the_host
 
 /// The OCI spec of containerd container `id` in the daemon's namespace.
 async fn spec_of(d: &Daemon, id: &str) -> serde_json::Value {
-    use containerd_client::services::v1::GetContainerRequest;
-    let ctd = concord::containerd::Containerd::new(&d.containerd, &d.namespace, Default::default());
-    let c = ctd
-        .containers()
-        .get(ctd.request(GetContainerRequest { id: id.into() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .container
-        .unwrap();
+    let c = common::containerd_container(d, id).await;
     serde_json::from_slice(&c.spec.unwrap().value).unwrap()
 }
 

@@ -302,3 +302,25 @@ async fn hosts_toml_ca_and_skip_verify_reach_a_tls_registry() {
     d.start().await;
     pull(&d, &image).await.unwrap();
 }
+
+/// Docker's certs.d layout (`<dir>/<host>/ca.crt`, no hosts.toml) in the second directory of
+/// `registry_config_path`: the first has nothing for the host, so the second is searched, and its
+/// CA makes the upstream an HTTPS endpoint that verifies.
+#[tokio::test]
+async fn a_docker_certs_dir_later_in_the_path_list_gives_the_registry_its_ca() {
+    let reg = TlsRegistry::start();
+    let image = format!("{}/library/busybox:latest", reg.registry.addr);
+    let empty = reg.dir.path().join("empty-root");
+    let certs = reg.dir.path().join("docker-certs.d");
+    std::fs::create_dir_all(empty.join("other.example")).unwrap();
+    std::fs::create_dir_all(certs.join(&reg.registry.addr)).unwrap();
+    std::fs::copy(&reg.cert, certs.join(&reg.registry.addr).join("ca.crt")).unwrap();
+    let mut d = Daemon::new();
+    d.extra.push(format!(
+        "--registry-config-path={}:{}",
+        empty.display(),
+        certs.display()
+    ));
+    d.start().await;
+    pull(&d, &image).await.unwrap();
+}

@@ -22,7 +22,7 @@ async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves
     let ns_name = common::unique("concord-test-pause");
     let ctd = Containerd::new(&common::containerd_socket(), &ns_name, Default::default());
     let settings = ImageSettings {
-        hosts_dir: PathBuf::from(common::hosts_dir()),
+        hosts_dirs: vec![PathBuf::from(common::hosts_dir())],
         snapshotter: "overlayfs".into(),
         sandbox_image: "registry.k8s.io/pause:3.9".into(),
         progress_timeout: Duration::from_secs(30),

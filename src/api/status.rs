@@ -43,7 +43,7 @@ impl Server {
         if let Some(m) = v.as_object_mut() {
             let compat = serde_json::json!({
                 "sandboxImage": c.sandbox_image,
-                "registry": {"configPath": c.registry_config_path},
+                "registry": {"configPath": crate::config::joined_paths(&c.registry_config_path)},
                 "cni": {
                     "binDir": c.cni.bin_dirs.first(),
                     "binDirs": c.cni.bin_dirs,

@@ -16,7 +16,7 @@ async fn connect(config: &Config) -> anyhow::Result<tonic::transport::Channel> {
 }
 
 /// A CRI RuntimeService client of a running concord.
-async fn runtime_client(
+pub(super) async fn runtime_client(
     config: &Config,
 ) -> anyhow::Result<
     concord::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,

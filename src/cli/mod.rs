@@ -1,6 +1,7 @@
 //! The command line: the flags (every setting, see `concord::config`), loading the config they
 //! override, and the subcommands other than running the daemon.
 
+mod adopt;
 mod client;
 
 use std::path::PathBuf;
@@ -82,6 +83,16 @@ pub enum Command {
     StopPod { id: String },
     /// Remove a pod sandbox (CRI RemovePodSandbox).
     RemovePod { id: String },
+    /// Take a node over from containerd's CRI plugin (kubelet stopped, node drained): remove the
+    /// sandboxes and containers it left in the containerd namespace (tasks killed, CNI DEL, netns
+    /// and snapshots removed). concord's own objects are never touched. With --reverse, the way
+    /// back: stop and remove every pod of the running concord.
+    Adopt {
+        /// Remove concord's pods instead (through the running concord), to hand the node back to
+        /// containerd's CRI.
+        #[arg(long)]
+        reverse: bool,
+    },
     /// Show what a running concord's reconcile loop manages: desired and observed state,
     /// pending reconciles, last errors, and the journal.
     Inspect {
@@ -99,6 +110,12 @@ pub enum ConfigCommand {
     Show,
     /// Print the README's settings table (generated from the same docs as `config default`).
     ReadmeTable,
+    /// Translate a containerd config.toml's CRI settings (1.x `version = 2` or 2.x `version = 3`)
+    /// into a concord config on stdout; every key not translated is named on stderr.
+    ImportContainerd {
+        /// containerd's config file (e.g. /etc/containerd/config.toml).
+        file: PathBuf,
+    },
 }
 
 /// The command line parsed: the subcommand (none: run the daemon) and the effective config
@@ -169,11 +186,23 @@ pub fn run(command: Command, config: &Config) -> ExitCode {
             ConfigCommand::Default => Ok(doc::default_toml()),
             ConfigCommand::ReadmeTable => Ok(doc::readme_table()),
             ConfigCommand::Show => toml::to_string(config).map_err(anyhow::Error::from),
+            ConfigCommand::ImportContainerd { file } => import_containerd(&file),
         }
         .map(|text| print!("{text}")),
         client => runtime().and_then(|rt| rt.block_on(run_client(client, config))),
     };
     report(false, printed)
+}
+
+/// `concord config import-containerd`: the imported config; the keys left behind go to stderr.
+fn import_containerd(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let imported = concord::config::import::import_containerd(file, &text)?;
+    for (key, value) in &imported.untranslated {
+        eprintln!("not translated: {key} = {value}");
+    }
+    Ok(imported.toml)
 }
 
 /// A command that talks to a running concord.
@@ -200,6 +229,8 @@ async fn run_client(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::StopPod { id } => client::pod_op(config, id, false).await,
         Command::RemovePod { id } => client::pod_op(config, id, true).await,
         Command::Inspect { kind } => client::inspect(config, kind).await,
+        Command::Adopt { reverse: false } => adopt::forward(config).await,
+        Command::Adopt { reverse: true } => adopt::reverse(config).await,
     }
 }
 

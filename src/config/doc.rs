@@ -8,7 +8,7 @@ use clap::{Args, Command};
 
 #[cfg(test)]
 use super::ContainerdConfig;
-use super::{Config, RuntimeHandler};
+use super::{Config, RuntimeHandler, CONFIG_VERSION};
 
 /// What `[runtime.handlers.<name>]` is (the map itself has no flag to carry a doc).
 pub const HANDLERS: &str = "One table per RuntimeClass handler: the containerd runtime (shim) \
@@ -17,7 +17,8 @@ refused (InvalidArgument).";
 
 /// The lines above the first setting of `concord config default`.
 const HEADER: &str = "# concord configuration (TOML). Every setting is optional; shown with its \
-default.\n# Each one is also a flag: concord --help. Flags win over this file.\n\n";
+default.\n# Each one is also a flag: concord --help. Flags win over this file. Drop-ins in \
+conf.d/*.toml\n# beside this file are merged over it in name order (tables key by key).\n";
 
 /// Where the README's generated table starts and ends.
 pub const README_BEGIN: &str =
@@ -147,7 +148,7 @@ pub fn flag_setting(flag: &str) -> Option<String> {
 /// The default config file, every setting with its doc as a comment (`concord config default`).
 pub fn default_toml() -> String {
     let default_handler = Config::default().runtime.default_handler;
-    let mut out = String::from(HEADER);
+    let mut out = format!("{HEADER}\n# Format of this file.\nversion = {CONFIG_VERSION}\n");
     let mut section = String::new();
     for s in settings() {
         if s.section != section {

@@ -86,3 +86,39 @@ pub mod or_empty {
             .map_err(|e| format!("{e} (or \"\" for none)"))
     }
 }
+
+/// A list of directories spelled as a TOML array or, as containerd's `config_path` is, one
+/// colon-separated string (`"/etc/containerd/certs.d:/etc/docker/certs.d"`); written back as an
+/// array. Empty parts are dropped.
+pub mod path_list {
+    use super::*;
+    use std::path::PathBuf;
+
+    pub fn serialize<S: Serializer>(v: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Spelled {
+            Joined(String),
+            List(Vec<PathBuf>),
+        }
+        let spelled = Spelled::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a path list: an array or a colon-separated string")
+        })?;
+        Ok(match spelled {
+            Spelled::Joined(s) => split(&s),
+            Spelled::List(v) => v,
+        })
+    }
+
+    /// The directories of a colon-separated string.
+    pub fn split(s: &str) -> Vec<PathBuf> {
+        s.split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    }
+}

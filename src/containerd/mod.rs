@@ -10,7 +10,10 @@ pub mod rpc;
 pub mod shims;
 
 pub use health::{spawn_health_monitor, Health};
-pub use objects::{ContainerRuntime, SnapshotKind, TaskIo, TaskStatus};
+pub use objects::{
+    cri_labels, ContainerRuntime, SnapshotKind, TaskIo, TaskStatus, KIND_CONTAINER, KIND_LABEL,
+    KIND_SANDBOX,
+};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -168,6 +171,10 @@ impl Containerd {
 
     pub fn version_client(&self) -> VersionClient<Channel> {
         VersionClient::new(self.channel.clone())
+    }
+    /// The connection, for a service without a client method here.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
     pub fn containers(&self) -> ContainersClient<Channel> {
         ContainersClient::new(self.channel.clone())

@@ -4,7 +4,7 @@
 
 use crate::containerd::rpc;
 pub use containerd_client::types::v1::Status as TaskStatus;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::snapshots::{
@@ -17,6 +17,44 @@ use containerd_client::services::v1::{
 use containerd_client::types::Mount;
 
 use super::{Containerd, ContainerdError, OWNER_LABEL};
+
+/// The label containerd's CRI puts on each of its containers: [`KIND_SANDBOX`] or
+/// [`KIND_CONTAINER`] (cAdvisor and node tools tell pause containers from app ones by it).
+pub const KIND_LABEL: &str = "io.cri-containerd.kind";
+/// [`KIND_LABEL`] of a pod's pause container.
+pub const KIND_SANDBOX: &str = "sandbox";
+/// [`KIND_LABEL`] of an app container.
+pub const KIND_CONTAINER: &str = "container";
+
+/// Longest key plus value containerd accepts in one label (its `labels.Validate`).
+const MAX_LABEL_BYTES: usize = 4096;
+
+/// Key prefixes a CRI or image label may not set: concord's own labels and containerd's GC
+/// references (a pod label must not keep arbitrary content or snapshots alive).
+const RESERVED_LABEL_PREFIXES: [&str; 2] = ["io.concord.", "containerd.io/gc."];
+
+/// The labels of a containerd container made for a CRI object, built as containerd's CRI does
+/// (`buildLabels`): the image config's labels, then the CRI config's (they win), then concord's
+/// own `own` (kind, pod-sandbox-id, GC references), which nothing overrides. cAdvisor's containerd
+/// factory names pods and containers from the CRI labels (`io.kubernetes.pod.name`, ...). A label
+/// containerd would refuse (key and value over 4 KiB) or one under a reserved prefix is left out.
+pub fn cri_labels(
+    image: Option<&BTreeMap<String, String>>,
+    config: &HashMap<String, String>,
+    own: HashMap<String, String>,
+) -> HashMap<String, String> {
+    let usable = |(k, v): (&String, &String)| {
+        let ok = !k.is_empty()
+            && k.len() + v.len() <= MAX_LABEL_BYTES
+            && !RESERVED_LABEL_PREFIXES.iter().any(|p| k.starts_with(p));
+        ok.then(|| (k.clone(), v.clone()))
+    };
+    let mut labels: HashMap<String, String> =
+        image.into_iter().flatten().filter_map(usable).collect();
+    labels.extend(config.iter().filter_map(usable));
+    labels.extend(own);
+    labels
+}
 
 /// Where a task's stdio goes: URIs the shim understands (`binary://`, `file://`, FIFO paths);
 /// empty is /dev/null.
@@ -204,6 +242,40 @@ impl Containerd {
         }
     }
 
+    /// The containers of the namespace matching every one of containerd's `filters` (none: all).
+    pub async fn list_containers(
+        &self,
+        filters: Vec<String>,
+    ) -> Result<Vec<Container>, ContainerdError> {
+        let req = containerd_client::services::v1::ListContainersRequest { filters };
+        let r = self
+            .call(
+                rpc::CONTAINERS_LIST,
+                self.containers().list(self.request(req)),
+            )
+            .await?;
+        Ok(r.containers)
+    }
+
+    /// Deletes sandbox `id` from containerd's sandbox store (where containerd 2.x's CRI also
+    /// records its pods); a missing one, or a containerd without the store (1.6), is fine.
+    pub async fn delete_sandbox_record(&self, id: &str) -> Result<(), ContainerdError> {
+        use containerd_client::services::v1::sandbox::{
+            store_client::StoreClient, StoreDeleteRequest,
+        };
+        let req = StoreDeleteRequest {
+            sandbox_id: id.into(),
+        };
+        let mut store = StoreClient::new(self.channel());
+        match self
+            .call(rpc::SANDBOX_STORE_DELETE, store.delete(self.request(req)))
+            .await
+        {
+            Err(e) if e.code() == tonic::Code::Unimplemented => Ok(()),
+            r => gone_ok(r.map(|_| ())),
+        }
+    }
+
     /// Containers and snapshots (of `snapshotter`) whose owner label starts with `prefix`:
     /// (object id or snapshot key, owner). For the resync's orphan scan.
     pub async fn list_owned(
@@ -212,17 +284,9 @@ impl Containerd {
         prefix: &str,
     ) -> Result<Vec<(String, String)>, ContainerdError> {
         let filter = format!("labels.\"{OWNER_LABEL}\"");
-        let req = containerd_client::services::v1::ListContainersRequest {
-            filters: vec![filter.clone()],
-        };
-        let r = self
-            .call(
-                rpc::CONTAINERS_LIST,
-                self.containers().list(self.request(req)),
-            )
-            .await?;
-        let mut owned: Vec<(String, String)> = r
-            .containers
+        let mut owned: Vec<(String, String)> = self
+            .list_containers(vec![filter.clone()])
+            .await?
             .into_iter()
             .filter_map(|c| Some((c.id, c.labels.get(OWNER_LABEL)?.clone())))
             .collect();
@@ -728,5 +792,37 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ContainerRuntime::of(&other, true).options, None);
+    }
+
+    fn map<C: FromIterator<(String, String)>>(pairs: &[(&str, &str)]) -> C {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn cri_labels_override_image_labels_and_concords_own_override_both() {
+        let image: BTreeMap<_, _> = map(&[("a", "image"), ("b", "image"), (KIND_LABEL, "x")]);
+        let config: HashMap<_, _> = map(&[("b", "cri"), (KIND_LABEL, "forged")]);
+        let own = map(&[(KIND_LABEL, KIND_CONTAINER)]);
+        let labels = cri_labels(Some(&image), &config, own);
+        assert_eq!(labels["a"], "image");
+        assert_eq!(labels["b"], "cri");
+        assert_eq!(labels[KIND_LABEL], KIND_CONTAINER);
+    }
+
+    #[test]
+    fn labels_containerd_would_refuse_or_under_reserved_prefixes_are_left_out() {
+        let long = "v".repeat(MAX_LABEL_BYTES);
+        let config: HashMap<_, _> = map(&[
+            ("long", &long),
+            ("io.concord.owner", "forged"),
+            ("containerd.io/gc.ref.content.x", "sha256:00"),
+            ("", "empty key"),
+            ("ok", "yes"),
+        ]);
+        let labels = cri_labels(None, &config, HashMap::new());
+        assert_eq!(labels, map(&[("ok", "yes")]));
     }
 }

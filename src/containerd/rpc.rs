@@ -77,6 +77,8 @@ pub const INTROSPECTION_PLUGINS: Rpc =
 pub const LEASES_CREATE: Rpc = Rpc::bounded("leases", "Create", "Leases.Create");
 pub const LEASES_DELETE: Rpc = Rpc::bounded("leases", "Delete", "Leases.Delete");
 pub const LEASES_LIST: Rpc = Rpc::bounded("leases", "List", "Leases.List");
+pub const SANDBOX_STORE_DELETE: Rpc =
+    Rpc::bounded("sandbox_store", "Delete", "SandboxStore.Delete");
 pub const SNAPSHOTS_COMMIT: Rpc = Rpc::bounded("snapshots", "Commit", "Snapshots.Commit");
 pub const SNAPSHOTS_LIST: Rpc = Rpc::bounded("snapshots", "List", "Snapshots.List");
 pub const SNAPSHOTS_MOUNTS: Rpc = Rpc::bounded("snapshots", "Mounts", "Snapshots.Mounts");

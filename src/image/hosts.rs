@@ -1,7 +1,8 @@
-//! Registry host configuration in containerd's `hosts.toml` layout:
-//! `<config_path>/<host>/hosts.toml` (else `<config_path>/_default/hosts.toml`), each `[host."url"]`
-//! an endpoint tried in file order, `server` the fallback. A directory containerd users already
-//! have works unchanged.
+//! Registry host configuration in containerd's layout: a list of roots (containerd's
+//! `config_path`) searched in order for `<root>/<host>/hosts.toml` (else `<root>/_default/`), each
+//! `[host."url"]` an endpoint tried in file order, `server` the fallback; a host directory without
+//! hosts.toml is read in Docker's certs.d layout (`*.crt`, `*.cert` + `*.key`). Directories
+//! containerd and Docker users already have work unchanged.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,30 +45,97 @@ pub enum HostsError {
     Invalid { path: PathBuf, reason: String },
 }
 
-/// The endpoints for registry `host`, in the order to try them.
-pub fn endpoints(config_path: &Path, host: &str) -> Result<Vec<Endpoint>, HostsError> {
-    // The host names a directory under config_path: only a registry host name may (`..` or a
-    // `/` would read host configs, CA files and client keys from elsewhere).
+/// The endpoints for registry `host`, in the order to try them. `roots` are searched in order as
+/// containerd searches its `config_path` list: the first root holding a directory for the host
+/// (`<host>_<port>_`, `<host>`, else `_default`) wins; in it, `hosts.toml`, else Docker's
+/// certs.d files.
+pub fn endpoints(roots: &[PathBuf], host: &str) -> Result<Vec<Endpoint>, HostsError> {
+    // The host names a directory under a root: only a registry host name may (`..` or a `/`
+    // would read host configs, CA files and client keys from elsewhere).
     if !valid_host(host) {
         return Err(HostsError::Invalid {
-            path: config_path.to_owned(),
+            path: roots.first().cloned().unwrap_or_default(),
             reason: format!("{host:?} is not a registry host name"),
         });
     }
-    let candidates = [
-        config_path.join(host).join("hosts.toml"),
-        config_path.join("_default").join("hosts.toml"),
-    ];
-    for file in candidates {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => return parse(&file, &text, host),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.kind() == std::io::ErrorKind::NotADirectory => {}
-            Err(source) => return Err(HostsError::Read { path: file, source }),
+    for root in roots {
+        if let Some(dir) = host_dir(root, host)? {
+            return load_host_dir(&dir, host);
         }
     }
     Ok(vec![default_endpoint(host)])
+}
+
+/// The directory of `host` under `root`, as containerd's `HostDirFromRoot` finds it: `:port`
+/// spelled `_port_` first, then the host as written, then `_default`.
+fn host_dir(root: &Path, host: &str) -> Result<Option<PathBuf>, HostsError> {
+    let name = strip_port(host);
+    let ported = (name.len() < host.len()).then(|| format!("{name}_{}_", &host[name.len() + 1..]));
+    let candidates = ported
+        .into_iter()
+        .chain([host.to_string(), "_default".into()]);
+    for dir in candidates.map(|c| root.join(c)) {
+        match std::fs::metadata(&dir) {
+            Ok(_) => return Ok(Some(dir)),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.kind() == std::io::ErrorKind::NotADirectory => {}
+            Err(source) => return Err(HostsError::Read { path: dir, source }),
+        }
+    }
+    Ok(None)
+}
+
+/// The endpoints a host directory gives: its `hosts.toml`, or (absent or empty) the upstream
+/// server with the directory's Docker-layout certificates.
+fn load_host_dir(dir: &Path, host: &str) -> Result<Vec<Endpoint>, HostsError> {
+    let file = dir.join("hosts.toml");
+    match std::fs::read_to_string(&file) {
+        Ok(text) if !text.trim().is_empty() => parse(&file, &text, host),
+        Ok(_) => cert_files(dir, host),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.kind() == std::io::ErrorKind::NotADirectory =>
+        {
+            cert_files(dir, host)
+        }
+        Err(source) => Err(HostsError::Read { path: file, source }),
+    }
+}
+
+/// Docker's certs.d layout, as containerd's `loadCertFiles` reads it: every `*.crt` is a CA,
+/// every `*.cert` a client certificate with the `*.key` of the same name as its key (absent: the
+/// key is in the cert file). They apply to the upstream server, which is then HTTPS.
+fn cert_files(dir: &Path, host: &str) -> Result<Vec<Endpoint>, HostsError> {
+    let read = |source| HostsError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut ep = default_endpoint(host);
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+            .map(|e| e.path())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Vec::new(),
+        Err(e) => return Err(read(e)),
+    };
+    names.sort();
+    for path in names {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("crt") => ep.ca.push(path),
+            Some("cert") => {
+                let key = path.with_extension("key");
+                ep.client.push((path, key.exists().then_some(key)));
+            }
+            _ => {}
+        }
+    }
+    if !ep.ca.is_empty() || !ep.client.is_empty() {
+        ep.base = ep.base.replacen("http://", "https://", 1);
+    }
+    Ok(vec![ep])
 }
 
 /// The upstream server of `host` when nothing is configured.
@@ -325,7 +393,7 @@ mod tests {
 "#,
         )
         .unwrap();
-        let eps = endpoints(dir.path(), "docker.io").unwrap();
+        let eps = endpoints(&[dir.path().to_owned()], "docker.io").unwrap();
         assert_eq!(eps.len(), 3);
         assert_eq!(eps[0].base, "http://127.0.0.1:5000/v2");
         assert!(eps[0].resolve && eps[0].pull && eps[0].mirror);
@@ -369,7 +437,7 @@ mod tests {
         ] {
             assert!(!valid_host(bad), "{bad}");
             let dir = tempfile::tempdir().unwrap();
-            assert!(endpoints(dir.path(), bad).is_err(), "{bad}");
+            assert!(endpoints(&[dir.path().to_owned()], bad).is_err(), "{bad}");
         }
         for good in [
             "docker.io",
@@ -387,19 +455,19 @@ mod tests {
     fn no_config_means_the_upstream_server_and_plain_http_for_loopback() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
-            endpoints(dir.path(), "quay.io").unwrap()[0].base,
+            endpoints(&[dir.path().to_owned()], "quay.io").unwrap()[0].base,
             "https://quay.io/v2"
         );
         assert_eq!(
-            endpoints(dir.path(), "docker.io").unwrap()[0].base,
+            endpoints(&[dir.path().to_owned()], "docker.io").unwrap()[0].base,
             "https://registry-1.docker.io/v2"
         );
         assert_eq!(
-            endpoints(dir.path(), "127.0.0.1:5000").unwrap()[0].base,
+            endpoints(&[dir.path().to_owned()], "127.0.0.1:5000").unwrap()[0].base,
             "http://127.0.0.1:5000/v2"
         );
         assert_eq!(
-            endpoints(Path::new("/nonexistent/dir"), "quay.io")
+            endpoints(&["/nonexistent/dir".into()], "quay.io")
                 .unwrap()
                 .len(),
             1
@@ -412,10 +480,62 @@ mod tests {
         let h = dir.path().join("quay.io");
         std::fs::create_dir_all(&h).unwrap();
         std::fs::write(h.join("hosts.toml"), "[host.\"ftp://x\"]\n").unwrap();
-        let e = endpoints(dir.path(), "quay.io").unwrap_err();
+        let e = endpoints(&[dir.path().to_owned()], "quay.io").unwrap_err();
         assert!(
             e.to_string().contains("hosts.toml") && e.to_string().contains("scheme"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn roots_are_searched_in_order_and_the_first_with_the_host_wins() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let hosts = |root: &Path, dir: &str, server: &str| {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            let text = format!("server = \"{server}\"\n");
+            std::fs::write(root.join(dir).join("hosts.toml"), text).unwrap();
+        };
+        hosts(b.path(), "quay.io", "https://b.example");
+        hosts(b.path(), "ghcr.io", "https://b-ghcr.example");
+        hosts(a.path(), "ghcr.io", "https://a-ghcr.example");
+        hosts(b.path(), "reg.example_5000_", "https://ported.example");
+        let roots = [a.path().to_owned(), b.path().to_owned()];
+        let first = |host: &str| endpoints(&roots, host).unwrap()[0].base.clone();
+        assert_eq!(first("quay.io"), "https://b.example/v2");
+        assert_eq!(first("ghcr.io"), "https://a-ghcr.example/v2");
+        assert_eq!(first("reg.example:5000"), "https://ported.example/v2");
+        assert_eq!(first("docker.io"), "https://registry-1.docker.io/v2");
+        // A root's _default wins over a later root's host directory, as in containerd.
+        hosts(a.path(), "_default", "https://default.example");
+        assert_eq!(first("quay.io"), "https://default.example/v2");
+    }
+
+    #[test]
+    fn a_docker_certs_dir_gives_the_upstream_its_cas_and_client_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = dir.path().join("127.0.0.1:5443");
+        std::fs::create_dir_all(&h).unwrap();
+        for f in [
+            "ca.crt",
+            "other.crt",
+            "client.cert",
+            "client.key",
+            "lone.cert",
+            "x.txt",
+        ] {
+            std::fs::write(h.join(f), "").unwrap();
+        }
+        let eps = endpoints(&[dir.path().to_owned()], "127.0.0.1:5443").unwrap();
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].base, "https://127.0.0.1:5443/v2");
+        assert_eq!(eps[0].ca, vec![h.join("ca.crt"), h.join("other.crt")]);
+        assert_eq!(
+            eps[0].client,
+            vec![
+                (h.join("client.cert"), Some(h.join("client.key"))),
+                (h.join("lone.cert"), None)
+            ]
+        );
+        assert!(!eps[0].mirror && eps[0].pull && eps[0].resolve);
     }
 }

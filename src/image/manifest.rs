@@ -111,6 +111,9 @@ pub struct ContainerConfig {
     /// Paths the image declares as volumes (the values are empty objects).
     #[serde(default)]
     pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// The image's labels (copied onto its containers, as containerd's CRI does).
+    #[serde(default)]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The layers' uncompressed digests.

@@ -44,7 +44,7 @@ pub const MANAGED_LABEL: &str = "io.concord.image";
 /// Settings the image code needs.
 #[derive(Debug, Clone)]
 pub struct ImageSettings {
-    pub hosts_dir: PathBuf,
+    pub hosts_dirs: Vec<PathBuf>,
     pub snapshotter: String,
     pub sandbox_image: String,
     pub progress_timeout: Duration,
@@ -57,7 +57,7 @@ pub struct ImageSettings {
 impl ImageSettings {
     pub fn from_config(c: &Config) -> ImageSettings {
         ImageSettings {
-            hosts_dir: c.registry_config_path.clone(),
+            hosts_dirs: c.registry_config_path.clone(),
             snapshotter: c.containerd.snapshotter.clone(),
             sandbox_image: c.sandbox_image.clone(),
             progress_timeout: c.image.pull_progress_timeout_seconds,

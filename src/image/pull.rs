@@ -133,7 +133,7 @@ impl Images {
         lease: &str,
     ) -> Result<(Arc<Resolved>, String, Vec<String>), ImageError> {
         let name = reference.to_string();
-        let endpoints = hosts::endpoints(&self.settings.hosts_dir, &reference.domain)?;
+        let endpoints = hosts::endpoints(&self.settings.hosts_dirs, &reference.domain)?;
         let fetcher = Fetcher::new(
             reference.clone(),
             endpoints,

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{ReconcileError, Reconciled};
-use crate::containerd::{ContainerRuntime, Containerd, TaskIo, TaskStatus};
+use crate::containerd::{
+    cri_labels, ContainerRuntime, Containerd, TaskIo, TaskStatus, KIND_CONTAINER, KIND_LABEL,
+};
 use crate::image::Images;
 use crate::journal::{
     ContainerDesired, ContainerRecord, ContainerUser, Event, JournalHandle, State,
@@ -337,15 +339,21 @@ impl ContainerReconciler {
             .map_err(|e| Self::refused(id, "building the container spec", e))?;
         self.make_bind_sources(rec, &spec)?;
         if made.first || !self.ctd.container_exists(id).await? {
-            let mut labels: std::collections::HashMap<_, _> = [
-                ("io.cri-containerd.kind".into(), "container".into()),
+            let mut own: std::collections::HashMap<_, _> = [
+                (KIND_LABEL.into(), KIND_CONTAINER.into()),
                 (
                     "io.kubernetes.pod-sandbox-id".into(),
                     rec.sandbox_id.clone(),
                 ),
             ]
             .into();
-            labels.extend(image_volumes::gc_labels(rec, snapshotter));
+            own.extend(image_volumes::gc_labels(rec, snapshotter));
+            let image_labels = img.resolved.config.config.as_ref();
+            let labels = cri_labels(
+                image_labels.and_then(|c| c.labels.as_ref()),
+                &rec.config.labels,
+                own,
+            );
             self.ctd
                 .create_container(
                     id,

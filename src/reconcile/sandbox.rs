@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::{ReconcileError, Reconciled};
-use crate::containerd::{ContainerRuntime, Containerd};
+use crate::containerd::{cri_labels, ContainerRuntime, Containerd, KIND_LABEL, KIND_SANDBOX};
 use crate::image::Images;
 use crate::journal::{Event, JournalHandle, SandboxDesired, SandboxRecord, State};
 use crate::metrics::Metrics;
@@ -413,7 +413,9 @@ impl SandboxReconciler {
         input.seccomp = crate::oci::seccomp::for_sandbox(&rec.config)
             .map_err(|e| Self::err(id, "building the sandbox spec", e))?;
         let spec = sandbox_spec(&input, image_config);
-        let labels = [("io.cri-containerd.kind".to_string(), "sandbox".to_string())].into();
+        let own = [(KIND_LABEL.to_string(), KIND_SANDBOX.to_string())].into();
+        let image_labels = image_config.config.as_ref().and_then(|c| c.labels.as_ref());
+        let labels = cri_labels(image_labels, &rec.config.labels, own);
         let owner = format!("sandbox:{id}");
         let create = self.ctd.create_container(
             id,

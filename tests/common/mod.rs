@@ -447,32 +447,57 @@ pub struct OwnContainerd {
 }
 
 impl OwnContainerd {
+    /// A containerd of the test's own (root, state, socket in a temp dir), CRI plugin disabled.
     pub fn start() -> OwnContainerd {
+        Self::start_with_cri(false)
+    }
+
+    /// [`OwnContainerd::start`], with containerd's own CRI plugin enabled when `cri` (configured
+    /// as the rig's reference containerd: hack/dev-up.sh's config-cri.toml).
+    pub fn start_with_cri(cri: bool) -> OwnContainerd {
         let tmp = tempfile::Builder::new()
             .prefix("concord-ctd")
             .tempdir()
             .unwrap();
         let dir = tmp.path().to_owned();
         let socket = dir.join("containerd.sock");
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n",
-                root = dir.join("root").display(),
-                state = dir.join("state").display(),
-                sock = socket.display()
-            ),
-        )
-        .unwrap();
         let mut c = OwnContainerd {
             dir,
             socket,
             child: None,
             _tmp: tmp,
         };
+        c.write_config(cri);
         c.restart();
         c
+    }
+
+    /// Writes the config the next (re)start uses: with or without containerd's CRI plugin.
+    pub fn write_config(&self, cri: bool) {
+        let plugins = if cri {
+            let rig = std::env::var("CONCORD_TEST_CTD_CRI_CONFIG")
+                .unwrap_or_else(|_| "/tmp/rig/containerd/config-cri.toml".into());
+            let text = std::fs::read_to_string(&rig)
+                .unwrap_or_else(|e| panic!("{rig}: {e} (run hack/dev-up.sh)"));
+            text[text.find("[plugins.").expect("a CRI plugin section")..].to_string()
+        } else {
+            String::new()
+        };
+        let disabled = if cri {
+            "[]"
+        } else {
+            "[\"io.containerd.grpc.v1.cri\"]"
+        };
+        std::fs::write(
+            self.dir.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = {disabled}\n[grpc]\n  address = \"{sock}\"\n{plugins}",
+                root = self.dir.join("root").display(),
+                state = self.dir.join("state").display(),
+                sock = self.socket.display()
+            ),
+        )
+        .unwrap();
     }
 
     /// Starts (again) and waits for the socket.
@@ -667,9 +692,29 @@ pub async fn bearer_front(upstream: String) -> u16 {
     port
 }
 
+/// The overlayfs snapshot keys in a daemon's containerd namespace.
+pub async fn snapshot_keys(d: &Daemon) -> Vec<String> {
+    use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
+    let ctd = concord::containerd::Containerd::new(&d.containerd, &d.namespace, Default::default());
+    let req = ListSnapshotsRequest {
+        snapshotter: "overlayfs".into(),
+        ..Default::default()
+    };
+    let mut s = ctd
+        .snapshots()
+        .list(ctd.request(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut keys = Vec::new();
+    while let Some(m) = s.message().await.unwrap() {
+        keys.extend(m.info.into_iter().map(|i| i.name));
+    }
+    keys
+}
+
 /// (content blobs, snapshots, image records) in a daemon's containerd namespace.
 pub async fn namespace_counts(d: &Daemon) -> (usize, usize, usize) {
-    use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
     use containerd_client::services::v1::{ListContentRequest, ListImagesRequest};
     let ctd = concord::containerd::Containerd::new(&d.containerd, &d.namespace, Default::default());
     let mut content = 0;
@@ -682,20 +727,7 @@ pub async fn namespace_counts(d: &Daemon) -> (usize, usize, usize) {
     while let Some(m) = s.message().await.unwrap() {
         content += m.info.len();
     }
-    let mut snaps = 0;
-    let req = ListSnapshotsRequest {
-        snapshotter: "overlayfs".into(),
-        ..Default::default()
-    };
-    let mut s = ctd
-        .snapshots()
-        .list(ctd.request(req))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(m) = s.message().await.unwrap() {
-        snaps += m.info.len();
-    }
+    let snaps = snapshot_keys(d).await.len();
     let images = ctd
         .images()
         .list(ctd.request(ListImagesRequest { filters: vec![] }))
@@ -810,4 +842,19 @@ pub fn rss_kb(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// crictl: $CRICTL, the one hack/cri-tools.sh builds, or one on PATH.
+pub fn crictl_binary() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var("CRICTL").ok().map(PathBuf::from),
+        Some(PathBuf::from("/usr/local/lib/cri-tools-v1.26.1/crictl")),
+        Some(PathBuf::from("crictl")),
+    ];
+    candidates.into_iter().flatten().find(|p| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }

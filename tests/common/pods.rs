@@ -297,3 +297,20 @@ pub async fn container_info(d: &Daemon, id: &str) -> serde_json::Value {
         .into_inner();
     serde_json::from_str(&status.info["info"]).unwrap()
 }
+
+/// containerd's record of container `id` (a pod's pause container or an app container) in the
+/// daemon's namespace, read through containerd's Containers API.
+pub async fn containerd_container(
+    d: &Daemon,
+    id: &str,
+) -> containerd_client::services::v1::Container {
+    use containerd_client::services::v1::GetContainerRequest;
+    let ctd = concord::containerd::Containerd::new(&d.containerd, &d.namespace, Default::default());
+    ctd.containers()
+        .get(ctd.request(GetContainerRequest { id: id.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap()
+}
