@@ -212,6 +212,9 @@ metrics! {
         &["kind"],
     )
     .unwrap();
+    stream_connections: IntGauge = IntGauge::new("concord_stream_connections", "Connections the streaming server holds now (each upgraded session holds its connection's slot)").unwrap();
+    stream_connections_limit: IntGauge = IntGauge::new("concord_stream_connections_limit", "Connections the streaming server holds at most; one more is refused").unwrap();
+    stream_connections_refused: IntCounter = IntCounter::new("concord_stream_connections_refused_total", "Streaming connections refused because the server held its limit").unwrap();
     stream_bytes: IntCounterVec = IntCounterVec::new(
         Opts::new("concord_stream_bytes_total", "Payload bytes through streaming sessions, by kind and direction (in: from the client, out: to it)"),
         &["kind", "direction"],

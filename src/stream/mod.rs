@@ -174,6 +174,8 @@ impl StreamServer {
         });
         let this = server.clone();
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let metrics = server.ctx.metrics.clone();
+        metrics.stream_connections_limit.set(MAX_CONNECTIONS as i64);
         let task = tokio::spawn(async move {
             let (mut refused, mut last_warned) = (0u64, None);
             loop {
@@ -192,6 +194,7 @@ impl StreamServer {
                 // is closed at once rather than queued.
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     drop(conn);
+                    metrics.stream_connections_refused.inc();
                     // One line per 10 s with the count, not one per connection (a flood of
                     // connections would be a flood of log lines).
                     refused += 1;
@@ -211,10 +214,10 @@ impl StreamServer {
                 let this = this.clone();
                 let acceptor = acceptor.clone();
                 let _ = conn.set_nodelay(true);
+                // The slot is held by the connection and, through the request, by the
+                // session it upgrades to: sessions count against the cap too.
+                let slot = Arc::new(Slot::new(slot, &metrics));
                 tokio::spawn(async move {
-                    // The slot is held by the connection and, through the request, by the
-                    // session it upgrades to: sessions count against the cap too.
-                    let slot = Arc::new(slot);
                     let svc = hyper::service::service_fn(
                         move |mut req: Request<hyper::body::Incoming>| {
                             let this = this.clone();
@@ -450,10 +453,7 @@ impl StreamServer {
         Fut: std::future::Future<Output = Result<(), SessionError>> + Send,
     {
         let ctx = self.ctx.clone();
-        let slot = req
-            .extensions()
-            .get::<Arc<tokio::sync::OwnedSemaphorePermit>>()
-            .cloned();
+        let slot = req.extensions().get::<Arc<Slot>>().cloned();
         let on_upgrade = hyper::upgrade::on(req);
         tokio::spawn(async move {
             let _slot = slot;
@@ -489,6 +489,29 @@ async fn run_command(
         Session::Exec(r) => exec::run(ctx, r, link).await,
         Session::Attach(r) => attach::run(ctx, r, link).await,
         Session::PortForward(_) => Err("a port-forward is not a command".into()),
+    }
+}
+
+/// A connection's place under [`MAX_CONNECTIONS`], counted in `concord_stream_connections`
+/// while the connection (or the session it upgraded to) holds it.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Slot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, metrics: &Arc<Metrics>) -> Slot {
+        metrics.stream_connections.inc();
+        Slot {
+            _permit: permit,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.stream_connections.dec();
     }
 }
 
