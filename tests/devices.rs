@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{container_config, exec_out, pod, pod_config, pod_daemon, pull_ok, remove_pod, Pod};
+use common::{
+    container_config, exec_out, list_containers, pod, pod_config, pod_daemon, pull_ok, remove_pod,
+    Pod,
+};
 use concord::cri;
 
 const SPEC: &str = r#"
@@ -95,15 +98,7 @@ async fn cdi_devices_from_the_field_and_annotations_reach_the_container() {
 async fn an_unknown_or_malformed_cdi_device_is_refused_naming_the_field() {
     let (d, _low, _high) = cdi_daemon().await;
     let pod = pod(&d, "cdi-bad").await;
-    let before = d
-        .runtime()
-        .await
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len();
+    let before = list_containers(&d).await.len();
     let cases = [
         (
             vec!["concord.test/dev=nope"],
@@ -145,15 +140,7 @@ async fn an_unknown_or_malformed_cdi_device_is_refused_naming_the_field() {
         );
     }
     // Nothing half-created.
-    let after = d
-        .runtime()
-        .await
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len();
+    let after = list_containers(&d).await.len();
     assert_eq!(before, after);
     remove_pod(&d, &pod.id).await;
 }

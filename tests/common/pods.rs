@@ -314,3 +314,14 @@ pub async fn containerd_container(
         .container
         .unwrap()
 }
+
+/// ListContainers with no filter.
+pub async fn list_containers(d: &Daemon) -> Vec<cri::Container> {
+    d.runtime()
+        .await
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+}
