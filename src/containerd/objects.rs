@@ -763,6 +763,19 @@ impl Containerd {
 mod tests {
     use super::*;
 
+    /// The fields of containerd's `containerd.runc.v1.Options` (runtime/v2/runc/options/oci.proto)
+    /// the shim reads, with their tags there: declared again on purpose, from containerd's proto
+    /// rather than from [`RuncOptions`], so a wrong tag there fails this test.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct ShimOptions {
+        #[prost(string, tag = "6")]
+        binary_name: String,
+        #[prost(string, tag = "7")]
+        root: String,
+        #[prost(bool, tag = "9")]
+        systemd_cgroup: bool,
+    }
+
     #[test]
     fn systemd_cgroup_reaches_the_runc_shim_options_as_containerd_sets_them() {
         let runc = crate::config::RuntimeHandler::default();
@@ -771,7 +784,7 @@ mod tests {
         let any = rt.options.unwrap();
         // containerd's CRI marshals the options with typeurl: the message's full name.
         assert_eq!(any.type_url, "containerd.runc.v1.Options");
-        let o: RuncOptions = prost::Message::decode(any.value.as_slice()).unwrap();
+        let o: ShimOptions = prost::Message::decode(any.value.as_slice()).unwrap();
         assert!(o.systemd_cgroup);
         // cgroupfs and no other option: no options at all (the shim's defaults).
         assert_eq!(ContainerRuntime::of(&runc, false).options, None);
