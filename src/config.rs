@@ -187,7 +187,8 @@ pub struct CniConfig {
 #[serde(deny_unknown_fields, default)]
 #[command(next_help_heading = "runtime")]
 pub struct RuntimeConfig {
-    /// Cgroup driver reported by RuntimeConfig: cgroupfs or systemd
+    /// Cgroup driver, as kubelet's cgroupDriver: cgroupfs (`<parent>/<id>`) or systemd (runc's
+    /// systemd driver: `<pod slice>:cri-containerd:<id>` scopes, SystemdCgroup in the shim options)
     #[arg(long = "cgroup-driver", value_name = "DRIVER")]
     pub cgroup_driver: CgroupDriver,
     /// Handler used when RunPodSandbox names none (one of [runtime.handlers])
