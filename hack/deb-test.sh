@@ -33,9 +33,11 @@ fi
 rm -rf "$W" && mkdir -p "$W"
 
 # ---- 1. the packages ----------------------------------------------------------------------------
-DEB1=$(bash hack/deb.sh)
+# (copied aside: cargo-deb replaces an older .deb of the package in its output directory)
+DEB1=$W/$(basename "$(bash hack/deb.sh --fast | tee "$W/deb1")")
+cp "$(cat "$W/deb1")" "$DEB1"
 version=$(dpkg-deb -f "$DEB1" Version)
-DEB2=$(bash hack/deb.sh --deb-version "${version}+test1")
+DEB2=$(bash hack/deb.sh --fast --deb-version "${version}+test1")
 log "packages: $(basename "$DEB1") ($(du -h "$DEB1" | cut -f1)), $(basename "$DEB2")"
 dpkg-deb -c "$DEB1" | awk '{print $6}' > "$W/contents"
 for f in ./usr/bin/concord ./usr/bin/concord-log-writer ./etc/concord/config.toml ./etc/default/concord \
@@ -57,9 +59,17 @@ while True:
 EOF
 LISTENER=$!
 CONCORD=
+pod=
+# After a failure too: the pod removed, concord stopped, the package purged.
 cleanup() {
+  if [ -n "$CONCORD" ] && [ -n "$pod" ]; then
+    c stop-pod "$pod" >/dev/null 2>&1 || true
+    c remove-pod "$pod" >/dev/null 2>&1 || true
+  fi
   [ -n "$CONCORD" ] && kill "$CONCORD" 2>/dev/null && wait "$CONCORD" 2>/dev/null || true
   kill "$LISTENER" 2>/dev/null || true
+  dpkg-query -W concord >/dev/null 2>&1 && dpkg --purge concord >/dev/null 2>&1 || true
+  rm -rf "/var/log/pods/default_${POD}_${POD}-uid" /run/concord-debtest
   [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
 }
 trap cleanup EXIT
@@ -103,7 +113,7 @@ stop_unit() {
   [ "$(grep -c "STOPPING=1" "$W/notify.log" || true)" -gt "$before" ] || die "no STOPPING=1"
 }
 
-c() { /usr/bin/concord "$@" -r "$SOCK" --timeout 120s; }
+c() { /usr/bin/concord "$1" -r "$SOCK" --timeout 120s "${@:2}"; }
 
 # ---- 2. install ---------------------------------------------------------------------------------
 log "dpkg -i $(basename "$DEB1")"
@@ -138,14 +148,14 @@ start_unit
 sleep 2
 
 # ---- 5. the container and its log survived ------------------------------------------------------
-c containers | grep "$ctr" | grep -q RUNNING || { c containers; die "the container is not running after the upgrade"; }
+c containers | grep "${ctr:0:13}" | grep -qi running || { c containers; die "the container is not running after the upgrade"; }
 kill -0 "$writer" 2>/dev/null || die "the log writer (pid $writer) is gone"
 lines_after=$(wc -l < "$LOG")
 [ "$lines_after" -gt "$((lines_before + 100))" ] || die "the log stopped growing ($lines_before -> $lines_after lines)"
 awk '{ if ($4 != "line" || $5 != n) { print "line " NR ": expected line " n ", got: " $0; bad = 1; exit 1 } n++ }
      END { if (!bad) print n " lines, 0 to " n - 1 ", none missing or doubled" }' n=0 "$LOG" > "$W/log-check" \
   || die "$(cat "$W/log-check")"
-log "after the upgrade: container still RUNNING, log writer pid $writer still there, log: $(cat "$W/log-check")"
+log "after the upgrade: container still running, log writer pid $writer still there, log: $(cat "$W/log-check")"
 kill -USR1 "$writer"   # what ReopenContainerLog sends: the old writer still takes it
 
 # ---- 6. remove and purge ------------------------------------------------------------------------

@@ -158,6 +158,13 @@ async fn crictl_version_info_and_images() {
         info["config"]["sandboxImage"],
         "registry.k8s.io/pause:3.10.1"
     );
+    assert_eq!(
+        info["config"]["pinned_images"]["sandbox"],
+        "registry.k8s.io/pause:3.10.1"
+    );
+    assert_eq!(info["config"]["maxContainerLogSize"], 16384);
+    assert_eq!(info["config"]["enableTLSStreaming"], false);
+    assert_eq!(info["config"]["imagePullProgressTimeout"], "60s");
     assert_eq!(info["lastCNILoadStatus"], "OK");
     assert_eq!(info["lastCNILoadStatus.default"], "OK");
     assert!(info["cniconfig"]["PluginConfDir"].is_string(), "{info}");
