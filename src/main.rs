@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         return ExitCode::from(concord::logwriter::run(&args) as u8);
     }
     let config = match cli::parse() {
-        Ok(cli::Invocation::Daemon(config)) => config,
+        Ok(cli::Invocation::Daemon(config)) => *config,
         Ok(cli::Invocation::Config(what, config)) => {
             return cli::run_config(what, config.as_deref())
         }

@@ -127,7 +127,7 @@ pub enum ConfigCommand {
 /// What the command line asks for.
 pub enum Invocation {
     /// Run the daemon with this effective config.
-    Daemon(Config),
+    Daemon(Box<Config>),
     /// Print a config file or table (needs no config, except `config show`).
     Config(ConfigCommand, Option<Box<Config>>),
     /// Write the man page and the completions into this directory.
@@ -175,7 +175,7 @@ pub fn parse() -> Result<Invocation, ExitCode> {
             })
     };
     match cli.command {
-        None => effective().map(Invocation::Daemon),
+        None => Ok(Invocation::Daemon(Box::new(effective()?))),
         Some(Command::Config {
             what: what @ ConfigCommand::Show,
         }) => Ok(Invocation::Config(what, Some(Box::new(effective()?)))),
