@@ -23,7 +23,7 @@
 # Environment overrides (defaults in brackets):
 #   RIG_DIR [/tmp/rig]   CTD_DIR [/tmp/ctd]   CTD_SOCK [$CTD_DIR/containerd.sock]
 #   REG_ADDR [127.0.0.1:5000]   CNI_CONF_DIR [/etc/cni/net.d]   CNI_BIN_DIR [/usr/lib/cni]
-#   CNI_SUBNET [10.88.0.0/16]   CNI_NETWORK [rig-bridge]   CNI_BRIDGE [cni0]   SANDBOX_IMAGE [registry.k8s.io/pause:3.9]
+#   CNI_SUBNET [10.88.0.0/16]   CNI_NETWORK [rig-bridge]   CNI_BRIDGE [cni0]   SANDBOX_IMAGE [registry.k8s.io/pause:3.10.1]
 #   SKIP_APT [0]   REBUILD_IMAGES [0]   MAKE_ROOT_RSHARED [1]
 #
 # Processes it starts get pid files in $RIG_DIR/run; dev-down.sh stops only those.
@@ -39,7 +39,7 @@ CNI_BIN_DIR=${CNI_BIN_DIR:-/usr/lib/cni}
 CNI_SUBNET=${CNI_SUBNET:-10.88.0.0/16}
 CNI_NETWORK=${CNI_NETWORK:-rig-bridge}
 CNI_BRIDGE=${CNI_BRIDGE:-cni0}
-SANDBOX_IMAGE=${SANDBOX_IMAGE:-registry.k8s.io/pause:3.9}
+SANDBOX_IMAGE=${SANDBOX_IMAGE:-registry.k8s.io/pause:3.10.1}
 SKIP_APT=${SKIP_APT:-0}
 REBUILD_IMAGES=${REBUILD_IMAGES:-0}
 MAKE_ROOT_RSHARED=${MAKE_ROOT_RSHARED:-1}
@@ -133,7 +133,7 @@ test-image-digest k8s-staging-cri-tools/test-image-digest:latest
 test-image-tags k8s-staging-cri-tools/test-image-tags:1 k8s-staging-cri-tools/test-image-tags:2 k8s-staging-cri-tools/test-image-tags:3
 test-image-tag-test k8s-staging-cri-tools/test-image-tag:test
 test-image-tag-all k8s-staging-cri-tools/test-image-tag:all
-pause pause:3.9 pause:3.6 pause:3.7 pause:3.8 pause:3.10 pause:latest
+pause pause:3.10.1 pause:3.9 pause:3.6 pause:3.7 pause:3.8 pause:3.10 pause:latest
 ecr-1.35.0-glibc docker/library/busybox:1.35.0-glibc
 ecr-1-uclibc docker/library/busybox:1-uclibc
 ecr-1 docker/library/busybox:1
@@ -483,7 +483,8 @@ EOF
 
 push_images() {
   local sum stamp line L refs r
-  sum=$(sha256sum "$OCI/index.json" | cut -c1-16)
+  # The layout and the tag map: a tag added to image_map is pushed without rebuilding images.
+  sum=$({ cat "$OCI/index.json"; image_map; } | sha256sum | cut -c1-16)
   stamp=$REG_STORE/.rig-pushed-$sum
   if [ -f "$stamp" ]; then log "images already pushed to $REG_ADDR"; return; fi
   log "pushing images to $REG_ADDR"

@@ -315,7 +315,7 @@ impl Default for Config {
             stream_idle_timeout_seconds: Duration::from_secs(4 * 3600),
             stream_tls_cert_file: None,
             stream_tls_key_file: None,
-            sandbox_image: "registry.k8s.io/pause:3.9".into(),
+            sandbox_image: "registry.k8s.io/pause:3.10.1".into(),
             registry_config_path: vec![
                 PathBuf::from("/etc/containerd/certs.d"),
                 PathBuf::from("/etc/docker/certs.d"),

@@ -6,6 +6,23 @@
 //! down or restarting. SIGUSR1 reopens the file (ReopenContainerLog after kubelet rotated it).
 //! With `stdin=<fifo>` (a TTY container with stdin) it also holds that FIFO open for writing
 //! as long as it runs, so the container's stdin stays open whether concord runs or not.
+//!
+//! # Protocol
+//! A writer outlives the concord that started it (it is the shim's child), so an upgraded concord
+//! meets writers started by an older one, and an older writer's binary may be gone from disk. The
+//! contract between the two is versioned by [`PROTOCOL`], the value of the marker key:
+//!
+//! * **v1** (every concord so far): the arguments are key-value pairs: `concord-log-writer=1`,
+//!   `path` (the log file), `pidfile`, `max` (line length before a partial entry), `stdin` (a
+//!   FIFO to hold open); the shim passes stdout, stderr and a ready fd as fds 3, 4 and 5. The
+//!   writer writes its bare pid to the pid file and removes it at exit; SIGUSR1 reopens the log
+//!   file; SIGTERM is ignored (it drains to EOF). concord finds a writer by that pid file and
+//!   recognises it by its command line (the marker key and the container id in the pid file path).
+//!
+//! Rules that keep old and new working together: a writer ignores keys it does not know and runs
+//! an invocation of a newer protocol with the keys it knows (logs must keep flowing); a change a
+//! writer must understand adds a key and bumps [`PROTOCOL`]; the pid file's content and SIGUSR1
+//! stay as they are, since concord must handle writers of every version still running.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -14,8 +31,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// The query key that marks a log-writer invocation.
+/// The query key that marks a log-writer invocation; its value is the [`PROTOCOL`] version.
 pub const MARKER: &str = "concord-log-writer";
+
+/// The log-writer protocol version this concord speaks (see the module docs).
+pub const PROTOCOL: u32 = 1;
+
+/// Default longest log line before it is split into partial entries (containerd's 16 KiB).
+pub const MAX_LINE: usize = 16 * 1024;
 
 static REOPEN: AtomicBool = AtomicBool::new(false);
 
@@ -28,7 +51,54 @@ type libc_int = std::os::raw::c_int;
 
 /// Whether `args` (without the program name) are a log-writer invocation.
 pub fn is_invocation(args: &[String]) -> bool {
-    args.chunks(2).any(|kv| kv[0] == MARKER)
+    protocol(args).is_some()
+}
+
+/// The protocol version of a log-writer invocation (a marker without a number is v1); None when
+/// `args` are not one.
+pub fn protocol(args: &[String]) -> Option<u32> {
+    args.chunks(2)
+        .find(|kv| kv[0] == MARKER)
+        .map(|kv| kv.get(1).and_then(|v| v.parse().ok()).unwrap_or(1))
+}
+
+/// What an invocation asks of the writer.
+#[derive(Debug, PartialEq)]
+pub struct Invocation {
+    pub protocol: u32,
+    pub path: Option<PathBuf>,
+    pub pidfile: Option<PathBuf>,
+    pub stdin: Option<PathBuf>,
+    pub max: usize,
+    /// Keys this writer does not know (from a newer concord): ignored.
+    pub unknown: Vec<String>,
+}
+
+impl Invocation {
+    /// Parses the shim's arguments (key value pairs, values query-encoded).
+    pub fn parse(args: &[String]) -> Invocation {
+        let mut inv = Invocation {
+            protocol: protocol(args).unwrap_or(PROTOCOL),
+            path: None,
+            pidfile: None,
+            stdin: None,
+            max: MAX_LINE,
+            unknown: Vec::new(),
+        };
+        for kv in args.chunks(2) {
+            let v = kv.get(1).map(|v| decode(v)).unwrap_or_default();
+            match kv[0].as_str() {
+                "path" => inv.path = Some(PathBuf::from(v)),
+                "pidfile" => inv.pidfile = Some(PathBuf::from(v)),
+                "stdin" => inv.stdin = Some(PathBuf::from(v)),
+                "max" => inv.max = v.parse().unwrap_or(inv.max),
+                MARKER => {}
+                other => inv.unknown.push(other.to_string()),
+            }
+        }
+        inv.max = inv.max.max(64);
+        inv
+    }
 }
 
 fn decode(s: &str) -> String {
@@ -129,25 +199,24 @@ pub fn frame(mut r: impl BufRead, stream: &str, max: usize, mut emit: impl FnMut
 
 /// Runs the log writer with the shim's arguments (key value pairs); answers the exit code.
 pub fn run(args: &[String]) -> i32 {
-    let mut path = None;
-    let mut pidfile = None;
-    let mut stdin = None;
-    let mut max = 16 * 1024;
-    for kv in args.chunks(2) {
-        let v = kv.get(1).map(|v| decode(v)).unwrap_or_default();
-        match kv[0].as_str() {
-            "path" => path = Some(PathBuf::from(v)),
-            "pidfile" => pidfile = Some(PathBuf::from(v)),
-            "stdin" => stdin = Some(PathBuf::from(v)),
-            "max" => max = v.parse().unwrap_or(max),
-            _ => {}
-        }
+    let Invocation {
+        protocol,
+        path,
+        pidfile,
+        stdin,
+        max,
+        unknown,
+    } = Invocation::parse(args);
+    if protocol > PROTOCOL || !unknown.is_empty() {
+        eprintln!(
+            "concord log writer: protocol v{protocol} from a newer concord (this writer speaks \
+             v{PROTOCOL}); ignoring {unknown:?}"
+        );
     }
     let Some(path) = path else {
         eprintln!("concord log writer: no path");
         return 2;
     };
-    let max = max.max(64);
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         let action = nix::sys::signal::SigAction::new(
@@ -262,6 +331,55 @@ mod tests {
             .map(|l| l.split(' ').nth(2).unwrap().to_string())
             .collect();
         assert_eq!(tags, ["P", "P", "F"]);
+    }
+
+    /// The arguments the shim hands the writer for a URI that concord 0aa31ca (protocol v1)
+    /// formed: `binary://<writer>?concord-log-writer=1&path=..&pidfile=..&max=..&stdin=..`.
+    fn v1_arguments() -> Vec<String> {
+        [
+            "concord-log-writer",
+            "1",
+            "path",
+            "/var/log/pods/ns_p_u/c/0.log",
+            "pidfile",
+            "/var/lib/concord/containers/abc/log-writer.pid",
+            "max",
+            "16384",
+            "stdin",
+            "/var/lib/concord/containers/abc/stdin",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn a_v1_invocation_parses_as_v1() {
+        let inv = Invocation::parse(&v1_arguments());
+        assert_eq!(
+            inv,
+            Invocation {
+                protocol: 1,
+                path: Some("/var/log/pods/ns_p_u/c/0.log".into()),
+                pidfile: Some("/var/lib/concord/containers/abc/log-writer.pid".into()),
+                stdin: Some("/var/lib/concord/containers/abc/stdin".into()),
+                max: 16384,
+                unknown: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn a_newer_invocation_runs_with_the_keys_this_writer_knows() {
+        let mut args = v1_arguments();
+        args[1] = "7".into();
+        args.extend(["rotate".to_string(), "10Mi".to_string()]);
+        let inv = Invocation::parse(&args);
+        assert_eq!(inv.protocol, 7);
+        assert_eq!(inv.unknown, ["rotate"]);
+        assert_eq!(inv.path, Invocation::parse(&v1_arguments()).path);
+        // A bare marker (no version) is v1; not an invocation at all: None.
+        assert_eq!(protocol(&[MARKER.into()]), Some(1));
+        assert_eq!(protocol(&["path".into(), "/x".into()]), None);
     }
 
     #[test]

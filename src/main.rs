@@ -14,13 +14,20 @@ fn main() -> ExitCode {
     if concord::logwriter::is_invocation(&args) {
         return ExitCode::from(concord::logwriter::run(&args) as u8);
     }
-    let (command, config) = match cli::parse() {
-        Ok(parsed) => parsed,
+    let config = match cli::parse() {
+        Ok(cli::Invocation::Daemon(config)) => *config,
+        Ok(cli::Invocation::Config(what, config)) => {
+            return cli::run_config(what, config.as_deref())
+        }
+        Ok(cli::Invocation::Docs(dir)) => return cli::run_docs(&dir),
+        Ok(cli::Invocation::Client(command, target)) => return cli::run(command, &target),
+        Ok(cli::Invocation::Adopt {
+            reverse,
+            config,
+            target,
+        }) => return cli::run_adopt(reverse, &config, &target),
         Err(code) => return code,
     };
-    if let Some(command) = command {
-        return cli::run(command, &config);
-    }
     init_logging(&config);
     cli::report(
         true,

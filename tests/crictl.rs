@@ -139,7 +139,17 @@ async fn crictl_version_info_and_images() {
     let info = c.json(&["info"]);
     let conditions = info["status"]["conditions"].as_array().unwrap();
     assert!(conditions.iter().all(|x| x["status"] == true), "{info}");
-    assert_eq!(info["config"]["sandboxImage"], "registry.k8s.io/pause:3.9");
+    assert_eq!(
+        info["config"]["sandboxImage"],
+        "registry.k8s.io/pause:3.10.1"
+    );
+    assert_eq!(
+        info["config"]["pinned_images"]["sandbox"],
+        "registry.k8s.io/pause:3.10.1"
+    );
+    assert_eq!(info["config"]["maxContainerLogSize"], 16384);
+    assert_eq!(info["config"]["enableTLSStreaming"], false);
+    assert_eq!(info["config"]["imagePullProgressTimeout"], "60s");
     assert_eq!(info["lastCNILoadStatus"], "OK");
     assert_eq!(info["lastCNILoadStatus.default"], "OK");
     assert!(info["cniconfig"]["PluginConfDir"].is_string(), "{info}");
@@ -281,7 +291,7 @@ async fn crictl_pods_containers_logs_exec_and_stats() {
         p["status"]["linux"]["namespaces"]["options"]["network"], "POD",
         "{p}"
     );
-    assert_eq!(p["info"]["image"], "registry.k8s.io/pause:3.9");
+    assert_eq!(p["info"]["image"], "registry.k8s.io/pause:3.10.1");
     assert_eq!(p["info"]["processStatus"], "running");
     assert_eq!(p["info"]["runtimeType"], "io.containerd.runc.v2");
 

@@ -43,6 +43,8 @@ impl Server {
         if let Some(m) = v.as_object_mut() {
             let compat = serde_json::json!({
                 "sandboxImage": c.sandbox_image,
+                // containerd 2.x's spelling of the same (`[plugins.'io.containerd.cri.v1.images'.pinned_images]`).
+                "pinned_images": {"sandbox": c.sandbox_image},
                 "registry": {"configPath": crate::config::joined_paths(&c.registry_config_path)},
                 "cni": {
                     "binDir": c.cni.bin_dirs.first(),
@@ -63,6 +65,15 @@ impl Server {
                 "streamServerPort": stream_port,
                 "streamIdleTimeout": format!("{}s", c.stream_idle_timeout_seconds.as_secs()),
                 "statsCollectPeriod": c.stats.interval_seconds.as_secs(),
+                "enableTLSStreaming": c.stream_tls_cert_file.is_some(),
+                "x509KeyPairStreaming": {
+                    "tlsCertFile": c.stream_tls_cert_file,
+                    "tlsKeyFile": c.stream_tls_key_file,
+                },
+                "maxContainerLogSize": crate::logwriter::MAX_LINE,
+                "maxConcurrentDownloads": c.image.max_concurrent_downloads,
+                "imagePullProgressTimeout": format!("{}s", c.image.pull_progress_timeout_seconds.as_secs()),
+                "disableCgroup": false,
                 "rootDir": c.state_dir,
                 "stateDir": c.state_dir,
                 "containerdEndpoint": c.containerd.address,

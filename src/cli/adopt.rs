@@ -5,7 +5,7 @@
 
 use concord::config::Config;
 
-use super::client::runtime_client;
+use super::client::{runtime_client, Target};
 
 /// Removes containerd's CRI leftovers and prints what went.
 pub async fn forward(config: &Config) -> anyhow::Result<()> {
@@ -29,9 +29,9 @@ pub async fn forward(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Stops and removes every pod of a running concord (its containers with it).
-pub async fn reverse(config: &Config) -> anyhow::Result<()> {
+pub async fn reverse(target: &Target) -> anyhow::Result<()> {
     use concord::cri;
-    let mut client = runtime_client(config).await?;
+    let mut client = runtime_client(target).await?;
     let items = client
         .list_pod_sandbox(cri::ListPodSandboxRequest::default())
         .await

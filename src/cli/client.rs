@@ -1,23 +1,30 @@
-//! The client commands: each talks to a running concord over its socket (`config.listen`), CRI or
+//! The client commands: each talks to a running concord over its socket ([`Target`]), CRI or
 //! concord's own introspection API, and prints what it answers.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use concord::config::Config;
+/// The running concord a client command talks to.
+pub struct Target {
+    /// Its CRI socket.
+    pub socket: PathBuf,
+    /// How long the whole command may take (`--timeout`).
+    pub timeout: Option<Duration>,
+}
 
 /// A gRPC channel to a running concord's socket.
-async fn connect(config: &Config) -> anyhow::Result<tonic::transport::Channel> {
-    concord::uds::connect(&config.listen).await.map_err(|e| {
+async fn connect(config: &Target) -> anyhow::Result<tonic::transport::Channel> {
+    concord::uds::connect(&config.socket).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to concord at {}: {e}",
-            config.listen.display()
+            config.socket.display()
         )
     })
 }
 
 /// A CRI RuntimeService client of a running concord.
 pub(super) async fn runtime_client(
-    config: &Config,
+    config: &Target,
 ) -> anyhow::Result<
     concord::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
 > {
@@ -29,7 +36,7 @@ fn rpc_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
-pub async fn load(config: &Config, file: PathBuf) -> anyhow::Result<()> {
+pub async fn load(config: &Target, file: PathBuf) -> anyhow::Result<()> {
     use concord::proto::images_client::ImagesClient;
     let file = std::path::absolute(&file)?;
     let mut client = ImagesClient::new(connect(config).await?);
@@ -46,7 +53,7 @@ pub async fn load(config: &Config, file: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn pull(config: &Config, image: String) -> anyhow::Result<()> {
+pub async fn pull(config: &Target, image: String) -> anyhow::Result<()> {
     use concord::cri::image_service_client::ImageServiceClient;
     use concord::cri::{ImageSpec, PullImageRequest};
     let mut client = ImageServiceClient::new(connect(config).await?);
@@ -65,7 +72,7 @@ pub async fn pull(config: &Config, image: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn list_images(config: &Config) -> anyhow::Result<()> {
+pub async fn list_images(config: &Target) -> anyhow::Result<()> {
     use concord::cri::image_service_client::ImageServiceClient;
     let mut client = ImageServiceClient::new(connect(config).await?);
     let r = client
@@ -90,7 +97,7 @@ pub async fn list_images(config: &Config) -> anyhow::Result<()> {
 }
 
 pub async fn run_pod(
-    config: &Config,
+    config: &Target,
     name: String,
     publish: Vec<String>,
     handler: String,
@@ -132,7 +139,7 @@ pub async fn run_pod(
     Ok(())
 }
 
-pub async fn pods(config: &Config) -> anyhow::Result<()> {
+pub async fn pods(config: &Target) -> anyhow::Result<()> {
     use concord::cri;
     let mut client = runtime_client(config).await?;
     let items = client
@@ -171,7 +178,7 @@ pub async fn pods(config: &Config) -> anyhow::Result<()> {
 }
 
 pub async fn run_container(
-    config: &Config,
+    config: &Target,
     pod: String,
     name: String,
     image: String,
@@ -211,7 +218,7 @@ pub async fn run_container(
     Ok(())
 }
 
-pub async fn containers(config: &Config) -> anyhow::Result<()> {
+pub async fn containers(config: &Target) -> anyhow::Result<()> {
     use concord::cri;
     let mut client = runtime_client(config).await?;
     let list = client
@@ -240,7 +247,7 @@ pub async fn containers(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn pod_op(config: &Config, id: String, remove: bool) -> anyhow::Result<()> {
+pub async fn pod_op(config: &Target, id: String, remove: bool) -> anyhow::Result<()> {
     use concord::cri;
     let mut client = runtime_client(config).await?;
     let r = if remove {
@@ -257,7 +264,7 @@ pub async fn pod_op(config: &Config, id: String, remove: bool) -> anyhow::Result
     r.map_err(rpc_error)
 }
 
-pub async fn status(config: &Config) -> anyhow::Result<()> {
+pub async fn status(config: &Target) -> anyhow::Result<()> {
     use concord::cri::runtime_service_client::RuntimeServiceClient;
     use concord::cri::{StatusRequest, VersionRequest};
     let mut client = RuntimeServiceClient::new(connect(config).await?);
@@ -288,7 +295,7 @@ pub async fn status(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn inspect(config: &Config, kind: String) -> anyhow::Result<()> {
+pub async fn inspect(config: &Target, kind: String) -> anyhow::Result<()> {
     use concord::proto::introspection_client::IntrospectionClient;
     use concord::proto::{JournalInfoRequest, ListObjectsRequest};
     let channel = connect(config).await?;

@@ -3,12 +3,16 @@
 
 mod adopt;
 mod client;
+mod docs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use concord::config::{doc, Config, DEFAULT_CONFIG_PATH};
+
+pub use client::Target;
 
 #[derive(Parser)]
 #[command(
@@ -18,7 +22,8 @@ use concord::config::{doc, Config, DEFAULT_CONFIG_PATH};
     about = "A Kubernetes CRI runtime on containerd, built as an event-sourced reconciliation controller",
     long_about = "Serves the CRI v1 API on a unix socket for kubelet (--container-runtime-endpoint). \
 Settings come from the config file (default /etc/concord/config.toml; `concord config default` prints \
-every setting) and are overridden by these flags."
+every setting) and are overridden by these flags. The subcommands other than `config show` do not \
+need the config: a client command only looks up the socket in it (unless --socket names it)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,6 +31,18 @@ struct Cli {
     /// Config file (TOML). A missing file is fine unless this flag names it.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+/// The flags of every command that talks to a running concord.
+#[derive(Args)]
+struct ClientArgs {
+    /// concord's CRI socket (default: `listen` of the config file when that file is readable,
+    /// else /run/concord/concord.sock)
+    #[arg(long, short = 'r', alias = "listen", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Give up after this long (e.g. 30s, 500ms, 2m; a bare number is seconds); default: no limit
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
 }
 
 /// What to do instead of running the daemon.
@@ -100,7 +117,13 @@ pub enum Command {
         #[arg(long, default_value = "")]
         kind: String,
     },
+    /// Write the man page and the shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
+
+/// The subcommands that do not talk to a running concord (no client flags).
+const LOCAL: [&str; 2] = ["config", "generate-docs"];
 
 #[derive(Subcommand)]
 pub enum ConfigCommand {
@@ -118,30 +141,126 @@ pub enum ConfigCommand {
     },
 }
 
-/// The command line parsed: the subcommand (none: run the daemon) and the effective config
-/// (defaults < config file < flags), validated. A bad flag or config is reported here, and its
-/// exit code (2) returned.
-pub fn parse() -> Result<(Option<Command>, Config), ExitCode> {
-    let matches = doc::with_flags(Cli::command())
-        .try_get_matches()
-        .map_err(flag_error)?;
+/// What the command line asks for.
+pub enum Invocation {
+    /// Run the daemon with this effective config.
+    Daemon(Box<Config>),
+    /// Print a config file or table (needs no config, except `config show`).
+    Config(ConfigCommand, Option<Box<Config>>),
+    /// Write the man page and the completions into this directory.
+    Docs(PathBuf),
+    /// Talk to the running concord at this target.
+    Client(Command, Target),
+    /// `concord adopt`: containerd's CRI leftovers removed with this config's containerd and CNI
+    /// (`reverse`: the running concord's pods removed through the target).
+    Adopt {
+        reverse: bool,
+        config: Box<Config>,
+        target: Target,
+    },
+}
+
+/// The command line with the daemon's flags on the top-level command only (a subcommand's help
+/// lists its own flags) and the client flags on every client subcommand.
+pub fn command() -> clap::Command {
+    let mut cmd = doc::with_flags(Cli::command());
+    let clients: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .filter(|name| !LOCAL.contains(&name.as_str()))
+        .collect();
+    for name in clients {
+        cmd = cmd.mut_subcommand(name, ClientArgs::augment_args);
+    }
+    cmd
+}
+
+/// The command line parsed. The daemon and `config show` get the effective config (defaults <
+/// config file < flags), validated; the other subcommands do not read it (a client only looks up
+/// its socket there). A bad flag or config is reported here, and its exit code (2) returned.
+pub fn parse() -> Result<Invocation, ExitCode> {
+    let matches = command().try_get_matches().map_err(flag_error)?;
     let cli = Cli::from_arg_matches(&matches).map_err(flag_error)?;
     let (path, required) = match &cli.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    let config = Config::load(&path, required)
-        .map_err(anyhow::Error::from)
-        .and_then(|mut c| {
-            c.update_from_arg_matches(&matches)?;
-            c.validate()?;
-            Ok(c)
-        })
-        .map_err(|e| {
-            eprintln!("concord: {e}");
-            ExitCode::from(2)
-        })?;
-    Ok((cli.command, config))
+    let effective = || {
+        Config::load(&path, required)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut c| {
+                c.update_from_arg_matches(&matches)?;
+                c.validate()?;
+                Ok(c)
+            })
+            .map_err(|e| {
+                eprintln!("concord: {e}");
+                ExitCode::from(2)
+            })
+    };
+    match cli.command {
+        None => Ok(Invocation::Daemon(Box::new(effective()?))),
+        Some(Command::Config {
+            what: what @ ConfigCommand::Show,
+        }) => Ok(Invocation::Config(what, Some(Box::new(effective()?)))),
+        Some(Command::Config { what }) => Ok(Invocation::Config(what, None)),
+        Some(Command::GenerateDocs { dir }) => Ok(Invocation::Docs(dir)),
+        Some(client) => {
+            let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(&matches);
+            let args = ClientArgs::from_arg_matches(sub).map_err(flag_error)?;
+            let socket = args
+                .socket
+                .or_else(|| matches.get_one::<PathBuf>("listen").cloned())
+                .unwrap_or_else(|| configured_socket(&path, required));
+            let target = Target {
+                socket,
+                timeout: args.timeout,
+            };
+            match client {
+                Command::Adopt { reverse } => Ok(Invocation::Adopt {
+                    reverse,
+                    config: Box::new(effective()?),
+                    target,
+                }),
+                client => Ok(Invocation::Client(client, target)),
+            }
+        }
+    }
+}
+
+/// The socket the config file names; where the file is missing or broken, the default socket
+/// (a client command must work while the daemon's config does not).
+fn configured_socket(path: &std::path::Path, required: bool) -> PathBuf {
+    match Config::load(path, required) {
+        Ok(c) => c.listen,
+        Err(e) => {
+            let listen = Config::default().listen;
+            eprintln!(
+                "concord: ignoring the config ({e}); using {}",
+                listen.display()
+            );
+            listen
+        }
+    }
+}
+
+/// A duration flag: `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Prints a command-line error; a bad setting value is named by its config key, as the file's
@@ -179,19 +298,53 @@ fn flag_error(e: clap::Error) -> ExitCode {
     }
 }
 
-/// Runs a subcommand.
-pub fn run(command: Command, config: &Config) -> ExitCode {
-    let printed = match command {
-        Command::Config { what } => match what {
-            ConfigCommand::Default => Ok(doc::default_toml()),
-            ConfigCommand::ReadmeTable => Ok(doc::readme_table()),
-            ConfigCommand::Show => toml::to_string(config).map_err(anyhow::Error::from),
-            ConfigCommand::ImportContainerd { file } => import_containerd(&file),
+/// Prints a config file or table.
+pub fn run_config(what: ConfigCommand, config: Option<&Config>) -> ExitCode {
+    let text = match (what, config) {
+        (ConfigCommand::Default, _) => Ok(doc::default_toml()),
+        (ConfigCommand::ReadmeTable, _) => Ok(doc::readme_table()),
+        (ConfigCommand::ImportContainerd { file }, _) => import_containerd(&file),
+        (ConfigCommand::Show, c) => {
+            toml::to_string(&c.cloned().unwrap_or_default()).map_err(anyhow::Error::from)
         }
-        .map(|text| print!("{text}")),
-        client => runtime().and_then(|rt| rt.block_on(run_client(client, config))),
     };
-    report(false, printed)
+    report(false, text.map(|text| print!("{text}")))
+}
+
+/// `concord adopt` (within the client's `--timeout`, if any).
+pub fn run_adopt(reverse: bool, config: &Config, target: &Target) -> ExitCode {
+    let work = async {
+        match reverse {
+            false => adopt::forward(config).await,
+            true => adopt::reverse(target).await,
+        }
+    };
+    report(false, within(target, work))
+}
+
+/// Writes the man page and the completions.
+pub fn run_docs(dir: &std::path::Path) -> ExitCode {
+    report(false, docs::generate(dir))
+}
+
+/// Runs a client command, within its timeout.
+pub fn run(command: Command, target: &Target) -> ExitCode {
+    report(false, within(target, run_client(command, target)))
+}
+
+/// Runs `work` to its end or to the client's `--timeout`.
+fn within(
+    target: &Target,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        match target.timeout {
+            Some(limit) => tokio::time::timeout(limit, work)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {limit:?}"))),
+            None => work.await,
+        }
+    })
 }
 
 /// `concord config import-containerd`: the imported config; the keys left behind go to stderr.
@@ -206,9 +359,9 @@ fn import_containerd(file: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// A command that talks to a running concord.
-async fn run_client(command: Command, config: &Config) -> anyhow::Result<()> {
+async fn run_client(command: Command, config: &Target) -> anyhow::Result<()> {
     match command {
-        Command::Config { .. } => Ok(()),
+        Command::Config { .. } | Command::GenerateDocs { .. } => Ok(()),
         Command::Load { file } => client::load(config, file).await,
         Command::Pull { image } => client::pull(config, image).await,
         Command::Images => client::list_images(config).await,
@@ -229,8 +382,7 @@ async fn run_client(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::StopPod { id } => client::pod_op(config, id, false).await,
         Command::RemovePod { id } => client::pod_op(config, id, true).await,
         Command::Inspect { kind } => client::inspect(config, kind).await,
-        Command::Adopt { reverse: false } => adopt::forward(config).await,
-        Command::Adopt { reverse: true } => adopt::reverse(config).await,
+        Command::Adopt { .. } => Ok(()),
     }
 }
 

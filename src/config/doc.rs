@@ -57,10 +57,9 @@ impl Setting {
 }
 
 /// `cmd` plus every setting as a flag: optional (an absent flag leaves the file's value, see
-/// `update_from_arg_matches`) and global (it also works after a subcommand).
+/// `update_from_arg_matches`) and `cmd`'s own (the daemon's: not listed under its subcommands).
 /// `cmd`'s about text stays (the derive would replace it with [`Config`]'s doc).
 pub fn with_flags(cmd: Command) -> Command {
-    let own: Vec<clap::Id> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
     let about = cmd.get_about().cloned();
     let long_about = cmd.get_long_about().cloned();
     let mut cmd = Config::augment_args_for_update(cmd);
@@ -70,13 +69,7 @@ pub fn with_flags(cmd: Command) -> Command {
     if let Some(long_about) = long_about {
         cmd = cmd.long_about(long_about);
     }
-    cmd.mut_args(|a| {
-        if own.contains(a.get_id()) {
-            a
-        } else {
-            a.global(true)
-        }
-    })
+    cmd
 }
 
 /// Every setting in definition order, a runtime handler's keys after the `[runtime]` ones.

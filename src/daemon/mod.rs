@@ -5,6 +5,7 @@
 //! A critical task (gRPC server, event stream, reconcile loop, journal writer) that ends on its
 //! own makes the daemon exit non-zero, so its supervisor restarts it.
 
+pub mod notify;
 pub mod process;
 pub mod socket;
 
@@ -162,6 +163,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         startup = ?started.elapsed(),
         "concord is serving CRI"
     );
+    // The socket is bound and the journal replayed: kubelet (ordered after us) may start.
+    notify::tell(&format!(
+        "READY=1\nSTATUS=serving CRI on {}",
+        config.listen.display()
+    ));
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -178,6 +184,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = &outcome {
         tracing::error!(error = %e, "shutting down");
     }
+    notify::tell("STOPPING=1");
     // A second signal forces the exit.
     tokio::spawn(async move {
         tokio::select! {
@@ -242,7 +249,7 @@ fn build(
                 runtime: config.runtime.clone(),
                 layout: config.layout(),
                 log_writer: log_writer_binary(),
-                max_log_line: 16 * 1024,
+                max_log_line: crate::logwriter::MAX_LINE,
                 reconcile_timeout: config.reconcile.timeout_seconds,
             },
             attachments.clone(),

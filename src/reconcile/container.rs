@@ -523,8 +523,10 @@ impl ContainerReconciler {
             return Ok(TaskIo::default());
         }
         let mut uri = format!(
-            "binary://{}?concord-log-writer=1&path={}&pidfile={}&max={}",
+            "binary://{}?{}={}&path={}&pidfile={}&max={}",
             encode(&self.settings.log_writer.display().to_string()),
+            crate::logwriter::MARKER,
+            crate::logwriter::PROTOCOL,
             // No log path: the writer only holds stdin open.
             encode(if rec.log_path.is_empty() {
                 "/dev/null"
