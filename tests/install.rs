@@ -163,10 +163,19 @@ fn a_v1_log_writer_invocation_runs_and_is_recognised() {
         .arg("pidfile")
         .arg(&pidfile)
         .args(["max", "16384"]);
-    // SAFETY: only dup2 between fork and exec.
+    // SAFETY: only fcntl and dup2 between fork and exec. Each fd is first copied above 64, so
+    // one whose number is 3, 4 or 5 is not overwritten before it is moved there (the copies
+    // close at exec).
     unsafe {
         cmd.pre_exec(move || {
-            for (target, fd) in (3..).zip(fds) {
+            let mut high = [0; 3];
+            for (h, fd) in high.iter_mut().zip(fds) {
+                *h = nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, 64);
+                if *h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (target, fd) in (3..).zip(high) {
                 if nix::libc::dup2(fd, target) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
