@@ -35,6 +35,7 @@ CG=concord-sdnode
 CGROOT=/sys/fs/cgroup
 PIDFILE=$NODE_DIR/pid1
 SELF=$(readlink -f "$0")
+REPO=${REPO:-$(cd "$(dirname "$SELF")/.." && pwd)}
 # Inside the node:
 NODE_CTD_SOCK=/run/concord-node/containerd.sock
 log() { printf '[systemd-node] %s\n' "$*" >&2; }
@@ -174,6 +175,13 @@ stage2() {
   mount --rbind /work "$R/work"
   mount --rbind /root "$R/root"
   mkdir -p "$R/tmp/rig"; [ -d /tmp/rig ] && mount --bind /tmp/rig "$R/tmp/rig"
+  # The checkout the suites run from, at the same path (test binaries name their sources by
+  # absolute path; CI's clean clone may be anywhere, /tmp included: a mount point, which the
+  # node's tmpfiles cleaning of /tmp does not cross, as with /tmp/rig above).
+  case $REPO in
+    /work|/work/*|/root|/root/*) ;;
+    *) mkdir -p "$R$REPO"; mount --rbind "$REPO" "$R$REPO" ;;
+  esac
   mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$R/run"
   mount -t proc proc "$R/proc"
   mount -t sysfs sysfs "$R/sys"
@@ -228,7 +236,7 @@ up() {
   (
     for h in $(hierarchies); do echo "$BASHPID" > "$h/$CG/cgroup.procs"; done
     exec unshare --pid --fork --mount --uts --ipc --cgroup --propagation private \
-      env -i PATH=/usr/sbin:/usr/bin NODE_DIR="$NODE_DIR" CG="$CG" \
+      env -i PATH=/usr/sbin:/usr/bin NODE_DIR="$NODE_DIR" CG="$CG" REPO="$REPO" \
       bash "$SELF" __stage2 </dev/null >>"$NODE_DIR/console.log" 2>&1
   ) &
   local launcher=$! i p=
