@@ -545,12 +545,16 @@ impl SandboxReconciler {
                 NetworkStatus::NotReady(_) => None,
             };
             let name = net.as_ref().map(|n| n.name.clone()).unwrap_or_default();
-            self.timed(
-                "cni_del",
-                self.cni.del(net.as_ref(), &name, &self.attachment(rec)),
-            )
-            .await
-            .map_err(|e| Self::err(id, "CNI DEL", e))
+            // A netns file that no longer pins a namespace (a crash between creating the file
+            // and mounting it, or an unmount) is named as none: the plugins then release the
+            // address without entering it, where they would refuse a path that is no netns.
+            let mut attachment = self.attachment(rec);
+            if !netns::exists(&attachment.netns) {
+                attachment.netns = PathBuf::new();
+            }
+            self.timed("cni_del", self.cni.del(net.as_ref(), &name, &attachment))
+                .await
+                .map_err(|e| Self::err(id, "CNI DEL", e))
         };
         futures::future::try_join(task, network).await?;
         if let Some(p) = &rec.netns_path {
