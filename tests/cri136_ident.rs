@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    container_config, container_status, eventually, pod, pod_daemon, pod_daemon_with_config,
-    pull_ok, remove_pod, Daemon, Pod,
+    container_config, container_status, eventually, list_containers, pod, pod_daemon,
+    pod_daemon_with_config, pull_ok, remove_pod, Daemon, Pod,
 };
 use concord::cri;
 
@@ -41,20 +41,9 @@ async fn wait_for_line(d: &Daemon, p: &Pod, name: &str, line: &str) {
     .await;
 }
 
-/// ListContainers, unfiltered.
-async fn containers(d: &Daemon) -> Vec<cri::Container> {
-    d.runtime()
-        .await
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-}
-
 /// The names of the daemon's containers.
 async fn container_names(d: &Daemon) -> Vec<String> {
-    containers(d)
+    list_containers(d)
         .await
         .into_iter()
         .filter_map(|c| c.metadata.map(|m| m.name))
@@ -326,7 +315,7 @@ async fn container_status_names_the_image_by_tag_and_repo_digest() {
     assert_eq!(s.image_id, img.id);
 
     // ListContainers: the ImageSpec the container was created with, and the image id.
-    let listed = containers(&d).await;
+    let listed = list_containers(&d).await;
     let c = listed.iter().find(|c| c.id == pulled).unwrap();
     assert_eq!(c.image.as_ref().unwrap().image, "busybox");
     assert_eq!(c.image_ref, c.image_id);
