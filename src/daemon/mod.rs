@@ -127,6 +127,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
     let stops = Stops::default();
+    // Handlers before the socket: a SIGTERM that arrives once a client has been answered must
+    // shut down cleanly, never kill the process with the default action.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
     // Journal first: a journal we refuse must stop the start before anything else happens.
     let path = config.journal_path();
@@ -169,8 +173,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.listen.display()
     ));
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     // Wait for a signal or for a critical task to end on its own.
     let outcome: Result<(), DaemonError> = tokio::select! {
         _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
