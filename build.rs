@@ -38,12 +38,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[out.join("runtime/v1/api.proto")],
             std::slice::from_ref(&out),
         )?;
-    tonic_prost_build::configure().compile_protos(
-        &[
-            "proto/concord/v1/images.proto",
-            "proto/concord/v1/introspection.proto",
-        ],
-        &["proto"],
-    )?;
+    // concord's own API serializes for `concord inspect -o json|yaml`.
+    tonic_prost_build::configure()
+        .type_attribute(".concord.v1", "#[derive(serde::Serialize)]")
+        .compile_protos(
+            &[
+                "proto/concord/v1/images.proto",
+                "proto/concord/v1/introspection.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -67,8 +67,15 @@ async fn client_commands_work_while_the_config_file_is_broken() {
     let (code, out, err) = output(concord().args(["status", &config, "--socket", &socket]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"runtime_name\": \"concord\""), "{out}");
-    let (code, out, err) =
-        output(concord().args([&config, "inspect", "-r", &socket, "--timeout=20s"]));
+    let (code, out, err) = output(concord().args([
+        &config,
+        "inspect",
+        "-r",
+        &socket,
+        "--timeout=20s",
+        "-o",
+        "json",
+    ]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"journal\""), "{out}");
     let (code, _, err) = output(concord().args(["pods", "-r", &socket, &config]));

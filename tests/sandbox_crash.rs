@@ -175,6 +175,7 @@ async fn converges_and_leaves_nothing(
             .list_objects(concord::proto::ListObjectsRequest {
                 kind: "sandbox".into(),
                 id_prefix: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -683,6 +684,7 @@ async fn containers_under_kill_9_converge_and_leak_nothing() {
             .list_objects(concord::proto::ListObjectsRequest {
                 kind: "container".into(),
                 id_prefix: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap()

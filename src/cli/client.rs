@@ -4,6 +4,38 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::output::{ago, human_size, short, structured, Format, Table};
+
+/// How a listing prints: `-o` and `-q`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Listing {
+    pub format: Format,
+    /// Ids only, one per line.
+    pub quiet: bool,
+}
+
+impl Listing {
+    /// Prints `items`: their ids (`-q`), the items as JSON/YAML (`-o`), else `table`.
+    fn print<T: serde::Serialize>(
+        self,
+        items: &[T],
+        id: impl Fn(&T) -> String,
+        table: Table,
+    ) -> anyhow::Result<()> {
+        if self.quiet {
+            for item in items {
+                println!("{}", id(item));
+            }
+            return Ok(());
+        }
+        match self.format {
+            Format::Table => print!("{}", table.render()),
+            f => print!("{}", structured(f, &serde_json::to_value(items)?)?),
+        }
+        Ok(())
+    }
+}
+
 /// The running concord a client command talks to.
 pub struct Target {
     /// Its CRI socket.
@@ -13,7 +45,7 @@ pub struct Target {
 }
 
 /// A gRPC channel to a running concord's socket.
-async fn connect(config: &Target) -> anyhow::Result<tonic::transport::Channel> {
+pub(super) async fn connect(config: &Target) -> anyhow::Result<tonic::transport::Channel> {
     concord::uds::connect(&config.socket).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to concord at {}: {e}",
@@ -72,28 +104,27 @@ pub async fn pull(config: &Target, image: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn list_images(config: &Target) -> anyhow::Result<()> {
+pub async fn list_images(config: &Target, list: Listing) -> anyhow::Result<()> {
     use concord::cri::image_service_client::ImageServiceClient;
     let mut client = ImageServiceClient::new(connect(config).await?);
-    let r = client
+    let images = client
         .list_images(concord::cri::ListImagesRequest::default())
         .await
         .map_err(rpc_error)?
-        .into_inner();
-    for img in r.images {
-        let tags = if img.repo_tags.is_empty() {
-            "<none>".to_string()
-        } else {
-            img.repo_tags.join(",")
+        .into_inner()
+        .images;
+    let mut t = Table::new(&["IMAGE", "IMAGE ID", "SIZE"]);
+    for img in &images {
+        let id = img.id.trim_start_matches("sha256:");
+        let tags = match img.repo_tags.is_empty() {
+            true => vec!["<none>".to_string()],
+            false => img.repo_tags.clone(),
         };
-        println!(
-            "{}  {:>10}  {}",
-            &img.id[..19.min(img.id.len())],
-            img.size,
-            tags
-        );
+        for tag in tags {
+            t.row(vec![tag, short(id).into(), human_size(img.size)]);
+        }
     }
-    Ok(())
+    list.print(&images, |i| i.id.clone(), t)
 }
 
 pub async fn run_pod(
@@ -139,7 +170,7 @@ pub async fn run_pod(
     Ok(())
 }
 
-pub async fn pods(config: &Target) -> anyhow::Result<()> {
+pub async fn pods(config: &Target, list: Listing) -> anyhow::Result<()> {
     use concord::cri;
     let mut client = runtime_client(config).await?;
     let items = client
@@ -148,33 +179,49 @@ pub async fn pods(config: &Target) -> anyhow::Result<()> {
         .map_err(rpc_error)?
         .into_inner()
         .items;
-    for p in items {
-        let ip = client
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: p.id.clone(),
-                verbose: false,
-            })
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().status)
-            .and_then(|s| s.network)
-            .map(|n| n.ip)
-            .unwrap_or_default();
-        let state = if p.state == cri::PodSandboxState::SandboxReady as i32 {
-            "Ready"
-        } else {
-            "NotReady"
-        };
-        let name = p.metadata.map(|m| m.name).unwrap_or_default();
-        println!(
-            "{}  {:<8}  {:<15}  {}",
-            &p.id[..13.min(p.id.len())],
-            state,
-            if ip.is_empty() { "-" } else { &ip },
-            name
-        );
+    let mut t = Table::new(&[
+        "POD ID",
+        "CREATED",
+        "STATE",
+        "NAME",
+        "NAMESPACE",
+        "IP",
+        "RUNTIME",
+    ]);
+    if list.format == Format::Table && !list.quiet {
+        for p in &items {
+            let ip = client
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: p.id.clone(),
+                    verbose: false,
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().status)
+                .and_then(|s| s.network)
+                .map(|n| n.ip)
+                .unwrap_or_default();
+            let state = match p.state == cri::PodSandboxState::SandboxReady as i32 {
+                true => "Ready",
+                false => "NotReady",
+            };
+            let meta = p.metadata.clone().unwrap_or_default();
+            t.row(vec![
+                short(&p.id).into(),
+                ago(p.created_at),
+                state.into(),
+                meta.name,
+                meta.namespace,
+                if ip.is_empty() { "-".into() } else { ip },
+                if p.runtime_handler.is_empty() {
+                    "(default)".into()
+                } else {
+                    p.runtime_handler.clone()
+                },
+            ]);
+        }
     }
-    Ok(())
+    list.print(&items, |p| p.id.clone(), t)
 }
 
 pub async fn run_container(
@@ -218,33 +265,40 @@ pub async fn run_container(
     Ok(())
 }
 
-pub async fn containers(config: &Target) -> anyhow::Result<()> {
+pub async fn containers(config: &Target, list: Listing) -> anyhow::Result<()> {
     use concord::cri;
     let mut client = runtime_client(config).await?;
-    let list = client
+    let items = client
         .list_containers(cri::ListContainersRequest::default())
         .await
         .map_err(rpc_error)?
         .into_inner()
         .containers;
-    for c in list {
+    let mut t = Table::new(&[
+        "CONTAINER",
+        "IMAGE",
+        "CREATED",
+        "STATE",
+        "NAME",
+        "ATTEMPT",
+        "POD ID",
+    ]);
+    for c in &items {
         let state = cri::ContainerState::try_from(c.state)
-            .map(|s| {
-                s.as_str_name()
-                    .trim_start_matches("CONTAINER_")
-                    .to_lowercase()
-            })
+            .map(|s| s.as_str_name().trim_start_matches("CONTAINER_").to_string())
             .unwrap_or_default();
-        println!(
-            "{}  {:<8}  pod {}  {}  {}",
-            &c.id[..13.min(c.id.len())],
+        let meta = c.metadata.clone().unwrap_or_default();
+        t.row(vec![
+            short(&c.id).into(),
+            c.image.clone().map(|i| i.image).unwrap_or_default(),
+            ago(c.created_at),
             state,
-            &c.pod_sandbox_id[..13.min(c.pod_sandbox_id.len())],
-            c.metadata.map(|m| m.name).unwrap_or_default(),
-            c.image.map(|i| i.image).unwrap_or_default()
-        );
+            meta.name,
+            meta.attempt.to_string(),
+            short(&c.pod_sandbox_id).into(),
+        ]);
     }
-    Ok(())
+    list.print(&items, |c| c.id.clone(), t)
 }
 
 pub async fn pod_op(config: &Target, id: String, remove: bool) -> anyhow::Result<()> {
@@ -292,47 +346,5 @@ pub async fn status(config: &Target) -> anyhow::Result<()> {
             "conditions": conditions,
         }))?
     );
-    Ok(())
-}
-
-pub async fn inspect(config: &Target, kind: String) -> anyhow::Result<()> {
-    use concord::proto::introspection_client::IntrospectionClient;
-    use concord::proto::{JournalInfoRequest, ListObjectsRequest};
-    let channel = connect(config).await?;
-    let mut client = IntrospectionClient::new(channel);
-    let j = client
-        .journal_info(JournalInfoRequest {})
-        .await?
-        .into_inner();
-    println!(
-        "{}",
-        serde_json::json!({
-            "journal": {
-                "path": j.path, "schema_version": j.schema_version, "last_seq": j.last_seq,
-                "snapshot_seq": j.snapshot_seq, "events_since_snapshot": j.events_since_snapshot,
-                "replayed_at_start": j.replayed_at_start,
-            }
-        })
-    );
-    let objects = client
-        .list_objects(ListObjectsRequest {
-            kind,
-            id_prefix: String::new(),
-        })
-        .await?
-        .into_inner()
-        .objects;
-    for o in objects {
-        println!(
-            "{}",
-            serde_json::json!({
-                "kind": o.kind, "id": o.id, "generation": o.generation,
-                "observed_generation": o.observed_generation, "pending": o.pending,
-                "retries": o.retries, "last_error": o.last_error,
-                "desired": serde_json::from_str::<serde_json::Value>(&o.desired).unwrap_or_default(),
-                "observed": serde_json::from_str::<serde_json::Value>(&o.observed).unwrap_or_default(),
-            })
-        );
-    }
     Ok(())
 }

@@ -4,6 +4,8 @@
 mod adopt;
 mod client;
 mod docs;
+mod inspect;
+mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +47,26 @@ struct ClientArgs {
     timeout: Option<Duration>,
 }
 
+/// How a listing prints.
+#[derive(Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    output: output::Format,
+    /// Only the ids, one per line.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+impl ListArgs {
+    fn listing(&self) -> client::Listing {
+        client::Listing {
+            format: self.output,
+            quiet: self.quiet,
+        }
+    }
+}
+
 /// What to do instead of running the daemon.
 #[derive(Subcommand)]
 pub enum Command {
@@ -67,7 +89,10 @@ pub enum Command {
         image: String,
     },
     /// List the images a running concord knows (CRI ListImages).
-    Images,
+    Images {
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Run a pod sandbox through a running concord (CRI RunPodSandbox); prints its id.
     RunPod {
         /// Pod name (namespace "default", uid "<name>-uid").
@@ -80,7 +105,10 @@ pub enum Command {
         handler: String,
     },
     /// List pod sandboxes (CRI ListPodSandbox) with state and address.
-    Pods,
+    Pods {
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Create and start a container in a pod (CRI CreateContainer + StartContainer); prints its
     /// id. Its log goes to <pod log directory>/<name>.log.
     RunContainer {
@@ -95,7 +123,10 @@ pub enum Command {
         command: Vec<String>,
     },
     /// List containers (CRI ListContainers) with state.
-    Containers,
+    Containers {
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Stop a pod sandbox (CRI StopPodSandbox).
     StopPod { id: String },
     /// Remove a pod sandbox (CRI RemovePodSandbox).
@@ -110,12 +141,32 @@ pub enum Command {
         #[arg(long)]
         reverse: bool,
     },
-    /// Show what a running concord's reconcile loop manages: desired and observed state,
-    /// pending reconciles, last errors, and the journal.
+    /// Show what a running concord's reconcile loop manages: a table of every object (desired
+    /// and observed generation, retries, last error) and the journal; for the objects QUERY
+    /// names, why they are as they are: desired vs converged, the pending retry, the last error
+    /// and its age, the last reconcile's steps, the pod's containers and the recent history.
     Inspect {
+        /// A pod's name or namespace/name (its sandbox and containers), a container's name, or
+        /// an id or id prefix.
+        query: Option<String>,
         /// Only objects of this kind (runtime_config, sandbox, container).
         #[arg(long, default_value = "")]
         kind: String,
+        /// Each object's recent journal events and reconcile outcomes, oldest first.
+        #[arg(long)]
+        history: bool,
+        /// Only objects whose last reconcile failed (retrying).
+        #[arg(long)]
+        failing: bool,
+        /// Refresh every 2 seconds until interrupted.
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: output::Format,
+        /// Show env values in the configs (redacted by default: they may come from Secrets).
+        #[arg(long)]
+        show_config: bool,
     },
     /// Write the man page and the shell completions into DIR (for packaging).
     #[command(hide = true)]
@@ -364,24 +415,43 @@ async fn run_client(command: Command, config: &Target) -> anyhow::Result<()> {
         Command::Config { .. } | Command::GenerateDocs { .. } => Ok(()),
         Command::Load { file } => client::load(config, file).await,
         Command::Pull { image } => client::pull(config, image).await,
-        Command::Images => client::list_images(config).await,
+        Command::Images { list } => client::list_images(config, list.listing()).await,
         Command::Status => client::status(config).await,
         Command::RunPod {
             name,
             publish,
             handler,
         } => client::run_pod(config, name, publish, handler).await,
-        Command::Pods => client::pods(config).await,
+        Command::Pods { list } => client::pods(config, list.listing()).await,
         Command::RunContainer {
             pod,
             name,
             image,
             command,
         } => client::run_container(config, pod, name, image, command).await,
-        Command::Containers => client::containers(config).await,
+        Command::Containers { list } => client::containers(config, list.listing()).await,
         Command::StopPod { id } => client::pod_op(config, id, false).await,
         Command::RemovePod { id } => client::pod_op(config, id, true).await,
-        Command::Inspect { kind } => client::inspect(config, kind).await,
+        Command::Inspect {
+            query,
+            kind,
+            history,
+            failing,
+            watch,
+            output,
+            show_config,
+        } => {
+            let q = inspect::Query {
+                query: query.unwrap_or_default(),
+                kind,
+                history,
+                failing,
+                watch,
+                output,
+                show_config,
+            };
+            inspect::inspect(config, q).await
+        }
         Command::Adopt { .. } => Ok(()),
     }
 }

@@ -7,6 +7,7 @@
 
 mod codec;
 mod event;
+pub mod history;
 mod store;
 mod writer;
 
@@ -98,6 +99,7 @@ pub struct JournalHandle {
     stats: watch::Receiver<JournalStats>,
     changes: broadcast::Sender<ContainerChange>,
     failing: watch::Receiver<Option<String>>,
+    history: Arc<history::History>,
 }
 
 /// Why an append was not acknowledged.
@@ -157,6 +159,11 @@ impl JournalHandle {
     pub fn stats(&self) -> JournalStats {
         self.stats.borrow().clone()
     }
+
+    /// Each live object's recent events and reconcile outcomes.
+    pub fn history(&self) -> &history::History {
+        &self.history
+    }
 }
 
 /// Starts the writer task over an opened journal. The task ends when every handle is dropped or
@@ -184,11 +191,13 @@ pub fn spawn_writer(
     let (stats_tx, stats_rx) = watch::channel(stats);
     let (failing_tx, failing_rx) = watch::channel(None);
     metrics.journal_writable.set(1);
+    let history = Arc::new(history::History::default());
     let out = Published {
         state: state_tx,
         stats: stats_tx,
         changes: changes.clone(),
         failing: failing_tx,
+        history: history.clone(),
     };
     let task = tokio::spawn(writer(journal, rx, out, compact_after, metrics, shutdown));
     let handle = JournalHandle {
@@ -197,6 +206,7 @@ pub fn spawn_writer(
         stats: stats_rx,
         changes,
         failing: failing_rx,
+        history,
     };
     (handle, task)
 }

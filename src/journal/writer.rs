@@ -21,6 +21,7 @@ pub(super) struct Published {
     pub(super) stats: watch::Sender<JournalStats>,
     pub(super) changes: broadcast::Sender<ContainerChange>,
     pub(super) failing: watch::Sender<Option<String>>,
+    pub(super) history: Arc<super::history::History>,
 }
 
 /// Longest pause between recovery attempts of a journal that failed a write.
@@ -246,15 +247,17 @@ impl Writer {
         let mut state = State::clone(&self.out.state.borrow());
         let first_seq = last + 1 - events.len() as u64;
         let mut changed = Vec::new();
+        let at = crate::clock::now_nanos();
         for (i, ev) in events.iter().enumerate() {
             if self.out.changes.receiver_count() > 0 {
                 changed.extend(ContainerChangeKind::of(ev, &state));
             }
-            state.apply(first_seq + i as u64, ev);
+            let seq = first_seq + i as u64;
+            state.apply(seq, ev);
+            self.out.history.committed(seq, at, ev, &state);
         }
         let state = Arc::new(state);
         self.out.state.send_replace(state.clone());
-        let at = crate::clock::now_nanos();
         for (id, sandbox_id, kind) in changed {
             let _ = self.out.changes.send(ContainerChange {
                 id,

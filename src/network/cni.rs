@@ -343,8 +343,12 @@ impl Cni {
         let mut stdin = child.stdin.take().expect("stdin piped");
         let input = conf.to_string();
         let run = async move {
-            stdin.write_all(input.as_bytes()).await?;
-            drop(stdin);
+            // A plugin may exit without reading its config (a DEL with nothing to do): its
+            // exit status and stdout answer, not the broken pipe.
+            match stdin.write_all(input.as_bytes()).await {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
+                _ => drop(stdin),
+            }
             child.wait_with_output().await
         };
         let out = tokio::time::timeout(self.timeout, run)

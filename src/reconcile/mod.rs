@@ -13,6 +13,7 @@ mod pod_cgroup;
 mod queue;
 mod runtime_config;
 mod sandbox;
+pub mod steps;
 
 pub use attempts::FirstAttempts;
 pub use queue::WorkQueue;
@@ -137,6 +138,14 @@ pub struct ObjectStatus {
     pub retry_scheduled: bool,
     /// When the last reconcile finished.
     pub last_reconciled: Option<SystemTime>,
+    /// How long it took.
+    pub last_duration: Duration,
+    /// The steps (those the reconciler times) of the last reconcile that took any, in order.
+    pub last_steps: Vec<steps::Step>,
+    /// When the last failure happened (kept until a success).
+    pub last_error_at: Option<SystemTime>,
+    /// When the scheduled retry is due.
+    pub next_retry: Option<SystemTime>,
 }
 
 /// One object as introspection shows it.
@@ -163,11 +172,21 @@ impl ObjectView {
             "pending": self.pending,
             "retries": self.status.retries,
             "lastError": self.status.last_error.as_ref().map(|(_, e)| e.as_str()).unwrap_or(""),
-            "lastReconciled": self.status.last_reconciled
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs_f64()),
+            "lastReconciled": unix_secs(self.status.last_reconciled),
+            "lastDurationSeconds": self.status.last_duration.as_secs_f64(),
+            "lastErrorAt": unix_secs(self.status.last_error_at),
+            "nextRetry": unix_secs(self.status.next_retry.filter(|_| self.status.retry_scheduled)),
+            "steps": self.status.last_steps.iter().map(|s| serde_json::json!({
+                "name": s.name, "seconds": s.duration.as_secs_f64(), "ok": s.ok,
+            })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// Seconds since the epoch (verbose info's times).
+fn unix_secs(t: Option<SystemTime>) -> Option<f64> {
+    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
 }
 
 /// Why waiting for an intent to converge ended without success.
@@ -276,6 +295,7 @@ impl Controller {
             self.statuses
                 .lock()
                 .retain(|k, s| live.contains(k) || s.retry_scheduled);
+            self.journal.history().retain(|k| live.contains(k));
         }
         tracing::debug!(reason, objects = keys.len(), "resync");
         for key in keys {
@@ -402,23 +422,33 @@ impl Controller {
         let span = tracing::info_span!("reconcile", kind = key.kind(), id = key.id(), generation);
         let start = Instant::now();
         let limit = self.config.timeout_seconds;
-        let result = tokio::time::timeout(
+        let (result, steps) = steps::collect(tokio::time::timeout(
             limit,
             self.reconciler
                 .reconcile(key, &state)
                 .instrument(span.clone()),
-        )
-        .await
-        .unwrap_or(Err(ReconcileError::Timeout(limit)));
+        ))
+        .await;
+        let result = result.unwrap_or(Err(ReconcileError::Timeout(limit)));
         let kind = key.kind();
+        let took = start.elapsed();
         self.metrics
             .reconcile_duration
             .with_label_values(&[kind])
-            .observe(start.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        self.remember(key, generation, took, &result);
         let retry_in = {
             let mut statuses = self.statuses.lock();
             let s = statuses.entry(key.clone()).or_default();
-            s.last_reconciled = Some(SystemTime::now());
+            let now = SystemTime::now();
+            s.last_reconciled = Some(now);
+            s.last_duration = took;
+            // A pass that did nothing (a resync of a converged object) keeps the steps of the
+            // last one that did something.
+            if !steps.is_empty() {
+                s.last_steps = steps;
+            }
+            s.next_retry = None;
             match result {
                 Ok(r) => {
                     self.metrics
@@ -435,6 +465,7 @@ impl Controller {
                     s.observed = r.observed;
                     s.retries = 0;
                     s.last_error = None;
+                    s.last_error_at = None;
                     None
                 }
                 Err(e) => {
@@ -456,6 +487,8 @@ impl Controller {
                         matches!(e, ReconcileError::Timeout(_) | ReconcileError::Waiting(_));
                     s.last_error_refused = matches!(e, ReconcileError::Refused { .. });
                     s.last_error = Some((generation, e.to_string()));
+                    s.last_error_at = Some(now);
+                    s.next_retry = Some(now + delay);
                     Some(delay)
                 }
             }
@@ -479,6 +512,46 @@ impl Controller {
                 }
             });
         }
+    }
+}
+
+impl Controller {
+    /// Adds one reconcile's outcome to the object's history. A success after a success is
+    /// recorded only when it converged a new generation (a resync's pass is not news).
+    fn remember(
+        &self,
+        key: &ObjectKey,
+        generation: u64,
+        took: Duration,
+        result: &Result<Reconciled, ReconcileError>,
+    ) {
+        use crate::journal::history::{Entry, Source};
+        let history = self.journal.history();
+        let (ok, what, detail) = match result {
+            Ok(_) => (true, "converged", String::new()),
+            Err(e @ ReconcileError::Waiting(_)) => (false, "waiting", e.to_string()),
+            Err(e) => (false, "failed", e.to_string()),
+        };
+        if ok {
+            let last = history
+                .of(key)
+                .into_iter()
+                .rev()
+                .find(|e| matches!(e.source, Source::Reconcile { .. }));
+            if last.is_some_and(|l| l.what == "converged" && l.generation == generation) {
+                return;
+            }
+        }
+        history.record(
+            key,
+            Entry {
+                at: crate::clock::now_nanos(),
+                source: Source::Reconcile { ok, duration: took },
+                generation,
+                what: what.into(),
+                detail,
+            },
+        );
     }
 }
 

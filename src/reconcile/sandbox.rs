@@ -70,14 +70,21 @@ impl SandboxReconciler {
         }
     }
 
-    /// Runs one step, timing it into concord_sandbox_step_duration_seconds{step}.
-    async fn timed<T>(&self, step: &'static str, f: impl std::future::Future<Output = T>) -> T {
+    /// Runs one step, timing it into concord_sandbox_step_duration_seconds{step} and into the
+    /// reconcile's steps (`concord inspect`).
+    async fn timed<T: super::steps::Outcome>(
+        &self,
+        step: &'static str,
+        f: impl std::future::Future<Output = T>,
+    ) -> T {
         let start = std::time::Instant::now();
         let out = f.await;
+        let took = start.elapsed();
         self.metrics
             .sandbox_step_duration
             .with_label_values(&[step])
-            .observe(start.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        super::steps::record(step, took, out.ok());
         out
     }
 

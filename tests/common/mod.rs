@@ -814,6 +814,7 @@ pub async fn runtime_config_object(d: &Daemon) -> concord::proto::ObjectStatus {
     i.list_objects(concord::proto::ListObjectsRequest {
         kind: "runtime_config".into(),
         id_prefix: String::new(),
+        ..Default::default()
     })
     .await
     .unwrap()
