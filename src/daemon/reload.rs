@@ -102,8 +102,13 @@ fn apply(reload: &Reload, running: &mut Config) {
     let (_, restart): (Vec<&String>, Vec<&String>) = changed
         .iter()
         .partition(|k| RELOADABLE.contains(&k.as_str()));
+    let listed = if changed.is_empty() {
+        "none".to_string()
+    } else {
+        changed.join(", ")
+    };
     tracing::info!(
-        changed = %changed.join(", "),
+        changed = %listed,
         registry_hosts = "read at each pull",
         "config reloaded"
     );
