@@ -355,11 +355,7 @@ async fn a_real_containerd_event_reaches_the_stream() {
 /// Sends SIGHUP to the daemon and waits until its log holds `count` "config reloaded" or
 /// "config reload failed" lines.
 async fn sighup(d: &Daemon, count: usize) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    d.hangup();
     eventually(Duration::from_secs(10), "the reload's log line", || async {
         let log = d.log();
         log.matches("config reloaded").count() + log.matches("config reload failed").count()

@@ -172,16 +172,39 @@ async fn an_invalid_rust_log_stops_the_start_naming_it() {
 }
 
 #[tokio::test]
-async fn rust_log_replaces_log_level() {
+async fn rust_log_replaces_log_level_even_after_a_reload() {
     let mut d = Daemon::new();
+    d.log_level = None;
+    let config = d.dir.join("config.toml");
+    std::fs::write(&config, "log_level = \"debug\"\n").unwrap();
     d.env.push(("RUST_LOG".into(), "warn".into()));
     d.start().await;
-    d.runtime()
-        .await
-        .version(cri::VersionRequest::default())
-        .await
-        .unwrap();
-    let log = d.log();
-    // --log-level=debug is given, yet neither debug nor info lines appear.
-    assert!(!log.contains(" DEBUG ") && !log.contains(" INFO "), "{log}");
+    let version = || async {
+        d.runtime()
+            .await
+            .version(cri::VersionRequest::default())
+            .await
+            .unwrap();
+    };
+    version().await;
+    let quiet = |log: String| {
+        // log_level is debug, yet neither debug nor info lines appear.
+        assert!(!log.contains(" DEBUG ") && !log.contains(" INFO "), "{log}");
+    };
+    quiet(d.log());
+
+    // A reload that changes log_level (and a key that needs a restart, whose warning shows
+    // that the reload happened): RUST_LOG stays the filter.
+    std::fs::write(
+        &config,
+        "log_level = \"trace\"\nshutdown_grace_seconds = 5\n",
+    )
+    .unwrap();
+    d.hangup();
+    common::eventually(std::time::Duration::from_secs(10), "the reload", || async {
+        d.log().contains("needs a restart")
+    })
+    .await;
+    version().await;
+    quiet(d.log());
 }

@@ -175,6 +175,7 @@ impl ContainerReconciler {
                         *state,
                         &key,
                         reason = "create failed",
+                        error = %e,
                         "container removed"
                     );
                     return Err(e);

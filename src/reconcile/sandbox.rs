@@ -118,6 +118,7 @@ impl SandboxReconciler {
                         facts.push(Event::SandboxRemoved { id: id.into() });
                     }
                     self.journal.append(facts).await?;
+                    crate::lifecycle_info!(*state, &key, error = %e, "pod failed");
                     if removed {
                         crate::lifecycle_info!(*state, &key, reason = "failed", "pod removed");
                     }

@@ -275,6 +275,15 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP: the daemon reads its config again.
+    pub fn hangup(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    }
+
     /// SIGTERM; answers the exit status.
     pub async fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("started");
