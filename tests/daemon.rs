@@ -371,14 +371,7 @@ async fn sighup_applies_a_new_log_level_and_survives_a_broken_config() {
     let config = d.dir.join("config.toml");
     std::fs::write(&config, "log_level = \"info\"\n").unwrap();
     d.start().await;
-    let version = || async {
-        d.runtime()
-            .await
-            .version(cri::VersionRequest::default())
-            .await
-            .unwrap();
-    };
-    version().await;
+    d.version().await;
     assert!(!d.log().contains(" DEBUG "), "{}", d.log());
 
     std::fs::write(
@@ -398,7 +391,7 @@ async fn sighup_applies_a_new_log_level_and_survives_a_broken_config() {
         log.contains("needs a restart: shutdown_grace_seconds"),
         "{log}"
     );
-    version().await;
+    d.version().await;
     eventually(Duration::from_secs(5), "a debug line", || async {
         d.log()[reloaded..].contains(" DEBUG ")
     })
@@ -413,7 +406,7 @@ async fn sighup_applies_a_new_log_level_and_survives_a_broken_config() {
         "{log}"
     );
     // Still serving, still at the level it had.
-    version().await;
+    d.version().await;
     let status = d.terminate().await;
     assert!(status.success(), "{status}");
 }

@@ -179,14 +179,7 @@ async fn rust_log_replaces_log_level_even_after_a_reload() {
     std::fs::write(&config, "log_level = \"debug\"\n").unwrap();
     d.env.push(("RUST_LOG".into(), "warn".into()));
     d.start().await;
-    let version = || async {
-        d.runtime()
-            .await
-            .version(cri::VersionRequest::default())
-            .await
-            .unwrap();
-    };
-    version().await;
+    d.version().await;
     let quiet = |log: String| {
         // log_level is debug, yet neither debug nor info lines appear.
         assert!(!log.contains(" DEBUG ") && !log.contains(" INFO "), "{log}");
@@ -205,6 +198,6 @@ async fn rust_log_replaces_log_level_even_after_a_reload() {
         d.log().contains("needs a restart")
     })
     .await;
-    version().await;
+    d.version().await;
     quiet(d.log());
 }

@@ -275,6 +275,15 @@ impl Daemon {
         }
     }
 
+    /// Version over CRI (it must answer).
+    pub async fn version(&self) {
+        self.runtime()
+            .await
+            .version(concord::cri::VersionRequest::default())
+            .await
+            .unwrap();
+    }
+
     /// SIGHUP: the daemon reads its config again.
     pub fn hangup(&self) {
         nix::sys::signal::kill(
