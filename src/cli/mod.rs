@@ -195,7 +195,8 @@ pub fn parse() -> Result<Invocation, ExitCode> {
         None => {
             let config = effective()?;
             let (path, matches) = (path.clone(), matches.clone());
-            let load = move || load_effective(&path, required, &matches).map_err(|e| e.to_string());
+            let load =
+                move || load_effective(&path, required, &matches).map_err(|e| format!("{e:#}"));
             Ok(Invocation::Daemon(Box::new(config), Box::new(load)))
         }
         Some(Command::Config {
