@@ -201,3 +201,40 @@ async fn rust_log_replaces_log_level_even_after_a_reload() {
     d.version().await;
     quiet(d.log());
 }
+
+#[tokio::test]
+async fn a_failed_pod_is_logged_with_its_error_then_removed() {
+    // A handler whose runtime containerd does not have: the pause task cannot be made.
+    let config = "[runtime.handlers.runc]\nruntime_type = \"io.containerd.runc.v2\"\n\n\
+                  [runtime.handlers.broken]\nruntime_type = \"io.containerd.nope.v2\"\n";
+    let d = pods::pod_daemon_with_config(&[], config).await;
+    pods::pull_ok(&d, "busybox").await;
+    let name = common::unique("web");
+    let err = d
+        .runtime()
+        .await
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pods::pod_config(&d, &name)),
+            runtime_handler: "broken".into(),
+        })
+        .await
+        .unwrap_err();
+    let lines = lines_of(&d, &name);
+    let pod = format!("pod=\"default/{name}\"");
+    assert_in_order(
+        &lines,
+        &[
+            &[" INFO ", &pod, "pod sandbox requested"],
+            &[" INFO ", &pod, "pod failed", "error="],
+            &[" INFO ", &pod, "pod removed", "reason=\"failed\""],
+        ],
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("reconcile failed")),
+        "the reconcile's warning names the pod too: {}\n{}",
+        err.message(),
+        lines.join("\n")
+    );
+}
