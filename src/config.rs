@@ -49,6 +49,8 @@ pub enum ConfigError {
 pub enum LogFormat {
     Text,
     Json,
+    /// journald's native protocol (fields upper-cased, PRIORITY from the level).
+    Journald,
 }
 
 /// The cgroup driver kubelet must use (RuntimeConfig), and how container cgroups are named.
@@ -70,10 +72,12 @@ pub struct Config {
     /// Journal (`journal.redb`) and other state that must survive a restart
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
-    /// trace, debug, info, warn, error, or a tracing filter directive
+    /// trace, debug, info, warn, error, or a tracing filter directive; RUST_LOG, when set,
+    /// replaces it; SIGHUP applies a changed one
     #[arg(long, value_name = "LEVEL")]
     pub log_level: String,
-    /// Log format: text or json
+    /// Log format: text, json or journald (its native protocol, fields as journal fields; stderr
+    /// with a warning when /run/systemd/journal/socket is absent)
     #[arg(long, value_name = "FORMAT")]
     pub log_format: LogFormat,
     /// Prometheus /metrics listener (IP:port); "" disables it

@@ -5,8 +5,9 @@ mod cli;
 
 use std::process::ExitCode;
 
-use concord::config::{Config, LogFormat};
-use concord::daemon::{self, process};
+use concord::config::Config;
+use concord::daemon::reload::Reload;
+use concord::daemon::{self, logging, process};
 
 fn main() -> ExitCode {
     // containerd's shim runs concord as a container's log writer with key-value arguments.
@@ -14,8 +15,8 @@ fn main() -> ExitCode {
     if concord::logwriter::is_invocation(&args) {
         return ExitCode::from(concord::logwriter::run(&args) as u8);
     }
-    let config = match cli::parse() {
-        Ok(cli::Invocation::Daemon(config)) => *config,
+    let (config, load) = match cli::parse() {
+        Ok(cli::Invocation::Daemon(config, load)) => (*config, load),
         Ok(cli::Invocation::Config(what, config)) => {
             return cli::run_config(what, config.as_deref())
         }
@@ -28,32 +29,22 @@ fn main() -> ExitCode {
         }) => return cli::run_adopt(reverse, &config, &target),
         Err(code) => return code,
     };
-    init_logging(&config);
+    let logging = match logging::init(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("concord: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let reload = Reload { load, logging };
     cli::report(
         true,
         place_process(&config).and_then(|()| {
             let rt = cli::runtime()?;
-            rt.block_on(daemon::run(config))
+            rt.block_on(daemon::run(config, reload))
                 .map_err(anyhow::Error::from)
         }),
     )
-}
-
-fn init_logging(config: &Config) {
-    // A plain debug/trace level is for concord's own logs; its libraries stay at info.
-    let directive = match config.log_level.as_str() {
-        l @ ("debug" | "trace") => format!("info,concord={l}"),
-        other => other.to_string(),
-    };
-    let filter = tracing_subscriber::EnvFilter::new(directive);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 /// Cgroup and oom_score_adj, before any thread starts.

@@ -403,6 +403,18 @@ async fn exits_are_recorded_and_a_failed_start_says_why() {
     .await;
     let s = container_status(&d, &hog).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
+    // The operator's log says so too, once, naming the container.
+    let oom_lines = d
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("container exited")
+                && l.contains("container=\"hog\"")
+                && l.contains("exit_code=137")
+                && l.contains("reason=\"OOMKilled\"")
+        })
+        .count();
+    assert_eq!(oom_lines, 1, "{}", d.log());
 
     let ok = p.run_container(&d, sh_container("ok", "true")).await;
     eventually(Duration::from_secs(10), "completed", || async {

@@ -351,3 +351,62 @@ async fn a_real_containerd_event_reaches_the_stream() {
     })
     .await;
 }
+
+/// Sends SIGHUP to the daemon and waits until its log holds `count` "config reloaded" or
+/// "config reload failed" lines.
+async fn sighup(d: &Daemon, count: usize) {
+    d.hangup();
+    eventually(Duration::from_secs(10), "the reload's log line", || async {
+        let log = d.log();
+        log.matches("config reloaded").count() + log.matches("config reload failed").count()
+            >= count
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sighup_applies_a_new_log_level_and_survives_a_broken_config() {
+    let mut d = Daemon::new();
+    d.log_level = None;
+    let config = d.dir.join("config.toml");
+    std::fs::write(&config, "log_level = \"info\"\n").unwrap();
+    d.start().await;
+    d.version().await;
+    assert!(!d.log().contains(" DEBUG "), "{}", d.log());
+
+    std::fs::write(
+        &config,
+        "log_level = \"debug\"\nshutdown_grace_seconds = 5\n",
+    )
+    .unwrap();
+    sighup(&d, 1).await;
+    let log = d.log();
+    let reloaded = log.find("config reloaded").unwrap();
+    let line = log[reloaded..].lines().next().unwrap();
+    assert!(
+        line.contains("log_level") && line.contains("shutdown_grace_seconds"),
+        "{line}"
+    );
+    assert!(
+        log.contains("needs a restart: shutdown_grace_seconds"),
+        "{log}"
+    );
+    d.version().await;
+    eventually(Duration::from_secs(5), "a debug line", || async {
+        d.log()[reloaded..].contains(" DEBUG ")
+    })
+    .await;
+
+    std::fs::write(&config, "log_level = [\n").unwrap();
+    sighup(&d, 2).await;
+    let log = d.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("config reload failed")),
+        "{log}"
+    );
+    // Still serving, still at the level it had.
+    d.version().await;
+    let status = d.terminate().await;
+    assert!(status.success(), "{status}");
+}

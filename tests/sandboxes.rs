@@ -176,6 +176,13 @@ async fn a_host_network_pod_has_no_netns_and_the_pause_exit_turns_it_not_ready()
     .await;
     remove_pod(&d, &id).await;
     assert!(list(&d).await.is_empty());
+    // The operator's log says so, once (the loop's later passes do not repeat it).
+    let not_ready = d
+        .log()
+        .lines()
+        .filter(|l| l.contains("pod not ready") && l.contains(&format!("pod_id=\"{id}\"")))
+        .count();
+    assert_eq!(not_ready, 1, "{}", d.log());
 }
 
 #[tokio::test]

@@ -94,8 +94,7 @@ impl Server {
         };
         let created_at = super::now_nanos();
         let state = self
-            .journal
-            .append(vec![Event::ContainerRequested {
+            .record(vec![Event::ContainerRequested {
                 id: id.clone(),
                 sandbox_id,
                 config: Box::new(config),

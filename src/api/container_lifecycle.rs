@@ -40,7 +40,7 @@ impl Server {
         deadline: Duration,
     ) -> Result<(), ApiError> {
         let key = ObjectKey::Container(id.to_string());
-        let state = self.journal.append(vec![intent]).await?;
+        let state = self.record(vec![intent]).await?;
         self.await_converged(&key, state.generation(&key), deadline, || {
             format!("{what} container {id}")
         })

@@ -42,7 +42,7 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 use crate::containerd::{Containerd, Health};
 use crate::image::Images;
-use crate::journal::{JournalHandle, ObjectKey};
+use crate::journal::{Event, JournalHandle, ObjectKey, State};
 use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::proto;
@@ -78,6 +78,17 @@ fn resolve_id<V>(
 }
 
 impl Server {
+    /// Records `intents` in the journal, then logs each (one info line naming its pod):
+    /// answers the state that holds them.
+    async fn record(&self, intents: Vec<Event>) -> Result<Arc<State>, ApiError> {
+        let logged: Vec<_> = intents.iter().filter_map(Event::intent).collect();
+        let state = self.journal.append(intents).await?;
+        for (key, what) in &logged {
+            crate::lifecycle_info!(state, key, "{what}");
+        }
+        Ok(state)
+    }
+
     /// Wakes `key` and waits until the loop converged `generation` of it. Generation 0 (no
     /// record) and a record dropped meanwhile (removed) count as converged — right for stop,
     /// start and remove intents, wrong for creations (a failed one drops its record), which

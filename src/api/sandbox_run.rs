@@ -58,8 +58,7 @@ impl Server {
                 let netns_path = (!host_network).then(|| self.config.netns_dir.join(&id).display().to_string());
                 let created_at = super::now_nanos();
                 let state = self
-                    .journal
-                    .append(vec![Event::SandboxRequested {
+                    .record(vec![Event::SandboxRequested {
                         id: id.clone(),
                         config: Box::new(config.clone()),
                         runtime_handler: req.runtime_handler.clone(),

@@ -78,7 +78,7 @@ impl Server {
         deadline: Duration,
     ) -> Result<(), ApiError> {
         let key = ObjectKey::Sandbox(id.to_string());
-        let state = self.journal.append(intents).await?;
+        let state = self.record(intents).await?;
         let started = std::time::Instant::now();
         for c in state.containers_of(id) {
             let ckey = ObjectKey::Container(c.id.clone());

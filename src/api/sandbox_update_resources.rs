@@ -34,8 +34,7 @@ impl Server {
         }
         let key = ObjectKey::Sandbox(id.clone());
         let state = self
-            .journal
-            .append(vec![Event::SandboxResourcesUpdated {
+            .record(vec![Event::SandboxResourcesUpdated {
                 id: id.clone(),
                 overhead: req.overhead.map(Box::new),
                 resources: req.resources.map(Box::new),

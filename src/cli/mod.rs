@@ -194,8 +194,8 @@ pub enum ConfigCommand {
 
 /// What the command line asks for.
 pub enum Invocation {
-    /// Run the daemon with this effective config.
-    Daemon(Box<Config>),
+    /// Run the daemon with this effective config; SIGHUP reads it again with the loader.
+    Daemon(Box<Config>, concord::daemon::reload::LoadConfig),
     /// Print a config file or table (needs no config, except `config show`).
     Config(ConfigCommand, Option<Box<Config>>),
     /// Write the man page and the completions into this directory.
@@ -237,20 +237,19 @@ pub fn parse() -> Result<Invocation, ExitCode> {
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
     let effective = || {
-        Config::load(&path, required)
-            .map_err(anyhow::Error::from)
-            .and_then(|mut c| {
-                c.update_from_arg_matches(&matches)?;
-                c.validate()?;
-                Ok(c)
-            })
-            .map_err(|e| {
-                eprintln!("concord: {e}");
-                ExitCode::from(2)
-            })
+        load_effective(&path, required, &matches).map_err(|e| {
+            eprintln!("concord: {e}");
+            ExitCode::from(2)
+        })
     };
     match cli.command {
-        None => Ok(Invocation::Daemon(Box::new(effective()?))),
+        None => {
+            let config = effective()?;
+            let (path, matches) = (path.clone(), matches.clone());
+            let load =
+                move || load_effective(&path, required, &matches).map_err(|e| format!("{e:#}"));
+            Ok(Invocation::Daemon(Box::new(config), Box::new(load)))
+        }
         Some(Command::Config {
             what: what @ ConfigCommand::Show,
         }) => Ok(Invocation::Config(what, Some(Box::new(effective()?)))),
@@ -277,6 +276,18 @@ pub fn parse() -> Result<Invocation, ExitCode> {
             }
         }
     }
+}
+
+/// The effective config: defaults < the config file and its drop-ins < flags, validated.
+fn load_effective(
+    path: &std::path::Path,
+    required: bool,
+    matches: &clap::ArgMatches,
+) -> anyhow::Result<Config> {
+    let mut c = Config::load(path, required)?;
+    c.update_from_arg_matches(matches)?;
+    c.validate()?;
+    Ok(c)
 }
 
 /// The socket the config file names; where the file is missing or broken, the default socket

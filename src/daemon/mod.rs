@@ -5,8 +5,10 @@
 //! A critical task (gRPC server, event stream, reconcile loop, journal writer) that ends on its
 //! own makes the daemon exit non-zero, so its supervisor restarts it.
 
+pub mod logging;
 pub mod notify;
 pub mod process;
+pub mod reload;
 pub mod socket;
 
 use std::sync::Arc;
@@ -122,8 +124,9 @@ struct Tasks {
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Runs concord with a validated config until SIGTERM/SIGINT (Ok) or a failure (Err).
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// Runs concord with a validated config until SIGTERM/SIGINT (Ok) or a failure (Err); SIGHUP
+/// applies the config again through `reload`.
+pub async fn run(config: Config, reload: reload::Reload) -> Result<(), DaemonError> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
     let stops = Stops::default();
@@ -131,6 +134,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // shut down cleanly, never kill the process with the default action.
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     // Journal first: a journal we refuse must stop the start before anything else happens.
     let path = config.journal_path();
@@ -159,6 +163,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (parts, dispatch) = build(&config, journal, metrics, &stops);
     let (mut tasks, health) = spawn_background(&config, &parts, &dispatch, &stops).await?;
     tasks.critical.push(named("journal writer", journal_task));
+    tasks.background.push(reload::spawn(
+        reload,
+        sighup,
+        config.clone(),
+        parts.network.clone(),
+        stops.r#loop.clone(),
+    ));
     let mut server_task = serve(&config, parts, health, listener, &stops, &mut tasks).await?;
     tracing::info!(
         socket = %config.listen.display(),

@@ -61,45 +61,26 @@ pub struct Names {
 
 impl Names {
     pub fn of(state: &State, key: &ObjectKey) -> Names {
-        let pod = |id: &str| {
-            let meta = state
-                .sandboxes
-                .get(id)
-                .and_then(|s| s.config.metadata.clone())
-                .unwrap_or_default();
-            (format!("{}/{}", meta.namespace, meta.name), meta.uid)
+        let Some(n) = state.describe(key) else {
+            return Names::default();
         };
-        match key {
-            ObjectKey::RuntimeConfig => Names::default(),
-            ObjectKey::Sandbox(id) => {
-                let (pod, pod_uid) = pod(id);
-                let ready = state.sandboxes.get(id).is_some_and(|s| s.ready());
-                Names {
-                    pod,
-                    pod_uid,
-                    pod_id: id.clone(),
-                    container: String::new(),
-                    state: if ready {
-                        "SANDBOX_READY"
-                    } else {
-                        "SANDBOX_NOTREADY"
-                    }
-                    .into(),
-                }
-            }
-            ObjectKey::Container(id) => {
-                let Some(c) = state.containers.get(id) else {
-                    return Names::default();
-                };
-                let (pod, pod_uid) = pod(&c.sandbox_id);
-                Names {
-                    pod,
-                    pod_uid,
-                    pod_id: c.sandbox_id.clone(),
-                    container: c.config.metadata.clone().unwrap_or_default().name,
-                    state: c.cri_state().as_str_name().into(),
-                }
-            }
+        let cri_state = match key {
+            ObjectKey::Sandbox(id) => match state.sandboxes.get(id).is_some_and(|s| s.ready()) {
+                true => "SANDBOX_READY",
+                false => "SANDBOX_NOTREADY",
+            },
+            ObjectKey::Container(id) => state
+                .containers
+                .get(id)
+                .map_or("", |c| c.cri_state().as_str_name()),
+            ObjectKey::RuntimeConfig => "",
+        };
+        Names {
+            pod: n.pod,
+            pod_uid: n.pod_uid,
+            pod_id: n.pod_id,
+            container: n.container.unwrap_or_default(),
+            state: cri_state.into(),
         }
     }
 

@@ -8,6 +8,7 @@
 mod codec;
 mod event;
 pub mod history;
+mod names;
 mod store;
 mod writer;
 
@@ -21,6 +22,7 @@ pub use event::{
     container_name, sandbox_name, ContainerDesired, ContainerRecord, ContainerUser, Event,
     ObjectKey, RuntimeConfigSpec, SandboxDesired, SandboxRecord, State,
 };
+pub use names::ObjectNames;
 pub use store::{write_foreign_schema, Journal, JournalError, OpenInfo, SCHEMA_VERSION};
 
 use crate::metrics::Metrics;

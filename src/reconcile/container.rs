@@ -15,7 +15,7 @@ use crate::containerd::{
 };
 use crate::image::Images;
 use crate::journal::{
-    ContainerDesired, ContainerRecord, ContainerUser, Event, JournalHandle, State,
+    ContainerDesired, ContainerRecord, ContainerUser, Event, JournalHandle, ObjectKey, State,
 };
 use crate::oci::container::{container_spec, ContainerContext};
 
@@ -161,6 +161,7 @@ impl ContainerReconciler {
             self.remove(id).await?;
             return Ok(Reconciled::default());
         };
+        let key = ObjectKey::Container(id.into());
         if rec.desired != ContainerDesired::Removed && !rec.created {
             let user = match self.create(rec, state).await {
                 Ok(user) => user,
@@ -170,6 +171,13 @@ impl ContainerReconciler {
                     self.journal
                         .append(vec![Event::ContainerRemoved { id: id.into() }])
                         .await?;
+                    crate::lifecycle_info!(
+                        *state,
+                        &key,
+                        reason = "create failed",
+                        error = %e,
+                        "container removed"
+                    );
                     return Err(e);
                 }
             };
@@ -179,6 +187,7 @@ impl ContainerReconciler {
                     user,
                 }])
                 .await?;
+            crate::lifecycle_info!(*state, &key, image = %rec.image_name, "container created");
         }
         match rec.desired {
             ContainerDesired::Created => {}
@@ -220,6 +229,7 @@ impl ContainerReconciler {
                 self.journal
                     .append(vec![Event::ContainerRemoved { id: id.into() }])
                     .await?;
+                crate::lifecycle_info!(*state, &key, "container removed");
                 return Ok(observed(json!({"state": "removed"})));
             }
         }
@@ -412,7 +422,11 @@ impl ContainerReconciler {
             .is_some_and(|s| s.ready())
         {
             return self
-                .fail_start(id, format!("pod sandbox {} is not ready", rec.sandbox_id))
+                .fail_start(
+                    state,
+                    id,
+                    format!("pod sandbox {} is not ready", rec.sandbox_id),
+                )
                 .await;
         }
         // A start cut off before its fact was recorded may have run the entrypoint already: a
@@ -426,7 +440,7 @@ impl ContainerReconciler {
                     pid,
                     "adopted a task an interrupted start left running"
                 );
-                return self.record_started(id, pid).await;
+                return self.record_started(state, id, pid).await;
             }
             Some((pid, TaskStatus::Stopped)) => {
                 tracing::info!(
@@ -465,11 +479,11 @@ impl ContainerReconciler {
         }
         .await;
         match started {
-            Ok(pid) => self.record_started(id, pid).await,
+            Ok(pid) => self.record_started(state, id, pid).await,
             Err(e) => {
                 let _ = self.ctd.delete_task(id).await;
                 self.attachments.detach(id);
-                self.fail_start(id, e.to_string()).await
+                self.fail_start(state, id, e.to_string()).await
             }
         }
     }
@@ -486,7 +500,12 @@ impl ContainerReconciler {
         Ok(())
     }
 
-    async fn record_started(&self, id: &str, pid: u32) -> Result<(), ReconcileError> {
+    async fn record_started(
+        &self,
+        state: &State,
+        id: &str,
+        pid: u32,
+    ) -> Result<(), ReconcileError> {
         self.journal
             .append(vec![Event::ContainerStarted {
                 id: id.into(),
@@ -494,19 +513,39 @@ impl ContainerReconciler {
                 started_at: now_nanos(),
             }])
             .await?;
+        crate::lifecycle_info!(
+            *state,
+            &ObjectKey::Container(id.into()),
+            pid,
+            "container started"
+        );
         Ok(())
     }
 
-    async fn fail_start(&self, id: &str, message: String) -> Result<(), ReconcileError> {
+    async fn fail_start(
+        &self,
+        state: &State,
+        id: &str,
+        message: String,
+    ) -> Result<(), ReconcileError> {
         self.journal
             .append(vec![Event::ContainerExited {
                 id: id.into(),
                 exit_code: START_FAILED_EXIT,
                 finished_at: now_nanos(),
                 reason: "StartError".into(),
-                message,
+                message: message.clone(),
             }])
             .await?;
+        let key = ObjectKey::Container(id.into());
+        crate::lifecycle_info!(
+            *state,
+            &key,
+            exit_code = START_FAILED_EXIT,
+            reason = "StartError",
+            %message,
+            "container exited"
+        );
         Ok(())
     }
 
@@ -642,6 +681,13 @@ impl ContainerReconciler {
                 started_at: finished_at,
             });
         }
+        let reason = if oom {
+            "OOMKilled"
+        } else if code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
         self.journal
             .append(
                 events
@@ -650,19 +696,17 @@ impl ContainerReconciler {
                         id: rec.id.clone(),
                         exit_code: code,
                         finished_at,
-                        reason: if oom {
-                            "OOMKilled"
-                        } else if code == 0 {
-                            "Completed"
-                        } else {
-                            "Error"
-                        }
-                        .into(),
+                        reason: reason.into(),
                         message: String::new(),
                     }])
                     .collect(),
             )
             .await?;
+        let key = ObjectKey::Container(rec.id.clone());
+        if let Some(pid) = started {
+            crate::lifecycle_info!(*state, &key, pid, "container started");
+        }
+        crate::lifecycle_info!(*state, &key, exit_code = code, reason, "container exited");
         Ok(())
     }
 

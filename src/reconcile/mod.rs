@@ -419,7 +419,15 @@ impl Controller {
     async fn run_one(self: &Arc<Self>, key: &ObjectKey) {
         let state = self.journal.state();
         let generation = state.generation(key);
-        let span = tracing::info_span!("reconcile", kind = key.kind(), id = key.id(), generation);
+        let names = state.describe(key);
+        let span = tracing::info_span!(
+            "reconcile",
+            kind = key.kind(),
+            id = key.id(),
+            generation,
+            pod = names.as_ref().map(|n| n.pod.as_str()),
+            container = names.as_ref().and_then(|n| n.container.as_deref())
+        );
         let start = Instant::now();
         let limit = self.config.timeout_seconds;
         let (result, steps) = steps::collect(tokio::time::timeout(

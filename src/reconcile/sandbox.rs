@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::{ReconcileError, Reconciled};
 use crate::containerd::{cri_labels, ContainerRuntime, Containerd, KIND_LABEL, KIND_SANDBOX};
 use crate::image::Images;
-use crate::journal::{Event, JournalHandle, SandboxDesired, SandboxRecord, State};
+use crate::journal::{Event, JournalHandle, ObjectKey, SandboxDesired, SandboxRecord, State};
 use crate::metrics::Metrics;
 use crate::network::cni::{Attachment, Cni};
 use crate::network::{netns, Network, NetworkStatus};
@@ -95,6 +95,7 @@ impl SandboxReconciler {
             self.remove_orphan(id).await?;
             return Ok(Reconciled::default());
         };
+        let key = ObjectKey::Sandbox(id.into());
         match rec.desired {
             SandboxDesired::Ready if rec.pid.is_none() => match self.start(rec).await {
                 Ok((ips, pid)) => {
@@ -107,6 +108,8 @@ impl SandboxReconciler {
                             Event::SandboxStarted { id: id.into(), pid },
                         ])
                         .await?;
+                    let ip = ips.first().map(String::as_str).unwrap_or("");
+                    crate::lifecycle_info!(*state, &key, ip, ?ips, pid, "pod ready");
                     Ok(observed(json!({"state": "ready", "pid": pid, "ips": ips})))
                 }
                 Err(e) => {
@@ -117,10 +120,15 @@ impl SandboxReconciler {
                         id: id.into(),
                         error: e.to_string(),
                     }];
-                    if self.teardown(id, rec).await {
+                    let removed = self.teardown(id, rec).await;
+                    if removed {
                         facts.push(Event::SandboxRemoved { id: id.into() });
                     }
                     self.journal.append(facts).await?;
+                    crate::lifecycle_info!(*state, &key, error = %e, "pod failed");
+                    if removed {
+                        crate::lifecycle_info!(*state, &key, reason = "failed", "pod removed");
+                    }
                     Err(e)
                 }
             },
@@ -136,6 +144,7 @@ impl SandboxReconciler {
                         self.journal
                             .append(vec![Event::SandboxExited { id: id.into() }])
                             .await?;
+                        crate::lifecycle_info!(*state, &key, reason = "exited", "pod not ready");
                     }
                 }
                 let mut seen = json!({"state": if running { "ready" } else { "notready" }});
@@ -150,6 +159,7 @@ impl SandboxReconciler {
                     self.journal
                         .append(vec![Event::SandboxStopped { id: id.into() }])
                         .await?;
+                    crate::lifecycle_info!(*state, &key, "pod stopped");
                 }
                 Ok(observed(json!({"state": "stopped"})))
             }
@@ -163,6 +173,7 @@ impl SandboxReconciler {
                 self.journal
                     .append(vec![Event::SandboxRemoved { id: id.into() }])
                     .await?;
+                crate::lifecycle_info!(*state, &key, "pod removed");
                 Ok(observed(json!({"state": "removed"})))
             }
         }

@@ -103,6 +103,8 @@ pub struct Daemon {
     pub extra: Vec<String>,
     /// Environment of the daemon's process (besides the test's own).
     pub env: Vec<(String, String)>,
+    /// The --log-level flag (None: none, the config file's applies).
+    pub log_level: Option<String>,
     pub child: Option<Child>,
     metrics_retries: u32,
     _tmp: Option<tempfile::TempDir>,
@@ -135,6 +137,7 @@ impl Daemon {
                 ),
             ],
             env: Vec::new(),
+            log_level: Some("debug".into()),
             dir,
             child: None,
             metrics_retries: 0,
@@ -159,7 +162,7 @@ impl Daemon {
         .arg(format!("--metrics-address=127.0.0.1:{}", self.metrics_port))
         .arg("--containerd-health-interval-seconds=1")
         .arg("--cni-rescan-interval-seconds=1")
-        .arg("--log-level=debug")
+        .args(self.log_level.iter().map(|l| format!("--log-level={l}")))
         .args(&self.extra)
         .envs(self.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
@@ -270,6 +273,24 @@ impl Daemon {
             c.kill().ok();
             c.wait().ok();
         }
+    }
+
+    /// Version over CRI (it must answer).
+    pub async fn version(&self) {
+        self.runtime()
+            .await
+            .version(concord::cri::VersionRequest::default())
+            .await
+            .unwrap();
+    }
+
+    /// SIGHUP: the daemon reads its config again.
+    pub fn hangup(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
     }
 
     /// SIGTERM; answers the exit status.
