@@ -132,6 +132,11 @@ impl History {
         if !rings.contains_key(key) {
             let mut ended = self.ended.lock();
             if let Some(e) = ended.iter_mut().rev().find(|e| &e.key == key) {
+                // Only a failure is news about an object that is gone (a pass over nothing
+                // left to remove is not).
+                if matches!(entry.source, Source::Reconcile { ok: true, .. }) {
+                    return;
+                }
                 if e.entries.len() > RING {
                     e.entries.remove(0);
                 }
@@ -363,9 +368,18 @@ mod tests {
         assert_eq!((ended.len(), &ended[0].key), (1, &key));
         assert_eq!(ended[0].entries.last().unwrap().what, "removed");
         assert_eq!(ended[0].names.state, "REMOVED");
-        // The outcome of the reconcile that removed it joins its ended record.
-        h.record(&key, reconcile(99));
-        assert_eq!(h.ended()[0].entries.last().unwrap().generation, 99);
+        // The failure of the reconcile that removed it joins its ended record; a success
+        // (a pass over nothing) does not.
+        h.record(&key, reconcile(98));
+        let mut failed = reconcile(99);
+        failed.source = Source::Reconcile {
+            ok: false,
+            duration: std::time::Duration::ZERO,
+        };
+        h.record(&key, failed);
+        let entries = &h.ended()[0].entries;
+        assert_eq!(entries.last().unwrap().generation, 99);
+        assert!(entries.iter().all(|e| e.generation != 98));
         assert!(h.of(&key).is_empty());
     }
 }
