@@ -253,6 +253,7 @@ fn build(
                 log_writer: log_writer_binary(),
                 max_log_line: crate::logwriter::MAX_LINE,
                 reconcile_timeout: config.reconcile.timeout_seconds,
+                metrics: metrics.clone(),
             },
             attachments.clone(),
         )),
@@ -285,6 +286,12 @@ async fn spawn_background(
     stops: &Stops,
 ) -> Result<(Tasks, watch::Receiver<Health>), DaemonError> {
     let (controller, images, metrics) = (&parts.controller, &parts.images, &parts.metrics);
+    let failing = Arc::downgrade(controller);
+    metrics.on_scrape(move |m| {
+        if let Some(c) = failing.upgrade() {
+            m.count_failing(&c.objects());
+        }
+    });
     {
         let images = images.clone();
         controller.on_resync(move || {
