@@ -126,6 +126,7 @@ struct Tasks {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
+    metrics.init_handlers(&config.runtime);
     let stops = Stops::default();
     // Handlers before the socket: a SIGTERM that arrives once a client has been answered must
     // shut down cleanly, never kill the process with the default action.

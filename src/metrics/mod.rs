@@ -78,6 +78,9 @@ impl MetricDoc {
     }
 }
 
+/// The kinds of objects the reconcile loop manages (`ObjectKey::kind`).
+const OBJECT_KINDS: [&str; 3] = ["runtime_config", "sandbox", "container"];
+
 /// Code run before each scrape renders the metrics (gauges computed from state on demand).
 type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
 
@@ -111,7 +114,9 @@ macro_rules! metrics {
                         .register(Box::new($field.clone()))
                         .expect("metric registered twice");
                 )*
-                Metrics { registry, scrape_hooks: Mutex::new(Vec::new()), $($field,)* }
+                let m = Metrics { registry, scrape_hooks: Mutex::new(Vec::new()), $($field,)* };
+                m.init_known_labels();
+                m
             }
 
             /// Every metric this process exports, sorted by name.
@@ -356,11 +361,44 @@ impl Metrics {
         self.scrape_hooks.lock().push(Box::new(hook));
     }
 
+    /// Creates the series of every known label value at 0, so that a rate or an alert sees a
+    /// series before the first increment (kinds, results, event types, stream kinds).
+    fn init_known_labels(&self) {
+        for kind in OBJECT_KINDS {
+            self.reconcile_failing.with_label_values(&[kind]).set(0);
+            self.reconcile_retries.with_label_values(&[kind]);
+            self.drift_corrected.with_label_values(&[kind]);
+            for result in ["ok", "error"] {
+                self.reconciles.with_label_values(&[kind, result]);
+            }
+        }
+        for t in ["created", "started", "stopped", "deleted"] {
+            self.container_events.with_label_values(&[t]);
+        }
+        for kind in ["exec", "attach", "portforward"] {
+            self.stream_sessions.with_label_values(&[kind]);
+            self.streams_open.with_label_values(&[kind]);
+            for direction in ["in", "out"] {
+                self.stream_bytes.with_label_values(&[kind, direction]);
+            }
+        }
+        self.pulls.with_label_values(&["ok"]);
+    }
+
+    /// Creates the per-handler series (pod start latency, OOM kills) of every configured
+    /// runtime handler at 0.
+    pub fn init_handlers(&self, runtime: &crate::config::RuntimeConfig) {
+        for handler in runtime.handlers.keys() {
+            self.pod_start_duration.with_label_values(&[handler]);
+            self.oom_kills.with_label_values(&[handler]);
+        }
+    }
+
     /// Sets `concord_reconcile_failing_objects`: per kind, the objects whose last reconcile
     /// failed (every kind present, 0 included).
     pub fn count_failing(&self, views: &[crate::reconcile::ObjectView]) {
         let mut failing: std::collections::BTreeMap<&str, i64> =
-            ["runtime_config", "sandbox", "container"].map(|k| (k, 0)).into();
+            OBJECT_KINDS.map(|k| (k, 0)).into();
         for v in views {
             *failing.entry(v.key.kind()).or_default() += i64::from(v.status.retries > 0);
         }
