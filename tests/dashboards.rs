@@ -78,9 +78,9 @@ fn every_panel_has_a_description_one_unit_the_datasource_variable_and_filtered_q
         let var = |name: &str| vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no ${name} variable"));
         assert_eq!(var("datasource")["type"], "datasource");
         assert_eq!(var("datasource")["query"], "prometheus");
-        assert_eq!(var("job")["definition"], "label_values(concord_build_info, job)");
+        assert_eq!(var("job")["query"]["query"], "label_values(concord_build_info, job)");
         assert_eq!(
-            var("instance")["definition"],
+            var("instance")["query"]["query"],
             r#"label_values(concord_build_info{job=~"$job"}, instance)"#
         );
         assert_eq!(var("instance")["multi"], true);
