@@ -2,10 +2,11 @@
 //!
 //! Names carry the `concord_` prefix and base units; labels are bounded (method, code, kind,
 //! step, topic, handler), never an object id. The process's own metrics (`process_*`: memory,
-//! CPU, file descriptors, start time) come from the prometheus crate's /proc collector.
+//! CPU, file descriptors, threads, start time) come from /proc/self ([`process`]).
 //! docs/metrics.md lists every metric ([`docs::markdown`]).
 
 pub mod docs;
+mod process;
 mod server;
 
 pub use server::serve;
@@ -155,31 +156,20 @@ fn build_info() -> IntGaugeVec {
 
 /// The process metrics (`process_*`, read from /proc/self at each scrape).
 fn register_process(registry: &Registry) {
-    #[cfg(target_os = "linux")]
     registry
-        .register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
+        .register(Box::new(process::ProcessCollector::new()))
         .expect("metric registered twice");
-    #[cfg(not(target_os = "linux"))]
-    let _ = registry;
 }
 
 /// The process collector's metrics (its counter ends in `_total`).
 fn process_docs() -> Vec<MetricDoc> {
-    #[cfg(target_os = "linux")]
-    return MetricDoc::of(
-        &prometheus::process_collector::ProcessCollector::for_self(),
-        |name| {
-            if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            }
-        },
-    );
-    #[cfg(not(target_os = "linux"))]
-    Vec::new()
+    MetricDoc::of(&process::ProcessCollector::new(), |name| {
+        if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        }
+    })
 }
 
 metrics! {
