@@ -201,6 +201,26 @@ fn rules_reference_only_exported_metrics_and_pass_promtool() {
     }
 }
 
+/// hack/prom-proof.sh: a Prometheus scraping a live concord (this build) and containerd under a
+/// crictl workload has data for every panel query. Opt-in (root, the dev rig, about 40 s):
+/// `cargo test --test dashboards -- --ignored`.
+#[test]
+#[ignore]
+fn every_panel_query_has_data_from_a_live_concord() {
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/prom-proof.sh"))
+        .env("CONCORD", env!("CARGO_BIN_EXE_concord"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "hack/prom-proof.sh failed:\n{text}");
+}
+
 fn which(name: &str) -> Result<PathBuf, ()> {
     std::env::var_os("PATH")
         .into_iter()
