@@ -64,8 +64,14 @@ fn unfiltered(expr: &str) -> Vec<String> {
 
 #[test]
 fn unfiltered_finds_selectors_without_job_and_instance() {
-    assert!(unfiltered(r#"sum by (kind) (rate(concord_x{job=~"$job", instance=~"$instance"}[5m]))"#).is_empty());
-    assert_eq!(unfiltered("up + concord_y{instance=~\"$instance\"}"), ["up", "concord_y"]);
+    assert!(unfiltered(
+        r#"sum by (kind) (rate(concord_x{job=~"$job", instance=~"$instance"}[5m]))"#
+    )
+    .is_empty());
+    assert_eq!(
+        unfiltered("up + concord_y{instance=~\"$instance\"}"),
+        ["up", "concord_y"]
+    );
 }
 
 #[test]
@@ -75,10 +81,17 @@ fn every_panel_has_a_description_one_unit_the_datasource_variable_and_filtered_q
         let dash: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let vars = dash["templating"]["list"].as_array().unwrap();
-        let var = |name: &str| vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no ${name} variable"));
+        let var = |name: &str| {
+            vars.iter()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("no ${name} variable"))
+        };
         assert_eq!(var("datasource")["type"], "datasource");
         assert_eq!(var("datasource")["query"], "prometheus");
-        assert_eq!(var("job")["query"]["query"], "label_values(concord_build_info, job)");
+        assert_eq!(
+            var("job")["query"]["query"],
+            "label_values(concord_build_info, job)"
+        );
         assert_eq!(
             var("instance")["query"]["query"],
             r#"label_values(concord_build_info{job=~"$job"}, instance)"#
@@ -92,10 +105,17 @@ fn every_panel_has_a_description_one_unit_the_datasource_variable_and_filtered_q
                 p["description"].as_str().is_some_and(|d| d.len() > 20),
                 "{title}: no description"
             );
-            assert_eq!(p["datasource"], ds, "{title}: datasource is not $datasource");
+            assert_eq!(
+                p["datasource"], ds,
+                "{title}: datasource is not $datasource"
+            );
             let unit = p["fieldConfig"]["defaults"]["unit"].as_str();
             assert!(unit.is_some_and(|u| !u.is_empty()), "{title}: no unit");
-            for o in p["fieldConfig"]["overrides"].as_array().into_iter().flatten() {
+            for o in p["fieldConfig"]["overrides"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 for prop in o["properties"].as_array().into_iter().flatten() {
                     assert_ne!(prop["id"], "unit", "{title}: a second unit in an override");
                 }
@@ -103,7 +123,10 @@ fn every_panel_has_a_description_one_unit_the_datasource_variable_and_filtered_q
             let targets = p["targets"].as_array().unwrap();
             assert!(!targets.is_empty(), "{title}: no query");
             for t in targets {
-                assert_eq!(t["datasource"], ds, "{title}: a query's datasource is not $datasource");
+                assert_eq!(
+                    t["datasource"], ds,
+                    "{title}: a query's datasource is not $datasource"
+                );
                 let expr = t["expr"].as_str().unwrap();
                 let bad = unfiltered(expr);
                 assert!(bad.is_empty(), "{title}: {bad:?} lack {FILTER}}}: {expr}");

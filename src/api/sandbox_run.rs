@@ -84,7 +84,8 @@ impl Server {
             })?;
         if created {
             let handler = &req.runtime_handler;
-            self.metrics.pod_started(&self.config.runtime, handler, started);
+            self.metrics
+                .pod_started(&self.config.runtime, handler, started);
         }
         Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
     }

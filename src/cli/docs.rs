@@ -25,7 +25,11 @@ pub fn generate(dir: &Path) -> anyhow::Result<()> {
         clap_complete::generate(shell, &mut cmd.clone(), "concord", &mut out);
         write(dir, name, &out)?;
     }
-    write(dir, "metrics.md", concord::metrics::docs::markdown().as_bytes())?;
+    write(
+        dir,
+        "metrics.md",
+        concord::metrics::docs::markdown().as_bytes(),
+    )?;
     Ok(())
 }
 

@@ -398,7 +398,12 @@ impl Metrics {
     }
 
     /// Records one sandbox a RunPodSandbox created and saw Ready, `since` its request.
-    pub fn pod_started(&self, runtime: &crate::config::RuntimeConfig, handler: &str, since: std::time::Instant) {
+    pub fn pod_started(
+        &self,
+        runtime: &crate::config::RuntimeConfig,
+        handler: &str,
+        since: std::time::Instant,
+    ) {
         self.pod_start_duration
             .with_label_values(&[handler_label(runtime, handler)])
             .observe(since.elapsed().as_secs_f64());
@@ -458,7 +463,9 @@ mod tests {
         for d in &catalog {
             assert!(d.help.len() > 15, "{} needs a meaningful help", d.name);
         }
-        assert!(catalog.iter().any(|d| d.name == "process_resident_memory_bytes"));
+        assert!(catalog
+            .iter()
+            .any(|d| d.name == "process_resident_memory_bytes"));
     }
 
     #[test]

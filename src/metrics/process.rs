@@ -27,7 +27,10 @@ impl ProcessCollector {
                 "User and system CPU time the concord process spent, in seconds",
             )
             .unwrap(),
-            open_fds: gauge("process_open_fds", "File descriptors the concord process has open"),
+            open_fds: gauge(
+                "process_open_fds",
+                "File descriptors the concord process has open",
+            ),
             max_fds: gauge(
                 "process_max_fds",
                 "The concord process's limit of open file descriptors (soft RLIMIT_NOFILE)",
@@ -49,7 +52,8 @@ impl ProcessCollector {
         };
         if let (Ok(boot), Ok(stat)) = (procfs::boot_time_secs(), myself_stat()) {
             let ticks = procfs::ticks_per_second() as f64;
-            c.start_time.set(boot as f64 + stat.starttime as f64 / ticks);
+            c.start_time
+                .set(boot as f64 + stat.starttime as f64 / ticks);
         }
         c
     }
@@ -135,14 +139,21 @@ mod tests {
             .unwrap()
             .as_secs_f64();
         let started = c.start_time.get();
-        assert!(started > now - 3600.0 && started <= now + 1.0, "{started} vs {now}");
+        assert!(
+            started > now - 3600.0 && started <= now + 1.0,
+            "{started} vs {now}"
+        );
         // Sub-second CPU time is kept (the clock tick is 10 ms).
         let spin = std::time::Instant::now();
         while spin.elapsed() < std::time::Duration::from_millis(50) {
             std::hint::black_box(0u64);
         }
         c.refresh();
-        assert!(c.cpu.get() > 0.0 && c.cpu.get().fract() != 0.0, "{}", c.cpu.get());
+        assert!(
+            c.cpu.get() > 0.0 && c.cpu.get().fract() != 0.0,
+            "{}",
+            c.cpu.get()
+        );
         assert_eq!(c.collect().len(), 7);
     }
 }

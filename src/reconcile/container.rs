@@ -677,7 +677,11 @@ impl ContainerReconciler {
             .get(&rec.sandbox_id)
             .map_or("", |s| s.runtime_handler.as_str());
         let handler = crate::metrics::handler_label(&self.settings.runtime, handler);
-        self.settings.metrics.oom_kills.with_label_values(&[handler]).inc();
+        self.settings
+            .metrics
+            .oom_kills
+            .with_label_values(&[handler])
+            .inc();
     }
 
     /// Task, container, snapshot, state: whatever of them exists.
