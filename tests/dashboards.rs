@@ -205,22 +205,11 @@ fn rules_reference_only_exported_metrics_and_pass_promtool() {
         vec!["check", "rules", "concord-rules.yaml"],
         vec!["test", "rules", "concord-rules.test.yaml"],
     ] {
-        let out = std::process::Command::new(&promtool)
+        let (ok, text) = run(std::process::Command::new(&promtool)
             .args(&args)
-            .current_dir(DIR)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .current_dir(DIR));
         eprintln!("promtool {}:\n{text}", args.join(" "));
-        assert!(
-            out.status.success(),
-            "promtool {} failed:\n{text}",
-            args.join(" ")
-        );
+        assert!(ok, "promtool {} failed:\n{text}", args.join(" "));
     }
 }
 
@@ -230,18 +219,22 @@ fn rules_reference_only_exported_metrics_and_pass_promtool() {
 #[test]
 #[ignore]
 fn every_panel_query_has_data_from_a_live_concord() {
-    let out = std::process::Command::new("bash")
+    let (ok, text) = run(std::process::Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/prom-proof.sh"))
-        .env("CONCORD", env!("CARGO_BIN_EXE_concord"))
-        .output()
-        .unwrap();
+        .env("CONCORD", env!("CARGO_BIN_EXE_concord")));
+    eprintln!("{text}");
+    assert!(ok, "hack/prom-proof.sh failed:\n{text}");
+}
+
+/// Runs `cmd`: whether it succeeded, and its stdout then stderr.
+fn run(cmd: &mut std::process::Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!("{text}");
-    assert!(out.status.success(), "hack/prom-proof.sh failed:\n{text}");
+    (out.status.success(), text)
 }
 
 fn which(name: &str) -> Result<PathBuf, ()> {
