@@ -18,6 +18,11 @@ pub fn markdown() -> String {
          No label carries an object id; `handler` is the pod's runtime handler (the default\n\
          handler's name when the pod names none). The dashboard `dashboards/concord.json` and the\n\
          rules `dashboards/concord-rules.yaml` use these metrics.\n\n\
+         The dashboard is proved on real data by `hack/prom-proof.sh` (root, the dev rig): a\n\
+         Prometheus scrapes a concord and containerd under a crictl workload (pods, exec, logs, an\n\
+         OOM kill, a failing CNI plugin, a containerd restart) and every panel query must return\n\
+         series (`cargo test --test dashboards -- --ignored` runs it). `hack/dashboard-schema.sh`\n\
+         type-checks it against Grafana's published dashboard types (@grafana/schema).\n\n\
          | metric | type | labels | meaning |\n|---|---|---|---|\n",
     );
     for m in Metrics::new().catalog() {
