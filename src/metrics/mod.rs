@@ -24,6 +24,11 @@ pub fn rpc_buckets() -> Vec<f64> {
     (0..14).map(|n| 0.005 * 2.5f64.powi(n)).collect()
 }
 
+/// containerd call buckets: 0.5 ms × 2.5^n up to about 2 minutes.
+fn containerd_buckets() -> Vec<f64> {
+    (0..14).map(|n| 0.0005 * 2.5f64.powi(n)).collect()
+}
+
 /// Image pull buckets: 0.5 s to 10 minutes (a pull of a large image over a slow link).
 fn pull_buckets() -> Vec<f64> {
     vec![0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]
@@ -84,11 +89,6 @@ const OBJECT_KINDS: [&str; 3] = ["runtime_config", "sandbox", "container"];
 
 /// Code run before each scrape renders the metrics (gauges computed from state on demand).
 type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
-
-/// containerd call buckets: 0.5 ms × 2.5^n up to about 2 minutes.
-fn containerd_buckets() -> Vec<f64> {
-    (0..14).map(|n| 0.0005 * 2.5f64.powi(n)).collect()
-}
 
 /// Declares [`Metrics`], one field per metric, and its constructor, which creates and registers
 /// each; a metric is written once.
