@@ -187,6 +187,8 @@ else
   log "containerd restart SKIPPED: the rig's containerd is shared (OWN_CONTAINERD=1 restarts its own)"
 fi
 
+# A second NotFound: the first made its series (a rate needs an increase after it).
+"${CRI[@]}" inspect no-such-container >/dev/null 2>&1 || true
 log "stop and remove"
 "${CRI[@]}" stop "$CTR" >/dev/null
 "${CRI[@]}" rm "$CTR" "$OOM" >/dev/null
