@@ -6,10 +6,15 @@
 //! protoc learned in 22.0; Debian's protoc 3.21 refuses it. The option has no wire meaning: the
 //! file is compiled from a copy without it, and `AuthConfig` gets no derived Debug (src/lib.rs
 //! writes one that redacts those fields, as the option asks).
-use std::path::PathBuf;
+//!
+//! It also names the build for `concord_build_info`: CONCORD_GIT_REVISION (`git rev-parse
+//! --short HEAD`, "unknown" outside a git checkout) and CONCORD_RUSTC_VERSION (`rustc --version`).
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    build_info();
     let out = PathBuf::from(std::env::var("OUT_DIR")?).join("proto");
     let cri = std::fs::read_to_string("proto/runtime/v1/api.proto")?;
     let redacted = cri.matches(" [debug_redact = true]").count();
@@ -49,4 +54,47 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["proto"],
         )?;
     Ok(())
+}
+
+/// The output of `program args`, trimmed (None: it failed or is absent).
+fn output(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_string())
+}
+
+/// Sets CONCORD_GIT_REVISION and CONCORD_RUSTC_VERSION; reruns when HEAD moves (a commit, a
+/// checkout: HEAD, the branch's ref, packed-refs).
+fn build_info() {
+    let revision = output("git", &["rev-parse", "--short", "HEAD"]);
+    println!(
+        "cargo:rustc-env=CONCORD_GIT_REVISION={}",
+        revision.as_deref().unwrap_or("unknown")
+    );
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    println!(
+        "cargo:rustc-env=CONCORD_RUSTC_VERSION={}",
+        output(rustc, &["--version"]).unwrap_or_else(|| "unknown".into())
+    );
+    if revision.is_none() {
+        return;
+    }
+    // In a worktree HEAD lives in its own git dir, branches and packed-refs in the common one.
+    let git_dir = output("git", &["rev-parse", "--git-dir"]).map(PathBuf::from);
+    let common = output("git", &["rev-parse", "--git-common-dir"]).map(PathBuf::from);
+    let head_ref = output("git", &["symbolic-ref", "-q", "HEAD"]);
+    let mut watched: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = &git_dir {
+        watched.push(dir.join("HEAD"));
+    }
+    if let Some(common) = &common {
+        watched.push(common.join("packed-refs"));
+        if let Some(r) = &head_ref {
+            watched.push(common.join(r));
+        }
+    }
+    // A path that does not exist would rerun this script on every build.
+    for path in watched.iter().filter(|p| Path::new(p).exists()) {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
 }

@@ -25,6 +25,9 @@
 #   REG_ADDR [127.0.0.1:5000]   CNI_CONF_DIR [/etc/cni/net.d]   CNI_BIN_DIR [/usr/lib/cni]
 #   CNI_SUBNET [10.88.0.0/16]   CNI_NETWORK [rig-bridge]   CNI_BRIDGE [cni0]   SANDBOX_IMAGE [registry.k8s.io/pause:3.10.1]
 #   SKIP_APT [0]   REBUILD_IMAGES [0]   MAKE_ROOT_RSHARED [1]
+#   CTD_METRICS_ADDR [127.0.0.1:1338]: containerd's Prometheus metrics ([metrics] address, path
+#     /v1/metrics; hack/prom-proof.sh can scrape it); empty: none. Left out, with a warning,
+#     when another process than the rig's containerd listens there (containerd would not start).
 #
 # Processes it starts get pid files in $RIG_DIR/run; dev-down.sh stops only those.
 set -euo pipefail
@@ -43,6 +46,7 @@ SANDBOX_IMAGE=${SANDBOX_IMAGE:-registry.k8s.io/pause:3.10.1}
 SKIP_APT=${SKIP_APT:-0}
 REBUILD_IMAGES=${REBUILD_IMAGES:-0}
 MAKE_ROOT_RSHARED=${MAKE_ROOT_RSHARED:-1}
+CTD_METRICS_ADDR=${CTD_METRICS_ADDR-127.0.0.1:1338}
 
 # Bump when the image recipes below change (forces a rebuild + re-push).
 IMAGES_VERSION=4
@@ -561,9 +565,23 @@ have_cap_sys_resource() {
   [ $(( (0x$bnd >> 24) & 1 )) = 1 ]
 }
 
+# containerd's [metrics] section: CTD_METRICS_ADDR, unless another process than the rig's
+# containerd listens there.
+containerd_metrics_section() {
+  [ -n "$CTD_METRICS_ADDR" ] || return 0
+  local holder
+  holder=$(ss -Hltnp "sport = :${CTD_METRICS_ADDR##*:}" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2 || true)
+  if [ -n "$holder" ] && [ "$holder" != "$(cat "$RUN_DIR/containerd.pid" 2>/dev/null)" ]; then
+    log "WARNING: $CTD_METRICS_ADDR is taken (pid $holder): containerd gets no metrics address"
+    return 0
+  fi
+  printf '\n[metrics]\n  address = "%s"\n' "$CTD_METRICS_ADDR"
+}
+
 write_containerd_configs() {
-  local h srv restrict_oom=false
+  local h srv restrict_oom=false metrics
   have_cap_sys_resource || restrict_oom=true
+  metrics=$(containerd_metrics_section)
   # registry host configs (containerd hosts.toml format, used via registry.config_path)
   for h in registry.k8s.io k8s.gcr.io gcr.io docker.io public.ecr.aws quay.io ghcr.io; do
     case "$h" in docker.io) srv=https://registry-1.docker.io ;; *) srv=https://$h ;; esac
@@ -589,6 +607,7 @@ state = "$CTD_DIR/state"
 
 [grpc]
   address = "$CTD_SOCK"
+$metrics
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$SANDBOX_IMAGE"
@@ -623,6 +642,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 [grpc]
   address = "$CTD_SOCK"
+$metrics
 EOF
 }
 

@@ -415,6 +415,18 @@ async fn exits_are_recorded_and_a_failed_start_says_why() {
         })
         .count();
     assert_eq!(oom_lines, 1, "{}", d.log());
+    // Counted once, by the pod's runtime handler (the default handler's name for ""); the pod's
+    // start was timed under the same label.
+    let runc = ["handler=\"runc\""];
+    eventually(Duration::from_secs(5), "OOM kill counted", || async {
+        d.metric("concord_container_oom_kills_total", &runc).await == 1.0
+    })
+    .await;
+    assert_eq!(
+        d.metric("concord_pod_start_duration_seconds_count", &runc)
+            .await,
+        1.0
+    );
 
     let ok = p.run_container(&d, sh_container("ok", "true")).await;
     eventually(Duration::from_secs(10), "completed", || async {

@@ -274,6 +274,20 @@ async fn metrics_pass_promtool_and_use_kubelet_buckets() {
         text.contains("le=\"298.0232238769531\"") || text.contains("le=\"298.02322387695"),
         "buckets pass 4 minutes"
     );
+    // The process's metrics, the loop's failing objects (computed at the scrape), the
+    // per-handler series of the default handler, pulls' buckets up to 10 minutes.
+    for want in [
+        "\nprocess_resident_memory_bytes ",
+        "\nprocess_cpu_seconds_total ",
+        "\nprocess_open_fds ",
+        "concord_reconcile_failing_objects{kind=\"sandbox\"} 0",
+        "concord_pod_start_duration_seconds_bucket{handler=\"runc\",le=\"0.005\"} 0",
+        "concord_container_oom_kills_total{handler=\"runc\"} 0",
+        "concord_image_pull_duration_seconds_bucket{le=\"600\"} 0",
+        "revision=\"",
+    ] {
+        assert!(text.contains(want), "no {want:?} in\n{text}");
+    }
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(!line.contains("_id=\""), "no id labels: {line}");
     }

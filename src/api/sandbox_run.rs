@@ -15,6 +15,7 @@ impl Server {
         req: cri::RunPodSandboxRequest,
         deadline: Duration,
     ) -> Result<cri::RunPodSandboxResponse, ApiError> {
+        let started = std::time::Instant::now();
         let config = req
             .config
             .ok_or_else(|| ApiError::invalid("config", "required"))?;
@@ -38,6 +39,7 @@ impl Server {
         }
         let name = sandbox_name(config.metadata.as_ref().expect("validated"));
         let state = self.journal.state();
+        let created = !state.sandbox_names.contains_key(&name);
         let (id, generation) = match state.sandbox_names.get(&name).and_then(|id| state.sandboxes.get(id)) {
             // A retry (kubelet gave up waiting, or asks again): the same sandbox.
             Some(rec) if rec.desired == SandboxDesired::Ready => (rec.id.clone(), rec.generation),
@@ -79,6 +81,11 @@ impl Server {
                 what: format!("running pod sandbox {name}"),
                 source,
             })?;
+        if created {
+            let handler = &req.runtime_handler;
+            self.metrics
+                .pod_started(&self.config.runtime, handler, started);
+        }
         Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
     }
 }

@@ -1,11 +1,13 @@
 //! `concord generate-docs DIR`: the man page and the shell completions, from the same command
-//! line definition the binary parses (hack/deb.sh puts them in the Debian package).
+//! line definition the binary parses (hack/deb.sh puts them in the Debian package), and the
+//! metrics reference (docs/metrics.md), from the metrics registry.
 
 use std::path::Path;
 
 use clap_complete::Shell;
 
-/// Writes `concord.8`, `concord.bash`, `_concord` (zsh) and `concord.fish` into `dir`.
+/// Writes `concord.8`, `concord.bash`, `_concord` (zsh), `concord.fish` and `metrics.md` into
+/// `dir`.
 pub fn generate(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let cmd = super::command();
@@ -23,6 +25,11 @@ pub fn generate(dir: &Path) -> anyhow::Result<()> {
         clap_complete::generate(shell, &mut cmd.clone(), "concord", &mut out);
         write(dir, name, &out)?;
     }
+    write(
+        dir,
+        "metrics.md",
+        concord::metrics::docs::markdown().as_bytes(),
+    )?;
     Ok(())
 }
 

@@ -168,7 +168,7 @@ pub enum Command {
         #[arg(long)]
         show_config: bool,
     },
-    /// Write the man page and the shell completions into DIR (for packaging).
+    /// Write the man page, the shell completions and metrics.md into DIR (for packaging).
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
 }

@@ -129,6 +129,7 @@ struct Tasks {
 pub async fn run(config: Config, reload: reload::Reload) -> Result<(), DaemonError> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
+    metrics.init_handlers(&config.runtime);
     let stops = Stops::default();
     // Handlers before the socket: a SIGTERM that arrives once a client has been answered must
     // shut down cleanly, never kill the process with the default action.
@@ -264,6 +265,7 @@ fn build(
                 log_writer: log_writer_binary(),
                 max_log_line: crate::logwriter::MAX_LINE,
                 reconcile_timeout: config.reconcile.timeout_seconds,
+                metrics: metrics.clone(),
             },
             attachments.clone(),
         )),
@@ -296,6 +298,12 @@ async fn spawn_background(
     stops: &Stops,
 ) -> Result<(Tasks, watch::Receiver<Health>), DaemonError> {
     let (controller, images, metrics) = (&parts.controller, &parts.images, &parts.metrics);
+    let failing = Arc::downgrade(controller);
+    metrics.on_scrape(move |m| {
+        if let Some(c) = failing.upgrade() {
+            m.count_failing(&c.objects());
+        }
+    });
     {
         let images = images.clone();
         controller.on_resync(move || {

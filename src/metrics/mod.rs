@@ -1,27 +1,94 @@
 //! Prometheus metrics: one registry, every concord metric, and the /metrics HTTP listener.
 //!
 //! Names carry the `concord_` prefix and base units; labels are bounded (method, code, kind,
-//! step, topic), never an object id.
+//! step, topic, handler), never an object id. The process's own metrics (`process_*`: memory,
+//! CPU, file descriptors, threads, start time) come from /proc/self ([`process`]).
+//! docs/metrics.md lists every metric ([`docs::markdown`]).
 
+pub mod docs;
+mod process;
 mod server;
 
 pub use server::serve;
 
+use parking_lot::Mutex;
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
-/// RPC latency buckets: 5 ms × 2.5^n, the spacing of kubelet's runtime-operation buckets, reaching
-/// past kubelet's 4-minute RunPodSandbox deadline.
+/// RPC latency buckets: kubelet's runtime-operation buckets (`ExponentialBuckets(.005, 2.5, 14)`:
+/// 5 ms × 2.5^n up to 12.4 minutes), reaching past kubelet's 4-minute RunPodSandbox deadline.
 pub fn rpc_buckets() -> Vec<f64> {
-    (0..13).map(|n| 0.005 * 2.5f64.powi(n)).collect()
+    (0..14).map(|n| 0.005 * 2.5f64.powi(n)).collect()
 }
 
 /// containerd call buckets: 0.5 ms × 2.5^n up to about 2 minutes.
 fn containerd_buckets() -> Vec<f64> {
     (0..14).map(|n| 0.0005 * 2.5f64.powi(n)).collect()
 }
+
+/// Image pull buckets: 0.5 s to 10 minutes (a pull of a large image over a slow link).
+fn pull_buckets() -> Vec<f64> {
+    vec![0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]
+}
+
+/// The `handler` label of a pod's runtime handler: the default handler's name for "".
+pub fn handler_label<'a>(runtime: &'a crate::config::RuntimeConfig, handler: &'a str) -> &'a str {
+    if handler.is_empty() {
+        &runtime.default_handler
+    } else {
+        handler
+    }
+}
+
+/// The Prometheus type of a metric field (docs/metrics.md).
+pub trait MetricType {
+    const TYPE: &'static str;
+}
+
+macro_rules! metric_types {
+    ($($t:ty => $name:literal),*) => {
+        $(impl MetricType for $t { const TYPE: &'static str = $name; })*
+    };
+}
+
+metric_types!(
+    IntCounter => "counter", IntCounterVec => "counter", IntGauge => "gauge",
+    IntGaugeVec => "gauge", prometheus::Gauge => "gauge", Histogram => "histogram",
+    HistogramVec => "histogram"
+);
+
+/// One exported metric, as docs/metrics.md lists it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MetricDoc {
+    pub name: String,
+    pub kind: &'static str,
+    pub labels: Vec<String>,
+    pub help: String,
+}
+
+impl MetricDoc {
+    fn of(collector: &dyn Collector, kind: impl Fn(&str) -> &'static str) -> Vec<MetricDoc> {
+        collector
+            .desc()
+            .into_iter()
+            .map(|d| MetricDoc {
+                name: d.fq_name.clone(),
+                kind: kind(&d.fq_name),
+                labels: d.variable_labels.clone(),
+                help: d.help.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The kinds of objects the reconcile loop manages (`ObjectKey::kind`).
+const OBJECT_KINDS: [&str; 3] = ["runtime_config", "sandbox", "container"];
+
+/// Code run before each scrape renders the metrics (gauges computed from state on demand).
+type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 /// Declares [`Metrics`], one field per metric, and its constructor, which creates and registers
 /// each; a metric is written once.
@@ -30,6 +97,7 @@ macro_rules! metrics {
         /// Every metric concord exports.
         pub struct Metrics {
             pub registry: Registry,
+            scrape_hooks: Mutex<Vec<ScrapeHook>>,
             $(pub $field: $ty,)*
         }
 
@@ -37,32 +105,71 @@ macro_rules! metrics {
             /// Creates and registers every metric.
             pub fn new() -> Metrics {
                 let registry = Registry::new();
-                register_build_info(&registry);
+                registry
+                    .register(Box::new(build_info()))
+                    .expect("metric registered twice");
+                register_process(&registry);
                 $(
                     let $field: $ty = $make;
                     registry
                         .register(Box::new($field.clone()))
                         .expect("metric registered twice");
                 )*
-                Metrics { registry, $($field,)* }
+                let m = Metrics { registry, scrape_hooks: Mutex::new(Vec::new()), $($field,)* };
+                m.init_known_labels();
+                m
+            }
+
+            /// Every metric this process exports, sorted by name.
+            pub fn catalog(&self) -> Vec<MetricDoc> {
+                let mut out = MetricDoc::of(&build_info(), |_| "gauge");
+                out.extend(process_docs());
+                $(out.extend(MetricDoc::of(&self.$field, |_| <$ty as MetricType>::TYPE));)*
+                out.sort();
+                out
             }
         }
     };
 }
 
-/// `concord_build_info`: always 1, labelled with the version.
-fn register_build_info(registry: &Registry) {
+/// `concord_build_info`: always 1, labelled with the version, the git revision and the rustc
+/// the binary was built from (build.rs).
+fn build_info() -> IntGaugeVec {
     let build_info = IntGaugeVec::new(
-        Opts::new("concord_build_info", "concord build; the value is always 1"),
-        &["version", "runtime_api_version"],
+        Opts::new(
+            "concord_build_info",
+            "concord build: version, git revision and rustc version it was built from, CRI API version; the value is always 1",
+        ),
+        &["version", "revision", "rustc", "runtime_api_version"],
     )
     .unwrap();
-    registry
-        .register(Box::new(build_info.clone()))
-        .expect("metric registered twice");
     build_info
-        .with_label_values(&[env!("CARGO_PKG_VERSION"), "v1"])
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            env!("CONCORD_GIT_REVISION"),
+            env!("CONCORD_RUSTC_VERSION"),
+            "v1",
+        ])
         .set(1);
+    build_info
+}
+
+/// The process metrics (`process_*`, read from /proc/self at each scrape).
+fn register_process(registry: &Registry) {
+    registry
+        .register(Box::new(process::ProcessCollector::new()))
+        .expect("metric registered twice");
+}
+
+/// The process collector's metrics (its counter ends in `_total`).
+fn process_docs() -> Vec<MetricDoc> {
+    MetricDoc::of(&process::ProcessCollector::new(), |name| {
+        if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        }
+    })
 }
 
 metrics! {
@@ -119,6 +226,11 @@ metrics! {
         &["kind"],
     )
     .unwrap();
+    reconcile_failing: IntGaugeVec = IntGaugeVec::new(
+        Opts::new("concord_reconcile_failing_objects", "Objects whose last reconcile failed (retrying with backoff), by kind; computed at each scrape"),
+        &["kind"],
+    )
+    .unwrap();
     drift_corrected: IntCounterVec = IntCounterVec::new(
         Opts::new("concord_reconcile_drift_corrected_total", "Times actual state was found different from desired and fixed, by kind"),
         &["kind"],
@@ -150,8 +262,8 @@ metrics! {
     )
     .unwrap();
     pull_duration: Histogram = Histogram::with_opts(
-        HistogramOpts::new("concord_image_pull_duration_seconds", "Time one image pull took")
-            .buckets(rpc_buckets()),
+        HistogramOpts::new("concord_image_pull_duration_seconds", "Time one image pull took, from the request to the image recorded (buckets up to 10 minutes)")
+            .buckets(pull_buckets()),
     )
     .unwrap();
     pull_bytes: IntCounter = IntCounter::new("concord_image_pull_bytes_total", "Bytes of layers downloaded from registries").unwrap();
@@ -172,6 +284,17 @@ metrics! {
         HistogramOpts::new("concord_sandbox_step_duration_seconds", "Time of one step of running, stopping or removing a pod sandbox (netns, cni_add, cni_del, snapshot, container_create, task_start, task_stop, netns_remove, container_remove)")
             .buckets(containerd_buckets()),
         &["step"],
+    )
+    .unwrap();
+    pod_start_duration: HistogramVec = HistogramVec::new(
+        HistogramOpts::new("concord_pod_start_duration_seconds", "Time from a RunPodSandbox request that created a sandbox to the sandbox Ready (network attached, pause task running), by runtime handler")
+            .buckets(rpc_buckets()),
+        &["handler"],
+    )
+    .unwrap();
+    oom_kills: IntCounterVec = IntCounterVec::new(
+        Opts::new("concord_container_oom_kills_total", "Containers whose exit was recorded as OOMKilled (the kernel killed a process of the container's cgroup for memory), by runtime handler"),
+        &["handler"],
     )
     .unwrap();
     sandboxes: IntGaugeVec = IntGaugeVec::new(
@@ -223,14 +346,86 @@ metrics! {
 }
 
 impl Metrics {
-    /// The text exposition of every metric.
+    /// Runs `hook` before each scrape renders the metrics (gauges computed from state).
+    pub fn on_scrape(&self, hook: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.scrape_hooks.lock().push(Box::new(hook));
+    }
+
+    /// Creates the series of every known label value at 0, so that a rate or an alert sees a
+    /// series before the first increment (kinds, results, event types, stream kinds).
+    fn init_known_labels(&self) {
+        for kind in OBJECT_KINDS {
+            self.reconcile_failing.with_label_values(&[kind]).set(0);
+            self.reconcile_retries.with_label_values(&[kind]);
+            self.drift_corrected.with_label_values(&[kind]);
+            for result in ["ok", "error"] {
+                self.reconciles.with_label_values(&[kind, result]);
+            }
+        }
+        for t in ["created", "started", "stopped", "deleted"] {
+            self.container_events.with_label_values(&[t]);
+        }
+        for kind in ["exec", "attach", "portforward"] {
+            self.stream_sessions.with_label_values(&[kind]);
+            self.streams_open.with_label_values(&[kind]);
+            for direction in ["in", "out"] {
+                self.stream_bytes.with_label_values(&[kind, direction]);
+            }
+        }
+        self.pulls.with_label_values(&["ok"]);
+    }
+
+    /// Creates the per-handler series (pod start latency, OOM kills) of every configured
+    /// runtime handler at 0.
+    pub fn init_handlers(&self, runtime: &crate::config::RuntimeConfig) {
+        for handler in runtime.handlers.keys() {
+            self.pod_start_duration.with_label_values(&[handler]);
+            self.oom_kills.with_label_values(&[handler]);
+        }
+    }
+
+    /// Sets `concord_reconcile_failing_objects`: per kind, the objects whose last reconcile
+    /// failed (every kind present, 0 included).
+    pub fn count_failing(&self, views: &[crate::reconcile::ObjectView]) {
+        let mut failing: std::collections::BTreeMap<&str, i64> =
+            OBJECT_KINDS.map(|k| (k, 0)).into();
+        for v in views {
+            *failing.entry(v.key.kind()).or_default() += i64::from(v.status.retries > 0);
+        }
+        for (kind, n) in failing {
+            self.reconcile_failing.with_label_values(&[kind]).set(n);
+        }
+    }
+
+    /// Records one sandbox a RunPodSandbox created and saw Ready, `since` its request.
+    pub fn pod_started(
+        &self,
+        runtime: &crate::config::RuntimeConfig,
+        handler: &str,
+        since: std::time::Instant,
+    ) {
+        self.pod_start_duration
+            .with_label_values(&[handler_label(runtime, handler)])
+            .observe(since.elapsed().as_secs_f64());
+    }
+
+    /// The text exposition of every metric (the scrape hooks run first).
     pub fn render(&self) -> String {
         use prometheus::Encoder;
+        for hook in self.scrape_hooks.lock().iter() {
+            hook(self);
+        }
         let mut buf = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding of metrics cannot fail");
         String::from_utf8(buf).expect("metrics text is UTF-8")
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
     }
 }
 
@@ -250,6 +445,48 @@ mod tests {
         assert!((b[0] - 0.005).abs() < 1e-12);
         assert!((b[1] - 0.0125).abs() < 1e-12);
         assert!(*b.last().unwrap() > 240.0);
+        assert_eq!(b.len(), 14, "kubelet's ExponentialBuckets(.005, 2.5, 14)");
+    }
+
+    #[test]
+    fn catalog_lists_every_rendered_family_with_help_and_type() {
+        let m = Metrics::new();
+        let catalog = m.catalog();
+        let text = m.render();
+        for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let (name, kind) = line.split_once(' ').unwrap();
+            assert!(
+                catalog.iter().any(|d| d.name == name && d.kind == kind),
+                "{name} ({kind}) missing from the catalog"
+            );
+        }
+        for d in &catalog {
+            assert!(d.help.len() > 15, "{} needs a meaningful help", d.name);
+        }
+        assert!(catalog
+            .iter()
+            .any(|d| d.name == "process_resident_memory_bytes"));
+    }
+
+    #[test]
+    fn build_info_names_revision_and_rustc() {
+        let text = Metrics::new().render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("concord_build_info{"))
+            .unwrap();
+        assert!(line.contains("revision=\""), "{line}");
+        assert!(line.contains("rustc=\"rustc "), "{line}");
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+
+    #[test]
+    fn scrape_hooks_run_before_rendering() {
+        let m = Metrics::new();
+        m.on_scrape(|m| m.reconcile_failing.with_label_values(&["sandbox"]).set(2));
+        assert!(m
+            .render()
+            .contains("concord_reconcile_failing_objects{kind=\"sandbox\"} 2"));
     }
 
     #[test]
@@ -259,7 +496,10 @@ mod tests {
         let text = m.render();
         assert!(text.contains("concord_build_info{"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("concord_"), "{line}");
+            assert!(
+                line.starts_with("concord_") || line.starts_with("process_"),
+                "{line}"
+            );
         }
     }
 }

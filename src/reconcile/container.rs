@@ -36,6 +36,7 @@ pub struct ContainerSettings {
     /// `reconcile.timeout_seconds`: one pass of a stop waits at most three quarters of it for
     /// the grace period, so that its kill and exit record finish inside the pass.
     pub reconcile_timeout: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The container reconciler.
@@ -707,7 +708,24 @@ impl ContainerReconciler {
             crate::lifecycle_info!(*state, &key, pid, "container started");
         }
         crate::lifecycle_info!(*state, &key, exit_code = code, reason, "container exited");
+        if oom {
+            self.count_oom_kill(rec, state);
+        }
         Ok(())
+    }
+
+    /// `concord_container_oom_kills_total`, by the pod's runtime handler.
+    fn count_oom_kill(&self, rec: &ContainerRecord, state: &State) {
+        let handler = state
+            .sandboxes
+            .get(&rec.sandbox_id)
+            .map_or("", |s| s.runtime_handler.as_str());
+        let handler = crate::metrics::handler_label(&self.settings.runtime, handler);
+        self.settings
+            .metrics
+            .oom_kills
+            .with_label_values(&[handler])
+            .inc();
     }
 
     /// Task, container, snapshot, state: whatever of them exists.
