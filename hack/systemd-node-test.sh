@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # systemd-node-test.sh - concord with `runtime.cgroup_driver = "systemd"` on a node whose PID 1
 # is systemd (hack/systemd-node.sh): the systemd-driver, pod-cgroup (stats), sandbox and
-# container suites, then critest v1.26.1 serially, all inside the node against its containerd.
+# container suites, the log suite (journald format into the node's real journal), then critest v1.26.1 serially, all inside the node against its containerd.
 # When systemd cannot be started as PID 1 here it says SKIPPED (with the reason) and exits 0.
 # Prints "systemd node: N passed, M failed" last; exits non-zero on a failure.
 #
-# Environment: SUITES [systemd_cgroup pod_cgroup sandboxes containers]  CRITEST [1]  KEEP_NODE [0]
+# Environment: SUITES [systemd_cgroup pod_cgroup sandboxes containers logs]  CRITEST [1]  KEEP_NODE [0]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-SUITES=${SUITES:-systemd_cgroup pod_cgroup sandboxes containers}
+SUITES=${SUITES:-systemd_cgroup pod_cgroup sandboxes containers logs}
 LOGS=${SYSTEMD_NODE_LOGS:-/tmp/concord-systemd-node}
 log() { printf '[systemd-node-test] %s\n' "$*" >&2; }
 mkdir -p "$LOGS"

@@ -163,6 +163,49 @@ async fn journald_format_without_its_socket_logs_to_stderr_and_says_so() {
 }
 
 #[tokio::test]
+async fn journald_format_writes_the_pod_as_journal_fields() {
+    // Where journald runs (the systemd node of hack/systemd-node-test.sh), the lines land in
+    // the journal with concord's fields as journal fields, as `journalctl -o json` shows them.
+    if !std::path::Path::new("/run/systemd/journal/socket").exists() {
+        eprintln!("skipped: no journald here (hack/systemd-node-test.sh runs this on one)");
+        return;
+    }
+    let mut d = Daemon::new();
+    d.extra.push("--log-format=journald".into());
+    common::pod_flags(&mut d);
+    d.start().await;
+    let pid = d.child.as_ref().unwrap().id().to_string();
+    let name = format!("jd-{}", std::process::id());
+    let p = common::Pod::run(&d, common::pod_config(&d, &name)).await;
+    common::remove_pod(&d, &p.id).await;
+    let pod = format!("default/{name}");
+    let mut entries = Vec::new();
+    common::eventually(std::time::Duration::from_secs(10), "the pod's lines in the journal", || {
+        let out = std::process::Command::new("journalctl")
+            .args(["-o", "json", "--no-pager", &format!("_PID={pid}")])
+            .output()
+            .unwrap();
+        entries = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["POD"] == pod.as_str())
+            .collect();
+        let done = entries.iter().any(|e| e["MESSAGE"] == "pod removed");
+        async move { done }
+    })
+    .await;
+    let ready = entries
+        .iter()
+        .find(|e| e["MESSAGE"] == "pod ready")
+        .expect("a pod ready entry");
+    assert_eq!(ready["POD_ID"], p.id.as_str(), "{ready}");
+    // tracing-journald's levels: INFO is syslog's notice (5), DEBUG its info (6).
+    assert_eq!(ready["PRIORITY"], "5", "{ready}");
+    assert_eq!(ready["SYSLOG_IDENTIFIER"], "concord", "{ready}");
+    assert!(ready["IP"].as_str().is_some_and(|ip| !ip.is_empty()), "{ready}");
+}
+
+#[tokio::test]
 async fn an_invalid_rust_log_stops_the_start_naming_it() {
     let mut d = Daemon::new();
     d.env.push(("RUST_LOG".into(), "concord=[".into()));
