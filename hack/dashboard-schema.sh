@@ -15,8 +15,8 @@
 # query instead).
 #
 # Versions are pinned: @grafana/schema 11.6.9 (Grafana 11's dashboard schema; the dashboard is
-# schemaVersion 39) and typescript 5.9.3. Needs node/npm and the npm registry. Opt-in: not part
-# of hack/test.sh. SCHEMA_VERSION / TS_VERSION override the pins; KEEP=1 keeps the temp dir.
+# schemaVersion 39) and typescript 5.9.3. Needs node/npm and the npm registry; hack/test.sh runs
+# it when the registry answers. SCHEMA_VERSION / TS_VERSION override the pins; KEEP=1 keeps the temp dir.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

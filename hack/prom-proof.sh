@@ -16,7 +16,7 @@
 #     socket, state, netns and CNI conf dirs under the work dir, flags as tests/common's Daemon.
 #
 # Needs root, the dev rig (hack/dev-up.sh: registry on 127.0.0.1:5000, CNI plugins) and crictl.
-# Takes about 90 s. Opt-in: not part of hack/test.sh. KEEP=1 keeps the work dir.
+# Takes about 40 s; hack/test.sh runs it. KEEP=1 keeps the work dir.
 #
 # Environment: CONCORD, CRICTL, OWN_CONTAINERD [1], CONCORD_TEST_CONTAINERD, CTD_METRICS,
 #   CONCORD_TEST_REGISTRY [127.0.0.1:5000], CONCORD_TEST_HOSTS_DIR, CONCORD_TEST_CNI_CONF_DIR,

@@ -3,7 +3,8 @@
 # plugin disabled, runc, CNI plugins, local registry with locally built images), then runs the
 # format check, clippy, every test (unit + integration against the real containerd, with the real
 # crictl v1.26.1 and gRPC Python as clients), then the whole critest v1.26.1 conformance suite
-# (hack/conformance.sh, serially and with -parallel 2), then the systemd cgroup driver on a node
+# (hack/conformance.sh, serially and with -parallel 2), the dashboard proved on a real Prometheus
+# and Grafana's schema, the `concord inspect` demo, then the systemd cgroup driver on a node
 # whose PID 1 is systemd (hack/systemd-node-test.sh), then every fuzz target for a bounded time
 # (hack/fuzz.sh).
 #
@@ -48,6 +49,27 @@ cargo test --all-targets 2>&1 | tee /tmp/concord-test.log
 passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' /tmp/concord-test.log)
 failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' /tmp/concord-test.log)
 
+# The operator's view on real data: every dashboard query answered by a real Prometheus
+# scraping concord and containerd under a workload (hack/prom-proof.sh); the dashboard
+# type-checked against Grafana's published types (hack/dashboard-schema.sh, npm registry); a pod
+# whose CNI plugin hangs explained by `concord inspect` and the log (hack/why-demo.sh).
+ops_ok=0
+ops_failed=0
+ops() { # $1: name, rest: command
+  local name=$1; shift
+  echo "[test] $name"
+  if "$@" > "/tmp/concord-$name.log" 2>&1; then ops_ok=$((ops_ok + 1)); tail -3 "/tmp/concord-$name.log"
+  else ops_failed=$((ops_failed + 1)); tail -30 "/tmp/concord-$name.log"; echo "[test] $name FAILED"; fi
+}
+ops prom-proof bash hack/prom-proof.sh
+if npm view "@grafana/schema@11.6.9" version >/dev/null 2>&1; then
+  ops dashboard-schema bash hack/dashboard-schema.sh
+else
+  echo "[test] SKIPPED: dashboard schema check (the npm registry does not answer)"
+fi
+ops why-demo bash hack/why-demo.sh
+failed=$((failed + ops_failed))
+passed=$((passed + ops_ok))
 echo "[test] critest v1.26.1 conformance (hack/conformance.sh)"
 bash hack/conformance.sh both 2>&1 | tee /tmp/concord-conformance.log
 specs=$( (grep -aoE 'SUCCESS! -- [0-9]+ Passed' /tmp/concord-conformance.log || true) | awk '{s += $3} END {print s + 0}')

@@ -53,6 +53,7 @@ plugin_timeout_seconds = 3
 EOF
 "$BIN" --config "$DIR/config.toml" --metrics-address 127.0.0.1:0 > "$DIR/concord.log" 2>&1 &
 echo $! > "$DIR/concord.pid"
+trap 'kill "$(cat "$DIR/concord.pid")" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do "$BIN" status -r "$SOCK" >/dev/null 2>&1 && break; sleep 0.1; done
 
 cat > "$DIR/web-0.json" <<EOF
@@ -90,8 +91,8 @@ step "crictl stopp + rmp"
 cr stopp "$id" >/dev/null; cr rmp "$id" >/dev/null
 step "grep web-0 concord.log      # the whole lifecycle"
 grep 'web-0' "$DIR/concord.log" | sed -E 's/(pod|container)_id="([0-9a-f]{12})[0-9a-f]+"/\1_id="\2…"/g'
+lines=$(grep 'web-0' "$DIR/concord.log")
 for line in "pod failed" "pod sandbox requested" "pod ready" "container started" "container exited" "pod removed"; do
-  grep 'web-0' "$DIR/concord.log" | grep -q "$line" || fail "the log has no '$line' line for web-0"
+  grep -q "$line" <<<"$lines" || fail "the log has no '$line' line for web-0"
 done
-kill "$(cat "$DIR/concord.pid")"
 echo; echo "why-demo: ok"

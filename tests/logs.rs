@@ -180,19 +180,23 @@ async fn journald_format_writes_the_pod_as_journal_fields() {
     common::remove_pod(&d, &p.id).await;
     let pod = format!("default/{name}");
     let mut entries = Vec::new();
-    common::eventually(std::time::Duration::from_secs(10), "the pod's lines in the journal", || {
-        let out = std::process::Command::new("journalctl")
-            .args(["-o", "json", "--no-pager", &format!("_PID={pid}")])
-            .output()
-            .unwrap();
-        entries = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["POD"] == pod.as_str())
-            .collect();
-        let done = entries.iter().any(|e| e["MESSAGE"] == "pod removed");
-        async move { done }
-    })
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the pod's lines in the journal",
+        || {
+            let out = std::process::Command::new("journalctl")
+                .args(["-o", "json", "--no-pager", &format!("_PID={pid}")])
+                .output()
+                .unwrap();
+            entries = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| e["POD"] == pod.as_str())
+                .collect();
+            let done = entries.iter().any(|e| e["MESSAGE"] == "pod removed");
+            async move { done }
+        },
+    )
     .await;
     let ready = entries
         .iter()
@@ -202,7 +206,10 @@ async fn journald_format_writes_the_pod_as_journal_fields() {
     // tracing-journald's levels: INFO is syslog's notice (5), DEBUG its info (6).
     assert_eq!(ready["PRIORITY"], "5", "{ready}");
     assert_eq!(ready["SYSLOG_IDENTIFIER"], "concord", "{ready}");
-    assert!(ready["IP"].as_str().is_some_and(|ip| !ip.is_empty()), "{ready}");
+    assert!(
+        ready["IP"].as_str().is_some_and(|ip| !ip.is_empty()),
+        "{ready}"
+    );
 }
 
 #[tokio::test]
