@@ -12,13 +12,29 @@ use super::client::{connect, Target};
 use super::output::{ago, human_duration, short, structured, Format, Table};
 
 /// What `concord inspect` was asked.
+#[derive(clap::Args)]
 pub struct Query {
+    /// A pod's name or namespace/name (its sandbox and containers), a container's name, or an
+    /// id or id prefix.
+    #[arg(default_value = "")]
     pub query: String,
+    /// Only objects of this kind (runtime_config, sandbox, container).
+    #[arg(long, default_value = "")]
     pub kind: String,
+    /// Each object's recent journal events and reconcile outcomes, oldest first.
+    #[arg(long)]
     pub history: bool,
+    /// Only objects whose last reconcile failed (retrying).
+    #[arg(long)]
     pub failing: bool,
+    /// Refresh every 2 seconds until interrupted.
+    #[arg(long, short = 'w')]
     pub watch: bool,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Format,
+    /// Show env values in the configs (redacted by default: they may come from Secrets).
+    #[arg(long)]
     pub show_config: bool,
 }
 

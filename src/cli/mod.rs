@@ -145,29 +145,7 @@ pub enum Command {
     /// and observed generation, retries, last error) and the journal; for the objects QUERY
     /// names, why they are as they are: desired vs converged, the pending retry, the last error
     /// and its age, the last reconcile's steps, the pod's containers and the recent history.
-    Inspect {
-        /// A pod's name or namespace/name (its sandbox and containers), a container's name, or
-        /// an id or id prefix.
-        query: Option<String>,
-        /// Only objects of this kind (runtime_config, sandbox, container).
-        #[arg(long, default_value = "")]
-        kind: String,
-        /// Each object's recent journal events and reconcile outcomes, oldest first.
-        #[arg(long)]
-        history: bool,
-        /// Only objects whose last reconcile failed (retrying).
-        #[arg(long)]
-        failing: bool,
-        /// Refresh every 2 seconds until interrupted.
-        #[arg(long, short = 'w')]
-        watch: bool,
-        /// Output format.
-        #[arg(long, short = 'o', value_enum, default_value_t)]
-        output: output::Format,
-        /// Show env values in the configs (redacted by default: they may come from Secrets).
-        #[arg(long)]
-        show_config: bool,
-    },
+    Inspect(inspect::Query),
     /// Write the man page, the shell completions and metrics.md into DIR (for packaging).
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
@@ -443,26 +421,7 @@ async fn run_client(command: Command, config: &Target) -> anyhow::Result<()> {
         Command::Containers { list } => client::containers(config, list.listing()).await,
         Command::StopPod { id } => client::pod_op(config, id, false).await,
         Command::RemovePod { id } => client::pod_op(config, id, true).await,
-        Command::Inspect {
-            query,
-            kind,
-            history,
-            failing,
-            watch,
-            output,
-            show_config,
-        } => {
-            let q = inspect::Query {
-                query: query.unwrap_or_default(),
-                kind,
-                history,
-                failing,
-                watch,
-                output,
-                show_config,
-            };
-            inspect::inspect(config, q).await
-        }
+        Command::Inspect(q) => inspect::inspect(config, q).await,
         Command::Adopt { .. } => Ok(()),
     }
 }
