@@ -161,8 +161,15 @@ impl Containerd {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
+        // NotFound answers a probe (an absent blob, snapshot or task): no error of the call.
         span.in_scope(|| match &result {
             Ok(_) => tracing::debug!(code = code_name(code), ?elapsed, "containerd call"),
+            Err(s) if code == tonic::Code::NotFound => tracing::debug!(
+                code = code_name(code),
+                ?elapsed,
+                detail = s.message(),
+                "containerd call"
+            ),
             Err(s) => tracing::debug!(
                 code = code_name(code),
                 ?elapsed,

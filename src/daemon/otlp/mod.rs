@@ -96,6 +96,8 @@ struct Traced {
     attributes: Attrs,
     events: Vec<SpanEvent>,
     error: Option<String>,
+    /// The object generation a reconcile joined the trace of.
+    joined: Option<ObjectGeneration>,
 }
 
 /// Where a span joins: its trace, its parent, whether the trace is sampled.
@@ -131,6 +133,12 @@ impl Links {
     fn get(&self, key: &ObjectGeneration) -> Option<Origin> {
         self.map.get(key).copied()
     }
+
+    fn remove(&mut self, key: &ObjectGeneration) {
+        if self.map.remove(key).is_some() {
+            self.order.retain(|k| k != key);
+        }
+    }
 }
 
 /// The tracing layer: its own filter ([`OtlpLayer::filter`]) keeps it independent of the log's
@@ -165,19 +173,24 @@ impl OtlpLayer {
     }
 
     /// Where a span without a traced parent starts: an RPC starts a trace; a reconcile joins
-    /// the RPC that recorded its generation, else starts one; any other is not traced.
-    fn root(&self, name: &str, fields: &Fields) -> Option<Origin> {
+    /// the RPC that recorded its generation (answered too), else starts one; any other is not
+    /// traced.
+    fn root(&self, name: &str, fields: &Fields) -> Option<(Origin, Option<ObjectGeneration>)> {
         let joined = match name {
             "rpc" => None,
-            "reconcile" => fields
-                .object_generation("kind")
-                .and_then(|k| self.links.lock().get(&k)),
+            "reconcile" => fields.object_generation("kind").and_then(|k| {
+                let origin = self.links.lock().get(&k)?;
+                Some((origin, Some(k)))
+            }),
             _ => return None,
         };
-        Some(joined.unwrap_or_else(|| Origin {
-            trace_id: fastrand::u128(1..),
-            parent_id: None,
-            sampled: self.sample_ratio >= 1.0 || fastrand::f64() < self.sample_ratio,
+        Some(joined.unwrap_or_else(|| {
+            let origin = Origin {
+                trace_id: fastrand::u128(1..),
+                parent_id: None,
+                sampled: self.sample_ratio >= 1.0 || fastrand::f64() < self.sample_ratio,
+            };
+            (origin, None)
         }))
     }
 
@@ -197,13 +210,16 @@ where
         let mut fields = Fields::default();
         attrs.record(&mut fields);
         let from_parent = span.parent().and_then(|p| {
-            p.extensions().get::<Traced>().map(|t| Origin {
-                trace_id: t.trace_id,
-                parent_id: Some(t.span_id),
-                sampled: t.sampled,
+            p.extensions().get::<Traced>().map(|t| {
+                let origin = Origin {
+                    trace_id: t.trace_id,
+                    parent_id: Some(t.span_id),
+                    sampled: t.sampled,
+                };
+                (origin, None)
             })
         });
-        let Some(origin) = from_parent.or_else(|| self.root(span.name(), &fields)) else {
+        let Some((origin, joined)) = from_parent.or_else(|| self.root(span.name(), &fields)) else {
             return;
         };
         span.extensions_mut().insert(Traced {
@@ -219,6 +235,7 @@ where
             },
             events: Vec::new(),
             error: None,
+            joined,
         });
     }
 
@@ -254,15 +271,12 @@ where
             };
             self.links.lock().insert(key, origin);
         }
-        if !t.sampled {
-            return;
-        }
         let message = fields.message.take().unwrap_or_default();
         let error = fields.get("error").map(Value::text);
         if error.is_some() || *event.metadata().level() <= Level::WARN {
             t.error = Some(error.unwrap_or_else(|| message.clone()));
         }
-        if t.events.len() < MAX_EVENTS {
+        if t.sampled && t.events.len() < MAX_EVENTS {
             t.events.push(SpanEvent {
                 time: now(),
                 name: message,
@@ -276,6 +290,11 @@ where
         let Some(t) = span.extensions_mut().remove::<Traced>() else {
             return;
         };
+        // A generation reconciled: later passes (resyncs, events) are traces of their own. A
+        // failed one keeps the link, for its retries.
+        if let (Some(key), None) = (&t.joined, &t.error) {
+            self.links.lock().remove(key);
+        }
         if !t.sampled {
             return;
         }

@@ -90,6 +90,42 @@ fn a_reconcile_of_another_generation_starts_its_own_trace() {
     assert_eq!(other.parent_id, None);
 }
 
+/// A reconcile pass of sandbox s1's generation 1, failing with a warning when `fail`.
+fn pass(fail: bool) {
+    tracing::info_span!("reconcile", kind = "sandbox", id = "s1", generation = 1u64).in_scope(
+        || {
+            if fail {
+                tracing::warn!("reconcile failed");
+            }
+        },
+    );
+}
+
+#[test]
+fn retries_of_a_failed_reconcile_join_the_trace_and_passes_after_a_success_do_not() {
+    let spans = spans_of(1.0, || {
+        tracing::info_span!("rpc", method = "RunPodSandbox").in_scope(|| {
+            tracing::debug!(
+                object = "sandbox",
+                id = "s1",
+                generation = 1u64,
+                "journal commit"
+            );
+        });
+        pass(true);
+        pass(false);
+        pass(false);
+    });
+    let rpc = named(&spans, "rpc");
+    let passes: Vec<_> = spans.iter().filter(|s| s.name == "reconcile").collect();
+    assert_eq!(passes.len(), 3);
+    assert_eq!(passes[0].error.as_deref(), Some("reconcile failed"));
+    assert_eq!(passes[0].parent_id, Some(rpc.span_id));
+    assert_eq!(passes[1].parent_id, Some(rpc.span_id));
+    assert_eq!(passes[2].parent_id, None);
+    assert_ne!(passes[2].trace_id, rpc.trace_id);
+}
+
 #[test]
 fn spans_outside_an_rpc_or_a_reconcile_and_unsampled_traces_are_not_sent() {
     let spans = spans_of(1.0, || {
