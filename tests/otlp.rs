@@ -166,18 +166,6 @@ async fn a_pod_start_is_one_trace_from_the_rpc_to_the_cni_plugin() {
         .iter()
         .map(|s| (s["spanId"].as_str().unwrap().to_string(), *s))
         .collect();
-    if std::env::var_os("OTLP_DUMP").is_some() {
-        for s in &trace {
-            eprintln!(
-                "{} {} <- {} {} {:?}",
-                s["name"],
-                s["spanId"],
-                s["parentSpanId"],
-                s["attributes"],
-                s.get("status")
-            );
-        }
-    }
     let rpc = trace.iter().find(|s| s["name"] == "rpc").unwrap();
     assert_eq!(attr(rpc, "method").as_deref(), Some("RunPodSandbox"));
     assert_eq!(rpc["kind"], 2, "{rpc}");
@@ -255,6 +243,10 @@ async fn an_unreachable_collector_is_one_warning_and_rpcs_still_answer() {
         d.version().await;
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
+    let dropped = d
+        .metric("concord_trace_spans_dropped_total", &["export_failed"])
+        .await;
+    assert!(dropped >= 1.0, "dropped spans: {dropped}");
     let log = d.log();
     let warnings = log
         .lines()

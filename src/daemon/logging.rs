@@ -2,6 +2,8 @@
 //! journald) and the handle a SIGHUP changes the level through; beside it, with a filter of its
 //! own, the OTLP span layer when `tracing.otlp_endpoint` is set ([`super::otlp`]).
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
@@ -10,6 +12,7 @@ use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use super::otlp::{Exporter, OtlpLayer};
 use crate::config::{Config, LogFormat};
+use crate::metrics::Metrics;
 
 /// journald's socket: tracing-journald sends there and nowhere else.
 pub const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
@@ -69,10 +72,14 @@ impl Logging {
     }
 
     /// Starts sending spans to the OTLP collector (once; None without an endpoint): until
-    /// `stop`, then what is queued.
-    pub fn spawn_exporter(&self, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    /// `stop`, then what is queued. Spans it drops are counted in `metrics`.
+    pub fn spawn_exporter(
+        &self,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let exporter = self.exporter.lock().take()?;
-        Some(tokio::spawn(exporter.run(stop)))
+        Some(tokio::spawn(exporter.run(metrics, stop)))
     }
 }
 

@@ -164,9 +164,11 @@ pub async fn run(config: Config, reload: reload::Reload) -> Result<(), DaemonErr
     let (parts, dispatch) = build(&config, journal, metrics, &stops);
     let (mut tasks, health) = spawn_background(&config, &parts, &dispatch, &stops).await?;
     tasks.critical.push(named("journal writer", journal_task));
-    tasks
-        .background
-        .extend(reload.logging.spawn_exporter(stops.r#loop.clone()));
+    tasks.background.extend(
+        reload
+            .logging
+            .spawn_exporter(parts.metrics.clone(), stops.r#loop.clone()),
+    );
     tasks.background.push(reload::spawn(
         reload,
         sighup,

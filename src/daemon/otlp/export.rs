@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Attrs, FinishedSpan, SpanEvent, Value};
+use crate::metrics::Metrics;
 
 /// Longest a batch waits before it is sent.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -27,6 +28,8 @@ pub struct Exporter {
     pub(super) spans: mpsc::Receiver<FinishedSpan>,
     /// Spans the layer dropped on a full queue.
     queue_dropped: Arc<AtomicU64>,
+    /// The part of `queue_dropped` counted in the metric.
+    queue_counted: u64,
     /// Spans lost to failed requests.
     post_dropped: u64,
     /// The dropped count the last warning reported.
@@ -49,6 +52,7 @@ impl Exporter {
             url: traces_url(endpoint),
             spans,
             queue_dropped,
+            queue_counted: 0,
             post_dropped: 0,
             reported: 0,
             last_warning: None,
@@ -67,8 +71,8 @@ impl Exporter {
         }
     }
 
-    /// Sends batches until `stop`, then what is queued.
-    pub async fn run(mut self, stop: CancellationToken) {
+    /// Sends batches until `stop`, then what is queued; counts what it drops in `metrics`.
+    pub async fn run(mut self, metrics: Arc<Metrics>, stop: CancellationToken) {
         let mut batch = Vec::new();
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         loop {
@@ -79,29 +83,29 @@ impl Exporter {
                     Some(span) => {
                         batch.push(span);
                         if batch.len() >= BATCH {
-                            self.post(&mut batch).await;
+                            self.post(&mut batch, &metrics).await;
                         }
                     }
                     None => break,
                 },
                 _ = tick.tick() => if !batch.is_empty() {
-                    self.post(&mut batch).await;
+                    self.post(&mut batch, &metrics).await;
                 },
             }
         }
         while let Ok(span) = self.spans.try_recv() {
             batch.push(span);
             if batch.len() >= BATCH {
-                self.post(&mut batch).await;
+                self.post(&mut batch, &metrics).await;
             }
         }
         if !batch.is_empty() {
-            self.post(&mut batch).await;
+            self.post(&mut batch, &metrics).await;
         }
     }
 
     /// Sends `batch` (emptied either way).
-    async fn post(&mut self, batch: &mut Vec<FinishedSpan>) {
+    async fn post(&mut self, batch: &mut Vec<FinishedSpan>, metrics: &Metrics) {
         let body = encode(batch, &self.resource);
         let n = batch.len() as u64;
         batch.clear();
@@ -117,8 +121,17 @@ impl Exporter {
             Ok(r) => Some(format!("the collector answered {}", r.status())),
             Err(e) => Some(error_chain(&e)),
         };
+        let dropped = &metrics.trace_spans_dropped;
         if error.is_some() {
             self.post_dropped += n;
+            dropped.with_label_values(&["export_failed"]).inc_by(n);
+        }
+        let queue = self.queue_dropped.load(Ordering::Relaxed);
+        if queue > self.queue_counted {
+            dropped
+                .with_label_values(&["queue_full"])
+                .inc_by(queue - self.queue_counted);
+            self.queue_counted = queue;
         }
         self.warn(error);
     }
