@@ -209,20 +209,28 @@ async fn a_pod_start_is_one_trace_from_the_rpc_to_the_cni_plugin() {
 }
 
 #[tokio::test]
-async fn a_failed_rpc_is_a_span_with_an_error_status() {
+async fn a_failed_rpc_is_a_span_with_an_error_status_in_its_callers_trace() {
     let (endpoint, got) = collector().await;
     let config = format!("[tracing]\notlp_endpoint = \"{endpoint}/\"\n");
     let d = pods::pod_daemon_with_config(&[], &config).await;
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let mut request = tonic::Request::new(cri::PodSandboxStatusRequest::default());
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-{parent}-01").parse().unwrap(),
+    );
     let err = d
         .runtime()
         .await
-        .pod_sandbox_status(cri::PodSandboxStatusRequest::default())
+        .pod_sandbox_status(request)
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     common::eventually(Duration::from_secs(10), "the failed RPC's span", || {
         let found = spans(&got).iter().any(|s| {
             attr(s, "method").as_deref() == Some("PodSandboxStatus")
+                && s["traceId"] == trace
+                && s["parentSpanId"] == parent
                 && s["status"]["code"] == 2
                 && s["status"]["message"]
                     .as_str()
@@ -231,6 +239,7 @@ async fn a_failed_rpc_is_a_span_with_an_error_status() {
         async move { found }
     })
     .await;
+    assert!(spans(&got).iter().all(|s| s["name"] != "grpc"));
 }
 
 #[tokio::test]

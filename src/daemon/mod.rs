@@ -439,6 +439,7 @@ async fn serve(
         list_cache: Default::default(),
     }));
     let server = tonic::transport::Server::builder()
+        .trace_fn(otlp::remote_parent)
         .add_service(crate::cri::runtime_service_server::RuntimeServiceServer::new(cri.clone()))
         .add_service(crate::cri::image_service_server::ImageServiceServer::new(
             cri.clone(),

@@ -7,6 +7,10 @@
 //! `generation` it recorded; the layer remembers that object generation's trace and span, and
 //! the `reconcile{kind, id, generation}` span of that generation becomes a child of it.
 //! containerd, CNI and step spans nest under the reconcile as its children.
+//!
+//! A caller that sends a W3C `traceparent` (kubelet with its tracing on) gets the RPC in its
+//! trace: [`remote_parent`] opens a `grpc{traceparent}` span around the request, which the layer
+//! reads as the remote parent and does not send itself.
 
 mod export;
 
@@ -98,6 +102,8 @@ struct Traced {
     error: Option<String>,
     /// The object generation a reconcile joined the trace of.
     joined: Option<ObjectGeneration>,
+    /// The caller's span (from its `traceparent`): a parent, not sent.
+    remote: bool,
 }
 
 /// Where a span joins: its trace, its parent, whether the trace is sampled.
@@ -219,6 +225,21 @@ where
                 (origin, None)
             })
         });
+        if let Some((trace_id, span_id, sampled)) = remote(span.name(), &fields) {
+            span.extensions_mut().insert(Traced {
+                trace_id,
+                span_id,
+                parent_id: None,
+                sampled,
+                start: 0,
+                attributes: Vec::new(),
+                events: Vec::new(),
+                error: None,
+                joined: None,
+                remote: true,
+            });
+            return;
+        }
         let Some((origin, joined)) = from_parent.or_else(|| self.root(span.name(), &fields)) else {
             return;
         };
@@ -236,6 +257,7 @@ where
             events: Vec::new(),
             error: None,
             joined,
+            remote: false,
         });
     }
 
@@ -295,7 +317,7 @@ where
         if let (Some(key), None) = (&t.joined, &t.error) {
             self.links.lock().remove(key);
         }
-        if !t.sampled {
+        if !t.sampled || t.remote {
             return;
         }
         let name = span.name();
@@ -316,6 +338,48 @@ where
             error: t.error,
         });
     }
+}
+
+/// The span around one gRPC request: `grpc{traceparent}` when the caller sent a `traceparent`
+/// header, else none (for `tonic::transport::Server::trace_fn`).
+pub fn remote_parent(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    match request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(traceparent) => tracing::debug_span!("grpc", traceparent),
+        None => tracing::Span::none(),
+    }
+}
+
+/// The remote parent a `grpc{traceparent}` span names: trace id, span id, sampled.
+fn remote(name: &str, fields: &Fields) -> Option<(u128, u64, bool)> {
+    match (name, fields.get("traceparent")?) {
+        ("grpc", Value::Str(v)) => parse_traceparent(v),
+        _ => None,
+    }
+}
+
+/// A W3C trace context `traceparent` (`00-<trace id>-<parent id>-<flags>`): trace id, parent
+/// span id, sampled. None when malformed or an id is zero.
+pub fn parse_traceparent(value: &str) -> Option<(u128, u64, bool)> {
+    let mut parts = value.trim().split('-');
+    let version = parts.next().filter(|v| v.len() == 2 && *v != "ff")?;
+    let trace = parts.next().filter(|t| t.len() == 32)?;
+    let span = parts.next().filter(|s| s.len() == 16)?;
+    let flags = parts.next().filter(|f| f.len() == 2)?;
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !(hex(version) && hex(trace) && hex(span) && hex(flags)) {
+        return None;
+    }
+    let trace = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
+    let span = u64::from_str_radix(span, 16).ok().filter(|s| *s != 0)?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((trace, span, flags & 1 == 1))
 }
 
 /// Nanoseconds since the Unix epoch.

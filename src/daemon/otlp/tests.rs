@@ -153,3 +153,39 @@ fn links_forget_the_oldest_past_their_bound() {
         Some(origin)
     );
 }
+
+#[test]
+fn traceparents_parse_as_w3c_trace_context() {
+    assert_eq!(
+        parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        Some((0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, true))
+    );
+    assert_eq!(
+        parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00").map(|p| p.2),
+        Some(false)
+    );
+    for bad in [
+        "",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+        "00-0af7651916cd43dd8448eb211c8031zz-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd-b7ad6b7169203331-01",
+    ] {
+        assert_eq!(parse_traceparent(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn an_rpc_joins_its_callers_trace_and_the_callers_span_is_not_sent() {
+    let spans = spans_of(1.0, || {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        tracing::debug_span!("grpc", traceparent = tp).in_scope(rpc_then_reconcile);
+    });
+    assert!(spans.iter().all(|s| s.name != "grpc"), "{spans:#?}");
+    let rpc = named(&spans, "rpc");
+    assert_eq!(rpc.trace_id, 0x0af7651916cd43dd8448eb211c80319c);
+    assert_eq!(rpc.parent_id, Some(0xb7ad6b7169203331));
+    assert_eq!(named(&spans, "reconcile").trace_id, rpc.trace_id);
+}
