@@ -19,6 +19,8 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const BATCH: usize = 512;
 /// Longest one request may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the last flush may take at shutdown.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// At most one warning about the collector per this period.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -93,15 +95,20 @@ impl Exporter {
                 },
             }
         }
-        while let Ok(span) = self.spans.try_recv() {
-            batch.push(span);
-            if batch.len() >= BATCH {
+        // What is queued, within a bound: a collector that does not answer must not hold up
+        // the daemon's exit.
+        let flush = async {
+            while let Ok(span) = self.spans.try_recv() {
+                batch.push(span);
+                if batch.len() >= BATCH {
+                    self.post(&mut batch, &metrics).await;
+                }
+            }
+            if !batch.is_empty() {
                 self.post(&mut batch, &metrics).await;
             }
-        }
-        if !batch.is_empty() {
-            self.post(&mut batch, &metrics).await;
-        }
+        };
+        let _ = tokio::time::timeout(FINAL_FLUSH, flush).await;
     }
 
     /// Sends `batch` (emptied either way).
