@@ -142,6 +142,8 @@ pub struct Config {
     pub image: ImageConfig,
     #[command(flatten)]
     pub stats: StatsConfig,
+    #[command(flatten)]
+    pub tracing: TracingConfig,
 }
 
 /// How concord reaches containerd.
@@ -306,6 +308,21 @@ pub struct StatsConfig {
     pub interval_seconds: Duration,
 }
 
+/// Trace export: the spans of RPCs, reconciles, containerd and CNI calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+#[command(next_help_heading = "tracing")]
+pub struct TracingConfig {
+    /// OTLP/HTTP collector the spans are sent to (as JSON, POSTed to its /v1/traces), e.g.
+    /// "http://127.0.0.1:4318"; "" sends none. A reconcile joins the trace of the RPC that
+    /// recorded its object's generation
+    #[arg(long = "otlp-endpoint", value_name = "URL")]
+    pub otlp_endpoint: String,
+    /// Fraction of traces sent (0.0 to 1.0), decided at each RPC or reconcile that starts one
+    #[arg(long = "trace-sample-ratio", value_name = "RATIO")]
+    pub sample_ratio: f64,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -335,6 +352,16 @@ impl Default for Config {
             journal: JournalConfig::default(),
             image: ImageConfig::default(),
             stats: StatsConfig::default(),
+            tracing: TracingConfig::default(),
+        }
+    }
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: String::new(),
+            sample_ratio: 1.0,
         }
     }
 }

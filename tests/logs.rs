@@ -109,6 +109,50 @@ async fn a_pods_lifecycle_is_in_the_log_by_its_name_in_order() {
 }
 
 #[tokio::test]
+async fn at_debug_level_a_pods_name_finds_its_start_from_the_rpc_to_the_cni_plugin() {
+    let mut d = Daemon::new();
+    pods::pod_flags(&mut d);
+    d.log_level = Some("debug".into());
+    d.start().await;
+    let name = common::unique("chain");
+    let pod = pods::pod(&d, &name).await;
+    let rpc = "rpc{method=\"RunPodSandbox\"}";
+    assert_in_order(
+        &lines_of(&d, &name),
+        &[
+            &[
+                "DEBUG",
+                rpc,
+                "journal commit",
+                "seq=",
+                "events=1",
+                "object=\"sandbox\"",
+                "generation=1",
+            ],
+            &[" INFO ", rpc, "pod sandbox requested"],
+            &[
+                "DEBUG",
+                "reconcile{",
+                "step{step=\"cni_add\"}",
+                "cni{command=\"ADD\"",
+                "cni plugin call",
+                "result=\"ok\"",
+                "ips=\"",
+            ],
+            &[
+                "DEBUG",
+                "reconcile{",
+                "containerd{call=\"Tasks.Create\"}",
+                "containerd call",
+                "code=\"OK\"",
+                "elapsed=",
+            ],
+        ],
+    );
+    remove_pod(&d, &pod.id).await;
+}
+
+#[tokio::test]
 async fn json_lines_carry_the_pod_as_a_field() {
     let mut d = Daemon::new();
     pods::pod_flags(&mut d);

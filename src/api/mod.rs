@@ -78,13 +78,30 @@ fn resolve_id<V>(
 }
 
 impl Server {
-    /// Records `intents` in the journal, then logs each (one info line naming its pod):
-    /// answers the state that holds them.
+    /// Records `intents` in the journal, then logs each (one info line naming its pod, and a
+    /// debug `journal commit` naming the object generation, which the OTLP layer links the
+    /// object's reconcile to this RPC's trace by): answers the state that holds them.
     async fn record(&self, intents: Vec<Event>) -> Result<Arc<State>, ApiError> {
         let logged: Vec<_> = intents.iter().filter_map(Event::intent).collect();
+        let events = intents.len();
         let state = self.journal.append(intents).await?;
+        let seq = state.seq;
         for (key, what) in &logged {
+            let (object, id) = (key.kind(), key.id());
+            crate::lifecycle_event!(
+                tracing::Level::DEBUG,
+                state,
+                key,
+                seq,
+                events,
+                object,
+                id,
+                "journal commit"
+            );
             crate::lifecycle_info!(state, key, "{what}");
+        }
+        if logged.is_empty() {
+            tracing::debug!(seq, events, "journal commit");
         }
         Ok(state)
     }

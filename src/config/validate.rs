@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::{
     CniConfig, Config, ConfigError, ContainerdConfig, ImageConfig, ReconcileConfig, RuntimeConfig,
+    TracingConfig,
 };
 
 /// A [`ConfigError::Invalid`] for `key`.
@@ -47,6 +48,30 @@ fn nonzero(key: &'static str, d: Duration) -> Result<(), ConfigError> {
     Ok(())
 }
 
+impl TracingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let e = &self.otlp_endpoint;
+        let host = e
+            .strip_prefix("http://")
+            .or_else(|| e.strip_prefix("https://"));
+        if !e.is_empty() && host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+            return Err(invalid(
+                "tracing.otlp_endpoint",
+                e,
+                "must be an http:// (or https://) URL, or \"\" to send no traces",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(invalid(
+                "tracing.sample_ratio",
+                self.sample_ratio,
+                "must be 0.0 to 1.0",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// The checks the types do not make, once, so the rest of concord can trust the values.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -57,6 +82,7 @@ impl Config {
         self.runtime.validate()?;
         self.reconcile.validate()?;
         self.image.validate()?;
+        self.tracing.validate()?;
         within(
             "stats.interval_seconds",
             self.stats.interval_seconds.as_secs(),
@@ -291,6 +317,18 @@ mod tests {
                 Box::new(|c| c.image.load_max_bytes = 1),
                 "image.load_max_bytes",
             ),
+            (
+                Box::new(|c| c.tracing.otlp_endpoint = "127.0.0.1:4318".into()),
+                "tracing.otlp_endpoint",
+            ),
+            (
+                Box::new(|c| c.tracing.otlp_endpoint = "http://".into()),
+                "tracing.otlp_endpoint",
+            ),
+            (
+                Box::new(|c| c.tracing.sample_ratio = 1.5),
+                "tracing.sample_ratio",
+            ),
         ];
         for (mutate, key) in cases {
             let mut c = Config::default();
@@ -298,5 +336,13 @@ mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{err} should name {key}");
         }
+    }
+
+    #[test]
+    fn an_http_otlp_endpoint_is_valid() {
+        let mut c = Config::default();
+        c.tracing.otlp_endpoint = "http://127.0.0.1:4318".into();
+        c.tracing.sample_ratio = 0.25;
+        c.validate().unwrap();
     }
 }

@@ -139,24 +139,48 @@ impl Containerd {
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = rpc.timeout();
+        let span = tracing::debug_span!("containerd", call = rpc.name);
         let start = Instant::now();
-        let result = match deadline {
-            None => fut.await,
-            Some(d) => match tokio::time::timeout(d, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                    "containerd did not answer within {d:?}"
-                ))),
+        let result = tracing::Instrument::instrument(
+            async {
+                match deadline {
+                    None => fut.await,
+                    Some(d) => match tokio::time::timeout(d, fut).await {
+                        Ok(r) => r,
+                        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                            "containerd did not answer within {d:?}"
+                        ))),
+                    },
+                }
             },
-        };
+            span.clone(),
+        )
+        .await;
+        let elapsed = start.elapsed();
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
+        // NotFound answers a probe (an absent blob, snapshot or task): no error of the call.
+        span.in_scope(|| match &result {
+            Ok(_) => tracing::debug!(code = code_name(code), ?elapsed, "containerd call"),
+            Err(s) if code == tonic::Code::NotFound => tracing::debug!(
+                code = code_name(code),
+                ?elapsed,
+                detail = s.message(),
+                "containerd call"
+            ),
+            Err(s) => tracing::debug!(
+                code = code_name(code),
+                ?elapsed,
+                error = s.message(),
+                "containerd call"
+            ),
+        });
         self.metrics
             .containerd_duration
             .with_label_values(&[rpc.service, rpc.method])
-            .observe(start.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
         self.metrics
             .containerd_requests
             .with_label_values(&[rpc.service, rpc.method, code_name(code)])

@@ -1,11 +1,18 @@
 //! concord's own log: its filter (`log_level`, or RUST_LOG when set), its format (text, json or
-//! journald) and the handle a SIGHUP changes the level through.
+//! journald) and the handle a SIGHUP changes the level through; beside it, with a filter of its
+//! own, the OTLP span layer when `tracing.otlp_endpoint` is set ([`super::otlp`]).
 
-use tracing_subscriber::layer::{Layered, SubscriberExt};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
+use super::otlp::{Exporter, OtlpLayer};
 use crate::config::{Config, LogFormat};
+use crate::metrics::Metrics;
 
 /// journald's socket: tracing-journald sends there and nowhere else.
 pub const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
@@ -35,13 +42,17 @@ pub enum LoggingError {
     Reload(#[from] reload::Error),
 }
 
-type Base = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+/// The log's output layer. Its filter is its own (a per-layer filter), so the OTLP layer sees
+/// concord's debug spans whatever the log's level.
+type Output = Box<dyn Layer<Registry> + Send + Sync>;
 
 /// The installed logger: changes its level.
 pub struct Logging {
     filter: reload::Handle<EnvFilter, Registry>,
     /// RUST_LOG's filter is in force: `log_level` does not apply.
     rust_log: bool,
+    /// The OTLP exporter, until the daemon starts it.
+    exporter: Mutex<Option<Exporter>>,
 }
 
 impl Logging {
@@ -58,6 +69,17 @@ impl Logging {
     /// RUST_LOG is set: it, not `log_level`, is the filter.
     pub fn rust_log(&self) -> bool {
         self.rust_log
+    }
+
+    /// Starts sending spans to the OTLP collector (once; None without an endpoint): until
+    /// `stop`, then what is queued. Spans it drops are counted in `metrics`.
+    pub fn spawn_exporter(
+        &self,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let exporter = self.exporter.lock().take()?;
+        Some(tokio::spawn(exporter.run(metrics, stop)))
     }
 }
 
@@ -95,7 +117,7 @@ pub fn init(config: &Config) -> Result<Logging, LoggingError> {
     let (filter, from_env) = filter(&config.log_level, rust_log.as_deref())?;
     let (filter, handle) = reload::Layer::new(filter);
     let mut fallback = None;
-    let output: Box<dyn Layer<Base> + Send + Sync> = match config.log_format {
+    let output: Output = match config.log_format {
         LogFormat::Text => text(),
         LogFormat::Json => Box::new(
             tracing_subscriber::fmt::layer()
@@ -117,9 +139,10 @@ pub fn init(config: &Config) -> Result<Logging, LoggingError> {
             }
         },
     };
+    let (otlp, exporter) = OtlpLayer::new(&config.tracing).unzip();
     tracing_subscriber::registry()
-        .with(filter)
-        .with(output)
+        .with(output.with_filter(filter))
+        .with(otlp.map(|l| l.with_filter(OtlpLayer::filter())))
         .try_init()
         .map_err(|e| LoggingError::Install(e.to_string()))?;
     if let Some(error) = fallback {
@@ -138,11 +161,12 @@ pub fn init(config: &Config) -> Result<Logging, LoggingError> {
     Ok(Logging {
         filter: handle,
         rust_log: from_env,
+        exporter: Mutex::new(exporter),
     })
 }
 
 /// Text lines on stderr (colored on a terminal).
-fn text() -> Box<dyn Layer<Base> + Send + Sync> {
+fn text() -> Output {
     Box::new(
         tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

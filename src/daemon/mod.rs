@@ -7,6 +7,7 @@
 
 pub mod logging;
 pub mod notify;
+pub mod otlp;
 pub mod process;
 pub mod reload;
 pub mod socket;
@@ -164,6 +165,11 @@ pub async fn run(config: Config, reload: reload::Reload) -> Result<(), DaemonErr
     let (parts, dispatch) = build(&config, journal, metrics, &stops);
     let (mut tasks, health) = spawn_background(&config, &parts, &dispatch, &stops).await?;
     tasks.critical.push(named("journal writer", journal_task));
+    tasks.background.extend(
+        reload
+            .logging
+            .spawn_exporter(parts.metrics.clone(), stops.r#loop.clone()),
+    );
     tasks.background.push(reload::spawn(
         reload,
         sighup,
@@ -441,6 +447,7 @@ async fn serve(
         list_cache: Default::default(),
     }));
     let server = tonic::transport::Server::builder()
+        .trace_fn(otlp::remote_parent)
         .add_service(crate::cri::runtime_service_server::RuntimeServiceServer::new(cri.clone()))
         .add_service(crate::cri::image_service_server::ImageServiceServer::new(
             cri.clone(),

@@ -75,12 +75,21 @@ impl Event {
 /// by pod name.
 #[macro_export]
 macro_rules! lifecycle_info {
-    ($state:expr, $key:expr, $($rest:tt)+) => {{
+    ($state:expr, $key:expr, $($rest:tt)+) => {
+        $crate::lifecycle_event!(::tracing::Level::INFO, $state, $key, $($rest)+)
+    };
+}
+
+/// [`lifecycle_info!`] at level `$level` (a `tracing::Level` constant).
+#[macro_export]
+macro_rules! lifecycle_event {
+    ($level:expr, $state:expr, $key:expr, $($rest:tt)+) => {{
         let state: &$crate::journal::State = &$state;
         let key: &$crate::journal::ObjectKey = $key;
         let names = state.describe(key);
         let n = names.as_ref();
-        ::tracing::info!(
+        ::tracing::event!(
+            $level,
             pod = n.map(|n| n.pod.as_str()),
             pod_uid = n.map(|n| n.pod_uid.as_str()),
             pod_id = n.map(|n| n.pod_id.as_str()),

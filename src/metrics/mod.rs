@@ -309,6 +309,11 @@ metrics! {
     .unwrap();
     container_events_dropped: IntCounter = IntCounter::new("concord_container_events_dropped_total", "Container events a GetContainerEvents subscriber lost because it read slower than its buffer filled").unwrap();
     container_event_streams: IntGauge = IntGauge::new("concord_container_event_streams", "Open GetContainerEvents streams").unwrap();
+    trace_spans_dropped: IntCounterVec = IntCounterVec::new(
+        Opts::new("concord_trace_spans_dropped_total", "Spans not sent to the OTLP collector (tracing.otlp_endpoint), by reason (queue_full, export_failed)"),
+        &["reason"],
+    )
+    .unwrap();
     stats_collections: IntCounterVec = IntCounterVec::new(
         Opts::new("concord_stats_collections_total", "Runs of the stats collector, by result (ok, partial: some objects could not be read)"),
         &["result"],

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
 
 use super::cni_config::{find_plugin, CniNetwork};
 use crate::metrics::Metrics;
@@ -256,20 +257,34 @@ impl Cni {
         a: &Attachment,
     ) -> Result<Value, CniError> {
         let start = std::time::Instant::now();
-        let out = self.run_plugin(command, net, plugin, conf, a).await;
+        let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
+        let span = tracing::debug_span!("cni", command, network = %net.name, plugin = kind);
+        let out = self
+            .run_plugin(command, net, plugin, conf, a)
+            .instrument(span.clone())
+            .await;
+        let result = match &out {
+            Ok(_) => "ok",
+            Err(CniError::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        let elapsed = start.elapsed();
+        span.in_scope(|| match &out {
+            Ok(v) => tracing::debug!(
+                result,
+                ?elapsed,
+                ips = (command == "ADD").then(|| ips_of(v).join(",")),
+                "cni plugin call"
+            ),
+            Err(error) => tracing::debug!(result, ?elapsed, %error, "cni plugin call"),
+        });
         if let Some(m) = &self.metrics {
-            let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
-            let result = match &out {
-                Ok(_) => "ok",
-                Err(CniError::Timeout { .. }) => "timeout",
-                Err(_) => "error",
-            };
             m.cni_calls
                 .with_label_values(&[kind, command, result])
                 .inc();
             m.cni_duration
                 .with_label_values(&[kind, command])
-                .observe(start.elapsed().as_secs_f64());
+                .observe(elapsed.as_secs_f64());
         }
         out
     }
@@ -385,6 +400,22 @@ impl Cni {
         }
         Ok(stdout)
     }
+}
+
+/// Addresses (without prefix length) from a CNI result, IPv4 first.
+pub fn ips_of(result: &Value) -> Vec<String> {
+    let mut ips: Vec<String> = result
+        .get("ips")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|ip| ip.get("address").and_then(Value::as_str))
+                .map(|a| a.split('/').next().unwrap_or(a).to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    ips.sort_by_key(|ip| ip.contains(':'));
+    ips
 }
 
 #[cfg(test)]

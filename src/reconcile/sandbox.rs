@@ -15,7 +15,7 @@ use crate::containerd::{cri_labels, ContainerRuntime, Containerd, KIND_LABEL, KI
 use crate::image::Images;
 use crate::journal::{Event, JournalHandle, ObjectKey, SandboxDesired, SandboxRecord, State};
 use crate::metrics::Metrics;
-use crate::network::cni::{Attachment, Cni};
+use crate::network::cni::{ips_of, Attachment, Cni};
 use crate::network::{netns, Network, NetworkStatus};
 use crate::oci::{sandbox_spec, Ns, SandboxSpec, SANDBOX_OOM_SCORE_ADJ};
 
@@ -78,7 +78,7 @@ impl SandboxReconciler {
         f: impl std::future::Future<Output = T>,
     ) -> T {
         let start = std::time::Instant::now();
-        let out = f.await;
+        let out = tracing::Instrument::instrument(f, tracing::debug_span!("step", step)).await;
         let took = start.elapsed();
         self.metrics
             .sandbox_step_duration
@@ -755,22 +755,6 @@ fn observed(v: Value) -> Reconciled {
         observed: v.to_string(),
         drift_corrected: false,
     }
-}
-
-/// Addresses (without prefix length) from a CNI result, IPv4 first.
-fn ips_of(result: &Value) -> Vec<String> {
-    let mut ips: Vec<String> = result
-        .get("ips")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|ip| ip.get("address").and_then(Value::as_str))
-                .map(|a| a.split('/').next().unwrap_or(a).to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    ips.sort_by_key(|ip| ip.contains(':'));
-    ips
 }
 
 #[cfg(test)]
