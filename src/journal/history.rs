@@ -151,6 +151,25 @@ impl History {
         ring.push_back(entry);
     }
 
+    /// Records one reconcile's outcome. A success after a success of the same generation is
+    /// not news (a resync's pass over a converged object): left out.
+    pub fn record_outcome(&self, key: &ObjectKey, entry: Entry) {
+        let converged = |e: &Entry| matches!(e.source, Source::Reconcile { ok: true, .. });
+        if converged(&entry) {
+            let rings = self.rings.lock();
+            let last = rings.get(key).and_then(|r| {
+                r.entries
+                    .iter()
+                    .rev()
+                    .find(|e| matches!(e.source, Source::Reconcile { .. }))
+            });
+            if last.is_some_and(|l| converged(l) && l.generation == entry.generation) {
+                return;
+            }
+        }
+        self.record(key, entry);
+    }
+
     /// `key`'s entries, oldest first.
     pub fn of(&self, key: &ObjectKey) -> Vec<Entry> {
         self.rings
@@ -368,6 +387,12 @@ mod tests {
         assert_eq!((ended.len(), &ended[0].key), (1, &key));
         assert_eq!(ended[0].entries.last().unwrap().what, "removed");
         assert_eq!(ended[0].names.state, "REMOVED");
+        // A resync's pass over a converged generation is not recorded twice.
+        let live = ObjectKey::Sandbox("s1".into());
+        h.record_outcome(&live, reconcile(4));
+        h.record_outcome(&live, reconcile(4));
+        h.record_outcome(&live, reconcile(5));
+        assert_eq!(h.of(&live).len(), 2);
         // The failure of the reconcile that removed it joins its ended record; a success
         // (a pass over nothing) does not.
         h.record(&key, reconcile(98));

@@ -524,8 +524,7 @@ impl Controller {
 }
 
 impl Controller {
-    /// Adds one reconcile's outcome to the object's history. A success after a success is
-    /// recorded only when it converged a new generation (a resync's pass is not news).
+    /// Adds one reconcile's outcome to the object's history.
     fn remember(
         &self,
         key: &ObjectKey,
@@ -540,17 +539,7 @@ impl Controller {
             Err(e @ ReconcileError::Waiting(_)) => (false, "waiting", e.to_string()),
             Err(e) => (false, "failed", e.to_string()),
         };
-        if ok {
-            let last = history
-                .of(key)
-                .into_iter()
-                .rev()
-                .find(|e| matches!(e.source, Source::Reconcile { .. }));
-            if last.is_some_and(|l| l.what == "converged" && l.generation == generation) {
-                return;
-            }
-        }
-        history.record(
+        history.record_outcome(
             key,
             Entry {
                 at: crate::clock::now_nanos(),
