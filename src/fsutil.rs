@@ -30,3 +30,25 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .mode(0o700)
         .create(dir)
 }
+
+/// `s` cut to at most `max` bytes at a character boundary, "…" marking the cut.
+pub fn truncate_utf8(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn truncation_cuts_at_a_character_boundary() {
+        assert_eq!(super::truncate_utf8("abc".into(), 8), "abc");
+        assert_eq!(super::truncate_utf8("ééé".into(), 3), "é…");
+    }
+}

@@ -142,7 +142,11 @@ impl Server {
         proto::ObjectStatus {
             kind: o.key.kind().into(),
             id: o.key.id().into(),
-            config: config_json(state, &o.key, req.show_config),
+            // Only for a query (a listing of every object would carry every config).
+            config: match req.query.is_empty() {
+                true => String::new(),
+                false => config_json(state, &o.key, req.show_config),
+            },
             desired: o.desired,
             observed: o.status.observed,
             generation: o.generation,

@@ -108,7 +108,7 @@ pub fn ago(unix_nanos: i64) -> String {
 
 /// A short id (13 characters, as crictl shows them).
 pub fn short(id: &str) -> &str {
-    &id[..13.min(id.len())]
+    id.get(..13).unwrap_or(id)
 }
 
 #[cfg(test)]

@@ -307,7 +307,7 @@ async fn spawn_background(
     let failing = Arc::downgrade(controller);
     metrics.on_scrape(move |m| {
         if let Some(c) = failing.upgrade() {
-            m.count_failing(&c.objects());
+            m.count_failing(&c.failing_by_kind());
         }
     });
     {

@@ -137,7 +137,7 @@ impl History {
                 if matches!(entry.source, Source::Reconcile { ok: true, .. }) {
                     return;
                 }
-                if e.entries.len() > RING {
+                if e.entries.len() >= RING {
                     e.entries.remove(0);
                 }
                 e.entries.push(entry);

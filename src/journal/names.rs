@@ -84,6 +84,7 @@ macro_rules! lifecycle_info {
 #[macro_export]
 macro_rules! lifecycle_event {
     ($level:expr, $state:expr, $key:expr, $($rest:tt)+) => {{
+        if ::tracing::enabled!($level) {
         let state: &$crate::journal::State = &$state;
         let key: &$crate::journal::ObjectKey = $key;
         let names = state.describe(key);
@@ -101,6 +102,7 @@ macro_rules! lifecycle_event {
             generation = state.generation(key),
             $($rest)+
         )
+        }
     }};
 }
 

@@ -391,12 +391,10 @@ impl Metrics {
 
     /// Sets `concord_reconcile_failing_objects`: per kind, the objects whose last reconcile
     /// failed (every kind present, 0 included).
-    pub fn count_failing(&self, views: &[crate::reconcile::ObjectView]) {
+    pub fn count_failing(&self, by_kind: &[(&'static str, i64)]) {
         let mut failing: std::collections::BTreeMap<&str, i64> =
             OBJECT_KINDS.map(|k| (k, 0)).into();
-        for v in views {
-            *failing.entry(v.key.kind()).or_default() += i64::from(v.status.retries > 0);
-        }
+        failing.extend(by_kind.iter().copied());
         for (kind, n) in failing {
             self.reconcile_failing.with_label_values(&[kind]).set(n);
         }

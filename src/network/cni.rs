@@ -320,11 +320,12 @@ impl Cni {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(";");
+        // A plugin's words reach logs, history and spans: at most 4 KiB of them.
         let failed = |message: String| CniError::Plugin {
             command,
             network: net.name.clone(),
             plugin: kind.clone(),
-            message,
+            message: crate::fsutil::truncate_utf8(message, 4096),
         };
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.env_clear()

@@ -295,7 +295,11 @@ impl Controller {
             self.statuses
                 .lock()
                 .retain(|k, s| live.contains(k) || s.retry_scheduled);
-            self.journal.history().retain(|k| live.contains(k));
+            // An object recorded since the snapshot above is live too.
+            let now = self.journal.state();
+            self.journal
+                .history()
+                .retain(|k| live.contains(k) || now.generation(k) > 0);
         }
         tracing::debug!(reason, objects = keys.len(), "resync");
         for key in keys {
@@ -389,6 +393,17 @@ impl Controller {
             status,
             key: key.clone(),
         })
+    }
+
+    /// Objects whose last reconcile failed (retrying), by kind.
+    pub fn failing_by_kind(&self) -> Vec<(&'static str, i64)> {
+        let mut failing: HashMap<&'static str, i64> = HashMap::new();
+        for (key, s) in self.statuses.lock().iter() {
+            if s.retries > 0 {
+                *failing.entry(key.kind()).or_default() += 1;
+            }
+        }
+        failing.into_iter().collect()
     }
 
     /// How the loop is doing: objects, objects pending a reconcile, objects whose last

@@ -347,6 +347,7 @@ pub fn remote_parent(request: &tonic::codegen::http::Request<()>) -> tracing::Sp
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
+        .filter(|v| parse_traceparent(v).is_some())
     {
         Some(traceparent) => tracing::debug_span!("grpc", traceparent),
         None => tracing::Span::none(),
