@@ -97,12 +97,18 @@ fuzz_failed=0
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 if [ "$FUZZ_SECONDS" != 0 ]; then
   echo "[test] fuzzing: every target in fuzz/ for $FUZZ_SECONDS s (hack/fuzz.sh)"
-  bash hack/fuzz.sh "$FUZZ_SECONDS" >/tmp/concord-fuzz.log 2>&1 || true
+  fuzz_rc=0
+  bash hack/fuzz.sh "$FUZZ_SECONDS" >/tmp/concord-fuzz.log 2>&1 || fuzz_rc=$?
   cat /tmp/concord-fuzz.log
   fuzz_ok=$(awk '$1 ~ /^[a-z_]+$/ && $6 == "0" {n++} END {print n + 0}' /tmp/concord-fuzz.log)
   fuzz_failed=$(awk '$1 ~ /^[a-z_]+$/ && $6 == "1" {n++} END {print n + 0}' /tmp/concord-fuzz.log)
   if grep -q "fuzz build failed\|a regression input crashes again" /tmp/concord-fuzz.log; then
     fuzz_failed=$((fuzz_failed + 1))
+  fi
+  # A run that ended otherwise (killed, a tool missing) is a failure too.
+  if [ "$fuzz_rc" != 0 ] && [ "$fuzz_failed" = 0 ]; then
+    echo "[test] hack/fuzz.sh exited $fuzz_rc"
+    fuzz_failed=1
   fi
 else
   echo "[test] SKIPPED: fuzzing (FUZZ_SECONDS=0)"
