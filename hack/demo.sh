@@ -42,16 +42,29 @@ log "images:"
 "$BIN" images --listen "$LISTEN"
 log "running a pod (network namespace + CNI bridge address + the locally built pause image), host port 18080 -> 80:"
 # A demo pod left NotReady by an earlier run (its pause died, say a reboot) is replaced.
-for stale in $("$BIN" pods --listen "$LISTEN" | awk '$4=="demo" && $2!="Ready"{print $1}'); do
+# The listings' JSON (`-o json`) is what scripts read; the tables are for people.
+pods_named() { # $1: name, $2: python condition on the pod `p` (True: any)
+  "$BIN" pods --listen "$LISTEN" -o json | python3 -c '
+import json, sys
+for p in json.load(sys.stdin):
+    if p["metadata"]["name"] == sys.argv[1] and ('"$2"'):
+        print(p["id"])' "$1"
+}
+# (CRI enums are numbers in the JSON: a pod's state 0 is SANDBOX_READY, a container's 1 RUNNING.)
+for stale in $(pods_named demo 'p["state"] != 0'); do
   "$BIN" remove-pod --listen "$LISTEN" "$stale"
 done
 POD=$("$BIN" run-pod --listen "$LISTEN" --publish 18080:80 demo)
 "$BIN" pods --listen "$LISTEN"
 log "running the locally built httpd image (loaded above) in the pod:"
-"$BIN" containers --listen "$LISTEN" | awk '$5=="web"' | grep -q running \
-  || "$BIN" run-container --listen "$LISTEN" "$POD" web example.test/demo/httpd:1
+running_web=$("$BIN" containers --listen "$LISTEN" -o json | python3 -c '
+import json, sys
+print(sum(c["metadata"]["name"] == "web" and c["state"] == 1 for c in json.load(sys.stdin)))')
+[ "$running_web" != 0 ] || "$BIN" run-container --listen "$LISTEN" "$POD" web example.test/demo/httpd:1
 "$BIN" containers --listen "$LISTEN"
-POD_IP=$("$BIN" pods --listen "$LISTEN" | awk '$4=="demo"{print $3}')
+POD_IP=$("$BIN" inspect --listen "$LISTEN" "$POD" -o json | python3 -c '
+import json, sys
+print(next(o["desired"]["ips"][0] for o in json.load(sys.stdin)["objects"] if o["kind"] == "sandbox"))')
 HOST_IP=$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1)
 for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://$POD_IP:80/" 2>/dev/null && break; sleep 0.1; done
 log "GET http://$POD_IP:80/ (the pod's address) and http://$HOST_IP:18080/ (hostPort):"
