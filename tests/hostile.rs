@@ -844,6 +844,31 @@ async fn hostile_archives_are_refused_and_leave_nothing() {
 /// second time. (It replaced the task: the entrypoint ran twice.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_right_after_a_task_start_never_runs_the_entrypoint_twice() {
+    crash_then_converge("container-started", Crash::AtStart).await;
+}
+
+/// The start's fact is committed without waiting for the disk (containerd shows the task again):
+/// a crash right after it loses it, and the restart adopts the task as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_that_loses_the_started_fact_adopts_the_task() {
+    crash_then_converge("container-start-recorded", Crash::AtStart).await;
+}
+
+/// The same for the create's fact: the restart finds the containerd container and its snapshot
+/// and the container starts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_that_loses_the_created_fact_finds_the_container_again() {
+    crash_then_converge("container-create-recorded", Crash::AtCreate).await;
+}
+
+enum Crash {
+    AtCreate,
+    AtStart,
+}
+
+/// Two containers (one that runs on, one that exits 3), concord aborted at crash `point` in the
+/// create or the start of each, restarted: both end as they should, each entrypoint ran once.
+async fn crash_then_converge(point: &str, during: Crash) {
     let mut d = common::pod_daemon(&[]).await;
     common::pull_ok(&d, "busybox").await;
     let out = d.dir.join("out");
@@ -858,26 +883,36 @@ async fn a_crash_right_after_a_task_start_never_runs_the_entrypoint_twice() {
         }],
         ..container_config(name, "busybox", &["sh", "-c", script])
     };
-    let long = create_container(
-        &d,
-        &pod,
-        &config,
-        with_out("long", "echo ran >> /out/long; sleep 1000"),
-    )
-    .await
-    .unwrap();
-    let short = create_container(
-        &d,
-        &pod,
-        &config,
-        with_out("short", "echo ran >> /out/short; exit 3"),
-    )
-    .await
-    .unwrap();
-    for id in [&long, &short] {
+    let scripts = [
+        ("long", "echo ran >> /out/long; sleep 1000"),
+        ("short", "echo ran >> /out/short; exit 3"),
+    ];
+    let crash = |d: &mut Daemon| {
         d.kill9();
-        d.env = vec![("CONCORD_CRASH_AT".into(), "container-started".into())];
-        d.start().await;
+        d.env = vec![("CONCORD_CRASH_AT".into(), point.into())];
+    };
+    let mut ids = Vec::new();
+    for (name, script) in scripts {
+        if let Crash::AtCreate = during {
+            crash(&mut d);
+            d.start().await;
+            let r = create_container(&d, &pod, &config, with_out(name, script)).await;
+            assert!(r.is_err(), "concord did not stop at the crash point");
+            restart_after_abort(&mut d).await;
+            ids.push(container_named(&d, name).await);
+        } else {
+            ids.push(
+                create_container(&d, &pod, &config, with_out(name, script))
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    for id in &ids {
+        if let Crash::AtStart = during {
+            crash(&mut d);
+            d.start().await;
+        }
         let r = d
             .runtime()
             .await
@@ -885,13 +920,14 @@ async fn a_crash_right_after_a_task_start_never_runs_the_entrypoint_twice() {
                 container_id: id.clone(),
             })
             .await;
-        assert!(r.is_err(), "concord did not stop at the crash point");
-        let mut child = d.child.take().unwrap();
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "{status:?}");
-        d.env.clear();
-        d.start().await;
+        if let Crash::AtStart = during {
+            assert!(r.is_err(), "concord did not stop at the crash point");
+            restart_after_abort(&mut d).await;
+        } else {
+            r.unwrap();
+        }
     }
+    let (long, short) = (ids[0].clone(), ids[1].clone());
     let status = |id: String| {
         let d = &d;
         async move {
@@ -902,7 +938,7 @@ async fn a_crash_right_after_a_task_start_never_runs_the_entrypoint_twice() {
                     verbose: false,
                 })
                 .await
-                .unwrap()
+                .unwrap_or_else(|e| panic!("{e}\n{}", d.log()))
                 .into_inner()
                 .status
                 .unwrap()
@@ -932,9 +968,48 @@ async fn a_crash_right_after_a_task_start_never_runs_the_entrypoint_twice() {
             runs.lines().count()
         );
     }
-    assert!(d
-        .log()
-        .contains("adopted a task an interrupted start left running"));
+    if let Crash::AtStart = during {
+        assert!(d
+            .log()
+            .contains("adopted a task an interrupted start left running"));
+    }
+}
+
+/// Waits for the aborted concord, then starts it again without the crash point.
+async fn restart_after_abort(d: &mut Daemon) {
+    let mut child = d.child.take().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{status:?}");
+    d.env.clear();
+    d.start().await;
+}
+
+/// The id of the container named `name` (its CreateContainer was cut off before the answer),
+/// once the restarted concord created it again.
+async fn container_named(d: &Daemon, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = d
+            .runtime()
+            .await
+            .list_containers(cri::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .into_containers();
+        if let Some(c) = list
+            .into_iter()
+            .find(|c| c.metadata.as_ref().is_some_and(|m| m.name == name))
+        {
+            return c.id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no container {name} after the restart\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The journal's disk fills up while it compacts: the snapshot (the whole state, ~1 MiB of pods

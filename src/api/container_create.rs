@@ -41,14 +41,15 @@ impl Server {
         }
         let image = self
             .images
-            .index()
+            .loaded_index()
+            .await
             .find(&image_name)
             .cloned()
             .ok_or_else(|| ApiError::NotFound {
                 kind: "image",
                 id: image_name.clone(),
             })?;
-        let image_volumes = self.resolve_image_volumes(&config)?;
+        let image_volumes = self.resolve_image_volumes(&config).await?;
         let name = container_name(&sandbox_id, meta);
         if let Some(existing) = state
             .container_names
@@ -122,14 +123,14 @@ impl Server {
 impl Server {
     /// The image id of each image mount (`config.mounts[i].image`), by mount index ('' for a
     /// host path mount; empty when none is an image): kubelet pulled them first.
-    fn resolve_image_volumes(
+    async fn resolve_image_volumes(
         &self,
         config: &cri::ContainerConfig,
     ) -> Result<Vec<String>, ApiError> {
         if config.mounts.iter().all(|m| m.image.is_none()) {
             return Ok(Vec::new());
         }
-        let index = self.images.index();
+        let index = self.images.loaded_index().await;
         let mut ids = Vec::with_capacity(config.mounts.len());
         for (i, m) in config.mounts.iter().enumerate() {
             let Some(spec) = &m.image else {

@@ -21,7 +21,7 @@ impl Server {
                 "an image id or reference is required",
             ));
         }
-        if let Some(img) = self.images.index().find(&what) {
+        if let Some(img) = self.images.loaded_index().await.find(&what) {
             let state = self.journal.state();
             if self.images.is_pinned(img) {
                 if let Some(user) = state.sandboxes.values().find(|s| {

@@ -19,7 +19,7 @@ impl Server {
                 "an image id or reference is required",
             ));
         }
-        let index = self.images.index();
+        let index = self.images.loaded_index().await;
         // An unknown image is not an error: the answer has no image (as kubelet expects).
         let Some(img) = index.find(&what) else {
             return Ok(cri::ImageStatusResponse::default());
@@ -49,7 +49,7 @@ impl Server {
         &self,
         req: cri::ListImagesRequest,
     ) -> Result<cri::ListImagesResponse, ApiError> {
-        let index = self.images.index();
+        let index = self.images.loaded_index().await;
         let wanted = req
             .filter
             .and_then(|f| f.image)

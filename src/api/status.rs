@@ -160,6 +160,7 @@ impl Server {
             "lastSeq": j.last_seq,
             "snapshotSeq": j.snapshot_seq,
             "eventsSinceSnapshot": j.events_since_snapshot,
+            "unflushedFacts": j.unflushed,
         });
         info.insert("journal".into(), journal.to_string());
         info

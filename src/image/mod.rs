@@ -146,6 +146,19 @@ impl Images {
         let _ = tokio::time::timeout(timeout, rx.wait_for(|l| *l)).await;
     }
 
+    /// Whether the index was loaded from containerd once (before, "not in the index" means
+    /// nothing).
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded.borrow()
+    }
+
+    /// The index once it was loaded from containerd (waits up to 10 s after a start): what a
+    /// request reads, so that right after a restart an image is not reported missing.
+    pub async fn loaded_index(&self) -> Arc<ImageIndex> {
+        self.wait_loaded(std::time::Duration::from_secs(10)).await;
+        self.index()
+    }
+
     /// The current index (never waits).
     pub fn index(&self) -> Arc<ImageIndex> {
         self.index.read().clone()

@@ -4,6 +4,11 @@
 //! in one durable transaction (group commit), folds the events into the state, publishes the new
 //! state to readers (who never wait for it) and only then acknowledges: an acknowledged event is
 //! on disk. After `compact_after` events the history is replaced by a snapshot.
+//!
+//! The exception is a fact containerd can show again ([`JournalHandle::record`]): it is committed
+//! without waiting for the disk, and made durable by the next durable commit or within
+//! [`FLUSH_AFTER`]. A crash before that loses it exactly as a crash before recording it would,
+//! and the reconciler, which survives such a crash, finds it again in containerd.
 
 mod codec;
 mod event;
@@ -28,8 +33,14 @@ pub use store::{write_foreign_schema, Journal, JournalError, OpenInfo, SCHEMA_VE
 use crate::metrics::Metrics;
 use writer::{writer, Published};
 
+/// How long a fact recorded with [`JournalHandle::record`] may stay off the disk while nothing
+/// else is committed.
+pub const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 struct Append {
     events: Vec<Event>,
+    /// Whether the append waits for the disk (an intent, or a fact nothing else can show again).
+    durable: bool,
     reply: oneshot::Sender<Result<u64, Arc<JournalError>>>,
 }
 
@@ -41,6 +52,8 @@ pub struct JournalStats {
     pub snapshot_seq: u64,
     pub events_since_snapshot: u64,
     pub replayed_at_start: u64,
+    /// Facts committed without waiting for the disk, not yet durable ([`FLUSH_AFTER`]).
+    pub unflushed: u64,
 }
 
 /// A container lifecycle step, published once it is committed (GetContainerEvents' source).
@@ -118,9 +131,26 @@ pub enum AppendError {
 impl JournalHandle {
     /// Records `events` durably; answers the state that includes them.
     pub async fn append(&self, events: Vec<Event>) -> Result<Arc<State>, AppendError> {
+        self.commit(events, true).await
+    }
+
+    /// Records facts that containerd can show again (a container it holds, a task that runs):
+    /// published like [`append`](Self::append), but not waiting for the disk. They reach it with
+    /// the next durable commit (which cannot overtake them) or within [`FLUSH_AFTER`]; a crash
+    /// before that loses them as a crash before this call would, and the reconciler finds them
+    /// again in containerd.
+    pub async fn record(&self, events: Vec<Event>) -> Result<Arc<State>, AppendError> {
+        self.commit(events, false).await
+    }
+
+    async fn commit(&self, events: Vec<Event>, durable: bool) -> Result<Arc<State>, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Append { events, reply })
+            .send(Append {
+                events,
+                durable,
+                reply,
+            })
             .await
             .map_err(|_| AppendError::Closed)?;
         let seq = rx
@@ -189,6 +219,7 @@ pub fn spawn_writer(
         snapshot_seq: journal.snapshot_seq(),
         events_since_snapshot: journal.events_since_snapshot(),
         replayed_at_start: info.replayed,
+        unflushed: 0,
     };
     let (stats_tx, stats_rx) = watch::channel(stats);
     let (failing_tx, failing_rx) = watch::channel(None);

@@ -215,15 +215,20 @@ impl Journal {
         Ok((journal, State::default(), info))
     }
 
-    /// Appends events in one durable transaction; answers the sequence number of the last one.
-    pub fn append(&mut self, events: &[Event]) -> Result<u64, JournalError> {
+    /// Appends events in one transaction, durable or not (see [`Durability::None`]: made durable
+    /// by the next durable commit); answers the sequence number of the last one.
+    pub fn append(&mut self, events: &[Event], durable: bool) -> Result<u64, JournalError> {
         let encoded = events
             .iter()
             .map(serde_json::to_vec)
             .collect::<Result<Vec<_>, _>>()
             .map_err(JournalError::Encode)?;
         let mut seq = self.last_seq;
-        self.write(|txn| {
+        let durability = match durable {
+            true => Durability::Immediate,
+            false => Durability::None,
+        };
+        self.write(durability, |txn| {
             let mut t = txn.open_table(EVENTS)?;
             for bytes in &encoded {
                 seq += 1;
@@ -243,7 +248,7 @@ impl Journal {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.write(|txn| {
+        self.write(Durability::Immediate, |txn| {
             txn.open_table(META)?.insert(KEY_PROBE, now)?;
             Ok(())
         })
@@ -254,7 +259,7 @@ impl Journal {
         let bytes = serde_json::to_vec(state).map_err(JournalError::Encode)?;
         let upto = state.seq;
         let mut dropped = 0;
-        self.write(|txn| {
+        self.write(Durability::Immediate, |txn| {
             txn.open_table(SNAPSHOT)?
                 .insert(KEY_STATE, bytes.as_slice())?;
             txn.open_table(META)?.insert(KEY_SNAPSHOT_SEQ, upto)?;
@@ -271,6 +276,7 @@ impl Journal {
 
     fn write(
         &mut self,
+        durability: Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), JournalError> {
         let store = |source: redb::Error| JournalError::Store {
@@ -278,7 +284,7 @@ impl Journal {
             source,
         };
         let mut txn = self.db.begin_write().map_err(|e| store(e.into()))?;
-        txn.set_durability(Durability::Immediate).map_err(|e| {
+        txn.set_durability(durability).map_err(|e| {
             store(redb::Error::from(redb::StorageError::Corrupted(
                 e.to_string(),
             )))
@@ -295,7 +301,8 @@ impl Journal {
         &self.path
     }
 
-    /// Sequence number of the last durable event.
+    /// Sequence number of the last committed event (durable, or made so by the next durable
+    /// commit).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
@@ -677,7 +684,7 @@ mod tests {
             netns_path: None,
             created_at: 1,
         };
-        j.append(std::slice::from_ref(&ev)).unwrap();
+        j.append(std::slice::from_ref(&ev), true).unwrap();
         drop(j);
         let db = ReadOnlyDatabase::open(&path).unwrap();
         let txn = db.begin_read().unwrap();
@@ -704,7 +711,7 @@ mod tests {
         let (mut j, _, info) = Journal::open(&path).unwrap();
         assert!(info.created);
         for n in 1..=5 {
-            assert_eq!(j.append(&[cidr(n)]).unwrap(), n);
+            assert_eq!(j.append(&[cidr(n)], true).unwrap(), n);
         }
         drop(j);
         let (j, state, info) = Journal::open(&path).unwrap();
@@ -739,13 +746,13 @@ mod tests {
         let (mut j, mut state, _) = Journal::open(&path).unwrap();
         for n in 1..=50 {
             let ev = cidr(n);
-            let seq = j.append(std::slice::from_ref(&ev)).unwrap();
+            let seq = j.append(std::slice::from_ref(&ev), true).unwrap();
             state.apply(seq, &ev);
         }
         j.compact(&state).unwrap();
         assert_eq!(j.events_since_snapshot(), 0);
         let ev = cidr(51);
-        let seq = j.append(std::slice::from_ref(&ev)).unwrap();
+        let seq = j.append(std::slice::from_ref(&ev), true).unwrap();
         assert_eq!(seq, 51);
         state.apply(seq, &ev);
         drop(j);
@@ -782,7 +789,7 @@ mod tests {
             },
         ];
         for ev in &events {
-            let seq = j.append(std::slice::from_ref(ev)).unwrap();
+            let seq = j.append(std::slice::from_ref(ev), true).unwrap();
             state.apply(seq, ev);
         }
         drop(j);
@@ -827,7 +834,7 @@ mod tests {
         let path = dir.path().join("j.redb");
         let (mut j, _, _) = Journal::open(&path).unwrap();
         for n in 1..=20 {
-            j.append(&[cidr(n)]).unwrap();
+            j.append(&[cidr(n)], true).unwrap();
         }
         drop(j);
         let mut bytes = std::fs::read(&path).unwrap();

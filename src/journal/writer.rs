@@ -34,18 +34,26 @@ fn backoff(n: u32) -> std::time::Duration {
 
 /// Reopens the journal at `path` (the failed handle is dropped first: redb holds a lock) and
 /// probes it with a write. The reopened store's state must be the published one: a failed
-/// commit left nothing behind.
+/// commit left nothing behind. The facts committed without waiting for the disk since its last
+/// durable commit (`unflushed`, published) went with the failed handle: they are written again.
 async fn reopen(
     old: Option<Journal>,
     path: PathBuf,
     published_seq: u64,
+    unflushed: Vec<Event>,
 ) -> (Option<Journal>, Result<(), String>) {
     tokio::task::spawn_blocking(move || {
         drop(old);
-        let (mut j, state, _) = match Journal::open(&path) {
+        let (mut j, mut state, _) = match Journal::open(&path) {
             Ok(o) => o,
             Err(e) => return (None, Err(format!("reopening: {e}"))),
         };
+        if !unflushed.is_empty() && state.seq + unflushed.len() as u64 == published_seq {
+            match j.append(&unflushed, true) {
+                Ok(seq) => state.seq = seq,
+                Err(e) => return (Some(j), Err(format!("writing the unflushed facts again: {e}"))),
+            }
+        }
         // The store must end exactly where the published state does: ahead (a commit whose
         // failure was reported reached the disk after all) or behind (the file was replaced)
         // would put unacknowledged intents in, or acknowledged ones out. Never written on top
@@ -86,14 +94,21 @@ pub(super) async fn writer(
         compact_after,
         compact_retry_at: 0,
         recovering: None,
+        unflushed: Vec::new(),
+        flush_at: None,
         metrics,
     };
     loop {
         let due = w.recovering.map(|(_, at)| at);
+        let flush = w.flush_at.filter(|_| due.is_none());
         let first = tokio::select! {
             biased;
             msg = rx.recv() => msg,
             _ = shutdown.cancelled() => { rx.close(); rx.recv().await }
+            _ = tokio::time::sleep_until(flush.unwrap_or_else(tokio::time::Instant::now)), if flush.is_some() => {
+                w.flush().await;
+                continue;
+            }
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                 // Recover without waiting for an append: RuntimeReady comes back by itself.
                 if let Err((e, pause)) = w.recover().await {
@@ -104,6 +119,9 @@ pub(super) async fn writer(
         };
         let Some(first) = first else { break };
         w.write(next_batch(first, &mut rx)).await;
+    }
+    if w.flush_at.is_some() && w.recovering.is_none() {
+        w.flush().await;
     }
     tracing::debug!(
         last_seq = w.journal.as_ref().map(|j| j.last_seq()),
@@ -141,6 +159,10 @@ struct Writer {
     compact_retry_at: u64,
     /// After a failed write: attempts so far and when the next one is due.
     recovering: Option<(u32, tokio::time::Instant)>,
+    /// Facts committed without waiting for the disk since the last durable commit.
+    unflushed: Vec<Event>,
+    /// When they are made durable if nothing durable is committed before.
+    flush_at: Option<tokio::time::Instant>,
     metrics: Arc<Metrics>,
 }
 
@@ -165,9 +187,11 @@ impl Writer {
             .iter()
             .flat_map(|a| a.events.iter().cloned())
             .collect();
+        // One durable append makes the whole batch (and every fact before it) durable.
+        let durable = batch.iter().any(|a| a.durable);
         let timer = self.metrics.journal_append_duration.start_timer();
         let (journal, result) = tokio::task::spawn_blocking(move || {
-            let r = open.append(&events).map(|seq| (seq, events));
+            let r = open.append(&events, durable).map(|seq| (seq, events));
             (open, r)
         })
         .await
@@ -175,6 +199,13 @@ impl Writer {
         timer.observe_duration();
         let journal = match result {
             Ok((last, events)) => {
+                if durable {
+                    self.flushed();
+                } else {
+                    self.unflushed.extend(events.iter().cloned());
+                    self.flush_at
+                        .get_or_insert_with(|| tokio::time::Instant::now() + super::FLUSH_AFTER);
+                }
                 let state = self.publish(last, &events, batch);
                 self.compact_if_due(journal, state).await
             }
@@ -187,6 +218,7 @@ impl Writer {
             s.last_seq = journal.last_seq();
             s.snapshot_seq = journal.snapshot_seq();
             s.events_since_snapshot = journal.events_since_snapshot();
+            s.unflushed = self.unflushed.len() as u64;
         });
         self.metrics
             .journal_uncompacted
@@ -217,15 +249,43 @@ impl Writer {
         Ok(())
     }
 
+    /// Everything committed is on disk.
+    fn flushed(&mut self) {
+        self.unflushed.clear();
+        self.flush_at = None;
+        self.out.stats.send_modify(|s| s.unflushed = 0);
+    }
+
+    /// Makes the facts committed without waiting for the disk durable (a probe write, durable,
+    /// takes them along). A failure starts the recovery, which writes them again.
+    async fn flush(&mut self) {
+        let Some(mut open) = self.journal.take() else {
+            return;
+        };
+        let (journal, r) = tokio::task::spawn_blocking(move || {
+            let r = open.probe();
+            (open, r)
+        })
+        .await
+        .expect("journal flush task panicked");
+        self.journal = Some(journal);
+        match r {
+            Ok(()) => self.flushed(),
+            Err(e) => self.append_failed(e, Vec::new()),
+        }
+    }
+
     /// One recovery attempt: reopens and probes the journal. On success it takes writes again;
     /// on failure the next attempt is scheduled with backoff (answered with the pause).
     async fn recover(&mut self) -> Result<(), (String, std::time::Duration)> {
         let seq = self.out.state.borrow().seq;
-        let (j, r) = reopen(self.journal.take(), self.path.clone(), seq).await;
+        let unflushed = self.unflushed.clone();
+        let (j, r) = reopen(self.journal.take(), self.path.clone(), seq, unflushed).await;
         self.journal = j;
         match r {
             Ok(()) => {
                 tracing::info!(path = %self.path.display(), "journal takes writes again");
+                self.flushed();
                 self.recovering = None;
                 self.set_failing(None);
                 Ok(())
@@ -290,6 +350,7 @@ impl Writer {
             Ok(()) => {
                 self.metrics.journal_compactions.inc();
                 self.compact_retry_at = 0;
+                self.flushed();
             }
             Err(e) => {
                 // Nothing acknowledged is lost (the events stay until a compaction commits).
@@ -314,5 +375,62 @@ impl Writer {
         self.set_failing(Some(format!("journal write failed: {e}")));
         self.recovering = Some((0, tokio::time::Instant::now()));
         refuse(batch, Arc::new(e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{spawn_writer, Event, Journal, JournalHandle, FLUSH_AFTER};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    fn cidr(n: u64) -> Event {
+        Event::PodCidrRequested {
+            cidr: format!("10.{n}.0.0/16"),
+        }
+    }
+
+    fn writer(dir: &std::path::Path) -> (JournalHandle, tokio::task::JoinHandle<()>) {
+        let (journal, state, info) = Journal::open(&dir.join("journal.redb")).unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        spawn_writer(
+            journal,
+            state,
+            &info,
+            1000,
+            16,
+            metrics,
+            CancellationToken::new(),
+        )
+    }
+
+    /// A recorded fact is published at once, and durable after the next durable append, or by
+    /// itself within FLUSH_AFTER; a shutdown flushes what is left.
+    #[tokio::test]
+    async fn recorded_facts_are_published_at_once_and_flushed_soon() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, task) = writer(dir.path());
+        let s = j.record(vec![cidr(1)]).await.unwrap();
+        assert_eq!(s.seq, 1);
+        assert_eq!(j.stats().unflushed, 1);
+        j.append(vec![cidr(2)]).await.unwrap();
+        assert_eq!(
+            j.stats().unflushed,
+            0,
+            "a durable append takes the facts along"
+        );
+
+        j.record(vec![cidr(3)]).await.unwrap();
+        j.record(vec![cidr(4)]).await.unwrap();
+        assert_eq!(j.stats().unflushed, 2);
+        tokio::time::sleep(FLUSH_AFTER + std::time::Duration::from_millis(300)).await;
+        assert_eq!(j.stats().unflushed, 0, "not flushed within {FLUSH_AFTER:?}");
+
+        j.record(vec![cidr(5)]).await.unwrap();
+        drop(j);
+        task.await.unwrap();
+        let (_, state, _) = Journal::open(&dir.path().join("journal.redb")).unwrap();
+        assert_eq!(state.seq, 5);
+        assert_eq!(state.runtime_config.pod_cidr, "10.5.0.0/16");
     }
 }

@@ -166,6 +166,8 @@ impl ContainerReconciler {
         if rec.desired != ContainerDesired::Removed && !rec.created {
             let user = match self.create(rec, state).await {
                 Ok(user) => user,
+                // Not a failure of the create: tried again, the record stays.
+                Err(e @ ReconcileError::Waiting(_)) => return Err(e),
                 Err(e) => {
                     // CreateContainer failed: nothing it made may stay; the record goes too.
                     self.remove(id).await?;
@@ -182,12 +184,14 @@ impl ContainerReconciler {
                     return Err(e);
                 }
             };
+            // containerd holds the container: a crash that loses this fact finds it there.
             self.journal
-                .append(vec![Event::ContainerCreated {
+                .record(vec![Event::ContainerCreated {
                     id: id.into(),
                     user,
                 }])
                 .await?;
+            crate::crash::crash_point("container-create-recorded");
             crate::lifecycle_info!(*state, &key, image = %rec.image_name, "container created");
         }
         match rec.desired {
@@ -258,9 +262,26 @@ impl ContainerReconciler {
                 let why = format!("pod sandbox {} is not ready", rec.sandbox_id);
                 Self::err(id, STEP, why)
             })?;
+        // After a restart the index may not be loaded yet: an image missing from it then means
+        // nothing, and the create waits (a record whose create fact a crash lost is re-created
+        // here, and must not be dropped for it).
+        self.images.wait_loaded(Duration::from_secs(10)).await;
         let img = self.images.index().find(&rec.image_id).cloned();
-        let img = img
-            .ok_or_else(|| Self::err(id, STEP, format!("image {} is not present", rec.image_id)))?;
+        let img = match img {
+            Some(img) => img,
+            None if !self.images.is_loaded() => {
+                return Err(ReconcileError::Waiting(format!(
+                    "container {id}: the image index is not loaded from containerd yet"
+                )))
+            }
+            None => {
+                return Err(Self::err(
+                    id,
+                    STEP,
+                    format!("image {} is not present", rec.image_id),
+                ))
+            }
+        };
         let handler = self
             .settings
             .runtime
@@ -480,7 +501,11 @@ impl ContainerReconciler {
         }
         .await;
         match started {
-            Ok(pid) => self.record_started(state, id, pid).await,
+            Ok(pid) => {
+                self.record_started(state, id, pid).await?;
+                crate::crash::crash_point("container-start-recorded");
+                Ok(())
+            }
             Err(e) => {
                 let _ = self.ctd.delete_task(id).await;
                 self.attachments.detach(id);
@@ -507,8 +532,9 @@ impl ContainerReconciler {
         id: &str,
         pid: u32,
     ) -> Result<(), ReconcileError> {
+        // The task runs in containerd: a crash that loses this fact adopts it (see `start`).
         self.journal
-            .append(vec![Event::ContainerStarted {
+            .record(vec![Event::ContainerStarted {
                 id: id.into(),
                 pid,
                 started_at: now_nanos(),
