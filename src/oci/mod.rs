@@ -385,6 +385,111 @@ mod tests {
             .any(|n| n["type"] == "network" || n["type"] == "uts"));
     }
 
+    /// The pod user namespace of the tests: 65536 ids from host id 200000.
+    fn test_userns() -> userns::UserNs {
+        let range = userns::IdRange {
+            host: 200000,
+            len: 65536,
+        };
+        userns::UserNs {
+            uids: range,
+            gids: range,
+        }
+    }
+
+    /// The sandboxes whose specs are kept as JSON in `testdata/`, by file name: every branch
+    /// of [`sandbox_spec`].
+    fn golden_cases() -> Vec<(&'static str, SandboxSpec, ImageConfig)> {
+        let pod = spec(Ns::Path("/run/netns/sb".into()));
+        // The other cases pass a small profile through (the default one is in `pod`).
+        let mut small = pod.clone();
+        small.seccomp = Some(
+            oci_spec::runtime::LinuxSeccompBuilder::default()
+                .default_action(oci_spec::runtime::LinuxSeccompAction::ScmpActErrno)
+                .build()
+                .unwrap(),
+        );
+        let mut shared_shm = small.clone();
+        shared_shm.shm_path = Some("/state/sandboxes/sb/shm".into());
+        shared_shm.run_as_user = Some(1000);
+        shared_shm.supplemental_groups = vec![5, 6];
+        shared_shm.readonly_rootfs = true;
+        shared_shm.annotations = BTreeMap::from([
+            ("io.kubernetes.pod.name".to_string(), "web-0".to_string()),
+            ("allowed".to_string(), "yes".to_string()),
+        ]);
+        let mut run_as_group = small.clone();
+        run_as_group.run_as_group = Some(3000);
+        run_as_group.seccomp = None;
+        let mut privileged = small.clone();
+        privileged.privileged = true;
+        let mut host = spec(Ns::Node);
+        host.seccomp = small.seccomp.clone();
+        host.pid = Ns::Node;
+        host.ipc = Ns::Node;
+        host.sysctls.clear();
+        let mut user = small.clone();
+        user.userns = Some((test_userns(), "/state/sandboxes/sb/userns".into()));
+        let bare: ImageConfig = serde_json::from_value(json!({
+            "rootfs": {"type": "layers", "diff_ids": []}
+        }))
+        .unwrap();
+        let full: ImageConfig = serde_json::from_value(json!({
+            "config": {"User": "7", "Env": ["A=1"], "Entrypoint": ["/bin/pause"],
+                       "Cmd": ["-v"], "WorkingDir": "/work"},
+            "rootfs": {"type": "layers", "diff_ids": []}
+        }))
+        .unwrap();
+        vec![
+            ("pod", pod, pause_config()),
+            ("pod_shared_shm", shared_shm, pause_config()),
+            ("pod_run_as_group_unconfined", run_as_group, pause_config()),
+            ("privileged", privileged, pause_config()),
+            ("host_namespaces", host, pause_config()),
+            ("userns", user, pause_config()),
+            ("bare_image", small.clone(), bare),
+            ("full_image", small, full),
+        ]
+    }
+
+    /// The spec as JSON, its host-dependent parts made fixed: the capability sets sorted
+    /// (a set has no order) and oom_score_adj the one asked for (after checking it is the
+    /// one this host allows).
+    fn normalized(spec: impl serde::Serialize, s: &SandboxSpec) -> Value {
+        let mut v = serde_json::to_value(spec).unwrap();
+        let process = &mut v["process"];
+        assert_eq!(
+            process["oomScoreAdj"],
+            json!(clamp_oom_score_adj(s.oom_score_adj))
+        );
+        process["oomScoreAdj"] = json!(s.oom_score_adj);
+        if let Some(caps) = process["capabilities"].as_object_mut() {
+            for set in caps.values_mut() {
+                set.as_array_mut().unwrap().sort_by_key(|c| c.to_string());
+            }
+        }
+        v
+    }
+
+    /// Every case's spec is the one kept in `testdata/sandbox_<case>.json` (made by the JSON
+    /// builder this replaced: the typed spec changes nothing runc is given).
+    /// `CONCORD_UPDATE_GOLDEN=1` rewrites the files.
+    #[test]
+    fn sandbox_specs_are_the_golden_ones() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/oci/testdata");
+        for (case, s, image) in golden_cases() {
+            let got = normalized(sandbox_spec(&s, &image), &s);
+            let path = dir.join(format!("sandbox_{case}.json"));
+            if std::env::var_os("CONCORD_UPDATE_GOLDEN").is_some() {
+                let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
+                std::fs::write(&path, text).unwrap();
+            }
+            let want: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            assert_eq!(got, want, "sandbox spec {case}");
+        }
+    }
+
     #[test]
     fn oom_score_adj_is_never_lowered_below_what_the_host_allows() {
         let got = clamp_oom_score_adj(-998);
