@@ -92,7 +92,8 @@ async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves
             userns: None,
         },
         &pause.resolved.config,
-    );
+    )
+    .unwrap();
     let lease = ctd
         .create_lease(&format!("{id}-lease"), Duration::from_secs(600), "test")
         .await
