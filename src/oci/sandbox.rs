@@ -16,9 +16,10 @@ use super::{clamp_oom_score_adj, userns, SpecError, DEFAULT_CAPABILITIES};
 use crate::image::manifest::ImageConfig;
 
 /// Where a namespace of the sandbox comes from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum Ns {
     /// A new one for the pod.
+    #[default]
     Pod,
     /// The host's.
     Node,
@@ -26,8 +27,9 @@ pub enum Ns {
     Path(String),
 }
 
-/// What a pod sandbox's pause container needs.
-#[derive(Debug, Clone)]
+/// What a pod sandbox's pause container needs (the default: a pod of its own namespaces, in
+/// the root cgroup, nothing asked for).
+#[derive(Debug, Clone, Default)]
 pub struct SandboxSpec {
     pub id: String,
     pub hostname: String,
@@ -248,16 +250,9 @@ mod tests {
                 "0".to_string(),
             )]),
             oom_score_adj: SANDBOX_OOM_SCORE_ADJ,
-            run_as_user: None,
-            run_as_group: None,
-            supplemental_groups: vec![],
-            readonly_rootfs: false,
-            privileged: false,
             shm_size: 64 << 20,
-            shm_path: None,
-            annotations: BTreeMap::new(),
             seccomp: Some(seccomp::default_profile(DEFAULT_CAPABILITIES)),
-            userns: None,
+            ..Default::default()
         }
     }
 
