@@ -78,21 +78,15 @@ async fn a_pause_container_runs_in_its_own_attached_network_namespace_and_leaves
             cgroups_path: format!("/concord-test/{id}"),
             sysctls: BTreeMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "0".into())]),
             oom_score_adj: SANDBOX_OOM_SCORE_ADJ,
-            run_as_user: None,
-            run_as_group: None,
-            supplemental_groups: vec![],
-            readonly_rootfs: false,
-            privileged: false,
             shm_size: 64 << 20,
-            shm_path: None,
-            annotations: BTreeMap::new(),
             seccomp: Some(concord::oci::seccomp::default_profile(
                 concord::oci::DEFAULT_CAPABILITIES,
             )),
-            userns: None,
+            ..Default::default()
         },
         &pause.resolved.config,
-    );
+    )
+    .unwrap();
     let lease = ctd
         .create_lease(&format!("{id}-lease"), Duration::from_secs(600), "test")
         .await

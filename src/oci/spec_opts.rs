@@ -50,7 +50,7 @@ pub fn blank_spec() -> Spec {
 }
 
 /// The spec's process, made blank (no rlimits, capabilities, args or env) when absent.
-fn process(spec: &mut Spec) -> &mut Process {
+pub(super) fn process(spec: &mut Spec) -> &mut Process {
     spec.process_mut().get_or_insert_with(|| {
         let mut p = Process::default();
         p.set_terminal(None)
@@ -64,7 +64,7 @@ fn process(spec: &mut Spec) -> &mut Process {
 }
 
 /// The spec's `linux`, made blank (no namespaces, resources or masked paths) when absent.
-fn linux(spec: &mut Spec) -> &mut oci_spec::runtime::Linux {
+pub(super) fn linux(spec: &mut Spec) -> &mut oci_spec::runtime::Linux {
     spec.linux_mut().get_or_insert_with(|| {
         let mut l = oci_spec::runtime::Linux::default();
         l.set_resources(None)
@@ -76,7 +76,7 @@ fn linux(spec: &mut Spec) -> &mut oci_spec::runtime::Linux {
 }
 
 /// The spec's `linux.resources`, empty when absent.
-fn resources(spec: &mut Spec) -> &mut LinuxResources {
+pub(super) fn resources(spec: &mut Spec) -> &mut LinuxResources {
     linux(spec)
         .resources_mut()
         .get_or_insert_with(LinuxResources::default)
@@ -103,13 +103,18 @@ pub fn with_process(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
 pub fn with_user(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
     let (uid, gid, user_groups) = user(&inp.sc, inp.image, inp.users)?;
     let groups = additional_gids(inp, gid, &user_groups)?;
-    let mut u = User::default();
     // check_id keeps every id within 0..2^32-2.
-    u.set_uid(uid as u32)
-        .set_gid(gid as u32)
+    set_user(spec, uid as u32, gid as u32, groups);
+    Ok(())
+}
+
+/// The process's user: `uid`, `gid` and `groups`.
+pub(super) fn set_user(spec: &mut Spec, uid: u32, gid: u32, groups: Vec<u32>) {
+    let mut u = User::default();
+    u.set_uid(uid)
+        .set_gid(gid)
         .set_additional_gids(Some(groups));
     process(spec).set_user(u);
-    Ok(())
 }
 
 /// Whether the image's groups are left out: SupplementalGroupsPolicy Strict in the container's
@@ -188,7 +193,8 @@ pub(super) fn additional_gids(
     Ok(groups)
 }
 
-fn namespace(typ: LinuxNamespaceType, path: Option<String>) -> LinuxNamespace {
+/// A namespace of kind `typ`: a new one, or the one at `path`.
+pub(super) fn namespace(typ: LinuxNamespaceType, path: Option<String>) -> LinuxNamespace {
     let mut ns = LinuxNamespace::default();
     ns.set_typ(typ).set_path(path.map(PathBuf::from));
     ns
@@ -214,16 +220,21 @@ pub fn with_namespaces(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
     // wants them named again when joining).
     if let Some(ns) = super::userns::of_pod(inp.ctx.sandbox)? {
         namespaces.push(namespace(T::User, proc_ns("user")));
-        let (uids, gids) = ns.mappings();
-        linux(spec)
-            .set_uid_mappings(Some(vec![uids]))
-            .set_gid_mappings(Some(vec![gids]));
+        id_mappings(spec, &ns);
     }
     linux(spec).set_namespaces(Some(namespaces));
     if pod_ns.network != node && !inp.ctx.sandbox.hostname.is_empty() {
         spec.set_hostname(Some(inp.ctx.sandbox.hostname.clone()));
     }
     Ok(())
+}
+
+/// The uid and gid mappings of the pod's user namespace `ns`.
+pub(super) fn id_mappings(spec: &mut Spec, ns: &super::userns::UserNs) {
+    let (uids, gids) = ns.mappings();
+    linux(spec)
+        .set_uid_mappings(Some(vec![uids]))
+        .set_gid_mappings(Some(vec![gids]));
 }
 
 /// The pid namespace: the pod's, the host's (None), the container's own, or its TARGET's.
@@ -255,7 +266,13 @@ pub(super) fn pid_namespace(inp: &Inputs) -> Result<Option<LinuxNamespace>, Spec
     )
 }
 
-fn mount(destination: &str, typ: &str, source: impl Into<PathBuf>, options: &[&str]) -> Mount {
+/// A mount of `source` (of type `typ`) at `destination`.
+pub(super) fn mount(
+    destination: &str,
+    typ: &str,
+    source: impl Into<PathBuf>,
+    options: &[&str],
+) -> Mount {
     let mut m = Mount::default();
     m.set_destination(destination.into())
         .set_typ(Some(typ.into()))
@@ -273,49 +290,8 @@ pub fn with_mounts(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
         .set_readonly(Some(sc.readonly_rootfs));
     spec.set_root(Some(root));
     let sys = if sc.privileged { "rw" } else { "ro" };
-    let mut mounts = vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount(
-            "/dev",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5",
-            ],
-        ),
-        mount(
-            "/dev/mqueue",
-            "mqueue",
-            "mqueue",
-            &["nosuid", "noexec", "nodev"],
-        ),
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", sys],
-        ),
-        mount(
-            "/sys/fs/cgroup",
-            "cgroup",
-            "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", sys],
-        ),
-    ];
-    if super::userns::of_pod(inp.ctx.sandbox)?.is_some() {
-        mounts[4] = super::userns::sys_bind();
-    }
+    let pod_userns = super::userns::of_pod(inp.ctx.sandbox)?.is_some();
+    let mut mounts = kernel_mounts(sys, pod_userns);
     let c = inp.config;
     let user_paths: Vec<&str> = c.mounts.iter().map(|m| m.container_path.as_str()).collect();
     for (file, dest) in [
@@ -363,6 +339,55 @@ pub fn with_mounts(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
     spec.set_mounts(Some(mounts));
     linux(spec).set_rootfs_propagation(rootfs_propagation.map(String::from));
     Ok(())
+}
+
+/// The kernel file systems every container has: /proc, /dev, /dev/pts, /dev/mqueue, /sys and
+/// its cgroups (`sys`: `ro` or `rw`); in a pod user namespace /sys is a bind of the host's.
+pub(super) fn kernel_mounts(sys: &str, pod_userns: bool) -> Vec<Mount> {
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", sys],
+        ),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", sys],
+        ),
+    ];
+    if pod_userns {
+        mounts[4] = super::userns::sys_bind();
+    }
+    mounts
 }
 
 /// CRI mount `i` as a bind mount, with its propagation (`rprivate`, `rslave`, `rshared`).
@@ -491,10 +516,7 @@ pub fn with_resources(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
 /// container (outside a user namespace) first gets every device node of the host's /dev, as
 /// containerd gives it: device plugins, CSI node drivers and KubeVirt need them.
 pub fn with_devices(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
-    let mut all = LinuxDeviceCgroup::default();
-    all.set_allow(inp.sc.privileged)
-        .set_access(Some("rwm".into()));
-    let mut rules = vec![all];
+    let mut rules = vec![all_devices(inp.sc.privileged)];
     let mut devices = Vec::new();
     if inp.sc.privileged && !matches!(super::userns::of_pod(inp.ctx.sandbox), Ok(Some(_))) {
         devices = super::devices::host_devices(Path::new("/dev"));
@@ -508,6 +530,13 @@ pub fn with_devices(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
     resources(spec).set_devices(Some(rules));
     linux(spec).set_devices(Some(devices));
     Ok(())
+}
+
+/// The cgroup rule for every device: all allowed (`allow`) or none.
+pub(super) fn all_devices(allow: bool) -> LinuxDeviceCgroup {
+    let mut all = LinuxDeviceCgroup::default();
+    all.set_allow(allow).set_access(Some("rwm".into()));
+    all
 }
 
 /// CRI device `i`: its node (type, numbers of the host's) and its cgroup rule.
@@ -576,32 +605,49 @@ pub fn with_cdi(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
 pub fn with_security(spec: &mut Spec, inp: &Inputs) -> Result<(), SpecError> {
     let sc = &inp.sc;
     let caps = capabilities(sc);
-    let set = capability_set(&caps);
+    if !sc.privileged {
+        let seccomp = seccomp(sc, &caps)?;
+        confine(spec, &sc.masked_paths, &sc.readonly_paths, seccomp);
+    }
+    let apparmor = apparmor(sc)?;
+    process(spec)
+        .set_capabilities(Some(linux_capabilities(&caps)))
+        .set_apparmor_profile(apparmor);
+    Ok(())
+}
+
+/// `names` as the process's bounding, effective and permitted capabilities (none inherited or
+/// ambient).
+pub(super) fn linux_capabilities(names: &[String]) -> LinuxCapabilities {
+    let set = capability_set(names);
     let mut lc = LinuxCapabilities::default();
     lc.set_bounding(Some(set.clone()))
         .set_effective(Some(set.clone()))
         .set_permitted(Some(set))
         .set_inheritable(None)
         .set_ambient(None);
-    if !sc.privileged {
-        let paths = |asked: &[String], default: &[&str]| {
-            if asked.is_empty() {
-                default.iter().map(|p| p.to_string()).collect()
-            } else {
-                asked.to_vec()
-            }
-        };
-        let seccomp = seccomp(sc, &caps)?;
-        linux(spec)
-            .set_masked_paths(Some(paths(&sc.masked_paths, MASKED_PATHS)))
-            .set_readonly_paths(Some(paths(&sc.readonly_paths, READONLY_PATHS)))
-            .set_seccomp(seccomp);
-    }
-    let apparmor = apparmor(sc)?;
-    process(spec)
-        .set_capabilities(Some(lc))
-        .set_apparmor_profile(apparmor);
-    Ok(())
+    lc
+}
+
+/// What an unprivileged process is kept from: the masked and read-only paths (the defaults
+/// where none are asked for) and `seccomp` (None: unconfined).
+pub(super) fn confine(
+    spec: &mut Spec,
+    masked: &[String],
+    readonly: &[String],
+    seccomp: Option<LinuxSeccomp>,
+) {
+    let paths = |asked: &[String], default: &[&str]| {
+        if asked.is_empty() {
+            default.iter().map(|p| p.to_string()).collect()
+        } else {
+            asked.to_vec()
+        }
+    };
+    linux(spec)
+        .set_masked_paths(Some(paths(masked, MASKED_PATHS)))
+        .set_readonly_paths(Some(paths(readonly, READONLY_PATHS)))
+        .set_seccomp(seccomp);
 }
 
 /// The seccomp profile the security context asks for, for a process holding `caps`.

@@ -430,7 +430,8 @@ impl SandboxReconciler {
         let mut input = self.spec_input(rec);
         input.seccomp = crate::oci::seccomp::for_sandbox(&rec.config)
             .map_err(|e| Self::err(id, "building the sandbox spec", e))?;
-        let spec = sandbox_spec(&input, image_config);
+        let spec = sandbox_spec(&input, image_config)
+            .map_err(|e| Self::err(id, "building the sandbox spec", e))?;
         let own = [(KIND_LABEL.to_string(), KIND_SANDBOX.to_string())].into();
         let image_labels = image_config.config.as_ref().and_then(|c| c.labels.as_ref());
         let labels = cri_labels(image_labels, &rec.config.labels, own);
