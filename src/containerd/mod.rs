@@ -4,6 +4,7 @@
 //! The channel connects lazily and reconnects by itself after transport errors, so concord starts
 //! and answers while containerd is still down; the health monitor tells the rest when it is up.
 
+mod diff;
 mod health;
 mod objects;
 pub mod rpc;
