@@ -31,7 +31,10 @@ CRIU_CACHE=${CRIU_CACHE:-/var/cache/concord-criu}
 MARK='# concord criu wrapper (hack/criu.sh)'
 
 log() { printf '[criu] %s\n' "$*" >&2; }
-skip() { printf '[criu] SKIPPED: %s: CheckpointContainer will fail with a clear CRIU error\n' "$*" >&2; exit 0; }
+skip() {
+  printf "[criu] SKIPPED: %s: CheckpointContainer uses the system's criu, if any (where it cannot dump: a clear CRIU error)\n" "$*" >&2
+  exit 0
+}
 
 # `criu check` with criu $1: "Looks good" (criu prints it on stderr) means it can dump here.
 criu_works() { "$1" check 2>&1 | grep -q 'Looks good'; }

@@ -11,7 +11,10 @@ mod common;
 
 use std::io::Read;
 
-use common::{container_config, container_status, exec_out, pod, pod_daemon, remove_pod, Daemon};
+use common::{
+    container_config, container_status, exec_out, namespace_counts, pod, pod_daemon, remove_pod,
+    snapshot_keys, Daemon,
+};
 use concord::cri;
 
 /// Whether the `criu` on PATH can dump on this host (`criu check` says "Looks good").
@@ -102,11 +105,16 @@ async fn a_running_container_is_checkpointed_or_the_criu_failure_is_clear() {
     let dir = tempfile::tempdir().unwrap();
     let location = dir.path().join("checkpoint.tar");
     let can_dump = criu_can_dump();
+    let before = namespace_counts(&d).await;
     let started = std::time::Instant::now();
     match checkpoint(&d, &c, &location).await {
         Ok(()) => {
             eprintln!("checkpoint took {:?}; the archive:", started.elapsed());
             check_archive(&location);
+            // The diff's parent view, its blob and its lease are gone.
+            assert_eq!(namespace_counts(&d).await, before);
+            let views: Vec<String> = snapshot_keys(&d).await;
+            assert!(views.iter().all(|k| !k.contains("view")), "{views:?}");
         }
         Err(e) if can_dump => panic!("`criu check` passes here, yet the checkpoint failed: {e:?}"),
         Err(e) => {

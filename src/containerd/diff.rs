@@ -1,14 +1,15 @@
 //! A writable snapshot's changes as a layer tar: containerd's differ (`Diff.Diff`) compares the
 //! snapshot with a read-only view of its parent, as containerd's client does for a checkpoint's
 //! `rootfs-diff.tar` (`rootfs.CreateDiff`): added and changed files as they are, deletions as
-//! whiteouts, whatever the snapshotter.
+//! whiteouts, whatever the snapshotter. Also the pieces it reads with: a snapshot's info and a
+//! blob's stream.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use containerd_client::services::v1::snapshots::StatSnapshotRequest;
-use containerd_client::services::v1::{DiffRequest, ReadContentRequest};
+use containerd_client::services::v1::snapshots::{Info as SnapshotInfo, StatSnapshotRequest};
+use containerd_client::services::v1::{DiffRequest, ReadContentRequest, ReadContentResponse};
 use tokio::io::AsyncWriteExt;
 
 use super::{rpc, Containerd, ContainerdError, SnapshotKind};
@@ -55,18 +56,7 @@ impl Containerd {
         lease: &str,
         dest: &Path,
     ) -> Result<u64, ContainerdError> {
-        let req = StatSnapshotRequest {
-            snapshotter: snapshotter.into(),
-            key: key.into(),
-        };
-        let info = self
-            .call(
-                rpc::SNAPSHOTS_STAT,
-                self.snapshots().stat(self.request(req)),
-            )
-            .await?
-            .info
-            .unwrap_or_default();
+        let info = self.stat_snapshot(snapshotter, key).await?;
         let kind = SnapshotKind::View;
         let lower = self
             .new_snapshot(kind, snapshotter, view, &info.parent, owner, lease)
@@ -104,14 +94,7 @@ impl Containerd {
             call: rpc::CONTENT_READ.name,
             status: tonic::Status::internal(format!("writing {}: {e}", dest.display())),
         };
-        let req = ReadContentRequest {
-            digest: digest.into(),
-            offset: 0,
-            size: 0,
-        };
-        let mut stream = self
-            .call(rpc::CONTENT_READ, self.content().read(self.request(req)))
-            .await?;
+        let mut blob = self.read_blob(digest).await?;
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -119,18 +102,59 @@ impl Containerd {
             .await
             .map_err(io)?;
         let mut size = 0;
-        while let Some(piece) = stream
-            .message()
-            .await
-            .map_err(|status| ContainerdError::Call {
-                call: rpc::CONTENT_READ.name,
-                status,
-            })?
-        {
-            file.write_all(&piece.data).await.map_err(io)?;
-            size += piece.data.len() as u64;
+        while let Some(piece) = blob.next().await? {
+            file.write_all(&piece).await.map_err(io)?;
+            size += piece.len() as u64;
         }
         file.flush().await.map_err(io)?;
         Ok(size)
+    }
+
+    /// Snapshot `key`'s info (its parent, kind, labels).
+    pub async fn stat_snapshot(
+        &self,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<SnapshotInfo, ContainerdError> {
+        let req = StatSnapshotRequest {
+            snapshotter: snapshotter.into(),
+            key: key.into(),
+        };
+        let r = self
+            .call(
+                rpc::SNAPSHOTS_STAT,
+                self.snapshots().stat(self.request(req)),
+            )
+            .await?;
+        Ok(r.info.unwrap_or_default())
+    }
+
+    /// Opens blob `digest` of the content store for reading, piece by piece.
+    pub async fn read_blob(&self, digest: &str) -> Result<BlobReader, ContainerdError> {
+        let req = ReadContentRequest {
+            digest: digest.into(),
+            offset: 0,
+            size: 0,
+        };
+        let stream = self
+            .call(rpc::CONTENT_READ, self.content().read(self.request(req)))
+            .await?;
+        Ok(BlobReader(stream))
+    }
+}
+
+/// A blob being read from containerd's content store (`Content.Read`).
+pub struct BlobReader(tonic::Streaming<ReadContentResponse>);
+
+impl BlobReader {
+    /// The next piece; None at the end.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, ContainerdError> {
+        match self.0.message().await {
+            Ok(piece) => Ok(piece.map(|p| p.data)),
+            Err(status) => Err(ContainerdError::Call {
+                call: rpc::CONTENT_READ.name,
+                status,
+            }),
+        }
     }
 }

@@ -10,6 +10,7 @@ mod objects;
 pub mod rpc;
 pub mod shims;
 
+pub use diff::BlobReader;
 pub use health::{spawn_health_monitor, Health};
 pub use objects::{
     cri_labels, ContainerRuntime, SnapshotKind, TaskIo, TaskStatus, KIND_CONTAINER, KIND_LABEL,
