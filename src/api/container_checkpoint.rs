@@ -1,8 +1,10 @@
 //! CheckpointContainer (kubelet's forensic container checkpointing): a running container's
 //! processes dumped by CRIU — runc through containerd's shim, as containerd's CRI does — into an
 //! archive at the requested location, the container left running. The archive holds what
-//! containerd's and CRI-O's hold for checkpointctl: `checkpoint/` (CRIU's images), `spec.dump`
-//! (the OCI spec) and `config.dump` (the container's CRI identity). Nothing is written at the
+//! containerd's and CRI-O's hold for checkpointctl: `checkpoint/` (CRIU's images),
+//! `rootfs-diff.tar` (the container's writable layer against its image: containerd's differ,
+//! an uncompressed layer tar with whiteouts), `spec.dump` (the OCI spec) and `config.dump` (the
+//! container's CRI identity). Nothing is written at the
 //! location unless the checkpoint succeeded (a temp file renamed into place).
 
 use std::path::{Path, PathBuf};
