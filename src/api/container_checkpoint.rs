@@ -4,8 +4,8 @@
 //! containerd's and CRI-O's hold for checkpointctl: `checkpoint/` (CRIU's images),
 //! `rootfs-diff.tar` (the container's writable layer against its image: containerd's differ,
 //! an uncompressed layer tar with whiteouts), `spec.dump` (the OCI spec) and `config.dump` (the
-//! container's CRI identity). Nothing is written at the
-//! location unless the checkpoint succeeded (a temp file renamed into place).
+//! container's CRI identity). Nothing is written at the location unless the checkpoint
+//! succeeded (a temp file renamed into place).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
