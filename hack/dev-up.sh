@@ -25,6 +25,9 @@
 #   REG_ADDR [127.0.0.1:5000]   CNI_CONF_DIR [/etc/cni/net.d]   CNI_BIN_DIR [/usr/lib/cni]
 #   CNI_SUBNET [10.88.0.0/16]   CNI_NETWORK [rig-bridge]   CNI_BRIDGE [cni0]   SANDBOX_IMAGE [registry.k8s.io/pause:3.10.1]
 #   SKIP_APT [0]   REBUILD_IMAGES [0]   MAKE_ROOT_RSHARED [1]
+#   SKIP_CRIU [0]: 1 skips hack/criu.sh install (Debian 13's criu 4.x beside the system, for
+#     CheckpointContainer: bookworm's criu 3.17 cannot dump on recent kernels; it says SKIPPED,
+#     never fails, when it cannot download)
 #   CTD_METRICS_ADDR [127.0.0.1:1338]: containerd's Prometheus metrics ([metrics] address, path
 #     /v1/metrics; hack/prom-proof.sh can scrape it); empty: none. Left out, with a warning,
 #     when another process than the rig's containerd listens there (containerd would not start).
@@ -46,6 +49,7 @@ SANDBOX_IMAGE=${SANDBOX_IMAGE:-registry.k8s.io/pause:3.10.1}
 SKIP_APT=${SKIP_APT:-0}
 REBUILD_IMAGES=${REBUILD_IMAGES:-0}
 MAKE_ROOT_RSHARED=${MAKE_ROOT_RSHARED:-1}
+SKIP_CRIU=${SKIP_CRIU:-0}
 CTD_METRICS_ADDR=${CTD_METRICS_ADDR-127.0.0.1:1338}
 
 # Bump when the image recipes below change (forces a rebuild + re-push).
@@ -56,7 +60,7 @@ for arg in "$@"; do
     --cri) CTD_CRI=1 ;;
     --no-cri) CTD_CRI=0 ;;
     --rebuild-images) REBUILD_IMAGES=1 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -80,7 +84,7 @@ mkdir -p "$RIG_DIR" "$RUN_DIR" "$CTD_CONF_DIR"
 PKGS=(containerd runc containernetworking-plugins docker-registry skopeo umoci
       iproute2 iptables util-linux procps curl gcc libc6-dev
       protobuf-compiler prometheus apache2-utils
-      criu)  # criu: CheckpointContainer (runc dumps through it)
+      criu)  # criu: CheckpointContainer (runc dumps through it); see also hack/criu.sh
 
 install_packages() {
   [ "$SKIP_APT" = 1 ] && { log "SKIP_APT=1: not installing packages"; return; }
@@ -704,6 +708,9 @@ host_prep() {
 }
 
 install_packages
+# A criu that can dump on this kernel (runc, under containerd's shims, finds it on PATH).
+if [ "$SKIP_CRIU" = 1 ]; then log "SKIP_CRIU=1: not installing hack/criu.sh's criu"
+else bash "$(dirname "$0")/criu.sh" install || log "WARNING: hack/criu.sh install failed"; fi
 build_images
 start_registry
 push_images

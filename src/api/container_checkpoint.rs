@@ -1,15 +1,20 @@
 //! CheckpointContainer (kubelet's forensic container checkpointing): a running container's
 //! processes dumped by CRIU — runc through containerd's shim, as containerd's CRI does — into an
 //! archive at the requested location, the container left running. The archive holds what
-//! containerd's and CRI-O's hold for checkpointctl: `checkpoint/` (CRIU's images), `spec.dump`
-//! (the OCI spec) and `config.dump` (the container's CRI identity). Nothing is written at the
-//! location unless the checkpoint succeeded (a temp file renamed into place).
+//! containerd's and CRI-O's hold for checkpointctl: `checkpoint/` (CRIU's images),
+//! `rootfs-diff.tar` (the container's writable layer against its image: containerd's differ,
+//! an uncompressed layer tar with whiteouts), `spec.dump` (the OCI spec) and `config.dump` (the
+//! container's CRI identity). Nothing is written at the location unless the checkpoint
+//! succeeded (a temp file renamed into place).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{ApiError, Server};
 use crate::cri;
+
+/// The archive's tar of the container's filesystem changes (checkpointctl's name).
+const ROOTFS_DIFF: &str = "rootfs-diff.tar";
 
 /// How long a checkpoint may take when the request names no timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -51,7 +56,8 @@ impl Server {
         result.map(|()| cri::CheckpointContainerResponse {})
     }
 
-    /// Dumps container `id` into `work/checkpoint` and archives it at `location`.
+    /// Dumps container `id` into `work/checkpoint`, writes its filesystem changes to
+    /// `work/rootfs-diff.tar` and archives both at `location`, all within `limit`.
     async fn checkpoint_into(
         &self,
         id: &str,
@@ -65,22 +71,52 @@ impl Server {
                 ApiError::FailedPrecondition(format!("checkpoint work dir {}: {e}", dir.display()))
             })?;
         }
-        let dumped =
-            tokio::time::timeout(limit, self.containerd.checkpoint_task(id, &images, &logs))
-                .await
-                .map_err(|_| {
-                    ApiError::DeadlineExceeded(format!(
-                        "checkpointing container {id} took longer than {}s",
-                        limit.as_secs()
-                    ))
-                })?;
-        if let Err(e) = dumped {
+        let deadline = tokio::time::Instant::now() + limit;
+        let late = |_| {
+            ApiError::DeadlineExceeded(format!(
+                "checkpointing container {id} took longer than {}s",
+                limit.as_secs()
+            ))
+        };
+        let dumped = self.containerd.checkpoint_task(id, &images, &logs);
+        if let Err(e) = tokio::time::timeout_at(deadline, dumped)
+            .await
+            .map_err(late)?
+        {
             return Err(ApiError::FailedPrecondition(format!(
                 "checkpointing container {id} with CRIU failed: {e}{}",
                 criu_log_error(&logs)
             )));
         }
+        // The container's writable layer against its image, as containerd's CRI archives it.
+        let diff = work.join(ROOTFS_DIFF);
+        let snapshotter = &self.config.containerd.snapshotter;
+        let owner = format!("container:{id}");
+        let written = self
+            .containerd
+            .write_snapshot_diff(snapshotter, id, &owner, &diff);
+        tokio::time::timeout_at(deadline, written)
+            .await
+            .map_err(late)??;
         let spec = self.containerd.container_spec(id).await?;
+        let files = [
+            (
+                "spec.dump",
+                serde_json::to_vec_pretty(&spec).unwrap_or_default(),
+            ),
+            ("config.dump", self.config_dump(id)?),
+        ];
+        let (images, location) = (images.clone(), location.to_owned());
+        tokio::task::spawn_blocking(move || {
+            write_archive(&location, &images, &[(ROOTFS_DIFF, &diff)], &files)
+        })
+        .await
+        .map_err(|e| ApiError::FailedPrecondition(format!("writing the archive: {e}")))?
+        .map_err(|e| ApiError::FailedPrecondition(format!("writing the archive: {e}")))
+    }
+
+    /// `config.dump`: the container's CRI identity, for checkpointctl.
+    fn config_dump(&self, id: &str) -> Result<Vec<u8>, ApiError> {
         let state = self.journal.state();
         let c = state.containers.get(id).ok_or_else(|| ApiError::NotFound {
             kind: "container",
@@ -92,21 +128,7 @@ impl Server {
             "labels": c.config.labels, "annotations": c.config.annotations,
             "runtime": "concord",
         });
-        let files = [
-            (
-                "spec.dump",
-                serde_json::to_vec_pretty(&spec).unwrap_or_default(),
-            ),
-            (
-                "config.dump",
-                serde_json::to_vec_pretty(&config).unwrap_or_default(),
-            ),
-        ];
-        let (images, location) = (images.clone(), location.to_owned());
-        tokio::task::spawn_blocking(move || write_archive(&location, &images, &files))
-            .await
-            .map_err(|e| ApiError::FailedPrecondition(format!("writing the archive: {e}")))?
-            .map_err(|e| ApiError::FailedPrecondition(format!("writing the archive: {e}")))
+        Ok(serde_json::to_vec_pretty(&config).unwrap_or_default())
     }
 }
 
@@ -153,8 +175,14 @@ fn criu_log_error(logs: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Writes `checkpoint/` and `files` as an uncompressed tar at `location` (via a temp file).
-fn write_archive(location: &Path, images: &Path, files: &[(&str, Vec<u8>)]) -> std::io::Result<()> {
+/// Writes `checkpoint/`, the files at `paths` and `files` as an uncompressed tar at `location`
+/// (via a temp file).
+fn write_archive(
+    location: &Path,
+    images: &Path,
+    paths: &[(&str, &Path)],
+    files: &[(&str, Vec<u8>)],
+) -> std::io::Result<()> {
     let tmp = location.with_extension("tmp-concord");
     let result = (|| {
         let file = std::fs::OpenOptions::new()
@@ -164,6 +192,9 @@ fn write_archive(location: &Path, images: &Path, files: &[(&str, Vec<u8>)]) -> s
         let mut tar = tar::Builder::new(file);
         tar.follow_symlinks(false);
         tar.append_dir_all("checkpoint", images)?;
+        for (name, path) in paths {
+            tar.append_path_with_name(path, name)?;
+        }
         for (name, bytes) in files {
             let mut header = tar::Header::new_gnu();
             header.set_size(bytes.len() as u64);
@@ -204,7 +235,10 @@ mod tests {
         std::fs::create_dir(&images).unwrap();
         std::fs::write(images.join("inventory.img"), b"criu").unwrap();
         let location = dir.path().join("c.tar");
-        write_archive(&location, &images, &[("spec.dump", b"{}".to_vec())]).unwrap();
+        let diff = dir.path().join("diff.tar");
+        std::fs::write(&diff, b"layer").unwrap();
+        let paths = [(ROOTFS_DIFF, diff.as_path())];
+        write_archive(&location, &images, &paths, &[("spec.dump", b"{}".to_vec())]).unwrap();
         let mut names: Vec<String> = tar::Archive::new(std::fs::File::open(&location).unwrap())
             .entries()
             .unwrap()
@@ -213,7 +247,12 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["checkpoint/", "checkpoint/inventory.img", "spec.dump"]
+            [
+                "checkpoint/",
+                "checkpoint/inventory.img",
+                "rootfs-diff.tar",
+                "spec.dump"
+            ]
         );
     }
 }

@@ -4,11 +4,13 @@
 //! The channel connects lazily and reconnects by itself after transport errors, so concord starts
 //! and answers while containerd is still down; the health monitor tells the rest when it is up.
 
+mod diff;
 mod health;
 mod objects;
 pub mod rpc;
 pub mod shims;
 
+pub use diff::BlobReader;
 pub use health::{spawn_health_monitor, Health};
 pub use objects::{
     cri_labels, ContainerRuntime, SnapshotKind, TaskIo, TaskStatus, KIND_CONTAINER, KIND_LABEL,

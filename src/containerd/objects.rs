@@ -209,7 +209,7 @@ impl Containerd {
     }
 
     /// `msg` with the namespace and `lease` headers; a lease id that is not ASCII fails `call`.
-    fn leased<T>(
+    pub(super) fn leased<T>(
         &self,
         msg: T,
         lease: &str,

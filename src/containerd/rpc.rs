@@ -66,6 +66,7 @@ pub const CONTENT_INFO: Rpc = Rpc::bounded("content", "Info", "Content.Info");
 pub const CONTENT_READ: Rpc = Rpc::unbounded("content", "Read", "Content.Read");
 pub const CONTENT_UPDATE: Rpc = Rpc::bounded("content", "Update", "Content.Update");
 pub const DIFF_APPLY: Rpc = Rpc::unbounded("diff", "Apply", "Diff.Apply");
+pub const DIFF_DIFF: Rpc = Rpc::unbounded("diff", "Diff", "Diff.Diff");
 pub const EVENTS_PUBLISH: Rpc = Rpc::bounded("events", "Publish", "Events.Publish");
 pub const IMAGES_CREATE: Rpc = Rpc::bounded("images", "Create", "Images.Create");
 pub const IMAGES_DELETE: Rpc = Rpc::bounded("images", "Delete", "Images.Delete");

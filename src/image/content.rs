@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use containerd_client::services::v1::{
-    AbortRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
-    WriteContentRequest, WriteContentResponse,
+    AbortRequest, Info, InfoRequest, UpdateRequest, WriteAction, WriteContentRequest,
+    WriteContentResponse,
 };
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
@@ -46,25 +46,10 @@ async fn read_all(
     digest: &str,
     limit: usize,
 ) -> Result<Vec<u8>, ContainerdError> {
-    let req = ReadContentRequest {
-        digest: digest.into(),
-        offset: 0,
-        size: 0,
-    };
-    let mut client = ctd.content();
-    let mut stream = ctd
-        .call(rpc::CONTENT_READ, client.read(ctd.request(req)))
-        .await?;
+    let mut blob = ctd.read_blob(digest).await?;
     let mut out = Vec::new();
-    while let Some(msg) = stream
-        .message()
-        .await
-        .map_err(|status| ContainerdError::Call {
-            call: rpc::CONTENT_READ.name,
-            status,
-        })?
-    {
-        out.extend_from_slice(&msg.data);
+    while let Some(piece) = blob.next().await? {
+        out.extend_from_slice(&piece);
         if out.len() > limit {
             return Err(ContainerdError::Call {
                 call: rpc::CONTENT_READ.name,

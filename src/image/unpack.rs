@@ -6,7 +6,7 @@ use crate::containerd::rpc;
 use std::collections::HashMap;
 
 use containerd_client::services::v1::snapshots::{
-    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
 };
 use containerd_client::services::v1::{ApplyRequest, ApplyResponse};
 use containerd_client::types::Mount;
@@ -199,14 +199,7 @@ pub async fn snapshot_exists(
     snapshotter: &str,
     key: &str,
 ) -> Result<bool, ContainerdError> {
-    let req = StatSnapshotRequest {
-        snapshotter: snapshotter.into(),
-        key: key.into(),
-    };
-    match ctd
-        .call(rpc::SNAPSHOTS_STAT, ctd.snapshots().stat(ctd.request(req)))
-        .await
-    {
+    match ctd.stat_snapshot(snapshotter, key).await {
         Ok(_) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e),
