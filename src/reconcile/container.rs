@@ -18,6 +18,7 @@ use crate::journal::{
     ContainerDesired, ContainerRecord, ContainerUser, Event, JournalHandle, ObjectKey, State,
 };
 use crate::oci::container::{container_spec, ContainerContext};
+use containerd_client::types::Mount;
 
 mod image_volumes;
 pub use image_volumes::view_key as image_volume_key;
@@ -52,6 +53,9 @@ pub struct ContainerReconciler {
     stopping: parking_lot::Mutex<std::collections::HashMap<String, StopClock>>,
     /// Which containers this process creates for the first time.
     attempts: super::FirstAttempts,
+    /// The rootfs mounts of the containers this process created, until their first start:
+    /// that start needs no `Tasks.Get` (no task of it can exist yet) and no `Snapshots.Mounts`.
+    created: parking_lot::Mutex<std::collections::HashMap<String, Vec<Mount>>>,
     /// Containers containerd reported an OOM kill of (`/tasks/oom`) whose exit is not recorded
     /// yet: under the systemd driver the scope's cgroup (and its OOM counter) is gone as soon as
     /// its last process exits, before the exit can be recorded.
@@ -101,6 +105,7 @@ impl ContainerReconciler {
             attachments,
             stopping: Default::default(),
             oom_events: Default::default(),
+            created: Default::default(),
         }
     }
 
@@ -321,9 +326,14 @@ impl ContainerReconciler {
             .create_lease(&made.lease, Duration::from_secs(600), &made.owner)
             .await?;
         let user = self.create_leased(rec, &img, ctx, &runtime, &made).await;
-        if let Err(e) = self.ctd.delete_lease(&made.lease).await {
-            tracing::warn!(container_id = id, lease = made.lease, error = %e, "cannot delete a container lease; it expires");
-        }
+        // The container holds its snapshot now (or the failed create removed it): the lease's
+        // deletion need not delay the answer.
+        let (ctd, id, lease) = (self.ctd.clone(), id.to_string(), made.lease);
+        tokio::spawn(async move {
+            if let Err(e) = ctd.delete_lease(&lease).await {
+                tracing::warn!(container_id = id, lease, error = %e, "cannot delete a container lease; it expires");
+            }
+        });
         user.map(Some)
     }
 
@@ -399,6 +409,9 @@ impl ContainerReconciler {
                 )
                 .await?;
         }
+        if made.first {
+            self.created.lock().insert(id.to_string(), mounts);
+        }
         Ok(container_user(&spec))
     }
 
@@ -451,36 +464,14 @@ impl ContainerReconciler {
                 )
                 .await;
         }
-        // A start cut off before its fact was recorded may have run the entrypoint already: a
-        // task that runs or ran is adopted (never started twice); only a task created but never
-        // started is replaced.
-        match self.ctd.task_status(id).await? {
-            Some((pid, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing)) => {
-                self.reattach(rec)?;
-                tracing::info!(
-                    container_id = id,
-                    pid,
-                    "adopted a task an interrupted start left running"
-                );
-                return self.record_started(state, id, pid).await;
-            }
-            Some((pid, TaskStatus::Stopped)) => {
-                tracing::info!(
-                    container_id = id,
-                    pid,
-                    "recorded a task an interrupted start left exited"
-                );
-                return self.record_exit(rec, state, Some(pid)).await;
-            }
-            // Created, never started: replaced.
-            Some(_) => self.ctd.end_task(id, Duration::from_secs(10)).await?,
-            None => {}
-        }
-        let mounts = self
-            .ctd
-            .snapshot_mounts(&self.settings.snapshotter, id)
-            .await?
-            .ok_or_else(|| Self::err(id, "starting the container", "its snapshot is gone"))?;
+        let created = self.created.lock().remove(id);
+        let mounts = match created {
+            Some(mounts) => mounts,
+            None => match self.look_before_start(rec, state).await? {
+                Some(mounts) => mounts,
+                None => return Ok(()),
+            },
+        };
         self.remount_image_volumes(rec).await?;
         let dir = self.settings.layout.container(id);
         std::fs::create_dir_all(&dir).map_err(|e| Self::err(id, "starting the container", e))?;
@@ -512,6 +503,48 @@ impl ContainerReconciler {
                 self.fail_start(state, id, e.to_string()).await
             }
         }
+    }
+
+    /// Before a start that is not this process's first of the container: a start cut off
+    /// before its fact was recorded may have run the entrypoint already. A task that runs or
+    /// ran is adopted (never started twice; answers None); only a task created but never
+    /// started is replaced. Answers the rootfs mounts.
+    async fn look_before_start(
+        &self,
+        rec: &ContainerRecord,
+        state: &State,
+    ) -> Result<Option<Vec<Mount>>, ReconcileError> {
+        let id = rec.id.as_str();
+        match self.ctd.task_status(id).await? {
+            Some((pid, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing)) => {
+                self.reattach(rec)?;
+                tracing::info!(
+                    container_id = id,
+                    pid,
+                    "adopted a task an interrupted start left running"
+                );
+                self.record_started(state, id, pid).await?;
+                return Ok(None);
+            }
+            Some((pid, TaskStatus::Stopped)) => {
+                tracing::info!(
+                    container_id = id,
+                    pid,
+                    "recorded a task an interrupted start left exited"
+                );
+                self.record_exit(rec, state, Some(pid)).await?;
+                return Ok(None);
+            }
+            // Created, never started: replaced.
+            Some(_) => self.ctd.end_task(id, Duration::from_secs(10)).await?,
+            None => {}
+        }
+        let mounts = self
+            .ctd
+            .snapshot_mounts(&self.settings.snapshotter, id)
+            .await?
+            .ok_or_else(|| Self::err(id, "starting the container", "its snapshot is gone"))?;
+        Ok(Some(mounts))
     }
 
     /// Takes back the stdio of a running container whose output concord holds (after a
@@ -758,6 +791,7 @@ impl ContainerReconciler {
     async fn remove(&self, id: &str) -> Result<(), ReconcileError> {
         self.stopping.lock().remove(id);
         self.attempts.forget(id);
+        self.created.lock().remove(id);
         self.ctd.end_task(id, Duration::from_secs(10)).await?;
         self.attachments.detach(id);
         self.ctd.delete_container(id).await?;
