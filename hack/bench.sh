@@ -30,7 +30,8 @@ mkdir -p "$REF_DIR" "$OWN_DIR"
 # A containerd on its own paths from one of the dev configs: $1 = config, $2 = dir.
 start_containerd() {
   sed -e "s#^root = .*#root = \"$2/root\"#" -e "s#^state = .*#state = \"$2/state\"#" \
-      -e "s#^  address = .*#  address = \"$2/containerd.sock\"#" "$1" > "$2/config.toml"
+      -e "/^\[grpc\]/,/^\[/ s#^  address = .*#  address = \"$2/containerd.sock\"#" \
+      -e "/^\[metrics\]/,/^\[/ s#^  address = .*#  address = \"\"#" "$1" > "$2/config.toml"
   containerd --config "$2/config.toml" > "$2/containerd.log" 2>&1 &
   echo $!
 }

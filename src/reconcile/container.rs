@@ -235,9 +235,13 @@ impl ContainerReconciler {
                 if rec.started_at != 0 && rec.finished_at == 0 {
                     self.ctd.end_task(id, Duration::from_secs(10)).await?;
                 }
-                self.remove(id).await?;
+                // An exit is recorded only once its task was deleted (a failed start's
+                // deletion is best effort: looked for again).
+                let ended = rec.finished_at != 0 && rec.reason != "StartError";
+                self.remove_after(id, ended || rec.started_at != 0).await?;
+                // Removed again after a crash that loses this fact: every step finds nothing.
                 self.journal
-                    .append(vec![Event::ContainerRemoved { id: id.into() }])
+                    .record(vec![Event::ContainerRemoved { id: id.into() }])
                     .await?;
                 crate::lifecycle_info!(*state, &key, "container removed");
                 return Ok(observed(json!({"state": "removed"})));
@@ -789,10 +793,18 @@ impl ContainerReconciler {
 
     /// Task, container, snapshot, state: whatever of them exists.
     async fn remove(&self, id: &str) -> Result<(), ReconcileError> {
+        self.remove_after(id, false).await
+    }
+
+    /// [`remove`](Self::remove); `task_gone`: the record shows the task was deleted (or just
+    /// ended), so none is looked for.
+    async fn remove_after(&self, id: &str, task_gone: bool) -> Result<(), ReconcileError> {
         self.stopping.lock().remove(id);
         self.attempts.forget(id);
         self.created.lock().remove(id);
-        self.ctd.end_task(id, Duration::from_secs(10)).await?;
+        if !task_gone {
+            self.ctd.end_task(id, Duration::from_secs(10)).await?;
+        }
         self.attachments.detach(id);
         self.ctd.delete_container(id).await?;
         self.release_image_volumes(id).await?;
