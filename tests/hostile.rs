@@ -847,15 +847,9 @@ async fn a_crash_right_after_a_task_start_never_runs_the_entrypoint_twice() {
     crash_then_converge("container-started", Crash::AtStart).await;
 }
 
-/// The start's fact is committed without waiting for the disk (containerd shows the task again):
-/// a crash right after it loses it, and the restart adopts the task as above.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_that_loses_the_started_fact_adopts_the_task() {
-    crash_then_converge("container-start-recorded", Crash::AtStart).await;
-}
-
-/// The same for the create's fact: the restart finds the containerd container and its snapshot
-/// and the container starts once.
+/// The create's fact is committed without waiting for the disk (containerd shows the container
+/// again): a crash right after it loses it; the restart finds the containerd container and its
+/// snapshot, and the container starts once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_that_loses_the_created_fact_finds_the_container_again() {
     crash_then_converge("container-create-recorded", Crash::AtCreate).await;

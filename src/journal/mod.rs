@@ -134,7 +134,8 @@ impl JournalHandle {
         self.commit(events, true).await
     }
 
-    /// Records facts that containerd can show again (a container it holds, a task that runs):
+    /// Records facts that containerd can show again (a container it holds; a removal, which
+    /// finds nothing when done again):
     /// published like [`append`](Self::append), but not waiting for the disk. They reach it with
     /// the next durable commit (which cannot overtake them) or within [`FLUSH_AFTER`]; a crash
     /// before that loses them as a crash before this call would, and the reconciler finds them

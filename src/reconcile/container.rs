@@ -496,11 +496,7 @@ impl ContainerReconciler {
         }
         .await;
         match started {
-            Ok(pid) => {
-                self.record_started(state, id, pid).await?;
-                crate::crash::crash_point("container-start-recorded");
-                Ok(())
-            }
+            Ok(pid) => self.record_started(state, id, pid).await,
             Err(e) => {
                 let _ = self.ctd.delete_task(id).await;
                 self.attachments.detach(id);
@@ -569,9 +565,11 @@ impl ContainerReconciler {
         id: &str,
         pid: u32,
     ) -> Result<(), ReconcileError> {
-        // The task runs in containerd: a crash that loses this fact adopts it (see `start`).
+        // Durable before the answer: a restart that lost it would show the running container
+        // as created until the loop adopts its task, and a kubelet relisting then would start
+        // another.
         self.journal
-            .record(vec![Event::ContainerStarted {
+            .append(vec![Event::ContainerStarted {
                 id: id.into(),
                 pid,
                 started_at: now_nanos(),
