@@ -734,7 +734,9 @@ impl ContainerReconciler {
             .await?
             .unwrap_or((255, 0));
         let code = code as i32;
-        let finished_at = if at > 0 { at } else { now_nanos() };
+        // A process that exits at once may exit before its start was timed (after Tasks.Start
+        // answered): it never finishes before it started.
+        let finished_at = if at > 0 { at } else { now_nanos() }.max(rec.started_at);
         let mut events = Vec::new();
         if let Some(pid) = started {
             events.push(Event::ContainerStarted {
