@@ -983,15 +983,8 @@ async fn restart_after_abort(d: &mut Daemon) {
 async fn container_named(d: &Daemon, name: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let list = d
-            .runtime()
+        if let Some(c) = common::list_containers(d)
             .await
-            .list_containers(cri::ListContainersRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .into_containers();
-        if let Some(c) = list
             .into_iter()
             .find(|c| c.metadata.as_ref().is_some_and(|m| m.name == name))
         {
