@@ -274,8 +274,12 @@ impl ContainerReconciler {
         // After a restart the index may not be loaded yet: an image missing from it then means
         // nothing, and the create waits (a record whose create fact a crash lost is re-created
         // here, and must not be dropped for it).
-        self.images.wait_loaded(Duration::from_secs(10)).await;
-        let img = self.images.index().find(&rec.image_id).cloned();
+        let img = self
+            .images
+            .loaded_index()
+            .await
+            .find(&rec.image_id)
+            .cloned();
         let img = match img {
             Some(img) => img,
             None if !self.images.is_loaded() => {
