@@ -8,6 +8,11 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// redb's page cache. Its default (1 GiB) lets every page written stay in memory, so the
+/// daemon's RSS grew with the file; the journal is read whole only at start (replay) and
+/// appended to after, which needs few cached pages.
+const CACHE_BYTES: usize = 1 << 20;
+
 use redb::{
     Database, DatabaseError, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
     ReadableTableMetadata, TableDefinition,
@@ -189,7 +194,10 @@ impl Journal {
             path: path.to_owned(),
             source,
         };
-        let db = Database::create(path).map_err(|e| open_error(path, e))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_error(path, e))?;
         let txn = db.begin_write().map_err(|e| store(e.into()))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| store(e.into()))?;

@@ -245,7 +245,7 @@ metrics! {
     journal_writable: IntGauge = IntGauge::new("concord_journal_writable", "1 while the journal takes writes; 0 after a write failed, until a reopened journal takes a probe write (RuntimeReady is false meanwhile)").unwrap();
     journal_events: IntCounter = IntCounter::new("concord_journal_events_total", "Events durably appended to the journal").unwrap();
     journal_append_duration: Histogram = Histogram::with_opts(
-        HistogramOpts::new("concord_journal_append_duration_seconds", "Time to durably commit one batch of journal events")
+        HistogramOpts::new("concord_journal_append_duration_seconds", "Time to commit one batch of journal events (with its fsync for intents and facts that cannot be observed again; without it for facts containerd can show again)")
             .buckets(containerd_buckets()),
     )
     .unwrap();

@@ -238,7 +238,11 @@ impl ContainerReconciler {
                 // An exit is recorded only once its task was deleted (a failed start's
                 // deletion is best effort: looked for again).
                 let ended = rec.finished_at != 0 && rec.reason != "StartError";
-                self.remove_after(id, ended || rec.started_at != 0).await?;
+                let known = Known {
+                    task_gone: ended || rec.started_at != 0,
+                    image_volumes: image_volumes::any(rec),
+                };
+                self.remove_after(id, known).await?;
                 // Removed again after a crash that loses this fact: every step finds nothing.
                 self.journal
                     .record(vec![Event::ContainerRemoved { id: id.into() }])
@@ -797,24 +801,32 @@ impl ContainerReconciler {
 
     /// Task, container, snapshot, state: whatever of them exists.
     async fn remove(&self, id: &str) -> Result<(), ReconcileError> {
-        self.remove_after(id, false).await
+        let unknown = Known {
+            task_gone: false,
+            image_volumes: true,
+        };
+        self.remove_after(id, unknown).await
     }
 
-    /// [`remove`](Self::remove); `task_gone`: the record shows the task was deleted (or just
-    /// ended), so none is looked for.
-    async fn remove_after(&self, id: &str, task_gone: bool) -> Result<(), ReconcileError> {
+    /// [`remove`](Self::remove), skipping what the record shows is not there.
+    async fn remove_after(&self, id: &str, known: Known) -> Result<(), ReconcileError> {
         self.stopping.lock().remove(id);
         self.attempts.forget(id);
         self.created.lock().remove(id);
-        if !task_gone {
+        if !known.task_gone {
             self.ctd.end_task(id, Duration::from_secs(10)).await?;
         }
         self.attachments.detach(id);
-        self.ctd.delete_container(id).await?;
-        self.release_image_volumes(id).await?;
-        self.ctd
-            .remove_snapshot(&self.settings.snapshotter, id)
-            .await?;
+        // Independent once the task is gone (a snapshot's removal does not look at the
+        // containers naming it), so one round trip's wait instead of two.
+        let snapshotter = &self.settings.snapshotter;
+        tokio::try_join!(
+            self.ctd.delete_container(id),
+            self.ctd.remove_snapshot(snapshotter, id)
+        )?;
+        if known.image_volumes {
+            self.release_image_volumes(id).await?;
+        }
         match std::fs::remove_dir_all(self.settings.layout.container(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Self::err(id, "removing container state", e))
@@ -822,6 +834,15 @@ impl ContainerReconciler {
             _ => Ok(()),
         }
     }
+}
+
+/// What a removal may skip, from the record.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    /// The record shows the task was deleted (or just ended): none is looked for.
+    task_gone: bool,
+    /// The container may have image volumes (else no snapshot list for them).
+    image_volumes: bool,
 }
 
 /// A container create's lease, its owner label, and whether it is the first attempt.

@@ -43,16 +43,20 @@ pub async fn section(d: &Density, reference: &Endpoint, concord: &Endpoint, row:
     // pays for the other's fleet.
     let mut took = [Duration::ZERO; 2];
     let mut cpu = [0.0f64; 2];
+    // The whole node's: the runtime's floor (runc, the shims, the CNI plugins and iptables,
+    // the kernel) is the rest.
+    let mut node_cpu = [0.0f64; 2];
     let mut next = 0;
     while next < d.pods {
         let batch = next..(next + d.parallel).min(d.pods);
         for (side, (name, e)) in sides.iter().enumerate() {
             let pids = d.pids(side);
-            let before = cpu_seconds(&pids);
+            let (before, node_before) = (cpu_seconds(&pids), node_cpu_seconds());
             let t = Instant::now();
             let (fleet, per_pod) = start_batch(d, e, &d.log_dir.join(name), batch.clone()).await;
             took[side] += t.elapsed();
             cpu[side] += cpu_seconds(&pids) - before;
+            node_cpu[side] += node_cpu_seconds() - node_before;
             fleets[side].extend(fleet);
             starts[side].extend(per_pod);
         }
@@ -66,6 +70,12 @@ pub async fn section(d: &Density, reference: &Endpoint, concord: &Endpoint, row:
             cpu[side],
             d.pid_names(side),
             rss_line(&d.pids(side)),
+        );
+        println!(
+            "  the node's CPU over {name}'s batches: {:.2} s, of which {:.2} s outside {}",
+            node_cpu[side],
+            node_cpu[side] - cpu[side],
+            d.pid_names(side),
         );
     }
     row(
@@ -176,7 +186,40 @@ async fn reads(fleets: &[Fleet; 2], sides: [&Endpoint; 2], at: &str, row: &Row<'
         }
         let [r, c] = &mut t;
         row(&format!("{op} ({at})"), r, c);
+        if op == "ListContainers" {
+            decode_floor(sides[1], at).await;
+        }
     }
+}
+
+/// What any client pays for ListContainers before the transport: decoding the answer (the
+/// same bytes concord sent, decoded 200 times in this process), and the answer's size.
+async fn decode_floor(e: &Endpoint, at: &str) {
+    use prost::Message;
+    let Ok(answer) = e
+        .rt
+        .clone()
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+    else {
+        return;
+    };
+    let bytes = answer.into_inner().encode_to_vec();
+    let mut t: Vec<Duration> = (0..200)
+        .map(|_| {
+            let start = Instant::now();
+            let decoded = cri::ListContainersResponse::decode(bytes.as_slice());
+            std::hint::black_box(decoded.is_ok());
+            start.elapsed()
+        })
+        .collect();
+    t.sort();
+    println!(
+        "  ListContainers ({at}): the answer is {} kB; decoding it alone takes p50 {:.2} ms, p99 {:.2} ms",
+        bytes.len() / 1000,
+        t[t.len() / 2].as_secs_f64() * 1e3,
+        t[t.len() * 99 / 100].as_secs_f64() * 1e3,
+    );
 }
 
 async fn read(e: &Endpoint, op: &str, pod: &str, container: &str) -> Duration {
@@ -237,9 +280,34 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
         / ticks
 }
 
+/// user + system + irq + softirq time of the whole node (all CPUs), in seconds; niced work
+/// (a build beside the bench) is left out.
+fn node_cpu_seconds() -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    // cpu user nice system idle iowait irq softirq ...
+    let f: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    [0, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum::<f64>() / ticks
+}
+
+/// Each process's RSS, and of what: heap and stacks (anonymous) and the binary's pages (file).
 fn rss_line(pids: &[u32]) -> String {
+    let mb = |p: u32, f: &str| super::status_kb(p, f) as f64 / 1024.0;
     pids.iter()
-        .map(|p| format!("{:.1} MB", super::rss_kb(*p) as f64 / 1024.0))
+        .map(|&p| {
+            let (anon, file) = (mb(p, "RssAnon"), mb(p, "RssFile"));
+            format!("{:.1} MB ({anon:.1} anon, {file:.1} file)", mb(p, "VmRSS"))
+        })
         .collect::<Vec<_>>()
         .join(" + ")
 }

@@ -657,11 +657,16 @@ async fn remove_pod(e: &Endpoint, id: String) {
 
 /// VmRSS of process `pid` in kB (0 when unreadable).
 fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS")
+}
+
+/// Field `name` (in kB) of `/proc/<pid>/status` (0 when unreadable).
+fn status_kb(pid: u32, name: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)

@@ -34,6 +34,11 @@ pub(super) fn gc_labels(rec: &ContainerRecord, snapshotter: &str) -> Vec<(String
         .collect()
 }
 
+/// Whether `rec`'s config has an image mount.
+pub(super) fn any(rec: &ContainerRecord) -> bool {
+    image_mounts(rec).next().is_some()
+}
+
 /// The config's image mounts: (mount index, the mount).
 fn image_mounts(rec: &ContainerRecord) -> impl Iterator<Item = (usize, &crate::cri::Mount)> {
     let mounts = rec.config.mounts.iter().enumerate();
