@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::ports::ContainerdPort;
 use super::{ReconcileError, Reconciled};
 use crate::containerd::{
     cri_labels, ContainerRuntime, Containerd, TaskIo, TaskStatus, KIND_CONTAINER, KIND_LABEL,
@@ -40,9 +41,10 @@ pub struct ContainerSettings {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// The container reconciler.
-pub struct ContainerReconciler {
-    ctd: Containerd,
+/// The container reconciler: containerd through its port (the real one by default; a fake in
+/// `container_tests.rs`).
+pub struct ContainerReconciler<C = Containerd> {
+    ctd: C,
     images: Arc<Images>,
     journal: JournalHandle,
     settings: ContainerSettings,
@@ -67,7 +69,8 @@ pub struct ContainerReconciler {
 struct StopClock {
     /// The record's generation the signal was sent for.
     generation: u64,
-    deadline: std::time::Instant,
+    /// On tokio's clock (the real one in the daemon; paused in the unit tests).
+    deadline: tokio::time::Instant,
 }
 
 /// Exit code of a container whose start failed (as containerd's CRI answers).
@@ -87,14 +90,14 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-impl ContainerReconciler {
+impl<C: ContainerdPort> ContainerReconciler<C> {
     pub fn new(
-        ctd: Containerd,
+        ctd: C,
         images: Arc<Images>,
         journal: JournalHandle,
         settings: ContainerSettings,
         attachments: Arc<crate::attach::Attachments>,
-    ) -> ContainerReconciler {
+    ) -> Self {
         let attempts = super::FirstAttempts::new(journal.state().containers.keys().cloned());
         ContainerReconciler {
             attempts,
@@ -669,7 +672,7 @@ impl ContainerReconciler {
         // The stop signal goes once, when the stop starts here; the grace period runs from then
         // (a stop that waited in the queue still gets all of it), and retries after a reconcile
         // timeout wait only what is left of it, then SIGKILL.
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let far = || now + Duration::from_secs(100 * 365 * 86_400);
         let clock = self.stopping.lock().get(id).copied();
         let deadline = match clock {
@@ -694,7 +697,7 @@ impl ContainerReconciler {
                 deadline,
             },
         );
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if !left.is_zero() {
             let budget = self.settings.reconcile_timeout / 4 * 3;
             if tokio::time::timeout(left.min(budget), self.ctd.wait_task(id))

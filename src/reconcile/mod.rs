@@ -10,6 +10,7 @@ mod attempts;
 pub mod container;
 pub mod orphans;
 mod pod_cgroup;
+pub mod ports;
 mod queue;
 mod runtime_config;
 mod sandbox;
