@@ -402,10 +402,6 @@ pub struct FakeNetns {
 }
 
 impl FakeNetns {
-    pub fn fail(&self, method: &'static str, times: u32) {
-        self.state.lock().log.failing.insert(method, times);
-    }
-
     pub fn count(&self, method: &str) -> usize {
         self.state.lock().log.count(method)
     }

@@ -580,6 +580,8 @@ pub fn backoff(config: &ReconcileConfig, retries: u32) -> Duration {
 }
 
 #[cfg(test)]
+mod container_tests;
+#[cfg(test)]
 mod fakes;
 #[cfg(test)]
 mod sandbox_tests;
