@@ -74,7 +74,8 @@ async fn running(reconcile_timeout: Duration, exits_on_sigterm: bool) -> Node {
         started_at: 2,
     })
     .await;
-    n.ctd.running(ID, &format!("container:{ID}"), exits_on_sigterm);
+    n.ctd
+        .running(ID, &format!("container:{ID}"), exits_on_sigterm);
     n
 }
 
@@ -174,7 +175,10 @@ async fn a_second_stop_with_a_shorter_grace_brings_sigkill_forward() {
     assert!(kill);
     let after = at - t0;
     let window = Duration::from_secs(31)..=Duration::from_secs(32);
-    assert!(window.contains(&after), "SIGKILL {after:?} after the signal");
+    assert!(
+        window.contains(&after),
+        "SIGKILL {after:?} after the signal"
+    );
 }
 
 #[tokio::test(start_paused = true)]

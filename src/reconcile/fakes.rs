@@ -411,7 +411,12 @@ impl FakeNetns {
     }
 
     fn step(&self, method: &'static str, path: &Path) -> Result<(), NetnsError> {
-        match self.state.lock().log.call(method, &path.display().to_string()) {
+        match self
+            .state
+            .lock()
+            .log
+            .call(method, &path.display().to_string())
+        {
             false => Ok(()),
             true => Err(NetnsError::Io {
                 path: path.into(),
@@ -449,7 +454,11 @@ impl NetnsPort for FakeNetns {
     }
     fn list(&self, dir: &Path) -> Vec<PathBuf> {
         let s = self.state.lock();
-        s.paths.iter().filter(|p| p.starts_with(dir)).cloned().collect()
+        s.paths
+            .iter()
+            .filter(|p| p.starts_with(dir))
+            .cloned()
+            .collect()
     }
 }
 
@@ -457,7 +466,10 @@ impl NetnsPort for FakeNetns {
 pub fn journal_in(
     dir: &Path,
     metrics: Arc<crate::metrics::Metrics>,
-) -> (crate::journal::JournalHandle, tokio_util::sync::CancellationToken) {
+) -> (
+    crate::journal::JournalHandle,
+    tokio_util::sync::CancellationToken,
+) {
     let path = dir.join("journal.redb");
     let (store, state, info) = crate::journal::Journal::open(&path).unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();

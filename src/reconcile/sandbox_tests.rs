@@ -54,9 +54,14 @@ async fn node() -> Node {
         netns_dir: dir.path().join("netns"),
     };
     let (ctd, cni, netns) = Default::default();
-    let ports = (FakeContainerd::clone(&ctd), FakeCni::clone(&cni), FakeNetns::clone(&netns));
+    let ports = (
+        FakeContainerd::clone(&ctd),
+        FakeCni::clone(&cni),
+        FakeNetns::clone(&netns),
+    );
     let images = images_with(dir.path(), PAUSE).await;
-    let r = SandboxReconciler::with_ports(ports, images, network, journal.clone(), settings, metrics);
+    let r =
+        SandboxReconciler::with_ports(ports, images, network, journal.clone(), settings, metrics);
     Node {
         r,
         ctd,
@@ -120,7 +125,10 @@ impl Node {
         assert!(leases.is_empty(), "leases left: {leases:?}");
         assert!(self.cni.attached().is_empty(), "still attached");
         assert!(self.netns.pinned().is_empty(), "{:?}", self.netns.pinned());
-        assert!(!self.journal.state().sandboxes.contains_key(ID), "record left");
+        assert!(
+            !self.journal.state().sandboxes.contains_key(ID),
+            "record left"
+        );
         assert!(!self.r_dir().exists(), "sandbox state left");
     }
 
@@ -139,7 +147,11 @@ async fn a_cni_add_that_fails_after_the_pause_task_runs_is_torn_down_completely(
     let err = n.reconcile().await.unwrap_err();
     assert!(err.to_string().contains("CNI ADD"), "{err}");
     assert_eq!(t0.elapsed(), Duration::from_secs(30));
-    assert_eq!(n.ctd.count("start_task"), 1, "the pause task ran before the teardown");
+    assert_eq!(
+        n.ctd.count("start_task"),
+        1,
+        "the pause task ran before the teardown"
+    );
     // The teardown: its task, the network (DEL although the ADD failed), the netns, the
     // container and snapshot; the record goes (SandboxFailed, then SandboxRemoved).
     assert_eq!(n.ctd.count("end_task"), 1);
@@ -173,7 +185,8 @@ async fn an_interrupted_stop_converges_in_the_next_pass_and_removal_does_not_rep
     assert_eq!(n.netns.pinned().len(), 1);
 
     // StopPodSandbox; the first DEL fails: the pass fails, the record is not stopped.
-    n.append(Event::SandboxStopRequested { id: ID.into() }).await;
+    n.append(Event::SandboxStopRequested { id: ID.into() })
+        .await;
     n.cni.fail("del", 1);
     n.reconcile().await.unwrap_err();
     assert!(!n.journal.state().sandboxes[ID].stopped);
@@ -187,7 +200,8 @@ async fn an_interrupted_stop_converges_in_the_next_pass_and_removal_does_not_rep
     assert_eq!(dels, 2);
 
     // RemovePodSandbox: the converged stop is not repeated (no third DEL).
-    n.append(Event::SandboxRemoveRequested { id: ID.into() }).await;
+    n.append(Event::SandboxRemoveRequested { id: ID.into() })
+        .await;
     n.reconcile().await.unwrap();
     assert_eq!(n.cni.count("del"), dels);
     assert_eq!(n.ctd.count("delete_container"), 1);
@@ -199,7 +213,8 @@ async fn removing_a_sandbox_whose_objects_are_all_gone_succeeds() {
     let n = node().await;
     n.request().await;
     // Never started (a restart before the first pass), then removed: every step finds nothing.
-    n.append(Event::SandboxRemoveRequested { id: ID.into() }).await;
+    n.append(Event::SandboxRemoveRequested { id: ID.into() })
+        .await;
     n.reconcile().await.unwrap();
     assert_eq!(n.cni.count("del"), 1);
     n.assert_nothing_left();
