@@ -12,7 +12,8 @@ use serde_json::json;
 use super::ports::ContainerdPort;
 use super::{ReconcileError, Reconciled};
 use crate::containerd::{
-    cri_labels, ContainerRuntime, Containerd, TaskIo, TaskStatus, KIND_CONTAINER, KIND_LABEL,
+    cri_labels, ContainerRuntime, Containerd, SnapshotKind, TaskIo, TaskStatus, KIND_CONTAINER,
+    KIND_LABEL,
 };
 use crate::image::Images;
 use crate::journal::{
@@ -368,9 +369,9 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
         let mounts = match existing {
             Some(m) => m,
             None => {
-                let chain = &img.resolved.chain_id;
+                let (chain, rw) = (&img.resolved.chain_id, SnapshotKind::Active);
                 self.ctd
-                    .prepare_snapshot(snapshotter, id, chain, &made.owner, &made.lease)
+                    .new_snapshot(rw, snapshotter, id, chain, &made.owner, &made.lease)
                     .await?
             }
         };

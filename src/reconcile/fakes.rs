@@ -162,9 +162,6 @@ impl ContainerdPort for FakeContainerd {
         self.step("task_status", id)?;
         Ok(self.world.lock().tasks.get(id).map(|t| (t.pid, t.status)))
     }
-    async fn create_task(&self, id: &str, rootfs: Vec<Mount>) -> Answer<u32> {
-        self.create_task_io(id, rootfs, &TaskIo::default()).await
-    }
     async fn create_task_io(&self, id: &str, _rootfs: Vec<Mount>, _io: &TaskIo) -> Answer<u32> {
         self.step("create_task", id)?;
         let mut w = self.world.lock();
@@ -264,18 +261,6 @@ impl ContainerdPort for FakeContainerd {
         let exists = self.world.lock().snapshots.contains_key(key);
         Ok(exists.then(|| mounts_of(key)))
     }
-    async fn prepare_snapshot(
-        &self,
-        snapshotter: &str,
-        key: &str,
-        parent: &str,
-        owner: &str,
-        lease: &str,
-    ) -> Answer<Vec<Mount>> {
-        let active = SnapshotKind::Active;
-        self.new_snapshot(active, snapshotter, key, parent, owner, lease)
-            .await
-    }
     async fn new_snapshot(
         &self,
         _kind: SnapshotKind,
@@ -285,7 +270,7 @@ impl ContainerdPort for FakeContainerd {
         owner: &str,
         _lease: &str,
     ) -> Answer<Vec<Mount>> {
-        self.step("prepare_snapshot", key)?;
+        self.step("new_snapshot", key)?;
         self.world.lock().snapshots.insert(key.into(), owner.into());
         Ok(mounts_of(key))
     }

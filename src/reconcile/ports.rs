@@ -19,246 +19,84 @@ use crate::containerd::{
 use crate::network::cni::{Attachment, Cni, CniError};
 use crate::network::netns::{self, NetnsError};
 use crate::network::CniNetwork;
+use oci_spec::runtime::LinuxResources;
 
 type Answer<T> = Result<T, ContainerdError>;
 
-/// What the reconcilers ask of containerd: tasks, containers, snapshots and leases of the
-/// namespace. Each call means what [`Containerd`]'s method of that name does.
-pub trait ContainerdPort: Clone + Send + Sync + 'static {
-    // Tasks.
-    fn task_state(&self, id: &str) -> impl Future<Output = Answer<Option<(u32, bool)>>> + Send;
-    fn task_status(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Answer<Option<(u32, TaskStatus)>>> + Send;
-    fn create_task(&self, id: &str, rootfs: Vec<Mount>)
-        -> impl Future<Output = Answer<u32>> + Send;
-    fn create_task_io(
-        &self,
-        id: &str,
-        rootfs: Vec<Mount>,
-        io: &TaskIo,
-    ) -> impl Future<Output = Answer<u32>> + Send;
-    fn start_task(&self, id: &str) -> impl Future<Output = Answer<()>> + Send;
-    fn kill_task(&self, id: &str, signal: u32) -> impl Future<Output = Answer<()>> + Send;
-    fn wait_task(&self, id: &str) -> impl Future<Output = Answer<u32>> + Send;
-    fn end_task(&self, id: &str, wait: Duration) -> impl Future<Output = Answer<()>> + Send;
-    fn delete_task(&self, id: &str) -> impl Future<Output = Answer<()>> + Send;
-    fn delete_task_exit(&self, id: &str)
-        -> impl Future<Output = Answer<Option<(u32, i64)>>> + Send;
-    fn update_task(
-        &self,
-        id: &str,
-        resources: &oci_spec::runtime::LinuxResources,
-    ) -> impl Future<Output = Answer<()>> + Send;
-    fn kill_shims_of(&self, id: &str) -> impl Future<Output = usize> + Send;
-    // Containers.
-    fn container_exists(&self, id: &str) -> impl Future<Output = Answer<bool>> + Send;
-    #[allow(clippy::too_many_arguments)]
-    fn create_container(
-        &self,
-        id: &str,
-        image: &str,
-        runtime: &ContainerRuntime,
-        spec: &(impl serde::Serialize + Sync),
-        snapshotter: &str,
-        snapshot_key: &str,
-        owner: &str,
-        labels: HashMap<String, String>,
-    ) -> impl Future<Output = Answer<()>> + Send;
-    fn delete_container(&self, id: &str) -> impl Future<Output = Answer<()>> + Send;
-    fn list_owned(
-        &self,
-        snapshotter: &str,
-        prefix: &str,
-    ) -> impl Future<Output = Answer<Vec<(String, String)>>> + Send;
-    // Snapshots.
-    fn snapshot_mounts(
-        &self,
-        snapshotter: &str,
-        key: &str,
-    ) -> impl Future<Output = Answer<Option<Vec<Mount>>>> + Send;
-    fn prepare_snapshot(
-        &self,
-        snapshotter: &str,
-        key: &str,
-        parent: &str,
-        owner: &str,
-        lease: &str,
-    ) -> impl Future<Output = Answer<Vec<Mount>>> + Send;
-    fn new_snapshot(
-        &self,
-        kind: SnapshotKind,
-        snapshotter: &str,
-        key: &str,
-        parent: &str,
-        owner: &str,
-        lease: &str,
-    ) -> impl Future<Output = Answer<Vec<Mount>>> + Send;
-    fn remove_snapshot(
-        &self,
-        snapshotter: &str,
-        key: &str,
-    ) -> impl Future<Output = Answer<()>> + Send;
-    fn owned_snapshots(
-        &self,
-        snapshotter: &str,
-        owner: &str,
-    ) -> impl Future<Output = Answer<Vec<String>>> + Send;
-    // Leases.
-    fn create_lease(
-        &self,
-        id: &str,
-        expire: Duration,
-        owner: &str,
-    ) -> impl Future<Output = Answer<String>> + Send;
-    fn delete_lease(&self, id: &str) -> impl Future<Output = Answer<()>> + Send;
+/// Declares port trait `$port` (each method answers a `Send` future) and implements it for
+/// `$real` by calling `$real`'s own method of the same name: one list of signatures.
+macro_rules! port {
+    (
+        $(#[$doc:meta])*
+        pub trait $port:ident: $($bound:path),+ ; for $real:ty {
+            $( fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $out:ty; )*
+        }
+    ) => {
+        $(#[$doc])*
+        pub trait $port: $($bound +)+ 'static {
+            $(
+                #[allow(clippy::too_many_arguments)]
+                fn $name(&self $(, $arg: $ty)*) -> impl Future<Output = $out> + Send;
+            )*
+        }
+
+        impl $port for $real {
+            $(
+                fn $name(&self $(, $arg: $ty)*) -> impl Future<Output = $out> + Send {
+                    <$real>::$name(self $(, $arg)*)
+                }
+            )*
+        }
+    };
 }
 
-impl ContainerdPort for Containerd {
-    fn task_state(&self, id: &str) -> impl Future<Output = Answer<Option<(u32, bool)>>> + Send {
-        Containerd::task_state(self, id)
-    }
-    fn task_status(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Answer<Option<(u32, TaskStatus)>>> + Send {
-        Containerd::task_status(self, id)
-    }
-    fn create_task(
-        &self,
-        id: &str,
-        rootfs: Vec<Mount>,
-    ) -> impl Future<Output = Answer<u32>> + Send {
-        Containerd::create_task(self, id, rootfs)
-    }
-    fn create_task_io(
-        &self,
-        id: &str,
-        rootfs: Vec<Mount>,
-        io: &TaskIo,
-    ) -> impl Future<Output = Answer<u32>> + Send {
-        Containerd::create_task_io(self, id, rootfs, io)
-    }
-    fn start_task(&self, id: &str) -> impl Future<Output = Answer<()>> + Send {
-        Containerd::start_task(self, id)
-    }
-    fn kill_task(&self, id: &str, signal: u32) -> impl Future<Output = Answer<()>> + Send {
-        Containerd::kill_task(self, id, signal)
-    }
-    fn wait_task(&self, id: &str) -> impl Future<Output = Answer<u32>> + Send {
-        Containerd::wait_task(self, id)
-    }
-    fn end_task(&self, id: &str, wait: Duration) -> impl Future<Output = Answer<()>> + Send {
-        Containerd::end_task(self, id, wait)
-    }
-    fn delete_task(&self, id: &str) -> impl Future<Output = Answer<()>> + Send {
-        Containerd::delete_task(self, id)
-    }
-    fn delete_task_exit(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Answer<Option<(u32, i64)>>> + Send {
-        Containerd::delete_task_exit(self, id)
-    }
-    fn update_task(
-        &self,
-        id: &str,
-        resources: &oci_spec::runtime::LinuxResources,
-    ) -> impl Future<Output = Answer<()>> + Send {
-        Containerd::update_task(self, id, resources)
-    }
-    fn kill_shims_of(&self, id: &str) -> impl Future<Output = usize> + Send {
-        Containerd::kill_shims_of(self, id)
-    }
-    fn container_exists(&self, id: &str) -> impl Future<Output = Answer<bool>> + Send {
-        Containerd::container_exists(self, id)
-    }
-    fn create_container(
-        &self,
-        id: &str,
-        image: &str,
-        runtime: &ContainerRuntime,
-        spec: &(impl serde::Serialize + Sync),
-        snapshotter: &str,
-        snapshot_key: &str,
-        owner: &str,
-        labels: HashMap<String, String>,
-    ) -> impl Future<Output = Answer<()>> + Send {
-        Containerd::create_container(
-            self,
-            id,
-            image,
-            runtime,
-            spec,
-            snapshotter,
-            snapshot_key,
-            owner,
-            labels,
-        )
-    }
-    fn delete_container(&self, id: &str) -> impl Future<Output = Answer<()>> + Send {
-        Containerd::delete_container(self, id)
-    }
-    fn list_owned(
-        &self,
-        snapshotter: &str,
-        prefix: &str,
-    ) -> impl Future<Output = Answer<Vec<(String, String)>>> + Send {
-        Containerd::list_owned(self, snapshotter, prefix)
-    }
-    fn snapshot_mounts(
-        &self,
-        snapshotter: &str,
-        key: &str,
-    ) -> impl Future<Output = Answer<Option<Vec<Mount>>>> + Send {
-        Containerd::snapshot_mounts(self, snapshotter, key)
-    }
-    fn prepare_snapshot(
-        &self,
-        snapshotter: &str,
-        key: &str,
-        parent: &str,
-        owner: &str,
-        lease: &str,
-    ) -> impl Future<Output = Answer<Vec<Mount>>> + Send {
-        Containerd::prepare_snapshot(self, snapshotter, key, parent, owner, lease)
-    }
-    fn new_snapshot(
-        &self,
-        kind: SnapshotKind,
-        snapshotter: &str,
-        key: &str,
-        parent: &str,
-        owner: &str,
-        lease: &str,
-    ) -> impl Future<Output = Answer<Vec<Mount>>> + Send {
-        Containerd::new_snapshot(self, kind, snapshotter, key, parent, owner, lease)
-    }
-    fn remove_snapshot(
-        &self,
-        snapshotter: &str,
-        key: &str,
-    ) -> impl Future<Output = Answer<()>> + Send {
-        Containerd::remove_snapshot(self, snapshotter, key)
-    }
-    fn owned_snapshots(
-        &self,
-        snapshotter: &str,
-        owner: &str,
-    ) -> impl Future<Output = Answer<Vec<String>>> + Send {
-        Containerd::owned_snapshots(self, snapshotter, owner)
-    }
-    fn create_lease(
-        &self,
-        id: &str,
-        expire: Duration,
-        owner: &str,
-    ) -> impl Future<Output = Answer<String>> + Send {
-        Containerd::create_lease(self, id, expire, owner)
-    }
-    fn delete_lease(&self, id: &str) -> impl Future<Output = Answer<()>> + Send {
-        Containerd::delete_lease(self, id)
+port! {
+    /// What the reconcilers ask of containerd: tasks, containers, snapshots and leases of the
+    /// namespace. Each call means what [`Containerd`]'s method of that name does.
+    pub trait ContainerdPort: Clone, Send, Sync; for Containerd {
+        // Tasks.
+        fn task_state(&self, id: &str) -> Answer<Option<(u32, bool)>>;
+        fn task_status(&self, id: &str) -> Answer<Option<(u32, TaskStatus)>>;
+        fn create_task_io(&self, id: &str, rootfs: Vec<Mount>, io: &TaskIo) -> Answer<u32>;
+        fn start_task(&self, id: &str) -> Answer<()>;
+        fn kill_task(&self, id: &str, signal: u32) -> Answer<()>;
+        fn wait_task(&self, id: &str) -> Answer<u32>;
+        fn end_task(&self, id: &str, wait: Duration) -> Answer<()>;
+        fn delete_task(&self, id: &str) -> Answer<()>;
+        fn delete_task_exit(&self, id: &str) -> Answer<Option<(u32, i64)>>;
+        fn update_task(&self, id: &str, resources: &LinuxResources) -> Answer<()>;
+        fn kill_shims_of(&self, id: &str) -> usize;
+        // Containers.
+        fn container_exists(&self, id: &str) -> Answer<bool>;
+        fn create_container(
+            &self,
+            id: &str,
+            image: &str,
+            runtime: &ContainerRuntime,
+            spec: &(impl serde::Serialize + Sync),
+            snapshotter: &str,
+            snapshot_key: &str,
+            owner: &str,
+            labels: HashMap<String, String>,
+        ) -> Answer<()>;
+        fn delete_container(&self, id: &str) -> Answer<()>;
+        fn list_owned(&self, snapshotter: &str, prefix: &str) -> Answer<Vec<(String, String)>>;
+        // Snapshots.
+        fn snapshot_mounts(&self, snapshotter: &str, key: &str) -> Answer<Option<Vec<Mount>>>;
+        fn new_snapshot(
+            &self,
+            kind: SnapshotKind,
+            snapshotter: &str,
+            key: &str,
+            parent: &str,
+            owner: &str,
+            lease: &str,
+        ) -> Answer<Vec<Mount>>;
+        fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Answer<()>;
+        fn owned_snapshots(&self, snapshotter: &str, owner: &str) -> Answer<Vec<String>>;
+        // Leases.
+        fn create_lease(&self, id: &str, expire: Duration, owner: &str) -> Answer<String>;
+        fn delete_lease(&self, id: &str) -> Answer<()>;
     }
 }
 

@@ -12,7 +12,9 @@ use serde_json::{json, Map, Value};
 
 use super::ports::{CniPort, ContainerdPort, HostNetns, NetnsPort};
 use super::{ReconcileError, Reconciled};
-use crate::containerd::{cri_labels, ContainerRuntime, Containerd, KIND_LABEL, KIND_SANDBOX};
+use crate::containerd::{
+    cri_labels, ContainerRuntime, Containerd, SnapshotKind, TaskIo, KIND_LABEL, KIND_SANDBOX,
+};
 use crate::image::Images;
 use crate::journal::{Event, JournalHandle, ObjectKey, SandboxDesired, SandboxRecord, State};
 use crate::metrics::Metrics;
@@ -393,7 +395,8 @@ impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
             let mounts = match existing {
                 Some(m) => m,
                 None => {
-                    let prepare = self.ctd.prepare_snapshot(
+                    let prepare = self.ctd.new_snapshot(
+                        SnapshotKind::Active,
                         &self.settings.snapshotter,
                         id,
                         &img.resolved.chain_id,
@@ -512,7 +515,10 @@ impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
             self.ctd.end_task(id, Duration::from_secs(10)).await?;
         }
         self.timed("task_start", async {
-            let pid = self.ctd.create_task(id, mounts).await?;
+            let pid = self
+                .ctd
+                .create_task_io(id, mounts, &TaskIo::default())
+                .await?;
             self.ctd.start_task(id).await?;
             Ok::<_, ReconcileError>(pid)
         })
