@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::ports::ContainerdPort;
 use super::{ReconcileError, Reconciled};
 use crate::containerd::{
-    cri_labels, ContainerRuntime, Containerd, TaskIo, TaskStatus, KIND_CONTAINER, KIND_LABEL,
+    cri_labels, ContainerRuntime, Containerd, SnapshotKind, TaskIo, TaskStatus, KIND_CONTAINER,
+    KIND_LABEL,
 };
 use crate::image::Images;
 use crate::journal::{
@@ -40,9 +42,10 @@ pub struct ContainerSettings {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// The container reconciler.
-pub struct ContainerReconciler {
-    ctd: Containerd,
+/// The container reconciler: containerd through its port (the real one by default; a fake in
+/// `container_tests.rs`).
+pub struct ContainerReconciler<C = Containerd> {
+    ctd: C,
     images: Arc<Images>,
     journal: JournalHandle,
     settings: ContainerSettings,
@@ -67,7 +70,8 @@ pub struct ContainerReconciler {
 struct StopClock {
     /// The record's generation the signal was sent for.
     generation: u64,
-    deadline: std::time::Instant,
+    /// On tokio's clock (the real one in the daemon; paused in the unit tests).
+    deadline: tokio::time::Instant,
 }
 
 /// Exit code of a container whose start failed (as containerd's CRI answers).
@@ -87,14 +91,14 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-impl ContainerReconciler {
+impl<C: ContainerdPort> ContainerReconciler<C> {
     pub fn new(
-        ctd: Containerd,
+        ctd: C,
         images: Arc<Images>,
         journal: JournalHandle,
         settings: ContainerSettings,
         attachments: Arc<crate::attach::Attachments>,
-    ) -> ContainerReconciler {
+    ) -> Self {
         let attempts = super::FirstAttempts::new(journal.state().containers.keys().cloned());
         ContainerReconciler {
             attempts,
@@ -369,9 +373,9 @@ impl ContainerReconciler {
         let mounts = match existing {
             Some(m) => m,
             None => {
-                let chain = &img.resolved.chain_id;
+                let (chain, rw) = (&img.resolved.chain_id, SnapshotKind::Active);
                 self.ctd
-                    .prepare_snapshot(snapshotter, id, chain, &made.owner, &made.lease)
+                    .new_snapshot(rw, snapshotter, id, chain, &made.owner, &made.lease)
                     .await?
             }
         };
@@ -673,7 +677,7 @@ impl ContainerReconciler {
         // The stop signal goes once, when the stop starts here; the grace period runs from then
         // (a stop that waited in the queue still gets all of it), and retries after a reconcile
         // timeout wait only what is left of it, then SIGKILL.
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let far = || now + Duration::from_secs(100 * 365 * 86_400);
         let clock = self.stopping.lock().get(id).copied();
         let deadline = match clock {
@@ -698,7 +702,7 @@ impl ContainerReconciler {
                 deadline,
             },
         );
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if !left.is_zero() {
             let budget = self.settings.reconcile_timeout / 4 * 3;
             if tokio::time::timeout(left.min(budget), self.ctd.wait_task(id))

@@ -10,6 +10,7 @@ mod attempts;
 pub mod container;
 pub mod orphans;
 mod pod_cgroup;
+pub mod ports;
 mod queue;
 mod runtime_config;
 mod sandbox;
@@ -578,5 +579,11 @@ pub fn backoff(config: &ReconcileConfig, retries: u32) -> Duration {
         .min(config.backoff_max_ms)
 }
 
+#[cfg(test)]
+mod container_tests;
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod sandbox_tests;
 #[cfg(test)]
 mod tests;

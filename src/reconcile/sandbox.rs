@@ -10,13 +10,16 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use super::ports::{CniPort, ContainerdPort, HostNetns, NetnsPort};
 use super::{ReconcileError, Reconciled};
-use crate::containerd::{cri_labels, ContainerRuntime, Containerd, KIND_LABEL, KIND_SANDBOX};
+use crate::containerd::{
+    cri_labels, ContainerRuntime, Containerd, SnapshotKind, TaskIo, KIND_LABEL, KIND_SANDBOX,
+};
 use crate::image::Images;
 use crate::journal::{Event, JournalHandle, ObjectKey, SandboxDesired, SandboxRecord, State};
 use crate::metrics::Metrics;
 use crate::network::cni::{ips_of, Attachment, Cni};
-use crate::network::{netns, Network, NetworkStatus};
+use crate::network::{Network, NetworkStatus};
 use crate::oci::{sandbox_spec, Ns, SandboxSpec, SANDBOX_OOM_SCORE_ADJ};
 
 /// Settings sandboxes are made with.
@@ -32,12 +35,14 @@ pub struct SandboxSettings {
     pub netns_dir: PathBuf,
 }
 
-/// The sandbox reconciler.
-pub struct SandboxReconciler {
-    ctd: Containerd,
+/// The sandbox reconciler: containerd, CNI and the netns directory through their ports (the
+/// real ones by default; fakes in `sandbox_tests.rs`).
+pub struct SandboxReconciler<C = Containerd, N = Cni, F = HostNetns> {
+    ctd: C,
     images: Arc<Images>,
     network: Arc<Network>,
-    cni: Cni,
+    cni: N,
+    netns: F,
     journal: JournalHandle,
     settings: SandboxSettings,
     metrics: Arc<Metrics>,
@@ -57,12 +62,56 @@ impl SandboxReconciler {
         settings: SandboxSettings,
         metrics: Arc<Metrics>,
     ) -> SandboxReconciler {
+        let ports = (ctd, cni, HostNetns);
+        SandboxReconciler::with_ports(ports, images, network, journal, settings, metrics)
+    }
+
+    /// Kills shims of this namespace whose id is neither a journal record (pod or container)
+    /// nor a containerd container: left by a task create cancelled half-way. Lists first, then
+    /// reads the journal (a record is written before its task is made). Answers how many.
+    pub async fn orphan_shims(&self, journal: &JournalHandle) -> usize {
+        let (ns, addr) = (
+            self.ctd.namespace().to_string(),
+            self.ctd.address().to_owned(),
+        );
+        let shims = tokio::task::spawn_blocking(move || crate::containerd::shims::list(&ns, &addr))
+            .await
+            .unwrap_or_default();
+        let state = journal.state();
+        let mut killed = 0;
+        for s in shims {
+            if state.sandboxes.contains_key(&s.id) || state.containers.contains_key(&s.id) {
+                continue;
+            }
+            // A container of that id is the label-based scan's (its task ends through containerd).
+            if !matches!(self.ctd.container_exists(&s.id).await, Ok(false)) {
+                continue;
+            }
+            tracing::warn!(pid = s.pid, id = %s.id, "orphaned shim (no record, no container): killing it");
+            crate::containerd::shims::kill(s.pid);
+            killed += 1;
+        }
+        killed
+    }
+}
+
+impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
+    /// A reconciler on these ports: (containerd, CNI, netns directory).
+    pub fn with_ports(
+        (ctd, cni, netns): (C, N, F),
+        images: Arc<Images>,
+        network: Arc<Network>,
+        journal: JournalHandle,
+        settings: SandboxSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let attempts = super::FirstAttempts::new(journal.state().sandboxes.keys().cloned());
         SandboxReconciler {
             ctd,
             images,
             network,
             cni,
+            netns,
             journal,
             settings,
             metrics,
@@ -247,21 +296,24 @@ impl SandboxReconciler {
             return Ok(Vec::new());
         };
         let path = PathBuf::from(path);
-        let fresh = !netns::exists(&path);
+        let fresh = !self.netns.exists(&path);
         if fresh {
-            netns::remove(&path).map_err(|e| Self::err(id, "creating the network namespace", e))?;
+            self.netns
+                .remove(&path)
+                .map_err(|e| Self::err(id, "creating the network namespace", e))?;
             let p = path.clone();
             let userns = crate::oci::userns::of_pod(&rec.config).ok().flatten();
             let user_path = self.userns_path(id);
+            let ns_dir = self.netns.clone();
             self.timed(
                 "netns",
                 tokio::task::spawn_blocking(move || match userns {
                     Some(ns) => {
                         let (uids, gids) = (ns.uids.map_line(), ns.gids.map_line());
-                        netns::remove(&user_path)?;
-                        netns::create_in_userns(&p, &user_path, &uids, &gids)
+                        ns_dir.remove(&user_path)?;
+                        ns_dir.create_in_userns(&p, &user_path, &uids, &gids)
                     }
-                    None => netns::create(&p),
+                    None => ns_dir.create(&p),
                 }),
             )
             .await
@@ -343,7 +395,8 @@ impl SandboxReconciler {
             let mounts = match existing {
                 Some(m) => m,
                 None => {
-                    let prepare = self.ctd.prepare_snapshot(
+                    let prepare = self.ctd.new_snapshot(
+                        SnapshotKind::Active,
                         &self.settings.snapshotter,
                         id,
                         &img.resolved.chain_id,
@@ -462,7 +515,10 @@ impl SandboxReconciler {
             self.ctd.end_task(id, Duration::from_secs(10)).await?;
         }
         self.timed("task_start", async {
-            let pid = self.ctd.create_task(id, mounts).await?;
+            let pid = self
+                .ctd
+                .create_task_io(id, mounts, &TaskIo::default())
+                .await?;
             self.ctd.start_task(id).await?;
             Ok::<_, ReconcileError>(pid)
         })
@@ -568,7 +624,7 @@ impl SandboxReconciler {
             // and mounting it, or an unmount) is named as none: the plugins then release the
             // address without entering it, where they would refuse a path that is no netns.
             let mut attachment = self.attachment(rec);
-            if !netns::exists(&attachment.netns) {
+            if !self.netns.exists(&attachment.netns) {
                 attachment.netns = PathBuf::new();
             }
             self.timed("cni_del", self.cni.del(net.as_ref(), &name, &attachment))
@@ -577,11 +633,14 @@ impl SandboxReconciler {
         };
         futures::future::try_join(task, network).await?;
         if let Some(p) = &rec.netns_path {
-            self.timed("netns_remove", async { netns::remove(&PathBuf::from(p)) })
-                .await
-                .map_err(|e| Self::err(id, "removing the network namespace", e))?;
+            self.timed("netns_remove", async {
+                self.netns.remove(&PathBuf::from(p))
+            })
+            .await
+            .map_err(|e| Self::err(id, "removing the network namespace", e))?;
         }
-        netns::remove(&self.userns_path(id))
+        self.netns
+            .remove(&self.userns_path(id))
             .map_err(|e| Self::err(id, "removing the pod's user namespace", e))?;
         crate::oci::files::unmount_shm(&self.settings.layout.sandbox(id))
             .map_err(|e| Self::err(id, "unmounting the pod's /dev/shm", e))?;
@@ -625,7 +684,7 @@ impl SandboxReconciler {
             .into_iter()
             .map(|(_, owner)| owner.trim_start_matches("sandbox:").to_string())
             .collect();
-        for p in netns::list(&self.settings.netns_dir) {
+        for p in self.netns.list(&self.settings.netns_dir) {
             ids.extend(p.file_name().and_then(|n| n.to_str()).map(String::from));
         }
         ids.extend(self.cni.cached_ids(IFNAME));
@@ -635,41 +694,13 @@ impl SandboxReconciler {
         Ok(ids.into_iter().collect())
     }
 
-    /// Kills shims of this namespace whose id is neither a journal record (pod or container)
-    /// nor a containerd container: left by a task create cancelled half-way. Lists first, then
-    /// reads the journal (a record is written before its task is made). Answers how many.
-    pub async fn orphan_shims(&self, journal: &JournalHandle) -> usize {
-        let (ns, addr) = (
-            self.ctd.namespace().to_string(),
-            self.ctd.address().to_owned(),
-        );
-        let shims = tokio::task::spawn_blocking(move || crate::containerd::shims::list(&ns, &addr))
-            .await
-            .unwrap_or_default();
-        let state = journal.state();
-        let mut killed = 0;
-        for s in shims {
-            if state.sandboxes.contains_key(&s.id) || state.containers.contains_key(&s.id) {
-                continue;
-            }
-            // A container of that id is the label-based scan's (its task ends through containerd).
-            if !matches!(self.ctd.container_exists(&s.id).await, Ok(false)) {
-                continue;
-            }
-            tracing::warn!(pid = s.pid, id = %s.id, "orphaned shim (no record, no container): killing it");
-            crate::containerd::shims::kill(s.pid);
-            killed += 1;
-        }
-        killed
-    }
-
     /// Removes what an orphan left (no record: what it would have named is found by id).
     async fn remove_orphan(&self, id: &str) -> Result<(), ReconcileError> {
         self.ctd.end_task(id, Duration::from_secs(10)).await?;
         let netns = self.settings.netns_dir.join(id);
         let attachment = Attachment {
             container_id: id.to_string(),
-            netns: if netns::exists(&netns) {
+            netns: if self.netns.exists(&netns) {
                 netns.clone()
             } else {
                 PathBuf::new()
@@ -685,8 +716,11 @@ impl SandboxReconciler {
             .del(None, "", &attachment)
             .await
             .map_err(|e| Self::err(id, "CNI DEL", e))?;
-        netns::remove(&netns).map_err(|e| Self::err(id, "removing the network namespace", e))?;
-        netns::remove(&self.userns_path(id))
+        self.netns
+            .remove(&netns)
+            .map_err(|e| Self::err(id, "removing the network namespace", e))?;
+        self.netns
+            .remove(&self.userns_path(id))
             .map_err(|e| Self::err(id, "removing the pod's user namespace", e))?;
         self.remove(id).await
     }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::journal::{spawn_writer, Event, Journal, JournalHandle, ObjectKey, State};
+use crate::journal::{Event, JournalHandle, ObjectKey, State};
 use crate::metrics::Metrics;
 
 #[test]
@@ -196,18 +196,8 @@ fn config(workers: usize) -> ReconcileConfig {
 
 fn start(config: ReconcileConfig) -> Loop {
     let dir = tempfile::tempdir().unwrap();
-    let (store, state, info) = Journal::open(&dir.path().join("journal.redb")).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
-    let (journal, _writer) = spawn_writer(
-        store,
-        state,
-        &info,
-        1_000,
-        16,
-        metrics.clone(),
-        shutdown.clone(),
-    );
+    let (journal, shutdown) = super::fakes::journal_in(dir.path(), metrics.clone());
     let fake = Arc::new(Fake::default());
     let controller = Controller::new(
         journal.clone(),

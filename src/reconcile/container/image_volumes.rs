@@ -15,6 +15,7 @@ use crate::containerd::SnapshotKind::View;
 use super::{ContainerReconciler, Made};
 use crate::image::volume;
 use crate::journal::ContainerRecord;
+use crate::reconcile::ports::ContainerdPort;
 use crate::reconcile::ReconcileError;
 
 const STEP: &str = "preparing an image volume";
@@ -45,7 +46,7 @@ fn image_mounts(rec: &ContainerRecord) -> impl Iterator<Item = (usize, &crate::c
     mounts.filter(|(_, m)| m.image.is_some())
 }
 
-impl ContainerReconciler {
+impl<C: ContainerdPort> ContainerReconciler<C> {
     /// Views, mounts and resolves each image mount of `rec`: the host directory each one's
     /// bind takes, by mount index.
     pub(super) async fn prepare_image_volumes(

@@ -1,0 +1,204 @@
+//! The container reconciler's stop and removal against an in-memory containerd (`fakes.rs`),
+//! under paused time: when the stop signal and SIGKILL go (to the instant), across passes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::container::{ContainerReconciler, ContainerSettings};
+use super::fakes::{images_with, journal_in, Call, FakeContainerd};
+use super::ReconcileError;
+use crate::journal::{Event, JournalHandle};
+use crate::metrics::Metrics;
+
+const ID: &str = "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0";
+const POD: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+/// A container reconciler on a fake containerd, over a journal recording container `ID` as
+/// running (its task running in the fake).
+struct Node {
+    r: ContainerReconciler<FakeContainerd>,
+    ctd: FakeContainerd,
+    journal: JournalHandle,
+    dir: tempfile::TempDir,
+    _stop: tokio_util::sync::CancellationToken,
+}
+
+/// `reconcile_timeout`: a stop's pass waits three quarters of it at most.
+async fn running(reconcile_timeout: Duration, exits_on_sigterm: bool) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (journal, stop) = journal_in(dir.path(), metrics.clone());
+    let settings = ContainerSettings {
+        snapshotter: "overlayfs".into(),
+        runtime: Default::default(),
+        layout: crate::state_layout::StateLayout::new(dir.path().join("state")),
+        log_writer: "/nonexistent".into(),
+        max_log_line: 16 << 10,
+        reconcile_timeout,
+        metrics,
+    };
+    let ctd = FakeContainerd::default();
+    let images = images_with(dir.path(), "busybox:latest").await;
+    let attachments = crate::attach::Attachments::new(16 << 10);
+    let r = ContainerReconciler::new(ctd.clone(), images, journal.clone(), settings, attachments);
+    let n = Node {
+        r,
+        ctd,
+        journal,
+        dir,
+        _stop: stop,
+    };
+    n.append(Event::ContainerRequested {
+        id: ID.into(),
+        sandbox_id: POD.into(),
+        config: Default::default(),
+        image_id: "sha256:config".into(),
+        image_name: "busybox:latest".into(),
+        log_path: String::new(),
+        created_at: 1,
+        image_volumes: Vec::new(),
+    })
+    .await;
+    n.append(Event::ContainerCreated {
+        id: ID.into(),
+        user: None,
+    })
+    .await;
+    n.append(Event::ContainerStartRequested { id: ID.into() })
+        .await;
+    n.append(Event::ContainerStarted {
+        id: ID.into(),
+        pid: 4242,
+        started_at: 2,
+    })
+    .await;
+    n.ctd
+        .running(ID, &format!("container:{ID}"), exits_on_sigterm);
+    n
+}
+
+impl Node {
+    async fn append(&self, e: Event) {
+        self.journal.append(vec![e]).await.unwrap();
+    }
+
+    async fn stop(&self, timeout_seconds: i64) {
+        self.append(Event::ContainerStopRequested {
+            id: ID.into(),
+            timeout_seconds,
+            requested_at: crate::clock::now_nanos(),
+        })
+        .await;
+    }
+
+    async fn reconcile(&self) -> Result<super::Reconciled, ReconcileError> {
+        self.r.reconcile(ID, &self.journal.state()).await
+    }
+
+    /// The signals sent to the task: (SIGKILL?, when).
+    fn signals(&self) -> Vec<(bool, Instant)> {
+        let sent = |c: &Call| match c.method {
+            "signal" if c.object == ID => Some((false, c.at)),
+            "sigkill" if c.object == ID => Some((true, c.at)),
+            _ => None,
+        };
+        self.ctd.calls().iter().filter_map(sent).collect()
+    }
+
+    /// The record's (exit code, reason); finished_at set.
+    fn exit(&self) -> (i32, String) {
+        let state = self.journal.state();
+        let rec = &state.containers[ID];
+        assert!(rec.finished_at != 0, "no exit recorded");
+        (rec.exit_code, rec.reason.clone())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sigkill_goes_exactly_when_the_grace_period_ends_and_not_before() {
+    let n = running(Duration::from_secs(120), false).await;
+    n.stop(30).await;
+    let t0 = Instant::now();
+    n.reconcile().await.unwrap();
+    assert_eq!(
+        n.signals(),
+        [(false, t0), (true, t0 + Duration::from_secs(30))],
+        "SIGTERM at once, SIGKILL at the end of the 30 s grace"
+    );
+    assert_eq!(n.exit(), (137, "Error".into()));
+    assert!(n.ctd.objects().2.is_empty(), "the exited task is deleted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_that_exits_on_the_stop_signal_gets_no_sigkill() {
+    let n = running(Duration::from_secs(120), true).await;
+    n.stop(30).await;
+    let t0 = Instant::now();
+    n.reconcile().await.unwrap();
+    assert_eq!(n.signals(), [(false, t0)]);
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(n.exit().1, "Error");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_stop_waits_only_what_is_left_of_the_grace_and_signals_once() {
+    // A 60 s grace, passes of at most 30 s (three quarters of 40).
+    let n = running(Duration::from_secs(40), false).await;
+    n.stop(60).await;
+    let t0 = Instant::now();
+    let first = n.reconcile().await.unwrap_err();
+    assert!(matches!(first, ReconcileError::Waiting(_)), "{first}");
+    assert_eq!(t0.elapsed(), Duration::from_secs(30));
+    assert_eq!(n.signals(), [(false, t0)]);
+    // The loop's backoff, then the retry: SIGKILL at 60 s from the signal, not 60 s from now.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    n.reconcile().await.unwrap();
+    let grace_end = t0 + Duration::from_secs(60);
+    assert_eq!(n.signals(), [(false, t0), (true, grace_end)]);
+    assert_eq!(n.exit().0, 137);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_stop_with_a_shorter_grace_brings_sigkill_forward() {
+    let n = running(Duration::from_secs(40), false).await;
+    n.stop(60).await;
+    let t0 = Instant::now();
+    n.reconcile().await.unwrap_err();
+    // kubelet asks again with 2 s: the earlier end wins, without a second stop signal.
+    n.stop(2).await;
+    n.reconcile().await.unwrap();
+    let signals = n.signals();
+    assert_eq!(signals.len(), 2, "{signals:?}");
+    let (kill, at) = signals[1];
+    assert!(kill);
+    let after = at - t0;
+    let window = Duration::from_secs(31)..=Duration::from_secs(32);
+    assert!(
+        window.contains(&after),
+        "SIGKILL {after:?} after the signal"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removal_interrupted_midway_converges_in_the_next_pass() {
+    let n = running(Duration::from_secs(120), false).await;
+    n.append(Event::ContainerRemoveRequested { id: ID.into() })
+        .await;
+    std::fs::create_dir_all(n.dir.path().join("state/containers").join(ID)).unwrap();
+    n.ctd.fail("remove_snapshot", 1);
+    n.reconcile().await.unwrap_err();
+    assert!(n.journal.state().containers.contains_key(ID), "record kept");
+    let (containers, snapshots, tasks, _) = n.ctd.objects();
+    assert!(containers.is_empty() && tasks.is_empty());
+    assert_eq!(snapshots, [ID], "the step that failed");
+    n.reconcile().await.unwrap();
+    assert!(!n.journal.state().containers.contains_key(ID));
+    let (containers, snapshots, tasks, leases) = n.ctd.objects();
+    assert!(containers.is_empty() && snapshots.is_empty() && tasks.is_empty() && leases.is_empty());
+    assert!(!n.dir.path().join("state/containers").join(ID).exists());
+    assert_eq!(n.ctd.count("remove_snapshot"), 2);
+    // A pass for the id once its record is gone finds nothing, and succeeds.
+    n.reconcile().await.unwrap();
+}
