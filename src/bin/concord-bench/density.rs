@@ -88,6 +88,7 @@ pub async fn section(d: &Density, reference: &Endpoint, concord: &Endpoint, row:
     tokio::time::sleep(Duration::from_secs(12)).await;
     let total = d.pods * d.containers_per_pod;
     reads(
+        d,
         &fleets,
         [reference, concord],
         &format!("{total} containers"),
@@ -103,7 +104,7 @@ pub async fn section(d: &Density, reference: &Endpoint, concord: &Endpoint, row:
             ids.push(create_container(e, pod, &d.image, &format!("idle-{i}")).await);
         }
     }
-    reads(&fleets, [reference, concord], "1000 containers", row).await;
+    reads(d, &fleets, [reference, concord], "1000 containers", row).await;
     for (side, (name, _)) in sides.iter().enumerate() {
         println!("{name} at 1000 containers: RSS {}", rss_line(&d.pids(side)));
     }
@@ -164,7 +165,7 @@ async fn start_batch(
 
 /// The read calls kubelet makes all the time, alternated between the sides, 200 of each (20 of
 /// the stats calls).
-async fn reads(fleets: &[Fleet; 2], sides: [&Endpoint; 2], at: &str, row: &Row<'_>) {
+async fn reads(d: &Density, fleets: &[Fleet; 2], sides: [&Endpoint; 2], at: &str, row: &Row<'_>) {
     const N: usize = 200;
     for op in [
         "ListPodSandbox",
@@ -188,19 +189,85 @@ async fn reads(fleets: &[Fleet; 2], sides: [&Endpoint; 2], at: &str, row: &Row<'
         row(&format!("{op} ({at})"), r, c);
         if op == "ListContainers" {
             decode_floor(sides[1], at).await;
+            handler_share(d, sides[1], at).await;
         }
     }
+}
+
+/// Where concord's ListContainers time goes: 200 more calls, timed here and by concord's own
+/// `concord_grpc_request_duration_seconds` (the handler, from the request decoded to the answer
+/// built), the rest being the transport (HTTP/2 framing both ways, encoding, the client's
+/// decode). With `BENCH_PERF_DIR` set, `perf record -g` of concord during those calls.
+async fn handler_share(d: &Density, e: &Endpoint, at: &str) {
+    let Some(url) = &d.concord_metrics else {
+        return;
+    };
+    let perf = std::env::var_os("BENCH_PERF_DIR").and_then(|dir| {
+        let out = PathBuf::from(dir).join(format!("list-{}.perf", at.replace(' ', "-")));
+        std::process::Command::new("perf")
+            .args(["record", "-F", "4000", "-g", "-o"])
+            .arg(&out)
+            .args(["-p", &d.concord_pid?.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()
+    });
+    let before = histogram(
+        url,
+        "concord_grpc_request_duration_seconds",
+        "ListContainers",
+    )
+    .await;
+    let mut total = Duration::ZERO;
+    for _ in 0..200 {
+        total += read(e, "ListContainers", "", "").await;
+    }
+    let after = histogram(
+        url,
+        "concord_grpc_request_duration_seconds",
+        "ListContainers",
+    )
+    .await;
+    if let Some(mut p) = perf {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = p.wait();
+    }
+    let calls = (after.1 - before.1).max(1.0);
+    println!(
+        "  ListContainers ({at}): mean {:.3} ms a call, of which concord's handler {:.3} ms",
+        total.as_secs_f64() * 1e3 / 200.0,
+        (after.0 - before.0) / calls * 1e3,
+    );
+}
+
+/// (sum, count) of histogram `name`'s series for `method` at `url`.
+async fn histogram(url: &str, name: &str, method: &str) -> (f64, f64) {
+    let body = match reqwest::get(url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return (0.0, 0.0),
+    };
+    let label = format!("method=\"{method}\"");
+    let value = |suffix: &str| {
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{suffix}{{")) && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    (value("_sum"), value("_count"))
 }
 
 /// What any client pays for ListContainers before the transport: decoding the answer (the
 /// same bytes concord sent, decoded 200 times in this process), and the answer's size.
 async fn decode_floor(e: &Endpoint, at: &str) {
     use prost::Message;
-    let Ok(answer) = e
-        .rt
-        .clone()
-        .list_containers(cri::ListContainersRequest::default())
-        .await
+    let Ok(answer) =
+        e.rt.clone()
+            .list_containers(cri::ListContainersRequest::default())
+            .await
     else {
         return;
     };
