@@ -6,7 +6,7 @@
 //! state still holds that very record.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{self, DecodeContext, WireType};
@@ -23,13 +23,9 @@ impl Server {
         req: cri::ListContainersRequest,
     ) -> Result<ListContainersResponse, ApiError> {
         let state = self.journal.state();
-        let encoded = self
+        Ok(self
             .list_cache
-            .entries(&state, &req.filter.unwrap_or_default());
-        Ok(ListContainersResponse {
-            containers: vec![],
-            encoded,
-        })
+            .answer(&state, &req.filter.unwrap_or_default()))
     }
 }
 
@@ -42,6 +38,9 @@ pub struct ListContainersResponse {
     /// More containers, each an encoded `Container` message, sent after `containers` as
     /// field 1 too.
     pub encoded: Vec<Bytes>,
+    /// More containers, already framed as field 1 (key, length, message) one after another,
+    /// sent last as they are.
+    pub framed: Bytes,
 }
 
 impl ListContainersResponse {
@@ -53,6 +52,9 @@ impl ListContainersResponse {
                 .iter()
                 .filter_map(|e| cri::Container::decode(&e[..]).ok()),
         );
+        if let Ok(framed) = ListContainersResponse::decode(&self.framed[..]) {
+            all.extend(framed.containers);
+        }
         all
     }
 }
@@ -63,10 +65,9 @@ impl Message for ListContainersResponse {
             encoding::message::encode(1, c, buf);
         }
         for e in &self.encoded {
-            encoding::encode_key(1, WireType::LengthDelimited, buf);
-            encoding::encode_varint(e.len() as u64, buf);
-            buf.put_slice(e);
+            frame(e, buf);
         }
+        buf.put_slice(&self.framed);
     }
 
     fn merge_field(
@@ -89,13 +90,21 @@ impl Message for ListContainersResponse {
             .iter()
             .map(|e| encoding::key_len(1) + encoding::encoded_len_varint(e.len() as u64) + e.len())
             .sum();
-        encoding::message::encoded_len_repeated(1, &self.containers) + encoded
+        encoding::message::encoded_len_repeated(1, &self.containers) + encoded + self.framed.len()
     }
 
     fn clear(&mut self) {
         self.containers.clear();
         self.encoded.clear();
+        self.framed.clear();
     }
+}
+
+/// Writes encoded `Container` `e` as field 1.
+fn frame(e: &[u8], buf: &mut impl BufMut) {
+    encoding::encode_key(1, WireType::LengthDelimited, buf);
+    encoding::encode_varint(e.len() as u64, buf);
+    buf.put_slice(e);
 }
 
 /// Each listed container's encoded entry, by id, with the record it was built from.
@@ -110,13 +119,52 @@ struct Cached {
     /// The state's `seq` when stale entries were last dropped.
     seq: u64,
     entries: HashMap<String, (Arc<ContainerRecord>, Bytes)>,
+    /// The unfiltered answer (kubelet's relist, every second), framed, with the state it was
+    /// built from: the same state answers the same bytes. (The weak reference keeps the state's
+    /// allocation, so no later state can share its address.)
+    all: Option<(Weak<State>, Bytes)>,
 }
 
 impl ListCache {
+    /// The answer for `f` at `state`.
+    pub fn answer(&self, state: &Arc<State>, f: &cri::ContainerFilter) -> ListContainersResponse {
+        if *f != cri::ContainerFilter::default() {
+            return ListContainersResponse {
+                encoded: self.entries(state, f),
+                ..Default::default()
+            };
+        }
+        let cached = self.lock().all.clone();
+        let framed = match cached {
+            Some((built_from, framed)) if Weak::ptr_eq(&built_from, &Arc::downgrade(state)) => {
+                framed
+            }
+            _ => {
+                let entries = self.entries(state, f);
+                let len = entries.iter().map(|e| e.len() + 6).sum();
+                let mut framed = bytes::BytesMut::with_capacity(len);
+                for e in &entries {
+                    frame(e, &mut framed);
+                }
+                let framed = framed.freeze();
+                self.lock().all = Some((Arc::downgrade(state), framed.clone()));
+                framed
+            }
+        };
+        ListContainersResponse {
+            framed,
+            ..Default::default()
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The encoded entries of the containers of `state` that `f` selects (ids by prefix, pod,
     /// state, labels), in id order.
     pub fn entries(&self, state: &State, f: &cri::ContainerFilter) -> Vec<Bytes> {
-        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = self.lock();
         if cached.seq != state.seq {
             cached.seq = state.seq;
             cached
@@ -265,10 +313,7 @@ mod tests {
 
     /// The answer as a client decodes it.
     fn decoded(cache: &ListCache, state: &State, f: &cri::ContainerFilter) -> Vec<cri::Container> {
-        let answer = ListContainersResponse {
-            containers: vec![],
-            encoded: cache.entries(state, f),
-        };
+        let answer = cache.answer(&Arc::new(state.clone()), f);
         let bytes = answer.encode_to_vec();
         assert_eq!(bytes.len(), answer.encoded_len());
         ListContainersResponse::decode(&bytes[..])
@@ -333,6 +378,54 @@ mod tests {
         assert_eq!(cache.0.lock().unwrap().entries.len(), all.len() - 1);
     }
 
+    #[test]
+    fn the_unfiltered_answer_is_reused_only_for_the_state_it_was_built_from() {
+        let mut state = state_of_containers(3, 2);
+        let cache = ListCache::default();
+        let none = cri::ContainerFilter::default();
+        let shared = Arc::new(state.clone());
+        let first = cache.answer(&shared, &none);
+        let again = cache.answer(&shared, &none);
+        assert_eq!(
+            first.framed.as_ptr(),
+            again.framed.as_ptr(),
+            "the same bytes"
+        );
+        assert_eq!(
+            first.clone().into_containers(),
+            state
+                .containers
+                .values()
+                .map(|c| entry_of(c))
+                .collect::<Vec<_>>()
+        );
+        // A new state (one container exited): a new answer, with the change.
+        let id = state.containers.keys().next().unwrap().clone();
+        state.apply(
+            1000,
+            &Event::ContainerExited {
+                id: id.clone(),
+                exit_code: 1,
+                finished_at: 5,
+                reason: "Error".into(),
+                message: String::new(),
+            },
+        );
+        let changed = cache.answer(&Arc::new(state.clone()), &none);
+        assert_ne!(changed.framed, first.framed);
+        let got = changed.into_containers();
+        assert_eq!(got.len(), 6);
+        assert_eq!(got[0].state, cri::ContainerState::ContainerExited as i32);
+        // A filtered answer is built from the entries, not the unfiltered cache.
+        let by_id = cri::ContainerFilter {
+            id: id.clone(),
+            ..Default::default()
+        };
+        let one = cache.answer(&shared, &by_id);
+        assert!(one.framed.is_empty());
+        assert_eq!(one.into_containers().len(), 1);
+    }
+
     /// ListContainers at 1,000 containers: the answer as it was (every entry built, then
     /// encoded), and from the cache (after a commit that changed one container).
     /// `cargo test --lib list_containers_at_1000 -- --ignored --nocapture`
@@ -349,7 +442,7 @@ mod tests {
             let containers = state.containers.values().map(|c| entry_of(c)).collect();
             let bytes = ListContainersResponse {
                 containers,
-                encoded: vec![],
+                ..Default::default()
             }
             .encode_to_vec();
             built.push(t.elapsed());
@@ -362,11 +455,7 @@ mod tests {
                 },
             );
             let t = Instant::now();
-            let answer = ListContainersResponse {
-                containers: vec![],
-                encoded: cache.entries(&state, &f),
-            }
-            .encode_to_vec();
+            let answer = cache.answer(&Arc::new(state.clone()), &f).encode_to_vec();
             cached.push(t.elapsed());
             assert_eq!(answer.len(), bytes.len());
         }
