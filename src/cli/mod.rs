@@ -450,12 +450,13 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }
 
-/// At most two glibc malloc arenas, set before any thread starts. By default glibc gives each
+/// At most two glibc malloc arenas, set before the runtime starts its threads. By default glibc gives each
 /// thread that allocates an arena of its own (up to 8 per core), and the runtime's worker and
 /// blocking threads then each hold partly used heaps: RSS that nothing uses. Two arenas keep
 /// the workers' allocations apart with a fraction of that.
 fn few_malloc_arenas() {
-    // SAFETY: mallopt only sets a parameter of the allocator; called before other threads run.
+    // SAFETY: mallopt only sets a parameter of the allocator, under glibc's own lock (a thread
+    // started earlier, such as the log's writer, keeps its arena; it counts towards the two).
     #[cfg(target_env = "gnu")]
     unsafe {
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);

@@ -845,7 +845,8 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
 struct Known {
     /// The record shows the task was deleted (or just ended): none is looked for.
     task_gone: bool,
-    /// The container may have image volumes (else no snapshot list for them).
+    /// The container may have image volumes (else neither their mounts nor their snapshots
+    /// are looked for).
     image_volumes: bool,
 }
 
