@@ -230,6 +230,27 @@ impl Images {
 
     /// Removes an image: by id every name; by name that name (and the image's digest names
     /// when it was its last tag). Unknown images are fine.
+    /// Deletes image record `name` (one of `what`'s); a missing one is fine. `sync`: containerd
+    /// collects what no record holds any more before answering.
+    async fn delete_record(&self, what: &str, name: &str, sync: bool) -> Result<(), ImageError> {
+        let req = DeleteImageRequest {
+            name: name.to_string(),
+            sync,
+            ..Default::default()
+        };
+        let mut images = self.ctd.images();
+        let delete = images.delete(self.ctd.request(req));
+        match self.ctd.call(rpc::IMAGES_DELETE, delete).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(source) => Err(ImageError::Containerd {
+                reference: what.to_string(),
+                step: "deleting the image record",
+                source,
+            }),
+        }
+    }
+
     pub async fn remove(&self, what: &str) -> Result<(), ImageError> {
         let _serial = self.update.lock().await;
         let idx = self.index();
@@ -258,32 +279,12 @@ impl Images {
                 vec![name]
             }
         };
-        for (i, name) in names.iter().enumerate() {
-            // The last delete is synchronous: containerd's GC has freed the content and
-            // snapshots when we answer (one collection, not one per name).
-            let req = DeleteImageRequest {
-                name: name.clone(),
-                sync: i + 1 == names.len(),
-                ..Default::default()
-            };
-            match self
-                .ctd
-                .call(
-                    rpc::IMAGES_DELETE,
-                    self.ctd.images().delete(self.ctd.request(req)),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(source) => {
-                    return Err(ImageError::Containerd {
-                        reference: what.to_string(),
-                        step: "deleting the image record",
-                        source,
-                    })
-                }
-            }
+        // The other names at once, then the last synchronously: containerd's GC has freed the
+        // content and snapshots when we answer (one collection, not one per name).
+        if let Some((last, others)) = names.split_last() {
+            let others = others.iter().map(|n| self.delete_record(what, n, false));
+            futures::future::try_join_all(others).await?;
+            self.delete_record(what, last, true).await?;
         }
         let mut next = ImageIndex::clone(&idx);
         for name in &names {

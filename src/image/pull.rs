@@ -25,6 +25,9 @@ use super::unpack;
 use super::{Images, MANAGED_LABEL};
 use crate::containerd::{Containerd, ContainerdError};
 
+/// A layer's uncompressed digest (its diff id), as containerd's own pull labels it.
+const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
+
 impl Images {
     /// Pulls `image`; answers the image id. Concurrent pulls of one reference with the same
     /// credentials share the work.
@@ -78,23 +81,7 @@ impl Images {
         let start = Instant::now();
         self.metrics.pulls_in_progress.inc();
         let lease_id = format!("concord-pull-{}", fastrand::u64(..));
-        let result = async {
-            let lease = self
-                .ctd
-                .create_lease(
-                    &lease_id,
-                    std::time::Duration::from_secs(3600),
-                    &format!("image:{reference}"),
-                )
-                .await
-                .map_err(|source| ImageError::Containerd {
-                    reference: reference.to_string(),
-                    step: "creating a lease",
-                    source,
-                })?;
-            self.fetch_and_unpack(&reference, creds, &lease).await
-        }
-        .await;
+        let result = self.fetch_and_unpack(&reference, creds, &lease_id).await;
         let result = match result {
             Ok((resolved, target, names)) => {
                 let id = resolved.id.clone();
@@ -105,10 +92,17 @@ impl Images {
         };
         self.metrics.pulls_in_progress.dec();
         let ok = result.is_ok();
-        // Success: the image records now hold everything. Failure: a synchronous GC frees what
-        // this pull wrote.
-        if let Err(e) = self.ctd.delete_lease_sync(&lease_id, !ok).await {
-            tracing::warn!(lease = %lease_id, error = %e, "cannot delete the pull lease; containerd expires it");
+        // Success: the image records now hold everything, and the lease goes after the answer.
+        // Failure: a synchronous GC frees what this pull wrote before it.
+        let ctd = self.ctd.clone();
+        let release = async move {
+            if let Err(e) = ctd.delete_lease_sync(&lease_id, !ok).await {
+                tracing::warn!(lease = %lease_id, error = %e, "cannot delete the pull lease; containerd expires it");
+            }
+        };
+        match ok {
+            true => drop(tokio::spawn(release)),
+            false => release.await,
         }
         let elapsed = start.elapsed();
         let label = match &result {
@@ -140,13 +134,28 @@ impl Images {
             creds,
             self.settings.progress_timeout,
         );
-        let chosen = resolve_manifest(&fetcher, &name).await?;
-        let config_bytes = self
-            .config_bytes(&fetcher, reference, &chosen.manifest)
-            .await?;
+        // The lease is only needed once something is written: made while the tag resolves.
+        let leased = async {
+            let owner = format!("image:{reference}");
+            let life = std::time::Duration::from_secs(3600);
+            self.ctd
+                .create_lease(lease, life, &owner)
+                .await
+                .map_err(|source| ImageError::Containerd {
+                    reference: name.clone(),
+                    step: "creating a lease",
+                    source,
+                })
+        };
+        let (chosen, _) = tokio::try_join!(resolve_manifest(&fetcher, &name), leased)?;
+        // The config and the layers download together; the layers get their uncompressed
+        // digests (from the config) once both are in.
+        let (config_bytes, _) = tokio::try_join!(
+            self.config_bytes(&fetcher, reference, &chosen.manifest),
+            self.fetch_layers(&fetcher, lease, &name, &chosen.manifest)
+        )?;
         let config = parse_config(&name, &chosen.manifest, &config_bytes)?;
-        self.fetch_layers(&fetcher, lease, &name, &chosen.manifest, &config)
-            .await?;
+        self.label_layers(&name, &chosen.manifest, &config).await?;
         self.record_image(reference, lease, chosen, config_bytes, config)
             .await
     }
@@ -190,15 +199,39 @@ impl Images {
         lease: &str,
         name: &str,
         manifest: &Manifest,
-        config: &ImageConfig,
     ) -> Result<(), ImageError> {
         let layer_jobs = manifest
             .layers
             .iter()
-            .zip(&config.rootfs.diff_ids)
-            .map(|(layer, diff_id)| self.fetch_layer(fetcher, lease, name, layer, diff_id));
+            .map(|layer| self.fetch_layer(fetcher, lease, name, layer));
         let bytes: Vec<u64> = futures::future::try_join_all(layer_jobs).await?;
         self.metrics.pull_bytes.inc_by(bytes.iter().sum::<u64>());
+        Ok(())
+    }
+
+    /// Labels each layer with its uncompressed digest (the config's diff id), as containerd's
+    /// own pull does.
+    async fn label_layers(
+        &self,
+        name: &str,
+        manifest: &Manifest,
+        config: &ImageConfig,
+    ) -> Result<(), ImageError> {
+        let jobs = manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(layer, diff_id)| {
+                let labels = HashMap::from([(UNCOMPRESSED_LABEL.to_string(), diff_id.to_string())]);
+                async move { content::set_labels(&self.ctd, &layer.digest, &labels).await }
+            });
+        futures::future::try_join_all(jobs)
+            .await
+            .map_err(|source| ImageError::Containerd {
+                reference: name.to_string(),
+                step: "labelling a layer",
+                source,
+            })?;
         Ok(())
     }
 
@@ -210,13 +243,7 @@ impl Images {
         lease: &str,
         name: &str,
         layer: &Descriptor,
-        diff_id: &str,
     ) -> Result<u64, ImageError> {
-        let mut labels = HashMap::new();
-        labels.insert(
-            "containerd.io/uncompressed".to_string(),
-            diff_id.to_string(),
-        );
         let _permit = self
             .downloads
             .acquire()
@@ -232,7 +259,7 @@ impl Images {
             name,
             &layer.digest,
             layer.size,
-            labels,
+            HashMap::new(),
             open,
             self.settings.progress_timeout,
         )
@@ -502,15 +529,14 @@ pub async fn commit_image(
         format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
         top_chain,
     );
-    content::write_bytes(
+    let config = content::write_bytes(
         ctd,
         lease,
         name,
         &parts.manifest.config.digest,
         parts.config_bytes,
         labels,
-    )
-    .await?;
+    );
     let mut labels = HashMap::new();
     labels.insert(
         "containerd.io/gc.ref.content.config".to_string(),
@@ -522,41 +548,45 @@ pub async fn commit_image(
             l.digest.clone(),
         );
     }
-    content::write_bytes(
+    let manifest = content::write_bytes(
         ctd,
         lease,
         name,
         parts.manifest_digest,
         parts.manifest_bytes,
         labels,
-    )
-    .await?;
-    if let Some((pos, digest, bytes)) = parts.index {
+    );
+    let index = async {
+        let Some((pos, digest, bytes)) = parts.index else {
+            return Ok(());
+        };
         let mut labels = HashMap::new();
         labels.insert(
             format!("containerd.io/gc.ref.content.m.{pos}"),
             parts.manifest_digest.to_string(),
         );
-        content::write_bytes(ctd, lease, name, &digest, bytes, labels).await?;
-    }
-    unpack::unpack(
+        content::write_bytes(ctd, lease, name, &digest, bytes, labels)
+            .await
+            .map(drop)
+    };
+    let unpacked = unpack::unpack(
         ctd,
         lease,
         name,
         snapshotter,
         &parts.manifest.layers,
         &parts.config.rootfs.diff_ids,
-    )
-    .await?;
-    for n in names {
-        put_image(ctd, n, &parts.target)
-            .await
-            .map_err(|source| ImageError::Containerd {
-                reference: name.to_string(),
-                step: "creating the image record",
-                source,
-            })?;
-    }
+    );
+    // All under the lease, so in any order: the documents are written while the layers unpack.
+    tokio::try_join!(config, manifest, index, unpacked)?;
+    let records = names.iter().map(|n| put_image(ctd, n, &parts.target));
+    futures::future::try_join_all(records)
+        .await
+        .map_err(|source| ImageError::Containerd {
+            reference: name.to_string(),
+            step: "creating the image record",
+            source,
+        })?;
     Ok(())
 }
 

@@ -72,6 +72,33 @@ pub struct Fetched {
     pub bytes: Vec<u8>,
 }
 
+/// Registry clients kept across pulls, by [`client_key`]: building one loads the system's CA
+/// roots (milliseconds of CPU), and a kept client keeps its connections to the registry.
+static KEPT_CLIENTS: std::sync::LazyLock<Mutex<HashMap<String, reqwest::Client>>> =
+    std::sync::LazyLock::new(Default::default);
+/// Most clients kept (one per endpoint configuration); beyond it they are all dropped.
+const MAX_KEPT_CLIENTS: usize = 64;
+
+/// Everything a client for `ep` is built from; certificate files by path, size and change time,
+/// so an edited hosts.toml or a replaced CA file gets a new client.
+fn client_key(ep: &Endpoint, timeout: Duration) -> String {
+    let stamp = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).ok();
+        let changed = m.as_ref().and_then(|m| m.modified().ok());
+        (p.to_path_buf(), m.map(|m| m.len()), changed)
+    };
+    let ca: Vec<_> = ep.ca.iter().map(|p| stamp(p)).collect();
+    let client: Vec<_> = ep
+        .client
+        .iter()
+        .map(|(c, k)| (stamp(c), k.as_deref().map(stamp)))
+        .collect();
+    format!(
+        "{:?}",
+        (&ep.base, ep.skip_verify, ca, client, &ep.headers, timeout)
+    )
+}
+
 /// Fetches one reference's content from its endpoints.
 pub struct Fetcher {
     reference: Reference,
@@ -282,6 +309,27 @@ impl Fetcher {
         if let Some(c) = self.clients.lock().get(&key) {
             return Ok(c.clone());
         }
+        let kept = client_key(ep, self.timeout);
+        let kept_client = KEPT_CLIENTS.lock().get(&kept).cloned();
+        let c = match kept_client {
+            Some(c) => c,
+            None => {
+                let c = self.build_client(ep)?;
+                let mut all = KEPT_CLIENTS.lock();
+                if all.len() >= MAX_KEPT_CLIENTS {
+                    all.clear();
+                }
+                all.insert(kept, c.clone());
+                c
+            }
+        };
+        self.clients.lock().insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// A new client for `ep`: its TLS settings (the system's roots, its CA and client
+    /// certificates), headers and timeouts.
+    fn build_client(&self, ep: &Endpoint) -> Result<reqwest::Client, String> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             // Stalls are detected per chunk by the caller (a clearer error); this is the backstop.
@@ -315,12 +363,9 @@ impl Fetcher {
                 headers.insert(k, v);
             }
         }
-        let c = b
-            .default_headers(headers)
+        b.default_headers(headers)
             .build()
-            .map_err(|e| e.to_string())?;
-        self.clients.lock().insert(key, c.clone());
-        Ok(c)
+            .map_err(|e| e.to_string())
     }
 
     /// GET with authentication: on 401 the challenge is answered once.

@@ -63,6 +63,8 @@ pub struct ContainerReconciler<C = Containerd> {
     /// yet: under the systemd driver the scope's cgroup (and its OOM counter) is gone as soon as
     /// its last process exits, before the exit can be recorded.
     oom_events: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// The leases holding new snapshots until their container exists, one made ahead.
+    leases: super::lease::Leases<C>,
 }
 
 /// One stop in progress.
@@ -102,6 +104,7 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
         let attempts = super::FirstAttempts::new(journal.state().containers.keys().cloned());
         ContainerReconciler {
             attempts,
+            leases: super::lease::Leases::new(ctd.clone(), "container"),
             ctd,
             images,
             journal,
@@ -331,25 +334,18 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
             cdi,
         };
         let runtime = ContainerRuntime::of(handler, self.settings.runtime.systemd_cgroup());
+        let owner = format!("container:{id}");
         let made = Made {
-            owner: format!("container:{id}"),
-            lease: format!("concord-container-{}", fastrand::u64(..)),
+            lease: self.leases.take(&owner).await?,
+            owner,
             // A container this process recorded, tried for the first time, has no snapshot
             // or containerd container to look for yet.
             first: self.attempts.first(id),
         };
-        self.ctd
-            .create_lease(&made.lease, Duration::from_secs(600), &made.owner)
-            .await?;
         let user = self.create_leased(rec, &img, ctx, &runtime, &made).await;
         // The container holds its snapshot now (or the failed create removed it): the lease's
         // deletion need not delay the answer.
-        let (ctd, id, lease) = (self.ctd.clone(), id.to_string(), made.lease);
-        tokio::spawn(async move {
-            if let Err(e) = ctd.delete_lease(&lease).await {
-                tracing::warn!(container_id = id, lease, error = %e, "cannot delete a container lease; it expires");
-            }
-        });
+        self.leases.done(made.lease);
         user.map(Some)
     }
 

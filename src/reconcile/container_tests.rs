@@ -195,6 +195,7 @@ async fn a_removal_interrupted_midway_converges_in_the_next_pass() {
     assert_eq!(snapshots, [ID], "the step that failed");
     n.reconcile().await.unwrap();
     assert!(!n.journal.state().containers.contains_key(ID));
+    tokio::time::sleep(Duration::from_millis(1)).await; // the spawned lease deletion
     let (containers, snapshots, tasks, leases) = n.ctd.objects();
     assert!(containers.is_empty() && snapshots.is_empty() && tasks.is_empty() && leases.is_empty());
     assert!(!n.dir.path().join("state/containers").join(ID).exists());

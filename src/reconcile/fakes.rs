@@ -72,7 +72,8 @@ struct World {
     /// Snapshot key → owner.
     snapshots: BTreeMap<String, String>,
     tasks: BTreeMap<String, Task>,
-    leases: BTreeSet<String>,
+    /// Lease id → owner label.
+    leases: BTreeMap<String, String>,
     next_pid: u32,
 }
 
@@ -112,14 +113,18 @@ impl FakeContainerd {
         w.tasks.insert(id.into(), task);
     }
 
-    /// What exists: (containers, snapshot keys, task ids, leases).
+    /// What exists: (containers, snapshot keys, task ids, leases but the spare ones).
     pub fn objects(&self) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
         let w = self.world.lock();
         (
             w.containers.iter().cloned().collect(),
             w.snapshots.keys().cloned().collect(),
             w.tasks.keys().cloned().collect(),
-            w.leases.iter().cloned().collect(),
+            w.leases
+                .iter()
+                .filter(|(_, owner)| !owner.ends_with(":spare"))
+                .map(|(id, _)| id.clone())
+                .collect(),
         )
     }
 
@@ -285,9 +290,9 @@ impl ContainerdPort for FakeContainerd {
         let owned = w.snapshots.iter().filter(|(_, o)| *o == owner);
         Ok(owned.map(|(k, _)| k.clone()).collect())
     }
-    async fn create_lease(&self, id: &str, _expire: Duration, _owner: &str) -> Answer<String> {
+    async fn create_lease(&self, id: &str, _expire: Duration, owner: &str) -> Answer<String> {
         self.step("create_lease", id)?;
-        self.world.lock().leases.insert(id.into());
+        self.world.lock().leases.insert(id.into(), owner.into());
         Ok(id.into())
     }
     async fn delete_lease(&self, id: &str) -> Answer<()> {

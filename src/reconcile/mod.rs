@@ -8,6 +8,7 @@
 
 mod attempts;
 pub mod container;
+mod lease;
 pub mod orphans;
 mod pod_cgroup;
 pub mod ports;
@@ -216,7 +217,14 @@ pub struct Controller {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     resync_hooks: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+    /// Objects whose record a pass of this process removed, having removed everything the
+    /// record named (newest last, bounded): the containerd events of that removal, queued
+    /// while it ran, need no pass over nothing.
+    removed: Mutex<std::collections::VecDeque<ObjectKey>>,
 }
+
+/// Most objects [`Controller::removed`] remembers.
+const REMEMBER_REMOVED: usize = 256;
 
 impl Controller {
     pub fn new(
@@ -237,6 +245,7 @@ impl Controller {
             shutdown,
             tracker: TaskTracker::new(),
             resync_hooks: Mutex::new(Vec::new()),
+            removed: Default::default(),
         })
     }
 
@@ -435,6 +444,9 @@ impl Controller {
     async fn run_one(self: &Arc<Self>, key: &ObjectKey) {
         let state = self.journal.state();
         let generation = state.generation(key);
+        if generation == 0 && self.removed.lock().contains(key) {
+            return;
+        }
         let names = state.describe(key);
         let span = tracing::info_span!(
             "reconcile",
@@ -454,6 +466,13 @@ impl Controller {
         ))
         .await;
         let result = result.unwrap_or(Err(ReconcileError::Timeout(limit)));
+        if result.is_ok() && generation > 0 && self.journal.state().generation(key) == 0 {
+            let mut removed = self.removed.lock();
+            if removed.len() >= REMEMBER_REMOVED {
+                removed.pop_front();
+            }
+            removed.push_back(key.clone());
+        }
         let kind = key.kind();
         let took = start.elapsed();
         self.metrics

@@ -48,6 +48,8 @@ pub struct SandboxReconciler<C = Containerd, N = Cni, F = HostNetns> {
     metrics: Arc<Metrics>,
     /// Which sandboxes this process starts for the first time.
     attempts: super::FirstAttempts,
+    /// The leases holding new snapshots until their pause container exists, one made ahead.
+    leases: super::lease::Leases<C>,
 }
 
 const IFNAME: &str = "eth0";
@@ -107,6 +109,7 @@ impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
     ) -> Self {
         let attempts = super::FirstAttempts::new(journal.state().sandboxes.keys().cloned());
         SandboxReconciler {
+            leases: super::lease::Leases::new(ctd.clone(), "sandbox"),
             ctd,
             images,
             network,
@@ -378,11 +381,8 @@ impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
                 )
             })?;
         // The snapshot is held by a lease until the container references it.
-        let lease = format!("concord-sandbox-{}", fastrand::u64(..));
-        self.ctd
-            .create_lease(&lease, Duration::from_secs(600), &format!("sandbox:{id}"))
-            .await?;
         let owner = format!("sandbox:{id}");
+        let lease = self.leases.take(&owner).await?;
         let made = async {
             let existing = match first {
                 true => None,
@@ -417,9 +417,8 @@ impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
             Ok::<_, ReconcileError>(mounts)
         }
         .await;
-        if let Err(e) = self.ctd.delete_lease(&lease).await {
-            tracing::warn!(sandbox_id = id, lease, error = %e, "cannot delete a sandbox lease; it expires");
-        }
+        // The container holds its snapshot now (or the failed create removed it).
+        self.leases.done(lease);
         made
     }
 

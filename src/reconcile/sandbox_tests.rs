@@ -116,8 +116,10 @@ impl Node {
         self.r.reconcile(ID, &self.journal.state()).await
     }
 
-    /// Nothing of the pod is left anywhere: containerd, CNI, the netns directory, the journal.
-    fn assert_nothing_left(&self) {
+    /// Nothing of the pod is left anywhere: containerd, CNI, the netns directory, the journal
+    /// (once the lease deletions spawned off the path ran).
+    async fn assert_nothing_left(&self) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
         let (containers, snapshots, tasks, leases) = self.ctd.objects();
         assert!(containers.is_empty(), "containers left: {containers:?}");
         assert!(snapshots.is_empty(), "snapshots left: {snapshots:?}");
@@ -158,7 +160,7 @@ async fn a_cni_add_that_fails_after_the_pause_task_runs_is_torn_down_completely(
     assert_eq!(n.cni.count("del"), 1);
     assert_eq!(n.ctd.count("delete_container"), 1);
     assert_eq!(n.ctd.count("remove_snapshot"), 1);
-    n.assert_nothing_left();
+    n.assert_nothing_left().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -171,7 +173,7 @@ async fn a_pause_task_start_that_fails_after_cni_add_releases_the_network_and_th
     assert_eq!(n.cni.count("add"), 1, "the network half succeeded");
     assert_eq!(n.cni.count("del"), 1, "and was undone");
     assert_eq!(n.netns.count("create"), 1);
-    n.assert_nothing_left();
+    n.assert_nothing_left().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -205,7 +207,7 @@ async fn an_interrupted_stop_converges_in_the_next_pass_and_removal_does_not_rep
     n.reconcile().await.unwrap();
     assert_eq!(n.cni.count("del"), dels);
     assert_eq!(n.ctd.count("delete_container"), 1);
-    n.assert_nothing_left();
+    n.assert_nothing_left().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -217,8 +219,8 @@ async fn removing_a_sandbox_whose_objects_are_all_gone_succeeds() {
         .await;
     n.reconcile().await.unwrap();
     assert_eq!(n.cni.count("del"), 1);
-    n.assert_nothing_left();
+    n.assert_nothing_left().await;
     // A pass for the id once its record is gone (the orphan path) finds nothing either.
     n.reconcile().await.unwrap();
-    n.assert_nothing_left();
+    n.assert_nothing_left().await;
 }
