@@ -47,6 +47,30 @@ impl Server {
         .await
     }
 
+    /// [`converge_container`](Self::converge_container) for an intent whose convergence ends in
+    /// a durable fact (a start's, a stop's exit): the intent is recorded without its own wait
+    /// for the disk, that fact's commit takes it along, and it is durable before the answer in
+    /// any case (also when the convergence failed). A crash before that loses the intent with
+    /// the call unanswered; the reconciler finds what it did in containerd (a task that runs or
+    /// ran is adopted; see `ContainerReconciler::adopt_lost_start`).
+    async fn converge_container_to_fact(
+        &self,
+        id: &str,
+        intent: Event,
+        what: &str,
+        deadline: Duration,
+    ) -> Result<(), ApiError> {
+        let key = ObjectKey::Container(id.to_string());
+        let state = self.record_with(vec![intent], false).await?;
+        let converged = self
+            .await_converged(&key, state.generation(&key), deadline, || {
+                format!("{what} container {id}")
+            })
+            .await;
+        self.journal.make_durable(state.seq).await?;
+        converged
+    }
+
     pub async fn start_container(
         &self,
         req: cri::StartContainerRequest,
@@ -59,7 +83,7 @@ impl Server {
                 "container {id} is not in the created state ({desired:?})"
             )));
         }
-        self.converge_container(
+        self.converge_container_to_fact(
             &id,
             Event::ContainerStartRequested { id: id.clone() },
             "starting",
@@ -87,7 +111,7 @@ impl Server {
         }
         // The grace period is the caller's: the RPC may wait that long plus the kill.
         let deadline = deadline.max(Duration::from_secs(req.timeout as u64 + 15));
-        self.converge_container(
+        self.converge_container_to_fact(
             &id,
             Event::ContainerStopRequested {
                 id: id.clone(),

@@ -82,9 +82,22 @@ impl Server {
     /// debug `journal commit` naming the object generation, which the OTLP layer links the
     /// object's reconcile to this RPC's trace by): answers the state that holds them.
     async fn record(&self, intents: Vec<Event>) -> Result<Arc<State>, ApiError> {
+        self.record_with(intents, true).await
+    }
+
+    /// [`record`](Self::record), durable or not: an intent recorded without waiting for the
+    /// disk must be made durable ([`JournalHandle::make_durable`]) before its answer.
+    async fn record_with(
+        &self,
+        intents: Vec<Event>,
+        durable: bool,
+    ) -> Result<Arc<State>, ApiError> {
         let logged: Vec<_> = intents.iter().filter_map(Event::intent).collect();
         let events = intents.len();
-        let state = self.journal.append(intents).await?;
+        let state = match durable {
+            true => self.journal.append(intents).await?,
+            false => self.journal.record(intents).await?,
+        };
         let seq = state.seq;
         for (key, what) in &logged {
             let (object, id) = (key.kind(), key.id());

@@ -279,13 +279,12 @@ impl Images {
                 vec![name]
             }
         };
-        // The other names at once, then the last synchronously: containerd's GC has freed the
-        // content and snapshots when we answer (one collection, not one per name).
-        if let Some((last, others)) = names.split_last() {
-            let others = others.iter().map(|n| self.delete_record(what, n, false));
-            futures::future::try_join_all(others).await?;
-            self.delete_record(what, last, true).await?;
-        }
+        // Every name at once, each synchronously: each answer waits for a collection that began
+        // after its own deletion, so once all have answered, one began after the last of them
+        // and containerd's GC has freed the content and snapshots (containerd runs the
+        // collections asked for meanwhile as one).
+        let deletes = names.iter().map(|n| self.delete_record(what, n, true));
+        futures::future::try_join_all(deletes).await?;
         let mut next = ImageIndex::clone(&idx);
         for name in &names {
             next.remove_name(name);

@@ -54,6 +54,8 @@ pub struct JournalStats {
     pub replayed_at_start: u64,
     /// Facts committed without waiting for the disk, not yet durable ([`FLUSH_AFTER`]).
     pub unflushed: u64,
+    /// Every event up to this sequence number is on disk.
+    pub durable_seq: u64,
 }
 
 /// A container lifecycle step, published once it is committed (GetContainerEvents' source).
@@ -144,6 +146,15 @@ impl JournalHandle {
         self.commit(events, false).await
     }
 
+    /// Makes every event up to sequence number `seq` durable: nothing to do when a durable
+    /// commit since took it along, else one durable commit (of nothing) does.
+    pub async fn make_durable(&self, seq: u64) -> Result<(), AppendError> {
+        if self.stats.borrow().durable_seq >= seq {
+            return Ok(());
+        }
+        self.commit(Vec::new(), true).await.map(drop)
+    }
+
     async fn commit(&self, events: Vec<Event>, durable: bool) -> Result<Arc<State>, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -221,6 +232,7 @@ pub fn spawn_writer(
         events_since_snapshot: journal.events_since_snapshot(),
         replayed_at_start: info.replayed,
         unflushed: 0,
+        durable_seq: journal.last_seq(),
     };
     let (stats_tx, stats_rx) = watch::channel(stats);
     let (failing_tx, failing_rx) = watch::channel(None);

@@ -200,7 +200,7 @@ impl Writer {
         let journal = match result {
             Ok((last, events)) => {
                 if durable {
-                    self.flushed();
+                    self.flushed(last);
                 } else {
                     self.unflushed.extend(events.iter().cloned());
                     self.flush_at
@@ -249,11 +249,14 @@ impl Writer {
         Ok(())
     }
 
-    /// Everything committed is on disk.
-    fn flushed(&mut self) {
+    /// Everything committed, up to sequence number `upto`, is on disk.
+    fn flushed(&mut self, upto: u64) {
         self.unflushed.clear();
         self.flush_at = None;
-        self.out.stats.send_modify(|s| s.unflushed = 0);
+        self.out.stats.send_modify(|s| {
+            s.unflushed = 0;
+            s.durable_seq = s.durable_seq.max(upto);
+        });
     }
 
     /// Makes the facts committed without waiting for the disk durable (a probe write, durable,
@@ -270,7 +273,10 @@ impl Writer {
         .expect("journal flush task panicked");
         self.journal = Some(journal);
         match r {
-            Ok(()) => self.flushed(),
+            Ok(()) => {
+                let seq = self.out.state.borrow().seq;
+                self.flushed(seq)
+            }
             Err(e) => self.append_failed(e, Vec::new()),
         }
     }
@@ -285,7 +291,7 @@ impl Writer {
         match r {
             Ok(()) => {
                 tracing::info!(path = %self.path.display(), "journal takes writes again");
-                self.flushed();
+                self.flushed(seq);
                 self.recovering = None;
                 self.set_failing(None);
                 Ok(())
@@ -340,6 +346,7 @@ impl Writer {
         if journal.events_since_snapshot() < self.compact_after.max(self.compact_retry_at) {
             return journal;
         }
+        let state_seq = state.seq;
         let (journal, r) = tokio::task::spawn_blocking(move || {
             let r = journal.compact(&state);
             (journal, r)
@@ -350,7 +357,7 @@ impl Writer {
             Ok(()) => {
                 self.metrics.journal_compactions.inc();
                 self.compact_retry_at = 0;
-                self.flushed();
+                self.flushed(state_seq);
             }
             Err(e) => {
                 // Nothing acknowledged is lost (the events stay until a compaction commits).
@@ -432,5 +439,27 @@ mod tests {
         let (_, state, _) = Journal::open(&dir.path().join("journal.redb")).unwrap();
         assert_eq!(state.seq, 5);
         assert_eq!(state.runtime_config.pod_cidr, "10.5.0.0/16");
+    }
+
+    /// An intent recorded without waiting for the disk (one a durable fact of its reconcile
+    /// usually takes along) is made durable on request: at once when that happened, else by
+    /// one durable commit of nothing.
+    #[tokio::test]
+    async fn make_durable_commits_only_when_something_is_off_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _task) = writer(dir.path());
+        let s = j.record(vec![cidr(1)]).await.unwrap();
+        assert!(j.stats().durable_seq < s.seq);
+        j.make_durable(s.seq).await.unwrap();
+        assert_eq!(j.stats().unflushed, 0);
+        assert_eq!(j.stats().durable_seq, 1);
+        assert_eq!(j.state().seq, 1, "no event was added");
+
+        let s = j.record(vec![cidr(2)]).await.unwrap();
+        j.append(vec![cidr(3)]).await.unwrap();
+        let before = j.stats().last_seq;
+        j.make_durable(s.seq).await.unwrap();
+        assert_eq!(j.stats().last_seq, before);
+        assert_eq!(j.stats().durable_seq, 3, "the durable append took it along");
     }
 }

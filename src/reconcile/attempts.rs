@@ -30,6 +30,11 @@ impl FirstAttempts {
         !self.replayed.contains(id) && self.attempted.lock().insert(id.to_string())
     }
 
+    /// Whether the journal held `id` when this process started.
+    pub fn replayed(&self, id: &str) -> bool {
+        self.replayed.contains(id)
+    }
+
     /// `id` is gone: nothing more is kept of it.
     pub fn forget(&self, id: &str) {
         self.attempted.lock().remove(id);

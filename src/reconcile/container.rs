@@ -65,6 +65,8 @@ pub struct ContainerReconciler<C = Containerd> {
     oom_events: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// The leases holding new snapshots until their container exists, one made ahead.
     leases: super::lease::Leases<C>,
+    /// Created containers of a previous process looked at for a start whose intent was lost.
+    lost_start_checked: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 /// One stop in progress.
@@ -105,6 +107,7 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
         ContainerReconciler {
             attempts,
             leases: super::lease::Leases::new(ctd.clone(), "container"),
+            lost_start_checked: Default::default(),
             ctd,
             images,
             journal,
@@ -207,6 +210,9 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
             crate::lifecycle_info!(*state, &key, image = %rec.image_name, "container created");
         }
         match rec.desired {
+            ContainerDesired::Created if self.attempts.replayed(id) => {
+                self.adopt_lost_start(rec, state).await?
+            }
             ContainerDesired::Created => {}
             ContainerDesired::Running if rec.finished_at != 0 => {}
             ContainerDesired::Running if rec.started_at == 0 => self.start(rec, state).await?,
@@ -513,6 +519,49 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
         }
     }
 
+    /// A created container a previous process knew: a StartContainer's intent is made durable
+    /// with the start's own fact, so a crash between the task's start and that fact loses the
+    /// intent, and the record shows the container created while its task runs or ran. Such a
+    /// task is adopted as started (and its exit recorded); one created but never started is
+    /// deleted (the call was never answered; the container is created, as recorded). Looked
+    /// at once per process.
+    async fn adopt_lost_start(
+        &self,
+        rec: &ContainerRecord,
+        state: &State,
+    ) -> Result<(), ReconcileError> {
+        let id = rec.id.as_str();
+        if self.lost_start_checked.lock().contains(id) {
+            return Ok(());
+        }
+        let intent = || Event::ContainerStartRequested { id: id.into() };
+        match self.ctd.task_status(id).await? {
+            Some((pid, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing)) => {
+                self.journal.record(vec![intent()]).await?;
+                self.reattach(rec)?;
+                tracing::info!(
+                    container_id = id,
+                    pid,
+                    "adopted a task whose start intent a crash lost"
+                );
+                self.record_started(state, id, pid).await?;
+            }
+            Some((pid, TaskStatus::Stopped)) => {
+                self.journal.record(vec![intent()]).await?;
+                tracing::info!(
+                    container_id = id,
+                    pid,
+                    "recorded the exit of a task whose start intent a crash lost"
+                );
+                self.record_exit(rec, state, Some(pid)).await?;
+            }
+            Some(_) => self.ctd.end_task(id, Duration::from_secs(10)).await?,
+            None => {}
+        }
+        self.lost_start_checked.lock().insert(id.to_string());
+        Ok(())
+    }
+
     /// Before a start that is not this process's first of the container: a start cut off
     /// before its fact was recorded may have run the entrypoint already. A task that runs or
     /// ran is adopted (never started twice; answers None); only a task created but never
@@ -813,6 +862,7 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
         self.stopping.lock().remove(id);
         self.attempts.forget(id);
         self.created.lock().remove(id);
+        self.lost_start_checked.lock().remove(id);
         if !known.task_gone {
             self.ctd.end_task(id, Duration::from_secs(10)).await?;
         }

@@ -25,24 +25,35 @@ struct Node {
     _stop: tokio_util::sync::CancellationToken,
 }
 
-/// `reconcile_timeout`: a stop's pass waits three quarters of it at most.
-async fn running(reconcile_timeout: Duration, exits_on_sigterm: bool) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let (journal, stop) = journal_in(dir.path(), metrics.clone());
+/// A reconciler over `journal` and `ctd`, as a process starting now makes it (the records the
+/// journal holds are a previous process's). `reconcile_timeout`: a stop's pass waits three
+/// quarters of it at most.
+async fn reconciler(
+    dir: &std::path::Path,
+    journal: &JournalHandle,
+    ctd: &FakeContainerd,
+    reconcile_timeout: Duration,
+) -> ContainerReconciler<FakeContainerd> {
     let settings = ContainerSettings {
         snapshotter: "overlayfs".into(),
         runtime: Default::default(),
-        layout: crate::state_layout::StateLayout::new(dir.path().join("state")),
+        layout: crate::state_layout::StateLayout::new(dir.join("state")),
         log_writer: "/nonexistent".into(),
         max_log_line: 16 << 10,
         reconcile_timeout,
-        metrics,
+        metrics: Arc::new(Metrics::new()),
     };
-    let ctd = FakeContainerd::default();
-    let images = images_with(dir.path(), "busybox:latest").await;
+    let images = images_with(dir, "busybox:latest").await;
     let attachments = crate::attach::Attachments::new(16 << 10);
-    let r = ContainerReconciler::new(ctd.clone(), images, journal.clone(), settings, attachments);
+    ContainerReconciler::new(ctd.clone(), images, journal.clone(), settings, attachments)
+}
+
+/// Container `ID` requested and created (its containerd container made), not started.
+async fn created(reconcile_timeout: Duration) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, stop) = journal_in(dir.path(), Arc::new(Metrics::new()));
+    let ctd = FakeContainerd::default();
+    let r = reconciler(dir.path(), &journal, &ctd, reconcile_timeout).await;
     let n = Node {
         r,
         ctd,
@@ -66,6 +77,12 @@ async fn running(reconcile_timeout: Duration, exits_on_sigterm: bool) -> Node {
         user: None,
     })
     .await;
+    n
+}
+
+/// Container `ID` running (its task running in the fake).
+async fn running(reconcile_timeout: Duration, exits_on_sigterm: bool) -> Node {
+    let n = created(reconcile_timeout).await;
     n.append(Event::ContainerStartRequested { id: ID.into() })
         .await;
     n.append(Event::ContainerStarted {
@@ -202,4 +219,42 @@ async fn a_removal_interrupted_midway_converges_in_the_next_pass() {
     assert_eq!(n.ctd.count("remove_snapshot"), 2);
     // A pass for the id once its record is gone finds nothing, and succeeds.
     n.reconcile().await.unwrap();
+}
+
+/// A crash between a start's task and its durable fact loses the start intent (it is made
+/// durable with that fact): the next process finds the container created and its task running,
+/// and adopts the task as started, once; a task created but never started is deleted.
+#[tokio::test(start_paused = true)]
+async fn a_start_whose_intent_a_crash_lost_is_adopted_by_the_next_process() {
+    let mut n = created(Duration::from_secs(60)).await;
+    n.ctd.running(ID, &format!("container:{ID}"), true);
+    // The same records, read by a process started now.
+    n.r = reconciler(n.dir.path(), &n.journal, &n.ctd, Duration::from_secs(60)).await;
+    n.reconcile().await.unwrap();
+    let state = n.journal.state();
+    let rec = &state.containers[ID];
+    assert_eq!(rec.desired, crate::journal::ContainerDesired::Running);
+    assert!(
+        rec.started_at != 0 && rec.finished_at == 0,
+        "adopted as running"
+    );
+    let looked = |n: &Node| n.ctd.count("task_status");
+    assert_eq!(looked(&n), 1);
+    n.reconcile().await.unwrap();
+    assert_eq!(looked(&n), 1, "a running record is not looked at again");
+
+    // A task created but never started: deleted, the container stays created.
+    let mut n = created(Duration::from_secs(60)).await;
+    n.ctd.created_task(ID, &format!("container:{ID}"));
+    n.r = reconciler(n.dir.path(), &n.journal, &n.ctd, Duration::from_secs(60)).await;
+    n.reconcile().await.unwrap();
+    let (_, _, tasks, _) = n.ctd.objects();
+    assert!(tasks.is_empty(), "the never-started task is deleted");
+    let state = n.journal.state();
+    assert_eq!(
+        state.containers[ID].desired,
+        crate::journal::ContainerDesired::Created
+    );
+    n.reconcile().await.unwrap();
+    assert_eq!(looked(&n), 1, "looked at once per process");
 }

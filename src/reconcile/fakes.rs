@@ -113,6 +113,15 @@ impl FakeContainerd {
         w.tasks.insert(id.into(), task);
     }
 
+    /// A container with its snapshot and a task created but never started (as a start cut
+    /// off between `Tasks.Create` and `Tasks.Start` left them).
+    pub fn created_task(&self, id: &str, owner: &str) {
+        self.running(id, owner, false);
+        if let Some(t) = self.world.lock().tasks.get_mut(id) {
+            t.status = TaskStatus::Created;
+        }
+    }
+
     /// What exists: (containers, snapshot keys, task ids, leases but the spare ones).
     pub fn objects(&self) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
         let w = self.world.lock();
