@@ -39,8 +39,19 @@ impl Server {
         what: &str,
         deadline: Duration,
     ) -> Result<(), ApiError> {
-        let key = ObjectKey::Container(id.to_string());
         let state = self.record(vec![intent]).await?;
+        self.await_container(id, &state, what, deadline).await
+    }
+
+    /// Waits for the loop to converge container `id` to its generation in `state`.
+    async fn await_container(
+        &self,
+        id: &str,
+        state: &crate::journal::State,
+        what: &str,
+        deadline: Duration,
+    ) -> Result<(), ApiError> {
+        let key = ObjectKey::Container(id.to_string());
         self.await_converged(&key, state.generation(&key), deadline, || {
             format!("{what} container {id}")
         })
@@ -60,13 +71,8 @@ impl Server {
         what: &str,
         deadline: Duration,
     ) -> Result<(), ApiError> {
-        let key = ObjectKey::Container(id.to_string());
         let state = self.record_with(vec![intent], false).await?;
-        let converged = self
-            .await_converged(&key, state.generation(&key), deadline, || {
-                format!("{what} container {id}")
-            })
-            .await;
+        let converged = self.await_container(id, &state, what, deadline).await;
         self.journal.make_durable(state.seq).await?;
         converged
     }

@@ -522,9 +522,9 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
     /// A created container a previous process knew: a StartContainer's intent is made durable
     /// with the start's own fact, so a crash between the task's start and that fact loses the
     /// intent, and the record shows the container created while its task runs or ran. Such a
-    /// task is adopted as started (and its exit recorded); one created but never started is
-    /// deleted (the call was never answered; the container is created, as recorded). Looked
-    /// at once per process.
+    /// task is adopted as started (its intent recorded again first), and one created but never
+    /// started is deleted (the call was never answered; the container is created, as
+    /// recorded): [`adopt_task`](Self::adopt_task). Looked at once per process.
     async fn adopt_lost_start(
         &self,
         rec: &ContainerRecord,
@@ -534,45 +534,26 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
         if self.lost_start_checked.lock().contains(id) {
             return Ok(());
         }
-        let intent = || Event::ContainerStartRequested { id: id.into() };
-        match self.ctd.task_status(id).await? {
-            Some((pid, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing)) => {
-                self.journal.record(vec![intent()]).await?;
-                self.reattach(rec)?;
-                tracing::info!(
-                    container_id = id,
-                    pid,
-                    "adopted a task whose start intent a crash lost"
-                );
-                self.record_started(state, id, pid).await?;
-            }
-            Some((pid, TaskStatus::Stopped)) => {
-                self.journal.record(vec![intent()]).await?;
-                tracing::info!(
-                    container_id = id,
-                    pid,
-                    "recorded the exit of a task whose start intent a crash lost"
-                );
-                self.record_exit(rec, state, Some(pid)).await?;
-            }
-            Some(_) => self.ctd.end_task(id, Duration::from_secs(10)).await?,
-            None => {}
+        let task = self.ctd.task_status(id).await?;
+        if task.is_some_and(|(_, status)| status != TaskStatus::Created) {
+            let intent = Event::ContainerStartRequested { id: id.into() };
+            self.journal.record(vec![intent]).await?;
         }
+        self.adopt_task(rec, state, task).await?;
         self.lost_start_checked.lock().insert(id.to_string());
         Ok(())
     }
 
-    /// Before a start that is not this process's first of the container: a start cut off
-    /// before its fact was recorded may have run the entrypoint already. A task that runs or
-    /// ran is adopted (never started twice; answers None); only a task created but never
-    /// started is replaced. Answers the rootfs mounts.
-    async fn look_before_start(
+    /// The task an interrupted start may have left: one that runs or ran is adopted (never
+    /// started twice; answers true), one created but never started is deleted.
+    async fn adopt_task(
         &self,
         rec: &ContainerRecord,
         state: &State,
-    ) -> Result<Option<Vec<Mount>>, ReconcileError> {
+        task: Option<(u32, TaskStatus)>,
+    ) -> Result<bool, ReconcileError> {
         let id = rec.id.as_str();
-        match self.ctd.task_status(id).await? {
+        match task {
             Some((pid, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing)) => {
                 self.reattach(rec)?;
                 tracing::info!(
@@ -581,7 +562,7 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
                     "adopted a task an interrupted start left running"
                 );
                 self.record_started(state, id, pid).await?;
-                return Ok(None);
+                Ok(true)
             }
             Some((pid, TaskStatus::Stopped)) => {
                 tracing::info!(
@@ -590,11 +571,29 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
                     "recorded a task an interrupted start left exited"
                 );
                 self.record_exit(rec, state, Some(pid)).await?;
-                return Ok(None);
+                Ok(true)
             }
-            // Created, never started: replaced.
-            Some(_) => self.ctd.end_task(id, Duration::from_secs(10)).await?,
-            None => {}
+            Some(_) => {
+                self.ctd.end_task(id, Duration::from_secs(10)).await?;
+                Ok(false)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Before a start that is not this process's first of the container: a start cut off
+    /// before its fact was recorded may have run the entrypoint already. A task that runs or
+    /// ran is adopted (answers None); only a task created but never started is replaced
+    /// ([`adopt_task`](Self::adopt_task)). Answers the rootfs mounts.
+    async fn look_before_start(
+        &self,
+        rec: &ContainerRecord,
+        state: &State,
+    ) -> Result<Option<Vec<Mount>>, ReconcileError> {
+        let id = rec.id.as_str();
+        let task = self.ctd.task_status(id).await?;
+        if self.adopt_task(rec, state, task).await? {
+            return Ok(None);
         }
         let mounts = self
             .ctd
