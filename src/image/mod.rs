@@ -228,14 +228,12 @@ impl Images {
         *self.index.write() = Arc::new(next);
     }
 
-    /// Removes an image: by id every name; by name that name (and the image's digest names
-    /// when it was its last tag). Unknown images are fine.
-    /// Deletes image record `name` (one of `what`'s); a missing one is fine. `sync`: containerd
-    /// collects what no record holds any more before answering.
-    async fn delete_record(&self, what: &str, name: &str, sync: bool) -> Result<(), ImageError> {
+    /// Deletes image record `name` (one of `what`'s) synchronously: containerd answers after a
+    /// collection that began after the deletion. A missing record is fine.
+    async fn delete_record(&self, what: &str, name: &str) -> Result<(), ImageError> {
         let req = DeleteImageRequest {
             name: name.to_string(),
-            sync,
+            sync: true,
             ..Default::default()
         };
         let mut images = self.ctd.images();
@@ -251,6 +249,8 @@ impl Images {
         }
     }
 
+    /// Removes an image: by id every name; by name that name (and the image's digest names
+    /// when it was its last tag). Unknown images are fine.
     pub async fn remove(&self, what: &str) -> Result<(), ImageError> {
         let _serial = self.update.lock().await;
         let idx = self.index();
@@ -283,7 +283,7 @@ impl Images {
         // after its own deletion, so once all have answered, one began after the last of them
         // and containerd's GC has freed the content and snapshots (containerd runs the
         // collections asked for meanwhile as one).
-        let deletes = names.iter().map(|n| self.delete_record(what, n, true));
+        let deletes = names.iter().map(|n| self.delete_record(what, n));
         futures::future::try_join_all(deletes).await?;
         let mut next = ImageIndex::clone(&idx);
         for name in &names {
