@@ -77,6 +77,27 @@ impl Server {
         converged
     }
 
+    /// [`converge_container`](Self::converge_container) for a removal, whose own fact need not
+    /// be durable (a removal done again finds nothing): the intent is published at once and
+    /// made durable while the loop removes, so its commit is off the answer's path, and it is
+    /// durable before the answer in any case. A crash before that leaves the call unanswered
+    /// and the record without the intent (kubelet asks again; what the loop had removed is
+    /// found gone).
+    async fn converge_container_removal(
+        &self,
+        id: &str,
+        intent: Event,
+        deadline: Duration,
+    ) -> Result<(), ApiError> {
+        let state = self.record_with(vec![intent], false).await?;
+        let (converged, durable) = tokio::join!(
+            self.await_container(id, &state, "removing", deadline),
+            self.journal.make_durable(state.seq),
+        );
+        durable?;
+        converged
+    }
+
     pub async fn start_container(
         &self,
         req: cri::StartContainerRequest,
@@ -137,10 +158,9 @@ impl Server {
         deadline: Duration,
     ) -> Result<cri::RemoveContainerResponse, ApiError> {
         if let Some(id) = self.resolve_container(&req.container_id)? {
-            self.converge_container(
+            self.converge_container_removal(
                 &id,
                 Event::ContainerRemoveRequested { id: id.clone() },
-                "removing",
                 deadline,
             )
             .await?;

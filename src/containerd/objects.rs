@@ -454,16 +454,16 @@ impl Containerd {
         Ok(())
     }
 
-    /// Deletes container `id`; a missing one is fine.
-    pub async fn delete_container(&self, id: &str) -> Result<(), ContainerdError> {
+    /// Deletes container `id`; a missing one is fine. Answers whether it was there.
+    pub async fn delete_container(&self, id: &str) -> Result<bool, ContainerdError> {
         let req = DeleteContainerRequest { id: id.into() };
-        gone_ok(
-            self.call(
-                rpc::CONTAINERS_DELETE,
-                self.containers().delete(self.request(req)),
-            )
-            .await,
-        )
+        let mut containers = self.containers();
+        let deleted = containers.delete(self.request(req));
+        match self.call(rpc::CONTAINERS_DELETE, deleted).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates the task of container `id` on `rootfs` with no stdio; answers its pid.

@@ -228,12 +228,12 @@ impl Images {
         *self.index.write() = Arc::new(next);
     }
 
-    /// Deletes image record `name` (one of `what`'s) synchronously: containerd answers after a
+    /// Deletes image record `name` (one of `what`'s). With `sync` containerd answers after a
     /// collection that began after the deletion. A missing record is fine.
-    async fn delete_record(&self, what: &str, name: &str) -> Result<(), ImageError> {
+    async fn delete_record(&self, what: &str, name: &str, sync: bool) -> Result<(), ImageError> {
         let req = DeleteImageRequest {
             name: name.to_string(),
-            sync: true,
+            sync,
             ..Default::default()
         };
         let mut images = self.ctd.images();
@@ -279,12 +279,15 @@ impl Images {
                 vec![name]
             }
         };
-        // Every name at once, each synchronously: each answer waits for a collection that began
-        // after its own deletion, so once all have answered, one began after the last of them
-        // and containerd's GC has freed the content and snapshots (containerd runs the
-        // collections asked for meanwhile as one).
-        let deletes = names.iter().map(|n| self.delete_record(what, n));
-        futures::future::try_join_all(deletes).await?;
+        // The other names at once, then the last synchronously: its answer waits for a
+        // collection that began after every deletion, so containerd's GC has freed the content
+        // and snapshots (as containerd's CRI does). One collection, not one a name: containerd
+        // runs a collection asked for while one runs as another one after it.
+        if let Some((last, others)) = names.split_last() {
+            let deletes = others.iter().map(|n| self.delete_record(what, n, false));
+            futures::future::try_join_all(deletes).await?;
+            self.delete_record(what, last, true).await?;
+        }
         let mut next = ImageIndex::clone(&idx);
         for name in &names {
             next.remove_name(name);

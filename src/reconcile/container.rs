@@ -866,13 +866,15 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
             self.ctd.end_task(id, Duration::from_secs(10)).await?;
         }
         self.attachments.detach(id);
-        // Independent once the task is gone (a snapshot's removal does not look at the
-        // containers naming it), so one round trip's wait instead of two.
-        let snapshotter = &self.settings.snapshotter;
-        tokio::try_join!(
-            self.ctd.delete_container(id),
-            self.ctd.remove_snapshot(snapshotter, id)
-        )?;
+        // The container only: its snapshot, which no lease holds once the create is answered,
+        // is then garbage that containerd's collector removes in the collection the deletion
+        // starts (where an explicit removal's files go too). One round trip and one commit in
+        // containerd; a snapshot a create left without its container is removed here.
+        if !self.ctd.delete_container(id).await? {
+            self.ctd
+                .remove_snapshot(&self.settings.snapshotter, id)
+                .await?;
+        }
         if known.image_volumes {
             self.release_image_volumes(id).await?;
         }

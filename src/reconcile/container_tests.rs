@@ -204,21 +204,56 @@ async fn a_removal_interrupted_midway_converges_in_the_next_pass() {
     n.append(Event::ContainerRemoveRequested { id: ID.into() })
         .await;
     std::fs::create_dir_all(n.dir.path().join("state/containers").join(ID)).unwrap();
-    n.ctd.fail("remove_snapshot", 1);
+    n.ctd.fail("delete_container", 1);
     n.reconcile().await.unwrap_err();
     assert!(n.journal.state().containers.contains_key(ID), "record kept");
     let (containers, snapshots, tasks, _) = n.ctd.objects();
-    assert!(containers.is_empty() && tasks.is_empty());
-    assert_eq!(snapshots, [ID], "the step that failed");
+    assert!(tasks.is_empty());
+    assert_eq!(
+        (containers, snapshots),
+        (vec![ID.to_string()], vec![ID.to_string()])
+    );
     n.reconcile().await.unwrap();
     assert!(!n.journal.state().containers.contains_key(ID));
     tokio::time::sleep(Duration::from_millis(1)).await; // the spawned lease deletion
     let (containers, snapshots, tasks, leases) = n.ctd.objects();
     assert!(containers.is_empty() && snapshots.is_empty() && tasks.is_empty() && leases.is_empty());
     assert!(!n.dir.path().join("state/containers").join(ID).exists());
-    assert_eq!(n.ctd.count("remove_snapshot"), 2);
+    assert_eq!(n.ctd.count("delete_container"), 2);
+    // The container held its snapshot: containerd's collector takes it, no removal is asked.
+    assert_eq!(n.ctd.count("remove_snapshot"), 0);
     // A pass for the id once its record is gone finds nothing, and succeeds.
     n.reconcile().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_create_removes_the_snapshot_it_prepared() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _stop) = journal_in(dir.path(), Arc::new(Metrics::new()));
+    let ctd = FakeContainerd::default();
+    let r = reconciler(dir.path(), &journal, &ctd, Duration::from_secs(120)).await;
+    let requested = Event::ContainerRequested {
+        id: ID.into(),
+        sandbox_id: POD.into(),
+        config: Default::default(),
+        image_id: "sha256:config".into(),
+        image_name: "busybox:latest".into(),
+        log_path: String::new(),
+        created_at: 1,
+        image_volumes: Vec::new(),
+    };
+    journal.append(vec![requested]).await.unwrap();
+    ctd.fail("create_container", 1);
+    r.reconcile(ID, &journal.state()).await.unwrap_err();
+    assert!(
+        !journal.state().containers.contains_key(ID),
+        "the record goes"
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await; // the spawned lease deletion
+    let (containers, snapshots, tasks, leases) = ctd.objects();
+    assert!(containers.is_empty() && snapshots.is_empty() && tasks.is_empty() && leases.is_empty());
+    // No container held the snapshot the create prepared: it is removed by name.
+    assert_eq!(ctd.count("remove_snapshot"), 1);
 }
 
 /// A crash between a start's task and its durable fact loses the start intent (it is made

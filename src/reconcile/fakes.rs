@@ -259,10 +259,16 @@ impl ContainerdPort for FakeContainerd {
         self.world.lock().containers.insert(id.into());
         Ok(())
     }
-    async fn delete_container(&self, id: &str) -> Answer<()> {
+    /// Also removes the container's snapshot (keyed by its id), as containerd's collector
+    /// does once no container holds it.
+    async fn delete_container(&self, id: &str) -> Answer<bool> {
         self.step("delete_container", id)?;
-        self.world.lock().containers.remove(id);
-        Ok(())
+        let mut w = self.world.lock();
+        let found = w.containers.remove(id);
+        if found {
+            w.snapshots.remove(id);
+        }
+        Ok(found)
     }
     async fn list_owned(&self, _snapshotter: &str, prefix: &str) -> Answer<Vec<(String, String)>> {
         self.step("list_owned", prefix)?;

@@ -79,7 +79,7 @@ port! {
             owner: &str,
             labels: HashMap<String, String>,
         ) -> Answer<()>;
-        fn delete_container(&self, id: &str) -> Answer<()>;
+        fn delete_container(&self, id: &str) -> Answer<bool>;
         fn list_owned(&self, snapshotter: &str, prefix: &str) -> Answer<Vec<(String, String)>>;
         // Snapshots.
         fn snapshot_mounts(&self, snapshotter: &str, key: &str) -> Answer<Option<Vec<Mount>>>;
