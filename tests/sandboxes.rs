@@ -586,6 +586,19 @@ async fn a_configured_runtime_handler_runs_the_pod_with_its_runc_binary_and_root
 
 #[tokio::test]
 async fn what_a_lost_journal_left_behind_is_found_and_removed() {
+    left_behind_is_found_and_removed(false).await;
+}
+
+/// The state dir lost whole (the CNI results cached there too): the pod's address is released
+/// through the network configured now.
+#[tokio::test]
+async fn what_a_lost_state_dir_left_behind_is_found_and_removed() {
+    left_behind_is_found_and_removed(true).await;
+}
+
+/// A pod with a running container, then a crash that loses the journal (`whole`: the whole
+/// state dir): the restarted daemon finds what they left and removes it.
+async fn left_behind_is_found_and_removed(whole: bool) {
     let mut d = daemon().await;
     let mut pod = config("orphan", false);
     pod.log_directory = d.dir.join("logs").display().to_string();
@@ -610,14 +623,21 @@ async fn what_a_lost_journal_left_behind_is_found_and_removed() {
     // A crash that lost the journal: the pod's task, container, snapshot, netns, CNI result and
     // IP exist, and no record names them.
     d.kill9();
-    for f in std::fs::read_dir(&d.state_dir).unwrap() {
-        let f = f.unwrap().path();
-        if f.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("journal")
-        {
-            std::fs::remove_file(f).unwrap();
+    if whole {
+        // The pod's /dev/shm is mounted in it.
+        let shm = d.state_dir.join("sandboxes").join(&id).join("shm");
+        nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        std::fs::remove_dir_all(&d.state_dir).unwrap();
+    } else {
+        for f in std::fs::read_dir(&d.state_dir).unwrap() {
+            let f = f.unwrap().path();
+            if f.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("journal")
+            {
+                std::fs::remove_file(f).unwrap();
+            }
         }
     }
     d.start().await;

@@ -711,8 +711,16 @@ impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
             ],
             capabilities: Map::new(),
         };
+        // The cached result's network, else (the cache went with the journal: a state dir
+        // lost whole) the network configured now: the plugins release what they hold for the
+        // id, and a DEL of an id they never saw succeeds.
+        let net = match self.network.status() {
+            NetworkStatus::Ready(n) => Some(n),
+            NetworkStatus::NotReady(_) => None,
+        };
+        let name = net.as_ref().map(|n| n.name.clone()).unwrap_or_default();
         self.cni
-            .del(None, "", &attachment)
+            .del(net.as_ref(), &name, &attachment)
             .await
             .map_err(|e| Self::err(id, "CNI DEL", e))?;
         self.netns
