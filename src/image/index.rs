@@ -170,6 +170,17 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// Takes the resolutions `index` holds: a target another name points at resolves as it
+    /// did (content is addressed by its digest), with nothing read.
+    pub fn knowing(mut self, index: &ImageIndex) -> Self {
+        for img in index.images.values() {
+            for target in img.names.values() {
+                self.cache.insert(target.clone(), img.resolved.clone());
+            }
+        }
+        self
+    }
+
     /// Reads target → (platform manifest) → config.
     pub async fn resolve(
         &mut self,

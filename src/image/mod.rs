@@ -205,10 +205,17 @@ impl Images {
                 return;
             }
         };
-        let mut next = ImageIndex::clone(&self.index());
+        let idx = self.index();
+        let target = img.as_ref().and_then(|i| i.target.as_ref());
+        if target.is_some_and(|t| idx.target_of(name) == Some(t.digest.as_str())) {
+            // The target it had (concord's own write coming back, a label change): content is
+            // addressed by its digest, so nothing about the image changed.
+            return;
+        }
+        let mut next = ImageIndex::clone(&idx);
         match img {
             Some(img) => {
-                let mut resolver = index::Resolver::new(&self.ctd);
+                let mut resolver = index::Resolver::new(&self.ctd).knowing(&idx);
                 index::add(&mut next, &mut resolver, img).await;
             }
             None => next.remove_name(name),
