@@ -601,6 +601,17 @@ impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
         }
     }
 
+    /// The network a CNI DEL goes through when no cached result names one: the network
+    /// configured now when it is ready, and its name (empty without one).
+    fn network_for_del(&self) -> (Option<crate::network::CniNetwork>, String) {
+        let net = match self.network.status() {
+            NetworkStatus::Ready(n) => Some(n),
+            NetworkStatus::NotReady(_) => None,
+        };
+        let name = net.as_ref().map(|n| n.name.clone()).unwrap_or_default();
+        (net, name)
+    }
+
     /// Task, then CNI DEL (always, also when the netns is gone), then the netns.
     async fn stop(&self, rec: &SandboxRecord) -> Result<(), ReconcileError> {
         let id = rec.id.as_str();
@@ -614,11 +625,7 @@ impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
             if rec.netns_path.is_none() {
                 return Ok(());
             }
-            let net = match self.network.status() {
-                NetworkStatus::Ready(n) => Some(n),
-                NetworkStatus::NotReady(_) => None,
-            };
-            let name = net.as_ref().map(|n| n.name.clone()).unwrap_or_default();
+            let (net, name) = self.network_for_del();
             // A netns file that no longer pins a namespace (a crash between creating the file
             // and mounting it, or an unmount) is named as none: the plugins then release the
             // address without entering it, where they would refuse a path that is no netns.
@@ -714,11 +721,7 @@ impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
         // The cached result's network, else (the cache went with the journal: a state dir
         // lost whole) the network configured now: the plugins release what they hold for the
         // id, and a DEL of an id they never saw succeeds.
-        let net = match self.network.status() {
-            NetworkStatus::Ready(n) => Some(n),
-            NetworkStatus::NotReady(_) => None,
-        };
-        let name = net.as_ref().map(|n| n.name.clone()).unwrap_or_default();
+        let (net, name) = self.network_for_del();
         self.cni
             .del(net.as_ref(), &name, &attachment)
             .await
