@@ -48,8 +48,8 @@ async fn reconciler(
     ContainerReconciler::new(ctd.clone(), images, journal.clone(), settings, attachments)
 }
 
-/// Container `ID` requested and created (its containerd container made), not started.
-async fn created(reconcile_timeout: Duration) -> Node {
+/// Container `ID` requested (its record written), nothing made yet.
+async fn requested(reconcile_timeout: Duration) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let (journal, stop) = journal_in(dir.path(), Arc::new(Metrics::new()));
     let ctd = FakeContainerd::default();
@@ -72,6 +72,12 @@ async fn created(reconcile_timeout: Duration) -> Node {
         image_volumes: Vec::new(),
     })
     .await;
+    n
+}
+
+/// Container `ID` requested and created (its containerd container made), not started.
+async fn created(reconcile_timeout: Duration) -> Node {
+    let n = requested(reconcile_timeout).await;
     n.append(Event::ContainerCreated {
         id: ID.into(),
         user: None,
@@ -228,32 +234,18 @@ async fn a_removal_interrupted_midway_converges_in_the_next_pass() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_create_removes_the_snapshot_it_prepared() {
-    let dir = tempfile::tempdir().unwrap();
-    let (journal, _stop) = journal_in(dir.path(), Arc::new(Metrics::new()));
-    let ctd = FakeContainerd::default();
-    let r = reconciler(dir.path(), &journal, &ctd, Duration::from_secs(120)).await;
-    let requested = Event::ContainerRequested {
-        id: ID.into(),
-        sandbox_id: POD.into(),
-        config: Default::default(),
-        image_id: "sha256:config".into(),
-        image_name: "busybox:latest".into(),
-        log_path: String::new(),
-        created_at: 1,
-        image_volumes: Vec::new(),
-    };
-    journal.append(vec![requested]).await.unwrap();
-    ctd.fail("create_container", 1);
-    r.reconcile(ID, &journal.state()).await.unwrap_err();
+    let n = requested(Duration::from_secs(120)).await;
+    n.ctd.fail("create_container", 1);
+    n.reconcile().await.unwrap_err();
     assert!(
-        !journal.state().containers.contains_key(ID),
+        !n.journal.state().containers.contains_key(ID),
         "the record goes"
     );
     tokio::time::sleep(Duration::from_millis(1)).await; // the spawned lease deletion
-    let (containers, snapshots, tasks, leases) = ctd.objects();
+    let (containers, snapshots, tasks, leases) = n.ctd.objects();
     assert!(containers.is_empty() && snapshots.is_empty() && tasks.is_empty() && leases.is_empty());
     // No container held the snapshot the create prepared: it is removed by name.
-    assert_eq!(ctd.count("remove_snapshot"), 1);
+    assert_eq!(n.ctd.count("remove_snapshot"), 1);
 }
 
 /// A crash between a start's task and its durable fact loses the start intent (it is made
