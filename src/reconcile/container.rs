@@ -868,8 +868,9 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
         self.attachments.detach(id);
         // The container only: its snapshot, which no lease holds once the create is answered,
         // is then garbage that containerd's collector removes in the collection the deletion
-        // starts (where an explicit removal's files go too). One round trip and one commit in
-        // containerd; a snapshot a create left without its container is removed here.
+        // schedules (the one that would remove its files after a removal by name too). One
+        // round trip and one commit in containerd; a snapshot a create left without its
+        // container is removed here.
         if !self.ctd.delete_container(id).await? {
             self.ctd
                 .remove_snapshot(&self.settings.snapshotter, id)
