@@ -513,14 +513,15 @@ impl Containerd {
     /// SIGKILL also goes to the task's init itself: runc's `kill --all` signals the processes it
     /// lists from the task's cgroup, and under the systemd driver on cgroup v1 systemd prunes a
     /// scope's `devices` cgroup (the one runc lists from) when a sibling scope stops, moving
-    /// its processes to the slice: runc then signals nobody and answers success. Both at once
-    /// (each is a `runc kill` the shim runs; whichever ends the init, the other finds it gone).
+    /// its processes to the slice: runc then signals nobody and answers success. One after the
+    /// other, not at once: under that driver the init's death lets systemd remove the scope,
+    /// and a `kill --all` still running then fails on its missing cgroup.
     pub async fn kill_task(&self, id: &str, signal: u32) -> Result<(), ContainerdError> {
+        self.kill(id, signal, true).await?;
         if signal == 9 {
-            tokio::try_join!(self.kill(id, signal, true), self.kill(id, signal, false))?;
-            return Ok(());
+            self.kill(id, signal, false).await?;
         }
-        self.kill(id, signal, true).await
+        Ok(())
     }
 
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), ContainerdError> {
