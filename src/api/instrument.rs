@@ -20,8 +20,9 @@ pub enum Gate {
     Containerd,
 }
 
-/// Longest wait for containerd's first health check before a gated RPC is refused.
-const FIRST_CHECK_WAIT: Duration = Duration::from_secs(3);
+/// Longest wait for a health check (the first, or a fresh one while containerd was last seen down)
+/// before a gated RPC is refused.
+const FRESH_CHECK_WAIT: Duration = Duration::from_secs(3);
 
 /// Longest wait for convergence when the caller sent no deadline: just under kubelet's 4 minutes.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(230);
@@ -41,12 +42,10 @@ impl Server {
         let start = Instant::now();
         let result = async {
             if gate == Gate::Containerd {
-                // Right after start the first health check may still be running: wait for it
-                // (briefly) instead of refusing a call that would have worked.
-                let mut health = self.health.clone();
-                let _ =
-                    tokio::time::timeout(FIRST_CHECK_WAIT, health.wait_for(|h| h.checked)).await;
-                let health = self.health.borrow().clone();
+                // Right after start the first health check may still be running, and after an
+                // outage containerd may be back before the next periodic check: wait (briefly)
+                // for a fresh check instead of refusing a call that would have worked.
+                let health = self.health.ready_within(FRESH_CHECK_WAIT).await;
                 if !health.ready {
                     return Err(ApiError::NotReady(format!(
                         "{method} needs containerd, which is not ready: {}",

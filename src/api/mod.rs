@@ -36,11 +36,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::cri;
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::containerd::{Containerd, Health};
+use crate::containerd::{Containerd, HealthWatch};
 use crate::image::Images;
 use crate::journal::{Event, JournalHandle, ObjectKey, State};
 use crate::metrics::Metrics;
@@ -163,7 +162,7 @@ pub struct Server {
     pub journal: JournalHandle,
     pub controller: Arc<Controller>,
     pub containerd: Containerd,
-    pub health: watch::Receiver<Health>,
+    pub health: HealthWatch,
     pub network: Arc<Network>,
     pub images: Arc<Images>,
     pub metrics: Arc<Metrics>,

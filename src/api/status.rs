@@ -96,7 +96,7 @@ impl Server {
     }
 
     pub async fn status(&self, req: cri::StatusRequest) -> Result<cri::StatusResponse, ApiError> {
-        let health = self.health.borrow().clone();
+        let health = self.health.current();
         let net = self.network.status();
         let conditions = vec![self.runtime_condition(&health), network_condition(&net)];
         let info = match req.verbose {

@@ -11,7 +11,7 @@ pub mod rpc;
 pub mod shims;
 
 pub use diff::BlobReader;
-pub use health::{spawn_health_monitor, Health};
+pub use health::{spawn_health_monitor, Health, HealthWatch};
 pub use objects::{
     cri_labels, ContainerRuntime, SnapshotKind, TaskIo, TaskStatus, KIND_CONTAINER, KIND_LABEL,
     KIND_SANDBOX,

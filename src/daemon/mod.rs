@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{Cri, Server};
 use crate::config::Config;
-use crate::containerd::{spawn_health_monitor, Containerd, Health};
+use crate::containerd::{spawn_health_monitor, Containerd, HealthWatch};
 use crate::events::{self, ContainerdEvent, EventSink};
 use crate::image::{ImageSettings, Images};
 use crate::journal::{self, Journal, JournalError};
@@ -35,7 +35,6 @@ use crate::reconcile::container::{ContainerReconciler, ContainerSettings};
 use crate::reconcile::{
     Controller, Dispatch, RuntimeConfigReconciler, SandboxReconciler, SandboxSettings,
 };
-use tokio::sync::watch;
 
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +74,7 @@ struct Sink {
     controller: Arc<Controller>,
     containers: Arc<ContainerReconciler>,
     image_events: crate::image::ImageEvents,
+    health: HealthWatch,
 }
 
 impl EventSink for Sink {
@@ -93,6 +93,9 @@ impl EventSink for Sink {
         }
     }
     fn reconnected(&self) {
+        // containerd answers again: say so now, not at the next periodic health check, which
+        // may be an interval away (calls that need containerd are refused until it is seen).
+        self.health.recheck();
         self.controller.resync("event_stream_reconnect");
     }
 }
@@ -302,7 +305,7 @@ async fn spawn_background(
     parts: &Parts,
     dispatch: &Dispatch,
     stops: &Stops,
-) -> Result<(Tasks, watch::Receiver<Health>), DaemonError> {
+) -> Result<(Tasks, HealthWatch), DaemonError> {
     let (controller, images, metrics) = (&parts.controller, &parts.images, &parts.metrics);
     let failing = Arc::downgrade(controller);
     metrics.on_scrape(move |m| {
@@ -355,6 +358,7 @@ async fn spawn_background(
             controller: controller.clone(),
             containers: dispatch.container.clone(),
             image_events: images.spawn_event_applier(),
+            health: health.clone(),
         }),
         stops.r#loop.clone(),
     );
@@ -387,7 +391,7 @@ async fn spawn_background(
 async fn serve(
     config: &Config,
     parts: Parts,
-    health: watch::Receiver<Health>,
+    health: HealthWatch,
     listener: tokio::net::UnixListener,
     stops: &Stops,
     tasks: &mut Tasks,
