@@ -95,6 +95,8 @@ fn pct(v: &[Duration], p: f64) -> f64 {
 struct Endpoint {
     rt: RuntimeServiceClient<Channel>,
     img: ImageServiceClient<Channel>,
+    /// The connection under both (calls with a codec of the bench's own).
+    ch: Channel,
 }
 
 /// The operations measured, by name.
@@ -244,7 +246,8 @@ async fn main() {
         let ch = channel(&p).await;
         Endpoint {
             rt: RuntimeServiceClient::new(ch.clone()),
-            img: ImageServiceClient::new(ch),
+            img: ImageServiceClient::new(ch.clone()),
+            ch,
         }
     };
     let (reference, concord) = (
