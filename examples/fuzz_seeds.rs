@@ -296,9 +296,9 @@ fn main() {
         dir,
         "log_framing",
         "lines",
-        b"\x10hello\nworld\n\npartial line that is long enough to split",
+        b"\x10\x05hello\nworld\n\npartial line that is long enough to split",
     );
-    put(dir, "log_framing", "cut", b"\x03abcdef");
+    put(dir, "log_framing", "cut", b"\x03\x00abcdef");
 
     put(
         dir,

@@ -236,7 +236,7 @@ async fn pump(
     output: broadcast::Sender<Output>,
 ) {
     let mut chunk = vec![0u8; 64 * 1024];
-    let mut lines = Lines::new(max);
+    let mut lines = crate::logwriter::Lines::new(max);
     let write = |partial: bool, content: &[u8]| {
         let line = crate::logwriter::entry(stream, partial, content);
         sink.lock().write(&line, &reopen);
@@ -252,84 +252,4 @@ async fn pump(
         lines.push(&chunk[..n], write);
     }
     lines.finish(write);
-}
-
-/// Splits a byte stream into log lines of at most `max` bytes: (partial, content) per line.
-struct Lines {
-    pending: Vec<u8>,
-    max: usize,
-}
-
-impl Lines {
-    fn new(max: usize) -> Lines {
-        Lines {
-            pending: Vec::new(),
-            max,
-        }
-    }
-
-    /// Emits every line `data` completes: ended by a newline (full), or `max` bytes long
-    /// (partial).
-    fn push(&mut self, mut data: &[u8], mut emit: impl FnMut(bool, &[u8])) {
-        while !data.is_empty() {
-            let room = self.max - self.pending.len();
-            let window = &data[..room.min(data.len())];
-            if let Some(nl) = window.iter().position(|b| *b == b'\n') {
-                self.pending.extend_from_slice(&window[..nl]);
-                emit(false, &self.pending);
-                self.pending.clear();
-                data = &data[nl + 1..];
-            } else {
-                self.pending.extend_from_slice(window);
-                data = &data[window.len()..];
-                if self.pending.len() >= self.max {
-                    emit(true, &self.pending);
-                    self.pending.clear();
-                }
-            }
-        }
-    }
-
-    /// The stream ended: a last line without a newline is a full entry.
-    fn finish(&mut self, mut emit: impl FnMut(bool, &[u8])) {
-        if !self.pending.is_empty() {
-            emit(false, &self.pending);
-            self.pending.clear();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Lines;
-
-    fn split(chunks: &[&[u8]], max: usize) -> Vec<(bool, String)> {
-        let mut out = Vec::new();
-        let mut l = Lines::new(max);
-        for c in chunks {
-            l.push(c, |p, s| {
-                out.push((p, String::from_utf8_lossy(s).into_owned()))
-            });
-        }
-        l.finish(|p, s| out.push((p, String::from_utf8_lossy(s).into_owned())));
-        out
-    }
-
-    #[test]
-    fn lines_are_assembled_across_chunks_and_split_at_max() {
-        let full = |s: &str| (false, s.to_string());
-        let part = |s: &str| (true, s.to_string());
-        assert_eq!(
-            split(&[b"hel", b"lo\nwor", b"ld\n"], 16),
-            vec![full("hello"), full("world")]
-        );
-        assert_eq!(
-            split(&[b"abcdefgh\n"], 4),
-            vec![part("abcd"), part("efgh"), full("")]
-        );
-        assert_eq!(split(&[b"abcdef"], 4), vec![part("abcd"), full("ef")]);
-        assert_eq!(split(&[b"\n\n"], 4), vec![full(""), full("")]);
-        assert_eq!(split(&[b"hello"], 16), vec![full("hello")]);
-        assert!(split(&[], 16).is_empty());
-    }
 }

@@ -26,10 +26,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 /// The query key that marks a log-writer invocation; its value is the [`PROTOCOL`] version.
 pub const MARKER: &str = "concord-log-writer";
@@ -166,35 +167,125 @@ pub fn entry(stream: &str, partial: bool, content: &[u8]) -> Vec<u8> {
     line
 }
 
-/// Copies one stream into the sink as CRI entries.
-fn pump(input: File, stream: &'static str, max: usize, sink: Arc<Mutex<Sink>>) {
-    let r = BufReader::with_capacity(64 * 1024, input);
-    frame(r, stream, max, |line| {
-        sink.lock().expect("log sink").write(line)
-    });
+/// Splits a byte stream into CRI log lines of at most `max` bytes, (partial, content) each: a
+/// line per newline (without it), a longer line split into partial entries of `max` bytes, the
+/// bytes left when the stream ends a full entry. The log writer and attach's copy into the log
+/// both frame with it, chunk by chunk as the bytes arrive.
+pub struct Lines {
+    pending: Vec<u8>,
+    max: usize,
 }
 
-/// Frames `input` as CRI log entries of `stream`, each handed to `emit`: an entry per line
-/// (without its newline), a line longer than `max` split into partial entries, the last bytes
-/// before EOF a full entry. Stops at EOF or a read error.
-pub fn frame(mut r: impl BufRead, stream: &str, max: usize, mut emit: impl FnMut(&[u8])) {
-    let mut buf = Vec::new();
-    let max = max.max(1);
-    loop {
-        buf.clear();
-        // Read up to a newline, but never more than `max` bytes into one entry.
-        let n = match std::io::Read::take(&mut r, max as u64).read_until(b'\n', &mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
-        };
-        let full = buf.last() == Some(&b'\n');
-        let content = if full { &buf[..n - 1] } else { &buf[..n] };
-        // Without a newline: partial when the line goes on (max reached), full at EOF.
-        let partial = !full && n >= max;
-        emit(&entry(stream, partial, content));
+impl Lines {
+    pub fn new(max: usize) -> Lines {
+        Lines {
+            pending: Vec::new(),
+            max: max.max(1),
+        }
     }
+
+    /// Emits every line `data` completes: ended by a newline (full), or `max` bytes long
+    /// (partial).
+    pub fn push(&mut self, mut data: &[u8], mut emit: impl FnMut(bool, &[u8])) {
+        while !data.is_empty() {
+            let room = self.max - self.pending.len();
+            let window = &data[..room.min(data.len())];
+            if let Some(nl) = window.iter().position(|b| *b == b'\n') {
+                self.pending.extend_from_slice(&window[..nl]);
+                emit(false, &self.pending);
+                self.pending.clear();
+                data = &data[nl + 1..];
+            } else {
+                self.pending.extend_from_slice(window);
+                data = &data[window.len()..];
+                if self.pending.len() >= self.max {
+                    emit(true, &self.pending);
+                    self.pending.clear();
+                }
+            }
+        }
+    }
+
+    /// The stream ended: a last line without a newline is a full entry.
+    pub fn finish(&mut self, mut emit: impl FnMut(bool, &[u8])) {
+        if !self.pending.is_empty() {
+            emit(false, &self.pending);
+            self.pending.clear();
+        }
+    }
+}
+
+/// Copies the streams into the sink as CRI entries until each has ended (or failed), in this one
+/// thread: a writer per container, hundreds on a dense node, each pays for one stack, not a
+/// thread and a malloc arena per stream. Each stream's buffer is memory only as far as reads
+/// have filled it (a `BufReader`'s is not zeroed first).
+fn pump(streams: [(File, &'static str); 2], max: usize, sink: &mut Sink) {
+    let mut streams = streams.map(|(f, stream)| (BufReader::with_capacity(64 * 1024, f), stream));
+    let mut lines = [Lines::new(max), Lines::new(max)];
+    let mut open = [true, true];
+    while open.contains(&true) {
+        let ready = match readable(&streams, open) {
+            Ok(ready) => ready,
+            // SIGUSR1 (reopen) interrupts the wait; the next write reopens the file.
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("concord log writer: poll: {e}");
+                [false; 2]
+            }
+        };
+        if ready == [false; 2] {
+            break;
+        }
+        for (i, &is_ready) in ready.iter().enumerate() {
+            if !is_ready {
+                continue;
+            }
+            let (reader, stream) = &mut streams[i];
+            let mut emit =
+                |partial: bool, content: &[u8]| sink.write(&entry(stream, partial, content));
+            // The buffer is empty between polls: one read.
+            match reader.fill_buf() {
+                Ok([]) => open[i] = false,
+                Ok(bytes) => {
+                    let n = bytes.len();
+                    lines[i].push(bytes, &mut emit);
+                    reader.consume(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!("concord log writer: reading {stream}: {e}");
+                    open[i] = false;
+                }
+            }
+            if !open[i] {
+                lines[i].finish(&mut emit);
+            }
+        }
+    }
+    for (i, (_, stream)) in streams.iter().enumerate() {
+        if open[i] {
+            lines[i].finish(|partial, content| sink.write(&entry(stream, partial, content)));
+        }
+    }
+}
+
+/// Which of the open streams have something to read (bytes, their end, or an error).
+fn readable(streams: &[(BufReader<File>, &str); 2], open: [bool; 2]) -> nix::Result<[bool; 2]> {
+    let mut fds: Vec<PollFd> = streams
+        .iter()
+        .zip(open)
+        .filter(|(_, o)| *o)
+        .map(|((r, _), _)| PollFd::new(r.get_ref().as_fd(), PollFlags::POLLIN))
+        .collect();
+    nix::poll::poll(&mut fds, PollTimeout::NONE)?;
+    let mut polled = fds.iter();
+    let mut ready = [false; 2];
+    for (r, o) in ready.iter_mut().zip(open) {
+        if o {
+            *r = polled.next().and_then(PollFd::any).unwrap_or(true);
+        }
+    }
+    Ok(ready)
 }
 
 /// Runs the log writer with the shim's arguments (key value pairs); answers the exit code.
@@ -252,7 +343,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         held => held,
     };
-    let sink = Arc::new(Mutex::new(Sink { path, file }));
+    let mut sink = Sink { path, file };
     // SAFETY: the shim passes these descriptors (stdout, stderr, ready) and nothing else owns them.
     let (out, err, ready) = unsafe {
         (
@@ -262,16 +353,7 @@ pub fn run(args: &[String]) -> i32 {
         )
     };
     drop(ready); // tells the shim we are ready
-    let threads: Vec<_> = [(out, "stdout"), (err, "stderr")]
-        .into_iter()
-        .map(|(f, stream)| {
-            let sink = sink.clone();
-            std::thread::spawn(move || pump(f, stream, max, sink))
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
-    }
+    pump([(out, "stdout"), (err, "stderr")], max, &mut sink);
     if let Some(p) = &pidfile {
         let _ = std::fs::remove_file(p);
     }
@@ -290,47 +372,133 @@ mod tests {
         assert_eq!(&parts[1..], ["stdout", "F", "hello\n"]);
     }
 
-    #[test]
-    fn long_lines_split_into_partial_entries_and_eof_ends_a_full_one() {
+    /// What the writer writes to its log for `stdout` and `stderr` (each a whole stream), as
+    /// (stream, tag, content) per entry.
+    fn written(stdout: &[u8], stderr: &[u8], max: usize) -> Vec<(String, String, String)> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.log");
-        let src = dir.path().join("in");
-        std::fs::write(&src, b"0123456789abcdefghij-tail\nshort\nno-newline").unwrap();
-        let sink = Arc::new(Mutex::new(Sink {
+        let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+        std::fs::write(&out, stdout).unwrap();
+        std::fs::write(&err, stderr).unwrap();
+        let mut sink = Sink {
             path: path.clone(),
             file: Sink::open(&path).unwrap(),
-        }));
-        pump(File::open(&src).unwrap(), "stderr", 64, sink);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<(&str, &str)> = text
+        };
+        let streams = [
+            (File::open(&out).unwrap(), "stdout"),
+            (File::open(&err).unwrap(), "stderr"),
+        ];
+        pump(streams, max, &mut sink);
+        std::fs::read_to_string(&path)
+            .unwrap()
             .lines()
             .map(|l| {
                 let p: Vec<&str> = l.splitn(4, ' ').collect();
-                (p[2], p[3])
+                (p[1].to_string(), p[2].to_string(), p[3].to_string())
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn long_lines_split_into_partial_entries_and_eof_ends_a_full_one() {
+        let e = |stream: &str, tag: &str, content: &str| {
+            (stream.to_string(), tag.to_string(), content.to_string())
+        };
+        let mut got = written(
+            b"0123456789abcdefghij-tail\nshort\nno-newline",
+            b"oops\n",
+            64,
+        );
+        got.sort();
         assert_eq!(
-            lines,
+            got,
             [
-                ("F", "0123456789abcdefghij-tail"),
-                ("F", "short"),
-                ("F", "no-newline")
+                e("stderr", "F", "oops"),
+                e("stdout", "F", "0123456789abcdefghij-tail"),
+                e("stdout", "F", "no-newline"),
+                e("stdout", "F", "short"),
             ]
         );
-        let long = dir.path().join("long");
-        std::fs::write(&long, [b'x'; 150]).unwrap();
-        let path2 = dir.path().join("d.log");
-        let sink = Arc::new(Mutex::new(Sink {
-            path: path2.clone(),
-            file: Sink::open(&path2).unwrap(),
-        }));
-        pump(File::open(&long).unwrap(), "stdout", 64, sink);
-        let tags: Vec<String> = std::fs::read_to_string(&path2)
-            .unwrap()
-            .lines()
-            .map(|l| l.split(' ').nth(2).unwrap().to_string())
+        let tags: Vec<String> = written(&[b'x'; 150], b"", 64)
+            .into_iter()
+            .map(|(_, tag, _)| tag)
             .collect();
         assert_eq!(tags, ["P", "P", "F"]);
+    }
+
+    #[test]
+    fn both_pipes_are_copied_as_they_arrive_until_each_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let mut sink = Sink {
+            path: path.clone(),
+            file: Sink::open(&path).unwrap(),
+        };
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (err_r, err_w) = nix::unistd::pipe().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let (mut out, mut err) = (File::from(out_w), File::from(err_w));
+            for i in 0..50 {
+                writeln!(out, "out {i}").unwrap();
+                write!(err, "err {i}").unwrap();
+                err.write_all(b"\n").unwrap();
+            }
+            drop(out);
+            // stderr goes on alone after stdout ended, and ends without a newline.
+            err.write_all(b"last words").unwrap();
+        });
+        pump(
+            [(File::from(out_r), "stdout"), (File::from(err_r), "stderr")],
+            MAX_LINE,
+            &mut sink,
+        );
+        feeder.join().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let of = |stream: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.split(' ').nth(1) == Some(stream))
+                .map(|l| l.splitn(4, ' ').nth(3).unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            of("stdout"),
+            (0..50).map(|i| format!("out {i}")).collect::<Vec<_>>()
+        );
+        let mut want: Vec<String> = (0..50).map(|i| format!("err {i}")).collect();
+        want.push("last words".into());
+        assert_eq!(of("stderr"), want);
+    }
+
+    fn split(chunks: &[&[u8]], max: usize) -> Vec<(bool, String)> {
+        let mut out = Vec::new();
+        let mut l = Lines::new(max);
+        for c in chunks {
+            l.push(c, |p, s| {
+                out.push((p, String::from_utf8_lossy(s).into_owned()))
+            });
+        }
+        l.finish(|p, s| out.push((p, String::from_utf8_lossy(s).into_owned())));
+        out
+    }
+
+    #[test]
+    fn lines_are_assembled_across_chunks_and_split_at_max() {
+        let full = |s: &str| (false, s.to_string());
+        let part = |s: &str| (true, s.to_string());
+        assert_eq!(
+            split(&[b"hel", b"lo\nwor", b"ld\n"], 16),
+            vec![full("hello"), full("world")]
+        );
+        assert_eq!(
+            split(&[b"abcdefgh\n"], 4),
+            vec![part("abcd"), part("efgh"), full("")]
+        );
+        assert_eq!(split(&[b"abcdef"], 4), vec![part("abcd"), full("ef")]);
+        assert_eq!(split(&[b"\n\n"], 4), vec![full(""), full("")]);
+        assert_eq!(split(&[b"hello"], 16), vec![full("hello")]);
+        assert!(split(&[], 16).is_empty());
+        // A zero limit is one byte, not a loop that never ends.
+        assert_eq!(split(&[b"ab"], 0), vec![part("a"), part("b")]);
     }
 
     /// The arguments the shim hands the writer for a URI that concord 0aa31ca (protocol v1)

@@ -1,10 +1,12 @@
-//! The container log writer's framing of a stream into CRI log entries: never panics; each entry
-//! is `<RFC 3339 time> <stream> <P|F> <content>\n` with content at most `max` bytes and no
+//! The framing of a stream into CRI log entries (the log writer's and attach's), fed in chunks of
+//! any size as reads hand them over: never panics; each entry is
+//! `<RFC 3339 time> <stream> <P|F> <content>\n` with content at most `max` bytes and no
 //! newline; the contents (a newline after each F) give back the input exactly, but for the
 //! newline a full entry at EOF did not have. (A line cut at exactly `max` bytes by EOF stays
 //! P, as in containerd: the writer cannot tell EOF from a pause without waiting.)
+//! Input: one byte for `max`, one for the chunk size, then the stream.
 #![no_main]
-use concord::logwriter::frame;
+use concord::logwriter::{entry, Lines};
 use libfuzzer_sys::fuzz_target;
 
 /// Parses one CRI log line: (stream, partial, content). The kubelet's parser, in short.
@@ -27,16 +29,18 @@ fn parse(line: &[u8]) -> Option<(&str, bool, &[u8])> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&m, input)) = data.split_first() else {
+    let [m, c, input @ ..] = data else {
         return;
     };
-    let max = 1 + m as usize % 64;
+    let max = 1 + *m as usize % 64;
+    let chunk = 1 + *c as usize % 32;
     let mut rebuilt = Vec::new();
     let mut entries = 0usize;
-    frame(input, "stdout", max, |line| {
+    let mut check = |partial: bool, content: &[u8]| {
+        let line = entry("stdout", partial, content);
         entries += 1;
         let (stream, partial, content) =
-            parse(line).unwrap_or_else(|| panic!("not a CRI log line: {line:?}"));
+            parse(&line).unwrap_or_else(|| panic!("not a CRI log line: {line:?}"));
         assert_eq!(stream, "stdout");
         assert!(content.len() <= max, "{} > {max}", content.len());
         assert!(!content.contains(&b'\n'));
@@ -44,7 +48,12 @@ fuzz_target!(|data: &[u8]| {
         if !partial {
             rebuilt.push(b'\n');
         }
-    });
+    };
+    let mut lines = Lines::new(max);
+    for piece in input.chunks(chunk) {
+        lines.push(piece, &mut check);
+    }
+    lines.finish(&mut check);
     if rebuilt.last() == Some(&b'\n') && input.last() != Some(&b'\n') {
         rebuilt.pop();
     }
