@@ -65,9 +65,10 @@ impl HealthWatch {
     }
 }
 
-/// Checks containerd every `interval` (and at once); every change is published on the returned
-/// [`HealthWatch`], which can also ask for a check out of turn. `on_ready` runs each time containerd becomes ready (concord then resyncs: whatever
-/// happened while it was away was not seen).
+/// Checks containerd every `interval` (and at once); every check's answer is published on the
+/// returned [`HealthWatch`], which can also ask for a check out of turn. `on_ready` runs each time
+/// containerd becomes ready (concord then resyncs: whatever happened while it was away was not
+/// seen).
 pub fn spawn_health_monitor(
     ctd: Containerd,
     interval: Duration,
