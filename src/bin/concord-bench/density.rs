@@ -221,12 +221,8 @@ async fn handler_share(d: &Density, e: &Endpoint, at: &str) {
         "ListContainers",
     )
     .await;
-    let mut alone = Vec::with_capacity(200);
-    for _ in 0..200 {
-        alone.push(read(e, "ListContainers", "", "").await);
-    }
+    let alone = calls_alone(e, "ListContainers").await;
     let total: Duration = alone.iter().sum();
-    alone.sort();
     let after = histogram(
         url,
         "concord_grpc_request_duration_seconds",
@@ -250,17 +246,23 @@ async fn handler_share(d: &Density, e: &Endpoint, at: &str) {
         super::pct(&alone, 0.5),
         super::pct(&alone, 0.99),
     );
-    let mut as_bytes = Vec::with_capacity(200);
-    for _ in 0..200 {
-        as_bytes.push(read(e, ANSWER_AS_BYTES, "", "").await);
-    }
-    as_bytes.sort();
+    let as_bytes = calls_alone(e, ANSWER_AS_BYTES).await;
     println!(
         "  ListContainers ({at}), answer kept as bytes: p50 {:.3} / p99 {:.3} ms with no reference \
          calls between (the rest of a call is the client's decoding)",
         super::pct(&as_bytes, 0.5),
         super::pct(&as_bytes, 0.99),
     );
+}
+
+/// 200 calls of `op` one after another (no reference call between), sorted.
+async fn calls_alone(e: &Endpoint, op: &str) -> Vec<Duration> {
+    let mut t = Vec::with_capacity(200);
+    for _ in 0..200 {
+        t.push(read(e, op, "", "").await);
+    }
+    t.sort();
+    t
 }
 
 /// (sum, count) of histogram `name`'s series for `method` at `url`.
