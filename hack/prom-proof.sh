@@ -182,8 +182,8 @@ if [ "$OWN_CONTAINERD" = 1 ]; then
   kill -TERM "$CTD_PID"; wait "$CTD_PID" 2>/dev/null || true
   sleep 3
   start_containerd
-  # Both: the event stream is back, and the health probe (its own interval) has found containerd
-  # ready again; calls that need containerd are refused (Unavailable) until it has.
+  # Both: the event stream is back, and the health probe has found containerd ready again (a
+  # call that needs containerd asks for a fresh probe and waits for it; the gauge is what shows).
   wait_for "concord to see containerd again" sh -c "m=\$(curl -s http://127.0.0.1:$CONCORD_PORT/metrics); echo \"\$m\" | grep -qx 'concord_containerd_event_stream_connected 1' && echo \"\$m\" | grep -qx 'concord_containerd_up 1'"
 else
   log "containerd restart SKIPPED: the rig's containerd is shared (OWN_CONTAINERD=1 restarts its own)"
