@@ -161,6 +161,59 @@ async fn tasks(
 /// Waits until nothing is pending, checks every sandbox (Ready ⇒ an address and a running
 /// pause; the journal's Ready set is containerd's running set), removes them all (retrying, as
 /// kubelet does) and then checks that nothing is left anywhere.
+/// The active snapshots in containerd (image layers are committed; a sandbox's or container's
+/// is active).
+async fn active_snapshots(ctd: &concord::containerd::Containerd) -> Vec<String> {
+    use containerd_client::services::v1::snapshots::{Kind, ListSnapshotsRequest};
+    let req = ListSnapshotsRequest {
+        snapshotter: "overlayfs".into(),
+        ..Default::default()
+    };
+    let mut stream = ctd
+        .snapshots()
+        .list(ctd.request(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut keys = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        keys.extend(
+            m.info
+                .into_iter()
+                .filter(|i| i.kind == Kind::Active as i32)
+                .map(|i| i.name),
+        );
+    }
+    keys
+}
+
+/// The leases in containerd with the resources each holds.
+async fn leases(ctd: &concord::containerd::Containerd) -> Vec<String> {
+    use containerd_client::services::v1::{ListRequest, ListResourcesRequest};
+    let req = ListRequest { filters: vec![] };
+    let all = ctd
+        .leases()
+        .list(ctd.request(req))
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    let mut out = Vec::new();
+    for l in all {
+        let req = ListResourcesRequest { id: l.id.clone() };
+        let held = match ctd.leases().list_resources(ctd.request(req)).await {
+            Ok(r) => r.into_inner().resources,
+            Err(_) => Vec::new(),
+        };
+        let held: Vec<String> = held
+            .into_iter()
+            .map(|r| format!("{}:{}", r.r#type, r.id))
+            .collect();
+        out.push(format!("{} {:?} holds {held:?}", l.id, l.labels));
+    }
+    out
+}
+
 async fn converges_and_leaves_nothing(
     d: &Daemon,
     network: &str,
@@ -326,29 +379,28 @@ async fn converges_and_leaves_nothing(
         containers.iter().map(|c| &c.id).collect::<Vec<_>>()
     );
     assert!(tasks(&ctd).await.is_empty(), "tasks leaked");
-    let mut keys = Vec::new();
-    let req = containerd_client::services::v1::snapshots::ListSnapshotsRequest {
-        snapshotter: "overlayfs".into(),
-        ..Default::default()
-    };
-    let mut stream = ctd
-        .snapshots()
-        .list(ctd.request(req))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(m) = stream.message().await.unwrap() {
-        // Image layers are committed snapshots; a sandbox's or container's is active.
-        keys.extend(
-            m.info
-                .into_iter()
-                .filter(|i| {
-                    i.kind == containerd_client::services::v1::snapshots::Kind::Active as i32
-                })
-                .map(|i| i.name),
-        );
+    // A removed container's snapshot is left to containerd's collector, which runs within its
+    // interval of a deletion (the average collection time over its pause threshold: up to
+    // seconds on a loaded machine). Gone within 20 s, or it leaked (and the leases holding
+    // snapshots are shown).
+    let collecting = std::time::Instant::now();
+    loop {
+        let keys = active_snapshots(&ctd).await;
+        if keys.is_empty() {
+            break;
+        }
+        if collecting.elapsed() > Duration::from_secs(20) {
+            panic!(
+                "active snapshots leaked: {keys:?}; leases: {:?}",
+                leases(&ctd).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(keys.is_empty(), "active snapshots leaked: {keys:?}");
+    println!(
+        "containerd's collector removed the last snapshots in {:.1} s",
+        collecting.elapsed().as_secs_f64()
+    );
     let shims = std::process::Command::new("pgrep")
         // `--`: the pattern starts with a dash (without it pgrep failed and found nothing).
         .args(["-f", "--", &format!("-namespace {} ", d.namespace)])
