@@ -349,9 +349,9 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
             first: self.attempts.first(id),
         };
         let user = self.create_leased(rec, &img, ctx, &runtime, &made).await;
-        // The container holds its snapshot now (or the failed create removed it): the lease's
-        // deletion need not delay the answer.
-        self.leases.done(made.lease);
+        // The container holds its snapshot now (or the failed create removed it): the lease
+        // ends with `made`, its deletion off the answer's path.
+        drop(made);
         user.map(Some)
     }
 
@@ -364,7 +364,7 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
         img: &crate::image::index::ImageRecord,
         mut ctx: ContainerContext<'_>,
         runtime: &ContainerRuntime,
-        made: &Made,
+        made: &Made<C>,
     ) -> Result<ContainerUser, ReconcileError> {
         let id = rec.id.as_str();
         let snapshotter = &self.settings.snapshotter;
@@ -377,7 +377,7 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
             None => {
                 let (chain, rw) = (&img.resolved.chain_id, SnapshotKind::Active);
                 self.ctd
-                    .new_snapshot(rw, snapshotter, id, chain, &made.owner, &made.lease)
+                    .new_snapshot(rw, snapshotter, id, chain, &made.owner, made.lease.id())
                     .await?
             }
         };
@@ -867,8 +867,8 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
         }
         self.attachments.detach(id);
         // The container only: its snapshot, which no lease holds once the create is answered,
-        // is then garbage that containerd's collector removes in the collection the deletion
-        // schedules (the one that would remove its files after a removal by name too). One
+        // is then garbage that containerd's collector removes in its next collection (the one
+        // that would remove its files after a removal by name too), within its interval. One
         // round trip and one commit in containerd; a snapshot a create left without its
         // container is removed here.
         if !self.ctd.delete_container(id).await? {
@@ -899,9 +899,9 @@ struct Known {
 }
 
 /// A container create's lease, its owner label, and whether it is the first attempt.
-struct Made {
+struct Made<C: ContainerdPort> {
     owner: String,
-    lease: String,
+    lease: super::lease::Held<C>,
     first: bool,
 }
 

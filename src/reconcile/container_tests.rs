@@ -64,12 +64,34 @@ async fn requested(reconcile_timeout: Duration) -> Node {
     n.append(Event::ContainerRequested {
         id: ID.into(),
         sandbox_id: POD.into(),
-        config: Default::default(),
+        config: Box::new(crate::cri::ContainerConfig {
+            command: vec!["sh".into()],
+            ..Default::default()
+        }),
         image_id: "sha256:config".into(),
         image_name: "busybox:latest".into(),
         log_path: String::new(),
         created_at: 1,
         image_volumes: Vec::new(),
+    })
+    .await;
+    n
+}
+
+/// Container `ID` requested in pod `POD`, whose pause task runs: a create can go all the way.
+async fn requested_in_ready_pod(reconcile_timeout: Duration) -> Node {
+    let n = requested(reconcile_timeout).await;
+    n.append(Event::SandboxRequested {
+        id: POD.into(),
+        config: Default::default(),
+        runtime_handler: String::new(),
+        netns_path: None,
+        created_at: 1,
+    })
+    .await;
+    n.append(Event::SandboxStarted {
+        id: POD.into(),
+        pid: 4141,
     })
     .await;
     n
@@ -233,8 +255,28 @@ async fn a_removal_interrupted_midway_converges_in_the_next_pass() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_create_abandoned_at_its_timeout_ends_the_lease_holding_its_snapshot() {
+    let n = requested_in_ready_pod(Duration::from_secs(120)).await;
+    n.ctd.hang_creates();
+    let abandoned = tokio::time::timeout(Duration::from_secs(60), n.reconcile()).await;
+    assert!(abandoned.is_err(), "the create hangs: {abandoned:?}");
+    tokio::time::sleep(Duration::from_millis(1)).await; // the spawned lease deletion
+    let (_, snapshots, _, leases) = n.ctd.objects();
+    assert_eq!(
+        snapshots,
+        vec![ID.to_string()],
+        "the snapshot was prepared: {:?}",
+        n.ctd.calls()
+    );
+    assert!(
+        leases.is_empty(),
+        "the lease outlived its create: {leases:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failed_create_removes_the_snapshot_it_prepared() {
-    let n = requested(Duration::from_secs(120)).await;
+    let n = requested_in_ready_pod(Duration::from_secs(120)).await;
     n.ctd.fail("create_container", 1);
     n.reconcile().await.unwrap_err();
     assert!(
@@ -245,6 +287,7 @@ async fn a_failed_create_removes_the_snapshot_it_prepared() {
     let (containers, snapshots, tasks, leases) = n.ctd.objects();
     assert!(containers.is_empty() && snapshots.is_empty() && tasks.is_empty() && leases.is_empty());
     // No container held the snapshot the create prepared: it is removed by name.
+    assert_eq!(n.ctd.count("new_snapshot"), 1);
     assert_eq!(n.ctd.count("remove_snapshot"), 1);
 }
 

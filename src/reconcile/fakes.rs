@@ -75,6 +75,8 @@ struct World {
     /// Lease id → owner label.
     leases: BTreeMap<String, String>,
     next_pid: u32,
+    /// `Containers.Create` never answers (a hung containerd).
+    create_hangs: bool,
 }
 
 /// containerd in memory. Clones share one world.
@@ -89,6 +91,11 @@ impl FakeContainerd {
     /// The next `times` calls of `method` fail (Unavailable).
     pub fn fail(&self, method: &'static str, times: u32) {
         self.world.lock().log.failing.insert(method, times);
+    }
+
+    /// Every `Containers.Create` from now on never answers.
+    pub fn hang_creates(&self) {
+        self.world.lock().create_hangs = true;
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -256,6 +263,9 @@ impl ContainerdPort for FakeContainerd {
         _labels: HashMap<String, String>,
     ) -> Answer<()> {
         self.step("create_container", id)?;
+        if self.world.lock().create_hangs {
+            std::future::pending::<()>().await;
+        }
         self.world.lock().containers.insert(id.into());
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The leases that hold a new snapshot until the containerd container naming it exists: one is
 //! made ahead, so a create finds it ready and `Leases.Create` is not on its path; a used lease
-//! is deleted after the answer.
+//! (a [`Held`]) is deleted when dropped, off the answer's path.
 //!
 //! A spare lease carries concord's owner label like any other (a concord that dies leaves it to
 //! the next one's stale-lease release, or to its expiry), and is used only while it has most of
@@ -28,6 +28,16 @@ pub struct Leases<C> {
     spare: Spare,
 }
 
+impl<C: ContainerdPort> Clone for Leases<C> {
+    fn clone(&self) -> Self {
+        Leases {
+            ctd: self.ctd.clone(),
+            kind: self.kind,
+            spare: self.spare.clone(),
+        }
+    }
+}
+
 impl<C: ContainerdPort> Leases<C> {
     pub fn new(ctd: C, kind: &'static str) -> Self {
         Leases {
@@ -38,21 +48,33 @@ impl<C: ContainerdPort> Leases<C> {
     }
 
     /// A lease for a create by `owner` (its owner label): the spare when it is fresh, else one
-    /// made now.
-    pub async fn take(&self, owner: &str) -> Result<String, ContainerdError> {
+    /// made now. Dropping the answer ends the lease: after the create (answered or failed), or
+    /// when the reconcile holding it is abandoned (its timeout), which would otherwise leave the
+    /// snapshot held until the lease's expiry.
+    pub async fn take(&self, owner: &str) -> Result<Held<C>, ContainerdError> {
         let spare = self.spare.lock().take();
-        match spare {
-            Some((id, made)) if made.elapsed() < FRESH => return Ok(id),
-            Some((stale, _)) => self.delete(stale),
-            None => {}
-        }
-        let id = self.new_id();
-        self.ctd.create_lease(&id, LIFE, owner).await
+        let id = match spare {
+            Some((id, made)) if made.elapsed() < FRESH => id,
+            stale => {
+                if let Some((stale, _)) = stale {
+                    self.delete(stale);
+                }
+                let id = self.new_id();
+                self.ctd.create_lease(&id, LIFE, owner).await?
+            }
+        };
+        Ok(Held {
+            id,
+            leases: self.clone(),
+        })
     }
 
     /// Deletes `used` (its create is answered, or failed) and makes the next spare, both off
-    /// the caller's path.
-    pub fn done(&self, used: String) {
+    /// the caller's path. Outside a runtime (its shutdown) nothing is done: the lease expires.
+    fn done(&self, used: String) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
         let (ctd, spare) = (self.ctd.clone(), self.spare.clone());
         let (next, owner) = (self.new_id(), format!("{}:spare", self.kind));
         tokio::spawn(async move {
@@ -91,6 +113,25 @@ impl<C: ContainerdPort> Leases<C> {
 
     fn new_id(&self) -> String {
         format!("concord-{}-{}", self.kind, fastrand::u64(..))
+    }
+}
+
+/// A lease taken for one create; dropping it ends the lease (see [`Leases::take`]).
+pub struct Held<C: ContainerdPort> {
+    id: String,
+    leases: Leases<C>,
+}
+
+impl<C: ContainerdPort> Held<C> {
+    /// The lease's id, for the calls it is to hold the results of.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl<C: ContainerdPort> Drop for Held<C> {
+    fn drop(&mut self) {
+        self.leases.done(std::mem::take(&mut self.id));
     }
 }
 

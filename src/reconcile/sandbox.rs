@@ -401,7 +401,7 @@ impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
                         id,
                         &img.resolved.chain_id,
                         &owner,
-                        &lease,
+                        lease.id(),
                     );
                     self.timed("snapshot", prepare).await?
                 }
@@ -417,8 +417,9 @@ impl<C: ContainerdPort, N: CniPort, F: NetnsPort> SandboxReconciler<C, N, F> {
             Ok::<_, ReconcileError>(mounts)
         }
         .await;
-        // The container holds its snapshot now (or the failed create removed it).
-        self.leases.done(lease);
+        // The container holds its snapshot now (or the failed create removed it): the lease
+        // ends, its deletion off the answer's path.
+        drop(lease);
         made
     }
 

@@ -52,7 +52,7 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
     pub(super) async fn prepare_image_volumes(
         &self,
         rec: &ContainerRecord,
-        made: &Made,
+        made: &Made<C>,
     ) -> Result<BTreeMap<usize, PathBuf>, ReconcileError> {
         let mut dirs = BTreeMap::new();
         for (i, m) in image_mounts(rec) {
@@ -82,7 +82,7 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
         &self,
         rec: &ContainerRecord,
         i: usize,
-        made: &Made,
+        made: &Made<C>,
     ) -> Result<Vec<Mount>, ReconcileError> {
         let key = view_key(&rec.id, i);
         let snapshotter = &self.settings.snapshotter;
@@ -110,7 +110,7 @@ impl<C: ContainerdPort> ContainerReconciler<C> {
         let chain = &img.resolved.chain_id;
         Ok(self
             .ctd
-            .new_snapshot(View, snapshotter, &key, chain, &made.owner, &made.lease)
+            .new_snapshot(View, snapshotter, &key, chain, &made.owner, made.lease.id())
             .await?)
     }
 
