@@ -158,35 +158,6 @@ async fn tasks(
         .tasks
 }
 
-/// Waits until nothing is pending, checks every sandbox (Ready ⇒ an address and a running
-/// pause; the journal's Ready set is containerd's running set), removes them all (retrying, as
-/// kubelet does) and then checks that nothing is left anywhere.
-/// The active snapshots in containerd (image layers are committed; a sandbox's or container's
-/// is active).
-async fn active_snapshots(ctd: &concord::containerd::Containerd) -> Vec<String> {
-    use containerd_client::services::v1::snapshots::{Kind, ListSnapshotsRequest};
-    let req = ListSnapshotsRequest {
-        snapshotter: "overlayfs".into(),
-        ..Default::default()
-    };
-    let mut stream = ctd
-        .snapshots()
-        .list(ctd.request(req))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut keys = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        keys.extend(
-            m.info
-                .into_iter()
-                .filter(|i| i.kind == Kind::Active as i32)
-                .map(|i| i.name),
-        );
-    }
-    keys
-}
-
 /// The leases in containerd with the resources each holds.
 async fn leases(ctd: &concord::containerd::Containerd) -> Vec<String> {
     use containerd_client::services::v1::{ListRequest, ListResourcesRequest};
@@ -214,6 +185,9 @@ async fn leases(ctd: &concord::containerd::Containerd) -> Vec<String> {
     out
 }
 
+/// Waits until nothing is pending, checks every sandbox (Ready ⇒ an address and a running
+/// pause; the journal's Ready set is containerd's running set), removes them all (retrying, as
+/// kubelet does) and then checks that nothing is left anywhere.
 async fn converges_and_leaves_nothing(
     d: &Daemon,
     network: &str,
@@ -385,7 +359,7 @@ async fn converges_and_leaves_nothing(
     // snapshots are shown).
     let collecting = std::time::Instant::now();
     loop {
-        let keys = active_snapshots(&ctd).await;
+        let keys = common::active_snapshot_keys(d).await;
         if keys.is_empty() {
             break;
         }

@@ -713,8 +713,8 @@ pub async fn bearer_front(upstream: String) -> u16 {
     port
 }
 
-/// The overlayfs snapshot keys in a daemon's containerd namespace.
-pub async fn snapshot_keys(d: &Daemon) -> Vec<String> {
+/// The overlayfs snapshots in a daemon's containerd namespace.
+async fn snapshots(d: &Daemon) -> Vec<containerd_client::services::v1::snapshots::Info> {
     use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
     let ctd = concord::containerd::Containerd::new(&d.containerd, &d.namespace, Default::default());
     let req = ListSnapshotsRequest {
@@ -727,11 +727,27 @@ pub async fn snapshot_keys(d: &Daemon) -> Vec<String> {
         .await
         .unwrap()
         .into_inner();
-    let mut keys = Vec::new();
+    let mut all = Vec::new();
     while let Some(m) = s.message().await.unwrap() {
-        keys.extend(m.info.into_iter().map(|i| i.name));
+        all.extend(m.info);
     }
-    keys
+    all
+}
+
+/// The overlayfs snapshot keys in a daemon's containerd namespace.
+pub async fn snapshot_keys(d: &Daemon) -> Vec<String> {
+    snapshots(d).await.into_iter().map(|i| i.name).collect()
+}
+
+/// The keys of the active snapshots (image layers are committed; a sandbox's or a container's
+/// rootfs is active).
+pub async fn active_snapshot_keys(d: &Daemon) -> Vec<String> {
+    use containerd_client::services::v1::snapshots::Kind;
+    let active = snapshots(d).await.into_iter();
+    active
+        .filter(|i| i.kind == Kind::Active as i32)
+        .map(|i| i.name)
+        .collect()
 }
 
 /// (content blobs, snapshots, image records) in a daemon's containerd namespace.
