@@ -159,8 +159,9 @@ sleep 6
 log "DEL works again, the failing network is removed: the bridge network takes over"
 rm "$WORK/cni-del-fails" "$WORK/cni/00-fails.conflist"
 wait_for "the failed sandbox's teardown" sh -c "curl -s http://127.0.0.1:$CONCORD_PORT/metrics | grep -qx 'concord_reconcile_failing_objects{kind=\"sandbox\"} 0'"
-# concord rescans the CNI config dir every 2 s (cni.rescan_interval_seconds); the teardown can
-# finish sooner. A new pod goes on the bridge once Status no longer shows the failing network.
+# concord rescans the CNI conf dir when a file in it goes (and every 2 s); the failed sandbox's
+# teardown can still end first. A new pod goes on the bridge once Status no longer shows the
+# failing network.
 wait_for "concord to drop the failing network" sh -c "info=\$('$CRICTL' -r unix://$SOCK info) && ! echo \"\$info\" | grep -q proof-fails"
 
 log "pull $IMAGE, run a pod with a container, exec, logs"

@@ -177,7 +177,8 @@ pub struct CniConfig {
     /// Plugin directories, searched in order; the flag takes them colon-separated
     #[arg(long = "cni-bin-dir", value_name = "DIRS", value_delimiter = ':')]
     pub bin_dirs: Vec<PathBuf>,
-    /// Seconds between rescans of conf_dir (a config that appears later makes NetworkReady true)
+    /// Seconds between periodic rescans of conf_dir, besides the rescan a change in it starts at
+    /// once (inotify): a config that appears later makes NetworkReady true
     #[serde(with = "values::secs")]
     #[arg(long = "cni-rescan-interval-seconds", value_name = "SECS", value_parser = values::secs::parse)]
     pub rescan_interval_seconds: Duration,

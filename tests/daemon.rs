@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use common::{eventually, Daemon};
 use concord::cri;
+use concord::cri::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
 
 #[tokio::test]
 async fn version_and_status_answer_over_the_socket() {
@@ -79,9 +81,12 @@ async fn network_turns_ready_when_a_config_appears() {
     let mut d = Daemon::new();
     let conf = d.dir.join("net.d");
     std::fs::create_dir_all(&conf).unwrap();
+    // The periodic rescan out of the way: the conf dir's watch (inotify) is what must see the
+    // config come and go.
     d.extra = vec![
         format!("--cni-conf-dir={}", conf.display()),
         "--cni-bin-dir=/usr/lib/cni".into(),
+        "--cni-rescan-interval-seconds=600".into(),
     ];
     d.start().await;
     let mut rt = d.runtime().await;
@@ -110,7 +115,8 @@ async fn network_turns_ready_when_a_config_appears() {
         r#"{"cniVersion":"1.0.0","name":"t","plugins":[{"type":"bridge","bridge":"cnitest0","ipam":{"type":"host-local","subnet":"10.99.0.0/24"}}]}"#,
     )
     .unwrap();
-    let took = eventually(Duration::from_secs(10), "NetworkReady", || {
+    // Status' NetworkReady condition.
+    let network_ready = |rt: &RuntimeServiceClient<Channel>| {
         let mut rt = rt.clone();
         async move {
             let s = rt
@@ -124,9 +130,20 @@ async fn network_turns_ready_when_a_config_appears() {
                 .iter()
                 .any(|c| c.r#type == "NetworkReady" && c.status)
         }
+    };
+    let took = eventually(Duration::from_secs(10), "NetworkReady", || {
+        network_ready(&rt)
     })
     .await;
     println!("network ready {took:?} after the config appeared");
+
+    // Renamed away (as a CNI installer replaces its file): not ready again.
+    std::fs::rename(conf.join("10-test.conflist"), d.dir.join("moved.conflist")).unwrap();
+    let took = eventually(Duration::from_secs(10), "NetworkReady false", || async {
+        !network_ready(&rt).await
+    })
+    .await;
+    println!("network not ready {took:?} after the config went");
 }
 
 #[tokio::test]

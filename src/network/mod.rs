@@ -1,11 +1,13 @@
 //! Pod networking: the CNI network config concord uses and the runtime values (pod CIDR) given to
-//! every CNI call. The conf dir is rescanned so a config that appears later makes the network
-//! ready (Status' NetworkReady).
+//! every CNI call. The conf dir is rescanned when it changes (inotify) and periodically, so a
+//! config that appears later makes the network ready (Status' NetworkReady) and a changed one is
+//! used by the next pod.
 
 pub mod bandwidth;
 pub mod capabilities;
 pub mod cni;
 mod cni_config;
+mod conf_watch;
 pub mod netns;
 
 pub use cni_config::{find_plugin, load_network, CniNetwork, LoadError};
@@ -78,7 +80,7 @@ impl Network {
         });
     }
 
-    /// Rescans every `interval` until shutdown.
+    /// Rescans when the conf dir changes (inotify) and every `interval`, until shutdown.
     pub fn spawn_watcher(
         self: &Arc<Self>,
         interval: Duration,
@@ -86,14 +88,15 @@ impl Network {
     ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
+            let mut changes = conf_watch::ConfDirChanges::new(&this.conf_dir);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(interval) => {
-                        let n = this.clone();
-                        let _ = tokio::task::spawn_blocking(move || n.rescan()).await;
-                    }
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep(interval) => changes.rewatch(&this.conf_dir),
                 }
+                let n = this.clone();
+                let _ = tokio::task::spawn_blocking(move || n.rescan()).await;
             }
         })
     }
