@@ -38,12 +38,20 @@ export CRICTL=$CRI_TOOLS_DIR/crictl
 
 export CONCORD_TEST_CONTAINERD=$CTD_SOCK
 export CARGO_TERM_COLOR=never
+# One build, run once: incremental state (a quarter of target/debug) buys nothing here.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# The free disk where the builds go, printed before each stage: a full disk fails a build with
+# ENOSPC, and the log should say which stage took it there.
+free_gb() { df -BG --output=avail . | tail -1 | tr -dc 0-9; }
+disk() { echo "[test] disk: $(free_gb) GB free, target/ $(du -sh target 2>/dev/null | cut -f1) (before $1)"; }
+disk "clippy"
 # A failing test's message, not a backtrace, is what the end of the output should show.
 export RUST_BACKTRACE=0
 echo "[test] cargo fmt --check"
 cargo fmt --check
 echo "[test] cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+disk "cargo test"
 echo "[test] cargo test"
 cargo test --all-targets 2>&1 | tee /tmp/concord-test.log
 passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' /tmp/concord-test.log)
@@ -61,6 +69,7 @@ ops() { # $1: name, rest: command
   if "$@" > "/tmp/concord-$name.log" 2>&1; then ops_ok=$((ops_ok + 1)); tail -3 "/tmp/concord-$name.log"
   else ops_failed=$((ops_failed + 1)); tail -30 "/tmp/concord-$name.log"; echo "[test] $name FAILED"; fi
 }
+disk "the operator's checks"
 ops prom-proof bash hack/prom-proof.sh
 if npm view "@grafana/schema@11.6.9" version >/dev/null 2>&1; then
   ops dashboard-schema bash hack/dashboard-schema.sh
@@ -81,6 +90,7 @@ specs=$( (grep -aoE 'SUCCESS! -- [0-9]+ Passed' /tmp/concord-conformance.log || 
 sd_passed=0
 sd_failed=0
 if [ "${SYSTEMD_NODE:-1}" != 0 ]; then
+  disk "the systemd node"
   echo "[test] systemd cgroup driver on a systemd node (hack/systemd-node-test.sh)"
   bash hack/systemd-node-test.sh 2>&1 | tee /tmp/concord-systemd-node.log || true
   sd_passed=$(awk '/^systemd node:/ {print $3}' /tmp/concord-systemd-node.log | tail -1)
@@ -96,6 +106,13 @@ fuzz_ok=0
 fuzz_failed=0
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 if [ "$FUZZ_SECONDS" != 0 ]; then
+  # The fuzz build (every dependency again, with ASan and coverage) needs several GB; nothing
+  # after this point runs from target/debug, so it goes where the disk is short.
+  if [ "$(free_gb)" -lt "${FUZZ_MIN_FREE_GB:-12}" ]; then
+    disk "removing target/debug for the fuzz build"
+    rm -rf target/debug
+  fi
+  disk "the fuzz build"
   echo "[test] fuzzing: every target in fuzz/ for $FUZZ_SECONDS s (hack/fuzz.sh)"
   fuzz_rc=0
   bash hack/fuzz.sh "$FUZZ_SECONDS" >/tmp/concord-fuzz.log 2>&1 || fuzz_rc=$?
@@ -113,6 +130,7 @@ if [ "$FUZZ_SECONDS" != 0 ]; then
 else
   echo "[test] SKIPPED: fuzzing (FUZZ_SECONDS=0)"
 fi
+disk "the end"
 echo "[test] cargo test: $passed passed, $failed failed; critest: $specs specs passed (serial + parallel); systemd node: $sd_passed passed, $sd_failed failed; fuzz: $fuzz_ok targets clean, $fuzz_failed failed"
 echo "tests: $((passed + specs + sd_passed + fuzz_ok)) passed, $((failed + sd_failed + fuzz_failed)) failed"
 [ "$((failed + sd_failed + fuzz_failed))" = 0 ]
