@@ -43,7 +43,10 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # The free disk where the builds go, printed before each stage: a full disk fails a build with
 # ENOSPC, and the log should say which stage took it there.
 free_gb() { df -BG --output=avail . | tail -1 | tr -dc 0-9; }
-disk() { echo "[test] disk: $(free_gb) GB free, target/ $(du -sh target 2>/dev/null | cut -f1) (before $1)"; }
+disk() {
+  local t; t=$(du -sh target 2>/dev/null | cut -f1)
+  echo "[test] disk: $(free_gb) GB free, target/ ${t:-absent} (before $1)"
+}
 disk "clippy"
 # A failing test's message, not a backtrace, is what the end of the output should show.
 export RUST_BACKTRACE=0
