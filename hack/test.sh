@@ -44,7 +44,7 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # ENOSPC, and the log should say which stage took it there.
 free_gb() { df -BG --output=avail . | tail -1 | tr -dc 0-9; }
 disk() {
-  local t; t=$(du -sh target 2>/dev/null | cut -f1)
+  local t; t=$(du -sh target 2>/dev/null | cut -f1) || true
   echo "[test] disk: $(free_gb) GB free, target/ ${t:-absent} (before $1)"
 }
 disk "clippy"
